@@ -1,0 +1,1 @@
+"""Subcommands of ``dlms-bridge``: one module each, with ``add_arguments`` and ``run``."""
