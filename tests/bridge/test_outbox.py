@@ -1,0 +1,314 @@
+"""The durable outbox (and the Reading JSON form it stores)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.outbox import FILENAME, AsyncOutbox, Outbox, OutboxError, OutboxWriter
+from bridge.readings import Reading
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def reading(i: int, meter: str = "m1", **values: object) -> Reading:
+    return Reading(meter=meter, ts_ms=1_700_000_000_000 + i, values=values or {"i": i})
+
+
+# -- Reading ---------------------------------------------------------------------------------
+
+values_st = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=12),
+    ),
+    max_size=6,
+)
+
+
+@given(meter=st.text(min_size=1, max_size=10), ts=st.integers(0, 2**48), values=values_st)
+def test_reading_json_round_trip(meter: str, ts: int, values: dict[str, object]) -> None:
+    r = Reading(meter=meter, ts_ms=ts, values=values)  # type: ignore[arg-type]
+    data = r.to_json()
+    assert Reading.from_json(data) == r
+    # Stable: the same reading always gives the same bytes, whatever the dict order.
+    again = Reading(meter=meter, ts_ms=ts, values=dict(reversed(list(values.items()))))  # type: ignore[arg-type]
+    assert again.to_json() == data
+
+
+def test_reading_json_is_compact_and_sorted() -> None:
+    r = Reading(meter="Zähler 1", ts_ms=5, values={"b": 1.5, "a": None, "c": True})
+    assert (
+        r.to_json() == '{"meter":"Zähler 1","ts":5,"values":{"a":null,"b":1.5,"c":true}}'.encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"meter": "", "ts_ms": 1, "values": {}}, "meter must be a non-empty string"),
+        ({"meter": "m", "ts_ms": -1, "values": {}}, "ts_ms must be a non-negative int"),
+        ({"meter": "m", "ts_ms": True, "values": {}}, "ts_ms must be a non-negative int"),
+        ({"meter": "m", "ts_ms": 1, "values": {"v": float("nan")}}, "'v' is nan"),
+        ({"meter": "m", "ts_ms": 1, "values": {"v": [1]}}, "'v' has unsupported type list"),
+        ({"meter": "m", "ts_ms": 1, "values": {"": 1}}, "key '' is not a non-empty string"),
+    ],
+)
+def test_reading_rejects_bad_input(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Reading(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "must be an object"),
+        (b'{"meter":"m","ts":1}', "lacks values"),
+        (b'{"meter":"m","ts":1,"values":{},"x":1}', "unexpected keys x"),
+        (b'{"meter":"m","ts":"1","values":{}}', "ts_ms must be"),
+    ],
+)
+def test_reading_from_bad_json(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Reading.from_json(data)
+
+
+# -- Outbox core -----------------------------------------------------------------------------
+
+
+def test_append_peek_delete_in_order(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        assert box.path == tmp_path / FILENAME
+        ids = box.append([reading(i, meter="a" if i % 2 else "b") for i in range(10)])
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 10
+        rows = box.peek(100)
+        assert [r.id for r in rows] == ids
+        assert [r.reading.ts_ms for r in rows] == [reading(i).ts_ms for i in range(10)]
+        assert box.depth() == (10, sum(r.size for r in rows))
+
+        assert [r.reading.ts_ms % 100 for r in box.peek(100, meter="a")] == [1, 3, 5, 7, 9]
+        assert [r.id for r in box.peek(3, after_id=ids[4])] == ids[5:8]
+        # The byte limit stops before the row that would exceed it, but never returns nothing.
+        size = rows[0].size
+        assert len(box.peek(100, limit_bytes=size * 3)) == 3
+        assert len(box.peek(100, limit_bytes=1)) == 1
+
+        assert box.delete([*ids[:4], 999999]) == 4
+        assert [r.id for r in box.peek(100)] == ids[4:]
+        assert box.depth()[0] == 6
+        assert box.pending_meters() == ["a", "b"]
+
+
+def test_survives_reopen_and_ids_never_repeat(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        first = box.append([reading(i) for i in range(5)])
+        box.delete(first)
+        second = box.append([reading(i) for i in range(5, 8)])
+    with Outbox(tmp_path / FILENAME) as box:
+        assert [r.id for r in box.peek(10)] == second
+        assert [r.reading for r in box.peek(10)] == [reading(i) for i in range(5, 8)]
+        assert box.depth()[0] == 3
+        third = box.append([reading(9)])
+        # AUTOINCREMENT: a fresh id even after every earlier row was deleted.
+        assert third[0] > second[-1] > first[-1]
+
+
+def test_drop_oldest_when_full_is_counted_and_persisted(tmp_path: Path) -> None:
+    with Outbox(tmp_path, max_rows=10) as box:
+        ids = box.append([reading(i) for i in range(25)])
+        assert box.depth()[0] == 10
+        assert [r.id for r in box.peek(100)] == ids[15:]
+        assert box.dropped_rows == 15
+        assert box.alarms == {"outbox.overflow"}
+        box.append([reading(25)])
+        assert box.dropped_rows == 16
+        assert [r.reading.ts_ms for r in box.peek(1)] == [reading(16).ts_ms]
+        # Alarm clears once below 90% of the bound.
+        box.delete([r.id for r in box.peek(2)])
+        assert box.alarms == frozenset()
+    with Outbox(tmp_path, max_rows=10) as box:
+        assert box.dropped_rows == 16
+
+
+def test_byte_bound(tmp_path: Path) -> None:
+    one = len(reading(0).to_json())
+    with Outbox(tmp_path, max_bytes=one * 5 + one // 2) as box:
+        box.append([reading(i) for i in range(3)])
+        box.append([reading(i) for i in range(3, 8)])
+        rows, nbytes = box.depth()
+        assert rows == 5
+        assert nbytes <= one * 5 + one // 2
+        assert [r.reading.ts_ms % 100 for r in box.peek(10)] == [3, 4, 5, 6, 7]
+        assert box.dropped_rows == 3
+        with pytest.raises(ValueError, match="larger than the whole outbox"):
+            box.append([reading(0, big="x" * one * 6)])
+        assert box.depth()[0] == 5
+
+
+def test_corrupt_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / FILENAME
+    path.write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(OutboxError, match=str(path)) as info:
+        Outbox(tmp_path)
+    assert "corrupt or not an SQLite file" in str(info.value)
+
+
+def test_missing_directory_names_it(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="does not exist"):
+        Outbox(tmp_path / "nope" / FILENAME)
+
+
+def test_second_user_is_refused(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        box.append([reading(1)])
+        with pytest.raises(OutboxError, match="in use by another process"):
+            Outbox(tmp_path)
+
+
+def test_unreadable_row_is_removed_and_counted(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        box.append([reading(1), reading(2)])
+    conn = sqlite3.connect(tmp_path / FILENAME)
+    conn.execute("UPDATE outbox SET payload = x'7b7b' WHERE ts_ms = ?", (reading(1).ts_ms,))
+    conn.commit()
+    conn.close()
+    with Outbox(tmp_path) as box:
+        assert [r.reading for r in box.peek(10)] == [reading(2)]
+        assert box.corrupt_rows == 1
+        assert box.depth()[0] == 1
+
+
+def test_synchronous_setting(tmp_path: Path) -> None:
+    with Outbox(tmp_path, synchronous="normal") as box:
+        assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with Outbox(tmp_path) as box:
+        assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    with pytest.raises(ValueError, match="synchronous"):
+        Outbox(tmp_path, synchronous="off")  # type: ignore[arg-type]
+
+
+CHILD = """
+import sys
+from bridge.outbox import Outbox
+from bridge.readings import Reading
+box = Outbox(sys.argv[1])
+i = 0
+while True:
+    batch = [Reading(meter="m%d" % (j % 3), ts_ms=i + j, values={"n": i + j}) for j in range(50)]
+    ids = box.append(batch)
+    i += 50
+    # Reported only after append() returned, i.e. after COMMIT.
+    print(i, ids[-1], flush=True)
+"""
+
+
+def test_kill_9_loses_no_committed_reading(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+    )
+    assert proc.stdout is not None
+    committed = 0
+    deadline = time.monotonic() + 20
+    while committed < 2000 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, "child died"
+        committed = int(line.split()[0])
+    os.kill(proc.pid, signal.SIGKILL)  # mid-append: the child never stops writing
+    proc.wait()
+    assert committed >= 2000
+    with Outbox(tmp_path) as box:
+        rows = box.peek(1_000_000)
+    stored = {r.reading.ts_ms for r in rows}
+    assert set(range(committed)) <= stored
+    # Whatever else survived is whole batches in order, nothing torn.
+    assert sorted(stored) == list(range(len(stored)))
+    assert len(stored) % 50 == 0
+
+
+# -- async facade and group commit -----------------------------------------------------------
+
+
+async def test_async_outbox_wakes_waiters(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path)
+    with trio.fail_after(10):
+        event = box.appended
+        assert await box.peek(10) == []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(box.append, [reading(1)])
+            await event.wait()
+        rows = await box.peek(10)
+        assert [r.reading for r in rows] == [reading(1)]
+        assert await box.delete([rows[0].id]) == 1
+        assert box.depth() == (0, 0)
+        await box.aclose()
+
+
+async def test_writer_group_commit(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path)
+    writer = OutboxWriter(box)
+    n_tasks, per_task = 100, 30
+    ids: list[int] = []
+
+    async def producer(k: int) -> None:
+        for i in range(per_task):
+            ids.append(await writer.put(reading(k * per_task + i, meter=f"m{k}")))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            start = time.perf_counter()
+            async with trio.open_nursery() as producers:
+                for k in range(n_tasks):
+                    producers.start_soon(producer, k)
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+    total = n_tasks * per_task
+    assert len(set(ids)) == total
+    assert box.depth()[0] == total
+    assert writer.stats.readings == total
+    # Group commit: far fewer transactions than readings.
+    assert writer.stats.batches <= total // 10, writer.stats
+    print(f"group commit: {total} readings in {elapsed:.2f} s, {writer.stats.batches} batches")
+    # Per meter, row ids follow the order of put() calls.
+    rows = await box.peek(total)
+    for k in range(n_tasks):
+        seq = [r.reading.ts_ms for r in rows if r.reading.meter == f"m{k}"]
+        assert seq == sorted(seq)
+    # After the writer stopped, put fails clearly instead of waiting forever.
+    with pytest.raises(OutboxError, match="stopped"):
+        await writer.put(reading(0))
+    await box.aclose()
+
+
+async def test_writer_rejects_oversize_reading_alone(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path, max_bytes=200)
+    writer = OutboxWriter(box)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            with pytest.raises(ValueError, match="larger than the whole outbox"):
+                await writer.put(reading(1, big="x" * 300))
+            assert await writer.put(reading(2)) > 0
+            nursery.cancel_scope.cancel()
+    await box.aclose()

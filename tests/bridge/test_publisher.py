@@ -1,0 +1,435 @@
+"""Publisher: payload formats, pacing, and delivery through outages against a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from bridge.mqtt import MqttSettings
+from bridge.outbox import AsyncOutbox, OutboxRow, OutboxWriter
+from bridge.publisher import (
+    Pacer,
+    PayloadShape,
+    Publisher,
+    PublisherSettings,
+    PublishMode,
+    device_telemetry,
+    gateway_telemetry,
+    topic_message,
+)
+from bridge.readings import Reading
+from tests.bridge.conftest import GATEWAY_TOKEN, METER_TOKENS
+from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Message, Mosquitto
+
+T0 = 1_700_000_000_000
+
+
+def mqtt_for(
+    broker: Mosquitto, username: str = GATEWAY_TOKEN, client_id: str = "bridge"
+) -> MqttSettings:
+    return MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        client_id=client_id,
+        username=username,
+        password=TOKEN_PASSWORD,
+        backoff_initial=0.05,
+        backoff_max=0.3,
+        connect_timeout=2.0,
+    )
+
+
+def fast(**overrides: object) -> PublisherSettings:
+    values: dict[str, object] = {"max_messages_per_s": 1000.0, "max_bytes_per_s": 10e6}
+    values.update(overrides)
+    return PublisherSettings(**values)  # type: ignore[arg-type]
+
+
+def row(i: int, reading: Reading) -> OutboxRow:
+    return OutboxRow(id=i, reading=reading, size=len(reading.to_json()))
+
+
+def telemetry_readings(messages: list[Message]) -> dict[str, list[int]]:
+    """meter -> ts values in the order they arrived, over all gateway telemetry messages."""
+    out: dict[str, list[int]] = {}
+    for m in messages:
+        if m.topic == "v1/gateway/telemetry":
+            for meter, entries in json.loads(m.payload).items():
+                out.setdefault(meter, []).extend(e["ts"] for e in entries)
+    return out
+
+
+def first_occurrences(seq: list[int]) -> list[int]:
+    return list(dict.fromkeys(seq))
+
+
+# -- pure parts: pacing and payloads ---------------------------------------------------------
+
+
+async def test_pacer_message_rate(autojump_clock: trio.testing.MockClock) -> None:
+    pacer = Pacer(messages_per_s=4, bytes_per_s=1e9)
+    stamps = []
+    for _ in range(400):
+        await pacer.acquire(100)
+        stamps.append(trio.current_time())
+    start = stamps[0]
+    assert stamps[3] == start  # the burst goes at once
+    assert stamps[-1] - start == pytest.approx((400 - 4) / 4)
+    # ThingsBoard's default device limit "10:1,300:60" holds in every window.
+    for i, t in enumerate(stamps):
+        assert sum(1 for s in stamps[i:] if s < t + 1) <= 10
+        assert sum(1 for s in stamps[i:] if s < t + 60) <= 300
+
+
+async def test_pacer_bytes_and_datapoints(autojump_clock: trio.testing.MockClock) -> None:
+    pacer = Pacer(messages_per_s=1000, bytes_per_s=64 * 1024, datapoints_per_s=100)
+    start = trio.current_time()
+    for _ in range(10):
+        await pacer.acquire(32 * 1024)
+    assert trio.current_time() - start == pytest.approx(4.0)  # 2 from the burst, then 2/s
+
+    points = Pacer(messages_per_s=1000, bytes_per_s=1e9, datapoints_per_s=100)
+    start = trio.current_time()
+    for _ in range(5):
+        await points.acquire(10, datapoints=50)
+    assert trio.current_time() - start == pytest.approx(1.5)
+
+
+async def test_pacer_oversized_message_is_slow_not_stuck(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(messages_per_s=100, bytes_per_s=1000)
+    start = trio.current_time()
+    await pacer.acquire(5000)  # five times the bucket: goes now, leaves a debt
+    assert trio.current_time() == start
+    await pacer.acquire(1000)  # waits for the debt (4000) plus itself
+    assert trio.current_time() - start == pytest.approx(5.0)
+
+
+def test_gateway_payload_exact() -> None:
+    rows = [
+        row(1, Reading("meter A", T0, {"energy": 12.5, "power": 3})),
+        row(2, Reading("meter B", T0 + 10, {"energy": 7})),
+        row(3, Reading("meter A", T0 + 1000, {"energy": 12.75, "power": None, "ok": True})),
+    ]
+    message, taken = gateway_telemetry(rows, 10_000)
+    assert taken == 3
+    assert message.topic == "v1/gateway/telemetry"
+    assert message.payload == (
+        b'{"meter A":[{"ts":1700000000000,"values":{"energy":12.5,"power":3}},'
+        b'{"ts":1700000001000,"values":{"energy":12.75,"ok":true,"power":null}}],'
+        b'"meter B":[{"ts":1700000000010,"values":{"energy":7}}]}'
+    )
+    assert json.loads(message.payload)  # valid JSON
+    assert message.datapoints == 6
+
+
+def test_payload_budget_is_respected() -> None:
+    rows = [row(i, Reading(f"m{i % 3}", T0 + i, {"v": i, "w": "x" * 20})) for i in range(200)]
+    for build in (gateway_telemetry, device_telemetry):
+        rest, total = rows, 0
+        while rest:
+            message, taken = build(rest, 1024)
+            assert len(message.payload) <= 1024
+            assert taken >= 1
+            json.loads(message.payload)
+            total += taken
+            rest = rest[taken:]
+        assert total == 200
+    # A single reading over budget still forms a message of one (the publisher drops it).
+    big = [row(1, Reading("m", T0, {"v": "x" * 2000}))]
+    assert gateway_telemetry(big, 1024)[1] == 1
+
+
+def test_device_and_topic_payloads() -> None:
+    r = Reading("m1", T0, {"e": 1.5, "s": "ok"})
+    message, _ = device_telemetry([row(1, r)], 1000)
+    assert message.topic == "v1/devices/me/telemetry"
+    assert message.payload == b'[{"ts":1700000000000,"values":{"e":1.5,"s":"ok"}}]'
+    tb = topic_message(row(1, r), PublisherSettings(mode=PublishMode.TOPIC))
+    assert tb.topic == "meters/m1/telemetry"
+    assert tb.payload == b'{"ts":1700000000000,"values":{"e":1.5,"s":"ok"}}'
+    flat = topic_message(
+        row(1, r),
+        PublisherSettings(
+            mode=PublishMode.TOPIC, topic_template="x/{meter}", payload_shape=PayloadShape.FLAT
+        ),
+    )
+    assert flat.topic == "x/m1"
+    assert flat.payload == b'{"e":1.5,"meter":"m1","s":"ok","ts":1700000000000}'
+    with pytest.raises(ValueError, match="clash"):
+        topic_message(
+            row(1, Reading("m1", T0, {"ts": 1})),
+            PublisherSettings(mode=PublishMode.TOPIC, payload_shape=PayloadShape.FLAT),
+        )
+    with pytest.raises(ValueError, match="must contain"):
+        PublisherSettings(mode=PublishMode.TOPIC, topic_template="fixed/topic")
+
+
+# -- against the broker ----------------------------------------------------------------------
+
+
+async def test_gateway_mode_end_to_end(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/gateway/#"])
+    box = await AsyncOutbox.open(tmp_path)
+    readings = [
+        Reading("meter A", T0, {"energy": 12.5, "power": 3}),
+        Reading("meter B", T0 + 10, {"energy": 7}),
+        Reading("meter A", T0 + 1000, {"energy": 12.75, "power": None}),
+    ]
+    await box.append(readings)
+    publisher = Publisher(box, fast(device_type="dlms-meter"), mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            msgs = await sub.wait_for(lambda m: any(x.topic.endswith("telemetry") for x in m))
+            assert [(m.topic, m.payload) for m in msgs] == [
+                ("v1/gateway/connect", b'{"device":"meter A","type":"dlms-meter"}'),
+                ("v1/gateway/connect", b'{"device":"meter B","type":"dlms-meter"}'),
+                (
+                    "v1/gateway/telemetry",
+                    b'{"meter A":[{"ts":1700000000000,"values":{"energy":12.5,"power":3}},'
+                    b'{"ts":1700000001000,"values":{"energy":12.75,"power":null}}],'
+                    b'"meter B":[{"ts":1700000000010,"values":{"energy":7}}]}',
+                ),
+            ]
+            assert await publisher.flush(trio.current_time() + 5)
+            assert box.depth() == (0, 0)
+            assert publisher.stats.published_readings == 3
+            assert publisher.stats.published_messages == 1
+            assert publisher.stats.last_delivery_ts is not None
+            latency = publisher.latency_ms()
+            assert latency is not None
+            assert latency[0] <= latency[1]
+
+            publisher.set_meter_online("meter A", False)
+            publisher.set_meter_online("meter C", True)
+            await publisher.remove_meter("meter B")
+            await sub.wait_for(lambda m: len(m) >= 6)
+            tail = [(m.topic, m.payload) for m in sub.messages[3:]]
+            assert ("v1/gateway/disconnect", b'{"device":"meter B"}') in tail
+            # meter C was never announced, so going online announces it first.
+            assert tail.index(
+                ("v1/gateway/connect", b'{"device":"meter C","type":"dlms-meter"}')
+            ) < tail.index(
+                ("v1/gateway/attributes", b'{"meter A":{"online":false},"meter C":{"online":true}}')
+            )
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
+    await box.aclose()
+
+
+async def test_outage_loses_nothing_and_keeps_order(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/gateway/telemetry"])
+    box = await AsyncOutbox.open(tmp_path)
+    writer = OutboxWriter(box)
+    meters = ["m0", "m1", "m2"]
+    sent: dict[str, list[int]] = {m: [] for m in meters}
+
+    async def produce(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            meter = meters[i % 3]
+            sent[meter].append(T0 + i)
+            await writer.put(Reading(meter, T0 + i, {"i": i, "pad": "p" * 40}))
+
+    # Small messages at a modest pace, so that the outage lands in the middle of a flush.
+    settings = fast(max_payload_bytes=400, max_messages_per_s=100, max_in_flight=3)
+    publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await produce(0, 300)
+            await nursery.start(publisher.run)
+            await sub.wait_for(lambda m: len(m) >= 10)
+            mosquitto.stop()
+            await produce(300, 150)  # taken while the broker is away
+            await trio.sleep(0.5)
+            assert box.depth()[0] > 150
+            mosquitto.start()
+            assert await publisher.flush(trio.current_time() + 20)
+            got = telemetry_readings(
+                await sub.wait_for(
+                    lambda m: all(
+                        set(sent[k]) <= set(telemetry_readings(m).get(k, [])) for k in meters
+                    )
+                )
+            )
+            for meter in meters:
+                # Every reading arrived; the first arrival of each is in the order taken.
+                assert first_occurrences(got[meter]) == sent[meter]
+            assert publisher.clients[None].stats.connects >= 2
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
+    assert box.depth() == (0, 0)
+    await box.aclose()
+
+
+async def test_restart_delivers_the_backlog(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/gateway/telemetry"])
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append([Reading("m", T0 + i, {"i": i}) for i in range(50)])
+    await box.aclose()
+    # A new process would open the same file and find the backlog.
+    box = await AsyncOutbox.open(tmp_path)
+    publisher = Publisher(box, fast(), mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            assert await publisher.flush(trio.current_time() + 10)
+            nursery.cancel_scope.cancel()
+    msgs = await sub.wait_for(lambda m: len(telemetry_readings(m).get("m", [])) >= 50)
+    assert telemetry_readings(msgs)["m"] == [T0 + i for i in range(50)]
+    await box.aclose()
+
+
+async def test_pacing_against_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/gateway/telemetry"])
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append([Reading("m", T0 + i, {"pad": "x" * 200}) for i in range(25)])
+    # One reading per message (payload budget), 20 messages/s with a burst of 5.
+    settings = PublisherSettings(
+        max_messages_per_s=20, burst_s=0.25, max_payload_bytes=300, max_bytes_per_s=1e6
+    )
+    publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            await publisher.clients[None].wait_connected()
+            start = time.monotonic()
+            assert await publisher.flush(trio.current_time() + 10)
+            elapsed = time.monotonic() - start
+            nursery.cancel_scope.cancel()
+    await sub.wait_for(lambda m: len(m) >= 25)
+    assert publisher.stats.published_messages == 25
+    assert 0.9 <= elapsed < 5, elapsed  # (25 - 5) / 20 = 1.0 s
+    await box.aclose()
+
+
+async def test_device_mode_one_connection_per_meter(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/devices/me/#"])
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append(
+        [Reading(meter, T0 + i, {"who": meter}) for i in range(20) for meter in METER_TOKENS]
+        + [Reading("meter-c", T0, {"who": "nobody"})]
+    )
+    devices = {
+        meter: mqtt_for(mosquitto, username=token, client_id=f"dev-{meter}")
+        for meter, token in METER_TOKENS.items()
+    }
+    publisher = Publisher(box, fast(mode=PublishMode.DEVICE), devices=devices)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            publisher.set_meter_online("meter-a", True)
+            await sub.wait_for(
+                lambda m: (
+                    sum(len(json.loads(x.payload)) for x in m if x.topic.endswith("telemetry"))
+                    >= 40
+                    and any(x.topic.endswith("attributes") for x in m)
+                )
+            )
+            await trio.sleep(0.1)
+            # meter-c has no connection: its reading stays stored.
+            assert box.depth()[0] == 1
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
+    telemetry = [json.loads(m.payload) for m in sub.on("v1/devices/me/telemetry")]
+    for meter in METER_TOKENS:
+        entries = [e for msg in telemetry for e in msg if e["values"]["who"] == meter]
+        assert [e["ts"] for e in entries] == [T0 + i for i in range(20)]
+    # Each message belongs to one meter only.
+    assert all(len({e["values"]["who"] for e in msg}) == 1 for msg in telemetry)
+    assert [m.payload for m in sub.on("v1/devices/me/attributes")] == [b'{"online":true}']
+    log = mosquitto.log_text()
+    for meter in METER_TOKENS:
+        assert re.search(rf"Received PUBLISH from dev-{meter} .*v1/devices/me/telemetry", log)
+    await box.aclose()
+
+
+async def test_topic_mode_flat(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["site/#"])
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append(
+        [
+            Reading("bad+name", T0, {"e": 0}),  # cannot be in a topic: dropped, not blocking
+            Reading("m1", T0, {"e": 1}),
+            Reading("m2", T0 + 1, {"e": 2}),
+        ]
+    )
+    settings = fast(
+        mode=PublishMode.TOPIC,
+        topic_template="site/{meter}/data",
+        status_topic_template="site/{meter}/status",
+        payload_shape=PayloadShape.FLAT,
+    )
+    publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            publisher.set_meter_online("m2", False)
+            await sub.wait_for(lambda m: len(m) >= 3)
+            nursery.cancel_scope.cancel()
+    assert [(m.topic, m.payload) for m in sub.on("site/m1/data")] == [
+        ("site/m1/data", b'{"e":1,"meter":"m1","ts":1700000000000}')
+    ]
+    assert [m.payload for m in sub.on("site/m2/data")] == [
+        b'{"e":2,"meter":"m2","ts":1700000000001}'
+    ]
+    assert [m.payload for m in sub.on("site/m2/status")] == [b'{"meter":"m2","online":false}']
+    assert len(sub.messages) == 3
+    assert publisher.stats.undeliverable_dropped == 1
+    assert box.depth() == (0, 0)
+    await box.aclose()
+
+
+async def test_flush_gives_up_at_the_deadline(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append([Reading("m", T0, {"e": 1})])
+    mosquitto.stop()
+    publisher = Publisher(box, fast(), mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            start = trio.current_time()
+            assert not await publisher.flush(start + 0.5)
+            assert trio.current_time() - start < 2
+            assert box.depth()[0] == 1
+            nursery.cancel_scope.cancel()
+    await box.aclose()
+
+
+async def test_oversize_reading_is_dropped_not_blocking(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/gateway/telemetry"])
+    box = await AsyncOutbox.open(tmp_path)
+    await box.append([Reading("m", T0, {"big": "x" * 500}), Reading("m", T0 + 1, {"e": 1})])
+    publisher = Publisher(box, fast(max_payload_bytes=200), mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            assert await publisher.flush(trio.current_time() + 5)
+            nursery.cancel_scope.cancel()
+    msgs = await sub.wait_for(lambda m: len(m) >= 1)
+    assert telemetry_readings(msgs) == {"m": [T0 + 1]}
+    assert publisher.stats.undeliverable_dropped == 1
+    await box.aclose()
