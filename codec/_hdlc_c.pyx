@@ -474,8 +474,11 @@ cdef class FrameScanner:
         return NEED_DATA
 
     cdef void _skip(self, const uint8_t* buf, Py_ssize_t start, Py_ssize_t stop) noexcept:
-        self.bytes_discarded += _count_discarded(buf, start, stop)
-        self.resyncs += 1
+        # Skipping nothing but flags (inter-frame fill, a final closing flag) is no resync.
+        cdef Py_ssize_t dropped = _count_discarded(buf, start, stop)
+        if dropped:
+            self.bytes_discarded += dropped
+            self.resyncs += 1
         self._pos = stop
         self._ahead = 0
 

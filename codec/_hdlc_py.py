@@ -413,8 +413,11 @@ class FrameScanner:
         return NEED_DATA
 
     def _skip(self, start: int, stop: int) -> None:
-        self.bytes_discarded += _count_discarded(self._buf, start, stop)
-        self.resyncs += 1
+        # Skipping nothing but flags (inter-frame fill, a final closing flag) is no resync.
+        dropped = _count_discarded(self._buf, start, stop)
+        if dropped:
+            self.bytes_discarded += dropped
+            self.resyncs += 1
         self._pos = stop
         self._ahead = 0
 

@@ -6,7 +6,7 @@ import enum
 from typing import Union
 
 #: What the byte-level functions accept.
-BytesLike = Union[bytes, bytearray, memoryview]  # noqa: UP007 - a runtime alias on 3.10
+BytesLike = Union[bytes, bytearray, memoryview]  # noqa: UP007 - a runtime alias
 
 FLAG = 0x7E
 ESCAPE = 0x7D

@@ -22,7 +22,9 @@ if os.environ.get("DLMS_BRIDGE_REQUIRE_EXTENSION") and "cython" not in IMPLEMENT
 
 #: The project's shared vectors (../shared from the project root), and the copy kept in tests/data
 #: so that a checkout without ../shared still runs every vector test.
-SHARED_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "real-meter-frames.json"
+SHARED_VECTORS = (
+    Path(__file__).resolve().parents[3] / "shared" / "vectors" / "real-meter-frames.json"
+)
 LOCAL_VECTORS = Path(__file__).resolve().parents[1] / "data" / "real-meter-frames.json"
 
 

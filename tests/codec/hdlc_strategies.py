@@ -20,9 +20,9 @@ tricky_bytes = st.lists(st.sampled_from(TRICKY) | st.integers(0, 255)).map(bytes
 
 
 def _info(min_size: int) -> st.SearchStrategy[bytes]:
-    return st.lists(st.sampled_from(TRICKY) | st.integers(0, 255), min_size=min_size, max_size=300).map(
-        bytes
-    )
+    return st.lists(
+        st.sampled_from(TRICKY) | st.integers(0, 255), min_size=min_size, max_size=300
+    ).map(bytes)
 
 
 @st.composite
