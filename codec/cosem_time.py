@@ -413,7 +413,7 @@ class CosemDateTime:
         Raises :class:`DecodeError` like :meth:`to_datetime` for unspecified or invalid fields.
         """
         plain = attrs.evolve(self, deviation=None)
-        return plain.to_datetime(default_tz=_dt.timezone.utc).replace(tzinfo=None)
+        return plain.to_datetime(default_tz=_dt.UTC).replace(tzinfo=None)
 
     def to_datetime(
         self,

@@ -122,7 +122,7 @@ def test_special_month_and_day_values_are_kept() -> None:
     assert str(other) == "****-DST-end-second-last"
     assert CosemDate.from_bytes(other.to_bytes()) == other
     with pytest.raises(DecodeError, match="unspecified year"):
-        value.to_datetime(default_tz=dt.timezone.utc)
+        value.to_datetime(default_tz=dt.UTC)
 
 
 def test_special_values_do_not_convert() -> None:
@@ -215,7 +215,7 @@ def test_unspecified_fields_name_themselves() -> None:
 
 def test_unspecified_hundredths_read_as_zero() -> None:
     value = CosemDateTime(2024, 3, 1, None, 12, 0, 0, None, 0, None)
-    assert value.to_datetime() == dt.datetime(2024, 3, 1, 12, tzinfo=dt.timezone.utc)
+    assert value.to_datetime() == dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1259 @@
+"""The bridge's TOML configuration: attrs models, structured by cattrs, every error with its path.
+
+A config file has five sections (``deploy/bridge.example.toml`` documents every option)::
+
+    [bridge]     instance name, data directory, summaries, log level
+    [mqtt]       broker, TLS, credentials, client id, keepalive, QoS
+    [publish]    payload mode, pacing, outbox limits
+    [defaults]   meter settings applied to every [[meters]] entry that does not set them
+    [[meters]]   one table per meter
+
+Loading happens in two steps. The TOML document is first structured into private *section*
+classes that mirror the file (every field optional, unknown keys refused), which gives type errors
+with their path for free. Those sections are then checked and resolved into the public, frozen
+models below: defaults merged into each meter, ``"auto"`` values decided, relative paths made
+absolute, secrets read from their file or environment variable. Every problem found on the way is
+collected, so one run of ``dlms-bridge check-config`` reports all of them::
+
+    meters[2].port: expected an int, got 'abc'
+    meters[0].registers[1].obis: not an OBIS code: '1-1:99' (...)
+    meters[0].intervall: unknown key (did you mean 'interval_s'?)
+
+Secrets (tokens, passwords) live in the resolved models as plain strings but never appear in their
+``repr``; :func:`masked` replaces them for display.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import string
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.cols import list_structure_factory
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
+
+from codec.obis import InvalidObis, Obis
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "PRESETS",
+    "BridgeConfig",
+    "ConfigError",
+    "MeterConfig",
+    "MqttConfig",
+    "PublishConfig",
+    "RegisterConfig",
+    "ServiceConfig",
+    "TlsConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "converter",
+    "diff_meters",
+    "load_config",
+    "masked",
+    "parse_config",
+]
+
+#: Where the outbox and the lock file live when neither the config nor systemd says otherwise.
+DEFAULT_DATA_DIR = "/var/lib/dlms-bridge"
+
+#: What :func:`masked` puts in place of a secret.
+MASK = "***"
+
+Transport = Literal["hdlc", "wrapper"]
+PublishMode = Literal["gateway", "device", "topic"]
+PayloadFormat = Literal["thingsboard", "flat"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Synchronous = Literal["full", "normal"]
+
+#: Placeholders allowed in ``publish.topic``.
+TOPIC_PLACEHOLDERS = ("meter", "bridge")
+
+#: The top-level tables, in the order errors are reported.
+_SECTION_ORDER = ("bridge", "mqtt", "publish", "defaults", "meters")
+
+M = TypeVar("M")
+S = TypeVar("S")
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _secret() -> Any:
+    """A resolved secret: kept out of ``repr`` and marked for :func:`masked`."""
+    return attrs.field(default=None, repr=False, metadata={"secret": True})
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` holds one ``"path: message"`` line per problem."""
+
+    def __init__(self, errors: Sequence[str], *, source: str = "<string>") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        count = len(self.errors)
+        head = f"{self.source}: {count} error{'s' if count != 1 else ''}"
+        return "\n  ".join([head, *self.errors])
+
+
+# --------------------------------------------------------------------------------------------
+# The resolved, public models.
+
+
+@attrs.frozen(kw_only=True)
+class RegisterConfig:
+    """One COSEM attribute to read, published under ``key``."""
+
+    key: str
+    obis: Obis
+    class_id: int = 3
+    attribute: int = 2
+
+
+def _preset(*pairs: tuple[str, str]) -> tuple[RegisterConfig, ...]:
+    return tuple(RegisterConfig(key=key, obis=Obis.parse(obis)) for key, obis in pairs)
+
+
+_FIELD_METER = (
+    ("voltage_l1", "1-1:32.7.0"),
+    ("current_l1", "1-1:31.7.0"),
+    ("frequency", "1-1:14.7.0"),
+    ("active_power", "1-1:1.7.0"),
+    ("active_energy", "1-1:1.8.0"),
+)
+
+#: Named register lists usable as ``registers = "<name>"``.
+PRESETS: dict[str, tuple[RegisterConfig, ...]] = {
+    # The single-phase meter in the field: every value is a class 3 register, attribute 2.
+    "field-meter": _preset(*_FIELD_METER),
+    "three-phase": _preset(
+        *_FIELD_METER,
+        ("voltage_l2", "1-1:52.7.0"),
+        ("current_l2", "1-1:51.7.0"),
+        ("voltage_l3", "1-1:72.7.0"),
+        ("current_l3", "1-1:71.7.0"),
+    ),
+}
+
+
+@attrs.frozen(kw_only=True)
+class ServiceConfig:
+    """The ``[bridge]`` section: who this instance is and where it keeps its state."""
+
+    name: str
+    data_dir: str
+    summary_interval_s: float = 60.0
+    log_level: LogLevel = "info"
+
+
+@attrs.frozen(kw_only=True)
+class TlsConfig:
+    """TLS towards the broker; no ``ca_file`` means the system's CA store."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Skip certificate and host name verification (test brokers only).
+    insecure: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class MqttConfig:
+    """The ``[mqtt]`` section, with its credentials resolved."""
+
+    host: str
+    port: int
+    client_id: str
+    tls: TlsConfig | None = None
+    #: ThingsBoard access token; sent as the MQTT user name with no password.
+    token: str | None = _secret()
+    username: str | None = None
+    password: str | None = _secret()
+    keepalive: int = 60
+    qos: Literal[0, 1] = 1
+
+    @property
+    def auth_username(self) -> str | None:
+        """The user name to log in with: the token if there is one."""
+        return self.token if self.token is not None else self.username
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for messages, with IPv6 literals bracketed."""
+        return _host_port(self.host, self.port)
+
+
+@attrs.frozen(kw_only=True)
+class PublishConfig:
+    """The ``[publish]`` section: how readings become MQTT messages, and how fast."""
+
+    mode: PublishMode = "gateway"
+    #: Topic template in mode ``"topic"``, e.g. ``"meters/{meter}/telemetry"``.
+    topic: str | None = None
+    #: Payload format in mode ``"topic"``.
+    payload: PayloadFormat = "thingsboard"
+    max_messages_per_s: float = 4.0
+    max_payload_bytes: int = 32_768
+    max_bytes_per_s: int = 65_536
+    max_readings_per_message: int = 500
+    outbox_max_rows: int = 1_000_000
+    outbox_max_bytes: int = 256 * 1024 * 1024
+    outbox_synchronous: Synchronous = "full"
+
+
+@attrs.frozen(kw_only=True)
+class MeterConfig:
+    """One meter with ``[defaults]`` merged in and every ``"auto"`` decided."""
+
+    name: str
+    host: str
+    port: int
+    enabled: bool = True
+    transport: Transport = "hdlc"
+    client_sap: int = 1
+    #: HDLC: upper address (0 on the field meter). Wrapper: the destination wPort.
+    server_logical: int = 0
+    #: HDLC lower address; unused by the wrapper.
+    server_physical: int = 1
+    #: Bytes of the HDLC server address: 1, 2 or 4.
+    server_address_size: Literal[1, 2, 4] = 1
+    #: Low-level security (LLS) password; ``None`` means no authentication.
+    password: str | None = _secret()
+    interval_s: float = 15.0
+    timeout_s: float = 5.0
+    inactivity_timeout_s: float = 180.0
+    registers: tuple[RegisterConfig, ...] = ()
+    max_pdu_size: int = 1024
+    hdlc_max_info: int = 128
+    hdlc_window: int = 1
+    byte_stuffing: bool = False
+    #: ThingsBoard device token, publish mode ``"device"`` only.
+    token: str | None = _secret()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for messages, with IPv6 literals bracketed."""
+        return _host_port(self.host, self.port)
+
+
+@attrs.frozen(kw_only=True)
+class BridgeConfig:
+    """A whole, valid configuration."""
+
+    bridge: ServiceConfig
+    mqtt: MqttConfig
+    publish: PublishConfig = attrs.Factory(PublishConfig)
+    meters: tuple[MeterConfig, ...] = ()
+    #: Where it was read from (a path, or ``"<string>"``), for reloads and messages.
+    source: str = "<string>"
+
+    @property
+    def enabled_meters(self) -> tuple[MeterConfig, ...]:
+        """The meters to poll."""
+        return tuple(m for m in self.meters if m.enabled)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------------------------
+# The file's sections as written: every field optional where [defaults] or a built-in value may
+# fill it in. Type errors are found while structuring; the value checks are in _CHECKS.
+
+
+@attrs.frozen(kw_only=True)
+class _BridgeSection:
+    name: str | None = None
+    data_dir: str | None = None
+    summary_interval_s: float = 60.0
+    log_level: LogLevel = "info"
+
+
+@attrs.frozen(kw_only=True)
+class _TlsSection:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class _MqttSection:
+    host: str | None = None
+    port: int | None = None
+    tls: bool | _TlsSection | None = None
+    token: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    client_id: str | None = None
+    keepalive: int = 60
+    qos: Literal[0, 1] = 1
+
+
+_PUBLISH_DEFAULTS = PublishConfig()
+
+
+@attrs.frozen(kw_only=True)
+class _PublishSection:
+    mode: PublishMode = "gateway"
+    topic: str | None = None
+    payload: PayloadFormat | None = None
+    max_messages_per_s: float = _PUBLISH_DEFAULTS.max_messages_per_s
+    max_payload_bytes: int = _PUBLISH_DEFAULTS.max_payload_bytes
+    max_bytes_per_s: int = _PUBLISH_DEFAULTS.max_bytes_per_s
+    max_readings_per_message: int = _PUBLISH_DEFAULTS.max_readings_per_message
+    outbox_max_rows: int = _PUBLISH_DEFAULTS.outbox_max_rows
+    outbox_max_bytes: int = _PUBLISH_DEFAULTS.outbox_max_bytes
+    outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
+
+
+@attrs.frozen(kw_only=True)
+class _RegisterSection:
+    key: str | None = None
+    obis: Obis | None = None
+    class_id: int = 3
+    attribute: int = 2
+
+
+_Registers = str | list[_RegisterSection]
+
+
+@attrs.frozen(kw_only=True)
+class _MeterDefaults:
+    """Settings that ``[defaults]`` may give and each ``[[meters]]`` entry may override."""
+
+    port: int | None = None
+    transport: Transport | None = None
+    client_sap: int | None = None
+    server_logical: int | None = None
+    server_physical: int | None = None
+    server_address_size: Literal[1, 2, 4, "auto"] | None = None
+    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    interval_s: float | None = None
+    timeout_s: float | None = None
+    inactivity_timeout_s: float | None = None
+    registers: _Registers | None = None
+    max_pdu_size: int | None = None
+    hdlc_max_info: int | None = None
+    hdlc_window: int | None = None
+    byte_stuffing: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _MeterSection(_MeterDefaults):
+    name: str | None = None
+    host: str | None = None
+    enabled: bool = True
+    token: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+
+
+#: Built-in values of the meter settings; ``port`` and ``registers`` have none.
+_BUILTIN_METER: dict[str, Any] = {
+    "transport": "hdlc",
+    "client_sap": 1,
+    "server_physical": 1,
+    "server_address_size": "auto",
+    "interval_s": 15.0,
+    "timeout_s": 5.0,
+    "inactivity_timeout_s": 180.0,
+    "max_pdu_size": 1024,
+    "hdlc_max_info": 128,
+    "hdlc_window": 1,
+    "byte_stuffing": False,
+}
+
+#: Keys that must be present, per section.
+_REQUIRED: dict[type, tuple[str, ...]] = {
+    _MqttSection: ("host",),
+    _RegisterSection: ("key", "obis"),
+    _MeterSection: ("name", "host"),
+}
+
+Check = Callable[[Any], "str | None"]
+
+
+def _in_range(lo: int, hi: int) -> Check:
+    def check(value: int) -> str | None:
+        return None if lo <= value <= hi else f"must be between {lo} and {hi}, got {value}"
+
+    return check
+
+
+def _positive(value: float) -> str | None:
+    if math.isfinite(value) and value > 0:
+        return None
+    return f"must be a positive number, got {value}"
+
+
+def _non_empty(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if any(not ch.isprintable() for ch in value):
+        return f"must not contain control characters, got {value!r}"
+    return None
+
+
+def _name(value: str) -> str | None:
+    problem = _non_empty(value)
+    if problem is None and len(value) > 255:
+        problem = f"must be at most 255 characters, got {len(value)}"
+    return problem
+
+
+def _host(value: str) -> str | None:
+    problem = _non_empty(value)
+    if problem is None and any(ch.isspace() for ch in value):
+        problem = f"not a host name or address: {value!r}"
+    return problem
+
+
+def _register_key(value: str) -> str | None:
+    if _KEY_RE.fullmatch(value) is None:
+        return f"must be letters, digits, '_', '.' or '-', got {value!r}"
+    return None
+
+
+#: Value checks by key; a key means the same thing in every section that has it.
+#: Each returns an error message or None. Checks that involve several keys are in _Resolver.
+_CHECKS: dict[str, Check] = {
+    "name": _name,
+    "host": _host,
+    "port": _in_range(1, 65535),
+    **dict.fromkeys(
+        (
+            "data_dir",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "token",
+            "token_file",
+            "token_env",
+            "username",
+            "password",
+            "password_file",
+            "password_env",
+            "client_id",
+            "topic",
+        ),
+        _non_empty,
+    ),
+    **dict.fromkeys(
+        (
+            "summary_interval_s",
+            "interval_s",
+            "timeout_s",
+            "inactivity_timeout_s",
+            "max_messages_per_s",
+        ),
+        _positive,
+    ),
+    "keepalive": _in_range(5, 65535),
+    "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
+    "max_bytes_per_s": _in_range(256, 2**40),
+    "max_readings_per_message": _in_range(1, 100_000),
+    "outbox_max_rows": _in_range(100, 2**40),
+    "outbox_max_bytes": _in_range(65_536, 2**50),
+    "key": _register_key,
+    "class_id": _in_range(1, 65535),
+    "attribute": _in_range(1, 127),
+    # Transport-specific limits are checked once the transport is known.
+    "client_sap": _in_range(0, 65535),
+    "server_logical": _in_range(0, 65535),
+    "server_physical": _in_range(0, 0x3FFF),
+    "max_pdu_size": _in_range(64, 65535),
+    "hdlc_max_info": _in_range(32, 2030),
+    "hdlc_window": _in_range(1, 7),
+}
+
+# --------------------------------------------------------------------------------------------
+# The converter: strict about TOML types (no "3" for 3, no true for 1), unknown keys refused.
+
+
+class _Invalid(ValueError):
+    """A value of the wrong type or form; its message is shown as is, after the path."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _structure_int(value: Any, _: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an int, got {_show(value)}")
+    return value
+
+
+def _structure_float(value: Any, _: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {_show(value)}")
+    return float(value)
+
+
+def _structure_str(value: Any, _: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_show(value)}")
+    return value
+
+
+def _structure_bool(value: Any, _: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _structure_obis(value: Any, _: Any) -> Obis:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected an OBIS code as a string, got {_show(value)}")
+    try:
+        return Obis.parse(value)
+    except InvalidObis as exc:
+        raise _Invalid(
+            f"not an OBIS code: {_show(value)} (expected A-B:C.D.E, A-B:C.D.E*F or "
+            "A.B.C.D.E.F, groups 0..255)"
+        ) from exc
+
+
+def _is_literal(tp: Any) -> bool:
+    return get_origin(tp) is Literal
+
+
+def _structure_literal(value: Any, tp: Any) -> Any:
+    choices = get_args(tp)
+    # Compare types too: in Python ``True == 1``, but ``qos = true`` is a mistake.
+    for choice in choices:
+        if type(value) is type(choice) and value == choice:
+            return value
+    shown = ", ".join(_show(c) for c in choices)
+    raise _Invalid(f"expected one of {shown}, got {_show(value)}")
+
+
+def _is_sequence_type(tp: Any) -> bool:
+    return get_origin(tp) in (list, tuple)
+
+
+def _make_sequence_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    elem = (get_args(tp) or (Any,))[0]
+    inner = list_structure_factory(list[elem], conv)  # type: ignore[valid-type]
+    as_tuple = get_origin(tp) is tuple
+
+    def structure(value: Any, _: Any) -> Any:
+        # A string is iterable, but a string where an array belongs is a mistake.
+        if not isinstance(value, list | tuple):
+            raise _Invalid(f"expected an array, got {_show(value)}")
+        items = inner(value, list[elem])  # type: ignore[valid-type]
+        return tuple(items) if as_tuple else items
+
+    return structure
+
+
+def _make_attrs_hook(cl: type, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cl, conv)
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a table, got {_show(value)}")
+        return generated(value, cl)
+
+    return structure
+
+
+def _structure_registers(value: Any, _: Any) -> _Registers:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return converter.structure(value, list[_RegisterSection])
+    raise _Invalid(
+        f"expected a preset name ({', '.join(map(repr, PRESETS))}) or an array of tables, "
+        f"got {_show(value)}"
+    )
+
+
+def _structure_tls(value: Any, _: Any) -> bool | _TlsSection:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        return converter.structure(value, _TlsSection)
+    raise _Invalid(f"expected true, false or a table, got {_show(value)}")
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(Obis, _structure_obis)
+    conv.register_unstructure_hook(Obis, str)
+    conv.register_structure_hook_func(_is_literal, _structure_literal)
+    conv.register_structure_hook_func(lambda t: t == _Registers | None, _structure_registers)
+    conv.register_structure_hook_func(lambda t: t == bool | _TlsSection | None, _structure_tls)
+    conv.register_structure_hook_factory(_is_sequence_type, lambda t: _make_sequence_hook(t, conv))
+    conv.register_structure_hook_factory(attrs.has, lambda t: _make_attrs_hook(t, conv))
+    return conv
+
+
+#: The converter for both the file's sections and the resolved models; strict about types.
+#: ``converter.structure(converter.unstructure(cfg), BridgeConfig) == cfg`` for any config.
+converter = _make_converter()
+
+
+def _cattrs_errors(exc: BaseException, path: str) -> Iterator[str]:
+    """Flatten a cattrs validation error into ``path: message`` lines."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(note, IterableValidationNote):
+                yield from _cattrs_errors(sub, f"{path}[{note.index}]")
+            else:
+                yield from _cattrs_errors(sub, _join(path, note.name))
+        for sub in without:
+            yield from _cattrs_errors(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        known = [a.name for a in attrs.fields(exc.cl)]
+        for key in sorted(exc.extra_fields):
+            yield f"{_join(path, key)}: {_unknown_key(key, known)}"
+    elif isinstance(exc, _Invalid):
+        yield f"{path or '<top>'}: {exc}"
+    elif isinstance(exc, KeyError):
+        yield f"{path}: required key missing"
+    else:
+        yield f"{path or '<top>'}: {type(exc).__name__}: {exc}"
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> str:
+    hint = difflib.get_close_matches(key, known, n=1)
+    return f"unknown key (did you mean {hint[0]!r}?)" if hint else "unknown key"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _join(path: str, name: str) -> str:
+    """Append a key to a path, quoted as TOML would need it (``bridge."a b"``)."""
+    if _BARE_KEY.fullmatch(name) is None:
+        name = json.dumps(name, ensure_ascii=False)
+    return f"{path}.{name}" if path else name
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: sections to models, with every check that needs more than one field.
+
+
+@attrs.define(eq=False)
+class _Resolver:
+    env: Mapping[str, str]
+    base_dir: Path
+    errors: list[str] = attrs.Factory(list)
+
+    def error(self, path: str, message: str) -> None:
+        line = f"{path}: {message}"
+        if line not in self.errors:  # one bad [defaults] value is reported once, not per meter
+            self.errors.append(line)
+
+    def structure(self, value: Any, cl: type[S], path: str) -> S | None:
+        """Structure one part of the document; on failure report why and return None."""
+        try:
+            return converter.structure(value, cl)
+        except (ClassValidationError, IterableValidationError, _Invalid) as exc:
+            for line in _cattrs_errors(exc, path):
+                self.errors.append(line)
+            return None
+
+    def unknown_key(self, path: str, key: str, known: Iterable[str]) -> None:
+        self.error(_join(path, key), _unknown_key(key, list(known)))
+
+    def check_fields(self, section: Any, path: str) -> None:
+        """Run the checks of :data:`_CHECKS` and :data:`_REQUIRED` on one section."""
+        required = _REQUIRED.get(type(section), ())
+        for field in attrs.fields(type(section)):
+            value = getattr(section, field.name)
+            if value is None:
+                if field.name in required:
+                    self.error(_join(path, field.name), "required")
+                continue
+            check = _CHECKS.get(field.name)
+            problem = None if check is None else check(value)
+            if problem is not None:
+                self.error(_join(path, field.name), problem)
+
+    def path(self, raw: str) -> str:
+        """A path from the file, relative to the config file's directory."""
+        return str((self.base_dir / os.path.expanduser(raw)).absolute())
+
+    def readable(self, path: str, raw: str | None) -> str | None:
+        """Resolve a file name and report it if it cannot be opened."""
+        if raw is None:
+            return None
+        resolved = self.path(raw)
+        try:
+            with open(resolved, "rb"):
+                pass
+        except OSError as exc:
+            self.error(path, f"cannot read {resolved}: {exc.strerror or exc}")
+        return resolved
+
+    def secret(self, section: Any, field: str, path: str) -> str | None:
+        """Resolve ``field``, ``field_file`` or ``field_env``: at most one may be given."""
+        sources = [
+            (f"{field}{suffix}", getattr(section, f"{field}{suffix}"))
+            for suffix in ("", "_file", "_env")
+        ]
+        given = [(name, value) for name, value in sources if value is not None]
+        if not given:
+            return None
+        if len(given) > 1:
+            names = " and ".join(_join(path, name) for name, _ in given)
+            self.error(_join(path, given[1][0]), f"give only one of {names}")
+            return None
+        name, value = given[0]
+        where = _join(path, name)
+        if name == field:
+            return str(value)
+        if name.endswith("_env"):
+            secret = self.env.get(value)
+            if secret is None:
+                self.error(where, f"environment variable {value} is not set")
+            elif not secret:
+                self.error(where, f"environment variable {value} is empty")
+            return secret or None
+        resolved = self.path(value)
+        try:
+            with open(resolved, encoding="utf-8") as f:
+                # One trailing newline is what editors and `echo` add, never part of a secret.
+                secret = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            self.error(where, f"cannot read {resolved}: {reason or exc}")
+            return None
+        if not secret:
+            self.error(where, f"{resolved} is empty")
+            return None
+        return secret
+
+    # -- sections -----------------------------------------------------------------------------
+
+    def service(self, section: _BridgeSection) -> ServiceConfig:
+        self.check_fields(section, "bridge")
+        if section.data_dir is not None:
+            data_dir = self.path(section.data_dir)
+        else:
+            # systemd's StateDirectory= sets STATE_DIRECTORY, colon-separated if several.
+            state = self.env.get("STATE_DIRECTORY", "").split(":")[0]
+            data_dir = state or DEFAULT_DATA_DIR
+        name = section.name or socket.gethostname().split(".")[0] or "bridge"
+        return ServiceConfig(
+            name=name,
+            data_dir=data_dir,
+            summary_interval_s=section.summary_interval_s,
+            log_level=section.log_level,
+        )
+
+    def mqtt(self, section: _MqttSection, service: ServiceConfig, mode: str | None) -> MqttConfig:
+        self.check_fields(section, "mqtt")
+        tls: TlsConfig | None = None
+        if isinstance(section.tls, _TlsSection):
+            self.check_fields(section.tls, "mqtt.tls")
+            raw = section.tls
+            if raw.key_file is not None and raw.cert_file is None:
+                self.error("mqtt.tls.key_file", "needs mqtt.tls.cert_file")
+            tls = TlsConfig(
+                ca_file=self.readable("mqtt.tls.ca_file", raw.ca_file),
+                cert_file=self.readable("mqtt.tls.cert_file", raw.cert_file),
+                key_file=self.readable("mqtt.tls.key_file", raw.key_file),
+                insecure=raw.insecure,
+            )
+        elif section.tls:
+            tls = TlsConfig()
+        token = self.secret(section, "token", "mqtt")
+        password = self.secret(section, "password", "mqtt")
+        if token is not None and section.username is not None:
+            self.error("mqtt.username", "not used with a token (the token is the user name)")
+        if password is not None and section.username is None:
+            self.error("mqtt.password", "needs mqtt.username")
+        if mode == "device":
+            for name in ("token", "token_file", "token_env", "username"):
+                if getattr(section, name) is not None:
+                    self.error(
+                        f"mqtt.{name}",
+                        'not used in publish mode "device": each meter logs in with its own token',
+                    )
+        port = section.port if section.port is not None else (8883 if tls else 1883)
+        client_id = section.client_id or _default_client_id(service)
+        return MqttConfig(
+            host=section.host or "",
+            port=port,
+            client_id=client_id,
+            tls=tls,
+            token=token,
+            username=section.username,
+            password=password,
+            keepalive=section.keepalive,
+            qos=section.qos,
+        )
+
+    def publish(self, section: _PublishSection) -> PublishConfig:
+        self.check_fields(section, "publish")
+        if section.mode == "topic":
+            if section.topic is None:
+                self.error("publish.topic", 'required in publish mode "topic"')
+            else:
+                problem = _check_topic(section.topic)
+                if problem is not None:
+                    self.error("publish.topic", problem)
+        else:
+            for name in ("topic", "payload"):
+                if getattr(section, name) is not None:
+                    self.error(f"publish.{name}", 'only used in publish mode "topic"')
+        if section.max_payload_bytes > section.max_bytes_per_s:
+            self.error(
+                "publish.max_payload_bytes",
+                f"{section.max_payload_bytes} is more than publish.max_bytes_per_s "
+                f"({section.max_bytes_per_s}): such a message could never be sent",
+            )
+        return PublishConfig(
+            mode=section.mode,
+            topic=section.topic,
+            payload=section.payload or "thingsboard",
+            max_messages_per_s=section.max_messages_per_s,
+            max_payload_bytes=section.max_payload_bytes,
+            max_bytes_per_s=section.max_bytes_per_s,
+            max_readings_per_message=section.max_readings_per_message,
+            outbox_max_rows=section.outbox_max_rows,
+            outbox_max_bytes=section.outbox_max_bytes,
+            outbox_synchronous=section.outbox_synchronous,
+        )
+
+    def registers(self, value: _Registers, path: str) -> tuple[RegisterConfig, ...]:
+        if isinstance(value, str):
+            preset = PRESETS.get(value)
+            if preset is None:
+                known = ", ".join(map(repr, PRESETS))
+                self.error(path, f"unknown preset {value!r} (known: {known})")
+                return ()
+            return preset
+        if not value:
+            self.error(path, "must list at least one register")
+        result: list[RegisterConfig] = []
+        first_by_key: dict[str, int] = {}
+        for i, raw in enumerate(value):
+            self.check_fields(raw, f"{path}[{i}]")
+            if raw.key is None or raw.obis is None:
+                continue
+            if raw.key in first_by_key:
+                self.error(
+                    f"{path}[{i}].key",
+                    f"duplicate of {path}[{first_by_key[raw.key]}].key ({raw.key!r})",
+                )
+            first_by_key.setdefault(raw.key, i)
+            result.append(
+                RegisterConfig(
+                    key=raw.key, obis=raw.obis, class_id=raw.class_id, attribute=raw.attribute
+                )
+            )
+        return tuple(result)
+
+    def meter(
+        self,
+        raw: _MeterSection,
+        path: str,
+        defaults: _MeterDefaults,
+        default_regs: Any,
+        mode: str | None,
+    ) -> MeterConfig | None:
+        self.check_fields(raw, path)
+
+        def pick(name: str) -> Any:
+            value = getattr(raw, name)
+            if value is None:
+                value = getattr(defaults, name)
+            return _BUILTIN_METER.get(name) if value is None else value
+
+        def origin(*names: str) -> str:
+            """Where to report a problem with these settings: the meter if it set any."""
+            for name in names:
+                if getattr(raw, name) is not None:
+                    return f"{path}.{name}"
+            return f"defaults.{names[0]}"
+
+        # A secret is one setting with three spellings: the meter's replaces all of [defaults]'.
+        pw_names = ("password", "password_file", "password_env")
+        if any(getattr(raw, n) is not None for n in pw_names):
+            password = self.secret(raw, "password", path)
+        else:
+            password = self.secret(defaults, "password", "defaults")
+        token = self.secret(raw, "token", path)
+        if mode == "device" and raw.enabled and token is None and not self.has_secret(raw, "token"):
+            self.error(
+                f"{path}.token", 'required in publish mode "device" (or token_file, token_env)'
+            )
+        if mode not in ("device", None) and self.has_secret(raw, "token"):
+            given = next(
+                n for n in ("token", "token_file", "token_env") if getattr(raw, n) is not None
+            )
+            self.error(f"{path}.{given}", 'only used in publish mode "device"')
+
+        if raw.registers is not None:
+            registers = self.registers(raw.registers, f"{path}.registers")
+        elif default_regs is None:
+            self.error(f"{path}.registers", "required (set it here or in [defaults])")
+            registers = ()
+        else:
+            registers = default_regs
+
+        port = pick("port")
+        if port is None:
+            self.error(f"{path}.port", "required (set it here or in [defaults])")
+        transport = pick("transport")
+        interval_s, timeout_s = pick("interval_s"), pick("timeout_s")
+        if timeout_s >= interval_s:
+            self.error(
+                origin("timeout_s", "interval_s"),
+                f"timeout_s ({timeout_s:g}) must be less than interval_s ({interval_s:g})",
+            )
+        client_sap = pick("client_sap")
+        logical = pick("server_logical")
+        if logical is None:
+            # The wrapper addresses logical devices by wPort; the management device is 1.
+            logical = 1 if transport == "wrapper" else 0
+        physical = pick("server_physical")
+        size = pick("server_address_size")
+        if transport == "hdlc":
+            if client_sap > 0x7F:
+                self.error(origin("client_sap"), f"must be at most 127 with HDLC, got {client_sap}")
+            if logical > 0x3FFF:
+                self.error(
+                    origin("server_logical"), f"must be at most 16383 with HDLC, got {logical}"
+                )
+            size = self.address_size(size, logical, physical, origin("server_address_size"))
+        elif size == "auto":
+            size = 2  # not on the wire with the wrapper; any valid value will do
+        if port is None:
+            return None
+        return MeterConfig(
+            name=raw.name or "",
+            host=raw.host or "",
+            port=port,
+            enabled=raw.enabled,
+            transport=transport,
+            client_sap=client_sap,
+            server_logical=logical,
+            server_physical=physical,
+            server_address_size=size,
+            password=password,
+            interval_s=interval_s,
+            timeout_s=timeout_s,
+            inactivity_timeout_s=pick("inactivity_timeout_s"),
+            registers=registers,
+            max_pdu_size=pick("max_pdu_size"),
+            hdlc_max_info=pick("hdlc_max_info"),
+            hdlc_window=pick("hdlc_window"),
+            byte_stuffing=pick("byte_stuffing"),
+            token=token,
+        )
+
+    def address_size(self, size: Any, logical: int, physical: int, path: str) -> Literal[1, 2, 4]:
+        """Decide ``"auto"`` and check that the addresses fit in the size asked for.
+
+        One byte carries only a physical address below 128 (logical 0, as on the field meter),
+        two bytes carry 7 bits each, four bytes 14 bits each.
+        """
+        fits_1 = logical == 0 and physical <= 0x7F
+        fits_2 = logical <= 0x7F and physical <= 0x7F
+        if size == "auto":
+            return 1 if fits_1 else 2 if fits_2 else 4
+        if size == 1 and not fits_1:
+            self.error(
+                path,
+                f"1 byte holds only server_logical 0 and server_physical up to 127, "
+                f"got {logical} and {physical}",
+            )
+        elif size == 2 and not fits_2:
+            self.error(
+                path,
+                f"2 bytes hold server_logical and server_physical up to 127, "
+                f"got {logical} and {physical}",
+            )
+        return size  # type: ignore[no-any-return]
+
+    @staticmethod
+    def has_secret(section: Any, name: str) -> bool:
+        """Whether any of ``name``, ``name_file``, ``name_env`` is given."""
+        return any(getattr(section, f"{name}{s}") is not None for s in ("", "_file", "_env"))
+
+
+def _check_topic(topic: str) -> str | None:
+    """Check a topic template: known placeholders only, no wildcards."""
+    try:
+        parts = list(string.Formatter().parse(topic))
+    except ValueError as exc:
+        return f"not a valid template: {exc}"
+    allowed = ", ".join("{" + p + "}" for p in TOPIC_PLACEHOLDERS)
+    for literal, field, spec, conversion in parts:
+        if any(ch in literal for ch in "+#\0"):
+            return f"must not contain '+', '#' or NUL: {topic!r}"
+        if field is None:
+            continue
+        if field not in TOPIC_PLACEHOLDERS or spec or conversion:
+            return f"unknown placeholder {{{field}}} in {topic!r} (allowed: {allowed})"
+    if topic.startswith("/") or topic.endswith("/") or "//" in topic:
+        return f"has an empty level: {topic!r}"
+    return None
+
+
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii") as f:
+                value = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if value:
+            return value
+    return socket.gethostname()
+
+
+def _default_client_id(service: ServiceConfig) -> str:
+    """``dlms-bridge-<name>-<8 hex>``: stable across restarts, distinct per machine and data dir.
+
+    Two instances with one client id would kick each other off the broker in a loop.
+    """
+    digest = hashlib.sha256(f"{_machine_id()}\0{service.data_dir}".encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", service.name).strip("-")[:32] or "bridge"
+    return f"dlms-bridge-{name}-{digest}"
+
+
+def _check_meters(meters: Sequence[MeterConfig], mode: str | None, resolver: _Resolver) -> None:
+    """Checks across meters: unique names, addresses and device tokens."""
+    by_name: dict[str, int] = {}
+    by_address: dict[tuple[Any, ...], int] = {}
+    by_token: dict[str, int] = {}
+    for i, m in enumerate(meters):
+        if m.name in by_name:
+            j = by_name[m.name]
+            resolver.error(f"meters[{i}].name", f"duplicate of meters[{j}].name ({m.name!r})")
+        by_name.setdefault(m.name, i)
+        if m.transport == "hdlc":
+            address: tuple[Any, ...] = (m.host.lower(), m.port, m.server_logical, m.server_physical)
+        else:
+            address = (m.host.lower(), m.port, m.server_logical)
+        if address in by_address:
+            j = by_address[address]
+            resolver.error(
+                f"meters[{i}].host",
+                f"same host, port and server address as meters[{j}] ({meters[j].name!r})",
+            )
+        by_address.setdefault(address, i)
+        if mode == "device" and m.token is not None:
+            if m.token in by_token:
+                j = by_token[m.token]
+                resolver.error(
+                    f"meters[{i}].token", f"same token as meters[{j}] ({meters[j].name!r})"
+                )
+            by_token.setdefault(m.token, i)
+        if mode == "topic" and any(ch in m.name for ch in "+#/"):
+            resolver.error(
+                f"meters[{i}].name",
+                f"{m.name!r} cannot go into an MQTT topic level ('+', '#' and '/' are not allowed)",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> BridgeConfig:
+    """Parse and check a TOML config.
+
+    Relative paths in it are relative to ``base_dir`` (default: the current directory);
+    ``*_env`` secrets and ``STATE_DIRECTORY`` come from ``env`` (default: ``os.environ``).
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_toml_error(exc)], source=source) from None
+    return config_from_dict(document, source=source, env=env, base_dir=base_dir)
+
+
+def config_from_dict(
+    document: Mapping[str, Any],
+    *,
+    source: str = "<dict>",
+    env: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> BridgeConfig:
+    """Check a config given as the dict a TOML parser would return; see :func:`parse_config`."""
+    resolver = _Resolver(
+        env=os.environ if env is None else env,
+        base_dir=Path(os.getcwd() if base_dir is None else base_dir),
+    )
+    # Each section and each meter is structured on its own, so that a type error in one does
+    # not hide the problems of the others.
+    for key in document:
+        if key not in _SECTION_ORDER:
+            resolver.unknown_key("", key, _SECTION_ORDER)
+    bridge_s = resolver.structure(document.get("bridge", {}), _BridgeSection, "bridge")
+    mqtt_s = resolver.structure(document.get("mqtt", {}), _MqttSection, "mqtt")
+    publish_s = resolver.structure(document.get("publish", {}), _PublishSection, "publish")
+    defaults_s = resolver.structure(document.get("defaults", {}), _MeterDefaults, "defaults")
+    raw_meters = document.get("meters", [])
+    if not isinstance(raw_meters, list):
+        resolver.error(
+            "meters", f"expected an array of tables ([[meters]]), got {_show(raw_meters)}"
+        )
+        raw_meters = []
+    elif not raw_meters:
+        resolver.error("meters", "no meters: add at least one [[meters]] table")
+    meter_sections = [
+        resolver.structure(m, _MeterSection, f"meters[{i}]") for i, m in enumerate(raw_meters)
+    ]
+
+    mode = None if publish_s is None else publish_s.mode
+    service = resolver.service(bridge_s or _BridgeSection())
+    mqtt = None if mqtt_s is None else resolver.mqtt(mqtt_s, service, mode)
+    publish = None if publish_s is None else resolver.publish(publish_s)
+    meters: list[MeterConfig | None] = []
+    if defaults_s is None:
+        for i, raw in enumerate(meter_sections):
+            if raw is not None:
+                resolver.check_fields(raw, f"meters[{i}]")
+    else:
+        resolver.check_fields(defaults_s, "defaults")
+        if resolver.has_secret(defaults_s, "password"):
+            resolver.secret(defaults_s, "password", "defaults")  # reported even if overridden
+        default_regs = (
+            None
+            if defaults_s.registers is None
+            else resolver.registers(defaults_s.registers, "defaults.registers")
+        )
+        meters = [
+            None
+            if raw is None
+            else resolver.meter(raw, f"meters[{i}]", defaults_s, default_regs, mode)
+            for i, raw in enumerate(meter_sections)
+        ]
+    resolved = [m for m in meters if m is not None]
+    if len(resolved) == len(raw_meters):
+        _check_meters(resolved, mode, resolver)
+    if resolver.errors or mqtt is None or publish is None:
+        raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
+    return BridgeConfig(
+        bridge=service, mqtt=mqtt, publish=publish, meters=tuple(resolved), source=source
+    )
+
+
+def load_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """Read and check the config file at ``path``; paths in it are relative to its directory."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {source}: {exc.strerror or exc}"], source=source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x})"
+        raise ConfigError([message], source=source) from None
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return parse_config(text, source=source, env=env, base_dir=base_dir)
+
+
+_ERROR_PATH = re.compile(r"(\w+)(?:\[(\d+)\])?")
+
+
+def _file_order(line: str) -> tuple[int, int]:
+    """Sort key putting errors in the order of the file's sections, then of the meters."""
+    match = _ERROR_PATH.match(line)
+    if match is None or match.group(1) not in _SECTION_ORDER:
+        return (-1, -1)
+    return (_SECTION_ORDER.index(match.group(1)), int(match.group(2) or -1))
+
+
+_TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    match = _TOML_POSITION.match(str(exc))
+    if match is None:
+        return f"TOML syntax error: {exc}"
+    message, line, column = match.groups()
+    return f"line {line}, column {column}: TOML syntax error: {message}"
+
+
+def masked(value: M) -> M:
+    """A copy of an attrs model (recursively) with every non-empty secret replaced by ``***``."""
+    if isinstance(value, tuple):
+        return cast(M, tuple(masked(v) for v in value))
+    cls: Any = type(value)
+    if not attrs.has(cls):
+        return value
+    changes: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        current = getattr(value, field.name)
+        if field.metadata.get("secret"):
+            if current is not None:
+                changes[field.name] = MASK
+        elif attrs.has(type(current)) or isinstance(current, tuple):
+            changes[field.name] = masked(current)
+    return cast(M, attrs.evolve(cast(Any, value), **changes))
+
+
+def config_to_dict(config: BridgeConfig, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """The resolved config as plain data (JSON-ready), secrets masked unless told otherwise."""
+    result = converter.unstructure(masked(config) if mask_secrets else config)
+    assert isinstance(result, dict)
+    return result
+
+
+def diff_meters(
+    old: Iterable[MeterConfig], new: Iterable[MeterConfig]
+) -> tuple[list[MeterConfig], list[MeterConfig], list[MeterConfig]]:
+    """Compare two meter lists by name: ``(added, removed, changed)``.
+
+    ``added`` and ``changed`` hold meters from ``new`` (in its order), ``removed`` from ``old``.
+    A meter whose resolved settings differ in any way, its secrets included, is changed.
+    """
+    old_by_name = {m.name: m for m in old}
+    new_list = list(new)
+    new_names = {m.name for m in new_list}
+    added = [m for m in new_list if m.name not in old_by_name]
+    changed = [m for m in new_list if m.name in old_by_name and old_by_name[m.name] != m]
+    removed = [m for m in old_by_name.values() if m.name not in new_names]
+    return added, removed, changed
