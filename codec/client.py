@@ -1,0 +1,443 @@
+"""The register-reading DLMS client, sans-IO.
+
+Each operation of :class:`DlmsClient` is a *procedure*: a generator that yields request APDUs and
+receives the matching responses, returning its result at the end. Any driver runs them::
+
+    proc = client.read_registers(specs)
+    request = next(proc)
+    while True:
+        response = <send request, wait for its response>
+        try:
+            request = proc.send(response)
+        except StopIteration as done:
+            result = done.value
+            break
+
+so the same logic serves the Trio service, the command line and the tests (which can answer
+requests from a table, with no I/O at all).
+
+Scaler and unit are read once per association and cached; afterwards a read costs one request:
+a single GET-with-list for all registers when the meter negotiated multiple references, else one
+GET per register. A meter that refuses lists is remembered and read one register at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from codec import cosem
+from codec.apdu import (
+    ActionRequestNormal,
+    ActionResponseNormal,
+    AttributeDescriptor,
+    ConfirmedServiceError,
+    DataAccessResult,
+    ExceptionResponse,
+    GetRequestNormal,
+    GetRequestWithList,
+    GetResponseNormal,
+    GetResponseWithList,
+    InvokeId,
+    MethodDescriptor,
+    SelectiveAccess,
+    SetRequestNormal,
+    SetResponseNormal,
+    expect_data,
+    raise_for_result,
+)
+from codec.association import Negotiated
+from codec.axdr import Data, DataType
+from codec.cosem import CaptureObject, InterfaceClass, ObjectListEntry, ScalerUnit
+from codec.cosem_time import CosemDateTime
+from codec.errors import DataAccessError, ProtocolError, RemoteProtocolError
+from codec.obis import Obis
+from codec.units import Unit
+
+__all__ = [
+    "ASSOCIATION_LN",
+    "DlmsClient",
+    "Procedure",
+    "ProfileData",
+    "RegisterReading",
+    "RegisterSpec",
+]
+
+T = TypeVar("T")
+#: A sans-IO operation: yields requests, is sent responses, returns a result.
+Procedure = Generator[Any, Any, T]
+
+#: The current association's object (its object_list is attribute 2).
+ASSOCIATION_LN = Obis(0, 0, 40, 0, 0, 255)
+_PLACEHOLDER = InvokeId()
+_NUMERIC = frozenset(
+    {
+        DataType.DOUBLE_LONG,
+        DataType.DOUBLE_LONG_UNSIGNED,
+        DataType.INTEGER,
+        DataType.LONG,
+        DataType.UNSIGNED,
+        DataType.LONG_UNSIGNED,
+        DataType.LONG64,
+        DataType.LONG64_UNSIGNED,
+        DataType.FLOAT32,
+        DataType.FLOAT64,
+    }
+)
+
+
+def _to_obis(value: Obis | str | bytes) -> Obis:
+    return value if isinstance(value, Obis) else Obis.parse(value)
+
+
+@attrs.frozen
+class RegisterSpec:
+    """A value to read: an object's OBIS code, interface class and value attribute."""
+
+    obis: Obis = attrs.field(converter=_to_obis)
+    class_id: int = int(InterfaceClass.REGISTER)
+    attribute: int = 2
+    key: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The telemetry key, or the OBIS code when there is none."""
+        return self.key or str(self.obis)
+
+    @property
+    def descriptor(self) -> AttributeDescriptor:
+        """The attribute holding the value."""
+        return AttributeDescriptor(self.class_id, self.obis, self.attribute)
+
+
+@attrs.frozen
+class RegisterReading:
+    """A register's value with its scaler applied, its unit, and the raw value read."""
+
+    spec: RegisterSpec
+    value: Any = None
+    raw: Data | None = None
+    scaler: int | None = None
+    unit: Unit | None = None
+    #: Why there is no value (e.g. ``"object-undefined"``); None when the read succeeded.
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when a value was read."""
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe description."""
+        out: dict[str, Any] = {"obis": str(self.spec.obis), "key": self.spec.name}
+        if self.error is not None:
+            out["error"] = self.error
+            return out
+        out["value"] = self.value
+        out["unit"] = self.unit.symbol if self.unit is not None else None
+        out["scaler"] = self.scaler
+        if self.raw is not None:
+            out["raw"] = self.raw.to_json()
+            out["type"] = self.raw.type.name.lower().replace("_", "-")
+        return out
+
+
+@attrs.frozen
+class ProfileData:
+    """Rows of a profile generic's buffer, with the columns they hold."""
+
+    columns: tuple[CaptureObject, ...]
+    units: tuple[Unit | None, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe description."""
+        return {
+            "columns": [
+                {
+                    "class_id": c.class_id,
+                    "obis": str(c.obis),
+                    "attribute": c.attribute_index,
+                    "unit": u.symbol if u is not None else None,
+                }
+                for c, u in zip(self.columns, self.units, strict=True)
+            ],
+            "rows": [[_json_value(v) for v in row] for row in self.rows],
+        }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, Data):
+        return value.to_json()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _check_response(response: Any, expected: type[T], what: str) -> T:
+    if isinstance(response, (ExceptionResponse, ConfirmedServiceError)):
+        error = response.error()
+        raise type(error)(f"{what}: {error.message}", code=error.code)
+    if not isinstance(response, expected):
+        raise RemoteProtocolError(
+            f"{what}: expected {expected.__name__}, the meter answered {type(response).__name__}",
+            code="client.unexpected_response",
+        )
+    return response
+
+
+def _plain(raw: Data, scaler: ScalerUnit | None) -> Any:
+    if raw.type is DataType.FLOAT32 and isinstance(raw.value, float):
+        number = _float32(raw.value)
+        return scaler.apply(number) if scaler is not None else number
+    if scaler is not None and raw.type in _NUMERIC and isinstance(raw.value, (int, float)):
+        return scaler.apply(raw.value)
+    value = raw.to_python()
+    return _json_value(value) if isinstance(value, (bytes, _dt.datetime)) else raw.to_json()
+
+
+class DlmsClient:
+    """Operations on one open association. See the module docstring.
+
+    ``negotiated`` is what the AARE granted; ``max_list_items`` caps a GET-with-list (meters
+    limit it, often to around 10).
+    """
+
+    def __init__(self, negotiated: Negotiated, *, max_list_items: int = 10) -> None:
+        self.negotiated = negotiated
+        self.max_list_items = max(1, max_list_items)
+        self.scalers: dict[tuple[int, Obis], ScalerUnit | str] = {}
+        self._capture_objects: dict[Obis, tuple[CaptureObject, ...]] = {}
+        #: Set once the meter refused a GET-with-list: read one attribute at a time after that.
+        self.list_refused = False
+
+    # -- primitives --------------------------------------------------------------------------
+
+    def get(
+        self, attribute: AttributeDescriptor, access: SelectiveAccess | None = None
+    ) -> Procedure[Data]:
+        """Read one attribute; data-access errors raise :class:`DataAccessError`."""
+        response = yield GetRequestNormal(_PLACEHOLDER, attribute, access)
+        normal = _check_response(response, GetResponseNormal, f"GET {attribute}")
+        return expect_data(normal.result, _describe(attribute))
+
+    def set(self, attribute: AttributeDescriptor, value: Data) -> Procedure[None]:
+        """Write one attribute."""
+        response = yield SetRequestNormal(_PLACEHOLDER, attribute, None, value)
+        result = _check_response(response, SetResponseNormal, f"SET {attribute}").result
+        raise_for_result(result, _describe(attribute))
+
+    def action(
+        self, method: MethodDescriptor, parameters: Data | None = None
+    ) -> Procedure[Data | None]:
+        """Invoke a method; returns its return data, if any."""
+        response = yield ActionRequestNormal(_PLACEHOLDER, method, parameters)
+        reply = _check_response(response, ActionResponseNormal, f"ACTION {method}")
+        raise_for_result(reply.result, f"{method.obis} method {method.method_id}")
+        if isinstance(reply.return_data, DataAccessResult):
+            raise_for_result(reply.return_data, f"{method.obis} method {method.method_id}")
+            return None
+        return reply.return_data
+
+    def get_many(
+        self, attributes: Sequence[AttributeDescriptor]
+    ) -> Procedure[list[Data | DataAccessResult]]:
+        """Read several attributes: GET-with-list when possible, else one GET each.
+
+        Each result is the data or the meter's data-access-result for that attribute.
+        """
+        results: list[Data | DataAccessResult] = []
+        use_list = self.negotiated.multiple_references and not self.list_refused
+        for start in range(0, len(attributes), self.max_list_items if use_list else 1):
+            chunk = attributes[start : start + (self.max_list_items if use_list else 1)]
+            if use_list and len(chunk) > 1:
+                got = yield from self._get_list(chunk)
+                if got is not None:
+                    results.extend(got)
+                    continue
+                use_list = False
+            for attribute in chunk:
+                response = yield GetRequestNormal(_PLACEHOLDER, attribute, None)
+                results.append(
+                    _check_response(response, GetResponseNormal, f"GET {attribute}").result
+                )
+        return results
+
+    def _get_list(
+        self, chunk: Sequence[AttributeDescriptor]
+    ) -> Procedure[list[Data | DataAccessResult] | None]:
+        response = yield GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
+        if isinstance(response, GetResponseWithList) and len(response.results) == len(chunk):
+            return list(response.results)
+        # Refused (exception-response, service error, a bare error, a short list): remember it.
+        self.list_refused = True
+        return None
+
+    # -- registers ---------------------------------------------------------------------------
+
+    def read_registers(self, specs: Iterable[RegisterSpec]) -> Procedure[list[RegisterReading]]:
+        """Read registers with their scalers applied; one failed register does not fail others.
+
+        The first read in an association also fetches the scaler_unit of each register (in the
+        same GET-with-list when possible); later reads fetch only the values.
+        """
+        specs = list(specs)
+        wanted: list[AttributeDescriptor] = []
+        scaler_keys: list[tuple[int, Obis]] = []
+        for spec in specs:
+            key = (spec.class_id, spec.obis)
+            scaler_attr = cosem.scaler_unit_attribute(spec.class_id, spec.obis)
+            if scaler_attr is not None and key not in self.scalers and key not in scaler_keys:
+                wanted.append(scaler_attr)
+                scaler_keys.append(key)
+        n_scalers = len(wanted)
+        wanted.extend(spec.descriptor for spec in specs)
+        results = yield from self.get_many(wanted)
+        for key, result in zip(scaler_keys, results[:n_scalers], strict=True):
+            self.scalers[key] = _scaler_or_error(result, key)
+        return [
+            self._reading(spec, result)
+            for spec, result in zip(specs, results[n_scalers:], strict=True)
+        ]
+
+    def _reading(self, spec: RegisterSpec, result: Data | DataAccessResult) -> RegisterReading:
+        if isinstance(result, DataAccessResult):
+            return RegisterReading(spec, error=result.label)
+        key = (spec.class_id, spec.obis)
+        scaler: ScalerUnit | str | None = self.scalers.get(key)
+        if isinstance(scaler, str):
+            return RegisterReading(spec, raw=result, error=f"scaler_unit unreadable: {scaler}")
+        if scaler is None or spec.attribute != 2:
+            return RegisterReading(spec, _plain(result, None), result)
+        return RegisterReading(
+            spec, _plain(result, scaler), result, scaler.scaler, scaler.unit_info
+        )
+
+    # -- objects and profiles ----------------------------------------------------------------
+
+    def object_list(self) -> Procedure[tuple[ObjectListEntry, ...]]:
+        """The objects this association can reach (Association LN attribute 2)."""
+        data = yield from self.get(
+            AttributeDescriptor(int(InterfaceClass.ASSOCIATION_LN), ASSOCIATION_LN, 2)
+        )
+        return cosem.parse_object_list(data)
+
+    def capture_objects(self, profile: Obis) -> Procedure[tuple[CaptureObject, ...]]:
+        """A profile generic's columns (attribute 3), cached per association."""
+        if profile not in self._capture_objects:
+            data = yield from self.get(
+                AttributeDescriptor(int(InterfaceClass.PROFILE_GENERIC), profile, 3)
+            )
+            self._capture_objects[profile] = cosem.parse_capture_objects(data)
+        return self._capture_objects[profile]
+
+    def read_profile(
+        self,
+        profile: Obis,
+        *,
+        start: CosemDateTime | _dt.datetime | None = None,
+        end: CosemDateTime | _dt.datetime | None = None,
+        from_entry: int | None = None,
+        to_entry: int = 0,
+    ) -> Procedure[ProfileData]:
+        """Rows of a profile's buffer by time range, by entry range, or all of them.
+
+        Columns that are registers are scaled with their scaler_unit.
+        """
+        columns = yield from self.capture_objects(profile)
+        access: SelectiveAccess | None = None
+        if start is not None or end is not None:
+            if start is None or end is None:
+                raise ValueError("a profile range needs both start and end")
+            access = cosem.range_descriptor(start, end)
+        elif from_entry is not None:
+            access = cosem.entry_descriptor(from_entry, to_entry)
+        buffer = yield from self.get(
+            AttributeDescriptor(int(InterfaceClass.PROFILE_GENERIC), profile, 2), access
+        )
+        scalers: list[ScalerUnit | None] = []
+        for column in columns:
+            scaler_attr = cosem.scaler_unit_attribute(column.class_id, column.obis)
+            if scaler_attr is None or column.attribute_index != 2:
+                scalers.append(None)
+                continue
+            key = (column.class_id, column.obis)
+            if key not in self.scalers:
+                try:
+                    data = yield from self.get(scaler_attr)
+                    self.scalers[key] = cosem.ScalerUnit.from_data(data)
+                except DataAccessError as exc:
+                    self.scalers[key] = exc.name
+            cached = self.scalers[key]
+            scalers.append(cached if isinstance(cached, ScalerUnit) else None)
+        if buffer.type is not DataType.ARRAY or not isinstance(buffer.value, tuple):
+            raise RemoteProtocolError(
+                f"profile {profile} buffer is {buffer.type.name}, not an array",
+                code="client.bad_profile",
+            )
+        rows = []
+        for entry in buffer.value:
+            cells = entry.value if isinstance(entry.value, tuple) else (entry,)
+            row = []
+            for i, cell in enumerate(cells):
+                scaler = scalers[i] if i < len(scalers) else None
+                value = cell.to_python()
+                if scaler is not None and cell.type in _NUMERIC:
+                    row.append(_plain(cell, scaler))
+                elif isinstance(value, CosemDateTime):
+                    row.append(_cosem_dt(value))
+                elif _is_date_time_column(columns, i) and isinstance(value, bytes):
+                    # Profiles carry the clock as a 12-byte octet-string.
+                    row.append(
+                        _cosem_dt(CosemDateTime.from_bytes(value)) if len(value) == 12 else value
+                    )
+                elif cell.type is DataType.FLOAT32 and isinstance(value, float):
+                    row.append(_float32(value))
+                else:
+                    row.append(value)
+            rows.append(tuple(row))
+        units = tuple(s.unit_info if s is not None else None for s in scalers)
+        return ProfileData(columns, units, tuple(rows))
+
+
+def _is_date_time_column(columns: tuple[CaptureObject, ...], index: int) -> bool:
+    if index >= len(columns):
+        return False
+    column = columns[index]
+    return column.class_id == InterfaceClass.CLOCK and column.attribute_index == 2
+
+
+def _float32(value: float) -> float:
+    """The shortest decimal that is the same float32: 204.2335, not 204.23350524902344."""
+    packed = struct.pack(">f", value)
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.pack(">f", short) == packed:
+            return short
+    return value
+
+
+def _cosem_dt(value: CosemDateTime) -> Any:
+    try:
+        return value.to_datetime()
+    except (ProtocolError, ValueError):
+        return str(value)
+
+
+def _describe(attribute: AttributeDescriptor) -> str:
+    return f"{attribute.obis} attribute {attribute.attribute_id}"
+
+
+def _scaler_or_error(result: Data | DataAccessResult, key: tuple[int, Obis]) -> ScalerUnit | str:
+    if isinstance(result, DataAccessResult):
+        return result.label
+    try:
+        return ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
+    except ProtocolError as exc:
+        return exc.message
