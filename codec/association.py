@@ -287,12 +287,14 @@ class ClientAssociation:
         while not self._events:
             try:
                 event = self.link.next_event()
+                if event is NEED_DATA:
+                    return NEED_DATA
+                self._handle_link_event(event)
             except ProtocolError:
+                # Whatever went wrong, this association cannot be trusted any more.
                 self.state = S.CLOSED
+                self._current = None
                 raise
-            if event is NEED_DATA:
-                return NEED_DATA
-            self._handle_link_event(event)
         return self._events.pop(0)
 
     def _handle_link_event(self, event: Any) -> None:

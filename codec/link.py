@@ -41,6 +41,13 @@ __all__ = [
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
+#: First bytes of the APDUs a server sends: AARE, RLRE, GET/SET/ACTION responses,
+#: exception-response, confirmed-service-error, data-notification, event-notification,
+#: general-block-transfer, and the ciphered forms.
+SERVER_APDU_TAGS = frozenset(
+    {0x61, 0x63, 0xC4, 0xC5, 0xC7, 0xD8, 0x0E, 0x0F, 0xC2, 0xE0, 0xCC, 0xCD, 0xCF, 0xD4, 0xD5,
+     0xD7, 0xDB, 0xDC, 0xDD, 0xDF}
+)  # fmt: skip
 
 
 @attrs.frozen
@@ -436,7 +443,10 @@ class WrapperClientLink:
         self.state = LinkState.DISCONNECTED
         self.negotiated = LinkParameters()
         self.scanner = WrapperScanner(
-            max_payload=max_payload, expect_src=server_wport, expect_dst=client_wport
+            max_payload=max_payload,
+            expect_src=server_wport,
+            expect_dst=client_wport,
+            first_bytes=SERVER_APDU_TAGS,
         )
         self._out = bytearray()
         self._events: list[Event] = []

@@ -68,7 +68,8 @@ class WrapperScanner:
     :class:`WrapperFrame` or ``NEED_DATA``, ``drain()``, and the same counters as the HDLC one.
 
     ``expect_src``/``expect_dst`` restrict accepted headers to the wPorts of this association,
-    which makes resynchronisation after garbage reliable.
+    and ``first_bytes`` the first payload byte (the APDU tags the peer may send): with no
+    checksum in the wrapper, that is what makes resynchronisation after garbage reliable.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class WrapperScanner:
         max_buffer: int = 256 * 1024,
         expect_src: int | None = None,
         expect_dst: int | None = None,
+        first_bytes: frozenset[int] | None = None,
     ) -> None:
         if max_buffer < max_payload + HEADER_SIZE:
             raise LocalProtocolError("max_buffer must hold at least one maximal wrapper PDU")
@@ -88,6 +90,7 @@ class WrapperScanner:
         self.max_buffer = max_buffer
         self.expect_src = expect_src
         self.expect_dst = expect_dst
+        self.first_bytes = first_bytes
         self.frames = 0
         self.bytes_received = 0
         self.bytes_discarded = 0
@@ -151,12 +154,18 @@ class WrapperScanner:
             have = bytes(buf[at : at + 2])
             return None if _VERSION_BYTES.startswith(have) else False
         version, src, dst, length = _HEADER.unpack_from(buf, at)
-        return (
+        if not (
             version == VERSION
             and length <= self.max_payload
             and (self.expect_src is None or src == self.expect_src)
             and (self.expect_dst is None or dst == self.expect_dst)
-        )
+        ):
+            return False
+        if self.first_bytes is None or length == 0:
+            return True
+        if len(buf) - at <= HEADER_SIZE:
+            return None
+        return buf[at + HEADER_SIZE] in self.first_bytes
 
     def next_frame(self) -> WrapperFrame | Any:
         """The next complete PDU, or ``NEED_DATA``."""
