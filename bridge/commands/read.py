@@ -1,0 +1,228 @@
+"""``dlms-bridge read``: read registers, the object list or a load profile from one meter."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from codec.client import RegisterSpec
+from codec.decoder import StreamDecoder
+from codec.errors import (
+    AssociationError,
+    DataAccessError,
+    EncodeError,
+    LinkError,
+    ProtocolError,
+    ResponseTimeout,
+)
+from codec.hdlc_params import LinkParameters
+from codec.obis import Obis
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+EXIT_OBJECT = 5
+EXIT_PROTOCOL = 6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    parser.add_argument(
+        "registers",
+        nargs="*",
+        metavar="OBIS",
+        help="registers to read: '1-1:32.7.0' (class 3, attribute 2), or CLASS/OBIS[/ATTR] "
+        "such as '1/0-0:42.0.0/2'",
+    )
+    parser.add_argument("--host", required=True, help="meter host name or address")
+    parser.add_argument("--port", type=int, required=True, help="meter TCP port")
+    parser.add_argument("--transport", choices=("hdlc", "wrapper"), default="hdlc")
+    parser.add_argument("--client-sap", type=int, default=1, help="client SAP (default 1)")
+    parser.add_argument("--server-logical", type=int, default=0, help="default 0")
+    parser.add_argument("--server-physical", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--server-address-size",
+        type=int,
+        choices=(1, 2, 4),
+        help="HDLC server address bytes (default: the smallest that fits)",
+    )
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="LLS password (prefer --password-file)")
+    secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
+    parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, s (default 5)")
+    parser.add_argument("--retries", type=int, default=2, help="retransmissions (default 2)")
+    parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
+    parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
+    parser.add_argument("--list-objects", action="store_true", help="print the object list")
+    parser.add_argument("--profile", metavar="OBIS", help="read this profile generic's buffer")
+    parser.add_argument("--from", dest="start", metavar="TIME", help="profile range start (ISO)")
+    parser.add_argument("--to", dest="end", metavar="TIME", help="profile range end (ISO)")
+    parser.add_argument(
+        "--entries", metavar="A:B", help="profile entries A to B (1-based; B=0: to the last)"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="print every frame sent and received to stderr"
+    )
+
+
+def parse_register(text: str) -> RegisterSpec:
+    """``OBIS`` or ``CLASS/OBIS[/ATTR]``; raises ValueError with the reason."""
+    parts = text.split("/")
+    if len(parts) == 1:
+        return RegisterSpec(Obis.parse(parts[0]))
+    if len(parts) in (2, 3):
+        class_id = int(parts[0])
+        attribute = int(parts[2]) if len(parts) == 3 else 2
+        return RegisterSpec(Obis.parse(parts[1]), class_id, attribute)
+    raise ValueError("expected OBIS or CLASS/OBIS[/ATTRIBUTE]")
+
+
+def _parse_time(text: str, what: str) -> _dt.datetime:
+    try:
+        value = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what}: not an ISO date/time: {text!r}") from None
+    return value if value.tzinfo is not None else value.astimezone()
+
+
+def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
+    password: bytes | None = None
+    if args.password_file is not None:
+        password = args.password_file.read_text().rstrip("\r\n").encode()
+    elif args.password is not None:
+        password = args.password.encode()
+    return MeterEndpoint(
+        host=args.host,
+        port=args.port,
+        transport=args.transport,
+        client_sap=args.client_sap,
+        server_logical=args.server_logical,
+        server_physical=args.server_physical,
+        server_address_size=args.server_address_size,
+        password=password,
+        timeout=args.timeout,
+        retries=args.retries,
+        link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
+        byte_stuffing=args.byte_stuffing,
+    )
+
+
+class _TracingSession(MeterSession):
+    """A session that prints every frame both ways to stderr as JSON lines."""
+
+    def __init__(self, endpoint: MeterEndpoint) -> None:
+        super().__init__(endpoint)
+        transport = endpoint.transport
+        self._out = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
+        self._in = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
+
+    async def _send(self, data: bytes) -> None:
+        for item in self._out.feed(data):
+            _trace("client->meter", item)
+        await super()._send(data)
+
+    async def _receive(self) -> bytes:
+        data = await super()._receive()
+        if data:
+            for item in self._in.feed(data):
+                _trace("meter->client", item)
+        return data
+
+
+def _trace(direction: str, item: dict[str, Any]) -> None:
+    print(json.dumps({"direction": direction, **item}, separators=(",", ":")), file=sys.stderr)
+
+
+async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str, Any]:
+    endpoint = _endpoint(args)
+    session = _TracingSession(endpoint) if args.trace else MeterSession(endpoint)
+    negotiated = await session.open()
+    try:
+        result: dict[str, Any] = {
+            "meter": endpoint.label,
+            "transport": endpoint.transport,
+            "negotiated": {
+                "conformance": negotiated.conformance.names(),
+                "server_max_pdu_size": negotiated.server_max_pdu_size,
+                "dlms_version": negotiated.dlms_version,
+            },
+        }
+        if specs:
+            readings = await session.read_registers(specs)
+            result["registers"] = [r.to_json() for r in readings]
+        if args.list_objects:
+            objects = await session.object_list()
+            result["objects"] = [
+                {"class_id": o.class_id, "version": o.version, "obis": str(o.obis)} for o in objects
+            ]
+        if args.profile:
+            selection: dict[str, Any] = {}
+            if args.start or args.end:
+                selection["start"] = _parse_time(args.start or "", "--from")
+                selection["end"] = _parse_time(args.end or "", "--to")
+            elif args.entries:
+                first, _, last = args.entries.partition(":")
+                selection["from_entry"] = int(first)
+                selection["to_entry"] = int(last or 0)
+            profile = await session.read_profile(Obis.parse(args.profile), **selection)
+            result["profile"] = {"obis": str(Obis.parse(args.profile)), **profile.to_json()}
+        result["stats"] = session.stats()
+        return result
+    finally:
+        await session.release()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read and print JSON; one clear line and a non-zero code on failure."""
+    try:
+        specs = [parse_register(r) for r in args.registers]
+        if args.profile:
+            Obis.parse(args.profile)
+        if args.start or args.end:
+            if not (args.start and args.end):
+                raise ValueError("--from and --to go together")
+            _parse_time(args.start, "--from")
+            _parse_time(args.end, "--to")
+        if args.password_file is not None and not args.password_file.is_file():
+            raise ValueError(f"--password-file: no such file: {args.password_file}")
+    except ValueError as exc:
+        print(f"read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not (specs or args.list_objects or args.profile):
+        print(
+            "read: nothing to read: give OBIS codes, --list-objects or --profile", file=sys.stderr
+        )
+        return EXIT_USAGE
+    label = f"{args.host}:{args.port}"
+    try:
+        result = trio.run(_read, args, specs)
+    except MeterIOError as exc:
+        print(f"read: meter unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except AssociationError as exc:
+        print(f"read: {label} refused the association: {exc} [{exc.code}]", file=sys.stderr)
+        return EXIT_REFUSED
+    except DataAccessError as exc:
+        print(f"read: {label}: {exc}", file=sys.stderr)
+        return EXIT_OBJECT
+    except ResponseTimeout as exc:
+        print(f"read: {label} stopped answering: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (LinkError, ProtocolError) as exc:
+        if isinstance(exc, EncodeError):
+            print(f"read: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"read: protocol error with {label}: {exc} [{exc.code}]", file=sys.stderr)
+        return EXIT_PROTOCOL
+    print(json.dumps(result, indent=2))
+    failed = [r for r in result.get("registers", []) if "error" in r]
+    for item in failed:
+        print(f"read: {label}: {item['obis']}: {item['error']}", file=sys.stderr)
+    return EXIT_OBJECT if failed else 0

@@ -1,0 +1,197 @@
+"""``dlms-bridge simulate``: serve simulated DLMS meters over TCP, with fault injection.
+
+One process serves ``--meters N`` meters on ports P, P+1, ... (``--port 0``: ephemeral ports).
+It prints one line per range of consecutive ports, then a line starting with ``ready``, and
+serves until interrupted (Ctrl-C or SIGTERM). A bad ``--faults`` spec exits with status 2 and
+names the bad part. With ``--control-port``, faults can be changed and counters read while it
+runs (JSON lines, see :mod:`bridge.simulator.control`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator
+
+import trio
+
+from bridge.simulator import (
+    MODELS,
+    TRANSPORTS,
+    FaultSpecError,
+    MeterSettings,
+    Simulator,
+    SimulatorConfig,
+    SimulatorError,
+    SimulatorPorts,
+    parse_fault_spec,
+)
+from bridge.simulator.server import raise_open_file_limit
+from codec.hdlc_params import LinkParameters
+
+#: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).
+EXIT_USAGE = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the subcommand's arguments."""
+    parser.add_argument("--meters", type=int, default=1, metavar="N", help="meters to serve (1)")
+    parser.add_argument(
+        "--port", type=int, default=4061, metavar="P", help="port of meter 0; meter i on P+i (4061)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="hdlc")
+    parser.add_argument("--model", choices=sorted(MODELS), default="single-phase")
+    parser.add_argument(
+        "--password",
+        default="00000000",
+        help='LLS password of client SAP 1 (00000000; "" for none)',
+    )
+    parser.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="faults, e.g. 'all:garbage=0.1;3-5:fcs=0.2,delay=1;7:refuse' (see the docs)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of values and faults (0)")
+    parser.add_argument(
+        "--control-port", type=int, default=None, metavar="C", help="JSON-lines control port"
+    )
+    parser.add_argument(
+        "--inactivity-timeout",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help="drop idle links after S seconds (180; 0 never)",
+    )
+    parser.add_argument(
+        "--max-info",
+        type=int,
+        default=128,
+        metavar="BYTES",
+        help="the meters' HDLC maximum information field length (128)",
+    )
+    parser.add_argument(
+        "--max-pdu", type=int, default=1024, metavar="BYTES", help="server max receive PDU (1024)"
+    )
+    parser.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record every session as pcap, one file per meter (DIR/meter-0000.pcap, ...)",
+    )
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, or None."""
+    if args.meters < 1:
+        return f"--meters must be at least 1, not {args.meters}"
+    if not 0 <= args.port <= 0xFFFF:
+        return f"--port must be 0..65535, not {args.port}"
+    if args.port and args.port + args.meters - 1 > 0xFFFF:
+        return f"--meters {args.meters} from --port {args.port} run past port 65535"
+    if args.control_port is not None and not 0 <= args.control_port <= 0xFFFF:
+        return f"--control-port must be 0..65535, not {args.control_port}"
+    if args.inactivity_timeout < 0:
+        return "--inactivity-timeout must be >= 0"
+    if not 32 <= args.max_info <= 2030:
+        return f"--max-info must be 32..2030, not {args.max_info}"
+    if not 64 <= args.max_pdu <= 0xFFFF:
+        return f"--max-pdu must be 64..65535, not {args.max_pdu}"
+    return None
+
+
+def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
+    """(first meter, last meter, first port, last port) for each run of consecutive ports."""
+    start = 0
+    for i in range(1, len(ports) + 1):
+        if i == len(ports) or ports[i] != ports[i - 1] + 1:
+            yield start, i - 1, ports[start], ports[i - 1]
+            start = i
+
+
+def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
+    """The start-up lines: one per port range, then the ready line."""
+    kind = f"{config.transport}, {config.settings.model}"
+    lines = []
+    for first, last, low, high in port_ranges(ports.meters):
+        meters = f"meter {first}" if first == last else f"meters {first}-{last}"
+        where = f"port {low}" if low == high else f"ports {low}-{high}"
+        lines.append(f"{meters}: {ports.host} {where} ({kind})")
+    control = "" if ports.control is None else f", control port {ports.control}"
+    faults = f", faults {config.faults}" if str(config.faults) else ""
+    lines.append(
+        f"ready: {len(ports.meters)} meters on {ports.host}, seed {config.seed}{faults}{control}"
+    )
+    return lines
+
+
+async def _serve(sim: Simulator, config: SimulatorConfig) -> None:
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(sim.serve)
+        for line in describe(config, ports):
+            print(line, flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse the arguments, start the simulator and serve until interrupted."""
+    problem = _check(args)
+    if problem is None:
+        try:
+            faults = parse_fault_spec(args.faults, args.meters)
+        except FaultSpecError as exc:
+            problem = f"--faults: {exc}"
+    if problem is not None:
+        print(f"dlms-bridge simulate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = MeterSettings(
+        model=args.model,
+        password=args.password.encode() if args.password else None,
+        hdlc=LinkParameters(args.max_info, args.max_info, 1, 1),
+        max_pdu=args.max_pdu,
+        inactivity_timeout=args.inactivity_timeout,
+    )
+    config = SimulatorConfig(
+        meters=args.meters,
+        host=args.host,
+        port=args.port,
+        transport=args.transport,
+        settings=settings,
+        faults=faults,
+        seed=args.seed,
+        control_port=args.control_port,
+        record_dir=args.record,
+    )
+    soft, _ = raise_open_file_limit()
+    if soft < 2 * args.meters + 64:
+        print(
+            f"dlms-bridge simulate: warning: the open file limit {soft} is low for "
+            f"{args.meters} meters and their connections",
+            file=sys.stderr,
+        )
+    try:
+        sim = Simulator(config)
+        trio.run(_serve, sim, config)
+    except BaseException as exc:  # sorted out below; anything unexpected is re-raised
+        error = _expected(exc)
+        if error is None:
+            raise
+        if isinstance(error, SimulatorError):
+            print(f"dlms-bridge simulate: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _expected(exc: BaseException) -> BaseException | None:
+    """The SimulatorError or KeyboardInterrupt that ``exc`` is or only holds, else None."""
+    if isinstance(exc, SimulatorError | KeyboardInterrupt):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_expected(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return next((e for e in leaves if isinstance(e, SimulatorError)), leaves[0])
+    return None

@@ -1,0 +1,336 @@
+"""The Trio driver of one DLMS association over TCP.
+
+:class:`MeterSession` is the thin I/O shell around the sans-IO :mod:`codec` core: it opens the TCP
+connection, feeds received bytes to :class:`~codec.association.ClientAssociation`, writes what it
+has to send, and turns its deadlines into Trio timeouts. It runs the client's procedures
+(:mod:`codec.client`) and exposes the usual ones as coroutines.
+
+Errors: everything the meter gets wrong is a :class:`~codec.errors.ProtocolError` (re-associate);
+everything the network gets wrong is a :class:`MeterIOError` (reconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+import attrs
+import trio
+
+from codec.apdu import AttributeDescriptor, SelectiveAccess
+from codec.association import (
+    Associated,
+    AssociationSettings,
+    ClientAssociation,
+    Closed,
+    Negotiated,
+    Notification,
+    Released,
+    Response,
+)
+from codec.axdr import Data
+from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
+from codec.cosem import ObjectListEntry
+from codec.errors import LinkError, ProtocolError
+from codec.hdlc import NEED_DATA, HdlcAddress
+from codec.hdlc_params import LinkParameters
+from codec.link import HdlcClientLink, Link, WrapperClientLink
+from codec.obis import Obis
+
+__all__ = ["MeterEndpoint", "MeterIOError", "MeterSession"]
+
+T = TypeVar("T")
+log = logging.getLogger("bridge.session")
+_RECEIVE_SIZE = 65536
+
+
+def _reason(exc: OSError) -> str:
+    """The root cause of a connect failure ("Connection refused"), not trio's summary."""
+    causes: list[BaseException] = [exc]
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        causes = list(cause.exceptions)
+    reasons = sorted({c.strerror for c in causes if isinstance(c, OSError) and c.strerror})
+    return "; ".join(reasons) if reasons else str(exc)
+
+
+class MeterIOError(Exception):
+    """The TCP connection to the meter could not be opened, or broke."""
+
+
+@attrs.frozen
+class MeterEndpoint:
+    """How to reach and talk to one meter."""
+
+    host: str
+    port: int
+    transport: Literal["hdlc", "wrapper"] = "hdlc"
+    client_sap: int = 1
+    server_logical: int = 0
+    server_physical: int = 1
+    #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
+    server_address_size: int | None = None
+    password: bytes | None = attrs.field(default=None, repr=False)
+    timeout: float = 5.0
+    retries: int = 2
+    connect_timeout: float = 5.0
+    max_pdu_size: int = 1024
+    link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
+    byte_stuffing: bool = False
+    max_list_items: int = 10
+
+    @property
+    def label(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.host}:{self.port}"
+
+    def make_link(self) -> Link:
+        """A fresh sans-IO link for this endpoint's transport."""
+        if self.transport == "wrapper":
+            # The wrapper addresses logical devices by wPort; logical device 0 is not one, so a
+            # meter configured with HDLC's "logical 0" is reached at the management device, 1.
+            return WrapperClientLink(
+                self.client_sap,
+                self.server_logical or 1,
+                timeout=self.timeout,
+                retries=self.retries,
+            )
+        return HdlcClientLink(
+            HdlcAddress.client(self.client_sap),
+            HdlcAddress.server(self.server_logical, self.server_physical, self.server_address_size),
+            parameters=self.link_parameters,
+            timeout=self.timeout,
+            retries=self.retries,
+            transparency=self.byte_stuffing,
+        )
+
+    def association_settings(self) -> AssociationSettings:
+        """What to propose in the AARQ."""
+        return AssociationSettings(password=self.password, max_pdu_size=self.max_pdu_size)
+
+
+class MeterSession:
+    """One TCP connection and the association on it. Use :meth:`open`, then the reads, then
+    :meth:`release` (or :meth:`aclose` to drop it).
+
+    ``on_notification`` receives pushed APDUs that arrive between replies.
+    """
+
+    def __init__(
+        self,
+        endpoint: MeterEndpoint,
+        *,
+        on_notification: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.on_notification = on_notification
+        self.stream: trio.SocketStream | None = None
+        self.association: ClientAssociation | None = None
+        self.client: DlmsClient | None = None
+        self.negotiated: Negotiated | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the TCP connection (not the association)."""
+        ep = self.endpoint
+        try:
+            with trio.fail_after(ep.connect_timeout):
+                self.stream = await trio.open_tcp_stream(ep.host, ep.port)
+        except trio.TooSlowError:
+            raise MeterIOError(
+                f"cannot connect to {ep.label}: no answer within {ep.connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise MeterIOError(f"cannot connect to {ep.label}: {_reason(exc)}") from None
+
+    async def associate(self) -> Negotiated:
+        """Bring the link up and open the association on the connected stream."""
+        if self.stream is None:
+            raise RuntimeError("associate() before connect()")
+        self.association = ClientAssociation(
+            self.endpoint.make_link(), self.endpoint.association_settings()
+        )
+        self.client = None
+        self.association.open(trio.current_time())
+        while True:
+            event = await self._next_event()
+            if isinstance(event, Associated):
+                self.negotiated = event.negotiated
+                self.client = DlmsClient(
+                    event.negotiated, max_list_items=self.endpoint.max_list_items
+                )
+                return event.negotiated
+            if isinstance(event, Closed):
+                raise LinkError(
+                    f"the meter closed the link while associating ({event.reason})",
+                    code="link.closed",
+                )
+
+    async def open(self) -> Negotiated:
+        """Connect and associate."""
+        await self.connect()
+        try:
+            return await self.associate()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    @property
+    def is_open(self) -> bool:
+        """True while requests can be sent."""
+        return self.client is not None and self.stream is not None
+
+    async def release(self, timeout: float = 3.0) -> None:
+        """Release the association (RLRQ, DISC) and close the connection; never raises.
+
+        Runs shielded: it completes (or gives up after ``timeout``) even during cancellation.
+        """
+        with trio.move_on_after(timeout, shield=True):
+            if self.association is not None and self.stream is not None:
+                try:
+                    self.association.release(trio.current_time())
+                    while True:
+                        event = await self._next_event()
+                        if isinstance(event, Closed):
+                            break
+                        if isinstance(event, Released):
+                            continue
+                except (ProtocolError, MeterIOError) as exc:
+                    # The connection is closed just below either way; say why it was not clean.
+                    log.debug("release of %s ended early: %s", self.endpoint.label, exc)
+        await self.aclose()
+
+    async def abort(self) -> None:
+        """Abandon the association (DISC, best effort) but keep the TCP connection.
+
+        :meth:`associate` can then open a new one on the same connection. Bytes still arriving
+        for the old association are discarded.
+        """
+        association = self.association
+        self.client = None
+        if association is None or self.stream is None:
+            return
+        association.abort(trio.current_time())
+        out = association.data_to_send()
+        if out:
+            with trio.move_on_after(1.0):
+                await self._send(out)
+        association.drain()
+
+    async def aclose(self) -> None:
+        """Close the TCP connection without releasing anything."""
+        self.client = None
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def request(self, apdu: Any) -> Any:
+        """Send one request APDU and return its complete response APDU."""
+        association = self._require()
+        association.drain()
+        association.request(apdu, trio.current_time())
+        while True:
+            event = await self._next_event()
+            if isinstance(event, Response):
+                return event.apdu
+            if isinstance(event, Closed):
+                self.client = None
+                raise LinkError(
+                    f"the meter closed the link while a request was open ({event.reason})",
+                    code="link.closed",
+                )
+
+    async def run(self, procedure: Procedure[T]) -> T:
+        """Run a client procedure to completion."""
+        request = next(procedure)
+        while True:
+            response = await self.request(request)
+            try:
+                request = procedure.send(response)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def get(
+        self, attribute: AttributeDescriptor, access: SelectiveAccess | None = None
+    ) -> Data:
+        """Read one attribute (raises :class:`~codec.errors.DataAccessError` on refusal)."""
+        return await self.run(self._client().get(attribute, access))
+
+    async def read_registers(self, specs: Iterable[RegisterSpec]) -> list[RegisterReading]:
+        """Read registers, scaled, with units (see :meth:`DlmsClient.read_registers`)."""
+        return await self.run(self._client().read_registers(specs))
+
+    async def object_list(self) -> tuple[ObjectListEntry, ...]:
+        """The association's object list."""
+        return await self.run(self._client().object_list())
+
+    async def read_profile(self, profile: Obis, **selection: Any) -> ProfileData:
+        """Rows of a profile generic (see :meth:`DlmsClient.read_profile`)."""
+        return await self.run(self._client().read_profile(profile, **selection))
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the link, the scanner and the association."""
+        counters = self.association.stats() if self.association is not None else {}
+        return {**counters, "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
+
+    # -- the pump ----------------------------------------------------------------------------
+
+    def _require(self) -> ClientAssociation:
+        if self.association is None or self.stream is None or self.client is None:
+            raise RuntimeError("no open association: call open() first")
+        return self.association
+
+    def _client(self) -> DlmsClient:
+        self._require()
+        assert self.client is not None
+        return self.client
+
+    async def _send(self, data: bytes) -> None:
+        assert self.stream is not None
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        self.bytes_sent += len(data)
+
+    async def _next_event(self) -> Any:
+        association = self.association
+        assert association is not None
+        while True:
+            event = association.next_event()
+            out = association.data_to_send()
+            if out:
+                await self._send(out)
+            if isinstance(event, Notification):
+                if self.on_notification is not None:
+                    self.on_notification(event.apdu)
+                continue
+            if event is not NEED_DATA:
+                return event
+            deadline = association.next_deadline()
+            data = None
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                data = await self._receive()
+            if data is None:
+                association.handle_timer(trio.current_time())
+                continue
+            if not data:
+                raise MeterIOError(f"{self.endpoint.label} closed the connection")
+            association.receive_data(data, trio.current_time())
+
+    async def _receive(self) -> bytes:
+        assert self.stream is not None
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        self.bytes_received += len(data)
+        return data

@@ -1,0 +1,430 @@
+"""The application layer of a simulated meter: ACSE and GET/SET/ACTION against its objects.
+
+:class:`CosemServer` is sans-IO and transport-free: :meth:`CosemServer.handle` takes one
+complete request APDU and returns the response APDU (or ``None``). One instance serves one
+connection; the objects and the meter state it reads and writes are shared by all connections to
+the meter.
+
+Answers to what goes wrong:
+
+- an xDLMS request before an association: exception-response service-not-allowed /
+  operation-not-possible; a service that was not negotiated: service-not-allowed /
+  service-not-supported; an unknown or undecodable APDU: service-unknown / service-not-supported;
+  a request longer than the server's max PDU: service-not-allowed / pdu-too-long;
+- no object with that class and logical name: object-undefined (another class at that logical
+  name: object-class-inconsistent); an attribute or method the class does not define:
+  object-undefined; one the object does not give access to: read-write-denied;
+- a selective access the attribute does not support: other-reason; a malformed one:
+  type-unmatched.
+
+A second AARQ on an open association replaces it (a client that lost the AARE can try again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from bridge.simulator.objects import AccessFailure, CosemObject
+from codec.acse import (
+    AARE,
+    AARQ,
+    RLRE,
+    RLRQ,
+    AcseServiceUser,
+    ApplicationContext,
+    AssociationResult,
+    AuthenticationMechanism,
+    Conformance,
+    InitiateResponse,
+    ReleaseResponseReason,
+    SourceDiagnostic,
+)
+from codec.apdu import (
+    ActionRequestNormal,
+    ActionResponseNormal,
+    ActionResult,
+    AttributeDescriptor,
+    ConfirmedService,
+    ConfirmedServiceError,
+    DataAccessResult,
+    ExceptionResponse,
+    ExceptionServiceError,
+    GetRequestNext,
+    GetRequestNormal,
+    GetRequestWithList,
+    GetResponseWithDatablock,
+    InitiateError,
+    InvokeId,
+    SelectiveAccess,
+    ServiceErrorType,
+    SetRequestNormal,
+    SetResponseNormal,
+    StateError,
+    Tag,
+    decode_apdu,
+    encode_apdu,
+)
+from codec.axdr import encode_length
+from codec.errors import DecodeError
+from codec.obis import Obis
+
+if TYPE_CHECKING:
+    from bridge.simulator.meter import Meter
+
+__all__ = ["PUBLIC_CLIENT", "Association", "CosemServer", "RequestContext"]
+
+#: The public client SAP: associates without a password, may only read.
+PUBLIC_CLIENT = 16
+_VAA_NAME_LN = 0x0007
+#: Bytes of a GET-response-with-datablock around its raw data (tag .. length prefix).
+_BLOCK_OVERHEAD = 2 + 1 + 1 + 4 + 1 + 3
+#: Decoded requests by their bytes: pollers send the same few requests over and over, and the
+#: decoded APDUs are immutable. Cleared when full.
+_DECODED: dict[bytes, Any] = {}
+_DECODED_MAX = 4096
+
+
+def _decode_request(apdu: bytes) -> Any:
+    request = _DECODED.get(apdu)
+    if request is None:
+        request = decode_apdu(apdu)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[apdu] = request
+    return request
+
+
+@attrs.frozen
+class Association:
+    """What the AARQ/AARE exchange settled."""
+
+    client_sap: int
+    conformance: Conformance
+    client_max_pdu: int
+    authenticated: bool
+
+
+@attrs.define(eq=False, slots=True)
+class RequestContext:
+    """What a getter, setter or method sees: the meter, the clocks and the association."""
+
+    meter: Meter
+    wall: float
+    now: float
+    association: Association
+
+
+@attrs.define(eq=False)
+class _LongGet:
+    """A GET whose response goes out in blocks."""
+
+    invoke: InvokeId
+    raw: bytes
+    position: int = 0
+    block: int = 0
+    last_block: bytes = b""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last block has been sent."""
+        return self.position >= len(self.raw)
+
+
+def _exception(state: StateError, service: ExceptionServiceError) -> bytes:
+    return encode_apdu(ExceptionResponse(state, service))
+
+
+_NOT_ASSOCIATED = _exception(
+    StateError.SERVICE_NOT_ALLOWED, ExceptionServiceError.OPERATION_NOT_POSSIBLE
+)
+_TOO_LONG = _exception(StateError.SERVICE_NOT_ALLOWED, ExceptionServiceError.PDU_TOO_LONG)
+_UNKNOWN_SERVICE = _exception(
+    StateError.SERVICE_UNKNOWN, ExceptionServiceError.SERVICE_NOT_SUPPORTED
+)
+_NOT_NEGOTIATED = _exception(
+    StateError.SERVICE_NOT_ALLOWED, ExceptionServiceError.SERVICE_NOT_SUPPORTED
+)
+
+
+def _reject(
+    diagnostic: AcseServiceUser, result: AssociationResult = AssociationResult.REJECTED_PERMANENT
+) -> bytes:
+    return encode_apdu(AARE(result, SourceDiagnostic(value=diagnostic)))
+
+
+def _initiate_error(error: InitiateError) -> bytes:
+    cse = ConfirmedServiceError(ConfirmedService.INITIATE_ERROR, ServiceErrorType.INITIATE, error)
+    return encode_apdu(
+        AARE(
+            AssociationResult.REJECTED_PERMANENT,
+            SourceDiagnostic(value=AcseServiceUser.NO_REASON_GIVEN),
+            confirmed_service_error=cse,
+        )
+    )
+
+
+class CosemServer:
+    """The association and services of one connection to ``meter``."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.association: Association | None = None
+        self._long_get: _LongGet | None = None
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    def handle(self, apdu: bytes, client_sap: int, wall: float) -> bytes | None:
+        """Answer one request APDU received from ``client_sap`` at wall-clock time ``wall``."""
+        self.meter.counters.requests += 1
+        tag = apdu[0] if apdu else -1
+        if tag == Tag.AARQ:
+            return self._associate(apdu, client_sap)
+        if tag == Tag.RLRQ:
+            return self._release(apdu)
+        association = self.association
+        if association is None:
+            return _NOT_ASSOCIATED
+        if len(apdu) > self.meter.settings.max_pdu:
+            return _TOO_LONG
+        try:
+            request = _decode_request(apdu)
+        except DecodeError:
+            return _UNKNOWN_SERVICE
+        service = self._SERVICES.get(type(request))
+        if service is None:
+            return _UNKNOWN_SERVICE
+        needed, handler = service
+        if not needed & association.conformance:
+            return _NOT_NEGOTIATED
+        return handler(
+            self, request, RequestContext(self.meter, wall, self.meter.time(wall), association)
+        )
+
+    def release(self) -> None:
+        """The link or connection under the association went down."""
+        self.association = None
+        self._long_get = None
+
+    # -- ACSE ------------------------------------------------------------------------------------
+
+    def _associate(self, apdu: bytes, client_sap: int) -> bytes:
+        self.release()
+        counters = self.meter.counters
+        try:
+            aarq = decode_apdu(apdu)
+        except DecodeError:
+            counters.refusals += 1
+            return _reject(AcseServiceUser.NO_REASON_GIVEN)
+        assert isinstance(aarq, AARQ)
+        if aarq.context != ApplicationContext.LOGICAL_NAME:
+            counters.refusals += 1
+            return _reject(AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
+        password = self.meter.settings.password
+        required = password is not None and client_sap != PUBLIC_CLIENT
+        if aarq.mechanism == AuthenticationMechanism.NONE:
+            if required:
+                counters.auth_failures += 1
+                return _reject(AcseServiceUser.AUTHENTICATION_REQUIRED)
+        elif aarq.mechanism == AuthenticationMechanism.LOW:
+            if password is not None and aarq.password != password:
+                counters.auth_failures += 1
+                return _reject(AcseServiceUser.AUTHENTICATION_FAILURE)
+        else:
+            counters.refusals += 1
+            return _reject(AcseServiceUser.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED)
+        initiate = aarq.initiate
+        if initiate.proposed_dlms_version < 6:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.DLMS_VERSION_TOO_LOW)
+        conformance = initiate.proposed_conformance & self.meter.settings.conformance
+        if not conformance:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.INCOMPATIBLE_CONFORMANCE)
+        client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
+        if client_max_pdu < 12:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.PDU_SIZE_TOO_SHORT)
+        if self.meter.faults.refuse_association():
+            counters.refusals += 1
+            return _reject(AcseServiceUser.NO_REASON_GIVEN, AssociationResult.REJECTED_TRANSIENT)
+        authenticated = aarq.mechanism == AuthenticationMechanism.LOW
+        self.association = Association(client_sap, conformance, client_max_pdu, authenticated)
+        counters.associations += 1
+        return encode_apdu(
+            AARE(
+                AssociationResult.ACCEPTED,
+                SourceDiagnostic(value=AcseServiceUser.NULL),
+                initiate_response=InitiateResponse(
+                    6, conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
+                ),
+                mechanism=AuthenticationMechanism.LOW if authenticated else None,
+            )
+        )
+
+    def _release(self, apdu: bytes) -> bytes:
+        try:
+            rlrq = decode_apdu(apdu)
+        except DecodeError:
+            rlrq = None
+        if self.association is not None:
+            self.meter.counters.releases += 1
+        response = None
+        if isinstance(rlrq, RLRQ) and rlrq.initiate is not None and self.association is not None:
+            response = InitiateResponse(
+                6, self.association.conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
+            )
+        self.release()
+        return encode_apdu(RLRE(ReleaseResponseReason.NORMAL, response))
+
+    # -- GET -------------------------------------------------------------------------------------
+
+    def _lookup(self, class_id: int, obis: Obis) -> CosemObject:
+        model = self.meter.model
+        obj = model.objects.get((class_id, obis))
+        if obj is None:
+            if obis in model.by_obis:
+                raise AccessFailure(DataAccessResult.OBJECT_CLASS_INCONSISTENT)
+            raise AccessFailure(DataAccessResult.OBJECT_UNDEFINED)
+        return obj
+
+    def _read(
+        self, descriptor: AttributeDescriptor, access: SelectiveAccess | None, ctx: RequestContext
+    ) -> bytes:
+        """The encoded value of one attribute, or AccessFailure."""
+        obj = self._lookup(descriptor.class_id, descriptor.obis)
+        attribute_id = descriptor.attribute_id
+        if not 1 <= attribute_id <= obj.attribute_count:
+            raise AccessFailure(DataAccessResult.OBJECT_UNDEFINED)
+        attribute = obj.attributes.get(attribute_id)
+        if attribute is None or attribute.get is None:
+            raise AccessFailure(DataAccessResult.READ_WRITE_DENIED)
+        if access is not None and (
+            not Conformance.SELECTIVE_ACCESS & ctx.association.conformance
+            or access.selector not in attribute.selectors
+        ):
+            raise AccessFailure(DataAccessResult.OTHER_REASON)
+        return attribute.get(ctx, access)
+
+    def _get_normal(self, request: GetRequestNormal, ctx: RequestContext) -> bytes:
+        self._long_get = None
+        invoke = request.invoke
+        try:
+            raw = self._read(request.attribute, request.access, ctx)
+        except AccessFailure as failure:
+            return bytes((Tag.GET_RESPONSE, 1, invoke.to_byte(), 1, failure.result))
+        header = bytes((Tag.GET_RESPONSE, 1, invoke.to_byte(), 0))
+        return self._respond(invoke, header, raw, ctx)
+
+    def _get_with_list(self, request: GetRequestWithList, ctx: RequestContext) -> bytes:
+        self._long_get = None
+        parts = [encode_length(len(request.items))]
+        for descriptor, access in request.items:
+            try:
+                parts.append(b"\x00" + self._read(descriptor, access, ctx))
+            except AccessFailure as failure:
+                parts.append(bytes((1, failure.result)))
+        invoke = request.invoke
+        header = bytes((Tag.GET_RESPONSE, 3, invoke.to_byte()))
+        return self._respond(invoke, header, b"".join(parts), ctx)
+
+    def _respond(self, invoke: InvokeId, header: bytes, raw: bytes, ctx: RequestContext) -> bytes:
+        """``header + raw`` if it fits the client's PDU, else the first block of a long GET."""
+        limit = ctx.association.client_max_pdu
+        if len(header) + len(raw) <= limit:
+            return header + raw
+        if (
+            not Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ & ctx.association.conformance
+            or limit <= _BLOCK_OVERHEAD
+        ):
+            # Too long and no way to split it: the meter cannot serve this request.
+            return bytes((Tag.GET_RESPONSE, 1, invoke.to_byte(), 1, DataAccessResult.OTHER_REASON))
+        self._long_get = _LongGet(invoke, raw)
+        return self._next_block(self._long_get, limit)
+
+    def _next_block(self, long_get: _LongGet, limit: int) -> bytes:
+        size = limit - _BLOCK_OVERHEAD
+        chunk = long_get.raw[long_get.position : long_get.position + size]
+        long_get.position += len(chunk)
+        long_get.block += 1
+        self.meter.counters.blocks += 1
+        long_get.last_block = encode_apdu(
+            GetResponseWithDatablock(long_get.invoke, long_get.finished, long_get.block, chunk)
+        )
+        return long_get.last_block
+
+    def _get_next(self, request: GetRequestNext, ctx: RequestContext) -> bytes:
+        long_get = self._long_get
+        if (
+            long_get is not None
+            and long_get.block > 1
+            and request.block_number == long_get.block - 1
+        ):
+            return long_get.last_block  # the client lost the last block: send it again
+        if long_get is None or long_get.finished:
+            result = DataAccessResult.NO_LONG_GET_IN_PROGRESS
+        elif request.block_number != long_get.block:
+            self._long_get = None
+            result = DataAccessResult.DATA_BLOCK_NUMBER_INVALID
+        else:
+            return self._next_block(long_get, ctx.association.client_max_pdu)
+        return encode_apdu(
+            GetResponseWithDatablock(request.invoke, True, request.block_number, result)
+        )
+
+    # -- SET and ACTION --------------------------------------------------------------------------
+
+    def _set(self, request: SetRequestNormal, ctx: RequestContext) -> bytes:
+        self._long_get = None
+        result = DataAccessResult.SUCCESS
+        try:
+            obj = self._lookup(request.attribute.class_id, request.attribute.obis)
+            attribute_id = request.attribute.attribute_id
+            if not 1 <= attribute_id <= obj.attribute_count:
+                raise AccessFailure(DataAccessResult.OBJECT_UNDEFINED)
+            attribute = obj.attributes.get(attribute_id)
+            if (
+                attribute is None
+                or attribute.set is None
+                or ctx.association.client_sap == PUBLIC_CLIENT
+            ):
+                raise AccessFailure(DataAccessResult.READ_WRITE_DENIED)
+            if request.access is not None:
+                raise AccessFailure(DataAccessResult.OTHER_REASON)
+            attribute.set(ctx, request.value)
+        except AccessFailure as failure:
+            result = DataAccessResult(failure.result)
+        return encode_apdu(SetResponseNormal(request.invoke, result))
+
+    def _action(self, request: ActionRequestNormal, ctx: RequestContext) -> bytes:
+        self._long_get = None
+        descriptor = request.method
+        result = ActionResult.SUCCESS
+        returned = None
+        try:
+            try:
+                obj = self._lookup(descriptor.class_id, descriptor.obis)
+            except AccessFailure as failure:
+                raise AccessFailure(ActionResult(failure.result)) from None
+            if not 1 <= descriptor.method_id <= obj.method_count:
+                raise AccessFailure(ActionResult.OBJECT_UNDEFINED)
+            method = obj.methods.get(descriptor.method_id)
+            if method is None or ctx.association.client_sap == PUBLIC_CLIENT:
+                raise AccessFailure(ActionResult.READ_WRITE_DENIED)
+            returned = method.call(ctx, request.parameters)
+        except AccessFailure as failure:
+            result = ActionResult(failure.result)
+        return encode_apdu(ActionResponseNormal(request.invoke, result, returned))
+
+    #: Each request the meter serves: the conformance bit it needs and its handler.
+    _SERVICES: dict[
+        type, tuple[Conformance, Callable[[CosemServer, Any, RequestContext], bytes]]
+    ] = {
+        GetRequestNormal: (Conformance.GET, _get_normal),
+        GetRequestWithList: (Conformance.MULTIPLE_REFERENCES, _get_with_list),
+        GetRequestNext: (Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ, _get_next),
+        SetRequestNormal: (Conformance.SET, _set),
+        ActionRequestNormal: (Conformance.ACTION, _action),
+    }

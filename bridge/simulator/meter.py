@@ -1,0 +1,143 @@
+"""One simulated meter: its settings, physical model, clock, writable values and counters.
+
+A :class:`Meter` is shared by every connection to it: the clock offset set by one client is the
+time every client sees, and the counters add up over all connections.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import TYPE_CHECKING
+
+import attrs
+
+from bridge.simulator.faults import FaultState
+from bridge.simulator.physics import Physics
+from codec.acse import Conformance
+from codec.hdlc_params import LinkParameters
+
+if TYPE_CHECKING:
+    from bridge.simulator.models import MeterModel
+
+__all__ = [
+    "FLAGS_ENERGY_BASE",
+    "FLAGS_LOGICAL",
+    "METER_CONFORMANCE",
+    "Counters",
+    "Meter",
+    "MeterSettings",
+]
+
+#: What the meter offers in the AARE (ANDed with the client's proposal).
+METER_CONFORMANCE = (
+    Conformance.GET
+    | Conformance.SET
+    | Conformance.ACTION
+    | Conformance.SELECTIVE_ACCESS
+    | Conformance.MULTIPLE_REFERENCES
+    | Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
+)
+
+#: Under the ``flags`` fault the meter also answers to this logical address: in 2-byte HDLC
+#: addressing its address byte is 0x7E, the flag.
+FLAGS_LOGICAL = 63
+#: Under the ``flags`` fault the energy register reads 0x7E7Dxxxx: its top bytes are the HDLC
+#: flag and escape bytes, so every energy value puts 7E 7D inside the frame.
+FLAGS_ENERGY_BASE = 0x7E7D_0000
+
+
+@attrs.frozen
+class MeterSettings:
+    """What every simulated meter of a run shares (the defaults are the field meter's)."""
+
+    model: str = "single-phase"
+    #: The LLS password of the management client (SAP 1); ``None``: no authentication needed.
+    password: bytes | None = b"00000000"
+    server_logical: int = 0
+    server_physical: int = 1
+    #: The server wPort of the wrapper transport.
+    server_wport: int = 1
+    #: The meter's own HDLC limits, from its point of view.
+    hdlc: LinkParameters = attrs.field(factory=lambda: LinkParameters(128, 128, 1, 1))
+    #: The server-max-receive-pdu-size announced in the AARE.
+    max_pdu: int = 1024
+    #: The services the meter offers.
+    conformance: Conformance = METER_CONFORMANCE
+    #: Seconds without a frame after which the meter drops the link (0: never).
+    inactivity_timeout: float = 180.0
+    #: Days of 15-minute entries in the load profile buffer.
+    profile_days: int = 10
+
+
+@attrs.define(eq=False)
+class Counters:
+    """What happened at one meter, over all its connections."""
+
+    connections: int = 0
+    requests: int = 0
+    replies: int = 0
+    associations: int = 0
+    refusals: int = 0
+    auth_failures: int = 0
+    releases: int = 0
+    #: GET-response-with-datablock blocks sent (long GETs).
+    blocks: int = 0
+    ignored_frames: int = 0
+    link_errors: int = 0
+    inactivity_closes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-safe snapshot."""
+        return attrs.asdict(self)
+
+
+@attrs.define(eq=False)
+class Meter:
+    """One simulated meter."""
+
+    index: int
+    serial: str
+    settings: MeterSettings
+    model: MeterModel
+    physics: Physics
+    faults: FaultState
+    counters: Counters = attrs.field(factory=Counters)
+    #: Seconds added to the wall clock to get the meter's clock (changed by SET and ACTION).
+    clock_offset: float = 0.0
+    #: The writable consumer message (a Data object).
+    message: bytes = b""
+    #: Encoded load profile rows by their clock time, and the flags fault they were made under.
+    profile_rows: dict[int, tuple[bytes, ...]] = attrs.field(factory=dict)
+    profile_flags: bool = False
+
+    @classmethod
+    def create(cls, index: int, seed: int, settings: MeterSettings, model: MeterModel) -> Meter:
+        """A meter whose values and faults are drawn from ``seed`` and ``index``."""
+        physics = Physics.generate(random.Random(f"physics:{seed}:{index}"), model.phase_count)
+        serial = f"{(seed * 7919) % 100:02d}{index:06d}"
+        faults = FaultState(random.Random(f"faults:{seed}:{index}"))
+        return cls(index, serial, settings, model, physics, faults)
+
+    def time(self, wall: float) -> float:
+        """The meter's clock (unix seconds) when the wall clock reads ``wall``."""
+        return wall + self.clock_offset
+
+    def energy_wh(self, t: float) -> int:
+        """The active energy register (Wh) at meter time ``t``."""
+        energy = math.floor(self.physics.energy(t))
+        if self.faults.flags:
+            return FLAGS_ENERGY_BASE + (energy & 0xFFFF)
+        return energy
+
+    def snapshot(self) -> dict[str, object]:
+        """The counters and the faults injected so far, JSON-safe."""
+        return {**self.counters.as_dict(), "faults": dict(self.faults.injected)}
+
+    @property
+    def logical_device_name(self) -> bytes:
+        """The logical device name; under ``flags`` it holds the bytes 7E 7D ("~}")."""
+        middle = b"~}" if self.faults.flags else b"SM"
+        return b"DBS" + middle + self.serial.encode("ascii")

@@ -1,0 +1,314 @@
+"""The Trio TCP server that hosts the simulated meters: one listening port per meter.
+
+This is the thin shell around the sans-IO parts: it accepts connections, feeds received bytes to
+the meter's link, and carries out the wire operations the fault layer makes of each reply.
+
+In-process use (tests, the demo)::
+
+    sim = Simulator(SimulatorConfig(meters=3, port=0))
+    ports = await nursery.start(sim.serve)      # SimulatorPorts: one port per meter
+    sim.set_faults("1:fcs=0.5")                 # change faults while running
+    sim.meter(1).snapshot()                     # its counters
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import resource
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from bridge.capture import RecordingStream
+from bridge.pcap import PcapWriter
+from bridge.simulator.cosem_server import CosemServer
+from bridge.simulator.faults import (
+    FaultSpec,
+    MeterRange,
+    Reset,
+    Send,
+    Sleep,
+    parse_fault_spec,
+)
+from bridge.simulator.meter import Meter, MeterSettings
+from bridge.simulator.models import get_model
+from bridge.simulator.server_link import HdlcServerLink, ServerLink, WrapperServerLink
+
+__all__ = [
+    "TRANSPORTS",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorError",
+    "SimulatorPorts",
+    "raise_open_file_limit",
+]
+
+log = logging.getLogger("bridge.simulator")
+
+TRANSPORTS = ("hdlc", "wrapper")
+_RECEIVE_SIZE = 4096
+# accept() errors that mean "out of resources for now", worth waiting out (as trio does).
+_ACCEPT_BACKOFF_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+class SimulatorError(Exception):
+    """The simulator cannot start (a port in use, a bad setting)."""
+
+
+@attrs.frozen
+class SimulatorConfig:
+    """Everything a simulator run needs; ``port=0`` gives every meter an ephemeral port."""
+
+    meters: int = 1
+    host: str = "127.0.0.1"
+    port: int = 4061
+    transport: str = "hdlc"
+    settings: MeterSettings = attrs.field(factory=MeterSettings)
+    faults: str | FaultSpec = ""
+    seed: int = 0
+    #: The control interface's port (``None``: no control interface, 0: an ephemeral port).
+    control_port: int | None = None
+    #: Record every session as pcap, one file per meter (``meter-0000.pcap``...) in this directory.
+    record_dir: str | None = None
+
+
+@attrs.frozen
+class SimulatorPorts:
+    """Where the simulator listens: ``meters[i]`` is the port of meter ``i``."""
+
+    host: str
+    meters: tuple[int, ...]
+    control: int | None = None
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft, hard) afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
+        return soft, hard
+    return target, hard
+
+
+class _ConnectionReset(Exception):
+    """The fault layer reset the connection."""
+
+
+class Simulator:
+    """N simulated meters served over TCP by one Trio task tree.
+
+    ``clock`` gives the wall-clock time the meters' values follow (``time.time``); timers and
+    fault timing use Trio's clock.
+    """
+
+    def __init__(self, config: SimulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
+        if config.meters < 1:
+            raise SimulatorError(f"the number of meters must be at least 1, not {config.meters}")
+        if config.transport not in TRANSPORTS:
+            raise SimulatorError(
+                f"unknown transport {config.transport!r} (known: {', '.join(TRANSPORTS)})"
+            )
+        if config.port and config.port + config.meters - 1 > 0xFFFF:
+            raise SimulatorError(
+                f"{config.meters} meters from port {config.port} run past port 65535"
+            )
+        try:
+            model = get_model(config.settings.model)
+        except ValueError as exc:
+            raise SimulatorError(str(exc)) from None
+        self.config = config
+        self.clock = clock
+        self.meters = [
+            Meter.create(i, config.seed, config.settings, model) for i in range(config.meters)
+        ]
+        self._initial_faults = (
+            config.faults
+            if isinstance(config.faults, FaultSpec)
+            else parse_fault_spec(config.faults, config.meters)
+        )
+        self.ports: SimulatorPorts | None = None
+        self._recorders: dict[int, PcapWriter] = {}
+
+    # -- control API -----------------------------------------------------------------------------
+
+    def meter(self, index: int) -> Meter:
+        """Meter ``index``; raises :class:`IndexError` naming the valid range."""
+        if not 0 <= index < len(self.meters):
+            raise IndexError(f"no meter {index} (meters are 0..{len(self.meters) - 1})")
+        return self.meters[index]
+
+    def set_faults(self, spec: str | FaultSpec) -> list[int]:
+        """Set the faults of every meter the spec names (others keep theirs); returns them.
+
+        A string is parsed first (:class:`~bridge.simulator.faults.FaultSpecError` if bad).
+        Call from within Trio: a ``silence`` without probability starts now.
+        """
+        parsed = spec if isinstance(spec, FaultSpec) else parse_fault_spec(spec, len(self.meters))
+        now = trio.current_time()
+        touched = sorted(
+            {i for group in parsed.groups for i in group.meters.indices(len(self.meters))}
+        )
+        for i in touched:
+            self.meters[i].faults.apply(parsed.for_meter(i), now)
+        return touched
+
+    def clear_faults(self, meters: MeterRange | None = None) -> list[int]:
+        """Remove every fault from the selected meters (all by default); returns them."""
+        selected = list((meters or MeterRange()).indices(len(self.meters)))
+        spec = FaultSpec()
+        for i in selected:
+            self.meters[i].faults.apply(spec.for_meter(i), 0.0)
+        return selected
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[SimulatorPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen for every meter, report the ports via ``task_status``, serve until cancelled."""
+        raise_open_file_limit()
+        now = trio.current_time()
+        for meter in self.meters:
+            meter.faults.apply(self._initial_faults.for_meter(meter.index), now)
+        config = self.config
+        listeners: list[trio.SocketListener] = []
+        if config.record_dir is not None:
+            directory = Path(config.record_dir)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                for meter in self.meters:
+                    self._recorders[meter.index] = PcapWriter(
+                        directory / f"meter-{meter.index:04d}.pcap"
+                    )
+            except OSError as exc:
+                self._close_recorders()
+                raise SimulatorError(f"--record {config.record_dir}: {exc}") from None
+        try:
+            for meter in self.meters:
+                port = config.port + meter.index if config.port else 0
+                listeners.append(await self._listen(port, meter.index))
+            async with trio.open_nursery() as nursery:
+                control = None
+                if config.control_port is not None:
+                    from bridge.simulator.control import serve_control
+
+                    control = await nursery.start(
+                        serve_control, self, config.host, config.control_port
+                    )
+                for meter, listener in zip(self.meters, listeners, strict=True):
+                    nursery.start_soon(self._accept_loop, meter, listener, nursery)
+                self.ports = SimulatorPorts(
+                    config.host,
+                    tuple(listener.socket.getsockname()[1] for listener in listeners),
+                    control,
+                )
+                task_status.started(self.ports)
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+            self._close_recorders()
+
+    def _close_recorders(self) -> None:
+        for writer in self._recorders.values():
+            writer.close()
+        self._recorders.clear()
+
+    async def _listen(self, port: int, index: int) -> trio.SocketListener:
+        try:
+            found = await trio.open_tcp_listeners(port, host=self.config.host)
+        except OSError as exc:
+            raise SimulatorError(
+                f"meter {index}: cannot listen on {self.config.host}:{port}: {exc.strerror or exc}"
+            ) from None
+        for extra in found[1:]:  # several addresses for the host: keep the first, one port each
+            extra.socket.close()
+        return found[0]
+
+    async def _accept_loop(
+        self, meter: Meter, listener: trio.SocketListener, nursery: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_BACKOFF_ERRNOS:
+                    raise
+                log.warning("meter %d: accept failed (%s), retrying", meter.index, exc)
+                await trio.sleep(0.1)
+                continue
+            writer = self._recorders.get(meter.index)
+            if writer is not None:
+                stream = RecordingStream(stream, writer)  # type: ignore[assignment]
+            nursery.start_soon(self._serve_connection, meter, stream)
+
+    def _link(self, meter: Meter) -> ServerLink:
+        server = CosemServer(meter)
+        if self.config.transport == "hdlc":
+            return HdlcServerLink(meter, server)
+        return WrapperServerLink(meter, server)
+
+    async def _serve_connection(self, meter: Meter, stream: trio.SocketStream) -> None:
+        counters = meter.counters
+        counters.connections += 1
+        faults = meter.faults
+        link = self._link(meter)
+        timeout = meter.settings.inactivity_timeout or math.inf
+        try:
+            await self._perform(stream, meter, faults.on_connect(link.sample_reply()))
+            while True:
+                with trio.move_on_after(timeout) as idle:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                if idle.cancelled_caught:
+                    # The field meter drops an idle link and the connection with it.
+                    counters.inactivity_closes += 1
+                    link.expire()
+                    return
+                if not data:
+                    return
+                counters.bytes_in += len(data)
+                active = faults.faults.active
+                if active and faults.silenced(trio.current_time()):
+                    continue
+                for reply in link.receive_data(data, self.clock()):
+                    if active:
+                        ops = faults.plan(reply, trio.current_time(), hdlc=link.hdlc)
+                        await self._perform(stream, meter, ops)
+                    else:
+                        counters.bytes_out += len(reply)
+                        await stream.send_all(reply)
+        except _ConnectionReset:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away
+        finally:
+            link.close()
+            await trio.aclose_forcefully(stream)
+
+    async def _perform(
+        self, stream: trio.SocketStream, meter: Meter, ops: list[Send | Sleep | Reset]
+    ) -> None:
+        for op in ops:
+            if isinstance(op, Send):
+                meter.counters.bytes_out += len(op.data)
+                await stream.send_all(op.data)
+            elif isinstance(op, Sleep):
+                await trio.sleep(op.seconds)
+            else:
+                # SO_LINGER 0: close() sends RST instead of FIN.
+                stream.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                stream.socket.close()
+                raise _ConnectionReset
