@@ -576,11 +576,22 @@ def _make_sequence_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any],
 
 def _make_attrs_hook(cl: type, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
     generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cl, conv)
+    known = {a.name for a in attrs.fields(cl)}
 
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, Mapping):
             raise _Invalid(f"expected a table, got {_show(value)}")
-        return generated(value, cl)
+        extra = set(value) - known
+        if not extra:
+            return generated(value, cl)
+        # Report the unknown keys together with whatever else is wrong in the same table,
+        # rather than stopping at the first unknown key.
+        errors: list[Exception] = [ForbiddenExtraKeysError("", cl, extra)]
+        try:
+            generated({k: v for k, v in value.items() if k in known}, cl)
+        except ClassValidationError as exc:
+            errors.extend(exc.exceptions)
+        raise ClassValidationError(f"while structuring {cl.__name__}", errors, cl)
 
     return structure
 
@@ -685,6 +696,15 @@ class _Resolver:
         except (ClassValidationError, IterableValidationError, _Invalid) as exc:
             for line in _cattrs_errors(exc, path):
                 self.errors.append(line)
+            if not (isinstance(exc, ClassValidationError) and isinstance(value, Mapping)):
+                return None
+            if not all(isinstance(e, ForbiddenExtraKeysError) for e in exc.exceptions):
+                return None
+        # Only unknown keys were wrong (already reported): check the rest of the table too.
+        known = {a.name for a in attrs.fields(cl)}  # type: ignore[arg-type]
+        try:
+            return converter.structure({k: v for k, v in value.items() if k in known}, cl)
+        except (ClassValidationError, IterableValidationError, _Invalid):
             return None
 
     def unknown_key(self, path: str, key: str, known: Iterable[str]) -> None:

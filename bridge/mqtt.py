@@ -122,6 +122,13 @@ class MqttSettings:
         return f"{self.host}:{self.port} as {self.client_id!r}"
 
 
+def _mask(secret: str) -> str:
+    """Enough of a token to recognise it in a log line, not enough to use it."""
+    if len(secret) <= 8:
+        return f"'{secret[:1]}...' ({len(secret)} characters)"
+    return f"'{secret[:4]}...' ({len(secret)} characters)"
+
+
 class PublishError(Exception):
     """A publish was not acknowledged by the broker; the caller should retry later."""
 
@@ -668,7 +675,8 @@ class MqttClient:
         code = reason.value
         if code in (_BAD_CREDENTIALS, _NOT_AUTHORIZED):
             what = "bad credentials" if code == _BAD_CREDENTIALS else "not authorized"
-            who = f"username {s.username!r}" if s.username is not None else "no username"
+            # The username is often the ThingsBoard access token: never log it whole.
+            who = f"username {_mask(s.username)}" if s.username is not None else "no username"
             message = (
                 f"MQTT broker refused the connection: {what} for {who} "
                 f"(check the ThingsBoard access token) [{s.describe()}]"

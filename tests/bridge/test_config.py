@@ -838,3 +838,33 @@ host = "h3"
     added, removed, changed = diff_meters(base.meters, [d, b2, c2])
     assert (added, removed, changed) == ([d], [a], [b2, c2])
     assert diff_meters(base.meters, base.meters) == ([], [], [])
+
+
+def test_unknown_keys_do_not_hide_other_errors_of_the_same_table() -> None:
+    errors = errors_of(
+        """
+[bridge]
+name = "x"
+data_dir = "/tmp/x"
+[mqtt]
+host = "h"
+[defaults]
+registers = "field-meter"
+[[meters]]
+name = "a"
+host = "h"
+port = 99999
+intervall = 3
+[[meters]]
+name = "b"
+host = "h"
+port = "abc"
+foo = 1
+"""
+    )
+    assert errors == [
+        "meters[0].intervall: unknown key (did you mean 'interval_s'?)",
+        "meters[0].port: must be between 1 and 65535, got 99999",
+        "meters[1].port: expected an int, got 'abc'",
+        "meters[1].foo: unknown key",
+    ]

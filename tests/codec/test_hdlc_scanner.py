@@ -102,9 +102,11 @@ def test_discarded_bytes_are_counted(pairs: list[tuple[bytes, bytes]]) -> None:
         if len(found) == len(pairs):
             # Every byte is accounted for: frames, or discarded garbage (flags are not counted).
             assert stats["bytes_discarded"] == non_flag_garbage
+            if non_flag_garbage:
+                assert stats["resyncs"] >= 1
+        # (More frames than pairs: some "garbage" was a valid frame after all, e.g. a frame
+        # missing only its closing flag, closed by the opening flag of the next one.)
         assert stats["bytes_discarded"] <= len(stream) - frame_bytes
-        if non_flag_garbage:
-            assert stats["resyncs"] >= 1
 
 
 @given(st.binary(max_size=3000), st.booleans())
