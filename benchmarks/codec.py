@@ -232,9 +232,10 @@ def main() -> int:
         rows.append(row)
 
     for name, data in capture_streams():
-        row = {"what": f"capture {name} ({len(data)} B)", "unit": "MB/s"}
+        row = {"unit": "MB/s"}
         for impl_name, mod in impls.items():
             row[impl_name], row["frames"] = bench_capture(mod, data, seconds / 3, repeats)
+        row["what"] = f"capture {name} ({len(data)} B, {row['frames']} frames)"
         rows.append(row)
 
     columns = [

@@ -23,6 +23,7 @@ from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
     Associated,
     AssociationSettings,
+    AssociationState,
     ClientAssociation,
     Closed,
     Negotiated,
@@ -193,6 +194,12 @@ class MeterSession:
         with trio.move_on_after(timeout, shield=True):
             if self.association is not None and self.stream is not None:
                 try:
+                    # A request cut short (the poller cancelled at shutdown or reload) is still
+                    # open: take its reply first, so that the association is released with
+                    # RLRQ rather than merely dropped.
+                    while self.association.state is AssociationState.WAITING:
+                        if isinstance(await self._next_event(), Closed):
+                            break
                     self.association.release(trio.current_time())
                     while True:
                         event = await self._next_event()

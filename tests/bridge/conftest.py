@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from bridge.simulator.server import Simulator, SimulatorConfig
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto, find_mosquitto
 
 # Users the default broker knows: ThingsBoard-style tokens as usernames.
@@ -65,3 +68,17 @@ def collector(mosquitto: Mosquitto) -> Iterator[Callable[[list[str]], Collector]
     yield make
     for c in started:
         c.stop()
+
+
+@pytest.fixture
+async def simulator(nursery: trio.Nursery) -> Callable[..., Any]:
+    """Factory of in-process simulators serving until the test ends:
+    ``sim, ports = await simulator(meters=3, faults="1:garbage=0.5", seed=7)``, one ephemeral
+    loopback port per meter."""
+
+    async def start(**kwargs: Any) -> tuple[Simulator, tuple[int, ...]]:
+        sim = Simulator(SimulatorConfig(port=0, **kwargs))
+        ports = await nursery.start(sim.serve)
+        return sim, ports.meters
+
+    return start

@@ -1,0 +1,84 @@
+"""``dlms-bridge run --config FILE``: the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import trio
+
+from bridge.config import ConfigError, load_config
+from bridge.lock import AlreadyRunning
+from bridge.logs import setup_logging
+from bridge.outbox import OutboxError
+from bridge.service import BridgeService
+
+EXIT_CONFIG = 2
+EXIT_ALREADY_RUNNING = 3
+EXIT_FAILED = 1
+
+log = logging.getLogger("bridge.run")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    parser.add_argument(
+        "--config", "-c", type=Path, required=True, help="the bridge's TOML config file"
+    )
+    parser.add_argument(
+        "--log-level", help="override [bridge].log_level (debug, info, warning, error)"
+    )
+
+
+def raise_file_limit() -> int:
+    """Raise the open-files soft limit to the hard limit (a socket per meter); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config (refusing a bad one with exit code 2) and run until signalled."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dlms-bridge: the config cannot be used:\n  {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level or config.bridge.log_level)
+    limit = raise_file_limit()
+    enabled = sum(m.enabled for m in config.meters)
+    if limit < enabled + 64:
+        log.warning(
+            "open-files limit %d is low for %d meters: raise LimitNOFILE in the unit",
+            limit,
+            enabled,
+        )
+    service = BridgeService(config, config_path=args.config)
+    try:
+        trio.run(service.run)
+    except AlreadyRunning as exc:
+        print(f"dlms-bridge: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    except OutboxError as exc:
+        print(f"dlms-bridge: outbox unusable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        # Raised before the service starts: the data directory cannot be created or locked
+        # (permissions, a read-only file system, a file in the way).
+        print(
+            f"dlms-bridge: cannot use the data directory {config.bridge.data_dir}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return 0

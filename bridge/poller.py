@@ -1,0 +1,409 @@
+"""One poller task per meter: connect, associate, read on a drift-free cadence, recover.
+
+Cadence: cycle *k* starts at ``start + k * interval`` (``trio.sleep_until``), whatever the
+previous cycle cost. A cycle may run past its interval (a slow meter, retransmissions) up to
+``CYCLE_BUDGET_TIMEOUTS`` reply timeouts: its reading is worth more than the schedule. A cycle
+that then cannot start within half an interval of its time is counted as missed and skipped,
+never made up in a burst, so readings stay on the grid.
+
+Recovery, in three levels, each counted:
+
+1. in place - inside the link: the frame scanner skips garbage and resynchronises, corrupted or
+   lost replies are retransmitted, stale replies are dropped by invoke-id. A cycle that needed any
+   of it counts as recovered in place.
+2. re-associate - a protocol error (link reset, refused frame, timeout after retransmissions,
+   undecodable reply) drops the association; the next attempt sends DISC, SNRM and AARQ again on
+   the same TCP connection.
+3. reconnect - an I/O error closes the TCP connection. A connection kept from earlier cycles
+   that turns out dead is opened again at once; a new one that fails is retried with
+   exponential backoff and jitter. After ``breaker_threshold`` failed cycles in a row the
+   circuit opens: an alarm is raised and the meter is tried only at the backoff's pace until
+   it answers again.
+
+The association is kept alive within the meter's inactivity timeout: when polls are further apart
+than that, a cheap read of the clock is sent in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from bridge.config import MeterConfig
+from bridge.logs import log_event
+from bridge.readings import Reading
+from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from codec.apdu import AttributeDescriptor
+from codec.client import RegisterSpec
+from codec.errors import AssociationError, ProtocolError
+from codec.hdlc_params import LinkParameters
+from codec.obis import Obis
+
+__all__ = ["MeterPoller", "PollerStats", "endpoint_for"]
+
+log = logging.getLogger("bridge.poller")
+
+#: Counters of the link that say the cycle needed in-place recovery.
+_IN_PLACE_COUNTERS = ("retransmissions", "resyncs", "stale_responses")
+#: Read to keep an idle association alive: every meter has a clock.
+CLOCK_TIME = AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2)
+#: A cycle may take this many reply timeouts even when that is longer than the interval: enough
+#: for a reply that needed retransmissions, or for a quick re-association and a second try.
+CYCLE_BUDGET_TIMEOUTS = 4
+
+
+def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
+    """The session settings of a configured meter."""
+    return MeterEndpoint(
+        host=meter.host,
+        port=meter.port,
+        transport=meter.transport,
+        client_sap=meter.client_sap,
+        server_logical=meter.server_logical,
+        server_physical=meter.server_physical,
+        server_address_size=meter.server_address_size,
+        password=meter.password.encode() if meter.password is not None else None,
+        timeout=meter.timeout_s,
+        connect_timeout=meter.timeout_s,
+        max_pdu_size=meter.max_pdu_size,
+        link_parameters=LinkParameters(
+            max_info_tx=meter.hdlc_max_info,
+            max_info_rx=meter.hdlc_max_info,
+            window_tx=meter.hdlc_window,
+            window_rx=meter.hdlc_window,
+        ),
+        byte_stuffing=meter.byte_stuffing,
+    )
+
+
+@attrs.define(eq=False)
+class PollerStats:
+    """What one poller did; read by the summary, the metrics and the dashboard."""
+
+    cycles: int = 0
+    successes: int = 0
+    failures: int = 0
+    missed: int = 0
+    readings: int = 0
+    register_errors: int = 0
+    recovered_in_place: int = 0
+    reassociations: int = 0
+    reconnects: int = 0
+    keepalives: int = 0
+    circuit_opens: int = 0
+    consecutive_failures: int = 0
+    circuit_open: bool = False
+    state: str = "starting"
+    last_error: str | None = None
+    last_success_ms: int | None = None
+    #: Durations of the last successful reads, seconds.
+    latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=512))
+    link: dict[str, int] = attrs.field(factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe view."""
+        out = attrs.asdict(self, filter=lambda a, _v: a.name != "latencies")
+        lat = sorted(self.latencies)
+        out["latency_p50"] = _quantile(lat, 0.5)
+        out["latency_p95"] = _quantile(lat, 0.95)
+        return out
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class MeterPoller:
+    """Reads one meter forever (until cancelled) and hands each reading to ``sink``.
+
+    ``sink`` must return only once the reading is durable (the outbox writer's ``put``).
+    ``on_alarm(name, active, message)`` is told when the circuit opens and closes.
+    """
+
+    def __init__(
+        self,
+        meter: MeterConfig,
+        sink: Callable[[Reading], Awaitable[None]],
+        *,
+        on_alarm: Callable[[str, bool, str], None] | None = None,
+        breaker_threshold: int = 5,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 300.0,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.meter = meter
+        self.sink = sink
+        self.on_alarm = on_alarm
+        self.breaker_threshold = breaker_threshold
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+        self.endpoint = endpoint_for(meter)
+        self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
+        self.stats = PollerStats()
+        self.session: MeterSession | None = None
+        self._connected = False  # TCP is up (the association may not be)
+        self._next_attempt = -math.inf
+        self._failures_in_a_row = 0
+        self._last_activity = -math.inf
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll until cancelled; the association is released on the way out."""
+        interval = self.meter.interval_s
+        task_status.started()
+        start = trio.current_time()
+        tick = 0
+        try:
+            while True:
+                due = start + tick * interval
+                now = trio.current_time()
+                if now - due > interval / 2:
+                    # The previous cycle overran: the cycles that cannot start within half an
+                    # interval of their time are missed, not made up in a burst.
+                    late = math.floor((now - due) / interval + 0.5)
+                    self.stats.missed += late
+                    tick += late
+                    due = start + tick * interval
+                await self._wait_until(due)
+                tick += 1
+                await self.cycle(deadline=due + self.cycle_budget)
+        finally:
+            self.stats.state = "stopped"
+            await self._close(release=True)
+
+    @property
+    def cycle_budget(self) -> float:
+        """How long one cycle may take, recovery included (seconds)."""
+        return max(self.meter.interval_s, CYCLE_BUDGET_TIMEOUTS * self.meter.timeout_s)
+
+    async def _wait_until(self, due: float) -> None:
+        """Sleep until ``due``, keeping the association alive on the way."""
+        keepalive_every = self.meter.inactivity_timeout_s * 0.5
+        while True:
+            wake = due
+            if self.session is not None and self.session.is_open and keepalive_every > 0:
+                wake = min(due, self._last_activity + keepalive_every)
+            await trio.sleep_until(wake)
+            if wake >= due:
+                return
+            await self._keepalive()
+
+    async def _keepalive(self) -> None:
+        assert self.session is not None
+        try:
+            with trio.fail_after(self.meter.timeout_s * 3):
+                await self.session.get(CLOCK_TIME)
+            self.stats.keepalives += 1
+            self._last_activity = trio.current_time()
+        except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+            log_event(
+                log, logging.INFO, "keepalive_failed", meter=self.meter.name, error=_one_line(exc)
+            )
+            await self._close(release=False)
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def cycle(self, *, deadline: float | None = None) -> bool:
+        """Poll once (with recovery); returns True when a reading was taken."""
+        stats = self.stats
+        if trio.current_time() < self._next_attempt:
+            # Backing off (or the circuit is open): this cycle is not attempted.
+            stats.cycles += 1
+            stats.failures += 1
+            return False
+        budget = deadline if deadline is not None else trio.current_time() + self.cycle_budget
+        try:
+            with trio.fail_at(budget):
+                readings, started_ms, duration, in_place = await self._read_with_recovery()
+        except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                # Cut off in the middle of an exchange: the association still waits for that
+                # reply and would refuse the next request. Start the next cycle from a new one.
+                await self._drop_association()
+            self._failed(exc)
+            return False
+        values = {r.spec.name: r.value for r in readings if r.ok}
+        errors = [r for r in readings if not r.ok]
+        stats.register_errors += len(errors)
+        for r in errors:
+            log_event(
+                log, logging.WARNING, "register_error",
+                meter=self.meter.name, key=r.spec.name, obis=str(r.spec.obis), error=r.error,
+            )  # fmt: skip
+        reading = Reading(self.meter.name, started_ms, values)
+        await self.sink(reading)
+        log_event(
+            log,
+            logging.DEBUG,
+            "reading_stored",
+            meter=self.meter.name,
+            ts=started_ms,
+            values=len(values),
+        )
+        stats.cycles += 1
+        stats.readings += 1
+        stats.successes += 1
+        stats.latencies.append(duration)
+        stats.last_success_ms = started_ms
+        if in_place:
+            stats.recovered_in_place += 1
+        self._succeeded()
+        return True
+
+    async def _read_with_recovery(self) -> tuple[list[Any], int, float, bool]:
+        """Read the registers, re-associating (level 2) or reconnecting (level 3) as needed."""
+        last: BaseException | None = None
+        for _attempt in range(3):
+            # A connection kept from earlier cycles may have died while idle (the meter's
+            # inactivity timeout, a NAT or firewall forgetting it): that is no reason to fail.
+            reused = self.session is not None and self._connected
+            try:
+                await self._ensure_session()
+                assert self.session is not None
+                before = self._link_counters()
+                started_ms = int(self.wall_clock() * 1000)
+                t0 = trio.current_time()
+                readings = await self.session.read_registers(self.specs)
+                self._last_activity = trio.current_time()
+                duration = self._last_activity - t0
+                after = self._link_counters()
+                in_place = any(after.get(k, 0) > before.get(k, 0) for k in _IN_PLACE_COUNTERS)
+                self.stats.link = self.session.stats()
+                return readings, started_ms, duration, in_place
+            except AssociationError:
+                # Refused (wrong password, say): trying again right away will not help.
+                await self._close(release=False)
+                raise
+            except ProtocolError as exc:
+                last = exc
+                log_event(
+                    log, logging.INFO, "protocol_error",
+                    meter=self.meter.name, recovery="reassociate", error=_one_line(exc),
+                )  # fmt: skip
+                await self._drop_association()
+            except MeterIOError as exc:
+                last = exc
+                await self._close(release=False)
+                if not reused:
+                    raise
+                log_event(
+                    log, logging.INFO, "connection_lost",
+                    meter=self.meter.name, recovery="reconnect", error=_one_line(exc),
+                )  # fmt: skip
+        assert last is not None
+        raise last
+
+    def _link_counters(self) -> dict[str, int]:
+        return self.session.stats() if self.session is not None else {}
+
+    async def _ensure_session(self) -> None:
+        if self.session is not None and self.session.is_open:
+            return
+        # A live connection whose association was dropped (level 2) is re-associated.
+        reassociate = self.session is not None and self._connected
+        if self.session is None or not self._connected:
+            self.session = MeterSession(self.endpoint)
+            self.stats.state = "connecting"
+            await self.session.connect()
+            self._connected = True
+            if self.stats.successes or self.stats.failures:
+                self.stats.reconnects += 1
+            log_event(
+                log, logging.INFO, "connected", meter=self.meter.name, address=self.meter.address
+            )
+        elif reassociate:
+            self.stats.reassociations += 1
+        self.stats.state = "associating"
+        negotiated = await self.session.associate()
+        self.stats.state = "associated"
+        log_event(
+            log, logging.INFO, "associated", meter=self.meter.name,
+            max_pdu=negotiated.server_max_pdu_size, list=negotiated.multiple_references,
+        )  # fmt: skip
+
+    async def _drop_association(self) -> None:
+        """Level 2: abandon the association; the link is re-opened on the same connection."""
+        if self.session is None:
+            return
+        try:
+            await self.session.abort()
+        except MeterIOError:
+            await self._close(release=False)
+
+    async def _close(self, *, release: bool) -> None:
+        session, self.session = self.session, None
+        self._connected = False
+        if session is not None:
+            if release:
+                await session.release()
+            else:
+                await session.aclose()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _succeeded(self) -> None:
+        stats = self.stats
+        if stats.circuit_open:
+            stats.circuit_open = False
+            message = (
+                f"meter {self.meter.name} answers again after {stats.consecutive_failures} "
+                "failed cycles"
+            )
+            log_event(
+                log, logging.WARNING, "circuit_closed", meter=self.meter.name, message=message
+            )
+            if self.on_alarm is not None:
+                self.on_alarm(f"meter.{self.meter.name}.failing", False, message)
+        stats.consecutive_failures = 0
+        stats.state = "ok"
+        self._failures_in_a_row = 0
+        self._next_attempt = -math.inf
+
+    def _failed(self, exc: BaseException) -> None:
+        stats = self.stats
+        stats.cycles += 1
+        stats.failures += 1
+        stats.consecutive_failures += 1
+        self._failures_in_a_row += 1
+        message = _one_line(exc)
+        if isinstance(exc, trio.TooSlowError):
+            message = "the cycle ran out of time"
+        stats.last_error = message
+        stats.state = "failing"
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** (self._failures_in_a_row - 1))
+        delay *= 0.5 + self.rng.random()  # jitter: meters that failed together retry apart
+        self._next_attempt = trio.current_time() + delay
+        log_event(
+            log, logging.WARNING, "cycle_failed", meter=self.meter.name,
+            failures=stats.consecutive_failures, retry_in_s=round(delay, 1), error=message,
+        )  # fmt: skip
+        if not stats.circuit_open and stats.consecutive_failures >= self.breaker_threshold:
+            stats.circuit_open = True
+            stats.circuit_opens += 1
+            alarm = (
+                f"meter {self.meter.name} ({self.meter.address}) keeps failing: "
+                f"{stats.consecutive_failures} cycles in a row, last error: {message}"
+            )
+            log_event(log, logging.ERROR, "circuit_open", meter=self.meter.name, message=alarm)
+            if self.on_alarm is not None:
+                self.on_alarm(f"meter.{self.meter.name}.failing", True, alarm)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    code = getattr(exc, "code", None)
+    return f"{text} [{code}]" if code else text

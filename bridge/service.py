@@ -1,0 +1,556 @@
+"""The bridge service: one Trio nursery running every part.
+
+- one :class:`~bridge.poller.MeterPoller` task per enabled meter, each supervised on its own: a
+  meter that fails, or even a bug that crashes its poller, never disturbs another;
+- the outbox writer (group commit) that every reading passes through before it counts as taken;
+- the publisher and its MQTT connection(s);
+- signals: SIGTERM/SIGINT stop polling, release the associations, flush what the broker will take
+  within a deadline, and exit; SIGHUP reloads the config and adds, removes or changes meters
+  without disturbing the others;
+- a summary log line every ``summary_interval_s``, systemd readiness and watchdog pings (only
+  while the pollers, the writer and the publisher are alive).
+
+Web and operations tasks (dashboard, admin API, metrics) join the same nursery through
+:meth:`BridgeService.start_extra`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from bridge import systemd
+from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
+from bridge.lock import InstanceLock
+from bridge.logs import log_event
+from bridge.mqtt import MqttSettings, TlsSettings
+from bridge.outbox import AsyncOutbox, OutboxWriter
+from bridge.poller import MeterPoller, PollerStats
+from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
+from bridge.readings import Reading
+
+__all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
+
+log = logging.getLogger("bridge.service")
+
+#: How long shutdown may spend releasing associations and flushing to the broker.
+SHUTDOWN_RELEASE_S = 5.0
+SHUTDOWN_FLUSH_S = 10.0
+#: A crashed poller is restarted after this long (doubling up to the maximum).
+CRASH_BACKOFF_S = 5.0
+CRASH_BACKOFF_MAX_S = 300.0
+
+
+def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
+    """The broker connection of the service (or, in device mode, of one meter)."""
+    m = config.mqtt
+    tls = None
+    if m.tls is not None:
+        tls = TlsSettings(
+            ca_file=m.tls.ca_file,
+            cert_file=m.tls.cert_file,
+            key_file=m.tls.key_file,
+            insecure=m.tls.insecure,
+        )
+    if meter is not None:
+        return MqttSettings(
+            host=m.host,
+            port=m.port,
+            client_id=f"{m.client_id}-{meter.name}",
+            username=meter.token,
+            tls=tls,
+            keepalive=m.keepalive,
+            qos=m.qos,
+        )
+    username = m.token if m.token is not None else m.username
+    password = None if m.token is not None else m.password
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=m.client_id,
+        username=username,
+        password=password,
+        tls=tls,
+        keepalive=m.keepalive,
+        qos=m.qos,
+    )
+
+
+def publisher_settings(config: BridgeConfig) -> PublisherSettings:
+    """Payload format and pacing from the ``[publish]`` section."""
+    p = config.publish
+    return PublisherSettings(
+        mode=PublishMode(p.mode),
+        topic_template=p.topic or "meters/{meter}/telemetry",
+        payload_shape=PayloadShape(p.payload),
+        max_messages_per_s=p.max_messages_per_s,
+        max_payload_bytes=p.max_payload_bytes,
+        max_bytes_per_s=p.max_bytes_per_s,
+        batch_rows=p.max_readings_per_message,
+        qos=config.mqtt.qos,
+    )
+
+
+@attrs.define(eq=False)
+class _Running:
+    """A supervised poller: its task's cancel scope and the current poller object."""
+
+    meter: MeterConfig
+    scope: trio.CancelScope
+    poller: MeterPoller | None = None
+    crashes: int = 0
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+class BridgeService:
+    """The whole service; :meth:`run` until a signal (or :meth:`stop`) ends it."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        config_path: Path | None = None,
+        handle_signals: bool = True,
+        shutdown_flush_s: float = SHUTDOWN_FLUSH_S,
+        poller_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.handle_signals = handle_signals
+        self.shutdown_flush_s = shutdown_flush_s
+        #: Extra keyword arguments of every :class:`MeterPoller` (``breaker_threshold``,
+        #: ``backoff_initial``, ``backoff_max``), e.g. for a demo that shows recovery quickly.
+        self.poller_options = dict(poller_options or {})
+        self.meters: dict[str, _Running] = {}
+        self.alarms: dict[str, str] = {}
+        self.online: dict[str, bool] = {}
+        self.started_at = time.time()
+        self.outbox: AsyncOutbox | None = None
+        self.writer: OutboxWriter | None = None
+        self.publisher: Publisher | None = None
+        self.reloads = 0
+        self._stop = trio.Event()
+        self._ready = trio.Event()
+        self._alive: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._pollers: trio.Nursery | None = None
+        self._rng = random.Random()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def wait_ready(self) -> None:
+        """Return once every part is running."""
+        await self._ready.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped; raises :class:`~bridge.lock.AlreadyRunning` if another bridge
+        holds the data directory."""
+        cfg = self.config
+        lock = InstanceLock(cfg.bridge.data_dir)
+        lock.acquire()
+        try:
+            self.outbox = await AsyncOutbox.open(
+                cfg.bridge.data_dir,
+                max_rows=cfg.publish.outbox_max_rows,
+                max_bytes=cfg.publish.outbox_max_bytes,
+                synchronous=cfg.publish.outbox_synchronous,
+            )
+            try:
+                await self._run(task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.outbox.aclose()
+        finally:
+            lock.release()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        cfg = self.config
+        assert self.outbox is not None
+        self.writer = OutboxWriter(self.outbox)
+        if cfg.publish.mode == "device":
+            devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
+            self.publisher = Publisher(self.outbox, publisher_settings(cfg), devices=devices)
+        else:
+            self.publisher = Publisher(
+                self.outbox, publisher_settings(cfg), mqtt=mqtt_settings(cfg)
+            )
+        depth = self.outbox.depth()
+        log_event(
+            log, logging.INFO, "starting",
+            name=cfg.bridge.name, meters=sum(m.enabled for m in cfg.meters),
+            mode=cfg.publish.mode, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+            outbox_rows=depth[0], data_dir=cfg.bridge.data_dir,
+        )  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.handle_signals:
+                nursery.start_soon(self._signals)
+            await nursery.start(self._keep_alive, "writer", self.writer.run)
+            await nursery.start(self._keep_alive, "publisher", self.publisher.run)
+            pollers_scope = trio.CancelScope()
+            nursery.start_soon(self._run_pollers, pollers_scope)
+            while self._pollers is None:
+                await trio.sleep(0)
+            for meter in cfg.meters:
+                if meter.enabled:
+                    await self._start_meter(meter)
+            nursery.start_soon(self._summaries)
+            nursery.start_soon(self._watchdog)
+            self._ready.set()
+            task_status.started()
+            self._notify(ready=True, status=self._status_line())
+            log_event(log, logging.INFO, "running", meters=len(self.meters))
+            await self._stop.wait()
+            await self._shutdown(pollers_scope)
+            nursery.cancel_scope.cancel()
+
+    async def _shutdown(self, pollers_scope: trio.CancelScope) -> None:
+        log_event(log, logging.INFO, "stopping", meters=len(self.meters))
+        self._notify(stopping=True, status="stopping")
+        with trio.CancelScope(shield=True):
+            # Stop polling: each poller releases its association (RLRQ, DISC) on the way out.
+            for running in self.meters.values():
+                running.scope.cancel()
+            with trio.move_on_after(SHUTDOWN_RELEASE_S + 1):
+                for running in list(self.meters.values()):
+                    await running.done.wait()
+            pollers_scope.cancel()
+            assert self.publisher is not None and self.outbox is not None
+            deadline = trio.current_time() + self.shutdown_flush_s
+            if not any(c.connected for c in self.publisher.clients.values()):
+                # No broker to flush to (down, or refusing us): the outbox keeps the readings
+                # for the next start; waiting the whole deadline would only delay the stop.
+                deadline = min(deadline, trio.current_time() + 2.0)
+            flushed = await self.publisher.flush(deadline)
+            rows, _ = self.outbox.depth()
+            log_event(
+                log, logging.INFO, "flushed" if flushed else "flush_incomplete",
+                outbox_rows=rows, deadline_s=self.shutdown_flush_s,
+            )  # fmt: skip
+            with trio.move_on_after(3):
+                await self.publisher.disconnect()
+        log_event(log, logging.INFO, "stopped")
+
+    async def _keep_alive(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run a core task, marking it alive for the watchdog while it runs."""
+        self._alive.add(name)
+        try:
+            await run(task_status=task_status)
+        finally:
+            self._alive.discard(name)
+
+    async def _run_pollers(self, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as pollers:
+                self._pollers = pollers
+                await trio.sleep_forever()
+
+    def start_extra(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run another task (dashboard, metrics) in the service's nursery."""
+        if self._nursery is None:
+            raise RuntimeError("the service is not running")
+        self._nursery.start_soon(fn, *args)
+
+    # -- meters ------------------------------------------------------------------------------
+
+    async def _start_meter(self, meter: MeterConfig) -> None:
+        assert self._pollers is not None
+        running = _Running(meter, trio.CancelScope())
+        self.meters[meter.name] = running
+        await self._pollers.start(self._supervise, running)
+
+    async def _stop_meter(self, name: str) -> None:
+        running = self.meters.pop(name, None)
+        if running is None:
+            return
+        running.scope.cancel()
+        with trio.move_on_after(SHUTDOWN_RELEASE_S + 1):
+            await running.done.wait()
+
+    async def _supervise(
+        self, running: _Running, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run one meter's poller; a crash (a bug) is logged and the poller started again."""
+        name = running.meter.name
+        delay = CRASH_BACKOFF_S
+        # Report at once: a poller's first cycle may take long, and the others must not wait.
+        task_status.started()
+        try:
+            with running.scope:
+                while True:
+                    poller = MeterPoller(
+                        running.meter,
+                        self._sink,
+                        on_alarm=self._on_meter_alarm,
+                        rng=random.Random(self._rng.random()),
+                        **self.poller_options,
+                    )
+                    running.poller = poller
+                    try:
+                        await poller.run()
+                    except Exception:
+                        running.crashes += 1
+                        log.exception(
+                            "meter=%s event=poller_crashed crashes=%d", name, running.crashes
+                        )
+                        self._set_alarm(
+                            _crashed_alarm(name), True,
+                            f"the poller of meter {name} crashed {running.crashes} time(s); "
+                            "restarting it (see the traceback in the log)",
+                        )  # fmt: skip
+                        await trio.sleep(delay * (0.5 + self._rng.random()))
+                        delay = min(CRASH_BACKOFF_MAX_S, delay * 2)
+        finally:
+            running.done.set()
+
+    async def _sink(self, reading: Reading) -> None:
+        assert self.writer is not None and self.publisher is not None
+        await self.writer.put(reading)
+        if not self.online.get(reading.meter):
+            self.online[reading.meter] = True
+            self.publisher.set_meter_online(reading.meter, True)
+
+    def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
+        self._set_alarm(name, active, message)
+        # Meter names may hold dots: match the whole name, never split it.
+        meter = next((m for m in self.meters if name == _failing_alarm(m)), None)
+        if meter is not None and self.publisher is not None:
+            self.online[meter] = not active
+            self.publisher.set_meter_online(meter, not active)
+
+    def _set_alarm(self, name: str, active: bool, message: str) -> None:
+        if active:
+            if self.alarms.get(name) != message:
+                log_event(log, logging.ERROR, "alarm", alarm=name, message=message)
+            self.alarms[name] = message
+        elif self.alarms.pop(name, None) is not None:
+            log_event(log, logging.WARNING, "alarm_cleared", alarm=name, message=message)
+
+    # -- signals and reload ------------------------------------------------------------------
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    log_event(log, logging.INFO, "signal", signal=signal.Signals(signum).name)
+                    self.stop()
+
+    async def reload(self, new: BridgeConfig | None = None) -> bool:
+        """Apply a new config (re-read from ``config_path`` by default) to the meters.
+
+        Meters added, removed or changed are started, stopped or restarted; the others keep
+        running untouched. Returns False (and keeps the running config) if the new one is bad.
+        """
+        self._notify(reloading=True, status="reloading")
+        if new is None:
+            if self.config_path is None:
+                log_event(log, logging.ERROR, "reload_failed", error="no config file to re-read")
+                self._notify(ready=True)
+                return False
+            try:
+                new = await trio.to_thread.run_sync(load_config, self.config_path)
+            except ConfigError as exc:
+                for line in exc.errors:
+                    log_event(log, logging.ERROR, "reload_refused", error=line)
+                self._notify(ready=True, status=self._status_line())
+                return False
+        old = self.config
+        enabled_old = [m for m in old.meters if m.enabled]
+        enabled_new = [m for m in new.meters if m.enabled]
+        added, removed, changed = diff_meters(enabled_old, enabled_new)
+        for section in ("bridge", "mqtt", "publish"):
+            if getattr(old, section) != getattr(new, section):
+                log_event(
+                    log, logging.WARNING, "reload_partial", section=section,
+                    message=f"changes to [{section}] take effect at the next restart",
+                )  # fmt: skip
+        self.config = attrs.evolve(old, meters=new.meters)
+        assert self.publisher is not None
+        for meter in removed:
+            await self._stop_meter(meter.name)
+            self.online.pop(meter.name, None)
+            self._clear_meter_alarms(meter.name)
+            await self.publisher.remove_meter(meter.name)
+        for meter in changed:
+            await self._stop_meter(meter.name)
+            await self._start_meter(meter)
+        for meter in added:
+            if old.publish.mode == "device":
+                await self.publisher.add_device(meter.name, mqtt_settings(old, meter=meter))
+            await self._start_meter(meter)
+        self.reloads += 1
+        log_event(
+            log, logging.INFO, "reloaded",
+            added=len(added), removed=len(removed), changed=len(changed), meters=len(self.meters),
+        )  # fmt: skip
+        self._notify(ready=True, status=self._status_line())
+        return True
+
+    def _clear_meter_alarms(self, meter: str) -> None:
+        for name in (_failing_alarm(meter), _crashed_alarm(meter)):
+            self._set_alarm(name, False, f"meter {meter} removed")
+
+    # -- health ------------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """True while the writer, the publisher and every meter's supervisor are running."""
+        if not {"writer", "publisher"} <= self._alive:
+            return False
+        return all(not r.done.is_set() for r in self.meters.values())
+
+    async def _watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            # While stopping, the pollers are gone on purpose and shutdown has its own
+            # deadlines: keep pinging.
+            if self.healthy() or self._stop.is_set():
+                self._notify(watchdog=True)
+            else:
+                log_event(log, logging.ERROR, "watchdog_withheld", alive=sorted(self._alive))
+            await trio.sleep(interval / 2)
+
+    def _notify(self, **kwargs: Any) -> None:
+        try:
+            systemd.notify(**kwargs)
+        except OSError as exc:
+            log_event(log, logging.WARNING, "sd_notify_failed", error=str(exc))
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything worth showing: meters, delivery, outbox, alarms."""
+        meters = {}
+        for name, running in self.meters.items():
+            poller = running.poller
+            stats = poller.stats.as_dict() if poller is not None else {}
+            meters[name] = {
+                "address": running.meter.address,
+                "interval_s": running.meter.interval_s,
+                "crashes": running.crashes,
+                "online": self.online.get(name, False),
+                **stats,
+            }
+        publisher = self.publisher
+        outbox = self.outbox
+        return {
+            "name": self.config.bridge.name,
+            "uptime_s": time.time() - self.started_at,
+            "meters": meters,
+            "publisher": attrs.asdict(publisher.stats) if publisher is not None else {},
+            "mqtt": {
+                str(k): {"connected": c.connected, "alarms": sorted(c.alarms)}
+                for k, c in (publisher.clients.items() if publisher is not None else [])
+            },
+            "outbox": (
+                dict(zip(("rows", "bytes"), outbox.depth(), strict=True))
+                if outbox is not None
+                else {}
+            ),
+            "alarms": self.all_alarms(),
+            "reloads": self.reloads,
+        }
+
+    def all_alarms(self) -> dict[str, str]:
+        """Alarms of the meters, the MQTT connections and the outbox."""
+        out = dict(self.alarms)
+        if self.publisher is not None:
+            for name in self.publisher.alarms:
+                out.setdefault(name, name)
+        if self.outbox is not None:
+            for name in self.outbox.alarms:
+                out.setdefault(name, name)
+        return out
+
+    def _status_line(self) -> str:
+        ok = sum(1 for r in self.meters.values() if self.online.get(r.meter.name))
+        rows = self.outbox.depth()[0] if self.outbox is not None else 0
+        return f"{ok}/{len(self.meters)} meters online, outbox {rows} rows"
+
+    async def _summaries(self) -> None:
+        interval = self.config.bridge.summary_interval_s
+        # Counters at the previous summary, per meter and per poller object: a meter removed,
+        # added or restarted since then must not make the differences negative.
+        previous: dict[str, tuple[PollerStats, int, int]] = {}
+        published_before = 0
+        last = trio.current_time()
+        while True:
+            await trio.sleep_until(last + interval)
+            now = trio.current_time()
+            elapsed, last = now - last, now
+            cycles = successes = 0
+            latencies: list[float] = []
+            current: dict[str, tuple[PollerStats, int, int]] = {}
+            for name, running in self.meters.items():
+                if running.poller is None:
+                    continue
+                stats = running.poller.stats
+                current[name] = (stats, stats.cycles, stats.successes)
+                base = previous.get(name)
+                if base is not None and base[0] is stats:
+                    cycles += stats.cycles - base[1]
+                    successes += stats.successes - base[2]
+                else:
+                    cycles += stats.cycles
+                    successes += stats.successes
+                latencies.extend(stats.latencies)
+            previous = current
+            published = self.publisher.stats.published_readings if self.publisher else 0
+            published_delta, published_before = published - published_before, published
+            latencies.sort()
+            rows = self.outbox.depth()[0] if self.outbox is not None else 0
+            log_event(
+                log, logging.INFO, "summary",
+                cycles=cycles,
+                success_rate=_ratio(successes, cycles),
+                published_per_s=round(published_delta / elapsed, 2),
+                outbox_rows=rows,
+                latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
+                meters_online=sum(1 for v in self.online.values() if v),
+                meters=len(self.meters), alarms=len(self.all_alarms()),
+            )  # fmt: skip
+            self._notify(status=self._status_line())
+
+
+def _failing_alarm(meter: str) -> str:
+    """The alarm a meter's poller raises while its circuit is open."""
+    return f"meter.{meter}.failing"
+
+
+def _crashed_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
+    return f"meter.{meter}.crashed"
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _ms(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(
+        1000 * sorted_values[min(len(sorted_values) - 1, math.floor(q * len(sorted_values)))], 1
+    )

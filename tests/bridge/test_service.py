@@ -1,0 +1,519 @@
+"""BridgeService end to end, in process: simulated meters over TCP, the real SQLite outbox, a
+real Mosquitto broker and a subscriber that sees what ThingsBoard would see.
+
+Ground truth of what the bridge took is its own ``event=reading_stored`` DEBUG lines, logged
+after each reading's durable commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from bridge.config import PRESETS, BridgeConfig, config_from_dict
+from bridge.logs import FIELDS_ATTR
+from bridge.service import BridgeService
+from bridge.simulator.meter import Meter
+from tests.bridge.conftest import GATEWAY_TOKEN
+from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
+
+FIELD_KEYS = {r.key for r in PRESETS["field-meter"]}
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def bridge_config(
+    data_dir: Path,
+    broker: Mosquitto,
+    ports: tuple[int, ...],
+    *,
+    bridge: dict[str, Any] | None = None,
+    mqtt: dict[str, Any] | None = None,
+    publish: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    names: list[str] | None = None,
+) -> BridgeConfig:
+    """A gateway-mode config for meters m0..mN-1 (or ``names``) of the simulator, as a file
+    would give it."""
+    names = names or [f"m{i}" for i in range(len(ports))]
+    document: dict[str, Any] = {
+        "bridge": {"name": "test", "data_dir": str(data_dir), **(bridge or {})},
+        "mqtt": mqtt
+        or {
+            "host": broker.host,
+            "port": broker.port,
+            "username": GATEWAY_TOKEN,
+            "password": TOKEN_PASSWORD,
+        },
+        "publish": publish or {},
+        "defaults": {
+            "password": "00000000",
+            "registers": "field-meter",
+            "interval_s": 0.5,
+            "timeout_s": 0.3,
+            **(defaults or {}),
+        },
+        "meters": [
+            {"name": name, "host": "127.0.0.1", "port": port}
+            for name, port in zip(names, ports, strict=True)
+        ],
+    }
+    return config_from_dict(document)
+
+
+@asynccontextmanager
+async def running(config: BridgeConfig, **kwargs: Any) -> AsyncIterator[BridgeService]:
+    """The service running in a nursery; stopped (gracefully, with its flush) on exit."""
+    async with trio.open_nursery() as nursery:
+        service = BridgeService(config, handle_signals=False, **kwargs)
+        await nursery.start(service.run)
+        try:
+            yield service
+        finally:
+            service.stop()
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    return dict(getattr(record, FIELDS_ATTR, None) or {})
+
+
+def events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of every captured record with ``event=<event>``."""
+    out = []
+    for record in caplog.records:
+        f = fields(record)
+        if f.get("event") == event:
+            out.append({**f, "_created": record.created, "_level": record.levelno})
+    return out
+
+
+def stored(caplog: pytest.LogCaptureFixture) -> dict[str, list[int]]:
+    """What the bridge took: meter -> timestamps, from its ``reading_stored`` lines."""
+    out: dict[str, list[int]] = {}
+    for f in events(caplog, "reading_stored"):
+        out.setdefault(f["meter"], []).append(f["ts"])
+    return out
+
+
+def telemetry(collector: Collector) -> list[tuple[str, int, dict[str, Any]]]:
+    """Every reading in the gateway telemetry received, in arrival order."""
+    out = []
+    for message in collector.on("v1/gateway/telemetry"):
+        body = json.loads(message.payload)
+        assert isinstance(body, dict), body
+        for meter, entries in body.items():
+            assert isinstance(entries, list), body
+            for entry in entries:
+                assert list(entry) == ["ts", "values"], entry
+                out.append((meter, entry["ts"], entry["values"]))
+    return out
+
+
+def received(collector: Collector) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for meter, ts, _ in telemetry(collector):
+        out.setdefault(meter, []).append(ts)
+    return out
+
+
+def missing(taken: dict[str, list[int]], got: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {
+        m: sorted(set(ts) - set(got.get(m, [])))
+        for m, ts in taken.items()
+        if set(ts) - set(got.get(m, []))
+    }
+
+
+async def wait_delivered(
+    caplog: pytest.LogCaptureFixture, collector: Collector, timeout: float
+) -> None:
+    """Until every reading stored so far (not those stored meanwhile) reached the subscriber."""
+    so_far = stored(caplog)
+    with trio.move_on_after(timeout):
+        while missing(so_far, received(collector)):
+            await trio.sleep(0.1)
+        return
+    lost = {m: len(t) for m, t in missing(so_far, received(collector)).items()}
+    raise AssertionError(f"not delivered within {timeout} s: {lost}")
+
+
+def check_order(got: dict[str, list[int]]) -> int:
+    """Each meter's readings arrive in order (a redelivered run may repeat, never reorder
+    new readings before old ones); returns the number of duplicates."""
+    duplicates = 0
+    for meter, ts in got.items():
+        seen: set[int] = set()
+        newest = -1
+        for t in ts:
+            if t in seen:
+                duplicates += 1
+                continue
+            assert t > newest, f"{meter}: reading {t} arrived after the newer {newest}"
+            seen.add(t)
+            newest = t
+    return duplicates
+
+
+def check_plausible(meter: Meter, ts_ms: int, values: dict[str, Any], window_s: float) -> None:
+    """The published values are the simulator's model at some instant in [ts, ts + window]
+    (the meter computes them when the request arrives, a moment after ts)."""
+    t0 = ts_ms / 1000
+    samples = [t0 + window_s * k / 20 for k in range(21)]
+    physics = meter.physics
+    model = {
+        "voltage_l1": ([physics.voltage(t) for t in samples], 0.02),
+        "current_l1": ([physics.current(t) for t in samples], 0.002),
+        "frequency": ([physics.frequency_at(t) for t in samples], 0.02),
+        "active_power": ([physics.power(t) for t in samples], 0.5),
+        "active_energy": ([meter.energy_wh(t) for t in samples], 1.0),
+    }
+    assert set(values) == FIELD_KEYS, values
+    for key, (expected, tolerance) in model.items():
+        value = values[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        low, high = min(expected) - tolerance, max(expected) + tolerance
+        assert low <= value <= high, f"{key}={value} at ts {ts_ms}, model says {low}..{high}"
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+async def test_gateway_telemetry_format_values_and_timestamps(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    with trio.fail_after(30):
+        sim, ports = await simulator(meters=2, seed=3)
+        sub = collector(["v1/gateway/#"])
+        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        t_start = int(time.time() * 1000)
+        async with running(config):
+            await trio.sleep(2.6)
+        t_end = int(time.time() * 1000)
+        await wait_delivered(caplog, sub, 10)
+
+    messages = sub.messages
+    topics = {m.topic for m in messages}
+    assert topics <= {"v1/gateway/connect", "v1/gateway/telemetry", "v1/gateway/attributes"}
+    # Each meter is announced once (one connection), before its first telemetry.
+    connects = [json.loads(m.payload) for m in sub.on("v1/gateway/connect")]
+    assert sorted(c["device"] for c in connects) == ["m0", "m1"]
+    for name in ("m0", "m1"):
+        first_connect = next(
+            i for i, m in enumerate(messages)
+            if m.topic == "v1/gateway/connect" and json.loads(m.payload)["device"] == name
+        )  # fmt: skip
+        first_telemetry = next(
+            i for i, m in enumerate(messages)
+            if m.topic == "v1/gateway/telemetry" and name in json.loads(m.payload)
+        )  # fmt: skip
+        assert first_connect < first_telemetry
+    online = [json.loads(m.payload) for m in sub.on("v1/gateway/attributes")]
+    assert {"m0": {"online": True}} in online and {"m1": {"online": True}} in online
+
+    readings = telemetry(sub)
+    taken = stored(caplog)
+    assert {m for m, _, _ in readings} == {"m0", "m1"}
+    for index, name in enumerate(("m0", "m1")):
+        mine = [(ts, values) for m, ts, values in readings if m == name]
+        ts_list = [ts for ts, _ in mine]
+        # 2.6 s at 0.5 s: cycles 0..5, each taken once and delivered once.
+        assert len(ts_list) == len(taken[name]) == 6, ts_list
+        assert sorted(ts_list) == sorted(taken[name])
+        assert ts_list == sorted(ts_list) and len(set(ts_list)) == len(ts_list)
+        assert all(t_start <= ts <= t_end for ts in ts_list), (t_start, ts_list, t_end)
+        gaps = [b - a for a, b in itertools.pairwise(ts_list)]
+        assert all(450 <= g <= 550 for g in gaps), gaps
+        for ts, values in mine:
+            check_plausible(sim.meter(index), ts, values, window_s=0.25)
+    # Taken at read time: each reading was committed within moments of its timestamp.
+    for f in events(caplog, "reading_stored"):
+        assert 0 <= f["_created"] * 1000 - f["ts"] < 500, f
+        assert f["values"] == len(FIELD_KEYS)
+
+
+async def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    with trio.fail_after(150):
+        _sim, ports = await simulator(meters=3, seed=5)
+        sub = collector(["v1/gateway/telemetry"])
+        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        async with running(config) as service:
+            started = trio.current_time()
+            await sub.wait_for(lambda ms: len({m for m, _, _ in telemetry(sub)}) == 3)
+            mosquitto.stop()
+            outage_start = trio.current_time()
+            await trio.sleep(30)
+            during = service.snapshot()
+            assert during["mqtt"]["None"]["connected"] is False
+            backlog = during["outbox"]["rows"]
+            mosquitto.start()
+            restarted = trio.current_time()
+            await wait_delivered(caplog, sub, 75)
+            caught_up = trio.current_time()
+            final = service.snapshot()
+            elapsed = trio.current_time() - started
+        # Shutdown flushed what was taken after catching up.
+        await wait_delivered(caplog, sub, 15)
+
+    taken = stored(caplog)
+    got = received(sub)
+    assert not missing(taken, got)
+    duplicates = check_order(got)
+    # The outage never touched polling: every meter read every cycle.
+    for name, meter in final["meters"].items():
+        assert meter["missed"] == 0 and meter["failures"] == 0, (name, meter)
+        assert abs(meter["readings"] - (elapsed / 0.5 + 1)) <= 2, (name, meter, elapsed)
+    assert backlog >= 3 * 55, "readings of the 30 s outage waited in the outbox"
+    # The backlog drained: at shutdown the flush found (nearly) nothing left and emptied it.
+    assert [f["outbox_rows"] for f in events(caplog, "flushed")] == [0]
+    print(
+        f"\noutage {restarted - outage_start:.1f} s, backlog {backlog} readings, caught up "
+        f"{caught_up - restarted:.1f} s after the restart; taken "
+        f"{sum(len(v) for v in taken.values())}, delivered {sum(len(v) for v in got.values())} "
+        f"({duplicates} duplicates), lost 0"
+    )
+
+
+async def test_faulty_meter_recovers_while_the_others_miss_nothing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    faults = "1:garbage=0.3,fcs=0.15,reset=0.1,drip=0.002,silence=0.7@0.03"
+    with trio.fail_after(40):
+        sim, ports = await simulator(meters=4, seed=11, faults=faults)
+        sub = collector(["v1/gateway/telemetry"])
+        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        async with running(config) as service:
+            started = trio.current_time()
+            await trio.sleep(10.2)
+            snapshot = service.snapshot()
+            elapsed = trio.current_time() - started
+        await wait_delivered(caplog, sub, 15)
+
+    injected = sim.meter(1).faults.injected
+    for fault in ("garbage", "fcs", "reset", "drip"):
+        assert injected.get(fault, 0) > 0, injected
+    bad = snapshot["meters"]["m1"]
+    assert bad["successes"] >= 10, bad  # it kept producing readings
+    assert bad["recovered_in_place"] >= 1, bad
+    assert bad["reassociations"] + bad["reconnects"] >= 1, bad
+    expected = elapsed / 0.5 + 1
+    for name in ("m0", "m2", "m3"):
+        good = snapshot["meters"][name]
+        assert good["missed"] == 0 and good["failures"] == 0, (name, good)
+        assert abs(good["readings"] - expected) <= 1, (name, good["readings"], expected)
+        assert good["recovered_in_place"] == 0 and good["reconnects"] == 0
+    for i in (0, 2, 3):
+        assert sim.meter(i).faults.injected == {}
+    # Whatever the faults did to the bytes, no corrupted value got through.
+    for meter, ts, values in telemetry(sub):
+        index = int(meter[1:])
+        check_plausible(sim.meter(index), ts, values, window_s=2.0 if index == 1 else 0.25)
+    assert snapshot["alarms"] == {}
+    print(f"\nfaulty meter: {bad['successes']} readings, injected {injected}, counters {bad}")
+
+
+async def test_wrong_token_gives_one_error_line_and_an_alarm(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    with trio.fail_after(30):
+        _sim, ports = await simulator(meters=1)
+        config = bridge_config(
+            tmp_path / "data",
+            mosquitto,
+            ports,
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "token": "not-a-known-token"},
+        )
+        # Nothing can be flushed at shutdown: do not wait the default 10 s for it.
+        async with running(config, shutdown_flush_s=0.5) as service:
+            with trio.move_on_after(10):
+                while "mqtt.auth_refused" not in service.snapshot()["alarms"]:
+                    await trio.sleep(0.05)
+            await trio.sleep(4)  # long enough for a retry loop to show itself
+            snapshot = service.snapshot()
+    assert "mqtt.auth_refused" in snapshot["alarms"], snapshot["alarms"]
+    assert snapshot["mqtt"]["None"]["connected"] is False
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert "refused" in message and "access token" in message, message
+    # One attempt reached the broker: no reconnect loop.
+    assert mosquitto.log_text().count("not authorised") == 1, mosquitto.log_text()[-2000:]
+    # The meters were read all along; their readings wait in the outbox.
+    assert snapshot["meters"]["m0"]["successes"] >= 8
+    assert snapshot["outbox"]["rows"] >= 8
+
+
+async def test_summary_line_reports_cycles_rates_outbox_and_latency(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    with trio.fail_after(30):
+        _sim, ports = await simulator(meters=2)
+        config = bridge_config(
+            tmp_path / "data",
+            mosquitto,
+            ports,
+            bridge={"summary_interval_s": 1.0},
+            defaults={"interval_s": 0.25, "timeout_s": 0.2},
+        )
+        async with running(config):
+            await trio.sleep(3.5)
+    summaries = events(caplog, "summary")
+    assert len(summaries) == 3, summaries
+    for summary in summaries:
+        assert summary["_level"] == logging.INFO
+        # 2 meters at 4 cycles/s over 1 s.
+        assert 6 <= summary["cycles"] <= 10, summary
+        assert summary["success_rate"] == 1.0
+        assert isinstance(summary["outbox_rows"], int) and summary["outbox_rows"] >= 0
+        assert 0 < summary["latency_p50_ms"] <= summary["latency_p95_ms"] < 250
+        assert summary["meters"] == 2 and summary["alarms"] == 0
+    # Once delivery is going, the publish rate matches the reading rate (8/s).
+    assert any(6 <= s["published_per_s"] <= 10 for s in summaries[1:]), summaries
+    # The line itself, as an operator sees it.
+    line = next(r for r in caplog.records if fields(r).get("event") == "summary")
+    from bridge.logs import LogfmtFormatter
+
+    text = LogfmtFormatter(journald_prefix=True).format(line)
+    assert text.startswith("<6>service event=summary cycles=")
+    for key in ("success_rate=", "published_per_s=", "outbox_rows=", "latency_p50_ms=",
+                "latency_p95_ms="):  # fmt: skip
+        assert key in text, text
+    assert math.isfinite(float(text.split("latency_p95_ms=")[1].split()[0]))
+
+
+async def test_reload_in_process_and_summaries_across_it(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """reload() with a new config: a removed meter stops (released, gateway disconnect), an
+    added one starts, the others go on; the summaries around it count only live meters and
+    never go negative."""
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    with trio.fail_after(30):
+        sim, ports = await simulator(meters=3)
+        sub = collector(["v1/gateway/#"])
+        options: dict[str, Any] = {
+            "bridge": {"summary_interval_s": 0.5},
+            "defaults": {"interval_s": 0.1, "timeout_s": 0.08},
+        }
+        first = bridge_config(tmp_path / "data", mosquitto, ports[:2], **options)
+        second = bridge_config(tmp_path / "data", mosquitto, ports, **options)
+        # m1 goes away, m2 arrives: m0 and m2 only.
+        second = attrs.evolve(second, meters=(second.meters[0], second.meters[2]))
+        async with running(first) as service:
+            await trio.sleep(1.2)
+            assert await service.reload(second) is True
+            reloaded_at = time.time()
+            await trio.sleep(1.2)
+            snapshot = service.snapshot()
+    assert sorted(snapshot["meters"]) == ["m0", "m2"]
+    assert snapshot["reloads"] == 1
+    assert sim.meter(1).counters.releases == 1
+    assert sim.meter(0).counters.connections == 1  # m0 untouched
+    taken = stored(caplog)
+    assert not [ts for ts in taken["m1"] if ts > reloaded_at * 1000]
+    assert len([ts for ts in taken["m2"] if ts > reloaded_at * 1000]) >= 10
+    m0 = sorted(taken["m0"])
+    assert max(b - a for a, b in itertools.pairwise(m0)) < 150, "m0 missed a cycle"
+    assert snapshot["meters"]["m0"]["missed"] == 0
+    summaries = events(caplog, "summary")
+    assert len(summaries) >= 4
+    for summary in summaries:
+        # 2 meters at 10 cycles/s over 0.5 s, before and after the reload.
+        assert 7 <= summary["cycles"] <= 13, summaries
+        assert summary["success_rate"] == 1.0
+    await sub.wait_for(lambda ms: any(m.topic == "v1/gateway/disconnect" for m in ms), 5)
+    disconnects = [json.loads(m.payload) for m in sub.on("v1/gateway/disconnect")]
+    assert disconnects == [{"device": "m1"}]
+
+
+async def test_failing_meter_raises_its_alarm_and_goes_offline_then_back(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+) -> None:
+    """The circuit of a meter that stops answering opens: its alarm is in the snapshot and
+    ThingsBoard is told it is offline; when it answers again both are undone. The meter's name
+    has dots, which must not be taken for alarm-name separators."""
+    with trio.fail_after(40):
+        sim, ports = await simulator(meters=2)
+        sub = collector(["v1/gateway/attributes"])
+        config = bridge_config(
+            tmp_path / "data", mosquitto, ports, names=["m0", "site.b.meter"],
+            defaults={"interval_s": 0.2, "timeout_s": 0.05},
+        )  # fmt: skip
+        options = {"breaker_threshold": 3, "backoff_initial": 0.1, "backoff_max": 0.3}
+        async with running(config, poller_options=options) as service:
+            await sub.wait_for(lambda ms: len(ms) >= 2, 10)
+            sim.set_faults("1:silence=1000")
+            with trio.move_on_after(15):
+                while "meter.site.b.meter.failing" not in service.snapshot()["alarms"]:
+                    await trio.sleep(0.05)
+            snapshot = service.snapshot()
+            alarm = snapshot["alarms"].get("meter.site.b.meter.failing", "")
+            assert "keeps failing" in alarm and "3 cycles in a row" in alarm, snapshot["alarms"]
+            assert snapshot["meters"]["site.b.meter"]["online"] is False
+            assert snapshot["meters"]["m0"]["online"] is True
+            await sub.wait_for(
+                lambda ms: (
+                    {"site.b.meter": {"online": False}} in [json.loads(m.payload) for m in ms]
+                ),
+                5,
+            )
+            sim.clear_faults()
+            with trio.move_on_after(10):
+                while service.snapshot()["alarms"]:
+                    await trio.sleep(0.05)
+            snapshot = service.snapshot()
+            assert snapshot["alarms"] == {}
+            assert snapshot["meters"]["site.b.meter"]["online"] is True
+            assert snapshot["meters"]["site.b.meter"]["circuit_opens"] == 1
+            assert snapshot["meters"]["m0"]["failures"] == 0
+            await sub.wait_for(
+                lambda ms: (
+                    [json.loads(m.payload) for m in ms][-1] == {"site.b.meter": {"online": True}}
+                ),
+                5,
+            )
+    statuses = [json.loads(m.payload) for m in sub.messages]
+    # Only the two meters' own names, never a fragment such as "site".
+    assert {name for body in statuses for name in body} == {"m0", "site.b.meter"}
