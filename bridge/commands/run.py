@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 from pathlib import Path
 
 import trio
 
 from bridge.config import ConfigError, load_config
+from bridge.limits import raise_open_file_limit
 from bridge.lock import AlreadyRunning
 from bridge.logs import setup_logging
 from bridge.outbox import OutboxError
@@ -33,19 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def raise_file_limit() -> int:
-    """Raise the open-files soft limit to the hard limit (a socket per meter); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            return soft
-    return soft
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the config (refusing a bad one with exit code 2) and run until signalled."""
     try:
@@ -54,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dlms-bridge: the config cannot be used:\n  {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(args.log_level or config.bridge.log_level)
-    limit = raise_file_limit()
+    limit, _ = raise_open_file_limit()
     enabled = sum(m.enabled for m in config.meters)
     if limit < enabled + 64:
         log.warning(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import trio
 
+from bridge.limits import raise_open_file_limit
 from bridge.simulator import (
     MODELS,
     TRANSPORTS,
@@ -27,7 +28,6 @@ from bridge.simulator import (
     SimulatorPorts,
     parse_fault_spec,
 )
-from bridge.simulator.server import raise_open_file_limit
 from codec.hdlc_params import LinkParameters
 
 #: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).

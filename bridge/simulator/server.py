@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import resource
 import socket
 import struct
 import time
@@ -27,6 +26,7 @@ import attrs
 import trio
 
 from bridge.capture import RecordingStream
+from bridge.limits import raise_open_file_limit
 from bridge.pcap import PcapWriter
 from bridge.simulator.cosem_server import CosemServer
 from bridge.simulator.faults import (
@@ -86,20 +86,6 @@ class SimulatorPorts:
     host: str
     meters: tuple[int, ...]
     control: int | None = None
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft, hard) afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft, hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
-        return soft, hard
-    return target, hard
 
 
 class _ConnectionReset(Exception):
