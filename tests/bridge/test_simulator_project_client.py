@@ -10,6 +10,7 @@ import trio
 
 from bridge.session import MeterEndpoint, MeterSession
 from bridge.simulator import SimulatorConfig
+from bridge.simulator.meter import MeterSettings
 from codec.client import RegisterSpec
 from codec.errors import AssociationError
 from codec.obis import Obis
@@ -75,3 +76,34 @@ async def test_session_wrong_password_is_an_authentication_failure() -> None:
                 await session.open()
             assert info.value.code == "association.authentication_failure"
             await session.aclose()
+
+
+THREE_PHASE = {
+    "1-1:32.7.0": "V", "1-1:52.7.0": "V", "1-1:72.7.0": "V",
+    "1-1:31.7.0": "A", "1-1:51.7.0": "A", "1-1:71.7.0": "A",
+    "1-1:14.7.0": "Hz", "1-1:1.7.0": "W", "1-1:1.8.0": "Wh",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["hdlc", "wrapper"])
+async def test_session_reads_the_three_phase_model(transport: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(
+            meters=1, port=0, transport=transport, settings=MeterSettings(model="three-phase")
+        )
+        async with running(config) as (_sim, ports):
+            session = MeterSession(
+                MeterEndpoint(
+                    "127.0.0.1", ports.meters[0], transport=transport, password=b"00000000"
+                )
+            )
+            await session.open()
+            readings = await session.read_registers(RegisterSpec(obis) for obis in THREE_PHASE)
+            await session.release()
+    assert [r.unit.symbol for r in readings] == list(THREE_PHASE.values())
+    volts = [r.value for r in readings if r.unit.symbol == "V"]
+    amps = [r.value for r in readings if r.unit.symbol == "A"]
+    power = next(r.value for r in readings if r.unit.symbol == "W")
+    assert all(100 < v < 140 for v in volts)
+    # Total power is the sum over the three phases: below V*I summed (power factor <= 1).
+    assert 0 < power <= sum(v * i for v, i in zip(volts, amps, strict=True)) * 1.01
