@@ -201,9 +201,7 @@ class BridgeService:
             await nursery.start(self._keep_alive, "writer", self.writer.run)
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
-            nursery.start_soon(self._run_pollers, pollers_scope)
-            while self._pollers is None:
-                await trio.sleep(0)
+            await nursery.start(self._run_pollers, pollers_scope)
             for meter in cfg.meters:
                 if meter.enabled:
                     await self._start_meter(meter)
@@ -258,10 +256,16 @@ class BridgeService:
         finally:
             self._alive.discard(name)
 
-    async def _run_pollers(self, scope: trio.CancelScope) -> None:
+    async def _run_pollers(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         with scope:
             async with trio.open_nursery() as pollers:
                 self._pollers = pollers
+                task_status.started()
                 await trio.sleep_forever()
 
     def start_extra(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

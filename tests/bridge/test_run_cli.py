@@ -25,6 +25,7 @@ import trio
 
 from bridge.outbox import Outbox
 from tests.bridge.conftest import GATEWAY_TOKEN
+from tests.bridge.delivery import check_order, merge, missing, received
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,43 +211,6 @@ async def bridge_process(nursery: trio.Nursery) -> Any:
                 await process.proc.wait()
 
 
-def received(collector: Collector) -> dict[str, list[int]]:
-    """meter -> timestamps of the gateway telemetry received, in arrival order."""
-    out: dict[str, list[int]] = {}
-    for message in collector.on("v1/gateway/telemetry"):
-        for meter, entries in json.loads(message.payload).items():
-            out.setdefault(meter, []).extend(int(e["ts"]) for e in entries)
-    return out
-
-
-def missing(taken: dict[str, list[int]], got: dict[str, list[int]]) -> int:
-    return sum(len(set(ts) - set(got.get(m, []))) for m, ts in taken.items())
-
-
-def merge(*runs: dict[str, list[int]]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for run in runs:
-        for meter, ts in run.items():
-            out.setdefault(meter, []).extend(ts)
-    return out
-
-
-def check_order(got: dict[str, list[int]]) -> int:
-    """New readings of a meter arrive in order; returns how many arrived twice."""
-    duplicates = 0
-    for meter, ts in got.items():
-        seen: set[int] = set()
-        newest = -1
-        for t in ts:
-            if t in seen:
-                duplicates += 1
-                continue
-            assert t > newest, f"{meter}: reading {t} arrived after the newer {newest}"
-            seen.add(t)
-            newest = t
-    return duplicates
-
-
 def max_gap(ts: list[int]) -> int:
     ordered = sorted(ts)
     return max(b - a for a, b in itertools.pairwise(ordered))
@@ -370,7 +334,7 @@ async def test_signal_shuts_down_cleanly_releasing_associations(
             assert counters.releases == counters.associations == 1, counters
         # The flush at shutdown delivered everything taken.
         taken = bridge.stored()
-        await sub.wait_for(lambda _m: missing(taken, received(sub)) == 0, timeout=5)
+        await sub.wait_for(lambda _m: not missing(taken, received(sub)), timeout=5)
 
 
 async def test_second_bridge_on_the_same_data_dir_is_refused(
@@ -438,11 +402,11 @@ async def test_kill_9_in_the_middle_of_a_backlog_flush_loses_nothing(
         assert second.events("starting")[0]["outbox_rows"] == str(backlog)
         # Everything taken so far (new readings keep coming) reaches the broker.
         so_far = merge(taken_first, second.stored())
-        await sub.wait_for(lambda _m: missing(so_far, received(sub)) == 0, timeout=30)
+        await sub.wait_for(lambda _m: not missing(so_far, received(sub)), timeout=30)
         second.signal(signal.SIGTERM)
         assert await second.wait_exit() == 0
         taken = merge(taken_first, second.stored())
-        await sub.wait_for(lambda _m: missing(taken, received(sub)) == 0, timeout=10)
+        await sub.wait_for(lambda _m: not missing(taken, received(sub)), timeout=10)
     got = received(sub)
     duplicates = check_order(got)
     total = sum(len(v) for v in taken.values())

@@ -26,6 +26,7 @@ from bridge.logs import FIELDS_ATTR
 from bridge.service import BridgeService
 from bridge.simulator.meter import Meter
 from tests.bridge.conftest import GATEWAY_TOKEN
+from tests.bridge.delivery import check_order, missing, received
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
 
 FIELD_KEYS = {r.key for r in PRESETS["field-meter"]}
@@ -120,21 +121,6 @@ def telemetry(collector: Collector) -> list[tuple[str, int, dict[str, Any]]]:
     return out
 
 
-def received(collector: Collector) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for meter, ts, _ in telemetry(collector):
-        out.setdefault(meter, []).append(ts)
-    return out
-
-
-def missing(taken: dict[str, list[int]], got: dict[str, list[int]]) -> dict[str, list[int]]:
-    return {
-        m: sorted(set(ts) - set(got.get(m, [])))
-        for m, ts in taken.items()
-        if set(ts) - set(got.get(m, []))
-    }
-
-
 async def wait_delivered(
     caplog: pytest.LogCaptureFixture, collector: Collector, timeout: float
 ) -> None:
@@ -146,23 +132,6 @@ async def wait_delivered(
         return
     lost = {m: len(t) for m, t in missing(so_far, received(collector)).items()}
     raise AssertionError(f"not delivered within {timeout} s: {lost}")
-
-
-def check_order(got: dict[str, list[int]]) -> int:
-    """Each meter's readings arrive in order (a redelivered run may repeat, never reorder
-    new readings before old ones); returns the number of duplicates."""
-    duplicates = 0
-    for meter, ts in got.items():
-        seen: set[int] = set()
-        newest = -1
-        for t in ts:
-            if t in seen:
-                duplicates += 1
-                continue
-            assert t > newest, f"{meter}: reading {t} arrived after the newer {newest}"
-            seen.add(t)
-            newest = t
-    return duplicates
 
 
 def check_plausible(meter: Meter, ts_ms: int, values: dict[str, Any], window_s: float) -> None:
