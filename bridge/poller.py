@@ -153,6 +153,8 @@ class MeterPoller:
         self.endpoint = endpoint_for(meter)
         self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
         self.stats = PollerStats()
+        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.
+        self.units: dict[str, str | None] = {}
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
         self._next_attempt = -math.inf
@@ -237,6 +239,12 @@ class MeterPoller:
             self._failed(exc)
             return False
         values = {r.spec.name: r.value for r in readings if r.ok}
+        if len(self.units) < len(values):
+            self.units.update(
+                (r.spec.name, r.unit.symbol if r.unit is not None else None)
+                for r in readings
+                if r.ok
+            )
         errors = [r for r in readings if not r.ok]
         stats.register_errors += len(errors)
         for r in errors:

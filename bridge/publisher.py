@@ -440,6 +440,21 @@ class Publisher:
             lane.control.append(Message(GATEWAY_DISCONNECT, payload, requeue=True))
             lane.poke()
 
+    def publish_gateway_attributes(self, body: Mapping[str, object]) -> bool:
+        """Gateway mode: publish attributes of the gateway device itself (its alarms, say).
+
+        Only the latest body waits for the connection: an older one not yet sent is replaced.
+        Returns False in the other modes (there is no gateway device).
+        """
+        if self.settings.mode is not PublishMode.GATEWAY:
+            return False
+        lane = self._lanes[None]
+        lane.control = [m for m in lane.control if m.topic != DEVICE_ATTRIBUTES]
+        payload = dumps_compact(dict(body)).encode()
+        lane.control.append(Message(DEVICE_ATTRIBUTES, payload, requeue=True))
+        lane.poke()
+        return True
+
     async def flush(self, deadline: float) -> bool:
         """Keep delivering until the outbox is empty or the Trio clock reaches `deadline`;
         True if it emptied. `run` must be running."""

@@ -29,7 +29,8 @@ import attrs
 import trio
 
 from bridge import systemd
-from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
+from bridge.api_meters import load_effective_config
+from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
@@ -122,6 +123,7 @@ class BridgeService:
         handle_signals: bool = True,
         shutdown_flush_s: float = SHUTDOWN_FLUSH_S,
         poller_options: Mapping[str, Any] | None = None,
+        console: bool = False,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -130,6 +132,12 @@ class BridgeService:
         #: Extra keyword arguments of every :class:`MeterPoller` (``breaker_threshold``,
         #: ``backoff_initial``, ``backoff_max``), e.g. for a demo that shows recovery quickly.
         self.poller_options = dict(poller_options or {})
+        #: Start the operators' console (web server, alarm rules, local history) with the
+        #: service; ``[web] enabled = false`` keeps only its web server off.
+        self.console_enabled = console
+        self.console: Any = None
+        #: Called with every reading once it is durable (the console's history and events).
+        self.reading_listeners: list[Callable[[Reading], None]] = []
         self.meters: dict[str, _Running] = {}
         self.alarms: dict[str, str] = {}
         self.online: dict[str, bool] = {}
@@ -207,6 +215,12 @@ class BridgeService:
                     await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
+            if self.console_enabled:
+                from bridge.web import Console
+
+                self.console = Console(self)
+                await self.console.open()
+                self.start_extra(self.console.run)
             self._ready.set()
             task_status.started()
             self._notify(ready=True, status=self._status_line())
@@ -329,6 +343,8 @@ class BridgeService:
     async def _sink(self, reading: Reading) -> None:
         assert self.writer is not None and self.publisher is not None
         await self.writer.put(reading)
+        for listener in self.reading_listeners:
+            listener(reading)
         if not self.online.get(reading.meter):
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)
@@ -373,7 +389,7 @@ class BridgeService:
                 self._notify(ready=True)
                 return False
             try:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await trio.to_thread.run_sync(load_effective_config, self.config_path)
             except ConfigError as exc:
                 for line in exc.errors:
                     log_event(log, logging.ERROR, "reload_refused", error=line)
@@ -383,13 +399,13 @@ class BridgeService:
         enabled_old = [m for m in old.meters if m.enabled]
         enabled_new = [m for m in new.meters if m.enabled]
         added, removed, changed = diff_meters(enabled_old, enabled_new)
-        for section in ("bridge", "mqtt", "publish"):
+        for section in ("bridge", "mqtt", "publish", "web", "alarms"):
             if getattr(old, section) != getattr(new, section):
                 log_event(
                     log, logging.WARNING, "reload_partial", section=section,
                     message=f"changes to [{section}] take effect at the next restart",
                 )  # fmt: skip
-        self.config = attrs.evolve(old, meters=new.meters)
+        self.config = attrs.evolve(old, meters=new.meters, api_meters=new.api_meters)
         assert self.publisher is not None
         for meter in removed:
             await self._stop_meter(meter.name)

@@ -1,0 +1,234 @@
+"""The operators' console of one running service: its stores, its live state, its web server.
+
+Everything the console shows comes from the live :class:`~bridge.service.BridgeService` (its
+pollers, publisher and outbox); the console adds only what the service does not keep: local
+history for charts, the alarm store, monotonic totals for metrics, and the event stream. The
+service starts it in its own nursery (:meth:`BridgeService.start_extra`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bridge.logs import log_event
+from bridge.readings import Reading
+from bridge.web.alarm_rules import AlarmRules
+from bridge.web.alarms import AlarmChange, AlarmStore
+from bridge.web.auth import Auth, is_loopback, load_or_create_token
+from bridge.web.events import EventHub
+from bridge.web.history import HistoryStore
+from bridge.web.tracker import Tracker
+
+if TYPE_CHECKING:
+    from bridge.service import BridgeService
+
+__all__ = ["Console"]
+
+log = logging.getLogger("bridge.web")
+
+#: How often the console follows the service (totals, alarm rules, states, alarm store).
+TICK_S = 1.0
+HISTORY_FLUSH_S = 2.0
+HISTORY_PRUNE_S = 300.0
+#: The alarm raised when the web server cannot listen.
+ALARM_LISTEN = "web.listen_failed"
+
+
+class Console:
+    """See the module docstring."""
+
+    def __init__(self, service: BridgeService) -> None:
+        self.service = service
+        cfg = service.config
+        data_dir = cfg.bridge.data_dir
+        self.web = cfg.web
+        self.tracker = Tracker()
+        self.hub = EventHub()
+        self.history = HistoryStore(
+            data_dir, max_age_s=cfg.web.history_max_age_s, max_rows=cfg.web.history_max_rows
+        )
+        longest = max((m.interval_s for m in cfg.meters), default=15.0)
+        self.alarms = AlarmStore(data_dir, grace_s=min(600.0, max(30.0, 6 * longest)))
+        self.rules = AlarmRules(service, self.tracker, cfg.alarms)
+        #: meter -> its last reading (time in ms and values).
+        self.last: dict[str, Reading] = {}
+        self.url: str | None = None
+        self.listening = trio.Event()
+        self.admin_lock = trio.Lock()
+        self.token_path: str | None = None
+        self.auth = Auth("", open_reads=False)
+        self._oldest_ms: int | None = None
+        self._states: dict[str, str] = {}
+        self._started = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the stores and the token; called by the service before :meth:`run`."""
+        data_dir = self.service.config.bridge.data_dir
+        if self.web.token is not None:
+            token = self.web.token
+        else:
+            token, path = await trio.to_thread.run_sync(load_or_create_token, data_dir)
+            self.token_path = str(path)
+        host, _ = self.web.host_port
+        self.auth = Auth(token, open_reads=is_loopback(host))
+        await trio.to_thread.run_sync(self.history.open)
+        await trio.to_thread.run_sync(self.alarms.open)
+        self.service.reading_listeners.append(self._on_reading)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the service and serve the web console until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow)
+                nursery.start_soon(self._keep_history)
+                if self.web.enabled:
+                    await nursery.start(self._serve)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                self.hub.close_all()
+                if self._on_reading in self.service.reading_listeners:
+                    self.service.reading_listeners.remove(self._on_reading)
+                await trio.to_thread.run_sync(self.history.close)
+                self.alarms.close()
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio import serve
+
+        from bridge.web.app import make_app
+
+        host, port = self.web.host_port
+        try:
+            sock = _listen(host, port)
+        except OSError as exc:
+            message = f"the console cannot listen on {self.web.listen}: {exc.strerror or exc}"
+            self.service._set_alarm(ALARM_LISTEN, True, message)
+            task_status.started()
+            return
+        bound = sock.getsockname()
+        self.url = f"http://{f'[{bound[0]}]' if ':' in bound[0] else bound[0]}:{bound[1]}"
+        config = HypercornConfig()
+        config.bind = [f"fd://{sock.detach()}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("bridge.web.server")
+        config.graceful_timeout = 1.0
+        config.keep_alive_timeout = 30
+        where = {"token_file": self.token_path} if self.token_path else {"token": "from config"}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, make_app(self), config)
+            log_event(log, logging.INFO, "console_listening", url=self.url, **where)
+            self.listening.set()
+            task_status.started()
+
+    # -- following the service ---------------------------------------------------------------
+
+    def _on_reading(self, reading: Reading) -> None:
+        self.last[reading.meter] = reading
+        self.history.add(reading)
+        if self.hub.subscribers:
+            self.hub.publish(
+                "reading",
+                {"meter": reading.meter, "ts": reading.ts_ms, "values": dict(reading.values)},
+            )
+
+    def sync_totals(self) -> None:
+        """Bring the monotonic per-meter totals up to date."""
+        for name, running in self.service.meters.items():
+            self.tracker.update(name, running.poller)
+        self.tracker.forget(set(self.service.meters))
+
+    def oldest_unsent_age_s(self) -> float | None:
+        """Age of the oldest reading still in the outbox (None when it is empty)."""
+        if self._oldest_ms is None:
+            return None
+        return max(0.0, time.time() - self._oldest_ms / 1000)
+
+    def uptime_s(self) -> float:
+        """Seconds since the service started."""
+        return time.time() - self.service.started_at
+
+    async def _follow(self) -> None:
+        while True:
+            await self.tick()
+            await trio.sleep(TICK_S)
+
+    async def tick(self) -> None:
+        """One round: totals, alarm rules, alarm store, meter states, the outbox's oldest row."""
+        service = self.service
+        self.sync_totals()
+        self.rules.evaluate({m: r.ts_ms / 1000 for m, r in self.last.items()})
+        changes = self.alarms.sync(service.all_alarms())
+        for change in changes:
+            self.hub.publish("alarm", {"change": change.kind, **change.alarm})
+        if changes:
+            self._publish_alarm_attributes(changes)
+        for name, running in service.meters.items():
+            state = running.poller.stats.state if running.poller is not None else "starting"
+            if self._states.get(name) != state:
+                self._states[name] = state
+                self.hub.publish("state", {"meter": name, "state": state})
+        for name in list(self._states):
+            if name not in service.meters:
+                del self._states[name]
+                self.hub.publish("state", {"meter": name, "state": "removed"})
+        for name in list(self.last):
+            if name not in service.meters:
+                del self.last[name]
+        if service.outbox is not None:
+            if service.outbox.depth()[0] == 0:
+                self._oldest_ms = None
+            else:
+                rows = await service.outbox.peek(1)
+                self._oldest_ms = rows[0].reading.ts_ms if rows else None
+
+    def _publish_alarm_attributes(self, _changes: list[AlarmChange]) -> None:
+        publisher = self.service.publisher
+        if publisher is None:
+            return
+        active = self.alarms.listing()["active"]
+        publisher.publish_gateway_attributes(
+            {
+                "alarm_count": len(active),
+                "alarms": [
+                    {"name": a["name"], "message": a["message"], "since": a["raised_ms"]}
+                    for a in active
+                ],
+            }
+        )
+
+    async def _keep_history(self) -> None:
+        last_prune = -HISTORY_PRUNE_S
+        while True:
+            await trio.sleep(HISTORY_FLUSH_S)
+            await self.history.flush()
+            if trio.current_time() - last_prune >= HISTORY_PRUNE_S:
+                last_prune = trio.current_time()
+                await self.history.prune()
+
+    def state_summary(self) -> dict[str, Any]:
+        """Counts for the status call."""
+        return {"event_streams": self.hub.subscribers, "history_dropped": self.history.dropped}
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (bound here so that errors and the chosen port are ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
