@@ -67,6 +67,8 @@ class DemoOptions:
     sim_port: int = 4061
     live: bool = True
     seed: int = 1
+    #: The console's port (None: 8080 when free, else any).
+    web_port: int | None = None
 
 
 def _free_port(preferred: int | None) -> int:
@@ -80,6 +82,16 @@ def _free_port(preferred: int | None) -> int:
                 continue
             return int(s.getsockname()[1])
     raise OSError("no free TCP port on 127.0.0.1")
+
+
+def _console_port() -> int:
+    """8080 when it is free, else 0 (any free port)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8080))
+        except OSError:
+            return 0
+    return 8080
 
 
 def find_mosquitto() -> str | None:
@@ -163,6 +175,9 @@ def demo_config(
         "bridge": {"name": "demo", "data_dir": str(data_dir), "summary_interval_s": 60},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "token": GATEWAY_TOKEN},
         "publish": {"mode": "gateway"},
+        "web": {
+            "listen": f"127.0.0.1:{_console_port() if options.web_port is None else options.web_port}"
+        },
         "defaults": {
             "transport": "hdlc",
             "password": "00000000",
@@ -299,7 +314,9 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
             config_path = data_dir / "bridge.toml"
             config_path.write_text(_toml(document))
             config: BridgeConfig = config_from_dict(document, source=str(config_path))
-            service = BridgeService(config, config_path=config_path, handle_signals=False)
+            service = BridgeService(
+                config, config_path=config_path, handle_signals=False, console=True
+            )
             service_done = trio.Event()
 
             async def run_service() -> None:
@@ -310,6 +327,10 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
 
             nursery.start_soon(run_service)
             await service.wait_ready()
+            console_url = "(the console did not start; see the log)"
+            with trio.move_on_after(10):
+                await service.console.listening.wait()
+                console_url = f"{service.console.url}/"
             watcher = MqttClient(
                 MqttSettings(host="127.0.0.1", port=mqtt_port, client_id="dlms-bridge-demo-view"),
                 on_message=delivered.on_message,
@@ -333,6 +354,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
                 f"1-1:32.7.0 1-1:1.8.0\n"
                 f"Bridge config: {config_path}  (dlms-bridge run --config {config_path})\n"
                 f"Bridge data:   {data_dir / 'bridge'}\n"
+                f"Console:       {console_url}  (admin token in "
+                f"{service.console.token_path})\n"
                 f"Stop with Ctrl-C.\n\n"
             )
             out.flush()
@@ -365,6 +388,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
                         "mqtt_messages": delivered.messages,
                         "outbox_rows": snap["outbox"].get("rows"),
                         "broker": broker.kind,
+                        "console": service.console.url if service.console else None,
                         "data_dir": str(data_dir),
                     }
                     await watcher.disconnect()
