@@ -566,9 +566,7 @@ _CHECKS: dict[str, Check] = {
     "resyncs_per_hour_max": _positive,
     "history_max_rows": _in_range(1000, 2**40),
     "no_reading_intervals": _in_range(1, 1_000_000),
-    **dict.fromkeys(
-        ("publish_ratio_min", "success_rate_min", "outbox_high_fraction"), _fraction
-    ),
+    **dict.fromkeys(("publish_ratio_min", "success_rate_min", "outbox_high_fraction"), _fraction),
     "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
     "max_bytes_per_s": _in_range(256, 2**40),
     "max_readings_per_message": _in_range(1, 100_000),

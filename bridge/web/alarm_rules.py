@@ -57,10 +57,14 @@ class AlarmRules:
         self._first_seen: dict[str, float] = {}
 
     def _set(self, name: str, active: bool, message: str, now_raised: set[str]) -> None:
+        # The message of an active alarm is the one it was raised with: numbers that change
+        # every second would otherwise rewrite it (and log it) every second.
         if active:
             now_raised.add(name)
-        if active or name in self._raised:
-            self.service._set_alarm(name, active, message)
+            if name not in self._raised or name not in self.service.alarms:
+                self.service._set_alarm(name, True, message)
+        elif name in self._raised:
+            self.service._set_alarm(name, False, message)
 
     def evaluate(self, last_reading_s: dict[str, float], now: float | None = None) -> None:
         """Raise and clear the rule alarms. ``last_reading_s``: meter -> wall time of its last
