@@ -171,13 +171,12 @@ def demo_config(
     ports: SimulatorPorts, options: DemoOptions, data_dir: Path, mqtt_port: int
 ) -> dict[str, Any]:
     """The bridge config of the demo, as the dict a TOML file would give."""
+    web_port = _console_port() if options.web_port is None else options.web_port
     return {
         "bridge": {"name": "demo", "data_dir": str(data_dir), "summary_interval_s": 60},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "token": GATEWAY_TOKEN},
         "publish": {"mode": "gateway"},
-        "web": {
-            "listen": f"127.0.0.1:{_console_port() if options.web_port is None else options.web_port}"
-        },
+        "web": {"listen": f"127.0.0.1:{web_port}"},
         "defaults": {
             "transport": "hdlc",
             "password": "00000000",

@@ -132,10 +132,11 @@ class AlarmRules:
             last = last_reading_s.get(name)
             silent_for = wall - last if last is not None else mono - self._first_seen[name]
             silent = silent_for > cfg.no_reading_intervals * interval
+            since = "for" if last is not None else "since it started,"
             self._set(
                 f"meter.{name}.no_reading", silent,
-                f"meter {name}: no reading for {silent_for:.0f} s "
-                f"({cfg.no_reading_intervals} intervals of {interval:g} s)"
+                f"meter {name}: no reading {since} {silent_for:.0f} s "
+                f"(threshold {cfg.no_reading_intervals} intervals of {interval:g} s)"
                 if silent else "readings again",
                 raised,
             )  # fmt: skip

@@ -136,9 +136,16 @@ class Console:
         self.last[reading.meter] = reading
         self.history.add(reading)
         if self.hub.subscribers:
+            running = self.service.meters.get(reading.meter)
+            poller = running.poller if running is not None else None
             self.hub.publish(
                 "reading",
-                {"meter": reading.meter, "ts": reading.ts_ms, "values": dict(reading.values)},
+                {
+                    "meter": reading.meter,
+                    "ts": reading.ts_ms,
+                    "values": dict(reading.values),
+                    "units": dict(poller.units) if poller is not None else {},
+                },
             )
 
     def sync_totals(self) -> None:

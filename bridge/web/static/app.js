@@ -135,7 +135,7 @@ async function loadStatus() {
   $("mqtt-state").className = s.mqtt.connected ? "state ok" : "state failing";
   $("mqtt-broker").textContent = `${s.mqtt.broker} (${s.mqtt.mode})`;
   $("outbox-rows").textContent = `${s.outbox.rows} waiting`;
-  $("outbox-oldest").textContent = s.outbox.oldest_unsent_age_s === null
+  $("outbox-oldest").textContent = s.outbox.oldest_unsent_age_s === null || s.outbox.rows === 0
     ? `empty · ${s.outbox.dropped} dropped` : `oldest ${s.outbox.oldest_unsent_age_s.toFixed(0)} s · ${s.outbox.dropped} dropped`;
   $("meters-online").textContent = `${s.meters.online} / ${s.meters.enabled} online`;
   $("meters-total").textContent = `${s.meters.total} configured, ${s.meters.from_api} from the API`;
@@ -268,6 +268,7 @@ async function removeMeter(name) {
 function onReading(r) {
   const row = document.getElementById(`meter-${r.meter}`);
   if (!row) { loadMeters(); return; }
+  state.units.set(r.meter, { ...(state.units.get(r.meter) || {}), ...(r.units || {}) });
   row.children[2].replaceWith(valuesCell(r.meter, r.values));
   const age = row.querySelector(".age");
   age.dataset.ts = r.ts; age.textContent = fmtAge(r.ts);
