@@ -134,12 +134,16 @@ class HistoryStore:
         if key is not None:
             where += " AND key = ?"
             params.append(key)
-        bucket = max(1, math.ceil((until - since + 1) / max_points))
-        # Raw points when they fit; averaged buckets (thinned) when the range is long.
+        # Raw points when they fit; averaged buckets (thinned) when there are more, over the
+        # span the stored values actually cover.
         counts = self._db.execute(
-            f"SELECT key, count(*) FROM samples WHERE {where} GROUP BY key", params
+            f"SELECT key, count(*), min(ts), max(ts) FROM samples WHERE {where} GROUP BY key",
+            params,
         ).fetchall()
-        thin = any(n > max_points for _, n in counts)
+        thin = any(n > max_points for _, n, _, _ in counts)
+        first = min((lo for _, _, lo, _ in counts), default=since)
+        last = max((hi for _, _, _, hi in counts), default=until)
+        bucket = max(1, math.ceil((last - first + 1) / max_points))
         if thin:
             sql = (
                 f"SELECT key, (ts / {bucket}) * {bucket} + {bucket // 2} AS t, avg(value) "

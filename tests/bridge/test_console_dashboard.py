@@ -100,7 +100,7 @@ async def test_dashboard_in_headless_chromium(
     page = await run(lambda: browser.find_element(By.TAG_NAME, "body").text)
     assert "m0" in page and "m1" in page and "Hz" in page
     await _until(
-        lambda: "live" == browser.find_element(By.ID, "live").text, 10, "the live indicator"
+        lambda: browser.find_element(By.ID, "live").text == "live", 10, "the live indicator"
     )
     await run(lambda: browser.save_screenshot(str(tmp_path / "dashboard.png")))
 
