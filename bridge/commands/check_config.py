@@ -32,8 +32,9 @@ def summary(config: BridgeConfig) -> str:
     total = len(config.meters)
     enabled = len(config.enabled_meters)
     noun = "meter" if total == 1 else "meters"
+    api = f", {len(config.api_meters)} from the admin API" if config.api_meters else ""
     return (
-        f"OK: {total} {noun} ({enabled} enabled), publish mode {config.publish.mode}, "
+        f"OK: {total} {noun} ({enabled} enabled{api}), publish mode {config.publish.mode}, "
         f"broker {config.mqtt.address}{' (TLS)' if config.mqtt.tls else ''}"
     )
 
