@@ -326,16 +326,16 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
 
             nursery.start_soon(run_service)
             await service.wait_ready()
-            console_url = "(the console did not start; see the log)"
-            with trio.move_on_after(10):
-                await service.console.listening.wait()
-                console_url = f"{service.console.url}/"
             watcher = MqttClient(
                 MqttSettings(host="127.0.0.1", port=mqtt_port, client_id="dlms-bridge-demo-view"),
                 on_message=delivered.on_message,
             )
             await nursery.start(watcher.run)
             watcher.subscribe("v1/gateway/#")
+            console_url = "(the console did not start; see the log)"
+            with trio.move_on_after(10):
+                await service.console.listening.wait()
+                console_url = f"{service.console.url}/"
             first = ports.meters[0]
             contiguous = list(ports.meters) == list(range(first, first + len(ports.meters)))
             where = (

@@ -206,6 +206,13 @@ class BridgeService:
             self._nursery = nursery
             if self.handle_signals:
                 nursery.start_soon(self._signals)
+            if self.console_enabled:
+                # Before the pollers: the console sees (and keeps) every reading from the first.
+                from bridge.web import Console
+
+                self.console = Console(self)
+                await self.console.open()
+                self.start_extra(self.console.run)
             await nursery.start(self._keep_alive, "writer", self.writer.run)
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
@@ -215,12 +222,6 @@ class BridgeService:
                     await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
-            if self.console_enabled:
-                from bridge.web import Console
-
-                self.console = Console(self)
-                await self.console.open()
-                self.start_extra(self.console.run)
             self._ready.set()
             task_status.started()
             self._notify(ready=True, status=self._status_line())

@@ -64,6 +64,7 @@ class Console:
         self.auth = Auth("", open_reads=False)
         self._oldest_ms: int | None = None
         self._states: dict[str, str] = {}
+        self._attributes_sent = False
         self._started = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -177,7 +178,7 @@ class Console:
         changes = self.alarms.sync(service.all_alarms())
         for change in changes:
             self.hub.publish("alarm", {"change": change.kind, **change.alarm})
-        if changes:
+        if changes or not self._attributes_sent:
             self._publish_alarm_attributes(changes)
         for name, running in service.meters.items():
             state = running.poller.stats.state if running.poller is not None else "starting"
@@ -202,6 +203,7 @@ class Console:
         publisher = self.service.publisher
         if publisher is None:
             return
+        self._attributes_sent = True
         active = self.alarms.listing()["active"]
         publisher.publish_gateway_attributes(
             {
