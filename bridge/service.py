@@ -345,7 +345,10 @@ class BridgeService:
         assert self.writer is not None and self.publisher is not None
         await self.writer.put(reading)
         for listener in self.reading_listeners:
-            listener(reading)
+            try:
+                listener(reading)
+            except Exception:  # the console must never stop a poller
+                log.exception("event=reading_listener_failed meter=%s", reading.meter)
         if not self.online.get(reading.meter):
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ HISTORY_FLUSH_S = 2.0
 HISTORY_PRUNE_S = 300.0
 #: The alarm raised when the web server cannot listen.
 ALARM_LISTEN = "web.listen_failed"
+#: The alarm raised when the console stopped on an error (the bridge goes on without it).
+ALARM_FAILED = "web.console_failed"
 
 
 class Console:
@@ -92,6 +95,11 @@ class Console:
                 if self.web.enabled:
                     await nursery.start(self._serve)
                 task_status.started()
+        except Exception as exc:  # the bridge keeps delivering without a console
+            log.exception("event=console_failed")
+            self.service._set_alarm(
+                ALARM_FAILED, True, f"the console stopped: {type(exc).__name__}: {exc}"
+            )
         finally:
             with trio.CancelScope(shield=True):
                 self.hub.close_all()
@@ -167,7 +175,10 @@ class Console:
 
     async def _follow(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # a console bug must not stop the bridge
+                log.exception("event=console_tick_failed")
             await trio.sleep(TICK_S)
 
     async def tick(self) -> None:
@@ -219,10 +230,14 @@ class Console:
         last_prune = -HISTORY_PRUNE_S
         while True:
             await trio.sleep(HISTORY_FLUSH_S)
-            await self.history.flush()
-            if trio.current_time() - last_prune >= HISTORY_PRUNE_S:
-                last_prune = trio.current_time()
-                await self.history.prune()
+            try:
+                await self.history.flush()
+                if trio.current_time() - last_prune >= HISTORY_PRUNE_S:
+                    last_prune = trio.current_time()
+                    await self.history.prune()
+            except sqlite3.Error as exc:
+                # The history is for charts only: a full disk loses chart points, not readings.
+                log_event(log, logging.ERROR, "history_write_failed", error=str(exc))
 
     def state_summary(self) -> dict[str, Any]:
         """Counts for the status call."""

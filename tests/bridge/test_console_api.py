@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,29 @@ async def test_api_end_to_end(
     assert (await api.get("/api/v1/meters/nope")).status == 404
     doc = (await api.get("/api/v1/openapi.json")).json
     assert doc["openapi"].startswith("3.") and "/meters/{name}/history" in doc["paths"]
+
+    # The event stream: server-sent events with live readings.
+    def first_events(wanted: int) -> list[tuple[str, dict[str, Any]]]:
+        request = urllib.request.Request(api.base + "/api/v1/events")
+        out: list[tuple[str, dict[str, Any]]] = []
+        with urllib.request.urlopen(request, timeout=20) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            kind = ""
+            for raw in response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    out.append((kind, json.loads(line[6:])))
+                    if len(out) >= wanted:
+                        return out
+        return out
+
+    events = await trio.to_thread.run_sync(first_events, 4)
+    assert events[0][0] == "hello"
+    readings = [data for kind, data in events if kind == "reading"]
+    assert readings and readings[0]["meter"] in {"m0", "m1"}
+    assert readings[0]["units"]["voltage_l1"] == "V" and "voltage_l1" in readings[0]["values"]
 
     # Auth: no token 401, wrong token 403, for every mutating call.
     table = {"name": "m2", "host": "127.0.0.1", "port": ports[2]}
@@ -244,5 +268,30 @@ async def test_reads_need_the_token_off_loopback(
     assert (await api.get("/api/v1/meters", token="wrong")).status == 403
     assert (await api.get("/api/v1/meters")).status == 200
     assert (await api.get("/healthz", token=None)).status == 200
+    process.signal(signal.SIGTERM)
+    assert await process.wait_exit() == 0
+
+
+async def test_refused_mqtt_token_is_an_alarm(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    bridge_process: Any,  # noqa: F811
+) -> None:
+    _sim, ports = await simulator(meters=1)
+    config, port = console_config(
+        tmp_path / "bridge.toml", mosquitto, {"m0": ports[0]}, data_dir=tmp_path / "data"
+    )
+    config.write_text(config.read_text().replace('password = "token-secret"', 'password = "no"'))
+    process, api = await start_console(bridge_process, config, port)
+    await api.wait_until(
+        "/api/v1/alarms",
+        lambda d: any(a["name"] == "mqtt.auth_refused" for a in d["active"]),
+        20,
+        "the refused token's alarm",
+    )
+    status = (await api.get("/api/v1/status")).json
+    assert status["mqtt"]["connected"] is False and "mqtt.auth_refused" in status["mqtt"]["alarms"]
+    assert status["outbox"]["rows"] > 0  # readings are kept for later
     process.signal(signal.SIGTERM)
     assert await process.wait_exit() == 0
