@@ -33,7 +33,7 @@ __all__ = ["AlarmRules"]
 MIN_READINGS = 5
 MIN_CYCLES = 3
 #: Samples kept per window.
-SAMPLES_PER_WINDOW = 60
+SAMPLES_PER_WINDOW = 20
 
 
 @attrs.frozen

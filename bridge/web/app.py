@@ -130,8 +130,13 @@ def make_app(console: Console) -> Starlette:
 
     async def meters(_request: Request) -> Response:
         console.sync_totals()
+        alarms = set(service.all_alarms())
         return _json(
-            {"meters": [meter_view(console, m, brief=True) for m in service.config.meters]}
+            {
+                "meters": [
+                    meter_view(console, m, brief=True, alarms=alarms) for m in service.config.meters
+                ]
+            }
         )
 
     async def meter(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -32,9 +33,20 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def meter_view(console: Console, meter: MeterConfig, *, brief: bool = False) -> dict[str, Any]:
-    """One meter: config, state, last values with units and age, rates, recoveries."""
+def meter_view(
+    console: Console,
+    meter: MeterConfig,
+    *,
+    brief: bool = False,
+    alarms: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """One meter: config, state, last values with units and age, rates, recoveries.
+
+    ``alarms``: the service's active alarm names, when the caller already has them.
+    """
     service = console.service
+    if alarms is None:
+        alarms = service.all_alarms()
     name = meter.name
     running = service.meters.get(name)
     poller = running.poller if running is not None else None
@@ -73,7 +85,7 @@ def meter_view(console: Console, meter: MeterConfig, *, brief: bool = False) -> 
             "reconnect": counts.get("reconnects", 0),
         },
         "last_error": stats.get("last_error"),
-        "alarms": sorted(a for a in service.all_alarms() if a.startswith(f"meter.{name}.")),
+        "alarms": sorted(a for a in alarms if a.startswith(f"meter.{name}.")),
     }
     if not brief:
         out["counters"] = dict(counts)

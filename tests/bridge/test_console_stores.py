@@ -158,3 +158,26 @@ def test_token_file_and_loopback(tmp_path: Path) -> None:
     assert load_or_create_token(tmp_path)[0] == token  # kept across restarts
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+async def test_event_hub_bounds_slow_and_extra_subscribers() -> None:
+    from bridge.web.events import MAX_SUBSCRIBERS, QUEUE_SIZE, EventHub, sse_stream
+
+    hub = EventHub()
+    slow = hub.subscribe()
+    assert slow is not None
+    for i in range(QUEUE_SIZE):
+        hub.publish("reading", {"i": i})
+    assert hub.subscribers == 1
+    hub.publish("reading", {"i": QUEUE_SIZE})  # one too many: the slow one is dropped
+    assert hub.subscribers == 0 and hub.dropped_subscribers == 1
+    received = [item async for item in slow]  # what it had is still delivered, then the end
+    assert len(received) == QUEUE_SIZE
+    others = [hub.subscribe() for _ in range(MAX_SUBSCRIBERS)]
+    assert all(o is not None for o in others)
+    assert hub.subscribe() is None  # capped
+    hub.close_all()
+    stream = sse_stream(others[0], {"name": "t"})  # type: ignore[arg-type]
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].startswith(b"retry: 2000\nevent: hello\ndata: ")
+    assert len(chunks) == 1  # closed: the stream ends
