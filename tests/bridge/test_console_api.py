@@ -295,3 +295,50 @@ async def test_refused_mqtt_token_is_an_alarm(
     assert status["outbox"]["rows"] > 0  # readings are kept for later
     process.signal(signal.SIGTERM)
     assert await process.wait_exit() == 0
+
+
+async def test_client_id_conflict_and_taken_port_are_alarms(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    bridge_process: Any,  # noqa: F811
+) -> None:
+    from tests.bridge.test_mqtt import kick
+
+    _sim, ports = await simulator(meters=1)
+    config, port = console_config(
+        tmp_path / "bridge.toml", mosquitto, {"m0": ports[0]}, data_dir=tmp_path / "data"
+    )
+    config.write_text(config.read_text().replace("[mqtt]\n", '[mqtt]\nclient_id = "shared"\n'))
+    process, api = await start_console(bridge_process, config, port)
+
+    async def reconnects() -> float:
+        text = (await api.get("/metrics")).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return float(families["dlms_bridge_mqtt_reconnects"].samples[0].value)
+
+    for _ in range(4):  # another client with the same client id keeps taking the session over
+        await api.wait_until("/api/v1/status", lambda d: d["mqtt"]["connected"], 20, "MQTT up")
+        before = await reconnects()
+        await trio.to_thread.run_sync(kick, mosquitto, "shared")
+        with trio.fail_after(20):
+            while await reconnects() <= before:
+                await trio.sleep(0.1)
+    await api.wait_until(
+        "/api/v1/alarms",
+        lambda d: any(a["name"] == "mqtt.session_takeover" for a in d["active"]),
+        20,
+        "the takeover alarm",
+    )
+
+    # A second bridge whose console port is taken: an alarm, and the bridge runs on.
+    other, other_port = console_config(
+        tmp_path / "other.toml", mosquitto, {"m0": ports[0]}, data_dir=tmp_path / "other"
+    )
+    other.write_text(other.read_text().replace(f":{other_port}", f":{port}"))
+    second: Any = await bridge_process(other)
+    await second.wait_event("alarm", timeout=20, alarm="web.listen_failed")
+    await second.wait_event("reading_stored", timeout=20, meter="m0")
+    for p in (process, second):
+        p.signal(signal.SIGTERM)
+        assert await p.wait_exit() == 0
