@@ -152,6 +152,7 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        self._reload_lock = trio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -386,6 +387,10 @@ class BridgeService:
         Meters added, removed or changed are started, stopped or restarted; the others keep
         running untouched. Returns False (and keeps the running config) if the new one is bad.
         """
+        async with self._reload_lock:  # a SIGHUP and the admin API may reload at once
+            return await self._reload(new)
+
+    async def _reload(self, new: BridgeConfig | None) -> bool:
         self._notify(reloading=True, status="reloading")
         if new is None:
             if self.config_path is None:

@@ -111,9 +111,13 @@ async def add_meter(console: Console, body: object) -> MeterConfig:
         raise _error(409, "name", f"a meter named {name!r} exists already")
 
     def change(store: ApiMeters) -> None:
+        keys = {k: v for k, v in table.items() if k != "name"}
         if name in store.removed:
+            # A meter of the file the API removed comes back, with the given keys on top.
             store.removed.remove(name)
-        store.added[name] = {k: v for k, v in table.items() if k != "name"}
+            store.patched[name] = keys
+        else:
+            store.added[name] = keys
 
     return _find(await _apply(console, name, change), name)
 

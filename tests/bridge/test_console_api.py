@@ -237,6 +237,10 @@ async def test_api_end_to_end(
     names = {m["name"] for m in (await api.get("/api/v1/meters")).json["meters"]}
     assert names == {"m1"}
     assert config.read_text() == before
+    # The file's meter comes back through the API, with the given keys on top of the file's.
+    back = await api.call("POST", "/api/v1/meters", {"name": "m0", "interval_s": 0.4})
+    assert back.status == 201, back.text
+    assert back.json["interval_s"] == 0.4 and back.json["config"]["port"] == ports[0]
     process.signal(signal.SIGTERM)
     assert await process.wait_exit() == 0
 
