@@ -18,7 +18,7 @@ import trio
 
 from bridge.logs import log_event
 from bridge.readings import Reading
-from bridge.web.alarm_rules import AlarmRules
+from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
 from bridge.web.alarms import AlarmChange, AlarmStore
 from bridge.web.auth import Auth, is_loopback, load_or_create_token
 from bridge.web.events import EventHub
@@ -57,7 +57,8 @@ class Console:
         )
         longest = max((m.interval_s for m in cfg.meters), default=15.0)
         self.alarms = AlarmStore(data_dir, grace_s=min(600.0, max(30.0, 6 * longest)))
-        self.rules = AlarmRules(service, self.tracker, cfg.alarms)
+        self.rules = AlarmRules(cfg.alarms)
+        self._rule_alarms: dict[str, str] = {}
         #: meter -> its last reading (time in ms and values).
         self.last: dict[str, Reading] = {}
         self.url: str | None = None
@@ -185,7 +186,7 @@ class Console:
         """One round: totals, alarm rules, alarm store, meter states, the outbox's oldest row."""
         service = self.service
         self.sync_totals()
-        self.rules.evaluate({m: r.ts_ms / 1000 for m, r in self.last.items()})
+        self._apply_rules()
         changes = self.alarms.sync(service.all_alarms())
         for change in changes:
             self.hub.publish("alarm", {"change": change.kind, **change.alarm})
@@ -209,6 +210,47 @@ class Console:
             else:
                 rows = await service.outbox.peek(1)
                 self._oldest_ms = rows[0].reading.ts_ms if rows else None
+
+    def facts(self) -> Facts:
+        """What the alarm rules look at, read from the live service."""
+        service = self.service
+        meters = {}
+        for name, running in service.meters.items():
+            totals = self.tracker.meters.get(name)
+            counts = totals.counts if totals is not None else {}
+            poller = running.poller
+            last = self.last.get(name)
+            meters[name] = MeterFacts(
+                interval_s=running.meter.interval_s,
+                cycles=counts.get("cycles", 0),
+                successes=counts.get("successes", 0),
+                resyncs=counts.get("resyncs", 0),
+                last_reading_s=last.ts_ms / 1000 if last is not None else None,
+                state=poller.stats.state if poller is not None else "starting",
+                last_error=poller.stats.last_error if poller is not None else None,
+            )
+        rows, nbytes = service.outbox.depth() if service.outbox is not None else (0, 0)
+        return Facts(
+            now=time.monotonic(),
+            wall=time.time(),
+            taken=sum(t.counts["readings"] for t in self.tracker.meters.values()),
+            published=service.publisher.stats.published_readings if service.publisher else 0,
+            meters=meters,
+            outbox_rows=rows,
+            outbox_bytes=nbytes,
+            outbox_max_rows=service.config.publish.outbox_max_rows,
+            outbox_max_bytes=service.config.publish.outbox_max_bytes,
+        )
+
+    def _apply_rules(self) -> None:
+        """Raise and clear the threshold alarms through the service."""
+        active = self.rules.evaluate(self.facts())
+        for name, message in active.items():
+            if name not in self.service.alarms:
+                self.service._set_alarm(name, True, message)
+        for name in self._rule_alarms.keys() - active.keys():
+            self.service._set_alarm(name, False, "cause gone")
+        self._rule_alarms = active
 
     def _publish_alarm_attributes(self, _changes: list[AlarmChange]) -> None:
         publisher = self.service.publisher
