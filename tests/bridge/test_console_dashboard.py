@@ -161,6 +161,38 @@ async def test_dashboard_in_headless_chromium(
     severe = [entry for entry in logs if entry["level"] == "SEVERE"]
     assert not severe, severe
 
+    # Edit, disable and remove through the table's buttons and the form.
+    def button(name: str, label: str) -> Any:
+        row = browser.find_element(By.ID, f"meter-{name}")
+        return next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label)
+
+    await run(lambda: button("m1", "Edit").click())
+    interval = await _until(
+        lambda: (e := browser.find_element(By.ID, "f-interval")).get_attribute("value") and e,
+        10,
+        "the edit form",
+    )
+
+    def save_interval() -> None:
+        interval.clear()
+        interval.send_keys("0.5")
+        browser.find_element(By.ID, "f-submit").click()
+
+    await run(save_interval)
+    await api.wait_until(
+        "/api/v1/meters/m1", lambda d: d["interval_s"] == 0.5, 10, "the edited interval"
+    )
+    await run(lambda: button("m2", "Disable").click())
+    await _until(
+        lambda: browser.find_element(By.CSS_SELECTOR, "#meter-m2 td.state").text == "disabled",
+        10,
+        "m2 disabled",
+    )
+    await run(lambda: button("m2", "Remove").click())
+    await run(lambda: browser.switch_to.alert.accept())
+    await _until(lambda: not browser.find_elements(By.ID, "meter-m2"), 10, "m2 removed")
+    assert (await api.get("/api/v1/meters/m2")).status == 404
+
     # A bad form entry shows the API's error with the field's path (the browser logs the 422).
     def fill_bad() -> None:
         browser.find_element(By.ID, "f-name").send_keys("m3")

@@ -248,7 +248,7 @@ $("meter-form").addEventListener("submit", async (event) => {
     if (state.editing) await call("PATCH", `/meters/${encodeURIComponent(state.editing)}`, body);
     else await call("POST", "/meters", body);
     resetForm();
-    await loadMeters();
+    await refresh();
   } catch (e) {
     $("form-error").textContent = e.message;
   }
@@ -256,12 +256,12 @@ $("meter-form").addEventListener("submit", async (event) => {
 async function setEnabled(name, enabled) {
   try { await call("POST", `/meters/${encodeURIComponent(name)}/${enabled ? "enable" : "disable"}`); }
   catch (e) { alert(e.message); }
-  loadMeters();
+  refresh();
 }
 async function removeMeter(name) {
   if (!confirm(`Remove meter ${name}?`)) return;
   try { await call("DELETE", `/meters/${encodeURIComponent(name)}`); } catch (e) { alert(e.message); }
-  loadMeters();
+  refresh();
 }
 
 // -- live updates ------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ function connectEvents() {
     if (cell) { cell.textContent = s.state; cell.className = `state ${s.state}`; }
     else loadMeters();
   });
-  source.addEventListener("alarm", () => loadAlarms());
+  source.addEventListener("alarm", () => { loadAlarms(); loadStatus(); });
 }
 
 function tickAges() {
