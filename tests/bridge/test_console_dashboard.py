@@ -107,12 +107,13 @@ async def test_dashboard_in_headless_chromium(
     # Acknowledge the alarm: the token is asked once, then kept for the session.
     token = api.token
     assert token
-    ack = await _until(
-        lambda: browser.find_element(By.CSS_SELECTOR, "#alarms li.active button.ack"),
-        15,
-        "an acknowledge button",
-    )
-    await run(ack.click)
+
+    def click_ack() -> bool:
+        browser.find_element(By.CSS_SELECTOR, "#alarms li.active button.ack").click()
+        return True
+
+    # The alarm list is re-rendered on updates: find and click in one go, again if replaced.
+    await _until(click_ack, 15, "an acknowledge button")
     token_input = await _until(
         lambda: (e := browser.find_element(By.ID, "token-input")).is_displayed() and e,
         10,
@@ -166,7 +167,12 @@ async def test_dashboard_in_headless_chromium(
         row = browser.find_element(By.ID, f"meter-{name}")
         return next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label)
 
-    await run(lambda: button("m1", "Edit").click())
+    # Rows are re-rendered on updates: find and click in one go, again if the row was replaced.
+    def click(name: str, label: str) -> bool:
+        button(name, label).click()
+        return True
+
+    await _until(lambda: click("m1", "Edit"), 10, "m1's edit button")
     interval = await _until(
         lambda: (e := browser.find_element(By.ID, "f-interval")).get_attribute("value") and e,
         10,
@@ -182,14 +188,14 @@ async def test_dashboard_in_headless_chromium(
     await api.wait_until(
         "/api/v1/meters/m1", lambda d: d["interval_s"] == 0.5, 10, "the edited interval"
     )
-    await run(lambda: button("m2", "Disable").click())
+    await _until(lambda: click("m2", "Disable"), 10, "m2's disable button")
     await _until(
         lambda: browser.find_element(By.CSS_SELECTOR, "#meter-m2 td.state").text == "disabled",
         10,
         "m2 disabled",
     )
-    await run(lambda: button("m2", "Remove").click())
-    await run(lambda: browser.switch_to.alert.accept())
+    await _until(lambda: click("m2", "Remove"), 10, "m2's remove button")
+    await _until(lambda: browser.switch_to.alert.accept() or True, 10, "the confirmation")
     await _until(lambda: not browser.find_elements(By.ID, "meter-m2"), 10, "m2 removed")
     assert (await api.get("/api/v1/meters/m2")).status == 404
 
@@ -205,9 +211,7 @@ async def test_dashboard_in_headless_chromium(
     assert error.startswith("host:")
 
     # Open the charts of a meter.
-    await run(
-        lambda: browser.find_element(By.ID, "meter-m0").find_element(By.TAG_NAME, "button").click()
-    )
+    await _until(lambda: click("m0", "Chart"), 10, "m0's chart button")
     await _until(
         lambda: browser.find_elements(By.CSS_SELECTOR, "#charts .chart polyline"), 10, "charts"
     )
