@@ -332,10 +332,13 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
             )
             await nursery.start(watcher.run)
             watcher.subscribe("v1/gateway/#")
-            console_url = "(the console did not start; see the log)"
-            with trio.move_on_after(10):
-                await service.console.listening.wait()
-                console_url = f"{service.console.url}/"
+            console_url = "(the console did not start; see the alarms)"
+            if service.console is not None:
+                with trio.move_on_after(10):
+                    await service.console.listening.wait()
+                    console_url = (
+                        f"{service.console.url}/  (admin token in {service.console.token_path})"
+                    )
             first = ports.meters[0]
             contiguous = list(ports.meters) == list(range(first, first + len(ports.meters)))
             where = (
@@ -353,8 +356,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
                 f"1-1:32.7.0 1-1:1.8.0\n"
                 f"Bridge config: {config_path}  (dlms-bridge run --config {config_path})\n"
                 f"Bridge data:   {data_dir / 'bridge'}\n"
-                f"Console:       {console_url}  (admin token in "
-                f"{service.console.token_path})\n"
+                f"Console:       {console_url}\n"
                 f"Stop with Ctrl-C.\n\n"
             )
             out.flush()

@@ -20,10 +20,11 @@ import logging
 import math
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -38,6 +39,9 @@ from bridge.outbox import AsyncOutbox, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
+
+if TYPE_CHECKING:
+    from bridge.web import Console
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -135,7 +139,7 @@ class BridgeService:
         #: Start the operators' console (web server, alarm rules, local history) with the
         #: service; ``[web] enabled = false`` keeps only its web server off.
         self.console_enabled = console
-        self.console: Any = None
+        self.console: Console | None = None
         #: Called with every reading once it is durable (the console's history and events).
         self.reading_listeners: list[Callable[[Reading], None]] = []
         self.meters: dict[str, _Running] = {}
@@ -209,11 +213,7 @@ class BridgeService:
                 nursery.start_soon(self._signals)
             if self.console_enabled:
                 # Before the pollers: the console sees (and keeps) every reading from the first.
-                from bridge.web import Console
-
-                self.console = Console(self)
-                await self.console.open()
-                self.start_extra(self.console.run)
+                await self._start_console()
             await nursery.start(self._keep_alive, "writer", self.writer.run)
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
@@ -283,6 +283,19 @@ class BridgeService:
                 self._pollers = pollers
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _start_console(self) -> None:
+        from bridge.web import Console
+
+        console = Console(self)
+        try:
+            await console.open()
+        except (OSError, sqlite3.Error) as exc:
+            # The bridge delivers readings without its console rather than not at all.
+            self._set_alarm("web.console_failed", True, f"the console cannot open its files: {exc}")
+            return
+        self.console = console
+        self.start_extra(console.run)
 
     def start_extra(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run another task (dashboard, metrics) in the service's nursery."""

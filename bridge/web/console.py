@@ -9,6 +9,7 @@ service starts it in its own nursery (:meth:`BridgeService.start_extra`).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sqlite3
 import time
@@ -83,8 +84,8 @@ class Console:
             self.token_path = str(path)
         host, _ = self.web.host_port
         self.auth = Auth(token, open_reads=is_loopback(host))
-        await trio.to_thread.run_sync(self.history.open)
-        await trio.to_thread.run_sync(self.alarms.open)
+        for store in (self.history, self.alarms):
+            await trio.to_thread.run_sync(_open_or_set_aside, store)
         self.service.reading_listeners.append(self._on_reading)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -284,6 +285,20 @@ class Console:
     def state_summary(self) -> dict[str, Any]:
         """Counts for the status call."""
         return {"event_streams": self.hub.subscribers, "history_dropped": self.history.dropped}
+
+
+def _open_or_set_aside(store: HistoryStore | AlarmStore) -> None:
+    """Open a store; a damaged database file is moved aside (and logged) and a new one made:
+    charts and the alarm log are worth less than a console that starts."""
+    try:
+        store.open()
+    except sqlite3.DatabaseError as exc:
+        store.close()
+        aside = store.path.with_name(f"{store.path.name}.damaged-{int(time.time())}")
+        os.replace(store.path, aside)
+        log_event(log, logging.ERROR, "store_set_aside", path=str(store.path), moved_to=str(aside),
+                  error=str(exc))  # fmt: skip
+        store.open()
 
 
 def _listen(host: str, port: int) -> socket.socket:

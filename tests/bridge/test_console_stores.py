@@ -181,3 +181,15 @@ async def test_event_hub_bounds_slow_and_extra_subscribers() -> None:
     chunks = [chunk async for chunk in stream]
     assert chunks[0].startswith(b"retry: 2000\nevent: hello\ndata: ")
     assert len(chunks) == 1  # closed: the stream ends
+
+
+def test_a_damaged_store_is_set_aside(tmp_path: Path) -> None:
+    from bridge.web.console import _open_or_set_aside
+
+    (tmp_path / "history.sqlite").write_bytes(b"this is not a database" * 100)
+    store = HistoryStore(tmp_path, max_age_s=60, max_rows=1000)
+    _open_or_set_aside(store)
+    store.add(Reading("a", 1, {"v": 1.0}))
+    store.close()
+    aside = list(tmp_path.glob("history.sqlite.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
