@@ -114,20 +114,21 @@ class AlarmRules:
         for name, m in facts.meters.items():
             first = self._first_seen.setdefault(name, now)
             b = base.meters.get(name)
-            if b is not None:
-                cycles, ok = m.cycles - b[0], m.successes - b[1]
-                if cycles >= MIN_CYCLES and ok < cfg.success_rate_min * cycles:
-                    found[f"meter.{name}.success_low"] = (
-                        f"meter {name}: {ok} of {cycles} cycles succeeded in the last "
-                        f"{span:.0f} s (threshold {cfg.success_rate_min:.0%})"
-                    )
-                resyncs = m.resyncs - b[2]
-                if span >= cfg.window_s / 2 and resyncs / span * 3600 > cfg.resyncs_per_hour_max:
-                    found[f"meter.{name}.resyncs"] = (
-                        f"meter {name}: {resyncs} link resynchronisations in the last {span:.0f} s "
-                        f"({resyncs / span * 3600:.0f}/h, threshold "
-                        f"{cfg.resyncs_per_hour_max:g}/h)"
-                    )
+            # A meter newer than the oldest sample counts from zero, since it appeared.
+            m_span = span if b is not None else now - first
+            b = b if b is not None else (0, 0, 0)
+            cycles, ok = m.cycles - b[0], m.successes - b[1]
+            if cycles >= MIN_CYCLES and ok < cfg.success_rate_min * cycles:
+                found[f"meter.{name}.success_low"] = (
+                    f"meter {name}: {ok} of {cycles} cycles succeeded in the last "
+                    f"{m_span:.0f} s (threshold {cfg.success_rate_min:.0%})"
+                )
+            resyncs = m.resyncs - b[2]
+            if m_span >= cfg.window_s / 2 and resyncs / m_span * 3600 > cfg.resyncs_per_hour_max:
+                found[f"meter.{name}.resyncs"] = (
+                    f"meter {name}: {resyncs} link resynchronisations in the last {m_span:.0f} s "
+                    f"({resyncs / m_span * 3600:.0f}/h, threshold {cfg.resyncs_per_hour_max:g}/h)"
+                )
             if m.last_reading_s is not None:
                 silent_for, since = facts.wall - m.last_reading_s, "for"
             else:

@@ -120,3 +120,18 @@ def test_outbox_fill_level() -> None:
     by_bytes = rules.evaluate(facts(2, outbox_rows=1, outbox_bytes=9000, **limits))
     assert "outbox.high" in by_bytes
     assert rules.evaluate(facts(3, outbox_rows=0, outbox_bytes=0, **limits)) == {}
+
+
+def test_meters_that_appear_after_the_first_look_are_judged_too() -> None:
+    # The console looks before the pollers start, and meters are added later through the API.
+    rules = AlarmRules(CFG)
+    assert rules.evaluate(facts(0, meters={})) == {}
+    assert rules.evaluate(facts(5, meters={"late": meter(5, 2, 0)})) == {}
+    active = rules.evaluate(facts(10, meters={"late": meter(10, 3, 0)}))
+    assert "0 of 3 cycles" in active["meter.late.success_low"]
+    # Resyncs are judged over the time since it appeared (at least half a window).
+    assert "meter.late.resyncs" not in rules.evaluate(
+        facts(20, meters={"late": attrs.evolve(meter(20, 20, 20), resyncs=5)})
+    )
+    late = rules.evaluate(facts(35, meters={"late": attrs.evolve(meter(35, 35, 35), resyncs=5)}))
+    assert "meter.late.resyncs" in late
