@@ -1,7 +1,8 @@
 """The admin token: where it comes from, and who may call what.
 
 Every mutating call needs ``Authorization: Bearer <token>``. Read-only calls are open while the
-console listens on a loopback address only, and need the token too otherwise. The token comes
+console listens on a loopback address only (and the request names a loopback host), and need
+the token too otherwise. The token comes
 from ``[web] token_file`` / ``token_env``; without them one is generated at first start into
 ``<data_dir>/admin-token`` (mode 0600). The token is never logged or returned; only its path is.
 """
@@ -62,7 +63,7 @@ class Auth:
 
     def check(self, request: Request, *, write: bool) -> JSONResponse | None:
         """None when the request may go on; otherwise the 401/403 answer."""
-        if not write and self.open_reads:
+        if not write and self.open_reads and _loopback_host(request.headers.get("host", "")):
             return None
         header = request.headers.get("authorization")
         given: str | None = None
@@ -79,6 +80,18 @@ class Auth:
         if not hmac.compare_digest(given.encode(), self._token):
             return _refuse(403, "wrong admin token")
         return None
+
+
+def _loopback_host(header: str) -> bool:
+    """True when the request was addressed to a loopback name (``Host`` header).
+
+    Open reads are for whoever is on the box itself: a page elsewhere that resolves its own
+    name to 127.0.0.1 (DNS rebinding), or a proxy passing on a public ``Host``, needs the token.
+    """
+    host = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+    if header.startswith("["):
+        host = header[1:].split("]", 1)[0]
+    return is_loopback(host)
 
 
 def _refuse(status: int, message: str) -> JSONResponse:

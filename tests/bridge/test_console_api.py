@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,18 @@ async def test_api_end_to_end(
     readings = [data for kind, data in events if kind == "reading"]
     assert readings and readings[0]["meter"] in {"m0", "m1"}
     assert readings[0]["units"]["voltage_l1"] == "V" and "voltage_l1" in readings[0]["values"]
+
+    # Reads are open on loopback only for requests addressed to a loopback name.
+    def get_with_host(host: str) -> int:
+        request = urllib.request.Request(api.base + "/api/v1/status", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert await trio.to_thread.run_sync(get_with_host, "rebound.example:80") == 401
+    assert await trio.to_thread.run_sync(get_with_host, f"localhost:{port}") == 200
 
     # Auth: no token 401, wrong token 403, for every mutating call.
     table = {"name": "m2", "host": "127.0.0.1", "port": ports[2]}

@@ -193,3 +193,12 @@ def test_a_damaged_store_is_set_aside(tmp_path: Path) -> None:
     store.close()
     aside = list(tmp_path.glob("history.sqlite.damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+
+
+def test_loopback_host_header() -> None:
+    from bridge.web.auth import _loopback_host
+
+    for ok in ("127.0.0.1:8080", "localhost:8080", "localhost", "[::1]:8080", "127.0.0.2"):
+        assert _loopback_host(ok), ok
+    for bad in ("evil.example:8080", "bridge.example.net", "10.0.0.1:8080", "[fe80::1]:80", ""):
+        assert not _loopback_host(bad), bad
