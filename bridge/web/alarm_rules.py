@@ -105,7 +105,10 @@ class AlarmRules:
         found: dict[str, str] = {}
 
         d_taken, d_pub = facts.taken - base.taken, facts.published - base.published
-        if d_taken >= MIN_READINGS and d_pub < cfg.publish_ratio_min * d_taken:
+        # Judged over half a window at least: the first readings of a start are not yet
+        # acknowledged, and that is no alarm.
+        judged = span >= cfg.window_s / 2
+        if judged and d_taken >= MIN_READINGS and d_pub < cfg.publish_ratio_min * d_taken:
             found["publisher.rate_low"] = (
                 f"only {d_pub} of {d_taken} readings taken in the last {span:.0f} s were "
                 f"published (threshold {cfg.publish_ratio_min:.0%})"

@@ -35,22 +35,26 @@ def meter(t: float, n: int, ok: int, **kw: object) -> MeterFacts:
 def test_publish_ratio() -> None:
     rules = AlarmRules(CFG)
     assert rules.evaluate(facts(0, taken=0, published=0)) == {}
-    # 10 taken, 5 published: exactly 50% is not below the threshold.
-    assert "publisher.rate_low" not in rules.evaluate(facts(10, taken=10, published=5))
-    active = rules.evaluate(facts(20, taken=20, published=9))
-    assert "only 9 of 20 readings" in active["publisher.rate_low"]
+    # 30 taken, 15 published: exactly 50% is not below the threshold.
+    assert "publisher.rate_low" not in rules.evaluate(facts(30, taken=30, published=15))
+    active = rules.evaluate(facts(31, taken=30, published=14))
+    assert "only 14 of 30 readings" in active["publisher.rate_low"]
     # The message stays the one it was raised with.
-    assert (
-        rules.evaluate(facts(21, taken=22, published=9))["publisher.rate_low"]
-        == (active["publisher.rate_low"])
-    )
+    again = rules.evaluate(facts(32, taken=32, published=14))
+    assert again["publisher.rate_low"] == active["publisher.rate_low"]
     # Too few readings to judge: no alarm.
     assert AlarmRules(CFG).evaluate(facts(0)) == {}
     rules2 = AlarmRules(CFG)
     rules2.evaluate(facts(0))
-    assert rules2.evaluate(facts(5, taken=4, published=0)) == {}
+    assert rules2.evaluate(facts(40, taken=4, published=0)) == {}
+    # Nothing acknowledged yet in the first seconds after a start: not judged before half a
+    # window has passed.
+    rules3 = AlarmRules(CFG)
+    rules3.evaluate(facts(0))
+    assert rules3.evaluate(facts(2, taken=50, published=0)) == {}
+    assert "publisher.rate_low" in rules3.evaluate(facts(30, taken=500, published=0))
     # The backlog goes out: cleared. Later, the window forgets the bad period.
-    assert "publisher.rate_low" not in rules.evaluate(facts(30, taken=30, published=30))
+    assert "publisher.rate_low" not in rules.evaluate(facts(40, taken=40, published=40))
 
 
 def test_success_rate_no_reading_and_refused() -> None:
