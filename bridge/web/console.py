@@ -70,7 +70,6 @@ class Console:
         self._oldest_ms: int | None = None
         self._states: dict[str, str] = {}
         self._attributes_sent = False
-        self._started = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -188,7 +187,7 @@ class Console:
         service = self.service
         self.sync_totals()
         self._apply_rules()
-        changes = self.alarms.sync(service.all_alarms())
+        changes = self.alarms.sync(self._described(service.all_alarms()))
         for change in changes:
             self.hub.publish("alarm", {"change": change.kind, **change.alarm})
         if changes or not self._attributes_sent:
@@ -211,6 +210,25 @@ class Console:
             else:
                 rows = await service.outbox.peek(1)
                 self._oldest_ms = rows[0].reading.ts_ms if rows else None
+
+    def _described(self, alarms: dict[str, str]) -> dict[str, str]:
+        """Alarms of the MQTT connections and the outbox carry only their name: say more."""
+        out = dict(alarms)
+        texts = {
+            "mqtt.auth_refused": "the MQTT broker refuses the credentials (check the token)",
+            "mqtt.connack_refused": "the MQTT broker refuses the connection",
+            "mqtt.session_takeover": (
+                "the MQTT broker keeps closing the connection right after accepting it: another "
+                "client is probably using this token or client id"
+            ),
+        }
+        # Stable texts: a message that changed every second would rewrite the alarm each time.
+        for name, message in alarms.items():
+            if message == name and name in texts:
+                out[name] = texts[name]
+            elif message == name and name == "outbox.overflow":
+                out[name] = "the outbox is full: the oldest readings make room for new ones"
+        return out
 
     def facts(self) -> Facts:
         """What the alarm rules look at, read from the live service."""

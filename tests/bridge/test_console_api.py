@@ -341,12 +341,14 @@ async def test_client_id_conflict_and_taken_port_are_alarms(
         with trio.fail_after(20):
             while await reconnects() <= before:
                 await trio.sleep(0.1)
-    await api.wait_until(
+    alarms = await api.wait_until(
         "/api/v1/alarms",
         lambda d: any(a["name"] == "mqtt.session_takeover" for a in d["active"]),
         20,
         "the takeover alarm",
     )
+    takeover = next(a for a in alarms["active"] if a["name"] == "mqtt.session_takeover")
+    assert "token or client id" in takeover["message"]
 
     # A second bridge whose console port is taken: an alarm, and the bridge runs on.
     other, other_port = console_config(
