@@ -76,8 +76,8 @@ class Console:
     async def open(self) -> None:
         """Open the stores and the token; called by the service before :meth:`run`."""
         data_dir = self.service.config.bridge.data_dir
-        if self.web.token is not None:
-            token = self.web.token
+        if self.web.token is not None or not self.web.enabled:
+            token = self.web.token or ""
         else:
             token, path = await trio.to_thread.run_sync(load_or_create_token, data_dir)
             self.token_path = str(path)

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -361,3 +362,33 @@ async def test_client_id_conflict_and_taken_port_are_alarms(
     for p in (process, second):
         p.signal(signal.SIGTERM)
         assert await p.wait_exit() == 0
+
+
+async def test_console_off_keeps_the_alarms(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    bridge_process: Any,  # noqa: F811
+) -> None:
+    from tests.bridge.mosquitto import free_port
+
+    _sim, ports = await simulator(meters=1)
+    config, port = console_config(
+        tmp_path / "bridge.toml",
+        mosquitto,
+        {"m0": ports[0], "dead": free_port()},
+        data_dir=tmp_path / "data",
+        web={"enabled": False},
+        alarms={"no_reading_intervals": 3},
+    )
+    process: Any = await bridge_process(config)
+    await process.wait_event("alarm", timeout=20, alarm="meter.dead.no_reading")
+    assert not process.events("console_listening")
+    assert (tmp_path / "data" / "alarms.sqlite").exists()
+    assert not (tmp_path / "data" / "admin-token").exists()
+    with pytest.raises(OSError):
+        await trio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        )
+    process.signal(signal.SIGTERM)
+    assert await process.wait_exit() == 0
