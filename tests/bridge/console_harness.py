@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from tests.bridge.mosquitto import Mosquitto, free_port
-from tests.bridge.test_run_cli import BridgeProcess, _toml_value, write_config
+from tests.bridge.test_run_cli import BridgeProcess, write_config
 
 
 @attrs.frozen
@@ -103,13 +103,8 @@ def console_config(
 ) -> tuple[Path, int]:
     """A gateway-mode config (see ``write_config``) with ``[web]`` on a free port."""
     port = free_port()
-    write_config(path, broker, meters, data_dir=data_dir, **kwargs)
-    extra = ["[web]", f'listen = "127.0.0.1:{port}"']
-    extra += [f"{k} = {_toml_value(v)}" for k, v in (web or {}).items()]
-    extra += ["", "[alarms]"]
-    extra += [f"{k} = {_toml_value(v)}" for k, v in (alarms or {}).items()]
-    # Sections must come before the [[meters]] tables: put them at the top.
-    path.write_text("\n".join(extra) + "\n\n" + path.read_text())
+    web = {"listen": f"127.0.0.1:{port}", **(web or {})}
+    write_config(path, broker, meters, data_dir=data_dir, web=web, alarms=alarms, **kwargs)
     return path, port
 
 
