@@ -149,6 +149,7 @@ async def test_api_end_to_end(
 
     # Add a meter: its readings reach the broker; the file is not touched.
     before = config.read_text()
+    connects = len(process.events("connected", meter="m0"))
     added = await api.call("POST", "/api/v1/meters", {**table, "password": PASSWORD})
     assert added.status == 201, added.text
     assert added.json["source"] == "api"
@@ -165,6 +166,9 @@ async def test_api_end_to_end(
     await api.wait_until(
         "/api/v1/meters", lambda d: _has_values(d["meters"], {"m0", "m1", "m2"}), 20, "m2"
     )
+    # Applied like a reload: the other meters kept their connections.
+    assert len(process.events("connected", meter="m0")) == connects
+    assert process.events("reloaded", added="1", removed="0", changed="0")
 
     # Read now, history, change, disable/enable.
     read = await api.call("POST", "/api/v1/meters/m2/read")
