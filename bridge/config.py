@@ -1,10 +1,12 @@
 """The bridge's TOML configuration: attrs models, structured by cattrs, every error with its path.
 
-A config file has five sections (``deploy/bridge.example.toml`` documents every option)::
+A config file has these sections (``deploy/bridge.example.toml`` documents every option)::
 
     [bridge]     instance name, data directory, summaries, log level
     [mqtt]       broker, TLS, credentials, client id, keepalive, QoS
     [publish]    payload mode, pacing, outbox limits
+    [web]        the operators' console: listen address, admin token, local history bounds
+    [alarms]     thresholds of the alarms the service raises itself
     [defaults]   meter settings applied to every [[meters]] entry that does not set them
     [[meters]]   one table per meter
 
