@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from bridge.config import BridgeConfig, ConfigError, config_from_dict
+from bridge.config import BridgeConfig, ConfigError, config_from_dict, load_config
 from bridge.logs import log_event
 
 __all__ = ["FILENAME", "ApiMeters", "api_meters_path", "load_effective_config", "read_document"]
@@ -160,8 +160,6 @@ def load_effective_config(
     The file alone is checked first (its errors raise :class:`ConfigError` as usual). If the
     API's changes do not fit it any more, they are left out and each problem is logged.
     """
-    from bridge.config import load_config
-
     config = load_config(path, env=env)
     try:
         store = ApiMeters.load(config.bridge.data_dir)
