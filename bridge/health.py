@@ -116,9 +116,7 @@ def unreachable(reason: str) -> HealthReport:
 def delivery_grace_s(status: Mapping[str, Any]) -> float:
     """How long readings may wait for delivery: 4 of the longest poll intervals, at least
     :data:`DELIVERY_GRACE_MIN_S`."""
-    intervals = [
-        float(m.get("interval_s") or 0) for m in (status.get("meters") or {}).values()
-    ]
+    intervals = [float(m.get("interval_s") or 0) for m in (status.get("meters") or {}).values()]
     return max(DELIVERY_GRACE_MIN_S, 4 * max(intervals, default=0.0))
 
 
@@ -167,8 +165,7 @@ def evaluate(status: Mapping[str, Any], now: float) -> HealthReport:
             Check(
                 "mqtt",
                 Verdict.CRITICAL,
-                f"{len(down)} of {len(connections)} broker connection(s) down: "
-                + "; ".join(parts),
+                f"{len(down)} of {len(connections)} broker connection(s) down: " + "; ".join(parts),
             )
         )
     else:
@@ -254,5 +251,5 @@ def evaluate(status: Mapping[str, Any], now: float) -> HealthReport:
         )
     else:
         checks.append(Check("alarms", Verdict.OK, "none active"))
-    name = status.get("name")
-    return HealthReport(tuple(checks), service=str(name) if name is not None else None)
+    service = status.get("name")
+    return HealthReport(tuple(checks), service=str(service) if service is not None else None)

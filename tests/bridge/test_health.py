@@ -210,14 +210,18 @@ async def test_silent_and_flooding_clients_are_cut_off(
         flood = await trio.open_unix_socket(os.fspath(path))
         # Closed with unread bytes: the end of stream or a reset, never a reply.
         with pytest.raises(trio.BrokenResourceError):
-            await flood.send_all(b"x" * 10_000)
-            if await flood.receive_some(100) == b"":
-                raise trio.BrokenResourceError("closed")
+            await _send_and_receive(flood, b"x" * 10_000)
         # Neither held up a well-behaved client.
         assert (await query_status(path))["name"] == "x"
         await silent.aclose()
         await flood.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _send_and_receive(stream: trio.abc.Stream, data: bytes) -> None:
+    await stream.send_all(data)
+    if await stream.receive_some(100) == b"":
+        raise trio.BrokenResourceError("closed")
 
 
 async def test_query_of_a_foreign_socket_says_so(tmp_path: Path) -> None:
@@ -271,9 +275,7 @@ def _write_config(path: Path, data_dir: Path, broker: Mosquitto, ports: list[int
     return path
 
 
-async def _wait_code(
-    expected: int, argv: list[str], timeout: float
-) -> tuple[int, dict[str, Any]]:
+async def _wait_code(expected: int, argv: list[str], timeout: float) -> tuple[int, dict[str, Any]]:
     code, report = -1, {}
     with trio.move_on_after(timeout):
         while True:
@@ -329,7 +331,7 @@ async def test_health_reports_a_stale_meter(
         config = bridge_config(data_dir, mosquitto, (ports[0], closed), names=["good", "dead"])
         async with running(config) as service:
             argv = ["--socket", str(data_dir / "status.sock")]
-            code, report = await _wait_code(1, argv, 15)
+            _, report = await _wait_code(1, argv, 15)
             checks = {c["name"]: c for c in report["checks"]}
             assert checks["meter:good"]["status"] == "ok"
             assert checks["meter:dead"]["status"] == "warning"
