@@ -18,6 +18,7 @@ deadline and reads at most :data:`MAX_PROBE_BYTES`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "WRAPPER_WPORTS",
     "ProbeAnswer",
     "ProbeResult",
+    "connect_errno",
     "connect_reason",
     "probe_hdlc",
     "probe_wrapper",
@@ -119,15 +121,26 @@ async def _connect(host: str, port: int, timeout: float) -> trio.SocketStream | 
         return connect_reason(exc)
 
 
-def connect_reason(exc: OSError) -> str:
-    """The root cause of a failed connect ("Connection refused"), not trio's summary."""
+def _causes(exc: OSError) -> list[OSError]:
     causes: list[BaseException] = [exc]
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup):
         causes = list(cause.exceptions)
     elif cause is not None:
         causes.append(cause)
-    reasons = sorted({c.strerror for c in causes if isinstance(c, OSError) and c.strerror})
+    return [c for c in causes if isinstance(c, OSError)]
+
+
+def connect_errno(exc: OSError) -> int | None:
+    """The errno of a failed connect (ECONNREFUSED...), looking through trio's summary."""
+    return next((c.errno for c in _causes(exc) if c.errno is not None), None)
+
+
+def connect_reason(exc: OSError) -> str:
+    """The root cause of a failed connect ("Connection refused"), not trio's summary."""
+    reasons = sorted(
+        {os.strerror(c.errno) if c.errno else (c.strerror or str(c)) for c in _causes(exc)} - {""}
+    )
     return "; ".join(reasons) if reasons else str(exc)
 
 

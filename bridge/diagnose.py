@@ -1,0 +1,701 @@
+"""The chain from the box to one meter and to the broker, checked step by step (``diagnose``).
+
+Meter side, in order, stopping at the first failure:
+
+``dns``          the host name resolves (an address literal passes at once)
+``tcp``          the TCP connection opens: refused, timed out, unreachable or reset are told apart
+``link``         HDLC: SNRM answered by UA (with the negotiated parameters); DM, FRMR or silence
+                 fail, and then the usual server addresses are tried and the one that answers is
+                 named. Wrapper: no link set-up; the step records the wPorts.
+``association``  the AARE: accepted (conformance, PDU size, DLMS version) or the diagnostic
+                 explained (wrong password, authentication required, ...); when refused, the
+                 public client is tried to show whether the meter itself is fine. A wrapper meter
+                 that stays silent is asked at the usual wPorts.
+``register ...`` one step per register: its value and unit, or the object error
+``idle``         (if asked) the association is left idle that long and then used again
+
+Broker side (with a config):
+
+``mqtt.connect``   connect with the configured credentials; a refusal's CONNACK code explained
+``mqtt.publish``   a QoS 1 publish acknowledged by PUBACK (a harmless diagnostic message, or a
+                   telemetry key with ``publish_telemetry``)
+``mqtt.takeover``  nobody else uses the token or client id: the running service's alarm, and our
+                   own connection staying up for ``takeover_wait_s``
+
+Every step is a :class:`Step`; the report is JSON-safe (:meth:`DiagnoseReport.to_json`).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import socket as _stdsocket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from bridge.config import BridgeConfig, MeterConfig
+from bridge.mqtt import MqttClient, MqttSettings, PublishError
+from bridge.probe import (
+    HDLC_ADDRESSES,
+    PUBLIC_CLIENT_SAP,
+    WRAPPER_WPORTS,
+    connect_errno,
+    connect_reason,
+    probe_hdlc,
+    probe_wrapper,
+)
+from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from bridge.status_socket import StatusUnavailable, query_status, socket_path
+from codec.client import RegisterSpec
+from codec.errors import AssociationError, LinkError, ProtocolError, ResponseTimeout
+from codec.hdlc import NEED_DATA, FrameScanner
+from codec.link import HdlcClientLink
+
+__all__ = [
+    "DiagnoseReport",
+    "Step",
+    "diagnose_meter",
+    "diagnose_mqtt",
+]
+
+#: Seconds our own MQTT connection must stay up to rule out another client with our identity.
+TAKEOVER_WAIT_S = 3.0
+#: A probe of an alternative address waits at most this long.
+_ALTERNATIVE_TIMEOUT_S = 2.0
+
+
+@attrs.define
+class Step:
+    """One step of the chain and its verdict."""
+
+    step: str
+    ok: bool
+    detail: str
+    hint: str | None = None
+    data: dict[str, Any] = attrs.Factory(dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"step", "ok", "detail", "hint", "data"}``."""
+        return {
+            "step": self.step,
+            "ok": self.ok,
+            "detail": self.detail,
+            "hint": self.hint,
+            "data": self.data,
+        }
+
+
+@attrs.define
+class DiagnoseReport:
+    """Every step run, in order."""
+
+    target: str
+    steps: list[Step] = attrs.Factory(list)
+
+    @property
+    def failed(self) -> Step | None:
+        """The first failed step."""
+        return next((s for s in self.steps if not s.ok), None)
+
+    @property
+    def ok(self) -> bool:
+        """True when every step passed."""
+        return self.failed is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented ``--json`` report."""
+        failed = self.failed
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "failed_step": failed.step if failed else None,
+            "verdict": failed.detail if failed else "every step passed",
+            "hint": failed.hint if failed else None,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+# -- the meter ---------------------------------------------------------------------------------
+
+
+class _WatchedSession(MeterSession):
+    """A session that notes the kinds of HDLC frames the meter sent (to tell link from
+    association failures)."""
+
+    def __init__(self, endpoint: MeterEndpoint) -> None:
+        super().__init__(endpoint)
+        self.kinds: list[str] = []
+        self._watch = FrameScanner(transparency=endpoint.byte_stuffing)
+
+    async def _receive(self) -> bytes:
+        data = await super()._receive()
+        if data and self.endpoint.transport == "hdlc" and len(self.kinds) < 64:
+            try:
+                self._watch.receive_data(data)
+                while (frame := self._watch.next_frame()) is not NEED_DATA:
+                    self.kinds.append(frame.kind.value)
+            except ProtocolError:
+                self._watch.drain()
+        return data
+
+
+async def _resolve(host: str, port: int, timeout: float) -> Step:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return Step("dns", True, f"{host} is an address: nothing to resolve")
+    try:
+        with trio.fail_after(timeout):
+            infos = await trio.socket.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM)
+    except trio.TooSlowError:
+        return Step(
+            "dns",
+            False,
+            f"no answer from the name server for {host!r} within {timeout:g} s",
+            hint="check the box's DNS servers (/etc/resolv.conf) or use the meter's IP address",
+        )
+    except OSError as exc:
+        return Step(
+            "dns",
+            False,
+            f"cannot resolve {host!r}: {exc.strerror or exc}",
+            hint="check the host name in the config, or use the meter's IP address",
+        )
+    addresses = sorted({str(info[4][0]) for info in infos})
+    return Step("dns", True, f"{host} is {', '.join(addresses)}", data={"addresses": addresses})
+
+
+async def _connect(endpoint: MeterEndpoint) -> tuple[Step, trio.SocketStream | None]:
+    label = endpoint.label
+    timeout = endpoint.connect_timeout
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    except trio.TooSlowError:
+        return Step(
+            "tcp",
+            False,
+            f"connect to {label} timed out after {timeout:g} s",
+            hint="nothing answers at that address: check the address, the route and any "
+            "firewall between the box and the meter or its modem",
+        ), None
+    except OSError as exc:
+        code = connect_errno(exc)
+        reason = connect_reason(exc)
+        if code == errno.ECONNREFUSED:
+            return Step(
+                "tcp",
+                False,
+                f"connect to {label} refused ({reason})",
+                hint=f"the host is up but nothing listens on port {endpoint.port}: check the "
+                "port (4059 is the usual wrapper port) and that the meter's TCP server is on",
+                data={"errno": "ECONNREFUSED"},
+            ), None
+        if code in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN):
+            return Step(
+                "tcp",
+                False,
+                f"no route to {label} ({reason})",
+                hint="check the box's network (address, gateway, VPN) and the meter's address",
+                data={"errno": errno.errorcode.get(code or 0, str(code))},
+            ), None
+        if code == errno.ECONNRESET:
+            return Step(
+                "tcp",
+                False,
+                f"connect to {label} reset ({reason})",
+                hint="the peer reset the connection: another client may hold the meter's only "
+                "connection, or a firewall rejects it",
+                data={"errno": "ECONNRESET"},
+            ), None
+        return Step("tcp", False, f"cannot connect to {label}: {reason}"), None
+    return Step("tcp", True, f"connected to {label}"), stream
+
+
+def _link_data(session: _WatchedSession) -> dict[str, Any]:
+    association = session.association
+    link = association.link if association is not None else None
+    if isinstance(link, HdlcClientLink):
+        n = link.negotiated
+        return {
+            "max_info_tx": n.max_info_tx,
+            "max_info_rx": n.max_info_rx,
+            "window_tx": n.window_tx,
+            "window_rx": n.window_rx,
+        }
+    return {}
+
+
+_ASSOCIATION_HINTS = {
+    "association.authentication_failure": (
+        "wrong password: the meter refused the LLS password; check the meter's password "
+        "(and that the client SAP is the one the password belongs to)"
+    ),
+    "association.authentication_required": (
+        "the meter wants a password for this client SAP: set the meter's password"
+    ),
+    "association.mechanism_not_supported": (
+        "the meter does not accept this authentication level for this client SAP: try the "
+        "client SAP the meter's documentation gives for low-level security"
+    ),
+    "association.context_not_supported": (
+        "the meter refuses logical-name referencing or ciphering: check its security setup"
+    ),
+    "association.initiate_error": (
+        "the meter refused the proposed DLMS parameters (version, conformance, PDU size)"
+    ),
+}
+
+
+async def _alternatives(endpoint: MeterEndpoint) -> tuple[list[str], dict[str, Any] | None]:
+    """Ask the usual server addresses; returns descriptions and the first that answered."""
+    timeout = min(endpoint.timeout, _ALTERNATIVE_TIMEOUT_S)
+    if endpoint.transport == "hdlc":
+        configured = (endpoint.server_logical, endpoint.server_physical)
+        candidates = [a for a in HDLC_ADDRESSES if a != configured]
+        result = await probe_hdlc(
+            endpoint.host,
+            endpoint.port,
+            timeout=timeout,
+            client_sap=endpoint.client_sap,
+            addresses=candidates,
+        )
+        found = result.opened or (result.answers[0] if result.answers else None)
+        if found is None:
+            return [f"none of {len(candidates)} usual addresses answered"], None
+        return [f"{a.address()}: {a.reply}" for a in result.answers], {
+            "server_logical": found.logical,
+            "server_physical": found.physical,
+            "reply": found.reply,
+        }
+    configured_wport = endpoint.server_logical or 1
+    wports = [w for w in WRAPPER_WPORTS if w != configured_wport]
+    result = await probe_wrapper(endpoint.host, endpoint.port, timeout=timeout, wports=wports)
+    if not result.answers:
+        return [f"none of the wPorts {', '.join(map(str, wports))} answered"], None
+    found = result.answers[0]
+    return [f"{a.address()}: AARE {a.reply}" for a in result.answers], {
+        "server_logical": found.logical,
+        "reply": found.reply,
+    }
+
+
+async def _silent_link(endpoint: MeterEndpoint, what: str, step: str) -> Step:
+    tried, found = await _alternatives(endpoint)
+    address = (
+        f"logical {endpoint.server_logical}, physical {endpoint.server_physical}"
+        if endpoint.transport == "hdlc"
+        else f"wPort {endpoint.server_logical or 1}"
+    )
+    data: dict[str, Any] = {"tried": tried}
+    if found is not None:
+        data["answered"] = found
+        where = (
+            f"server_logical = {found['server_logical']}, "
+            f"server_physical = {found['server_physical']}"
+            if endpoint.transport == "hdlc"
+            else f"server_logical = {found['server_logical']} (the wPort)"
+        )
+        return Step(
+            step,
+            False,
+            f"{what} at server address {address}",
+            hint=f"wrong server address: the meter answers at {where}; set that in the config",
+            data=data,
+        )
+    hint = (
+        "no usual server address answered either: check that this is a DLMS meter speaking "
+        f"{endpoint.transport.upper()} on this port (try 'dlms-bridge scan'), the byte "
+        "stuffing setting, and that no other client holds it"
+    )
+    return Step(step, False, f"{what} at server address {address}", hint=hint, data=data)
+
+
+async def _public_check(endpoint: MeterEndpoint) -> str:
+    """Whether the public client associates (tells a bad password from a sick meter)."""
+    if endpoint.client_sap == PUBLIC_CLIENT_SAP and endpoint.password is None:
+        return ""
+    public = attrs.evolve(
+        endpoint,
+        client_sap=PUBLIC_CLIENT_SAP,
+        password=None,
+        timeout=min(endpoint.timeout, _ALTERNATIVE_TIMEOUT_S),
+        retries=0,
+    )
+    session = MeterSession(public)
+    try:
+        with trio.fail_after(4 * public.timeout + public.connect_timeout):
+            await session.open()
+    except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+        return f"the public client (SAP 16) is refused too ({exc})"
+    finally:
+        await session.release()
+    return "the public client (SAP 16, no password) associates: the meter itself is fine"
+
+
+async def diagnose_meter(
+    endpoint: MeterEndpoint,
+    registers: Sequence[RegisterSpec],
+    *,
+    idle_s: float | None = None,
+) -> list[Step]:
+    """Run the meter side of the chain; the steps up to and including the first failure."""
+    steps = [await _resolve(endpoint.host, endpoint.port, endpoint.connect_timeout)]
+    if not steps[-1].ok:
+        return steps
+    step, stream = await _connect(endpoint)
+    steps.append(step)
+    if stream is None:
+        return steps
+    session = _WatchedSession(endpoint)
+    session.stream = stream
+    hdlc = endpoint.transport == "hdlc"
+    try:
+        # One overall deadline: the link and the association each get their retries.
+        budget = 2 * (endpoint.retries + 1) * endpoint.timeout + 1
+        with trio.fail_after(budget):
+            negotiated = await session.associate()
+    except (ResponseTimeout, trio.TooSlowError):
+        await session.aclose()
+        if hdlc and "UA" not in session.kinds:
+            steps.append(await _silent_link(endpoint, "no answer to SNRM", "link"))
+            return steps
+        steps.append(_link_ok(session))
+        if not hdlc:
+            steps.append(await _silent_link(endpoint, "no answer to the AARQ", "association"))
+            return steps
+        steps.append(
+            Step(
+                "association",
+                False,
+                "the link is up but the meter does not answer the AARQ",
+                hint="check the client SAP and the maximum PDU size; some meters ignore an "
+                "AARQ from a client SAP they do not know",
+            )
+        )
+        return steps
+    except LinkError as exc:
+        await session.aclose()
+        if exc.code == "link.refused":
+            steps.append(await _silent_link(endpoint, "the meter refused the link (DM)", "link"))
+        else:
+            steps.append(
+                Step(
+                    "link",
+                    False,
+                    f"{exc} [{exc.code}]",
+                    hint="the meter rejected our frames: try a smaller --max-info, byte "
+                    "stuffing on or off, or the meter's documented HDLC settings",
+                )
+            )
+        return steps
+    except AssociationError as exc:
+        await session.aclose()
+        steps.append(_link_ok(session))
+        hint = _ASSOCIATION_HINTS.get(exc.code, "the meter refused the association")
+        public = await _public_check(endpoint)
+        steps.append(
+            Step(
+                "association",
+                False,
+                f"{exc} [{exc.code}]",
+                hint=f"{hint}. {public}" if public else hint,
+                data={"code": exc.code},
+            )
+        )
+        return steps
+    except MeterIOError as exc:
+        await session.aclose()
+        steps.append(
+            Step(
+                "link",
+                False,
+                str(exc),
+                hint="the meter (or its modem) closed the connection: it may allow only one "
+                "client at a time, or expect the other transport (HDLC or wrapper)",
+            )
+        )
+        return steps
+    except ProtocolError as exc:
+        await session.aclose()
+        steps.append(Step("link", False, f"{exc} [{exc.code}]"))
+        return steps
+    steps.append(_link_ok(session))
+    steps.append(
+        Step(
+            "association",
+            True,
+            f"accepted: DLMS {negotiated.dlms_version}, server max PDU "
+            f"{negotiated.server_max_pdu_size}",
+            data={
+                "conformance": negotiated.conformance.names(),
+                "server_max_pdu_size": negotiated.server_max_pdu_size,
+                "dlms_version": negotiated.dlms_version,
+                "client_sap": endpoint.client_sap,
+            },
+        )
+    )
+    try:
+        await _registers(session, registers, steps)
+        if idle_s is not None and all(s.ok for s in steps):
+            steps.append(await _idle(session, registers, idle_s))
+    finally:
+        await session.release()
+    return steps
+
+
+def _link_ok(session: _WatchedSession) -> Step:
+    ep = session.endpoint
+    if ep.transport == "wrapper":
+        return Step(
+            "link",
+            True,
+            f"wrapper: client wPort {ep.client_sap} -> server wPort "
+            f"{ep.server_logical or 1} (no link set-up)",
+        )
+    data = _link_data(session)
+    return Step(
+        "link",
+        True,
+        f"UA from logical {ep.server_logical}, physical {ep.server_physical}: max info "
+        f"{data.get('max_info_tx')}/{data.get('max_info_rx')}, window "
+        f"{data.get('window_tx')}/{data.get('window_rx')}",
+        data=data,
+    )
+
+
+async def _registers(
+    session: MeterSession, registers: Sequence[RegisterSpec], steps: list[Step]
+) -> None:
+    if not registers:
+        return
+    timeout = session.endpoint.timeout * (session.endpoint.retries + 1) * 2 * len(registers) + 1
+    try:
+        with trio.fail_after(timeout):
+            readings = await session.read_registers(registers)
+    except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+        steps.append(
+            Step(
+                "registers",
+                False,
+                f"the read failed: {exc}",
+                hint="the association broke while reading: see the link and PDU settings",
+            )
+        )
+        return
+    for spec, reading in zip(registers, readings, strict=True):
+        name = f"register {spec.obis}" + (f" ({spec.key})" if spec.key else "")
+        doc = reading.to_json()
+        if reading.error is not None:
+            steps.append(
+                Step(
+                    name,
+                    False,
+                    f"{reading.error}",
+                    hint=f"the meter has no object {spec.obis} (class {spec.class_id}, "
+                    f"attribute {spec.attribute}) for this client, or refuses it: remove it "
+                    "from the config or fix its OBIS code ('dlms-bridge read --list-objects')",
+                    data=doc,
+                )
+            )
+        else:
+            unit = f" {doc['unit']}" if doc.get("unit") else ""
+            steps.append(Step(name, True, f"{doc['value']}{unit}", data=doc))
+
+
+async def _idle(session: MeterSession, registers: Sequence[RegisterSpec], idle_s: float) -> Step:
+    await trio.sleep(idle_s)
+    probe = list(registers[:1]) or []
+    try:
+        with trio.fail_after(session.endpoint.timeout * (session.endpoint.retries + 1) * 2 + 1):
+            if probe:
+                await session.read_registers(probe)
+            else:
+                from bridge.poller import CLOCK_TIME
+
+                await session.get(CLOCK_TIME)
+    except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+        return Step(
+            "idle",
+            False,
+            f"after {idle_s:g} s idle the association is gone ({exc})",
+            hint=f"the meter drops an idle association within {idle_s:g} s: set the meter's "
+            f"inactivity_timeout_s below {idle_s:g} so that the bridge keeps it alive",
+            data={"idle_s": idle_s},
+        )
+    return Step(
+        "idle", True, f"the association survived {idle_s:g} s idle", data={"idle_s": idle_s}
+    )
+
+
+# -- the broker --------------------------------------------------------------------------------
+
+_CONNACK_HINTS = {
+    134: "bad user name or password: the broker does not know this token/username and password "
+    "(check [mqtt] token against the gateway's or device's access token in ThingsBoard)",
+    135: "not authorized: the broker knows the credentials but refuses them for this client "
+    "(check the token, the device's credentials type, and the broker's ACL)",
+    133: "client identifier not valid: choose another [mqtt] client_id",
+    136: "server unavailable: the broker is up but not accepting clients now",
+    132: "unsupported protocol version",
+}
+
+
+async def _service_alarms(config: BridgeConfig) -> dict[str, Any] | None:
+    try:
+        return await query_status(socket_path(config.bridge.data_dir), timeout=2.0)
+    except StatusUnavailable:
+        return None
+
+
+async def diagnose_mqtt(
+    config: BridgeConfig,
+    settings: MqttSettings,
+    *,
+    meter: MeterConfig | None,
+    timeout: float,
+    publish_telemetry: bool = False,
+    takeover_wait_s: float = TAKEOVER_WAIT_S,
+) -> list[Step]:
+    """Connect, publish, watch for a takeover; the steps up to the first failure."""
+    status = await _service_alarms(config)
+    service_running = status is not None
+    # The running service keeps its own client id; ours must not kick it off the broker.
+    client_id = f"{settings.client_id}-diagnose" if service_running else settings.client_id
+    settings = attrs.evolve(
+        settings,
+        client_id=client_id,
+        connect_timeout=timeout,
+        backoff_initial=timeout,
+        backoff_max=timeout,
+        takeover_count=1,
+    )
+    who = f"{settings.host}:{settings.port}"
+    steps: list[Step] = []
+    client = MqttClient(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        try:
+            with trio.move_on_after(timeout + 1):
+                while not client.connected:
+                    if client.stats.connack_refusals or client.stats.connect_failures:
+                        break
+                    await trio.sleep(0.05)
+            if not client.connected:
+                steps.append(_connect_failure(client, who, timeout))
+                return steps
+            steps.append(
+                Step(
+                    "mqtt.connect",
+                    True,
+                    f"connected to {who} as {client_id!r}"
+                    + (" (the service is running: our own client id)" if service_running else ""),
+                )
+            )
+            steps.append(await _publish(client, config, meter, timeout, publish_telemetry))
+            if not steps[-1].ok:
+                return steps
+            steps.append(await _takeover(client, status, takeover_wait_s))
+        finally:
+            with trio.move_on_after(2):
+                await client.disconnect()
+            nursery.cancel_scope.cancel()
+    return steps
+
+
+def _connect_failure(client: MqttClient, who: str, timeout: float) -> Step:
+    last = client.last_error or f"no CONNACK within {timeout:g} s"
+    if client.stats.connack_refusals:
+        code = next((c for c in _CONNACK_HINTS if _reason_matches(c, last)), None)
+        hint = _CONNACK_HINTS.get(code or 0, "the broker refused the connection")
+        return Step("mqtt.connect", False, last, hint=hint, data={"refused": True})
+    hint = (
+        f"the broker at {who} cannot be reached: is it running, is the port right, does a "
+        "firewall or TLS setting stand between?"
+    )
+    return Step("mqtt.connect", False, last, hint=hint, data={"refused": False})
+
+
+def _reason_matches(code: int, text: str) -> bool:
+    words = {
+        134: "bad credentials",
+        135: "not authorized",
+        133: "identifier",
+        136: "unavailable",
+        132: "protocol",
+    }
+    return words[code].lower() in text.lower()
+
+
+async def _publish(
+    client: MqttClient,
+    config: BridgeConfig,
+    meter: MeterConfig | None,
+    timeout: float,
+    telemetry: bool,
+) -> Step:
+    mode = config.publish.mode
+    now_ms = int(time.time() * 1000)
+    name = meter.name if meter is not None else config.bridge.name
+    if telemetry:
+        if mode == "gateway":
+            topic = "v1/gateway/telemetry"
+            body: Any = {name: [{"ts": now_ms, "values": {"diagnose": 1}}]}
+        elif mode == "device":
+            topic, body = "v1/devices/me/telemetry", {"ts": now_ms, "values": {"diagnose": 1}}
+        else:
+            template = config.publish.topic or "meters/{meter}/telemetry"
+            topic, body = template.format(meter=name), {"ts": now_ms, "diagnose": 1}
+    elif mode == "gateway" and config.publish.payload == "thingsboard":
+        # A read of a client attribute: harmless, and a topic ThingsBoard accepts.
+        topic = "v1/gateway/attributes/request"
+        body = {"id": 1, "device": name, "client": True, "key": "dlms_bridge_diagnose"}
+    elif mode == "device":
+        topic, body = "v1/devices/me/attributes/request/1", {"clientKeys": "dlms_bridge_diagnose"}
+    else:
+        topic, body = f"dlms-bridge/diagnose/{config.bridge.name}", {"ts": now_ms}
+    payload = json.dumps(body).encode()
+    try:
+        await client.publish(topic, payload, qos=1, timeout=timeout)
+    except PublishError as exc:
+        return Step(
+            "mqtt.publish",
+            False,
+            f"publish to {topic} not acknowledged: {exc}",
+            hint="the broker took the connection but not the message: check its ACL for this "
+            "topic (ThingsBoard drops connections that publish to unknown topics)",
+        )
+    return Step("mqtt.publish", True, f"PUBACK for {topic}", data={"topic": topic})
+
+
+async def _takeover(client: MqttClient, status: dict[str, Any] | None, wait_s: float) -> Step:
+    if status is not None:
+        running_alarms = set(status.get("alarms") or {})
+        if "mqtt.session_takeover" in running_alarms:
+            return Step(
+                "mqtt.takeover",
+                False,
+                "the running service reports its broker connection being closed again and "
+                "again right after it is accepted",
+                hint="another client uses the same ThingsBoard token or client id: find it "
+                "(an old gateway, a second box) and give each its own",
+            )
+    with trio.move_on_after(wait_s):
+        await client.wait_disconnected()
+    if not client.connected:
+        return Step(
+            "mqtt.takeover",
+            False,
+            f"the broker closed our connection within {wait_s:g} s of accepting it "
+            f"({client.last_error})",
+            hint="another client uses the same token or client id and took over the session: "
+            "find it and give each client its own",
+        )
+    return Step("mqtt.takeover", True, f"our connection stayed up {wait_s:g} s")
