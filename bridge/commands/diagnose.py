@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+
 import attrs
 import trio
 
@@ -183,7 +184,7 @@ async def _diagnose(
                 timeout=args.timeout or 5.0,
                 publish_telemetry=args.publish,
                 takeover_wait_s=args.takeover_wait,
-            )  # fmt: skip
+            )
         )
     return report
 
