@@ -147,15 +147,12 @@ def parse_ports(text: str) -> list[int]:
     for item in text.split(","):
         item = item.strip()
         try:
-            if "-" in item:
-                a, b = (int(x) for x in item.split("-", 1))
-                if b < a:
-                    raise ScanError(f"--ports: {item!r} ends before it starts")
-                ports.extend(range(a, b + 1))
-            else:
-                ports.append(int(item))
+            bounds = [int(x) for x in item.split("-", 1)]
         except ValueError:
             raise ScanError(f"--ports: {item!r} is not a port or a range") from None
+        if len(bounds) == 2 and bounds[1] < bounds[0]:
+            raise ScanError(f"--ports: {item!r} ends before it starts")
+        ports.extend(range(bounds[0], bounds[-1] + 1))
     bad = [p for p in ports if not 0 < p < 65536]
     if bad:
         raise ScanError(f"--ports: {bad[0]} is not a TCP port (1-65535)")

@@ -135,7 +135,10 @@ def render(found: list[Found]) -> str:
 
 def config_tables(found: list[Found]) -> str:
     """``[[meters]]`` tables for the meters found, ready to paste (no secrets)."""
-    out = ["# Meters found by dlms-bridge scan; set each meter's password (or password_file).\n"]
+    out = [
+        "# Meters found by dlms-bridge scan. Set each meter's password (or password_file) and\n"
+        "# registers here or in [defaults].\n"
+    ]
     for f in found:
         if not f.is_meter:
             continue
