@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)"
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="ask again until healthy or S seconds have passed (for ExecStartPost)",
+    )
 
 
 def _socket(args: argparse.Namespace) -> Path:
@@ -70,22 +77,32 @@ def render(report: HealthReport, *, colour: bool) -> str:
     return "\n".join(lines)
 
 
+async def _ask(path: Path, timeout: float, wait: float) -> HealthReport:
+    """Ask (again every second, up to ``wait`` seconds, until healthy) and judge."""
+    deadline = trio.current_time() + wait
+    while True:
+        try:
+            status = await query_status(path, timeout)
+        except StatusUnavailable as exc:
+            report = unreachable(str(exc))
+        else:
+            report = evaluate(status, time.time())
+        if report.exit_code == 0 or trio.current_time() + 1 > deadline:
+            return report
+        await trio.sleep(1)
+
+
 def run(args: argparse.Namespace) -> int:
     """Ask, judge, print; the exit code is the verdict."""
-    if not args.timeout > 0:
-        print("health: --timeout must be > 0", file=sys.stderr)
+    if not args.timeout > 0 or args.wait < 0:
+        print("health: --timeout must be > 0 and --wait >= 0", file=sys.stderr)
         return EXIT_CRITICAL
     try:
         path = _socket(args)
     except ConfigError as exc:
         report = unreachable(f"the config cannot be used: {exc.errors[0] if exc.errors else exc}")
     else:
-        try:
-            status = trio.run(query_status, path, args.timeout)
-        except StatusUnavailable as exc:
-            report = unreachable(str(exc))
-        else:
-            report = evaluate(status, time.time())
+        report = trio.run(_ask, path, args.timeout, args.wait)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -300,7 +300,10 @@ async def test_health_goes_critical_when_the_broker_stops_and_back(
         assert "unreachable" in report["checks"][0]["detail"]
         config = bridge_config(data_dir, mosquitto, ports)
         async with running(config):
-            code, report = await _wait_code(0, argv, 15)
+            # --wait asks again until healthy: through the start-up (broker not yet connected,
+            # no reading yet), as an ExecStartPost= check would.
+            code, report = await _health(*argv, "--wait", "15")
+            assert code == 0, report
             assert report["status"] == "ok" and report["service"] == "test"
             names = [c["name"] for c in report["checks"]]
             assert names == [
