@@ -159,7 +159,7 @@ def evaluate(status: Mapping[str, Any], now: float) -> HealthReport:
         for key, conn in sorted(down.items()):
             who = conn.get("broker") or ("broker" if key == "None" else key)
             why = conn.get("last_error") or ", ".join(conn.get("alarms") or []) or "connecting"
-            parts.append(f"{who}: {why}")
+            parts.append(why if who in why else f"{who}: {why}")
             judged_alarms.update(conn.get("alarms") or [])
         checks.append(
             Check(

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from bridge import cli
 from bridge.config import parse_config
-from bridge.scan import MAX_TARGETS, ScanError, parse_ports, parse_targets
+from bridge.scan import MAX_TARGETS, ScanError, parse_ports, parse_targets, scan
 from bridge.session import MeterEndpoint, MeterSession
 from codec.client import RegisterSpec
 from tests.bridge.mosquitto import free_port
@@ -194,3 +195,43 @@ async def test_scan_does_not_disturb_an_open_association(simulator: Any) -> None
     finally:
         await session.release()
     assert sim.meter(0).counters.connections >= 3
+
+
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 50 ms of real idleness: loopback I/O completes long
+    before, so only the scan's own timeouts are skipped over."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def test_concurrency_bounds_connections_and_timeouts_set_the_pace(
+    patient_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    active = peak = accepted = 0
+
+    async def hold(stream: trio.SocketStream) -> None:
+        nonlocal active, peak, accepted
+        accepted += 1
+        active += 1
+        peak = max(peak, active)
+        try:
+            async with stream:
+                while await stream.receive_some(1024):
+                    pass
+        finally:
+            active -= 1
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, hold, listeners)
+    started = trio.current_time()
+    found = await scan(
+        ["127.0.0.1"] * 20, [port], host_count=20, concurrency=4, timeout=5.0, credentials=None
+    )
+    elapsed = trio.current_time() - started
+    assert len(found) == 20 and all(f.transport == "other" for f in found)
+    # Each target: a connect check, then an HDLC and a wrapper probe that wait out their 5 s.
+    assert accepted == 60
+    assert peak == 4
+    # 20 targets, 4 at a time, 2 silent probes of 5 s each: 5 rounds of 10 s.
+    assert 50 <= elapsed < 51
