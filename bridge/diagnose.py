@@ -255,67 +255,86 @@ _ASSOCIATION_HINTS = {
 
 
 async def _alternatives(endpoint: MeterEndpoint) -> tuple[list[str], dict[str, Any] | None]:
-    """Ask the usual server addresses; returns descriptions and the first that answered."""
+    """Ask the usual server addresses (with our client SAP, then as the public client, which
+    every meter must answer); returns what was tried and the first that answered."""
     timeout = min(endpoint.timeout, _ALTERNATIVE_TIMEOUT_S)
+    tried: list[str] = []
     if endpoint.transport == "hdlc":
         configured = (endpoint.server_logical, endpoint.server_physical)
-        candidates = [a for a in HDLC_ADDRESSES if a != configured]
-        result = await probe_hdlc(
-            endpoint.host,
-            endpoint.port,
-            timeout=timeout,
-            client_sap=endpoint.client_sap,
-            addresses=candidates,
-        )
-        found = result.opened or (result.answers[0] if result.answers else None)
-        if found is None:
-            return [f"none of {len(candidates)} usual addresses answered"], None
-        return [f"{a.address()}: {a.reply}" for a in result.answers], {
-            "server_logical": found.logical,
-            "server_physical": found.physical,
-            "reply": found.reply,
-        }
+        rounds = [(endpoint.client_sap, [a for a in HDLC_ADDRESSES if a != configured])]
+        if endpoint.client_sap != PUBLIC_CLIENT_SAP:
+            rounds.append((PUBLIC_CLIENT_SAP, [configured, *rounds[0][1]]))
+        for client_sap, candidates in rounds:
+            result = await probe_hdlc(
+                endpoint.host,
+                endpoint.port,
+                timeout=timeout,
+                client_sap=client_sap,
+                addresses=candidates,
+            )
+            tried += [f"client SAP {client_sap}, {a.address()}: {a.reply}" for a in result.answers]
+            found = result.opened or (result.answers[0] if result.answers else None)
+            if found is not None:
+                return tried, {
+                    "server_logical": found.logical,
+                    "server_physical": found.physical,
+                    "client_sap": client_sap,
+                    "reply": found.reply,
+                }
+            tried.append(
+                f"client SAP {client_sap}: none of {len(candidates)} usual addresses answered"
+            )
+        return tried, None
     configured_wport = endpoint.server_logical or 1
-    wports = [w for w in WRAPPER_WPORTS if w != configured_wport]
+    wports = [configured_wport, *(w for w in WRAPPER_WPORTS if w != configured_wport)]
+    # As the public client: every meter answers it, whatever its passwords.
     result = await probe_wrapper(endpoint.host, endpoint.port, timeout=timeout, wports=wports)
+    tried += [f"client wPort 16, {a.address()}: AARE {a.reply}" for a in result.answers]
     if not result.answers:
         return [f"none of the wPorts {', '.join(map(str, wports))} answered"], None
     found = result.answers[0]
-    return [f"{a.address()}: AARE {a.reply}" for a in result.answers], {
+    return tried, {
         "server_logical": found.logical,
+        "client_sap": PUBLIC_CLIENT_SAP,
         "reply": found.reply,
     }
 
 
 async def _silent_link(endpoint: MeterEndpoint, what: str, step: str) -> Step:
     tried, found = await _alternatives(endpoint)
+    hdlc = endpoint.transport == "hdlc"
     address = (
         f"logical {endpoint.server_logical}, physical {endpoint.server_physical}"
-        if endpoint.transport == "hdlc"
+        if hdlc
         else f"wPort {endpoint.server_logical or 1}"
     )
+    detail = f"{what} at server address {address} from client SAP {endpoint.client_sap}"
     data: dict[str, Any] = {"tried": tried}
-    if found is not None:
-        data["answered"] = found
+    if found is None:
+        hint = (
+            "no usual server address answered either: check that this is a DLMS meter speaking "
+            f"{endpoint.transport.upper()} on this port (try 'dlms-bridge scan'), the byte "
+            "stuffing setting, and that no other client holds it"
+        )
+        return Step(step, False, detail, hint=hint, data=data)
+    data["answered"] = found
+    same_address = found["server_logical"] == (endpoint.server_logical or (0 if hdlc else 1)) and (
+        not hdlc or found["server_physical"] == endpoint.server_physical
+    )
+    if same_address and found["client_sap"] != endpoint.client_sap:
+        hint = (
+            f"wrong client SAP: the meter answers the public client (SAP {found['client_sap']}) "
+            f"at this address but not client SAP {endpoint.client_sap}; check client_sap"
+        )
+    else:
         where = (
             f"server_logical = {found['server_logical']}, "
             f"server_physical = {found['server_physical']}"
-            if endpoint.transport == "hdlc"
+            if hdlc
             else f"server_logical = {found['server_logical']} (the wPort)"
         )
-        return Step(
-            step,
-            False,
-            f"{what} at server address {address}",
-            hint=f"wrong server address: the meter answers at {where}; set that in the config",
-            data=data,
-        )
-    hint = (
-        "no usual server address answered either: check that this is a DLMS meter speaking "
-        f"{endpoint.transport.upper()} on this port (try 'dlms-bridge scan'), the byte "
-        "stuffing setting, and that no other client holds it"
-    )
-    return Step(step, False, f"{what} at server address {address}", hint=hint, data=data)
+        hint = f"wrong server address: the meter answers at {where}; set that in the config"
+    return Step(step, False, detail, hint=hint, data=data)
 
 
 async def _public_check(endpoint: MeterEndpoint) -> str:

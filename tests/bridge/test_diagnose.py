@@ -84,8 +84,15 @@ async def test_silent_meter_fails_at_link_and_no_address_answers(simulator: Any)
     code, report = await diagnose(*meter_args(ports[0], "--password", PASSWORD))
     assert code == 1 and report["failed_step"] == "link"
     link = steps(report)["link"]
-    assert link["detail"] == "no answer to SNRM at server address logical 0, physical 1"
+    assert link["detail"] == (
+        "no answer to SNRM at server address logical 0, physical 1 from client SAP 1"
+    )
     assert "answered" not in link["data"]
+    # The usual addresses were asked with our client SAP, then as the public client.
+    assert link["data"]["tried"] == [
+        "client SAP 1: none of 5 usual addresses answered",
+        "client SAP 16: none of 6 usual addresses answered",
+    ]
     assert "no usual server address answered" in link["hint"]
 
 
@@ -112,7 +119,12 @@ async def test_wrong_server_address_names_the_one_that_answers(simulator: Any) -
     code, report = await diagnose(*args, "--server-physical", "17")
     assert code == 1 and report["failed_step"] == "link"
     link = steps(report)["link"]
-    assert link["data"]["answered"] == {"server_logical": 0, "server_physical": 1, "reply": "UA"}
+    assert link["data"]["answered"] == {
+        "server_logical": 0,
+        "server_physical": 1,
+        "client_sap": 1,
+        "reply": "UA",
+    }
     assert "server_logical = 0, server_physical = 1" in link["hint"]
 
 
@@ -122,7 +134,12 @@ async def test_wrapper_wrong_wport_names_the_one_that_answers(simulator: Any) ->
     code, report = await diagnose(*args, "--server-logical", "17")
     assert code == 1 and report["failed_step"] == "association"
     assoc = steps(report)["association"]
-    assert assoc["data"]["answered"] == {"server_logical": 1, "reply": "accepted"}
+    assert assoc["data"]["answered"] == {
+        "server_logical": 1,
+        "client_sap": 16,
+        "reply": "accepted",
+    }
+    assert "server_logical = 1 (the wPort)" in assoc["hint"]
     code, report = await diagnose(*args)
     assert code == 0, report
 
