@@ -136,7 +136,12 @@ async def _serve_one(
             if request is None:
                 return
             if request in ("", "status"):
-                reply = {"protocol": PROTOCOL_VERSION, **(await status())}
+                try:
+                    reply = {"protocol": PROTOCOL_VERSION, **(await status())}
+                except Exception:
+                    # A bug in gathering the status must not take the service down with it.
+                    log.exception("event=status_failed")
+                    reply = {"protocol": PROTOCOL_VERSION, "error": "the status failed (see log)"}
             else:
                 reply = {"protocol": PROTOCOL_VERSION, "error": "unknown request"}
             data = (json.dumps(reply, separators=(",", ":")) + "\n").encode()

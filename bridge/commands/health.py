@@ -86,7 +86,10 @@ async def _ask(path: Path, timeout: float, wait: float) -> HealthReport:
         except StatusUnavailable as exc:
             report = unreachable(str(exc))
         else:
-            report = evaluate(status, time.time())
+            try:
+                report = evaluate(status, time.time())
+            except (TypeError, ValueError, AttributeError) as exc:
+                report = unreachable(f"{path}: a status this program cannot read ({exc})")
         if report.exit_code == 0 or trio.current_time() + 1 > deadline:
             return report
         await trio.sleep(1)

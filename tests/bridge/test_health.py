@@ -342,3 +342,60 @@ async def test_health_reports_a_stale_meter(
             assert "Connection refused" in checks["meter:dead"]["detail"]
             assert report["summary"].startswith("WARNING: meter:dead: stale")
             assert service.status_socket == data_dir / "status.sock"
+
+
+async def test_a_failing_status_is_an_error_reply_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "status.sock"
+
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("bug")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_status, path, broken)
+        with pytest.raises(StatusUnavailable, match="the status failed"):
+            await query_status(path)
+        with pytest.raises(StatusUnavailable, match="the status failed"):
+            await query_status(path)
+        nursery.cancel_scope.cancel()
+    assert "event=status_failed" in caplog.text
+
+
+async def test_a_socket_path_too_long_is_logged_and_the_service_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / ("d" * 120) / "status.sock"
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(serve_status, path, _async_const({})) is None
+    from bridge.logs import FIELDS_ATTR
+
+    failed = [getattr(r, FIELDS_ATTR, {}) for r in caplog.records]
+    assert any(f.get("event") == "status_socket_failed" for f in failed), failed
+    assert any("longer than 107 bytes" in str(f.get("error")) for f in failed), failed
+
+
+def test_malformed_status_is_critical_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import threading
+
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.sendall(b'{"protocol": 1, "meters": {"m": {"interval_s": "x"}}}\n')
+        conn.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    code = cli.main(["health", "--socket", str(path)])
+    thread.join()
+    server.close()
+    assert code == 2
+    assert "a status this program cannot read" in capsys.readouterr().out
