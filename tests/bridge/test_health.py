@@ -399,3 +399,19 @@ def test_malformed_status_is_critical_not_a_traceback(
     server.close()
     assert code == 2
     assert "a status this program cannot read" in capsys.readouterr().out
+
+
+def test_text_has_colour_only_when_asked() -> None:
+    from bridge.commands.health import render
+
+    status = _status()
+    status["meters"]["m0"]["last_success_ms"] = int((NOW - 100) * 1000)
+    report = evaluate(status, NOW)
+    plain = render(report, colour=False)
+    assert "\x1b[" not in plain
+    lines = plain.splitlines()
+    assert lines[0].startswith("WARNING: meter:m0: stale: last reading 100 s ago")
+    assert lines[5].split()[:2] == ["WARNING", "meter:m0"]
+    coloured = render(report, colour=True)
+    assert "\x1b[33mWARNING \x1b[0m meter:m0" in coloured
+    assert "\x1b[32mOK      \x1b[0m service" in coloured

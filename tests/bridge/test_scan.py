@@ -173,6 +173,25 @@ async def test_wrong_password_shows_as_no(simulator: Any) -> None:
     assert lines[-1] == "1 address(es) x 1 port(s): 1 open, 1 meter(s)"
 
 
+async def test_configured_password_comes_from_the_config(simulator: Any, tmp_path: Path) -> None:
+    _sim, ports = await simulator(transport="wrapper")
+    config = tmp_path / "b.toml"
+    config.write_text(
+        '[bridge]\nname = "x"\n[mqtt]\nhost = "localhost"\n'
+        f'[[meters]]\nname = "m"\nhost = "10.9.9.9"\nport = 4059\npassword = "{PASSWORD}"\n'
+        'registers = "field-meter"\n'
+    )
+    with trio.fail_after(30):
+        code, out, _ = await run_cli(
+            "127.0.0.1", "--ports", str(ports[0]), "--timeout", "0.5", "--config", str(config),
+            "--json",
+        )  # fmt: skip
+    assert code == 0
+    [found] = json.loads(out)["found"]
+    assert found["transport"] == "wrapper" and found["configured"] is True
+    assert found["configured_detail"] == "associated"
+
+
 async def test_scan_does_not_disturb_an_open_association(simulator: Any) -> None:
     sim, ports = await simulator()
     session = MeterSession(
