@@ -567,11 +567,13 @@ _CONNACK_HINTS = {
 }
 
 
-async def _service_alarms(config: BridgeConfig) -> dict[str, Any] | None:
+async def _service_status(config: BridgeConfig) -> tuple[dict[str, Any] | None, bool]:
+    """(the running service's status if it answers, whether it may be running)."""
     try:
-        return await query_status(socket_path(config.bridge.data_dir), timeout=2.0)
-    except StatusUnavailable:
-        return None
+        return await query_status(socket_path(config.bridge.data_dir), timeout=2.0), True
+    except StatusUnavailable as exc:
+        # Unless it is certainly not running (say we may not read its socket), assume it is.
+        return None, not exc.not_running
 
 
 async def diagnose_mqtt(
@@ -584,8 +586,7 @@ async def diagnose_mqtt(
     takeover_wait_s: float = TAKEOVER_WAIT_S,
 ) -> list[Step]:
     """Connect, publish, watch for a takeover; the steps up to the first failure."""
-    status = await _service_alarms(config)
-    service_running = status is not None
+    status, service_running = await _service_status(config)
     # The running service keeps its own client id; ours must not kick it off the broker.
     client_id = f"{settings.client_id}-diagnose" if service_running else settings.client_id
     settings = attrs.evolve(
@@ -615,7 +616,11 @@ async def diagnose_mqtt(
                     "mqtt.connect",
                     True,
                     f"connected to {who} as {client_id!r}"
-                    + (" (the service is running: our own client id)" if service_running else ""),
+                    + (
+                        " (the service may be running: our own client id)"
+                        if service_running
+                        else ""
+                    ),
                 )
             )
             steps.append(await _publish(client, config, meter, timeout, publish_telemetry))

@@ -60,7 +60,14 @@ _SUN_PATH_MAX = 107
 
 
 class StatusUnavailable(Exception):
-    """The status socket cannot be reached or gave no usable answer; the message says why."""
+    """The status socket cannot be reached or gave no usable answer; the message says why.
+
+    ``not_running`` is True only when that is certain (no socket, or nobody listening on it).
+    """
+
+    def __init__(self, message: str, *, not_running: bool = False) -> None:
+        super().__init__(message)
+        self.not_running = not_running
 
 
 def socket_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -187,11 +194,13 @@ async def query_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
         raise StatusUnavailable(f"{path}: no answer within {timeout:g} s") from None
     except FileNotFoundError:
         raise StatusUnavailable(
-            f"{path} does not exist: the service is not running (or uses another data directory)"
+            f"{path} does not exist: the service is not running (or uses another data directory)",
+            not_running=True,
         ) from None
     except ConnectionRefusedError:
         raise StatusUnavailable(
-            f"{path}: connection refused: the service is not running (stale socket)"
+            f"{path}: connection refused: the service is not running (stale socket)",
+            not_running=True,
         ) from None
     except PermissionError:
         raise StatusUnavailable(

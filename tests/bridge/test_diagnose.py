@@ -239,3 +239,25 @@ async def test_another_client_with_our_client_id_is_detected(
         other.loop_stop()
     assert code == 1 and report["failed_step"] == "mqtt.takeover", report
     assert "another client uses the same token or client id" in report["hint"]
+
+
+async def test_while_the_service_runs_diagnose_never_kicks_it_off(
+    tmp_path: Path, mosquitto: Mosquitto, simulator: Any
+) -> None:
+    from bridge.config import load_config
+    from tests.bridge.test_service import running
+
+    _sim, ports = await simulator()
+    path = write_config(tmp_path / "b.toml", broker_port=mosquitto.port, meter_port=ports[0])
+    async with running(load_config(path)) as service:
+        assert service.publisher is not None
+        [client] = service.publisher.clients.values()
+        with trio.fail_after(10):
+            await client.wait_connected()
+        code, report = await diagnose(
+            "--config", str(path), "--meter", "m0", "--takeover-wait", "1"
+        )
+        assert code == 0, report
+        assert "'diag-test-diagnose'" in steps(report)["mqtt.connect"]["detail"]
+        # The service's own connection was never replaced.
+        assert client.connected and client.stats.connects == 1
