@@ -18,7 +18,8 @@ import attrs
 import trio
 
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, load_config
-from bridge.diagnose import TAKEOVER_WAIT_S, DiagnoseReport, diagnose_meter, diagnose_mqtt
+from bridge.diagnose import DiagnoseReport, diagnose_meter
+from bridge.diagnose_mqtt import TAKEOVER_WAIT_S, diagnose_mqtt
 from bridge.poller import endpoint_for
 from bridge.service import mqtt_settings
 from bridge.session import MeterEndpoint
