@@ -43,7 +43,6 @@ from bridge.probe import (
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.client import RegisterSpec
 from codec.errors import AssociationError, LinkError, ProtocolError, ResponseTimeout
-from codec.hdlc import NEED_DATA, FrameScanner
 from codec.link import HdlcClientLink
 
 __all__ = ["DiagnoseReport", "Step", "diagnose_meter"]
@@ -106,25 +105,10 @@ class DiagnoseReport:
 # -- the meter ---------------------------------------------------------------------------------
 
 
-class _WatchedSession(MeterSession):
-    """A session that notes the kinds of HDLC frames the meter sent (to tell link from
-    association failures)."""
-
-    def __init__(self, endpoint: MeterEndpoint) -> None:
-        super().__init__(endpoint)
-        self.kinds: list[str] = []
-        self._watch = FrameScanner(transparency=endpoint.byte_stuffing)
-
-    async def _receive(self) -> bytes:
-        data = await super()._receive()
-        if data and self.endpoint.transport == "hdlc" and len(self.kinds) < 64:
-            try:
-                self._watch.receive_data(data)
-                while (frame := self._watch.next_frame()) is not NEED_DATA:
-                    self.kinds.append(frame.kind.value)
-            except ProtocolError:
-                self._watch.drain()
-        return data
+def _link_answered(session: MeterSession) -> bool:
+    """Whether the meter sent any valid frame on this link (a UA, on the way to the AARQ)."""
+    association = session.association
+    return association is not None and association.link.stats().get("frames", 0) > 0
 
 
 async def _resolve(host: str, port: int, timeout: float) -> Step:
@@ -202,7 +186,7 @@ async def _connect(endpoint: MeterEndpoint) -> tuple[Step, trio.SocketStream | N
     return Step("tcp", True, f"connected to {label}"), stream
 
 
-def _link_data(session: _WatchedSession) -> dict[str, Any]:
+def _link_data(session: MeterSession) -> dict[str, Any]:
     association = session.association
     link = association.link if association is not None else None
     if isinstance(link, HdlcClientLink):
@@ -356,7 +340,7 @@ async def diagnose_meter(
     steps.append(step)
     if stream is None:
         return steps
-    session = _WatchedSession(endpoint)
+    session = MeterSession(endpoint)
     session.stream = stream
     hdlc = endpoint.transport == "hdlc"
     try:
@@ -366,7 +350,7 @@ async def diagnose_meter(
             negotiated = await session.associate()
     except (ResponseTimeout, trio.TooSlowError):
         await session.aclose()
-        if hdlc and "UA" not in session.kinds:
+        if hdlc and not _link_answered(session):
             steps.append(await _silent_link(endpoint, "no answer to SNRM", "link"))
             return steps
         steps.append(_link_ok(session))
@@ -453,7 +437,7 @@ async def diagnose_meter(
     return steps
 
 
-def _link_ok(session: _WatchedSession) -> Step:
+def _link_ok(session: MeterSession) -> Step:
     ep = session.endpoint
     if ep.transport == "wrapper":
         return Step(

@@ -96,6 +96,43 @@ async def test_silent_meter_fails_at_link_and_no_address_answers(simulator: Any)
     assert "no usual server address answered" in link["hint"]
 
 
+async def serve_ua_then_silence(
+    *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """An HDLC peer that answers SNRM with UA and then nothing: the link comes up, the AARQ is
+    never answered."""
+    from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, HdlcAddress, encode_frame
+    from codec.hdlc_params import LinkParameters
+
+    async def handler(stream: trio.SocketStream) -> None:
+        scanner = FrameScanner()
+        async with stream:
+            while data := await stream.receive_some(4096):
+                scanner.receive_data(data)
+                while (frame := scanner.next_frame()) is not NEED_DATA:
+                    if frame.kind is FrameKind.SNRM:
+                        ua = encode_frame(
+                            FrameKind.UA,
+                            HdlcAddress(frame.src, frame.src_size),
+                            HdlcAddress(frame.dst, frame.dst_size),
+                            info=LinkParameters().encode(),
+                        )
+                        await stream.send_all(ua)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+async def test_link_up_but_no_aare_fails_at_association(nursery: trio.Nursery) -> None:
+    port = await nursery.start(serve_ua_then_silence)
+    code, report = await diagnose(*meter_args(port, "--password", PASSWORD))
+    assert code == 1 and report["failed_step"] == "association"
+    by = steps(report)
+    assert by["link"]["ok"] is True and by["link"]["data"]["max_info_rx"] == 128
+    assert report["verdict"] == "the link is up but the meter does not answer the AARQ"
+
+
 async def test_wrong_password_fails_at_association_and_public_client_is_tried(
     simulator: Any,
 ) -> None:
