@@ -32,6 +32,8 @@ __all__ = [
     "Credentials",
     "Found",
     "ScanError",
+    "check_names",
+    "host_names",
     "parse_ports",
     "parse_targets",
     "scan",
@@ -139,6 +141,35 @@ def parse_targets(items: Sequence[str], *, force: bool = False) -> tuple[int, It
             "add --force if you really mean it"
         )
     return total, itertools.chain.from_iterable(parts)
+
+
+def host_names(items: Sequence[str]) -> list[str]:
+    """The targets that are host names (neither addresses, CIDR blocks nor ranges)."""
+    names = []
+    for raw in items:
+        for item in raw.split(","):
+            item = item.strip()
+            if item and "/" not in item:
+                first = next(_hosts_of(item)[1])
+                try:
+                    ipaddress.ip_address(first)
+                except ValueError:
+                    names.append(first)
+    return names
+
+
+async def check_names(names: Sequence[str], timeout: float) -> None:
+    """Resolve every host name; :class:`ScanError` names the first that does not resolve."""
+    for name in names:
+        try:
+            with trio.fail_after(timeout):
+                await trio.socket.getaddrinfo(name, None)
+        except trio.TooSlowError:
+            raise ScanError(
+                f"{name!r}: no answer from the name server within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise ScanError(f"{name!r}: cannot resolve it ({exc.strerror or exc})") from None
 
 
 def parse_ports(text: str) -> list[int]:

@@ -21,6 +21,8 @@ from bridge.scan import (
     Found,
     Progress,
     ScanError,
+    check_names,
+    host_names,
     parse_ports,
     parse_targets,
     scan,
@@ -203,8 +205,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     bar = _Bar()
     started = time.monotonic()
-    found = trio.run(
-        lambda: scan(
+
+    async def main() -> list[Found]:
+        await check_names(host_names(args.targets), args.timeout)
+        return await scan(
             hosts,
             ports,
             host_count=count,
@@ -213,8 +217,14 @@ def run(args: argparse.Namespace) -> int:
             credentials=credentials,
             on_progress=bar,
         )
-    )
-    bar.done()
+
+    try:
+        found = trio.run(main)
+    except ScanError as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        bar.done()
     if args.config_out is not None:
         try:
             args.config_out.write_text(config_tables(found))

@@ -112,6 +112,12 @@ async def test_cli_refuses_a_slash_8_with_one_line() -> None:
     assert err.startswith("scan: 16777216 addresses is more than a /16") and err.count("\n") == 1
 
 
+async def test_cli_refuses_a_name_that_does_not_resolve() -> None:
+    code, out, err = await run_cli("127.0.0.1", "no-such-meter.invalid", "--ports", "4059")
+    assert code == 2 and out == ""
+    assert err.startswith("scan: 'no-such-meter.invalid': cannot resolve it")
+
+
 # -- against the simulator ---------------------------------------------------------------------
 
 
