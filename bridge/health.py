@@ -78,6 +78,13 @@ class HealthReport:
 
     checks: tuple[Check, ...]
     service: str | None = None
+    #: Numbers for monitoring graphs (the Nagios performance data): outbox rows, meters ok
+    #: and stale, broker connections up and down, active alarms.
+    metrics: dict[str, int] = attrs.field(factory=dict)
+
+    def perfdata(self) -> str:
+        """``name=value ...`` of :attr:`metrics` (empty when there are none)."""
+        return " ".join(f"{k}={v}" for k, v in self.metrics.items())
 
     @property
     def verdict(self) -> Verdict:
@@ -105,6 +112,7 @@ class HealthReport:
             "service": self.service,
             "summary": self.summary(),
             "checks": [c.to_json() for c in self.checks],
+            "metrics": dict(self.metrics),
         }
 
 
@@ -252,4 +260,17 @@ def evaluate(status: Mapping[str, Any], now: float) -> HealthReport:
     else:
         checks.append(Check("alarms", Verdict.OK, "none active"))
     service = status.get("name")
-    return HealthReport(tuple(checks), service=str(service) if service is not None else None)
+    meter_checks = [c for c in checks if c.name.startswith("meter:")]
+    metrics = {
+        "outbox_rows": rows,
+        "meters_ok": sum(c.verdict is Verdict.OK for c in meter_checks),
+        "meters_stale": sum(c.verdict is not Verdict.OK for c in meter_checks),
+        "mqtt_up": len(connections) - len(down),
+        "mqtt_down": len(down),
+        "alarms": len(alarms),
+    }
+    return HealthReport(
+        tuple(checks),
+        service=str(service) if service is not None else None,
+        metrics=metrics,
+    )

@@ -68,7 +68,8 @@ def _use_colour(stream: TextIO) -> bool:
 def render(report: HealthReport, *, colour: bool) -> str:
     """The text form: the summary line, then one line per check."""
     width = max((len(c.name) for c in report.checks), default=0)
-    lines = [report.summary()]
+    perfdata = report.perfdata()
+    lines = [f"{report.summary()} | {perfdata}" if perfdata else report.summary()]
     for check in report.checks:
         label = f"{check.verdict.label:<8}"
         if colour:

@@ -68,6 +68,14 @@ def test_healthy_status_is_ok_with_every_check_named() -> None:
     assert report.summary() == "OK: 7 checks passed"
     doc = report.to_json()
     assert doc["status"] == "ok" and doc["exit_code"] == 0 and doc["service"] == "box"
+    assert doc["metrics"] == {
+        "outbox_rows": 2,
+        "meters_ok": 2,
+        "meters_stale": 0,
+        "mqtt_up": 1,
+        "mqtt_down": 0,
+        "alarms": 0,
+    }
 
 
 def test_meter_is_fresh_up_to_two_intervals_then_stale() -> None:
@@ -411,6 +419,10 @@ def test_text_has_colour_only_when_asked() -> None:
     assert "\x1b[" not in plain
     lines = plain.splitlines()
     assert lines[0].startswith("WARNING: meter:m0: stale: last reading 100 s ago")
+    # Nagios performance data after the bar.
+    assert lines[0].endswith(
+        " | outbox_rows=2 meters_ok=1 meters_stale=1 mqtt_up=1 mqtt_down=0 alarms=0"
+    )
     assert lines[5].split()[:2] == ["WARNING", "meter:m0"]
     coloured = render(report, colour=True)
     assert "\x1b[33mWARNING \x1b[0m meter:m0" in coloured
