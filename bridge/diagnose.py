@@ -267,6 +267,24 @@ async def _alternatives(endpoint: MeterEndpoint) -> tuple[list[str], dict[str, A
     }
 
 
+async def _other_transport(endpoint: MeterEndpoint) -> dict[str, Any] | None:
+    """Whether the meter answers the other transport (a wrapper meter configured as HDLC...)."""
+    timeout = min(endpoint.timeout, _ALTERNATIVE_TIMEOUT_S)
+    if endpoint.transport == "hdlc":
+        result = await probe_wrapper(endpoint.host, endpoint.port, timeout=timeout)
+    else:
+        result = await probe_hdlc(endpoint.host, endpoint.port, timeout=timeout)
+    if not result.answers:
+        return None
+    answer = result.opened or result.answers[0]
+    return {
+        "transport": result.transport,
+        "answer": f"{answer.reply} from {answer.address()}",
+        "server_logical": answer.logical,
+        "server_physical": answer.physical,
+    }
+
+
 async def _silent_link(endpoint: MeterEndpoint, what: str, step: str) -> Step:
     tried, found = await _alternatives(endpoint)
     hdlc = endpoint.transport == "hdlc"
@@ -278,6 +296,15 @@ async def _silent_link(endpoint: MeterEndpoint, what: str, step: str) -> Step:
     detail = f"{what} at server address {address} from client SAP {endpoint.client_sap}"
     data: dict[str, Any] = {"tried": tried}
     if found is None:
+        other = await _other_transport(endpoint)
+        if other is not None:
+            data["other_transport"] = other
+            hint = (
+                f"this port speaks the {other['transport']} transport, not "
+                f'{endpoint.transport}: set transport = "{other["transport"]}" '
+                f"({other['answer']})"
+            )
+            return Step(step, False, detail, hint=hint, data=data)
         hint = (
             "no usual server address answered either: check that this is a DLMS meter speaking "
             f"{endpoint.transport.upper()} on this port (try 'dlms-bridge scan'), the byte "

@@ -181,6 +181,14 @@ async def test_wrapper_wrong_wport_names_the_one_that_answers(simulator: Any) ->
     assert code == 0, report
 
 
+async def test_wrong_transport_is_named(simulator: Any) -> None:
+    _sim, ports = await simulator(transport="wrapper")
+    code, report = await diagnose(*meter_args(ports[0], "--password", PASSWORD))
+    assert code == 1 and report["failed_step"] == "link"
+    assert report["hint"].startswith("this port speaks the wrapper transport, not hdlc")
+    assert steps(report)["link"]["data"]["other_transport"]["server_logical"] == 1
+
+
 async def test_undefined_register_fails_at_that_register(simulator: Any) -> None:
     _sim, ports = await simulator()
     args = meter_args(ports[0], "--password", PASSWORD, "1-1:1.8.0", "1-0:99.99.0")
