@@ -38,7 +38,7 @@ def steps(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def meter_args(port: int, *extra: str) -> list[str]:
-    return ["--host", "127.0.0.1", "--port", str(port), "--timeout", "0.5", *extra]
+    return ["--host", "127.0.0.1", "--port", str(port), "--timeout", "1", *extra]
 
 
 def write_config(
@@ -55,7 +55,7 @@ def write_config(
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id = "{client_id}"\n'
         f'username = "{username}"\npassword = "{TOKEN_PASSWORD}"\n'
         f'[[meters]]\nname = "m0"\nhost = "127.0.0.1"\nport = {meter_port}\n'
-        f'password = "{meter_password}"\nregisters = "field-meter"\ntimeout_s = 0.5\n'
+        f'password = "{meter_password}"\nregisters = "field-meter"\ntimeout_s = 1\n'
     )
     return path
 
@@ -205,9 +205,9 @@ async def test_idle_association_dropped_by_the_meter(simulator: Any) -> None:
     from bridge.simulator.meter import MeterSettings
 
     _sim, ports = await simulator(settings=MeterSettings(inactivity_timeout=0.3))
-    code, report = await diagnose(*meter_args(ports[0], "--password", PASSWORD, "--idle", "0.6"))
+    code, report = await diagnose(*meter_args(ports[0], "--password", PASSWORD, "--idle", "1"))
     assert code == 1 and report["failed_step"] == "idle"
-    assert "inactivity_timeout_s below 0.6" in report["hint"]
+    assert "inactivity_timeout_s below 1" in report["hint"]
 
 
 async def test_bad_input_is_exit_2_with_one_line(capsys: Any) -> None:

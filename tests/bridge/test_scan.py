@@ -133,7 +133,7 @@ async def test_scan_finds_exactly_the_meters_and_labels_the_rest(
     out_file = tmp_path / "found.toml"
     with trio.fail_after(30):
         code, out, _ = await run_cli(
-            "127.0.0.1", "--ports", ",".join(map(str, ports)), "--timeout", "0.5",
+            "127.0.0.1", "--ports", ",".join(map(str, ports)), "--timeout", "1.5",
             "--password", PASSWORD, "--json", "--config-out", str(out_file),
         )  # fmt: skip
     assert code == 0
@@ -168,7 +168,7 @@ async def test_wrong_password_shows_as_no(simulator: Any) -> None:
     _sim, ports = await simulator()
     with trio.fail_after(30):
         code, out, _ = await run_cli(
-            "127.0.0.1", "--ports", str(ports[0]), "--timeout", "0.5", "--password", "nope"
+            "127.0.0.1", "--ports", str(ports[0]), "--timeout", "1.5", "--password", "nope"
         )
     assert code == 0
     lines = out.splitlines()
@@ -189,7 +189,7 @@ async def test_configured_password_comes_from_the_config(simulator: Any, tmp_pat
     )
     with trio.fail_after(30):
         code, out, _ = await run_cli(
-            "127.0.0.1", "--ports", str(ports[0]), "--timeout", "0.5", "--config", str(config),
+            "127.0.0.1", "--ports", str(ports[0]), "--timeout", "1.5", "--config", str(config),
             "--json",
         )  # fmt: skip
     assert code == 0
@@ -209,7 +209,7 @@ async def test_scan_does_not_disturb_an_open_association(simulator: Any) -> None
         assert (await session.read_registers(energy))[0].ok
         with trio.fail_after(30):
             code, out, _ = await run_cli(
-                "127.0.0.1", "--ports", str(ports[0]), "--timeout", "0.5", "--json"
+                "127.0.0.1", "--ports", str(ports[0]), "--timeout", "1.5", "--json"
             )
         assert code == 0 and json.loads(out)["found"][0]["transport"] == "hdlc"
         # Our association is still there, on the same link, with no retransmission needed.
