@@ -427,3 +427,40 @@ def test_text_has_colour_only_when_asked() -> None:
     coloured = render(report, colour=True)
     assert "\x1b[33mWARNING \x1b[0m meter:m0" in coloured
     assert "\x1b[32mOK      \x1b[0m service" in coloured
+
+
+async def test_wait_asks_again_until_healthy_or_the_time_is_up(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    import time
+
+    from bridge.commands.health import _ask
+
+    path = tmp_path / "status.sock"
+    start = trio.current_time()
+    asked = 0
+
+    async def status() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        now = time.time()
+        connected = trio.current_time() - start >= 5  # the broker is back after 5 s
+        return _status(
+            now=now,
+            started_at=now - 60,
+            meters={"m0": {"interval_s": 15.0, "last_success_ms": int(now * 1000)}},
+            mqtt={"None": {"connected": connected, "alarms": [], "last_error": "refused"}},
+            publisher={"last_delivery_ts": now},
+            outbox={"rows": 0, "bytes": 0, "oldest_ts_ms": None},
+        )
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_status, path, status)
+        report = await _ask(path, 1.0, 3.0)
+        # Asked at 0, 1, 2 and 3 s, still critical: the last answer is the verdict.
+        assert report.exit_code == 2 and asked == 4
+        assert trio.current_time() - start == pytest.approx(3.0)
+        report = await _ask(path, 1.0, 30.0)
+        assert report.exit_code == 0
+        assert trio.current_time() - start == pytest.approx(5.0)
+        nursery.cancel_scope.cancel()
