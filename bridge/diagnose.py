@@ -424,21 +424,21 @@ async def diagnose_meter(
             )
         )
         return steps
-    except MeterIOError as exc:
+    except (MeterIOError, ProtocolError) as exc:
         await session.aclose()
-        steps.append(
-            Step(
-                "link",
-                False,
-                str(exc),
-                hint="the meter (or its modem) closed the connection: it may allow only one "
-                "client at a time, or expect the other transport (HDLC or wrapper)",
-            )
+        detail = f"{exc} [{exc.code}]" if isinstance(exc, ProtocolError) else str(exc)
+        hint = (
+            "the meter (or its modem) closed the connection: it may allow only one client at "
+            "a time, or expect the other transport (HDLC or wrapper)"
+            if isinstance(exc, MeterIOError)
+            else "the meter sent something we cannot use: capture it with 'dlms-bridge "
+            "capture' and decode it with 'dlms-bridge decode --pcap'"
         )
-        return steps
-    except ProtocolError as exc:
-        await session.aclose()
-        steps.append(Step("link", False, f"{exc} [{exc.code}]"))
+        if hdlc and not _link_answered(session):
+            steps.append(Step("link", False, detail, hint=hint))
+        else:
+            steps.append(_link_ok(session))
+            steps.append(Step("association", False, detail, hint=hint))
         return steps
     steps.append(_link_ok(session))
     steps.append(

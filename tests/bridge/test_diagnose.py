@@ -133,6 +133,16 @@ async def test_link_up_but_no_aare_fails_at_association(nursery: trio.Nursery) -
     assert report["verdict"] == "the link is up but the meter does not answer the AARQ"
 
 
+async def test_a_peer_that_closes_on_us_fails_at_link(nursery: trio.Nursery) -> None:
+    from tests.bridge.test_scan import serve_banner
+
+    port = await nursery.start(serve_banner)
+    code, report = await diagnose(*meter_args(port))
+    assert code == 1 and report["failed_step"] == "link"
+    assert report["verdict"].endswith("closed the connection")
+    assert report["hint"].startswith("the meter (or its modem) closed the connection")
+
+
 async def test_wrong_password_fails_at_association_and_public_client_is_tried(
     simulator: Any,
 ) -> None:
