@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -221,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     except _Usage as exc:
         print(f"diagnose: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # The report says what went wrong; the components' own log lines would only repeat it.
+    logging.getLogger("bridge").addHandler(logging.NullHandler())
     report = trio.run(_diagnose, args, config, meter, endpoint, registers)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
