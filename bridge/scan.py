@@ -273,7 +273,7 @@ async def probe_port(
         server_physical=answer.physical if answer.physical is not None else 1,
         timeout=timeout,
         connect_timeout=timeout,
-        retries=0,
+        retries=1,
     )
     if dlms.transport == "wrapper":
         found.public = answer.reply == "accepted"
