@@ -21,6 +21,7 @@ import trio
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, load_config
 from bridge.diagnose import DiagnoseReport, diagnose_meter
 from bridge.diagnose_mqtt import TAKEOVER_WAIT_S, diagnose_mqtt
+from bridge.mqtt import MqttSettings
 from bridge.poller import endpoint_for
 from bridge.service import mqtt_settings
 from bridge.session import MeterEndpoint
@@ -29,6 +30,10 @@ from codec.hdlc_params import LinkParameters
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Reply timeout of a meter given by its connection options: the session's own default.
+_METER_TIMEOUT_S = MeterEndpoint(host="", port=0).timeout
+#: How long the broker may take to answer: the MQTT client's own connect timeout.
+_MQTT_TIMEOUT_S = MqttSettings(host="", client_id="").connect_timeout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     secret.add_argument("--password", help="LLS password (prefer --password-file)")
     secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
     parser.add_argument(
-        "--timeout", type=float, help="reply timeout, s (default: the meter's, or 5)"
+        "--timeout",
+        type=float,
+        help="reply timeout, s (default: the meter's configured one, or "
+        f"{_METER_TIMEOUT_S:g}; for the broker {_MQTT_TIMEOUT_S:g})",
     )
     parser.add_argument("--retries", type=int, default=1, help="retransmissions (default 1)")
     parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
@@ -97,7 +105,7 @@ def _from_options(args: argparse.Namespace) -> MeterEndpoint:
             raise _Usage(f"--password-file: {exc.strerror or exc}: {args.password_file}") from None
     elif args.password is not None:
         password = args.password.encode()
-    timeout = args.timeout or 5.0
+    timeout = args.timeout or _METER_TIMEOUT_S
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -183,7 +191,7 @@ async def _diagnose(
                 config,
                 settings,
                 meter=meter,
-                timeout=args.timeout or 5.0,
+                timeout=args.timeout or _MQTT_TIMEOUT_S,
                 publish_telemetry=args.publish,
                 takeover_wait_s=args.takeover_wait,
             )
