@@ -222,7 +222,7 @@ class Message:
 
     @property
     def datapoints(self) -> int:
-        return sum(len(row.reading.values) for row in self.rows)
+        return sum(len(row.reading.telemetry()) for row in self.rows)
 
 
 def _key(text: str) -> str:
@@ -285,7 +285,7 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
             f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
         )
     if settings.payload_shape is PayloadShape.FLAT:
-        flat: dict[str, object] = dict(reading.values)
+        flat: dict[str, object] = dict(reading.telemetry())
         clash = {"meter", "ts"} & flat.keys()
         if clash:
             raise ValueError(

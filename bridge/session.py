@@ -26,6 +26,8 @@ from codec.association import (
     AssociationState,
     ClientAssociation,
     Closed,
+    Event,
+    Lenient,
     Negotiated,
     Notification,
     Released,
@@ -308,7 +310,7 @@ class MeterSession:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_sent += len(data)
 
-    async def _next_event(self) -> Any:
+    async def _next_event(self) -> Event:
         association = self.association
         assert association is not None
         while True:
@@ -319,6 +321,15 @@ class MeterSession:
             if isinstance(event, Notification):
                 if self.on_notification is not None:
                     self.on_notification(event.apdu)
+                continue
+            if isinstance(event, Lenient):
+                # Tolerated and counted in stats(); the bytes are worth one debug line.
+                log.debug(
+                    "%s: %s%s",
+                    self.endpoint.label,
+                    event.detail,
+                    f": {event.data[:64].hex()}" if event.data else "",
+                )
                 continue
             if event is not NEED_DATA:
                 return event

@@ -445,11 +445,34 @@ class GetResponseWithDatablock:
 
 
 @attrs.frozen
+class MalformedResult:
+    """A GET-with-list result that could not be decoded (nor any result after it).
+
+    Decoding is lenient here: the results before a malformed one are kept, and this stands for
+    each result from the malformed one on, so that the other registers are still delivered.
+    """
+
+    code: str
+    message: str
+    offset: int | None = None
+
+
+#: Results of a GET-with-list after the first malformed one that get a :class:`MalformedResult`
+#: each; a longer claimed list is cut here (no meter answers that many attributes at once).
+MAX_MALFORMED_RESULTS = 1024
+
+
+@attrs.frozen
 class GetResponseWithList:
     """GET.response with list: one result per requested attribute, in order."""
 
     invoke: InvokeId
-    results: tuple[Data | DataAccessResult, ...]
+    results: tuple[Data | DataAccessResult | MalformedResult, ...]
+
+    @property
+    def malformed(self) -> int:
+        """How many results could not be decoded."""
+        return sum(1 for r in self.results if isinstance(r, MalformedResult))
 
 
 # -- SET ------------------------------------------------------------------------------------------
@@ -710,6 +733,10 @@ def _enc_get_response_with_list(w: _Writer, a: GetResponseWithList) -> None:
     w.invoke(a.invoke)
     w.count(len(a.results))
     for result in a.results:
+        if isinstance(result, MalformedResult):
+            raise EncodeError(
+                f"a malformed result ({result.code}) cannot be encoded", code="apdu.malformed"
+            )
         w.get_data_result(result)
 
 
@@ -964,6 +991,25 @@ class Reader:
             )
         return n
 
+    def result_list(self, what: str) -> tuple[Data | DataAccessResult | MalformedResult, ...]:
+        """A SEQUENCE OF Get-Data-Result, leniently: from the first result that does not decode
+        on, each result is a :class:`MalformedResult` and the rest of the input is left unread.
+        """
+        n = self.length(what)
+        results: list[Data | DataAccessResult | MalformedResult] = []
+        for index in range(n):
+            start = self.pos
+            try:
+                results.append(self.get_data_result())
+            except DecodeError as exc:
+                self.pos = start
+                bad = MalformedResult(
+                    exc.code, f"{what} item {index + 1}: {exc.message}", exc.offset
+                )
+                results.extend([bad] * min(n - index, MAX_MALFORMED_RESULTS))
+                break
+        return tuple(results)
+
     def end(self, what: str) -> None:
         if self.pos != len(self.buf):
             raise self.fail(
@@ -1003,8 +1049,7 @@ def _dec_get_response(r: Reader, choice: int) -> XdlmsApdu:
         else:
             raise r.fail(f"datablock result choice must be 0 or 1, got {kind}", offset=start)
         return GetResponseWithDatablock(invoke, last_block, block_number, raw)
-    n = r.count("get-response result list", 2)
-    return GetResponseWithList(invoke, tuple(r.get_data_result() for _ in range(n)))
+    return GetResponseWithList(invoke, r.result_list("get-response result list"))
 
 
 def _dec_set_request(r: Reader, choice: int) -> XdlmsApdu:
@@ -1121,6 +1166,24 @@ def decode_xdlms(r: Reader, what: str = "APDU") -> XdlmsApdu:
     return decoder(r, choice)
 
 
+def decode_apdu_lenient(data: bytes | bytearray | memoryview) -> tuple[Apdu, bytes]:
+    """Decode the APDU at the start of ``data``; return it and the bytes after it.
+
+    Real stacks pad their replies (a Gurux server pads its last GET block): a receiver may
+    ignore what follows a complete APDU, as long as it counts it. ACSE APDUs are decoded whole.
+    """
+    buf = bytes(data)
+    if not buf:
+        raise DecodeError("empty APDU", code="apdu.truncated", offset=0)
+    if buf[0] in (Tag.AARQ, Tag.AARE, Tag.RLRQ, Tag.RLRE):
+        from codec import acse
+
+        return acse.decode_acse(buf), b""
+    r = Reader(buf)
+    apdu = decode_xdlms(r)
+    return apdu, buf[r.pos :]
+
+
 def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
     """Decode one complete APDU (xDLMS or ACSE); trailing bytes are an error."""
     buf = bytes(data)
@@ -1132,6 +1195,10 @@ def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
         return acse.decode_acse(buf)
     r = Reader(buf)
     apdu = decode_xdlms(r)
+    if isinstance(apdu, GetResponseWithList):
+        for result in apdu.results:
+            if isinstance(result, MalformedResult):
+                raise DecodeError(result.message, code=result.code, offset=result.offset)
     r.end(type(apdu).__name__)
     return apdu
 
@@ -1215,7 +1282,12 @@ def describe(apdu: Apdu) -> dict[str, object]:
         else:
             out["raw_data"] = apdu.raw_data.hex()
     elif isinstance(apdu, GetResponseWithList):
-        out["results"] = [describe_result(r) for r in apdu.results]
+        out["results"] = [
+            {"malformed": r.code, "message": r.message}
+            if isinstance(r, MalformedResult)
+            else describe_result(r)
+            for r in apdu.results
+        ]
     elif isinstance(apdu, SetRequestNormal):
         out["attribute"] = str(apdu.attribute)
         out["access"] = _describe_access(apdu.access)

@@ -31,7 +31,7 @@ from codec.apdu import (
     GetResponseWithList,
     InvokeId,
 )
-from codec.axdr import decode_data_exact
+from codec.axdr import decode_data
 from codec.errors import (
     AssociationError,
     DecodeError,
@@ -44,6 +44,7 @@ from codec.link import ApduReceived, Connected, Disconnected, Link, UnsolicitedD
 
 __all__ = [
     "Associated",
+    "Lenient",
     "AssociationSettings",
     "AssociationState",
     "ClientAssociation",
@@ -159,7 +160,20 @@ class Closed:
     reason: str
 
 
-Event = Associated | Response | Notification | Released | Closed
+@attrs.frozen
+class Lenient:
+    """Something the meter got wrong that was tolerated (and counted), for a debug line.
+
+    ``what`` is ``"trailing_bytes"`` (``data`` holds the bytes ignored after a complete APDU or
+    value) or ``"malformed_results"`` (results of a GET-with-list that did not decode).
+    """
+
+    what: str
+    detail: str
+    data: bytes = b""
+
+
+Event = Associated | Response | Notification | Released | Closed | Lenient
 
 
 class ClientAssociation:
@@ -183,6 +197,8 @@ class ClientAssociation:
         self.requests = 0
         self.stale_responses = 0
         self.blocks_received = 0
+        self.trailing_bytes = 0
+        self.malformed_results = 0
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -278,6 +294,8 @@ class ClientAssociation:
             "requests": self.requests,
             "stale_responses": self.stale_responses,
             "blocks_received": self.blocks_received,
+            "trailing_bytes": self.trailing_bytes,
+            "malformed_results": self.malformed_results,
         }
 
     # -- events ------------------------------------------------------------------------------
@@ -340,12 +358,16 @@ class ClientAssociation:
     def _handle_apdu(self, data: bytes) -> None:
         state = self.state
         try:
-            decoded = apdu.decode_apdu(data)
+            decoded, trailing = apdu.decode_apdu_lenient(data)
         except DecodeError:
             if state is not S.RELEASING or data[:1] != b"\x63":
                 raise
             # A malformed RLRE (some meters get its lengths wrong) still ends the association.
-            decoded = RLRE(reason=None)
+            decoded, trailing = RLRE(reason=None), b""
+        if trailing:
+            self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
+        if isinstance(decoded, GetResponseWithList) and decoded.malformed:
+            self._tolerate_malformed(decoded)
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
             try:
                 initiate = acse.check_aare(decoded)
@@ -424,12 +446,36 @@ class ClientAssociation:
         if isinstance(self._current, GetRequestWithList):
             # A long GET-with-list reply: the blocks hold the list of results.
             reader = apdu.Reader(raw)
-            count = reader.count("get-response result list", 2)
-            results = tuple(reader.get_data_result() for _ in range(count))
-            reader.end("result list")
-            self._finish(GetResponseWithList(block.invoke, results))
+            response = GetResponseWithList(
+                block.invoke, reader.result_list("get-response result list")
+            )
+            if response.malformed:
+                self._tolerate_malformed(response)
+            elif reader.pos < len(raw):
+                self._tolerate_trailing(raw[reader.pos :], "the result list")
+            self._finish(response)
         else:
-            self._finish(GetResponseNormal(block.invoke, decode_data_exact(raw)))
+            value, end = decode_data(raw)
+            if end < len(raw):
+                self._tolerate_trailing(raw[end:], "the value of the block transfer")
+            self._finish(GetResponseNormal(block.invoke, value))
+
+    def _tolerate_trailing(self, trailing: bytes, after: str) -> None:
+        self.trailing_bytes += len(trailing)
+        self._events.append(
+            Lenient("trailing_bytes", f"{len(trailing)} bytes ignored after {after}", trailing)
+        )
+
+    def _tolerate_malformed(self, response: GetResponseWithList) -> None:
+        self.malformed_results += response.malformed
+        first = next(r for r in response.results if isinstance(r, apdu.MalformedResult))
+        self._events.append(
+            Lenient(
+                "malformed_results",
+                f"{response.malformed} of {len(response.results)} results not decoded: "
+                f"{first.message}",
+            )
+        )
 
     def _finish(self, response: Any) -> None:
         self._current = None
