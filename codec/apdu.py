@@ -326,8 +326,11 @@ def raise_for_result(result: Data | DataAccessResult | ActionResult | None, what
         )
 
 
-def expect_data(result: Data | DataAccessResult, what: str) -> Data:
-    """Return the data of a GET result, raising for any data-access-result (even success)."""
+def expect_data(result: Data | DataAccessResult | MalformedResult, what: str) -> Data:
+    """Return the data of a GET result, raising for any data-access-result (even success)
+    and :class:`~codec.errors.DecodeError` for a result that did not decode."""
+    if isinstance(result, MalformedResult):
+        raise DecodeError(f"{what}: {result.message}", code=result.code, offset=result.offset)
     raise_for_result(result, what)
     if isinstance(result, DataAccessResult):
         raise ServiceError(
@@ -431,7 +434,8 @@ class GetResponseNormal:
     """GET.response normal: the value, or why there is none."""
 
     invoke: InvokeId
-    result: Data | DataAccessResult
+    #: A :class:`MalformedResult` when the value did not decode (only from a lenient decode).
+    result: Data | DataAccessResult | MalformedResult
 
 
 @attrs.frozen
@@ -676,7 +680,11 @@ class _Writer:
             self.u8(access.selector, "access-selector")
             self.data(access.parameters)
 
-    def get_data_result(self, result: Data | DataAccessResult) -> None:
+    def get_data_result(self, result: Data | DataAccessResult | MalformedResult) -> None:
+        if isinstance(result, MalformedResult):
+            raise EncodeError(
+                f"a malformed result ({result.code}) cannot be encoded", code="apdu.malformed"
+            )
         if isinstance(result, DataAccessResult):
             self.out.append(1)
             self.out.append(int(result))
@@ -733,10 +741,6 @@ def _enc_get_response_with_list(w: _Writer, a: GetResponseWithList) -> None:
     w.invoke(a.invoke)
     w.count(len(a.results))
     for result in a.results:
-        if isinstance(result, MalformedResult):
-            raise EncodeError(
-                f"a malformed result ({result.code}) cannot be encoded", code="apdu.malformed"
-            )
         w.get_data_result(result)
 
 
@@ -1036,7 +1040,15 @@ def _dec_get_request(r: Reader, choice: int) -> XdlmsApdu:
 def _dec_get_response(r: Reader, choice: int) -> XdlmsApdu:
     invoke = r.invoke()
     if choice == _NORMAL:
-        return GetResponseNormal(invoke, r.get_data_result())
+        start = r.pos
+        try:
+            return GetResponseNormal(invoke, r.get_data_result())
+        except DecodeError as exc:
+            # The response itself is sound; its value is not: an error of that value only.
+            r.pos = len(r.buf)
+            return GetResponseNormal(
+                invoke, MalformedResult(exc.code, exc.message, exc.offset if exc.offset else start)
+            )
     if choice == _GET_WITH_DATABLOCK:
         last_block = r.u8("last-block") != 0
         block_number = r.u32("block-number")
@@ -1195,10 +1207,14 @@ def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
         return acse.decode_acse(buf)
     r = Reader(buf)
     apdu = decode_xdlms(r)
+    results: tuple[object, ...] = ()
     if isinstance(apdu, GetResponseWithList):
-        for result in apdu.results:
-            if isinstance(result, MalformedResult):
-                raise DecodeError(result.message, code=result.code, offset=result.offset)
+        results = apdu.results
+    elif isinstance(apdu, GetResponseNormal):
+        results = (apdu.result,)
+    for result in results:
+        if isinstance(result, MalformedResult):
+            raise DecodeError(result.message, code=result.code, offset=result.offset)
     r.end(type(apdu).__name__)
     return apdu
 
@@ -1220,10 +1236,14 @@ def _describe_access(access: SelectiveAccess | None) -> object:
     return {"selector": access.selector, "parameters": access.parameters.to_json()}
 
 
-def describe_result(result: Data | DataAccessResult | ActionResult | None) -> object:
+def describe_result(
+    result: Data | DataAccessResult | ActionResult | MalformedResult | None,
+) -> object:
     """A JSON-safe form of a GET/SET/ACTION result."""
     if result is None:
         return None
+    if isinstance(result, MalformedResult):
+        return {"malformed": result.code, "message": result.message}
     if isinstance(result, DataAccessResult):
         return {"data_access_result": result.label}
     if isinstance(result, ActionResult):
@@ -1282,12 +1302,7 @@ def describe(apdu: Apdu) -> dict[str, object]:
         else:
             out["raw_data"] = apdu.raw_data.hex()
     elif isinstance(apdu, GetResponseWithList):
-        out["results"] = [
-            {"malformed": r.code, "message": r.message}
-            if isinstance(r, MalformedResult)
-            else describe_result(r)
-            for r in apdu.results
-        ]
+        out["results"] = [describe_result(r) for r in apdu.results]
     elif isinstance(apdu, SetRequestNormal):
         out["attribute"] = str(apdu.attribute)
         out["access"] = _describe_access(apdu.access)

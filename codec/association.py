@@ -44,11 +44,11 @@ from codec.link import ApduReceived, Connected, Disconnected, Link, UnsolicitedD
 
 __all__ = [
     "Associated",
-    "Lenient",
     "AssociationSettings",
     "AssociationState",
     "ClientAssociation",
     "Closed",
+    "Lenient",
     "Negotiated",
     "Notification",
     "Released",

@@ -281,10 +281,19 @@ class DlmsClient:
             chunk = attributes[start : start + (self.max_list_items if use_list else 1)]
             if use_list and len(chunk) > 1:
                 got = yield from self._get_list(chunk)
-                if got is not None:
-                    results.extend(got)
-                    continue
-                use_list = False
+                if got is None:
+                    use_list = False
+                else:
+                    # From a result that does not decode on, the list cannot be trusted: read
+                    # those attributes again one by one (a bad one is then an error of its own).
+                    bad = next(
+                        (i for i, r in enumerate(got) if isinstance(r, MalformedResult)), None
+                    )
+                    if bad is None:
+                        results.extend(got)
+                        continue
+                    results.extend(got[:bad])
+                    chunk = chunk[bad:]
             for attribute in chunk:
                 response = yield GetRequestNormal(_PLACEHOLDER, attribute, None)
                 results.append(
