@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: What a converted value can be: exactly what strict JSON carries.
-JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue]"
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | None"
 
 
 class Quality(enum.Enum):

@@ -132,10 +132,13 @@ def test_any_value_a_meter_sends_reaches_the_publisher_as_strict_json(
         assert (key in reading.values) != (key in reading.errors), reading
     for index, value in enumerate(served):
         key = f"x{index}"
-        if isinstance(value, Data) and value.type in (DataType.FLOAT32, DataType.FLOAT64):
-            if not math.isfinite(value.value):  # type: ignore[arg-type]
-                assert reading.values[key] is None
-                assert reading.quality[key] in ("nan", "+inf", "-inf")
+        if (
+            isinstance(value, Data)
+            and value.type in (DataType.FLOAT32, DataType.FLOAT64)
+            and not math.isfinite(value.value)  # type: ignore[arg-type]
+        ):
+            assert reading.values[key] is None
+            assert reading.quality[key] in ("nan", "+inf", "-inf")
 
 
 async def test_structure_nan_enum_and_text_registers_keep_the_voltage_flowing(
