@@ -40,7 +40,7 @@ from codec.errors import (
     RemoteProtocolError,
 )
 from codec.hdlc import NEED_DATA
-from codec.link import ApduReceived, Connected, Disconnected, Link, UnsolicitedData
+from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
 
 __all__ = [
     "Associated",
@@ -248,8 +248,24 @@ class ClientAssociation:
             self.link.send_apdu(acse.encode_acse(RLRQ()), now)
         elif self.state is S.IDLE:
             self.state = S.CLOSED
+        elif self._meter_still_associated():
+            # A reply we could not accept closed the association on our side only: the meter
+            # still holds it (and may allow no other). Release it properly.
+            self.state = S.RELEASING
+            try:
+                self.link.send_apdu(acse.encode_acse(RLRQ()), now)
+            except LocalProtocolError:
+                self.state = S.UNLINKING
+                self.link.disconnect(now)
         else:
             self.abort(now)
+
+    def _meter_still_associated(self) -> bool:
+        return (
+            self.state is S.CLOSED
+            and self.negotiated is not None
+            and self.link.state is LinkState.CONNECTED
+        )
 
     def abort(self, now: float) -> None:
         """Drop the link without releasing the association (DISC only)."""
@@ -257,6 +273,9 @@ class ClientAssociation:
         if (self.state, _Ev.ABORT) in TRANSITIONS:
             self._go(_Ev.ABORT)
             self._current = None
+            self.link.disconnect(now)
+        elif self._meter_still_associated():
+            self.state = S.UNLINKING
             self.link.disconnect(now)
 
     # -- I/O plumbing ------------------------------------------------------------------------
