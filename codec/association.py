@@ -383,10 +383,10 @@ class ClientAssociation:
                 raise
             # A malformed RLRE (some meters get its lengths wrong) still ends the association.
             decoded, trailing = RLRE(reason=None), b""
-        if trailing:
-            self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, GetResponseWithList) and decoded.malformed:
-            self._tolerate_malformed(decoded)
+            self._tolerate_malformed(decoded)  # what follows the bad result was left unread
+        elif trailing:
+            self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
             try:
                 initiate = acse.check_aare(decoded)

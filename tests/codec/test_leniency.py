@@ -83,6 +83,7 @@ def test_list_items_before_a_malformed_one_are_kept() -> None:
     # Cut the list inside its third item: a structure claiming 9 elements.
     broken = raw[:-2] + b"\x02\x09\x11"
     apdu, trailing = decode_apdu_lenient(broken)
+    assert trailing == b"\x00\x02\x09\x11"  # from the malformed item on: left unread
     assert isinstance(apdu, GetResponseWithList)
     assert apdu.results[:2] == good.results[:2]
     assert isinstance(apdu.results[2], MalformedResult)
