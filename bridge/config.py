@@ -241,6 +241,9 @@ class MeterConfig:
     timeout_s: float = 5.0
     inactivity_timeout_s: float = 180.0
     registers: tuple[RegisterConfig, ...] = ()
+    #: Values that never change (serial number, firmware): read with the registers, published
+    #: as device attributes when the connection to the broker is made and when they change.
+    attributes: tuple[RegisterConfig, ...] = ()
     max_pdu_size: int = 1024
     hdlc_max_info: int = 128
     hdlc_window: int = 1
@@ -358,6 +361,7 @@ class _MeterDefaults:
     timeout_s: float | None = None
     inactivity_timeout_s: float | None = None
     registers: _Registers | None = None
+    attributes: list[_RegisterSection] | None = None
     max_pdu_size: int | None = None
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
@@ -948,6 +952,21 @@ class _Resolver:
         else:
             registers = default_regs
 
+        attributes: tuple[RegisterConfig, ...] = ()
+        attributes_path = (
+            f"{path}.attributes" if raw.attributes is not None else "defaults.attributes"
+        )
+        raw_attributes = raw.attributes if raw.attributes is not None else defaults.attributes
+        if raw_attributes:
+            attributes = self.registers(raw_attributes, attributes_path)
+            keys = {r.key for r in registers}
+            for i, attribute in enumerate(attributes):
+                if attribute.key in keys:
+                    self.error(
+                        f"{attributes_path}[{i}].key",
+                        f"{attribute.key!r} is also the key of a register",
+                    )
+
         port = pick("port")
         if port is None:
             self.error(f"{path}.port", "required (set it here or in [defaults])")
@@ -992,6 +1011,7 @@ class _Resolver:
             timeout_s=timeout_s,
             inactivity_timeout_s=pick("inactivity_timeout_s"),
             registers=registers,
+            attributes=attributes,
             max_pdu_size=pick("max_pdu_size"),
             hdlc_max_info=pick("hdlc_max_info"),
             hdlc_window=pick("hdlc_window"),

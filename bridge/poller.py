@@ -151,7 +151,11 @@ class MeterPoller:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.endpoint = endpoint_for(meter)
-        self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
+        self.specs = [
+            RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
+            for r in (*meter.registers, *meter.attributes)
+        ]
+        self.attribute_keys = frozenset(r.key for r in meter.attributes)
         self.stats = PollerStats()
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
@@ -278,12 +282,19 @@ class MeterPoller:
                 errors[key] = RegisterError("value.unrepresentable", problem)
                 continue
             values[key] = r.value
-            errors.pop(key, None)
             if r.quality is not None:
                 quality[key] = r.quality.value
-        for key in values:
-            errors.pop(key, None)
-        return Reading(self.meter.name, started_ms, values, quality=quality, errors=errors)
+        attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
+        for key in attributes:
+            quality.pop(key, None)
+        return Reading(
+            self.meter.name,
+            started_ms,
+            values,
+            quality=quality,
+            errors=errors,
+            attributes=attributes,
+        )
 
     async def _read_with_recovery(self) -> tuple[list[RegisterReading], int, float, bool]:
         """Read the registers, re-associating (level 2) or reconnecting (level 3) as needed."""

@@ -16,6 +16,13 @@ Formats (`PublishMode`):
   ``flat`` ``{"meter": "<meter>", "ts": ms, <key>: <value>, ...}``; the online flag is a
   retained ``{"meter": "<meter>", "online": true}`` on `status_topic_template`.
 
+Values: a reading's values go as they are (structures and arrays as JSON arrays, text as
+strings), except that ThingsBoard takes no null: a null value is left out and its cause goes
+under ``<key>_quality`` / ``<key>_error`` (`Reading.telemetry`). A meter's configured
+``attributes`` (serial number, firmware) are published as device attributes
+(``v1/gateway/attributes`` ``{"<meter>": {...}}`` or ``v1/devices/me/attributes``) once per
+connection and again whenever they change; in ``topic`` mode they travel with the values.
+
 Delivery: rows are read from the outbox in insertion order, published with QoS 1 (a few
 messages in flight per connection), and deleted only after their PUBACK. After any failure the
 lane starts again from the oldest row still stored, so readings of one meter always reach the
@@ -285,7 +292,8 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
             f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
         )
     if settings.payload_shape is PayloadShape.FLAT:
-        flat: dict[str, object] = dict(reading.telemetry())
+        # A plain broker has no device attributes: they travel with the values.
+        flat: dict[str, object] = {**reading.attributes_json(), **reading.telemetry()}
         clash = {"meter", "ts"} & flat.keys()
         if clash:
             raise ValueError(
@@ -296,7 +304,8 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
         flat["ts"] = reading.ts_ms
         payload = dumps_compact(flat).encode()
     else:
-        payload = _entry(reading).encode()
+        values = {**reading.attributes_json(), **reading.telemetry()}
+        payload = f'{{"ts":{reading.ts_ms},"values":{dumps_compact(values)}}}'.encode()
     return Message(topic, payload, (row,))
 
 
@@ -327,6 +336,8 @@ class _Lane:
     control: list[Message] = attrs.Factory(list)
     dirty_status: set[str] = attrs.Factory(set)
     announced: set[str] = attrs.Factory(set)
+    #: The device attributes last published per meter on this connection.
+    attributes_sent: dict[str, dict[str, Any]] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     failure: str | None = None
@@ -502,6 +513,7 @@ class Publisher:
             generation = lane.client.generation
             # (Again) connected: announce meters and repeat every known status.
             lane.announced.clear()
+            lane.attributes_sent.clear()
             lane.dirty_status |= {m for m in self._online if self._lane_for(m) is lane}
             lane.failure = None
             failure = await self._deliver(lane, generation)
@@ -571,14 +583,37 @@ class Publisher:
                     taken = 1
             elif s.mode is PublishMode.DEVICE:
                 message, taken = device_telemetry(rows[i:], budget)
+                yield from self._attribute_messages(lane, message.rows)
             else:
                 message, taken = gateway_telemetry(rows[i:], budget)
                 for meter in dict.fromkeys(r.reading.meter for r in message.rows):
                     if meter not in lane.announced:
                         lane.announced.add(meter)
                         yield self._connect_message(meter)
+                yield from self._attribute_messages(lane, message.rows)
             i += taken
             yield message
+
+    def _attribute_messages(self, lane: _Lane, rows: Sequence[OutboxRow]) -> Iterator[Message]:
+        """Device attributes of these rows' meters that this connection has not published yet,
+        or whose values changed."""
+        changed: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            reading = row.reading
+            if not reading.attributes:
+                continue
+            current = reading.attributes_json()
+            sent = lane.attributes_sent.get(reading.meter)
+            if current and current != sent:
+                lane.attributes_sent[reading.meter] = current
+                changed[reading.meter] = current
+        if not changed:
+            return
+        if self.settings.mode is PublishMode.GATEWAY:
+            yield Message(GATEWAY_ATTRIBUTES, dumps_compact(changed).encode())
+        else:
+            for body in changed.values():
+                yield Message(DEVICE_ATTRIBUTES, dumps_compact(body).encode())
 
     def _connect_message(self, meter: str) -> Message:
         body: dict[str, object] = {"device": meter}

@@ -115,6 +115,13 @@ def _check_quality(inst: Any, _attr: attrs.Attribute[Any], quality: Mapping[str,
             )
 
 
+def _check_attributes(inst: Any, _attr: attrs.Attribute[Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        problem = check_value(value) if isinstance(key, str) and key else "empty key"
+        if problem is not None:
+            raise ValueError(f"reading of meter {inst.meter!r}: attribute {key!r}: {problem}")
+
+
 def _check_errors(inst: Any, _attr: attrs.Attribute[Any], errors: Mapping[str, Any]) -> None:
     for key in errors:
         if not isinstance(key, str) or not key or key in inst.values:
@@ -143,6 +150,10 @@ class Reading:
     errors: Mapping[str, RegisterError] = attrs.field(
         factory=dict, converter=_freeze_errors, validator=_check_errors, hash=False, kw_only=True
     )
+    #: Values of the meter's configured ``attributes`` (published as device attributes).
+    attributes: Mapping[str, Value] = attrs.field(
+        factory=dict, converter=_freeze, validator=_check_attributes, hash=False, kw_only=True
+    )
 
     def to_json(self) -> bytes:
         """The compact JSON form, ``{"meter":..,"ts":..,"values":{..}}`` with sorted keys."""
@@ -156,6 +167,10 @@ class Reading:
     def values_json(self) -> str:
         """The telemetry object (:meth:`telemetry`) in the same compact, sorted form."""
         return dumps_compact(self.telemetry())
+
+    def attributes_json(self) -> dict[str, Value]:
+        """The attributes as ThingsBoard takes them (no null values)."""
+        return {k: v for k, v in self.attributes.items() if v is not None}
 
     def telemetry(self) -> dict[str, Value]:
         """The values as ThingsBoard telemetry, which takes no JSON null: a null value is left
@@ -187,6 +202,8 @@ def encode_reading(reading: Reading) -> bytes:
         obj["quality"] = dict(reading.quality)
     if reading.errors:
         obj["errors"] = {k: e.to_json() for k, e in reading.errors.items()}
+    if reading.attributes:
+        obj["attributes"] = dict(reading.attributes)
     return dumps_compact(obj).encode("utf-8")
 
 
@@ -201,10 +218,10 @@ def decode_reading(data: bytes | str) -> Reading:
     missing = {"meter", "ts", "values"} - obj.keys()
     if missing:
         raise ValueError(f"reading JSON lacks {', '.join(sorted(missing))}")
-    extra = obj.keys() - {"meter", "ts", "values", "quality", "errors"}
+    extra = obj.keys() - {"meter", "ts", "values", "quality", "errors", "attributes"}
     if extra:
         raise ValueError(f"reading JSON has unexpected keys {', '.join(sorted(extra))}")
-    for name in ("values", "quality", "errors"):
+    for name in ("values", "quality", "errors", "attributes"):
         if not isinstance(obj.get(name, {}), dict):
             raise ValueError(f"reading JSON: {name} must be an object")
     errors = obj.get("errors", {})
@@ -217,4 +234,5 @@ def decode_reading(data: bytes | str) -> Reading:
         values=obj["values"],
         quality=obj.get("quality", {}),
         errors=errors,
+        attributes=obj.get("attributes", {}),
     )

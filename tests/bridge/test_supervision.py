@@ -72,7 +72,7 @@ async def test_a_poller_that_keeps_crashing_is_faulted_and_the_others_go_on(
 
     monkeypatch.setattr(MeterPoller, "run", run)
     with trio.fail_after(40):
-        sim, ports = await simulator(meters=2)
+        _, ports = await simulator(meters=2)
         sub = collector(["v1/gateway/telemetry"])
         config = bridge_config(
             tmp_path / "data", mosquitto, ports, names=["good", "bad"],

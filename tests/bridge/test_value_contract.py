@@ -191,3 +191,54 @@ async def test_a_value_that_is_no_axdr_is_an_error_of_its_register_only(tmp_path
     assert reading.errors["x0"].code.startswith(("decode", "apdu"))
     assert poller.stats.register_errors == 1
     outbox.close()
+
+
+async def test_attributes_are_published_on_connect_and_on_change(
+    tmp_path: Path, mosquitto: Any, collector: Any
+) -> None:
+    """Registers configured as ``attributes`` go to v1/gateway/attributes once per connection
+    and when they change, never as telemetry; structures go as JSON arrays."""
+    from tests.bridge.test_service import bridge_config, running, telemetry
+
+    with trio.fail_after(40):
+        async with value_meter(EXTRA) as meter:
+            meter.set(0, Data.visible_string("FW 1.0"))
+            meter.set(1, Data.structure([Data.unsigned(1), Data.float32(math.nan)]))
+            sub = collector(["v1/gateway/attributes", "v1/gateway/telemetry"])
+            firmware = {"key": "firmware", "obis": "0-0:96.99.0", "class_id": 1}
+            serial = {"key": "serial", "obis": "0-0:96.1.0", "class_id": 1}
+            config = bridge_config(
+                tmp_path / "data", mosquitto, (meter.port,),
+                defaults={
+                    "interval_s": 0.2, "timeout_s": 0.15, "attributes": [firmware, serial],
+                    "registers": [
+                        {"key": "voltage", "obis": "1-1:32.7.0"},
+                        {"key": "pair", "obis": "0-0:96.99.1", "class_id": 1},
+                    ],
+                },
+            )  # fmt: skip
+
+            def attributes() -> list[dict[str, Any]]:
+                out = []
+                for m in sub.on("v1/gateway/attributes"):
+                    body = strict_loads(m.payload)
+                    if "firmware" in body.get("m0", {}):
+                        out.append(body["m0"])
+                return out
+
+            async with running(config):
+                await sub.wait_for(lambda ms: len(telemetry(sub)) >= 5, 15)
+                assert attributes() == [
+                    {"firmware": "FW 1.0", "serial": meter.sim.meters[0].serial}
+                ]
+                meter.set(0, Data.visible_string("FW 1.1"))
+                await sub.wait_for(lambda ms: len(attributes()) >= 2, 10)
+                await sub.wait_for(lambda ms: len(telemetry(sub)) >= 15, 15)
+    assert [a["firmware"] for a in attributes()] == ["FW 1.0", "FW 1.1"]
+    for message in sub.on("v1/gateway/telemetry"):
+        strict_loads(message.payload)
+    for _, _, values in telemetry(sub):
+        assert "firmware" not in values and "serial" not in values
+        assert values["pair"] == [1, None]
+        assert values["pair_quality"] == "nan"
+        assert isinstance(values["voltage"], float)
