@@ -56,6 +56,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.config import DEFAULT_TOPIC, PublishConfig
 from bridge.mqtt import Delivery, MqttClient, MqttSettings, PublishError
 from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
 from bridge.readings import Reading, dumps_compact
@@ -81,6 +82,8 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: The configuration's defaults are the publisher's (one home for each default).
+_CONFIG = PublishConfig()
 _LATENCY_SAMPLES = 4096
 
 
@@ -116,19 +119,21 @@ class PublisherSettings:
     """
 
     mode: PublishMode = PublishMode.GATEWAY
-    topic_template: str = "meters/{meter}/telemetry"
+    topic_template: str = DEFAULT_TOPIC
     payload_shape: PayloadShape = PayloadShape.THINGSBOARD
     status_topic_template: str = "meters/{meter}/status"
     device_type: str | None = None
     online_attribute: str | None = "online"
-    max_messages_per_s: float = attrs.field(default=4.0, validator=_at_least(0.001))
-    max_payload_bytes: int = attrs.field(default=32 * 1024, validator=_at_least(64))
-    max_bytes_per_s: float = attrs.field(default=64 * 1024, validator=_at_least(64))
+    max_messages_per_s: float = attrs.field(
+        default=_CONFIG.max_messages_per_s, validator=_at_least(0.001)
+    )
+    max_payload_bytes: int = attrs.field(default=_CONFIG.max_payload_bytes, validator=_at_least(64))
+    max_bytes_per_s: float = attrs.field(default=_CONFIG.max_bytes_per_s, validator=_at_least(64))
     max_datapoints_per_s: float | None = attrs.field(default=None, validator=_at_least(0.001))
     burst_s: float = attrs.field(default=1.0, validator=_at_least(0.001))
     max_in_flight: int = attrs.field(default=4, validator=_at_least(1))
     ack_timeout: float = attrs.field(default=30.0, validator=_at_least(0.001))
-    batch_rows: int = attrs.field(default=1000, validator=_at_least(1))
+    batch_rows: int = attrs.field(default=_CONFIG.max_readings_per_message, validator=_at_least(1))
     qos: int = 1
 
     def __attrs_post_init__(self) -> None:

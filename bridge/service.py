@@ -29,7 +29,14 @@ import attrs
 import trio
 
 from bridge import systemd
-from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
+from bridge.config import (
+    DEFAULT_TOPIC,
+    BridgeConfig,
+    ConfigError,
+    MeterConfig,
+    diff_meters,
+    load_config,
+)
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
@@ -88,7 +95,7 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
     p = config.publish
     return PublisherSettings(
         mode=PublishMode(p.mode),
-        topic_template=p.topic or "meters/{meter}/telemetry",
+        topic_template=p.topic or DEFAULT_TOPIC,
         payload_shape=PayloadShape(p.payload),
         max_messages_per_s=p.max_messages_per_s,
         max_payload_bytes=p.max_payload_bytes,

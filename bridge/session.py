@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
+from bridge.config import METER_DEFAULTS
 from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
     Associated,
@@ -69,19 +70,19 @@ class MeterEndpoint:
 
     host: str
     port: int
-    transport: Literal["hdlc", "wrapper"] = "hdlc"
-    client_sap: int = 1
+    transport: Literal["hdlc", "wrapper"] = METER_DEFAULTS["transport"]
+    client_sap: int = METER_DEFAULTS["client_sap"]
     server_logical: int = 0
-    server_physical: int = 1
+    server_physical: int = METER_DEFAULTS["server_physical"]
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
-    timeout: float = 5.0
+    timeout: float = METER_DEFAULTS["timeout_s"]
     retries: int = 2
-    connect_timeout: float = 5.0
-    max_pdu_size: int = 1024
+    connect_timeout: float = METER_DEFAULTS["timeout_s"]
+    max_pdu_size: int = METER_DEFAULTS["max_pdu_size"]
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
-    byte_stuffing: bool = False
+    byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
     max_list_items: int = 10
 
     @property

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from bridge.config import METER_DEFAULTS as _D
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder
@@ -43,10 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", required=True, help="meter host name or address")
     parser.add_argument("--port", type=int, required=True, help="meter TCP port")
-    parser.add_argument("--transport", choices=("hdlc", "wrapper"), default="hdlc")
-    parser.add_argument("--client-sap", type=int, default=1, help="client SAP (default 1)")
+    parser.add_argument("--transport", choices=("hdlc", "wrapper"), default=_D["transport"])
+    parser.add_argument(
+        "--client-sap", type=int, default=_D["client_sap"], help="client SAP (default %(default)s)"
+    )
     parser.add_argument("--server-logical", type=int, default=0, help="default 0")
-    parser.add_argument("--server-physical", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--server-physical", type=int, default=_D["server_physical"], help="default %(default)s"
+    )
     parser.add_argument(
         "--server-address-size",
         type=int,
@@ -56,9 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password", help="LLS password (prefer --password-file)")
     secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
-    parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, s (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=_D["timeout_s"],
+        help="reply timeout, s (default %(default)s)",
+    )
     parser.add_argument("--retries", type=int, default=2, help="retransmissions (default 2)")
-    parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
+    parser.add_argument(
+        "--max-info",
+        type=int,
+        default=_D["hdlc_max_info"],
+        help="HDLC max information field (default %(default)s)",
+    )
     parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
     parser.add_argument("--list-objects", action="store_true", help="print the object list")
     parser.add_argument("--profile", metavar="OBIS", help="read this profile generic's buffer")
