@@ -18,7 +18,7 @@ from bridge.session import MeterEndpoint
 def test_outbox_bounds_are_the_configured_defaults() -> None:
     config = PublishConfig()
     assert outbox.DEFAULT_MAX_BYTES == config.outbox_max_bytes == 256 * 1024 * 1024
-    assert outbox.DEFAULT_MAX_ROWS == config.outbox_max_rows
+    assert config.outbox_max_rows == outbox.DEFAULT_MAX_ROWS
     params = inspect.signature(outbox.Outbox).parameters
     assert params["max_bytes"].default == config.outbox_max_bytes
     assert params["max_rows"].default == config.outbox_max_rows
