@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from bridge.config import METER_DEFAULTS
-from codec.apdu import AttributeDescriptor, SelectiveAccess
+from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
     Associated,
     AssociationSettings,
@@ -38,7 +38,7 @@ from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
 from codec.cosem import ObjectListEntry
 from codec.errors import LinkError, ProtocolError
-from codec.hdlc import NEED_DATA, HdlcAddress
+from codec.hdlc import HdlcAddress, NeedData
 from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
 from codec.obis import Obis
@@ -126,7 +126,7 @@ class MeterSession:
         self,
         endpoint: MeterEndpoint,
         *,
-        on_notification: Callable[[Any], None] | None = None,
+        on_notification: Callable[[Apdu | bytes], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.on_notification = on_notification
@@ -242,7 +242,7 @@ class MeterSession:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def request(self, apdu: Any) -> Any:
+    async def request(self, apdu: Request) -> XdlmsApdu:
         """Send one request APDU and return its complete response APDU."""
         association = self._require()
         association.drain()
@@ -332,7 +332,7 @@ class MeterSession:
                     f": {event.data[:64].hex()}" if event.data else "",
                 )
                 continue
-            if event is not NEED_DATA:
+            if not isinstance(event, NeedData):
                 return event
             deadline = association.next_deadline()
             data = None

@@ -608,6 +608,11 @@ XdlmsApdu: TypeAlias = (
     " | DataNotification | GeneralBlockTransfer"
 )
 Apdu: TypeAlias = "XdlmsApdu | AARQ | AARE | RLRQ | RLRE"
+#: The confirmed requests a client sends (and an association carries one at a time).
+Request: TypeAlias = (
+    "GetRequestNormal | GetRequestNext | GetRequestWithList | SetRequestNormal"
+    " | ActionRequestNormal"
+)
 
 
 # -- encoding -------------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ protocol error.
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 import attrs
 
 from codec import acse, apdu
 from codec.acse import AARE, AARQ, RLRE, RLRQ, Conformance, InitiateRequest
 from codec.apdu import (
+    Apdu,
     ConfirmedServiceError,
     DataNotification,
     ExceptionResponse,
@@ -30,6 +30,8 @@ from codec.apdu import (
     GetResponseWithDatablock,
     GetResponseWithList,
     InvokeId,
+    Request,
+    XdlmsApdu,
 )
 from codec.axdr import decode_data
 from codec.errors import (
@@ -39,8 +41,9 @@ from codec.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from codec.hdlc import NEED_DATA
+from codec.hdlc import NEED_DATA, NeedData
 from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
+from codec.link import Event as LinkEvent
 
 __all__ = [
     "Associated",
@@ -133,16 +136,17 @@ class Associated:
 
 @attrs.frozen
 class Response:
-    """The complete response to the current request (long GETs already reassembled)."""
+    """The complete response to the current request (long GETs already reassembled): a
+    GET/SET/ACTION response, an exception-response or a confirmed-service-error."""
 
-    apdu: Any
+    apdu: XdlmsApdu
 
 
 @attrs.frozen
 class Notification:
-    """An unsolicited APDU from the meter (a push), decoded when possible."""
+    """An unsolicited APDU from the meter (a push), decoded when possible (else its bytes)."""
 
-    apdu: Any
+    apdu: Apdu | bytes
 
 
 @attrs.frozen
@@ -190,7 +194,7 @@ class ClientAssociation:
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
-        self._current: Any = None  # the request awaiting its response
+        self._current: Request | None = None  # the request awaiting its response
         self._blocks: list[bytes] = []
         self._events: list[Event] = []
         self._now = 0.0
@@ -219,7 +223,7 @@ class ClientAssociation:
         self._now = now
         self.link.connect(now)
 
-    def request(self, request: Any, now: float) -> InvokeId:
+    def request(self, request: Request, now: float) -> InvokeId:
         """Send a confirmed GET/SET/ACTION request; its invoke-id is assigned here.
 
         ``request`` is any request APDU from :mod:`codec.apdu`; its ``invoke`` field is replaced.
@@ -319,12 +323,12 @@ class ClientAssociation:
 
     # -- events ------------------------------------------------------------------------------
 
-    def next_event(self) -> Event | Any:
+    def next_event(self) -> Event | NeedData:
         """The next event, or ``NEED_DATA``."""
         while not self._events:
             try:
                 event = self.link.next_event()
-                if event is NEED_DATA:
+                if isinstance(event, NeedData):
                     return NEED_DATA
                 self._handle_link_event(event)
             except ProtocolError:
@@ -334,7 +338,7 @@ class ClientAssociation:
                 raise
         return self._events.pop(0)
 
-    def _handle_link_event(self, event: Any) -> None:
+    def _handle_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, Connected):
             if self.state is S.UNLINKING:
                 self.link.disconnect(self._now)
@@ -368,7 +372,7 @@ class ClientAssociation:
         self.link.send_apdu(acse.encode_acse(aarq), self._now)
 
     @staticmethod
-    def _decode_or_raw(data: bytes) -> Any:
+    def _decode_or_raw(data: bytes) -> Apdu | bytes:
         try:
             return apdu.decode_apdu(data)
         except DecodeError:
@@ -419,8 +423,11 @@ class ClientAssociation:
         else:
             self.stale_responses += 1
 
-    def _handle_response(self, decoded: Any) -> None:
+    def _handle_response(self, decoded: Apdu) -> None:
         current = self._current
+        if isinstance(decoded, (AARQ, AARE, RLRQ, RLRE)):
+            self.stale_responses += 1  # an ACSE APDU answers no GET/SET/ACTION
+            return
         if isinstance(decoded, (ExceptionResponse, ConfirmedServiceError)):
             # Neither carries an invoke-id: it answers the request in flight.
             self._finish(decoded)
@@ -496,7 +503,7 @@ class ClientAssociation:
             )
         )
 
-    def _finish(self, response: Any) -> None:
+    def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))

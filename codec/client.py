@@ -45,9 +45,11 @@ from codec.apdu import (
     InvokeId,
     MalformedResult,
     MethodDescriptor,
+    Request,
     SelectiveAccess,
     SetRequestNormal,
     SetResponseNormal,
+    XdlmsApdu,
     expect_data,
     raise_for_result,
 )
@@ -71,7 +73,7 @@ __all__ = [
 
 T = TypeVar("T")
 #: A sans-IO operation: yields requests, is sent responses, returns a result.
-Procedure = Generator[Any, Any, T]
+Procedure = Generator[Request, XdlmsApdu, T]
 
 #: The current association's object (its object_list is attribute 2).
 ASSOCIATION_LN = Obis(0, 0, 40, 0, 0, 255)
@@ -213,7 +215,7 @@ def _json_value(value: Any) -> JsonValue:
     return str(value)
 
 
-def _check_response(response: Any, expected: type[T], what: str) -> T:
+def _check_response(response: XdlmsApdu, expected: type[T], what: str) -> T:
     if isinstance(response, (ExceptionResponse, ConfirmedServiceError)):
         error = response.error()
         raise type(error)(f"{what}: {error.message}", code=error.code)
