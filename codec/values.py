@@ -124,13 +124,19 @@ ENUM_NAMES: dict[tuple[int, int], dict[int, str]] = {
 _TIME_OBIS: tuple[tuple[int, int, int | None], ...] = ((0, 1, 2), (96, 2, None), (1, 0, None))
 
 
+#: (class_id, attribute) of the attributes that hold a date-time: clock time, DST begin and end
+#: (8/2, 8/5, 8/6), extended register capture_time (4/5), demand register capture_time and
+#: start_time_current (5/6, 5/7).
+_TIME_ATTRIBUTES = frozenset({(8, 2), (8, 5), (8, 6), (4, 5), (5, 6), (5, 7)})
+
+
 def context_for(class_id: int, obis: Obis, attribute: int) -> ValueContext:
     """The context in which to convert the value of ``attribute`` of object ``obis``.
 
-    Clock attribute 2 (and 5, 6: DST begin and end), profile capture times, and octet-string
-    values of Data objects (class 1, attribute 2) whose OBIS names a time stamp are date-times.
+    The clock's time, capture times (:data:`_TIME_ATTRIBUTES`), and octet-string values of Data
+    objects (class 1, attribute 2) whose OBIS names a time stamp are date-times.
     """
-    if class_id == 8 and attribute in (2, 5, 6):
+    if (class_id, attribute) in _TIME_ATTRIBUTES:
         return ValueContext.DATE_TIME
     if class_id == 1 and attribute == 2:
         for c, d, e in _TIME_OBIS:
