@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,21 +90,27 @@ async def one_cycle(served: list[Data | bytes], outbox: Outbox) -> tuple[bool, M
 
 
 def check_payloads(outbox: Outbox) -> list[Reading]:
+    """Every payload the publisher makes of the stored rows is strict JSON, and ThingsBoard's
+    carry no null value (older releases refuse the whole message)."""
     rows = outbox.peek(10)
     for row in rows:
         # What the outbox stored is strict JSON and reads back as the same reading.
         assert Reading.from_json(row.reading.to_json()) == row.reading
         strict_loads(row.reading.to_json())
+    tb_values: list[dict[str, Any]] = []
     gateway, _ = gateway_telemetry(rows, 1 << 20)
+    for entries in strict_loads(gateway.payload).values():
+        tb_values.extend(e["values"] for e in entries)
     device, _ = device_telemetry(rows, 1 << 20)
-    payloads = [gateway.payload, device.payload]
-    for shape in PayloadShape:
-        s = PublisherSettings(mode=PublishMode.TOPIC, payload_shape=shape)
-        payloads.extend(topic_message(row, s).payload for row in rows)
-    for payload in payloads:
-        decoded = strict_loads(payload)
-        # ThingsBoard refuses null telemetry values (older releases reject the whole message).
-        assert "null" not in json.dumps(decoded) or shape is PayloadShape.FLAT
+    tb_values.extend(e["values"] for e in strict_loads(device.payload))
+    for row in rows:
+        tb = topic_message(row, PublisherSettings(mode=PublishMode.TOPIC))
+        tb_values.append(strict_loads(tb.payload)["values"])
+        flat = PublisherSettings(mode=PublishMode.TOPIC, payload_shape=PayloadShape.FLAT)
+        strict_loads(topic_message(row, flat).payload)
+    assert len(tb_values) == 3 * len(rows)
+    for values in tb_values:
+        assert None not in values.values(), values
     return [row.reading for row in rows]
 
 
@@ -116,13 +123,15 @@ def check_payloads(outbox: Outbox) -> list[Reading]:
 def test_any_value_a_meter_sends_reaches_the_publisher_as_strict_json(
     served: list[Data | bytes], tmp_path: Path
 ) -> None:
-    path = tmp_path / f"outbox-{id(served)}.db"
-    with Outbox(path) as outbox:
+    # A fresh outbox for each example (the fixture's directory is shared by all of them).
+    with (
+        tempfile.TemporaryDirectory(dir=tmp_path) as directory,
+        Outbox(Path(directory) / "outbox.db") as outbox,
+    ):
         ok, poller = trio.run(one_cycle, served, outbox)
         assert ok, poller.stats.last_error
         assert poller.stats.failures == 0
         (reading,) = check_payloads(outbox)
-    path.unlink()
     # The plain registers are delivered whatever the others hold.
     assert isinstance(reading.values["voltage_l1"], float)
     assert isinstance(reading.values["current_l1"], float)
