@@ -180,7 +180,11 @@ async def read_now(meter: MeterConfig) -> dict[str, Any]:
     return {
         "meter": meter.name,
         "values": {
-            r.spec.name: {"value": r.value, "unit": r.unit.symbol if r.unit else None}
+            r.spec.name: {
+                "value": r.value,
+                "unit": r.unit.symbol if r.unit else None,
+                **({"quality": r.quality.value} if r.quality is not None else {}),
+            }
             for r in readings
             if r.ok
         },

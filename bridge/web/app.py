@@ -72,6 +72,8 @@ async def _read_json(request: Request) -> object:
         raise AdminError(400, [{"path": "(body)", "message": "empty body: expected JSON"}])
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise AdminError(400, [{"path": "(body)", "message": "JSON nested too deeply"}]) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = (
             f" at line {exc.lineno}, column {exc.colno}"
@@ -81,15 +83,23 @@ async def _read_json(request: Request) -> object:
         raise AdminError(400, [{"path": "(body)", "message": f"not valid JSON{where}"}]) from None
 
 
+#: Times outside this range (ms since the epoch) are refused.
+_TIME_RANGE_MS = (0, 2**53)
+
+
 def _time_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        if raw.lstrip("-").isdigit():
+        if raw.isdigit() and len(raw) <= 16:
             value = int(raw)
-            return value * 1000 if abs(value) < 10**11 else value  # seconds or milliseconds
-        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
+            value = value * 1000 if value < 10**11 else value  # seconds or milliseconds
+        else:
+            value = int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
+        if not _TIME_RANGE_MS[0] <= value <= _TIME_RANGE_MS[1]:
+            raise ValueError(raw)
+        return value
     except (ValueError, OverflowError):
         raise AdminError(
             400,
@@ -182,7 +192,7 @@ def make_app(console: Console) -> Starlette:
 
     async def ack(request: Request) -> Response:
         raw = request.path_params["id"]
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 18:
             raise AdminError(400, [{"path": "id", "message": f"not an alarm id: {raw!r}"}])
         alarm = console.alarms.ack(int(raw))
         if alarm is None:

@@ -147,6 +147,36 @@ async def test_api_end_to_end(
     bad_time = await api.get("/api/v1/meters/m0/history?since=yesterday")
     assert bad_time.status == 400 and bad_time.json["errors"][0]["path"] == "since"
 
+    # Odd input of every kind: a 4xx naming the problem, never a 500.
+    odd_bodies: list[Any] = [
+        None,
+        "text",
+        12,
+        {"name": ["x"]},
+        {"name": ""},
+        {"name": "odd", "host": "127.0.0.1", "port": 1, "registers": {"a": 1}},
+        {"name": "odd", "host": "127.0.0.1", "port": 1, "registers": [{"key": "k"}]},
+        {"name": "odd", "host": "127.0.0.1", "port": 1, "registers": "no-such-preset"},
+        {"name": "odd", "host": "127.0.0.1", "port": 2**70},
+        {"name": "odd", "host": "127.0.0.1", "port": 1, "password_env": "NO_SUCH_VAR_X"},
+        {"name": "odd", "host": "127.0.0.1", "port": 1, "interval_s": "fast"},
+        {"name": "odd\u0000", "host": "127.0.0.1", "port": 1},
+    ]
+    for body in odd_bodies:
+        result = await api.call(
+            "POST", "/api/v1/meters", body, raw=b"null" if body is None else None
+        )
+        assert 400 <= result.status < 500, (body, result.status, result.text)
+        assert result.json["errors"][0]["message"], result.text
+    deep = await api.call("POST", "/api/v1/meters", raw=b"[" * 200_000 + b"]" * 200_000)
+    assert deep.status in (400, 413), deep.text
+    for query in ("since=99999999999999999999999", "until=-5", "since=2026-13-45", "key=%00"):
+        result = await api.get(f"/api/v1/meters/m0/history?{query}")
+        assert result.status in (200, 400), (query, result.text)
+    assert (await api.call("POST", "/api/v1/alarms/99999999999999999999999/ack")).status == 400
+    assert (await api.call("PUT", "/api/v1/meters")).status == 405
+    assert (await api.get("/api/v1/nothing")).status == 404
+
     # Add a meter: its readings reach the broker; the file is not touched.
     before = config.read_text()
     connects = len(process.events("connected", meter="m0"))
