@@ -9,6 +9,7 @@ window at each ``sync``; the console syncs every second, far more often than tha
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -66,8 +67,8 @@ class MeterTotals:
             self.counts[name] += value - seen if value >= seen else value
             self._link_seen[name] = value
         if new_successes > 0:
-            recent = list(stats.latencies)[-new_successes:]
-            for seconds in recent:
+            # Only the newest: no copy of the whole window per meter and second.
+            for seconds in itertools.islice(reversed(stats.latencies), new_successes):
                 self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
                 self.latency_sum += seconds
                 self.latency_count += 1
