@@ -52,6 +52,7 @@ class AlarmStore:
         self.grace_s = grace_s
         self._db: sqlite3.Connection | None = None
         self._active: dict[str, int] = {}  # name -> id
+        self._messages: dict[str, str] = {}  # name -> message, of the active ones
         self._restored: dict[str, float] = {}  # name -> monotonic deadline
         self._started = time.monotonic()
 
@@ -67,12 +68,13 @@ class AlarmStore:
         )
         self._db = db
         deadline = time.monotonic() + self.grace_s
-        for alarm_id, name in db.execute(
-            "SELECT id, name FROM alarms WHERE cleared_ms IS NULL ORDER BY id"
+        for alarm_id, name, message in db.execute(
+            "SELECT id, name, message FROM alarms WHERE cleared_ms IS NULL ORDER BY id"
         ):
             if name in self._active:  # a duplicate left by a crash: keep the newest
                 self._clear(self._active[name], "superseded")
             self._active[name] = alarm_id
+            self._messages[name] = message
             self._restored[name] = deadline
 
     def close(self) -> None:
@@ -116,14 +118,15 @@ class AlarmStore:
                 )
                 assert cur.lastrowid is not None
                 self._active[name] = cur.lastrowid
+                self._messages[name] = message
                 changes.append(AlarmChange("raised", self._must_get(cur.lastrowid)))
                 continue
-            old = self.db.execute("SELECT message FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
-            if old is not None and old[0] != message:
+            if self._messages.get(name) != message:
                 self.db.execute(
                     "UPDATE alarms SET message = ?, updated_ms = ? WHERE id = ?",
                     (message, now, alarm_id),
                 )
+                self._messages[name] = message
                 changes.append(AlarmChange("changed", self._must_get(alarm_id)))
         for name in list(self._active):
             if name in current:
@@ -132,6 +135,7 @@ class AlarmStore:
                 continue  # from before the restart: give the service time to raise it again
             self._restored.pop(name, None)
             alarm_id = self._active.pop(name)
+            self._messages.pop(name, None)
             self._clear(alarm_id, "cause gone")
             changes.append(AlarmChange("cleared", self._must_get(alarm_id)))
         if changes:
