@@ -21,7 +21,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ from bridge import systemd
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
+from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import AsyncOutbox, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
+from bridge.profiles import HighWaterMarks
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
 
@@ -48,6 +50,8 @@ SHUTDOWN_FLUSH_S = 10.0
 #: A crashed poller is restarted after this long (doubling up to the maximum).
 CRASH_BACKOFF_S = 5.0
 CRASH_BACKOFF_MAX_S = 300.0
+#: Meters that may read a profile range at the same moment (backfill pacing, box-wide).
+BACKFILL_SLOTS = 2
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -144,6 +148,11 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        #: Profile high-water marks (opened with the outbox, in the data directory).
+        self.marks: HighWaterMarks | None = None
+        self.backfill_limiter = trio.CapacityLimiter(BACKFILL_SLOTS)
+        #: Whether the box's clock is synchronised (sync_clock refuses otherwise).
+        self.clock_synchronised: Callable[[], bool] = box_clock_synchronised
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class BridgeService:
         cfg = self.config
         assert self.outbox is not None
         self.writer = OutboxWriter(self.outbox)
+        self.marks = await trio.to_thread.run_sync(HighWaterMarks, cfg.bridge.data_dir)
         if cfg.publish.mode == "device":
             devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
             self.publisher = Publisher(self.outbox, publisher_settings(cfg), devices=devices)
@@ -301,12 +311,21 @@ class BridgeService:
         try:
             with running.scope:
                 while True:
+                    options = dict(self.poller_options)
+                    work_options = {
+                        "marks": self.marks,
+                        "limiter": self.backfill_limiter,
+                        "synchronised": self.clock_synchronised,
+                        **options.pop("work_options", {}),
+                    }
                     poller = MeterPoller(
                         running.meter,
                         self._sink,
                         on_alarm=self._on_meter_alarm,
                         rng=random.Random(self._rng.random()),
-                        **self.poller_options,
+                        sink_many=self._sink_many,
+                        work_options=work_options,
+                        **options,
                     )
                     running.poller = poller
                     try:
@@ -332,6 +351,10 @@ class BridgeService:
         if not self.online.get(reading.meter):
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)
+
+    async def _sink_many(self, readings: Sequence[Reading]) -> None:
+        assert self.writer is not None
+        await self.writer.put_many(readings)
 
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)

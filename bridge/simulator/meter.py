@@ -66,8 +66,13 @@ class MeterSettings:
     conformance: Conformance = METER_CONFORMANCE
     #: Seconds without a frame after which the meter drops the link (0: never).
     inactivity_timeout: float = 180.0
-    #: Days of 15-minute entries in the load profile buffer.
+    #: Days of 15-minute entries in the load profile buffer (its capacity in entries).
     profile_days: int = 10
+    #: Seconds between load profile entries (the profile's capture_period).
+    profile_period: int = 900
+    #: Whether the load profile answers range access (selector 1); some meters offer only
+    #: entry access.
+    profile_range_access: bool = True
 
 
 @attrs.define(eq=False)
@@ -109,6 +114,8 @@ class Meter:
     clock_offset: float = 0.0
     #: The writable consumer message (a Data object).
     message: bytes = b""
+    #: The supply relay of the disconnect control (0-0:96.3.10): closed unless disconnected.
+    supply_connected: bool = True
     #: Encoded load profile rows by their clock time, and the flags fault they were made under.
     profile_rows: dict[int, tuple[bytes, ...]] = attrs.field(factory=dict)
     profile_flags: bool = False

@@ -3,8 +3,10 @@
 ``single-phase`` is the field meter the original system read (registers, scalers and units from
 its documentation); ``three-phase`` adds the voltages and currents of phases L2 and L3 and its
 active power is the sum of the phases. Both also have a clock, the logical device name, a serial
-number, a writable consumer message, the current Association LN with its object list, a SAP
-assignment and a 15-minute load profile.
+number, a firmware identifier (1-0:0.2.0), a disconnect control (0-0:96.3.10, class 70:
+remote_disconnect and remote_reconnect), a writable consumer message, the current Association LN
+with its object list, a SAP assignment and a load profile (15 minutes by default, see
+``--profile-period``). The clock is settable (SET attribute 2, shift_time).
 
 Registers (class 3, value attribute 2, scaler_unit attribute 3):
 
@@ -65,6 +67,10 @@ CLOCK = Obis(0, 0, 1, 0, 0, 255)
 LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 SERIAL_NUMBER = Obis(0, 0, 96, 1, 0, 255)
 CONSUMER_MESSAGE = Obis(0, 0, 96, 13, 0, 255)
+FIRMWARE_ID = Obis(1, 0, 0, 2, 0, 255)
+DISCONNECT_CONTROL = Obis(0, 0, 96, 3, 10, 255)
+#: The firmware identifier the simulated meters report.
+FIRMWARE_VERSION = "SIM-1.4.2"
 ASSOCIATION = Obis(0, 0, 40, 0, 0, 255)
 SAP_ASSIGNMENT = Obis(0, 0, 41, 0, 0, 255)
 LOAD_PROFILE = Obis(1, 0, 99, 1, 0, 255)
@@ -101,8 +107,9 @@ class ModelRegister:
 
 
 def _average_power(meter: Meter, t: float) -> float:
-    end = math.floor(t / CAPTURE_PERIOD) * CAPTURE_PERIOD
-    return LoadProfile.average_power(meter.physics, end)
+    period = meter.settings.profile_period
+    end = math.floor(t / period) * period
+    return LoadProfile.average_power(meter.physics, end, period)
 
 
 def _register(
@@ -185,7 +192,7 @@ def _set_clock_time(ctx: RequestContext, value: Data) -> None:
 
 
 def _adjust_to_quarter(ctx: RequestContext, params: Data | None) -> Data | None:
-    quarter = round(ctx.now / CAPTURE_PERIOD) * CAPTURE_PERIOD
+    quarter = round(ctx.now / CAPTURE_PERIOD) * CAPTURE_PERIOD  # adjust_to_quarter: 15 minutes
     ctx.meter.clock_offset += quarter - ctx.now
     return None
 
@@ -261,6 +268,51 @@ def _sap_assignment(ctx: RequestContext, access: SelectiveAccess | None) -> byte
     return encode_data(Data.array((entry,)))
 
 
+def _firmware(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.visible_string(FIRMWARE_VERSION))
+
+
+# -- disconnect control ---------------------------------------------------------------------------
+
+#: control_state values of the disconnect control (class 70).
+_DISCONNECTED, _CONNECTED = 0, 1
+
+
+def _output_state(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.boolean(ctx.meter.supply_connected))
+
+
+def _control_state(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.enum(_CONNECTED if ctx.meter.supply_connected else _DISCONNECTED))
+
+
+def _switch(connected: bool) -> Callable[[RequestContext, Data | None], Data | None]:
+    def invoke(ctx: RequestContext, params: Data | None) -> Data | None:
+        if params is None or params.type != DataType.INTEGER:
+            raise AccessFailure(ActionResult.TYPE_UNMATCHED, "takes an integer (0)")
+        ctx.meter.supply_connected = connected
+        return None
+
+    return invoke
+
+
+def _disconnect_control_object() -> CosemObject:
+    return CosemObject(
+        InterfaceClass.DISCONNECT_CONTROL,
+        0,
+        DISCONNECT_CONTROL,
+        4,
+        {
+            1: _logical_name(DISCONNECT_CONTROL),
+            2: Attribute(2, _output_state),
+            3: Attribute(3, _control_state),
+            4: Attribute(4, constant(Data.enum(1))),  # control mode 1: remote and manual
+        },
+        method_count=2,
+        methods={1: Method(1, _switch(False)), 2: Method(2, _switch(True))},
+    )
+
+
 # -- association LN -------------------------------------------------------------------------------
 
 
@@ -329,6 +381,9 @@ def _profile_object(profile: LoadProfile) -> CosemObject:
     def profile_entries(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
         return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
 
+    def capture_period(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+        return encode_data(Data.double_long_unsigned(ctx.meter.settings.profile_period))
+
     no_sort_object = Data.structure(
         (Data.long_unsigned(0), Data.octet_string(bytes(6)), Data.integer(0), Data.long_unsigned(0))
     )
@@ -343,9 +398,7 @@ def _profile_object(profile: LoadProfile) -> CosemObject:
             ProfileGenericAttribute.CAPTURE_OBJECTS: Attribute(
                 3, constant(Data.array(c.to_data() for c in profile.columns))
             ),
-            ProfileGenericAttribute.CAPTURE_PERIOD: Attribute(
-                4, constant(Data.double_long_unsigned(CAPTURE_PERIOD))
-            ),
+            ProfileGenericAttribute.CAPTURE_PERIOD: Attribute(4, capture_period),
             ProfileGenericAttribute.SORT_METHOD: Attribute(5, constant(Data.enum(1))),  # fifo
             ProfileGenericAttribute.SORT_OBJECT: Attribute(6, constant(no_sort_object)),
             ProfileGenericAttribute.ENTRIES_IN_USE: Attribute(7, entries_in_use),
@@ -386,6 +439,8 @@ class MeterModel:
             _data_object(LOGICAL_DEVICE_NAME, _ldn),
             _data_object(SERIAL_NUMBER, _serial),
             _data_object(CONSUMER_MESSAGE, _message, _set_message),
+            _data_object(FIRMWARE_ID, _firmware),
+            _disconnect_control_object(),
             *(_register_object(spec) for spec in registers),
             _profile_object(profile),
             CosemObject(
