@@ -202,6 +202,7 @@ class ClockConfig:
     bounds within which the bridge may set it."""
 
     #: Seconds between clock reads (0: never; ``get_clock``/``sync_clock`` RPCs still work).
+    #: The first read comes 5 minutes after start (sooner if ``check_s`` is shorter).
     check_s: float = CLOCK_CHECK_S
     #: A drift (meter minus box, either sign) past this raises ``meter.<name>.clock_drift``.
     drift_alarm_s: float = CLOCK_DRIFT_ALARM_S

@@ -67,6 +67,8 @@ CLOCK_TIME = AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2)
 _UTC = _dt.UTC
 #: How long a profile range may take (reply timeouts): a day of entries is a long GET.
 _RANGE_BUDGET_TIMEOUTS = 12
+#: The first clock check comes this long after the poller starts (or ``check_s``, if shorter).
+FIRST_CLOCK_CHECK_S = 300.0
 #: Requests waiting for their meter, at most; more are refused at once.
 MAX_QUEUED_REQUESTS = 16
 
@@ -243,7 +245,8 @@ class MeterWork:
             ProfileState(p, mark=self.marks.get(self.meter.name, p.obis))
             for p in self.meter.profiles
         ]
-        self.clock_due = -math.inf
+        #: Trio time of the next clock check (set when the poller starts).
+        self.clock_due: float | None = None
         self.last_clock: ClockReading | None = None
         self._jobs: deque[_Job] = deque()
         self._wakeup = trio.Event()
@@ -265,7 +268,7 @@ class MeterWork:
         if session is None or not session.is_open:
             return math.inf
         wake = math.inf
-        if self.meter.clock.check_s > 0:
+        if self.meter.clock.check_s > 0 and self.clock_due is not None:
             wake = self.clock_due
         for state in self.profiles:
             wake = min(wake, state.due)
@@ -286,7 +289,10 @@ class MeterWork:
         if session is None or not session.is_open:
             return
         now = trio.current_time()
-        if self.meter.clock.check_s > 0 and now >= self.clock_due:
+        check_s = self.meter.clock.check_s
+        if self.clock_due is None:
+            self.clock_due = now + min(check_s, FIRST_CLOCK_CHECK_S)
+        if check_s > 0 and now >= self.clock_due:
             await self._check_clock()
         margin = 2 * self.meter.timeout_s
         for state in self.profiles:
