@@ -346,6 +346,13 @@ class MeterWork:
                 job.result = await self._run_job(job)
             except (ProtocolError, MeterIOError, RequestFailed, ValueError) as exc:
                 job.error = exc
+            except Exception as exc:
+                # A bug in a request must not take the meter's polling down with it.
+                log.exception("meter=%s event=request_crashed", self.meter.name)
+                job.error = RequestFailed(
+                    f"the request failed inside the bridge ({type(exc).__name__}); see its log",
+                    code="internal",
+                )
             finally:
                 job.done.set()
 
