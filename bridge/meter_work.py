@@ -535,13 +535,20 @@ class MeterWork:
             await poller.sink_many(readings)
             last = fresh[-1][0]
             state.mark = last
-            await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
             state.entries += len(fresh)
             poller.stats.profile_entries += len(fresh)
             log_event(
                 log, logging.INFO, "profile_entries", meter=self.meter.name, profile=str(obis),
                 entries=len(fresh), first=fresh[0][0], last=last,
             )  # fmt: skip
+            try:
+                await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
+            except OSError as exc:
+                # The entries are committed; only a restart would send them again.
+                log_event(
+                    log, logging.ERROR, "profile_mark_unsaved", meter=self.meter.name,
+                    profile=str(obis), error=str(exc),
+                )  # fmt: skip
         elif not complete and end <= now_ms - SETTLE_S * 1000:
             # Nothing in this range (the meter was off): the next range starts after it.
             state.cursor = end

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class RuntimeOverrides:
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.path = None if directory is None else Path(directory) / FILENAME
         self.values: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
         if self.path is not None:
             self.values = self._load(self.path)
 
@@ -72,6 +74,10 @@ class RuntimeOverrides:
 
     def set(self, meter: str, key: str, value: Any) -> None:
         """Set (or with ``value=None`` remove) an override and write the file (blocking)."""
+        with self._lock:
+            self._set(meter, key, value)
+
+    def _set(self, meter: str, key: str, value: Any) -> None:
         settings = self.values.setdefault(meter, {})
         if value is None:
             settings.pop(key, None)
@@ -84,7 +90,9 @@ class RuntimeOverrides:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, dumps_compact(self.values).encode())
+            view = memoryview(dumps_compact(self.values).encode())
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import struct
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ class HighWaterMarks:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) / FILENAME if path is not None and Path(path).is_dir() else path
         self.marks: dict[str, dict[str, int]] = {}
+        # Pollers write their marks from worker threads: one write at a time.
+        self._lock = threading.Lock()
         if self.path is not None:
             self.marks = self._load(Path(self.path))
 
@@ -145,16 +148,22 @@ class HighWaterMarks:
         return self.marks.get(meter, {}).get(str(profile))
 
     def set(self, meter: str, profile: Obis, ts_ms: int) -> None:
-        """Record a new mark and write the file (blocking: call it from a worker thread)."""
-        self.marks.setdefault(meter, {})[str(profile)] = ts_ms
-        if self.path is None:
-            return
-        path = Path(self.path)
+        """Record a new mark and write the file (blocking: call it from a worker thread).
+
+        Raises :class:`OSError` when the file cannot be written (the mark is kept in memory)."""
+        with self._lock:
+            self.marks.setdefault(meter, {})[str(profile)] = ts_ms
+            if self.path is not None:
+                self._write(Path(self.path), dumps_compact(self.marks).encode())
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        data = dumps_compact(self.marks).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -471,6 +471,11 @@ class RpcServer:
         except RpcError as exc:
             self.failed += 1
             data = _error(exc.code, exc.message)
+        except Exception as exc:
+            # A bug must not take the service down, and the request is still answered.
+            log.exception("meter=%s event=rpc_crashed method=%s", message.meter, message.method)
+            self.failed += 1
+            data = _error("internal", f"the request failed inside the bridge ({type(exc).__name__})")
         self.handled += 1
         log_event(
             log, logging.INFO, "rpc", meter=message.meter, method=message.method,
@@ -517,7 +522,13 @@ class RpcServer:
 
     async def _shared(self, message: SharedAttributes) -> None:
         for key in message.deleted:
-            await self.service.apply_override(message.meter, key, None, quiet=True)
+            try:
+                await self.service.apply_override(message.meter, key, None, quiet=True)
+            except RpcError as exc:
+                log_event(
+                    log, logging.WARNING, "shared_attribute_refused", meter=message.meter,
+                    key=key, error=exc.message,
+                )  # fmt: skip
         for key, value in message.values.items():
             try:
                 await self.service.apply_override(message.meter, key, value)

@@ -411,7 +411,10 @@ class BridgeService:
             problem = check_override(key, value, config.timeout_s)
             if problem is not None:
                 raise RpcError("bad_params", problem)
-        await trio.to_thread.run_sync(self.overrides.set, meter, key, value)
+        try:
+            await trio.to_thread.run_sync(self.overrides.set, meter, key, value)
+        except OSError as exc:
+            raise RpcError("storage", f"cannot keep the setting in the data directory: {exc}")
         if not quiet:
             log_event(log, logging.INFO, "override", meter=meter, key=key, value=value)
         if key == "interval_s":

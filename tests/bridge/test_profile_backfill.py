@@ -25,7 +25,7 @@ from bridge.simulator.meter import MeterSettings
 from bridge.simulator.server import Simulator, SimulatorConfig
 from codec.obis import Obis
 from tests.bridge.mosquitto import Collector, Mosquitto
-from tests.bridge.test_service import bridge_config
+from tests.bridge.test_service import bridge_config, events
 
 LOAD_PROFILE = "1-0:99.1.0"
 ENERGY = "1-1:1.8.0"
@@ -179,3 +179,60 @@ async def test_new_entries_follow_and_an_outage_of_broker_and_meter_leaves_no_ho
     expected = quarter_hours(T0 - 24 * 3600, end)
     assert sorted(set(delivered)) == expected  # no hole
     assert len(expected) == 96 + 1 + 24
+
+
+async def test_a_meter_without_range_access_is_read_by_entry_number(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    clock = Clock(T0)
+    sim, ports = await start_simulator(nursery, clock, profile_range_access=False)
+    sub = collector(["v1/gateway/#"])
+    # Ranges of 6 hours: the day is read in several overlapping chunks of entries.
+    config = config_for(tmp_path, mosquitto, ports, chunk_hours=6, every_s=1)
+    expected = quarter_hours(T0 - 24 * 3600, T0)
+    with trio.fail_after(40):
+        async with running(config, clock):
+            await sub.wait_for(lambda _m: len(profile_entries(sub)) >= 96, timeout=20)
+            clock.t += 1800  # two more entries
+            await sub.wait_for(lambda _m: len(profile_entries(sub)) >= 98, timeout=10)
+            await trio.sleep(1.0)
+    delivered = [ts for ts, _ in profile_entries(sub)]
+    assert delivered == expected + quarter_hours(T0, T0 + 1800)
+    assert len(events(caplog, "profile_range_refused")) == 1
+    meter = sim.meter(0)
+    assert all(v[ENERGY] == meter.energy_wh(ts / 1000) for ts, v in profile_entries(sub))
+
+
+async def test_large_gap_is_read_in_chunks_while_other_meters_keep_their_cadence(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A week of entries (672) for each of two meters, in 6-hour ranges: one range per pause
+    at least, and the polls of both meters stay on their 0.5 s grid meanwhile."""
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    clock = Clock(T0)
+    sim = Simulator(SimulatorConfig(meters=2, port=0), clock=clock)
+    ports = (await nursery.start(sim.serve)).meters
+    sub = collector(["v1/gateway/#"])
+    config = config_for(tmp_path, mosquitto, ports, backfill_hours=168, chunk_hours=6)
+    with trio.fail_after(60):
+        async with running(config, clock) as service:
+            await sub.wait_for(
+                lambda _m: all(len(profile_entries(sub, m)) >= 672 for m in ("m0", "m1")),
+                timeout=40,
+            )
+            stats = {name: r.poller.stats for name, r in service.meters.items() if r.poller}
+    ranges = events(caplog, "profile_entries")
+    assert len(ranges) >= 2 * 28  # 7 days in 6-hour ranges, per meter
+    assert max(r["entries"] for r in ranges) <= 24
+    for name in ("m0", "m1"):
+        assert [ts for ts, _ in profile_entries(sub, name)] == quarter_hours(T0 - 168 * 3600, T0)
+        assert stats[name].missed == 0 and stats[name].failures == 0, stats[name]
