@@ -475,7 +475,8 @@ class RpcServer:
             # A bug must not take the service down, and the request is still answered.
             log.exception("meter=%s event=rpc_crashed method=%s", message.meter, message.method)
             self.failed += 1
-            data = _error("internal", f"the request failed inside the bridge ({type(exc).__name__})")
+            why = f"the request failed inside the bridge ({type(exc).__name__})"
+            data = _error("internal", why)
         self.handled += 1
         log_event(
             log, logging.INFO, "rpc", meter=message.meter, method=message.method,

@@ -414,7 +414,8 @@ class BridgeService:
         try:
             await trio.to_thread.run_sync(self.overrides.set, meter, key, value)
         except OSError as exc:
-            raise RpcError("storage", f"cannot keep the setting in the data directory: {exc}")
+            message = f"cannot keep the setting in the data directory: {exc}"
+            raise RpcError("storage", message) from None
         if not quiet:
             log_event(log, logging.INFO, "override", meter=meter, key=key, value=value)
         if key == "interval_s":
