@@ -536,7 +536,7 @@ class BridgeService:
         return True
 
     def _clear_meter_alarms(self, meter: str) -> None:
-        for name in (_failing_alarm(meter), _crashed_alarm(meter)):
+        for name in (_failing_alarm(meter), _crashed_alarm(meter), f"meter.{meter}.clock_drift"):
             self._set_alarm(name, False, f"meter {meter} removed")
 
     # -- health ------------------------------------------------------------------------------
