@@ -236,3 +236,21 @@ async def test_large_gap_is_read_in_chunks_while_other_meters_keep_their_cadence
     for name in ("m0", "m1"):
         assert [ts for ts, _ in profile_entries(sub, name)] == quarter_hours(T0 - 168 * 3600, T0)
         assert stats[name].missed == 0 and stats[name].failures == 0, stats[name]
+
+
+async def test_the_simulator_profile_period_sets_the_entries_spacing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    nursery: trio.Nursery,
+) -> None:
+    clock = Clock(T0)
+    _sim, ports = await start_simulator(nursery, clock, profile_period=60)
+    sub = collector(["v1/gateway/#"])
+    config = config_for(tmp_path, mosquitto, ports, backfill_hours=1)
+    with trio.fail_after(30):
+        async with running(config, clock):
+            await sub.wait_for(lambda _m: len(profile_entries(sub)) >= 60, timeout=20)
+            await trio.sleep(0.5)
+    first = (math.floor((T0 - 3600) / 60) + 1) * 60_000
+    assert [ts for ts, _ in profile_entries(sub)] == [first + k * 60_000 for k in range(60)]

@@ -100,7 +100,7 @@ async def test_gateway_rpc_methods_end_to_end(
     }
     cfg = config_from_dict(document)
     with trio.fail_after(60):
-        async with running(cfg):
+        async with running(cfg) as service:
             # read: the configured registers, scaled, with units.
             data = await gateway_rpc(sub, "m0", "read")
             assert set(data) == {"values", "units", "errors"}
@@ -155,6 +155,10 @@ async def test_gateway_rpc_methods_end_to_end(
             assert data["error"]["code"] == "bad_params"
             data = await gateway_rpc(sub, "m0", "set_interval", {"interval_s": 0.1})
             assert data["error"]["code"] == "bad_params"  # not more than timeout_s (0.3)
+            data = await gateway_rpc(sub, "m1", "set_interval", {"interval_s": 0.7})
+            assert data == {"interval_s": 0.7}
+            poller = service.meters["m1"].poller
+            assert poller is not None and poller.interval_s == 0.7
             data = await gateway_rpc(sub, "m0", "read_profile", {"from": "yesterday"})
             assert data["error"]["code"] == "bad_params"
 
