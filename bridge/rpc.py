@@ -542,9 +542,36 @@ class RpcServer:
     def _answer(self, request: RpcRequest, data: dict[str, Any]) -> None:
         publisher = self.service.publisher
         meter = None if request.gateway else request.meter
-        payload = request.response(data)
+        limit = publisher.settings.max_payload_bytes if publisher is not None else 1 << 20
+        payload = fit_answer(request, data, limit)
         if publisher is None or not publisher.send(meter, request.reply_topic, payload):
             log_event(log, logging.WARNING, "rpc_unanswered", meter=request.meter, id=request.id)
+
+
+def fit_answer(request: RpcRequest, data: dict[str, Any], limit: int) -> bytes:
+    """The answer's payload within ``limit`` bytes: a profile's entries are cut (and marked
+    ``truncated``) to fit; anything else too large becomes an error answer."""
+    payload = request.response(data)
+    if len(payload) <= limit:
+        return payload
+    entries = data.get("entries")
+    if isinstance(entries, list) and entries:
+        low, high = 0, len(entries)  # the longest prefix that fits, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if (
+                len(request.response({**data, "entries": entries[:middle], "truncated": True}))
+                <= limit
+            ):
+                low = middle
+            else:
+                high = middle - 1
+        return request.response({**data, "entries": entries[:low], "truncated": True})
+    return request.response(
+        _error(
+            "too_large", f"the answer ({len(payload)} bytes) exceeds max_payload_bytes ({limit})"
+        )
+    )
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from bridge.config import BridgeConfig, config_from_dict
-from bridge.rpc import RpcRequest, parse_message
+from bridge.rpc import RpcRequest, fit_answer, parse_message
 from bridge.service import BridgeService
 from bridge.simulator.models import FIRMWARE_VERSION
 from tests.bridge.conftest import METER_TOKENS
@@ -324,3 +324,15 @@ def _as_document(tmp_path: Path, broker: Mosquitto) -> dict[str, Any]:
         },
         "meters": [],
     }
+
+
+def test_an_answer_too_large_is_cut_to_fit_or_refused() -> None:
+    request = RpcRequest("m0", 5, "read_profile", None, "v1/gateway/rpc", True)
+    entries = [{"ts": 1_000 * k, "values": {"1-1:1.8.0": k}} for k in range(1000)]
+    payload = fit_answer(request, {"obis": "1-0:99.1.0", "entries": entries}, 4096)
+    assert len(payload) <= 4096
+    body = json.loads(payload)["data"]
+    assert body["truncated"] is True
+    assert 0 < len(body["entries"]) < 1000 and body["entries"] == entries[: len(body["entries"])]
+    big = fit_answer(request, {"values": {"x": "y" * 5000}}, 4096)
+    assert json.loads(big)["data"]["error"]["code"] == "too_large"
