@@ -270,8 +270,12 @@ class MeterWork:
         wake = math.inf
         if self.meter.clock.check_s > 0 and self.clock_due is not None:
             wake = self.clock_due
+        now = trio.current_time()
         for state in self.profiles:
-            wake = min(wake, state.due)
+            # A profile already pending waits for the pause after the next poll (the pause was
+            # too short for it): waking for it now would only spin.
+            if not state.pending(now, self.poller.generation):
+                wake = min(wake, state.due)
         return wake
 
     async def sleep_until(self, wake: float) -> None:
@@ -496,6 +500,9 @@ class MeterWork:
         start = state.start_ms(now_ms)
         chunk_ms = max(1000, round(state.config.chunk_hours * 3_600_000))
         end = min(start + chunk_ms, now_ms)
+        if end >= now_ms - SETTLE_S * 1000:
+            # The last range reaches now: a sliver left for later would be read forever.
+            end = now_ms
         complete = end >= now_ms
         buffer: Data | None = None
         if not state.by_entry:
@@ -524,7 +531,15 @@ class MeterWork:
         poller.note_activity()
         state.reads += 1
         found = entries_from_buffer(buffer, layout, state.config)
-        fresh = sorted({ts: values for ts, values in found.entries if start < ts <= end}.items())
+        log_event(
+            log, logging.DEBUG, "profile_read", meter=self.meter.name, profile=str(obis),
+            start=start, end=end, rows=len(found.entries), by_entry=state.by_entry,
+        )  # fmt: skip
+        # Stable: events that share a capture time keep their order.
+        fresh = sorted(
+            ((ts, values) for ts, values in found.entries if start < ts <= end),
+            key=lambda entry: entry[0],
+        )
         if found.skipped:
             log_event(
                 log, logging.WARNING, "profile_entries_skipped", meter=self.meter.name,

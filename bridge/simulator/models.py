@@ -5,8 +5,10 @@ its documentation); ``three-phase`` adds the voltages and currents of phases L2 
 active power is the sum of the phases. Both also have a clock, the logical device name, a serial
 number, a firmware identifier (1-0:0.2.0), a disconnect control (0-0:96.3.10, class 70:
 remote_disconnect and remote_reconnect), a writable consumer message, the current Association LN
-with its object list, a SAP assignment and a load profile (15 minutes by default, see
-``--profile-period``). The clock is settable (SET attribute 2, shift_time).
+with its object list, a SAP assignment, a load profile (15 minutes by default, see
+``--profile-period``) and a standard event log (0-0:99.98.0: clock time and event code 0-0:96.11.0;
+5 clock set, 60 remote disconnect, 61 remote reconnect). The clock is settable (SET attribute 2,
+shift_time).
 
 Registers (class 3, value attribute 2, scaler_unit attribute 3):
 
@@ -43,7 +45,16 @@ from bridge.simulator.objects import (
     constant,
     encode_number,
 )
-from bridge.simulator.profile import CAPTURE_PERIOD, LoadProfile, date_time_bytes
+from bridge.simulator.profile import (
+    CAPTURE_PERIOD,
+    EVENT_CLOCK_SET,
+    EVENT_LOG_CAPACITY,
+    EVENT_REMOTE_DISCONNECT,
+    EVENT_REMOTE_RECONNECT,
+    EventLog,
+    LoadProfile,
+    date_time_bytes,
+)
 from codec.apdu import ActionResult, DataAccessResult, SelectiveAccess
 from codec.axdr import BitString, Data, DataType, encode_data
 from codec.cosem import (
@@ -74,6 +85,8 @@ FIRMWARE_VERSION = "SIM-1.4.2"
 ASSOCIATION = Obis(0, 0, 40, 0, 0, 255)
 SAP_ASSIGNMENT = Obis(0, 0, 41, 0, 0, 255)
 LOAD_PROFILE = Obis(1, 0, 99, 1, 0, 255)
+EVENT_LOG = Obis(0, 0, 99, 98, 0, 255)
+EVENT_CODE = Obis(0, 0, 96, 11, 0, 255)
 ENERGY = Obis(1, 1, 1, 8, 0, 255)
 AVERAGE_POWER = Obis(1, 1, 1, 5, 0, 255)
 
@@ -189,6 +202,7 @@ def _set_clock_time(ctx: RequestContext, value: Data) -> None:
     except DecodeError as exc:
         raise AccessFailure(DataAccessResult.TYPE_UNMATCHED, str(exc)) from None
     ctx.meter.clock_offset = target - ctx.wall
+    ctx.meter.record_event(target, EVENT_CLOCK_SET)
 
 
 def _adjust_to_quarter(ctx: RequestContext, params: Data | None) -> Data | None:
@@ -291,6 +305,8 @@ def _switch(connected: bool) -> Callable[[RequestContext, Data | None], Data | N
         if params is None or params.type != DataType.INTEGER:
             raise AccessFailure(ActionResult.TYPE_UNMATCHED, "takes an integer (0)")
         ctx.meter.supply_connected = connected
+        code = EVENT_REMOTE_RECONNECT if connected else EVENT_REMOTE_DISCONNECT
+        ctx.meter.record_event(ctx.now, code)
         return None
 
     return invoke
@@ -371,18 +387,26 @@ def _association_object(object_list: Callable[[], bytes]) -> CosemObject:
 # -- load profile ---------------------------------------------------------------------------------
 
 
-def _profile_object(profile: LoadProfile) -> CosemObject:
+def _event_code(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    code = ctx.meter.events[-1][1] if ctx.meter.events else 0
+    return encode_data(Data.unsigned(code))
+
+
+def _profile_object(profile: LoadProfile, obis: Obis = LOAD_PROFILE) -> CosemObject:
     def buffer(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
         return profile.read(ctx.meter, ctx.now, access)
 
     def entries_in_use(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
         return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
 
-    def profile_entries(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
-        return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
-
     def capture_period(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
-        return encode_data(Data.double_long_unsigned(ctx.meter.settings.profile_period))
+        period = 0 if isinstance(profile, EventLog) else ctx.meter.settings.profile_period
+        return encode_data(Data.double_long_unsigned(period))
+
+    def profile_entries(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+        if isinstance(profile, EventLog):
+            return encode_data(Data.double_long_unsigned(EVENT_LOG_CAPACITY))
+        return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
 
     no_sort_object = Data.structure(
         (Data.long_unsigned(0), Data.octet_string(bytes(6)), Data.integer(0), Data.long_unsigned(0))
@@ -390,10 +414,10 @@ def _profile_object(profile: LoadProfile) -> CosemObject:
     return CosemObject(
         InterfaceClass.PROFILE_GENERIC,
         1,
-        LOAD_PROFILE,
+        obis,
         8,
         {
-            1: _logical_name(LOAD_PROFILE),
+            1: _logical_name(obis),
             ProfileGenericAttribute.BUFFER: Attribute(2, buffer, selectors=(1, 2)),
             ProfileGenericAttribute.CAPTURE_OBJECTS: Attribute(
                 3, constant(Data.array(c.to_data() for c in profile.columns))
@@ -434,6 +458,12 @@ class MeterModel:
             )
         )
         model = cls(name, phase_count, registers, profile)
+        event_log = EventLog(
+            (
+                (InterfaceClass.CLOCK, CLOCK, ClockAttribute.TIME),
+                (InterfaceClass.DATA, EVENT_CODE, 2),
+            )
+        )
         objects = [
             _clock_object(),
             _data_object(LOGICAL_DEVICE_NAME, _ldn),
@@ -443,6 +473,8 @@ class MeterModel:
             _disconnect_control_object(),
             *(_register_object(spec) for spec in registers),
             _profile_object(profile),
+            _profile_object(event_log, EVENT_LOG),
+            _data_object(EVENT_CODE, _event_code),
             CosemObject(
                 InterfaceClass.SAP_ASSIGNMENT,
                 0,

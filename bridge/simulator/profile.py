@@ -28,11 +28,27 @@ if TYPE_CHECKING:
     from bridge.simulator.meter import Meter
     from bridge.simulator.physics import Physics
 
-__all__ = ["CAPTURE_PERIOD", "ENTRIES_PER_DAY", "LoadProfile", "date_time_bytes"]
+__all__ = [
+    "CAPTURE_PERIOD",
+    "ENTRIES_PER_DAY",
+    "EVENT_CLOCK_SET",
+    "EVENT_LOG_CAPACITY",
+    "EVENT_REMOTE_DISCONNECT",
+    "EVENT_REMOTE_RECONNECT",
+    "EventLog",
+    "LoadProfile",
+    "date_time_bytes",
+]
 
 #: Seconds between entries by default (``MeterSettings.profile_period``).
 CAPTURE_PERIOD = 900
 ENTRIES_PER_DAY = 86_400 // CAPTURE_PERIOD
+#: Entries the standard event log keeps (the oldest are overwritten).
+EVENT_LOG_CAPACITY = 100
+#: Event codes of the simulated meters' standard event log (0-0:99.98.0).
+EVENT_CLOCK_SET = 5
+EVENT_REMOTE_DISCONNECT = 60
+EVENT_REMOTE_RECONNECT = 61
 _UTC = _dt.UTC
 
 Row = tuple[bytes, ...]
@@ -177,3 +193,22 @@ class LoadProfile:
             else min(d.to_selected_value, len(self.columns))
         )
         return rows[first - 1 : last], range(first_column - 1, last_column)
+
+
+class EventLog(LoadProfile):
+    """The standard event log: ``{clock time, event code}`` for each event the meter recorded
+    (``Meter.events``: the clock set, the supply switched remotely), oldest first."""
+
+    @staticmethod
+    def entry_count(meter: Meter) -> int:
+        """Events in the buffer."""
+        return len(meter.events)
+
+    def rows(self, meter: Meter, now: float) -> tuple[list[int], list[Row]]:
+        """Times and encoded columns of the recorded events."""
+        times = [t for t, _ in meter.events]
+        rows: list[Row] = [
+            (b"\x09\x0c" + date_time_bytes(t), struct.pack(">BB", 17, code))
+            for t, code in meter.events
+        ]
+        return times, rows

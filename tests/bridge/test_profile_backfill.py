@@ -254,3 +254,45 @@ async def test_the_simulator_profile_period_sets_the_entries_spacing(
             await trio.sleep(0.5)
     first = (math.floor((T0 - 3600) / 60) + 1) * 60_000
     assert [ts for ts, _ in profile_entries(sub)] == [first + k * 60_000 for k in range(60)]
+
+
+async def test_a_last_range_just_short_of_now_is_read_to_now(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    nursery: trio.Nursery,
+) -> None:
+    """A window of 24 h and 36 s in 24-hour ranges leaves 36 s for a second range: that range
+    must reach now (and find the events in it), not stop short of it again and again."""
+    clock = Clock(T0)
+    sim, ports = await start_simulator(nursery, clock)
+    sim.meter(0).record_event(T0 - 10, 60)
+    sub = collector(["v1/gateway/#"])
+    config = bridge_config(
+        tmp_path / "data",
+        mosquitto,
+        ports,
+        defaults={
+            "profiles": [
+                {
+                    "obis": "0-0:99.98.0",
+                    "backfill_hours": 24.01,
+                    "chunk_hours": 24,
+                    "keys": {"0-0:96.11.0": "event_code"},
+                }
+            ]
+        },
+    )
+
+    def events() -> list[tuple[int, int]]:
+        return [
+            (entry["ts"], entry["values"]["event_code"])
+            for message in sub.on("v1/gateway/telemetry")
+            for entry in json.loads(message.payload).get("m0", [])
+            if "event_code" in entry["values"]
+        ]
+
+    with trio.fail_after(30):
+        async with running(config, clock):
+            await sub.wait_for(lambda _m: len(events()) >= 1, timeout=10)
+    assert events() == [(int(T0 - 10) * 1000, 60)]

@@ -336,3 +336,40 @@ def test_an_answer_too_large_is_cut_to_fit_or_refused() -> None:
     assert 0 < len(body["entries"]) < 1000 and body["entries"] == entries[: len(body["entries"])]
     big = fit_answer(request, {"values": {"x": "y" * 5000}}, 4096)
     assert json.loads(big)["data"]["error"]["code"] == "too_large"
+
+
+async def test_event_log_entries_follow_a_remote_disconnect(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+) -> None:
+    """The event log (0-0:99.98.0) is a profile like the others: the disconnect recorded by the
+    meter reaches ThingsBoard as an ``event_code`` at the meter's own time of the event."""
+    sim, ports = await simulator(meters=1)
+    sub = collector(["v1/gateway/#"])
+    document = _as_document(tmp_path, mosquitto)
+    document["defaults"]["profiles"] = [
+        {"obis": "0-0:99.98.0", "every_s": 1, "keys": {"0-0:96.11.0": "event_code"}}
+    ]
+    document["meters"] = [
+        {"name": "m0", "host": "127.0.0.1", "port": ports[0], "allow_control": True}
+    ]
+
+    def events() -> list[tuple[int, int]]:
+        out = []
+        for message in sub.on("v1/gateway/telemetry"):
+            for entry in json.loads(message.payload).get("m0", []):
+                if "event_code" in entry["values"]:
+                    out.append((entry["ts"], entry["values"]["event_code"]))
+        return out
+
+    with trio.fail_after(30):
+        async with running(config_from_dict(document)):
+            assert await gateway_rpc(sub, "m0", "disconnect") == {"output_state": False}
+            assert await gateway_rpc(sub, "m0", "reconnect") == {"output_state": True}
+            await sub.wait_for(lambda _m: len(events()) >= 2, timeout=10)
+            await trio.sleep(1.5)
+    recorded = [(t * 1000, code) for t, code in sim.meter(0).events]
+    assert events() == recorded
+    assert [code for _, code in recorded] == [60, 61]
