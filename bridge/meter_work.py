@@ -69,6 +69,8 @@ _UTC = _dt.UTC
 _RANGE_BUDGET_TIMEOUTS = 12
 #: The first clock check comes this long after the poller starts (or ``check_s``, if shorter).
 FIRST_CLOCK_CHECK_S = 300.0
+#: How long committing a range's entries and writing its mark may hold up a stop.
+_COMMIT_BUDGET_S = 30.0
 #: Requests waiting for their meter, at most; more are refused at once.
 MAX_QUEUED_REQUESTS = 16
 
@@ -546,24 +548,12 @@ class MeterWork:
                 profile=str(obis), skipped=found.skipped, reason="capture time unknown",
             )  # fmt: skip
         if fresh:
-            readings = [Reading(self.meter.name, ts, values) for ts, values in fresh]
-            await poller.sink_many(readings)
-            last = fresh[-1][0]
-            state.mark = last
-            state.entries += len(fresh)
-            poller.stats.profile_entries += len(fresh)
-            log_event(
-                log, logging.INFO, "profile_entries", meter=self.meter.name, profile=str(obis),
-                entries=len(fresh), first=fresh[0][0], last=last,
-            )  # fmt: skip
-            try:
-                await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
-            except OSError as exc:
-                # The entries are committed; only a restart would send them again.
-                log_event(
-                    log, logging.ERROR, "profile_mark_unsaved", meter=self.meter.name,
-                    profile=str(obis), error=str(exc),
-                )  # fmt: skip
+            # Shielded: a stop (SIGTERM, reload) must not fall between the commit of the
+            # entries and the write of their mark, or a clean restart would send them again.
+            # Bounded: an outbox that takes longer than that is no reason to hang a stop (the
+            # mark is then not written: at-least-once).
+            with trio.move_on_after(_COMMIT_BUDGET_S, shield=True):
+                await self._commit(state, fresh)
         elif not complete and end <= now_ms - SETTLE_S * 1000:
             # Nothing in this range (the meter was off): the next range starts after it.
             state.cursor = end
@@ -571,3 +561,25 @@ class MeterWork:
             state.generation = generation
             state.due = trio.current_time() + (next_due_wall(now_s, state.config.every_s) - now_s)
         return complete
+
+    async def _commit(self, state: ProfileState, fresh: list[tuple[int, dict[str, Any]]]) -> None:
+        poller = self.poller
+        obis = state.config.obis
+        readings = [Reading(self.meter.name, ts, values) for ts, values in fresh]
+        await poller.sink_many(readings)
+        last = fresh[-1][0]
+        state.mark = last
+        state.entries += len(fresh)
+        poller.stats.profile_entries += len(fresh)
+        log_event(
+            log, logging.INFO, "profile_entries", meter=self.meter.name, profile=str(obis),
+            entries=len(fresh), first=fresh[0][0], last=last,
+        )  # fmt: skip
+        try:
+            await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
+        except OSError as exc:
+            # The entries are committed; only a restart would send them again.
+            log_event(
+                log, logging.ERROR, "profile_mark_unsaved", meter=self.meter.name,
+                profile=str(obis), error=str(exc),
+            )  # fmt: skip
