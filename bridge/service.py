@@ -516,6 +516,7 @@ class BridgeService:
         self.config = attrs.evolve(old, meters=new.meters)
         assert self.publisher is not None
         for meter in removed:
+            self.paused.discard(meter.name)
             await self._stop_meter(meter.name)
             self.online.pop(meter.name, None)
             self._clear_meter_alarms(meter.name)
@@ -581,6 +582,11 @@ class BridgeService:
                 "online": self.online.get(name, False),
                 **stats,
             }
+            if poller is not None:
+                meters[name]["interval_s"] = poller.interval_s
+                meters[name]["profiles"] = [p.as_dict() for p in poller.work.profiles]
+                clock = poller.work.last_clock
+                meters[name]["clock"] = clock.to_json() if clock is not None else None
         publisher = self.publisher
         outbox = self.outbox
         return {

@@ -30,8 +30,10 @@ from tests.bridge.test_service import bridge_config, events
 LOAD_PROFILE = "1-0:99.1.0"
 ENERGY = "1-1:1.8.0"
 AVERAGE_POWER = "1-1:1.5.0"
-#: 2026-11-30 12:07:30 UTC: not on a quarter hour.
+#: 2025-11-30 12:07:30 UTC: not on a quarter hour.
 T0 = 1_764_504_450.0
+#: The last entry the meter has at T0: 12:00:00.
+T_LAST = 1_764_504_000_000
 
 
 class Clock:
@@ -106,11 +108,13 @@ async def test_a_day_of_entries_is_delivered_once_with_its_own_timestamps(
     sub = collector(["v1/gateway/#"])
     config = config_for(tmp_path, mosquitto, ports)
     expected = quarter_hours(T0 - 24 * 3600, T0)
-    assert len(expected) == 96
+    assert len(expected) == 96 and expected[-1] == T_LAST
     with trio.fail_after(30):
-        async with running(config, clock):
+        async with running(config, clock) as service:
             await sub.wait_for(lambda _m: len(profile_entries(sub)) >= 96, timeout=20)
             await trio.sleep(1.0)  # more polls: nothing more may come
+            (state,) = service.snapshot()["meters"]["m0"]["profiles"]
+            assert (state["obis"], state["entries"], state["mark"]) == (LOAD_PROFILE, 96, T_LAST)
     entries = profile_entries(sub)
     assert [ts for ts, _ in entries] == expected
     meter = sim.meter(0)
