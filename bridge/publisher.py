@@ -353,6 +353,7 @@ class Publisher:
         devices: Mapping[str, MqttSettings] | None = None,
         on_message: Callable[[str | None, str, bytes], None] | None = None,
         subscriptions: Sequence[str] = (),
+        on_connected: Callable[[str | None], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
@@ -360,6 +361,8 @@ class Publisher:
         #: ``on_message(meter, topic, payload)``: meter is the device-mode lane's meter, or None.
         self.on_message = on_message
         self.subscriptions = tuple(subscriptions)
+        #: Told ``on_connected(meter)`` after each (re)connect of a lane, before its telemetry.
+        self.on_connected = on_connected
         self.stats = PublisherStats()
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._lanes: dict[str | None, _Lane] = {}
@@ -527,6 +530,8 @@ class Publisher:
             lane.announced.clear()
             lane.dirty_status |= {m for m in self._online if self._lane_for(m) is lane}
             lane.failure = None
+            if self.on_connected is not None:
+                self.on_connected(lane.meter)
             failure = await self._deliver(lane, generation)
             if failure is not None:
                 self.stats.last_error = failure

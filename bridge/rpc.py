@@ -31,7 +31,9 @@ Requests that talk to the meter run between its polls on its one association
 
 Shared attributes (``v1/gateway/attributes`` ``{"device": "<meter>", "data": {...}}``, or
 ``v1/devices/me/attributes`` in device mode): ``interval_s`` and ``enabled`` are applied to the
-meter at once and kept across restarts (:mod:`bridge.overrides`); other keys are ignored.
+meter at once and kept across restarts (:mod:`bridge.overrides`); other keys are ignored. After
+every (re)connect their current values are asked for (``v1/gateway/attributes/request``, or
+``v1/devices/me/attributes/request/<id>``), so changes made while the bridge was away apply too.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ GATEWAY_ATTRIBUTES = "v1/gateway/attributes"
 DEVICE_RPC_REQUEST = "v1/devices/me/rpc/request/+"
 DEVICE_RPC_RESPONSE = "v1/devices/me/rpc/response/"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
+GATEWAY_ATTRIBUTES_REQUEST = "v1/gateway/attributes/request"
+GATEWAY_ATTRIBUTES_RESPONSE = "v1/gateway/attributes/response"
+DEVICE_ATTRIBUTES_REQUEST = "v1/devices/me/attributes/request/"
+DEVICE_ATTRIBUTES_RESPONSE = "v1/devices/me/attributes/response/+"
 DISCONNECT_CONTROL = Obis(0, 0, 96, 3, 10, 255)
 #: Requests being handled at once, at most; more are answered "busy" at once.
 MAX_IN_PROGRESS = 64
@@ -425,10 +431,71 @@ class RpcServer:
             RpcRequest | SharedAttributes | BadMessage
         ](MAX_IN_PROGRESS)
         self._in_progress = 0
+        self._request_ids = 0
+        #: Attribute requests waiting for their answer: id -> (meter, key or None for all).
+        self._attribute_requests: dict[int, tuple[str, str | None]] = {}
+
+    def on_connected(self, lane_meter: str | None) -> None:
+        """The publisher's (re)connect callback: ask for the current shared attributes."""
+        publisher = self.service.publisher
+        if publisher is None:
+            return
+        if len(self._attribute_requests) > 10_000:  # never answered: a plain broker
+            self._attribute_requests.clear()
+        if lane_meter is None:
+            for meter in self.service.config.meters:
+                if not meter.enabled:
+                    continue
+                for key in OVERRIDE_KEYS:
+                    self._request_ids += 1
+                    self._attribute_requests[self._request_ids] = (meter.name, key)
+                    body = {"id": self._request_ids, "device": meter.name, "client": False}
+                    body["key"] = key
+                    publisher.send(None, GATEWAY_ATTRIBUTES_REQUEST, dumps_compact(body).encode())
+        else:
+            self._request_ids += 1
+            self._attribute_requests[self._request_ids] = (lane_meter, None)
+            body = {"sharedKeys": ",".join(OVERRIDE_KEYS)}
+            publisher.send(
+                lane_meter,
+                f"{DEVICE_ATTRIBUTES_REQUEST}{self._request_ids}",
+                dumps_compact(body).encode(),
+            )
+
+    def _attribute_response(
+        self, lane_meter: str | None, topic: str, payload: bytes
+    ) -> SharedAttributes | None:
+        body = _load(payload)
+        if not isinstance(body, dict):
+            return None
+        if topic == GATEWAY_ATTRIBUTES_RESPONSE:
+            request_id = body.get("id")
+            pending = (
+                self._attribute_requests.pop(request_id, None)
+                if isinstance(request_id, int)
+                else None
+            )
+            if pending is None or "value" not in body or body["value"] is None:
+                return None
+            meter, key = pending
+            return SharedAttributes(meter, {key: body["value"]}) if key is not None else None
+        suffix = topic[len(DEVICE_ATTRIBUTES_RESPONSE) - 1 :]
+        pending = self._attribute_requests.pop(int(suffix), None) if suffix.isdigit() else None
+        shared = body.get("shared")
+        if pending is None or lane_meter is None or not isinstance(shared, dict):
+            return None
+        values = {k: v for k, v in shared.items() if k in OVERRIDE_KEYS}
+        return SharedAttributes(lane_meter, values) if values else None
 
     def on_message(self, lane_meter: str | None, topic: str, payload: bytes) -> None:
         """The publisher's message callback (synchronous, from the MQTT connection's task)."""
-        message = parse_message(lane_meter, topic, payload)
+        message: RpcRequest | SharedAttributes | BadMessage | None
+        if topic == GATEWAY_ATTRIBUTES_RESPONSE or topic.startswith(
+            DEVICE_ATTRIBUTES_RESPONSE[:-1]
+        ):
+            message = self._attribute_response(lane_meter, topic, payload)
+        else:
+            message = parse_message(lane_meter, topic, payload)
         if message is None:
             return
         try:
@@ -522,6 +589,13 @@ class RpcServer:
             raise RpcError(str(code), exc.message) from None
 
     async def _shared(self, message: SharedAttributes) -> None:
+        overrides = self.service.overrides
+        message = attrs.evolve(
+            message,
+            values={
+                k: v for k, v in message.values.items() if overrides.get(message.meter, k) != v
+            },
+        )
         for key in message.deleted:
             try:
                 await self.service.apply_override(message.meter, key, None, quiet=True)

@@ -42,8 +42,10 @@ from bridge.publisher import PayloadShape, Publisher, PublisherSettings, Publish
 from bridge.readings import Reading, dumps_compact
 from bridge.rpc import (
     DEVICE_ATTRIBUTES,
+    DEVICE_ATTRIBUTES_RESPONSE,
     DEVICE_RPC_REQUEST,
     GATEWAY_ATTRIBUTES,
+    GATEWAY_ATTRIBUTES_RESPONSE,
     GATEWAY_RPC,
     RpcError,
     RpcServer,
@@ -214,7 +216,8 @@ class BridgeService:
                 publisher_settings(cfg),
                 devices=devices,
                 on_message=self.rpc.on_message,
-                subscriptions=(DEVICE_RPC_REQUEST, DEVICE_ATTRIBUTES),
+                subscriptions=(DEVICE_RPC_REQUEST, DEVICE_ATTRIBUTES, DEVICE_ATTRIBUTES_RESPONSE),
+                on_connected=self.rpc.on_connected,
             )
         else:
             gateway = cfg.publish.mode == "gateway"
@@ -223,7 +226,12 @@ class BridgeService:
                 publisher_settings(cfg),
                 mqtt=mqtt_settings(cfg),
                 on_message=self.rpc.on_message if gateway else None,
-                subscriptions=(GATEWAY_RPC, GATEWAY_ATTRIBUTES) if gateway else (),
+                subscriptions=(
+                    (GATEWAY_RPC, GATEWAY_ATTRIBUTES, GATEWAY_ATTRIBUTES_RESPONSE)
+                    if gateway
+                    else ()
+                ),
+                on_connected=self.rpc.on_connected if gateway else None,
             )
         depth = self.outbox.depth()
         log_event(

@@ -264,7 +264,9 @@ async def test_device_mode_rpc_on_the_meters_own_connection(
     # Device tokens are user names without a password: an anonymous broker takes them.
     broker = make_broker("anonymous", anonymous=True)
     _sim, ports = await simulator(meters=1)
-    sub = Collector(broker, ["v1/devices/me/rpc/#"], client_id="thingsboard").start()
+    sub = Collector(
+        broker, ["v1/devices/me/rpc/#", "v1/devices/me/attributes/request/+"], client_id="tb"
+    ).start()
     document = _as_document(tmp_path, broker)
     document["publish"] = {"mode": "device"}
     document["mqtt"] = {"host": broker.host, "port": broker.port}
@@ -280,6 +282,15 @@ async def test_device_mode_rpc_on_the_meters_own_connection(
                 messages = await sub.wait_for(
                     lambda ms: any(m.topic == "v1/devices/me/rpc/response/42" for m in ms)
                 )
+                # The shared attributes asked for at connect, answered as ThingsBoard does.
+                (request,) = [m for m in messages if "/attributes/request/" in m.topic]
+                assert json.loads(request.payload) == {"sharedKeys": "interval_s,enabled"}
+                response = request.topic.replace("request", "response")
+                sub.publish(response, json.dumps({"shared": {"interval_s": 0.6}}))
+                poller = service.meters["meter-a"].poller
+                assert poller is not None
+                while poller.interval_s != 0.6:
+                    await trio.sleep(0.05)
     finally:
         sub.stop()
     answer = json.loads(next(m for m in messages if m.topic.endswith("response/42")).payload)
@@ -373,3 +384,33 @@ async def test_event_log_entries_follow_a_remote_disconnect(
     recorded = [(t * 1000, code) for t, code in sim.meter(0).events]
     assert events() == recorded
     assert [code for _, code in recorded] == [60, 61]
+
+
+async def test_shared_attributes_changed_while_away_are_asked_for_at_connect(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+) -> None:
+    """After connecting, the bridge asks for each meter's shared attributes; ThingsBoard's
+    answer (here the test's) applies like an update."""
+    _sim, ports = await simulator(meters=1)
+    tb = collector(["v1/gateway/attributes/request"])
+    cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
+    with trio.fail_after(30):
+        async with running(cfg) as service:
+            requests = await tb.wait_for(lambda ms: len(ms) >= 2)
+            bodies = [json.loads(m.payload) for m in requests]
+            assert sorted(b["key"] for b in bodies) == ["enabled", "interval_s"]
+            assert all(b["device"] == "m0" and b["client"] is False for b in bodies)
+            for body in bodies:
+                value = 0.6 if body["key"] == "interval_s" else None
+                answer: dict[str, Any] = {"id": body["id"], "device": "m0"}
+                if value is not None:
+                    answer["value"] = value
+                tb.publish("v1/gateway/attributes/response", json.dumps(answer))
+            poller = service.meters["m0"].poller
+            assert poller is not None
+            while poller.interval_s != 0.6:
+                await trio.sleep(0.05)
+            assert "m0" in service.meters  # "enabled" had no value: untouched
