@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -508,11 +509,7 @@ class RpcServer:
         """The wall clock the meter's poller uses."""
         running = self.service.meters.get(meter.name)
         poller = running.poller if running is not None else None
-        if poller is None:
-            import time
-
-            return time.time
-        return poller.wall_clock
+        return time.time if poller is None else poller.wall_clock
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Handle messages until cancelled, each in its own task."""
