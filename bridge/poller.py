@@ -220,7 +220,11 @@ class MeterPoller:
 
     def set_interval(self, interval_s: float) -> None:
         """Poll every ``interval_s`` from now on (it must exceed the reply timeout)."""
-        if not (math.isfinite(interval_s) and interval_s > self.meter.timeout_s):
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, int | float)
+            or not (math.isfinite(interval_s) and interval_s > self.meter.timeout_s)
+        ):
             raise ValueError(
                 f"interval_s must be a number greater than the meter's timeout_s "
                 f"({self.meter.timeout_s:g}), got {interval_s!r}"

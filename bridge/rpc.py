@@ -42,6 +42,7 @@ import datetime as _dt
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -435,33 +436,51 @@ class RpcServer:
         self._request_ids = 0
         #: Attribute requests waiting for their answer: id -> (meter, key or None for all).
         self._attribute_requests: dict[int, tuple[str, str | None]] = {}
+        self._to_ask: deque[str] = deque()
+        self._ask_wakeup = trio.Event()
 
     def on_connected(self, lane_meter: str | None) -> None:
-        """The publisher's (re)connect callback: ask for the current shared attributes."""
+        """The publisher's (re)connect callback: ask for the current shared attributes.
+
+        Device mode: one request on the meter's own connection. Gateway mode: one request per
+        meter, sent by :meth:`_ask_attributes` at a quarter of the message rate, so that a
+        large fleet's requests never hold up telemetry after a reconnect.
+        """
         publisher = self.service.publisher
         if publisher is None:
             return
         if len(self._attribute_requests) > 10_000:  # never answered: a plain broker
             self._attribute_requests.clear()
         if lane_meter is None:
-            for meter in self.service.config.meters:
-                if not meter.enabled:
-                    continue
-                for key in OVERRIDE_KEYS:
-                    self._request_ids += 1
-                    self._attribute_requests[self._request_ids] = (meter.name, key)
-                    body = {"id": self._request_ids, "device": meter.name, "client": False}
-                    body["key"] = key
-                    publisher.send(None, GATEWAY_ATTRIBUTES_REQUEST, dumps_compact(body).encode())
-        else:
+            self._to_ask = deque(m.name for m in self.service.config.meters if m.enabled)
+            self._ask_wakeup.set()
+            return
+        self._request_ids += 1
+        self._attribute_requests[self._request_ids] = (lane_meter, None)
+        body = {"sharedKeys": ",".join(OVERRIDE_KEYS)}
+        publisher.send(
+            lane_meter,
+            f"{DEVICE_ATTRIBUTES_REQUEST}{self._request_ids}",
+            dumps_compact(body).encode(),
+        )
+
+    async def _ask_attributes(self) -> None:
+        """Gateway mode: send the queued attribute requests, paced."""
+        while True:
+            if not self._to_ask:
+                self._ask_wakeup = trio.Event()
+                await self._ask_wakeup.wait()
+                continue
+            publisher = self.service.publisher
+            if publisher is None:
+                return
+            meter = self._to_ask.popleft()
             self._request_ids += 1
-            self._attribute_requests[self._request_ids] = (lane_meter, None)
-            body = {"sharedKeys": ",".join(OVERRIDE_KEYS)}
-            publisher.send(
-                lane_meter,
-                f"{DEVICE_ATTRIBUTES_REQUEST}{self._request_ids}",
-                dumps_compact(body).encode(),
-            )
+            self._attribute_requests[self._request_ids] = (meter, None)
+            body = {"id": self._request_ids, "device": meter, "client": False}
+            body["keys"] = list(OVERRIDE_KEYS)
+            publisher.send(None, GATEWAY_ATTRIBUTES_REQUEST, dumps_compact(body).encode())
+            await trio.sleep(4.0 / publisher.settings.max_messages_per_s)
 
     def _attribute_response(
         self, lane_meter: str | None, topic: str, payload: bytes
@@ -476,10 +495,15 @@ class RpcServer:
                 if isinstance(request_id, int)
                 else None
             )
-            if pending is None or "value" not in body or body["value"] is None:
+            if pending is None:
                 return None
             meter, key = pending
-            return SharedAttributes(meter, {key: body["value"]}) if key is not None else None
+            # Several keys come back as "values"; one key (older versions) as "value".
+            values = body.get("values")
+            if not isinstance(values, dict):
+                values = {key: body.get("value")} if key is not None else {}
+            found = {k: v for k, v in values.items() if k in OVERRIDE_KEYS and v is not None}
+            return SharedAttributes(meter, found) if found else None
         suffix = topic[len(DEVICE_ATTRIBUTES_RESPONSE) - 1 :]
         pending = self._attribute_requests.pop(int(suffix), None) if suffix.isdigit() else None
         shared = body.get("shared")
@@ -514,6 +538,7 @@ class RpcServer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Handle messages until cancelled, each in its own task."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ask_attributes)
             task_status.started()
             async for message in self._receive:
                 nursery.start_soon(self._handle, message)

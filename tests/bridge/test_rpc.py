@@ -399,16 +399,14 @@ async def test_shared_attributes_changed_while_away_are_asked_for_at_connect(
     cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
     with trio.fail_after(30):
         async with running(cfg) as service:
-            requests = await tb.wait_for(lambda ms: len(ms) >= 2)
-            bodies = [json.loads(m.payload) for m in requests]
-            assert sorted(b["key"] for b in bodies) == ["enabled", "interval_s"]
-            assert all(b["device"] == "m0" and b["client"] is False for b in bodies)
-            for body in bodies:
-                value = 0.6 if body["key"] == "interval_s" else None
-                answer: dict[str, Any] = {"id": body["id"], "device": "m0"}
-                if value is not None:
-                    answer["value"] = value
-                tb.publish("v1/gateway/attributes/response", json.dumps(answer))
+            (request,) = await tb.wait_for(lambda ms: len(ms) >= 1)
+            body = json.loads(request.payload)
+            assert body == {
+                "id": body["id"], "device": "m0", "client": False,
+                "keys": ["interval_s", "enabled"],
+            }  # fmt: skip
+            answer = {"id": body["id"], "device": "m0", "values": {"interval_s": 0.6}}
+            tb.publish("v1/gateway/attributes/response", json.dumps(answer))
             poller = service.meters["m0"].poller
             assert poller is not None
             while poller.interval_s != 0.6:
