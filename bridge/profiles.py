@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import struct
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -49,6 +48,7 @@ from codec.cosem import CaptureObject, InterfaceClass, ScalerUnit
 from codec.cosem_time import CosemDateTime
 from codec.errors import DataAccessError, ProtocolError, RemoteProtocolError
 from codec.obis import Obis
+from codec.values import context_for, convert
 
 __all__ = [
     "FILENAME",
@@ -67,21 +67,6 @@ _UTC = _dt.UTC
 SETTLE_S = 60.0
 #: Entries at most per read by entry number, whatever the chunk size says.
 MAX_ENTRIES_PER_READ = 2000
-_NUMERIC = frozenset(
-    {
-        DataType.DOUBLE_LONG,
-        DataType.DOUBLE_LONG_UNSIGNED,
-        DataType.INTEGER,
-        DataType.LONG,
-        DataType.UNSIGNED,
-        DataType.LONG_UNSIGNED,
-        DataType.LONG64,
-        DataType.LONG64_UNSIGNED,
-        DataType.FLOAT32,
-        DataType.FLOAT64,
-        DataType.ENUM,
-    }
-)
 
 Procedure = Generator[Any, Any, Any]
 
@@ -293,33 +278,12 @@ def column_key(profile: ProfileConfig, column: CaptureObject) -> str:
     return f"{column.obis}:{column.attribute_index}"
 
 
-def _float32(value: float) -> float:
-    packed = struct.pack(">f", value)
-    for digits in range(6, 10):
-        short = float(f"{value:.{digits}g}")
-        if struct.pack(">f", short) == packed:
-            return short
-    return value
-
-
-def cell_value(cell: Data, scaler: ScalerUnit | None) -> Value:
-    """A buffer cell as a telemetry value: numbers scaled, text as text, the rest as JSON text."""
-    value = cell.value
-    if cell.type is DataType.FLOAT32 and isinstance(value, float):
-        value = _float32(value)
-    if cell.type in _NUMERIC and isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return scaler.apply(value) if scaler is not None else value
-    if cell.type is DataType.BOOLEAN and isinstance(value, bool):
-        return value
-    if cell.type is DataType.NULL_DATA:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.hex()
-    return dumps_compact(cell.to_json())
+def cell_value(cell: Data, scaler: ScalerUnit | None, column: CaptureObject) -> Value:
+    """A buffer cell as a telemetry value, by the codec's value contract (:mod:`codec.values`):
+    register columns scaled; a value that cannot be represented is null."""
+    context = context_for(column.class_id, column.obis, column.attribute_index)
+    converted = convert(cell, context=context, scaler=scaler.scaler if scaler else None)
+    return converted.value if converted.ok else None
 
 
 def _capture_time(cell: Data) -> CosemDateTime | None:
@@ -369,7 +333,7 @@ def entries_from_buffer(buffer: Data, layout: ProfileLayout, profile: ProfileCon
         for i, cell in enumerate(cells):
             if i == layout.clock_index or i >= len(keys):
                 continue
-            values[keys[i]] = cell_value(cell, layout.scalers[i])
+            values[keys[i]] = cell_value(cell, layout.scalers[i], layout.columns[i])
         if status:
             values["clock_status"] = status
         out.append((ts_ms, values))
