@@ -53,14 +53,19 @@ from bridge.config import MeterConfig, ProfileConfig
 from bridge.logs import log_event
 from bridge.meter_work import RequestFailed, read_clock, sync_clock
 from bridge.overrides import KEYS as OVERRIDE_KEYS
-from bridge.profiles import entries_from_buffer, read_buffer_range, read_layout
+from bridge.profiles import (
+    entries_from_buffer,
+    read_buffer_entries,
+    read_buffer_range,
+    read_layout,
+)
 from bridge.readings import dumps_compact
 from bridge.session import MeterIOError, MeterSession
 from codec.apdu import AttributeDescriptor, MethodDescriptor
 from codec.axdr import Data
 from codec.client import RegisterSpec
 from codec.cosem import InterfaceClass
-from codec.errors import ProtocolError
+from codec.errors import DataAccessError, ProtocolError
 from codec.obis import InvalidObis, Obis
 
 if TYPE_CHECKING:
@@ -323,13 +328,20 @@ async def _read_profile(
     async def run(session: MeterSession) -> dict[str, Any]:
         assert session.client is not None
         layout = await session.run(read_layout(session.client, obis))
-        buffer = await session.run(read_buffer_range(session.client, obis, start_ms, end_ms))
+        try:
+            buffer = await session.run(read_buffer_range(session.client, obis, start_ms, end_ms))
+        except DataAccessError:
+            # No range access: the newest entries by number, then the range picked from them.
+            buffer, _ = await session.run(
+                read_buffer_entries(session.client, obis, MAX_PROFILE_ENTRIES, MAX_PROFILE_ENTRIES)
+            )
         found = entries_from_buffer(buffer, layout, profile)
-        entries = [{"ts": ts, "values": v} for ts, v in found.entries[:MAX_PROFILE_ENTRIES]]
+        in_range = [(ts, v) for ts, v in found.entries if start_ms <= ts <= end_ms]
+        entries = [{"ts": ts, "values": v} for ts, v in in_range[:MAX_PROFILE_ENTRIES]]
         return {
             "obis": str(obis),
             "entries": entries,
-            "truncated": len(found.entries) > MAX_PROFILE_ENTRIES,
+            "truncated": len(in_range) > MAX_PROFILE_ENTRIES,
             "skipped": found.skipped,
         }
 

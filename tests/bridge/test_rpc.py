@@ -19,6 +19,7 @@ import trio
 from bridge.config import BridgeConfig, config_from_dict
 from bridge.rpc import RpcRequest, fit_answer, parse_message
 from bridge.service import BridgeService
+from bridge.simulator.meter import MeterSettings
 from bridge.simulator.models import FIRMWARE_VERSION
 from tests.bridge.conftest import METER_TOKENS
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
@@ -412,3 +413,20 @@ async def test_shared_attributes_changed_while_away_are_asked_for_at_connect(
             while poller.interval_s != 0.6:
                 await trio.sleep(0.05)
             assert "m0" in service.meters  # "enabled" had no value: untouched
+
+
+async def test_read_profile_from_a_meter_without_range_access(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+) -> None:
+    _sim, ports = await simulator(meters=1, settings=MeterSettings(profile_range_access=False))
+    sub = collector(["v1/gateway/#"])
+    hour = (int(time.time()) // 3600 - 3) * 3600
+    with trio.fail_after(30):
+        async with running(config(tmp_path, mosquitto, ports)):
+            data = await gateway_rpc(
+                sub, "m0", "read_profile", {"from": hour * 1000, "to": (hour + 1800) * 1000}
+            )
+    assert [e["ts"] for e in data["entries"]] == [hour * 1000 + k * 900_000 for k in range(3)]
