@@ -73,3 +73,17 @@ async def test_no_automatic_sync_while_the_box_clock_is_unsynchronised(
             await sub.wait_for(lambda _m: len(drifts(sub, "m0")) >= 2, timeout=15)
             assert "meter.m0.clock_drift" in service.all_alarms()
     assert sim.meter(0).clock_offset == 100.0
+
+
+def test_the_simulator_control_sets_the_meters_clocks() -> None:
+    from bridge.simulator.control import handle_command
+    from bridge.simulator.server import Simulator, SimulatorConfig
+
+    sim = Simulator(SimulatorConfig(meters=3, port=0))
+    assert handle_command(sim, {"cmd": "clock", "meters": "1-2", "offset_s": -90}) == {
+        "ok": True,
+        "meters": [1, 2],
+    }
+    assert [m.clock_offset for m in sim.meters] == [0.0, -90.0, -90.0]
+    bad = handle_command(sim, {"cmd": "clock", "offset_s": "soon"})
+    assert bad["ok"] is False and "offset_s" in bad["error"]
