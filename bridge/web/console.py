@@ -277,11 +277,17 @@ class Console:
             return
         self._attributes_sent = True
         active = self.alarms.listing()["active"]
+        # The service publishes the count and the names ("alarms", "alarm_names"); these are
+        # the details from the store.
         publisher.publish_gateway_attributes(
             {
-                "alarm_count": len(active),
-                "alarms": [
-                    {"name": a["name"], "message": a["message"], "since": a["raised_ms"]}
+                "alarm_details": [
+                    {
+                        "name": a["name"],
+                        "message": a["message"],
+                        "since": a["raised_ms"],
+                        "acked": a["acked"],
+                    }
                     for a in active
                 ],
             }
