@@ -40,7 +40,7 @@ import trio
 from bridge.config import MeterConfig
 from bridge.logs import log_event
 from bridge.readings import Reading
-from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from bridge.session import MeterEndpoint, MeterIOError, MeterSession, StreamFactory, open_tcp
 from codec.apdu import AttributeDescriptor
 from codec.client import RegisterSpec
 from codec.errors import AssociationError, ProtocolError
@@ -141,6 +141,7 @@ class MeterPoller:
         backoff_max: float = 300.0,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        open_stream: StreamFactory = open_tcp,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -150,6 +151,7 @@ class MeterPoller:
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
+        self.open_stream = open_stream
         self.endpoint = endpoint_for(meter)
         self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
         self.stats = PollerStats()
@@ -316,7 +318,7 @@ class MeterPoller:
         # A live connection whose association was dropped (level 2) is re-associated.
         reassociate = self.session is not None and self._connected
         if self.session is None or not self._connected:
-            self.session = MeterSession(self.endpoint)
+            self.session = MeterSession(self.endpoint, open_stream=self.open_stream)
             self.stats.state = "connecting"
             await self.session.connect()
             self._connected = True
