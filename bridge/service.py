@@ -497,28 +497,30 @@ class BridgeService:
         interval = self.config.bridge.summary_interval_s
         # Counters at the previous summary, per meter and per poller object: a meter removed,
         # added or restarted since then must not make the differences negative.
-        previous: dict[str, tuple[PollerStats, int, int]] = {}
+        previous: dict[str, tuple[PollerStats, int, int, int]] = {}
         published_before = 0
         last = trio.current_time()
         while True:
             await trio.sleep_until(last + interval)
             now = trio.current_time()
             elapsed, last = now - last, now
-            cycles = successes = 0
+            cycles = successes = missed = 0
             latencies: list[float] = []
-            current: dict[str, tuple[PollerStats, int, int]] = {}
+            current: dict[str, tuple[PollerStats, int, int, int]] = {}
             for name, running in self.meters.items():
                 if running.poller is None:
                     continue
                 stats = running.poller.stats
-                current[name] = (stats, stats.cycles, stats.successes)
+                current[name] = (stats, stats.cycles, stats.successes, stats.missed)
                 base = previous.get(name)
                 if base is not None and base[0] is stats:
                     cycles += stats.cycles - base[1]
                     successes += stats.successes - base[2]
+                    missed += stats.missed - base[3]
                 else:
                     cycles += stats.cycles
                     successes += stats.successes
+                    missed += stats.missed
                 latencies.extend(stats.latencies)
             previous = current
             published = self.publisher.stats.published_readings if self.publisher else 0
@@ -527,11 +529,12 @@ class BridgeService:
             rows = self.outbox.depth()[0] if self.outbox is not None else 0
             log_event(
                 log, logging.INFO, "summary",
-                cycles=cycles,
+                cycles=cycles, readings=successes, missed=missed,
                 success_rate=_ratio(successes, cycles),
                 published_per_s=round(published_delta / elapsed, 2),
                 outbox_rows=rows,
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
+                latency_p99_ms=_ms(latencies, 0.99),
                 meters_online=sum(1 for v in self.online.values() if v),
                 meters=len(self.meters), alarms=len(self.all_alarms()),
             )  # fmt: skip
