@@ -37,6 +37,7 @@ from bridge.outbox import AsyncOutbox, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
+from bridge.sharding import SHARD_SALT, split
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -90,7 +91,9 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
     p = config.publish
     return PublisherSettings(
         mode=PublishMode(p.mode),
-        topic_template=p.topic or "meters/{meter}/telemetry",
+        topic_template=(p.topic or "meters/{meter}/telemetry").replace(
+            "{bridge}", config.bridge.name
+        ),
         payload_shape=PayloadShape(p.payload),
         max_messages_per_s=p.max_messages_per_s,
         max_payload_bytes=p.max_payload_bytes,
@@ -181,7 +184,7 @@ class BridgeService:
         assert self.outbox is not None
         self.writer = OutboxWriter(self.outbox)
         if cfg.publish.mode == "device":
-            devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
+            devices = {m.name: mqtt_settings(cfg, meter=m) for m in self.own_meters(cfg)}
             self.publisher = Publisher(self.outbox, publisher_settings(cfg), devices=devices)
         else:
             self.publisher = Publisher(
@@ -190,7 +193,7 @@ class BridgeService:
         depth = self.outbox.depth()
         log_event(
             log, logging.INFO, "starting",
-            name=cfg.bridge.name, meters=sum(m.enabled for m in cfg.meters),
+            name=cfg.bridge.name, meters=len(self.own_meters(cfg)), shard=cfg.bridge.shard,
             mode=cfg.publish.mode, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
             outbox_rows=depth[0], data_dir=cfg.bridge.data_dir,
         )  # fmt: skip
@@ -202,9 +205,8 @@ class BridgeService:
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
             await nursery.start(self._run_pollers, pollers_scope)
-            for meter in cfg.meters:
-                if meter.enabled:
-                    await self._start_meter(meter)
+            for meter in self.own_meters(cfg):
+                await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
             self._ready.set()
@@ -275,6 +277,15 @@ class BridgeService:
         self._nursery.start_soon(fn, *args)
 
     # -- meters ------------------------------------------------------------------------------
+
+    def own_meters(self, config: BridgeConfig) -> list[MeterConfig]:
+        """The enabled meters this bridge polls: all of them, or its ``shard``'s share."""
+        enabled = [m for m in config.meters if m.enabled]
+        shard = self.config.bridge.shard
+        if shard is None:
+            return enabled
+        k, n = shard
+        return split(enabled, n, k - 1, salt=SHARD_SALT)
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
@@ -380,8 +391,8 @@ class BridgeService:
                 self._notify(ready=True, status=self._status_line())
                 return False
         old = self.config
-        enabled_old = [m for m in old.meters if m.enabled]
-        enabled_new = [m for m in new.meters if m.enabled]
+        enabled_old = self.own_meters(old)
+        enabled_new = self.own_meters(new)
         added, removed, changed = diff_meters(enabled_old, enabled_new)
         for section in ("bridge", "mqtt", "publish"):
             if getattr(old, section) != getattr(new, section):

@@ -30,9 +30,7 @@ def virtual_ms() -> float:
     return trio.current_time()
 
 
-def poller_for(
-    meters: MemoryMeters, meter: MeterConfig, sink: Sink, **options: Any
-) -> MeterPoller:
+def poller_for(meters: MemoryMeters, meter: MeterConfig, sink: Sink, **options: Any) -> MeterPoller:
     return MeterPoller(meter, sink, open_stream=meters, wall_clock=virtual_ms, **options)
 
 
@@ -91,7 +89,9 @@ async def run_for(poller: MeterPoller, until: Callable[[], Any]) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_cadence_is_drift_free_when_replies_are_slow(meters: Any, autojump_clock: MockClock) -> None:
+async def test_cadence_is_drift_free_when_replies_are_slow(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """Each reply is 50 ms late; a loop that slept ``interval`` after the work would drift
     by 50 ms per cycle (1 s over 20 cycles). Cycle k must start at start + k * interval."""
     with trio.fail_after(20):
@@ -115,7 +115,9 @@ async def test_cadence_is_drift_free_when_replies_are_slow(meters: Any, autojump
         assert net.sim.meter(0).counters.connections == 1
 
 
-async def test_stalled_cycle_is_counted_as_missed_not_made_up(meters: Any, autojump_clock: MockClock) -> None:
+async def test_stalled_cycle_is_counted_as_missed_not_made_up(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """The sink (the outbox) hangs for 2.8 intervals in cycle 4: the two cycles that could not
     start within half an interval are counted as missed and skipped; the next readings are
     back on the grid, none squeezed in between."""
@@ -135,7 +137,9 @@ async def test_stalled_cycle_is_counted_as_missed_not_made_up(meters: Any, autoj
         assert all((t - base + 2) % 200 < 4 for t in ts), f"off the grid: {ts}"
 
 
-async def test_slow_meter_overruns_its_interval_and_still_delivers(meters: Any, autojump_clock: MockClock) -> None:
+async def test_slow_meter_overruns_its_interval_and_still_delivers(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """A three-phase meter with 32-byte HDLC frames whose line turns slow (100 ms per reply)
     needs ~0.5 s per read with a 0.3 s interval. Every read still succeeds (no "ran out of
     time" failures); the cycles that fall inside a read are missed, and readings come every
@@ -259,7 +263,9 @@ async def test_circuit_breaker_opens_with_an_alarm_and_closes_when_the_meter_is_
         assert poller.stats.reassociations + poller.stats.reconnects >= 1
 
 
-async def test_failing_meters_back_off_exponentially_with_jitter(meters: Any, autojump_clock: MockClock) -> None:
+async def test_failing_meters_back_off_exponentially_with_jitter(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """Four meters that accept the connection and hang up at once. Each poller's retries must
     space out (doubling) and the four must not retry in lockstep (each has its own jitter)."""
     net = meters(meters=4)
@@ -302,7 +308,9 @@ async def test_failing_meters_back_off_exponentially_with_jitter(meters: Any, au
     assert all(p.stats.successes == 0 for p in pollers)
 
 
-async def test_refused_connection_backs_off_then_recovers(meters: Any, autojump_clock: MockClock) -> None:
+async def test_refused_connection_backs_off_then_recovers(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """A meter whose port refuses connections fails its cycles with the OS's reason, backs
     off, and is read again on the next attempt once it accepts."""
     with trio.fail_after(30):
@@ -369,7 +377,9 @@ async def test_reset_connection_is_reopened_and_reading_resumes(
         assert stats.successes == len(sink.readings)
 
 
-async def test_cancelled_in_the_middle_of_a_read_still_releases(meters: Any, autojump_clock: MockClock) -> None:
+async def test_cancelled_in_the_middle_of_a_read_still_releases(
+    meters: Any, autojump_clock: MockClock
+) -> None:
     """Shutdown or reload may cancel a poller while a request is out. The release is shielded
     and takes the late reply first, so the meter still gets a proper RLRQ, not just a DISC."""
     with trio.fail_after(20):
