@@ -399,6 +399,13 @@ def run_bridge(
             if time.monotonic() > deadline:
                 raise SystemExit(f"fleet: the bridge did not start; see {log_path}")
             time.sleep(0.1)
+        # Warm-up starts once every meter has delivered (workers and associations are up).
+        deadline = time.monotonic() + 60 + meters / 50
+        while len(collector.readings) < meters and time.monotonic() < deadline:
+            print(f"\r  {len(collector.readings)}/{meters} meters delivered", end="",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            time.sleep(0.5)
+        print(file=sys.stderr)
         warmup = args.warmup if args.warmup is not None else max(5.0, meters / 400)
 
         def status() -> str:

@@ -523,6 +523,33 @@ class OutboxWriter:
         assert item.row_id is not None
         return item.row_id
 
+    async def put_many(self, readings: list[Reading]) -> None:
+        """Commit several readings (in the same or the next transactions) and wait for all.
+
+        One waiter for a whole batch, for a producer that hands over readings in bulk (the
+        worker processes' pipe); raises :class:`OutboxError` if any was not stored.
+        """
+        if self._stopped:
+            raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
+        limit = self.outbox.core.max_bytes
+        items = []
+        for reading in readings:
+            if len(reading.to_json()) > limit:
+                log.error("reading of meter %r is larger than the whole outbox", reading.meter)
+                continue
+            items.append(_Put(reading))
+        if not items:
+            return
+        self._queue.extend(items)
+        self._wakeup.set()
+        await items[-1].done.wait()  # batches are committed in order
+        for item in items:
+            await item.done.wait()
+            if item.error is not None:
+                raise OutboxError(
+                    f"{len(items)} readings were not all stored: {item.error}"
+                ) from item.error
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write queued readings until cancelled."""
         task_status.started()

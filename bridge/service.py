@@ -34,10 +34,11 @@ from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import AsyncOutbox, OutboxWriter
-from bridge.poller import MeterPoller, PollerStats
+from bridge.poller import MeterPoller
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
 from bridge.sharding import SHARD_SALT, split
+from bridge.workers import WorkerPool, worker_count
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -140,6 +141,8 @@ class BridgeService:
         self.outbox: AsyncOutbox | None = None
         self.writer: OutboxWriter | None = None
         self.publisher: Publisher | None = None
+        #: The worker processes when ``[bridge] workers`` asks for more than one.
+        self.pool: WorkerPool | None = None
         self.reloads = 0
         self._stop = trio.Event()
         self._ready = trio.Event()
@@ -205,8 +208,22 @@ class BridgeService:
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
             await nursery.start(self._run_pollers, pollers_scope)
-            for meter in self.own_meters(cfg):
-                await self._start_meter(meter)
+            own = self.own_meters(cfg)
+            count = worker_count(cfg.bridge.workers, len(own))
+            if count > 1:
+                self.pool = WorkerPool(
+                    count,
+                    own,
+                    on_readings=self._sink_many,
+                    on_alarm=self._on_meter_alarm,
+                    set_alarm=self._set_alarm,
+                    log_level=cfg.bridge.log_level,
+                    poller_options=self.poller_options,
+                )
+                await nursery.start(self._keep_alive, "workers", self.pool.run)
+            else:
+                for meter in own:
+                    await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
             self._ready.set()
@@ -224,6 +241,8 @@ class BridgeService:
             # Stop polling: each poller releases its association (RLRQ, DISC) on the way out.
             for running in self.meters.values():
                 running.scope.cancel()
+            if self.pool is not None:
+                await self.pool.stop(SHUTDOWN_RELEASE_S + 1)
             with trio.move_on_after(SHUTDOWN_RELEASE_S + 1):
                 for running in list(self.meters.values()):
                     await running.done.wait()
@@ -344,10 +363,20 @@ class BridgeService:
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)
 
+    async def _sink_many(self, readings: list[Reading]) -> None:
+        """Readings from the worker processes: committed in one go."""
+        assert self.writer is not None and self.publisher is not None
+        await self.writer.put_many(readings)
+        for reading in readings:
+            if not self.online.get(reading.meter):
+                self.online[reading.meter] = True
+                self.publisher.set_meter_online(reading.meter, True)
+
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)
         # Meter names may hold dots: match the whole name, never split it.
-        meter = next((m for m in self.meters if name == _failing_alarm(m)), None)
+        names = self.meters if self.pool is None else (m.name for m in self.own_meters(self.config))
+        meter = next((m for m in names if name == _failing_alarm(m)), None)
         if meter is not None and self.publisher is not None:
             self.online[meter] = not active
             self.publisher.set_meter_online(meter, not active)
@@ -402,6 +431,11 @@ class BridgeService:
                 )  # fmt: skip
         self.config = attrs.evolve(old, meters=new.meters)
         assert self.publisher is not None
+        if self.pool is not None:
+            restarted = self.pool.update(enabled_new)
+            log_event(log, logging.INFO, "workers_restarted", workers=restarted)
+            # The workers poll; below, only the publisher and the alarms are brought in line.
+            changed = []
         for meter in removed:
             await self._stop_meter(meter.name)
             self.online.pop(meter.name, None)
@@ -413,7 +447,8 @@ class BridgeService:
         for meter in added:
             if old.publish.mode == "device":
                 await self.publisher.add_device(meter.name, mqtt_settings(old, meter=meter))
-            await self._start_meter(meter)
+            if self.pool is None:
+                await self._start_meter(meter)
         self.reloads += 1
         log_event(
             log, logging.INFO, "reloaded",
@@ -431,6 +466,8 @@ class BridgeService:
     def healthy(self) -> bool:
         """True while the writer, the publisher and every meter's supervisor are running."""
         if not {"writer", "publisher"} <= self._alive:
+            return False
+        if self.pool is not None and not ("workers" in self._alive and self.pool.alive()):
             return False
         return all(not r.done.is_set() for r in self.meters.values())
 
@@ -486,6 +523,7 @@ class BridgeService:
             ),
             "alarms": self.all_alarms(),
             "reloads": self.reloads,
+            "workers": [t.as_dict() for t in self.pool.totals] if self.pool is not None else [],
         }
 
     def all_alarms(self) -> dict[str, str]:
@@ -508,7 +546,7 @@ class BridgeService:
         interval = self.config.bridge.summary_interval_s
         # Counters at the previous summary, per meter and per poller object: a meter removed,
         # added or restarted since then must not make the differences negative.
-        previous: dict[str, tuple[PollerStats, int, int, int]] = {}
+        previous: dict[str, tuple[object, int, int, int]] = {}
         published_before = 0
         last = trio.current_time()
         while True:
@@ -517,7 +555,7 @@ class BridgeService:
             elapsed, last = now - last, now
             cycles = successes = missed = 0
             latencies: list[float] = []
-            current: dict[str, tuple[PollerStats, int, int, int]] = {}
+            current: dict[str, tuple[object, int, int, int]] = {}
             for name, running in self.meters.items():
                 if running.poller is None:
                     continue
@@ -533,6 +571,15 @@ class BridgeService:
                     successes += stats.successes
                     missed += stats.missed
                 latencies.extend(stats.latencies)
+            for totals in self.pool.totals if self.pool is not None else ():
+                key = f"worker.{totals.index}.{totals.pid}"
+                current[key] = (totals, totals.cycles, totals.successes, totals.missed)
+                base = previous.get(key)
+                b = base[1:] if base is not None else (0, 0, 0)
+                cycles += totals.cycles - b[0]
+                successes += totals.successes - b[1]
+                missed += totals.missed - b[2]
+                latencies.extend(totals.latencies)
             previous = current
             published = self.publisher.stats.published_readings if self.publisher else 0
             published_delta, published_before = published - published_before, published
