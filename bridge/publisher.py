@@ -4,7 +4,8 @@ Formats (`PublishMode`):
 
 - ``gateway``: the ThingsBoard gateway MQTT API over one connection (the gateway device's
   token). ``v1/gateway/connect`` ``{"device": "<meter>"}`` announces each meter once per
-  connection before its first telemetry; ``v1/gateway/telemetry`` carries many readings of many
+  connection, at low priority: only while no telemetry waits (ThingsBoard creates the device
+  from its telemetry; the announcement matters only for RPC and attribute updates); ``v1/gateway/telemetry`` carries many readings of many
   meters per message, ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
   ``v1/gateway/disconnect`` ``{"device": "<meter>"}`` is sent when a meter is removed; the
   online flag goes to ``v1/gateway/attributes`` ``{"<meter>": {"online": true}}``.
@@ -186,6 +187,11 @@ class Pacer:
         )
         self.waited = 0.0
 
+    def delay(self, nbytes: int) -> float:
+        """Seconds until one message of `nbytes` may go (0: now)."""
+        now = trio.current_time()
+        return max(self.messages.delay(1, now), self.bytes.delay(nbytes, now))
+
     async def acquire(self, nbytes: int, datapoints: int = 0) -> None:
         """Wait until one message of `nbytes` (carrying `datapoints` values) may go."""
         while True:
@@ -327,6 +333,8 @@ class _Lane:
     control: list[Message] = attrs.Factory(list)
     dirty_status: set[str] = attrs.Factory(set)
     announced: set[str] = attrs.Factory(set)
+    #: Gateway ``connect`` messages still to send, at low priority (see ``_announce``).
+    to_announce: dict[str, None] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     failure: str | None = None
@@ -436,6 +444,7 @@ class Publisher:
         lane.dirty_status.discard(meter)
         if self.settings.mode is PublishMode.GATEWAY:
             lane.announced.discard(meter)
+            lane.to_announce.pop(meter, None)
             payload = dumps_compact({"device": meter}).encode()
             lane.control.append(Message(GATEWAY_DISCONNECT, payload, requeue=True))
             lane.poke()
@@ -533,6 +542,12 @@ class Publisher:
                     self._fail(lane, in_flight, exc)
                     break
                 if not rows:
+                    try:
+                        if await self._announce(lane, in_flight):
+                            continue
+                    except PublishError as exc:
+                        self._fail(lane, in_flight, exc)
+                        break
                     await _wait_any(appended, lane.wake, lane.client)
                     continue
                 for message in self._messages(lane, rows):
@@ -575,10 +590,35 @@ class Publisher:
                 message, taken = gateway_telemetry(rows[i:], budget)
                 for meter in dict.fromkeys(r.reading.meter for r in message.rows):
                     if meter not in lane.announced:
-                        lane.announced.add(meter)
-                        yield self._connect_message(meter)
+                        lane.to_announce[meter] = None
             i += taken
             yield message
+
+    async def _announce(self, lane: _Lane, in_flight: trio.Nursery) -> bool:
+        """Send gateway ``connect`` messages while there is no telemetry to send.
+
+        ThingsBoard creates a gateway's device from its first telemetry; ``connect`` only
+        matters for server-side RPC and attribute updates. So announcements never go ahead of
+        readings: one goes only when the outbox has nothing for this lane and the pacer has
+        room right now; otherwise this waits for new rows or for the pacer, whichever is
+        first. Returns True when it did anything (the caller looks at the outbox again).
+        """
+        while lane.to_announce:
+            meter = next(iter(lane.to_announce))
+            if meter in lane.announced:
+                lane.to_announce.pop(meter)
+                continue
+            message = self._connect_message(meter)
+            wait = lane.pacer.delay(len(message.payload))
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    await _wait_any(self.outbox.appended, lane.wake, lane.client)
+                return True
+            lane.to_announce.pop(meter)
+            lane.announced.add(meter)
+            await self._send(lane, message, in_flight)
+            return True
+        return False
 
     def _connect_message(self, meter: str) -> Message:
         body: dict[str, object] = {"device": meter}
@@ -595,8 +635,7 @@ class Publisher:
         if s.mode is PublishMode.GATEWAY:
             for meter in meters:
                 if self._online.get(meter) and meter not in lane.announced:
-                    lane.announced.add(meter)
-                    out.append(self._connect_message(meter))
+                    lane.to_announce[meter] = None
             if attr is not None and meters:
                 body = {m: {attr: self._online[m]} for m in meters if m in self._online}
                 if body:
