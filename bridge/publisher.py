@@ -5,8 +5,9 @@ Formats (`PublishMode`):
 - ``gateway``: the ThingsBoard gateway MQTT API over one connection (the gateway device's
   token). ``v1/gateway/connect`` ``{"device": "<meter>"}`` announces each meter once per
   connection, at low priority: only while no telemetry waits (ThingsBoard creates the device
-  from its telemetry; the announcement matters only for RPC and attribute updates); ``v1/gateway/telemetry`` carries many readings of many
-  meters per message, ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
+  from its telemetry; the announcement matters only for RPC and attribute updates);
+  ``v1/gateway/telemetry`` carries many readings of many meters per message,
+  ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
   ``v1/gateway/disconnect`` ``{"device": "<meter>"}`` is sent when a meter is removed; the
   online flag goes to ``v1/gateway/attributes`` ``{"<meter>": {"online": true}}``.
 - ``device``: the ThingsBoard device MQTT API, one connection per meter (each meter's own
