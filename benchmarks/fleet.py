@@ -247,12 +247,15 @@ class LogTail(threading.Thread):
         self._stop = threading.Event()
 
     def run(self) -> None:
+        partial = ""
         with self.path.open("r", errors="replace") as f:
             while not self._stop.is_set():
-                line = f.readline()
-                if not line:
+                line = partial + f.readline()
+                if not line.endswith("\n"):  # the writer is in the middle of this line
+                    partial = line
                     time.sleep(0.05)
                     continue
+                partial = ""
                 if "event=summary" in line:
                     fields = {k: v.strip('"') for k, v in self.PAIR.findall(line)}
                     self.summaries.append((time.time(), fields))
@@ -725,6 +728,7 @@ def main() -> None:
     parser.add_argument("--outbox-synchronous", default="full", choices=["full", "normal", "off"])
     parser.add_argument("--no-gurux", action="store_true", help="skip the gurux reference")
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--work", type=Path, help="keep configs and logs in this directory")
     parser.add_argument("--png", type=Path, help="plot (default: next to --json)")
     parser.add_argument("--gurux-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -737,6 +741,9 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         work = Path(tmp)
+        if args.work is not None:
+            work = args.work
+            work.mkdir(parents=True, exist_ok=True)
         broker = Broker(work)
         broker.start()
         try:

@@ -163,11 +163,17 @@ class MeterPoller:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll until cancelled; the association is released on the way out."""
+    async def run(
+        self,
+        *,
+        start_delay: float = 0.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll until cancelled (the first cycle after ``start_delay`` seconds); the
+        association is released on the way out."""
         interval = self.meter.interval_s
         task_status.started()
-        start = trio.current_time()
+        start = trio.current_time() + start_delay
         tick = 0
         try:
             while True:

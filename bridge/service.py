@@ -47,6 +47,10 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
+#: From this many meters on, their first cycles are spread over one interval (at most
+#: STAGGER_MAX_S seconds).
+STAGGER_FROM_METERS = 100
+STAGGER_MAX_S = 60.0
 #: A crashed poller is restarted after this long (doubling up to the maximum).
 CRASH_BACKOFF_S = 5.0
 CRASH_BACKOFF_MAX_S = 300.0
@@ -310,7 +314,17 @@ class BridgeService:
         assert self._pollers is not None
         running = _Running(meter, trio.CancelScope())
         self.meters[meter.name] = running
-        await self._pollers.start(self._supervise, running)
+        # start_soon, not start: waiting for each of thousands of tasks to report in, while
+        # those already started connect, made the start of a large fleet take minutes.
+        self._pollers.start_soon(self._supervise, running)
+
+    def _start_delay(self, running: _Running) -> float:
+        """Spread the first cycles of a large fleet over one interval (a random phase per
+        meter), so that thousands of meters are not connected and read in the same instant;
+        small fleets start at once."""
+        if running.crashes or len(self.meters) < STAGGER_FROM_METERS:
+            return 0.0
+        return self._rng.random() * min(running.meter.interval_s, STAGGER_MAX_S)
 
     async def _stop_meter(self, name: str) -> None:
         running = self.meters.pop(name, None)
@@ -340,7 +354,7 @@ class BridgeService:
                     )
                     running.poller = poller
                     try:
-                        await poller.run()
+                        await poller.run(start_delay=self._start_delay(running))
                     except Exception:
                         running.crashes += 1
                         log.exception(

@@ -22,6 +22,7 @@ from bridge.config import MeterConfig
 from bridge.logs import log_event, setup_logging
 from bridge.poller import MeterPoller
 from bridge.readings import Reading, dumps_compact
+from bridge.service import STAGGER_FROM_METERS, STAGGER_MAX_S
 
 log = logging.getLogger("bridge.worker")
 
@@ -108,8 +109,10 @@ class _Worker:
                 **self.options,
             )
             self.pollers[meter.name] = poller
+            first = delay == CRASH_BACKOFF_S and len(self.meters) >= STAGGER_FROM_METERS
+            start_delay = self._rng.random() * min(meter.interval_s, STAGGER_MAX_S) if first else 0
             try:
-                await poller.run()
+                await poller.run(start_delay=start_delay)
             except Exception:
                 log.exception("worker=%d meter=%s event=poller_crashed", self.index, meter.name)
                 self.on_alarm(
