@@ -311,7 +311,7 @@ def bridge_config(
         'password = "00000000"',
         'registers = "field-meter"',
         f"interval_s = {args.interval}",
-        f"timeout_s = {min(5.0, args.interval / 2):g}",
+        f"timeout_s = {min(5.0, args.interval * 0.9):g}",
         "",
     ]
     for i in range(meters):
