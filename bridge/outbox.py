@@ -31,6 +31,7 @@ from typing import Literal, TypeVar
 import attrs
 import trio
 
+from bridge.config import PublishConfig
 from bridge.readings import Reading
 
 __all__ = [
@@ -47,8 +48,9 @@ __all__ = [
 log = logging.getLogger("bridge.outbox")
 
 FILENAME = "outbox.sqlite"
-DEFAULT_MAX_ROWS = 1_000_000
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# The defaults are the configuration's (one home: bridge.config.PublishConfig).
+DEFAULT_MAX_ROWS = PublishConfig().outbox_max_rows
+DEFAULT_MAX_BYTES = PublishConfig().outbox_max_bytes
 _SCHEMA_VERSION = 1
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
 _IDS_PER_STATEMENT = 500
@@ -354,6 +356,18 @@ class Outbox:
         """(rows, payload bytes) currently stored."""
         return self.rows, self.bytes
 
+    def oldest_ts_ms(self) -> int | None:
+        """When the oldest unsent reading was taken (ms since the epoch), None if empty."""
+        return self._guard(
+            lambda: next(
+                (
+                    int(ts)
+                    for (ts,) in self._db.execute("SELECT ts_ms FROM outbox ORDER BY id LIMIT 1")
+                ),
+                None,
+            )
+        )
+
     def pending_meters(self) -> list[str]:
         """The meters that have rows waiting, sorted."""
         return self._guard(
@@ -440,6 +454,10 @@ class AsyncOutbox:
     async def delete(self, ids: Sequence[int]) -> int:
         """See `Outbox.delete`."""
         return await self._run(lambda: self.core.delete(ids))
+
+    async def oldest_ts_ms(self) -> int | None:
+        """See `Outbox.oldest_ts_ms`."""
+        return await self._run(self.core.oldest_ts_ms)
 
     async def pending_meters(self) -> list[str]:
         """See `Outbox.pending_meters`."""

@@ -52,8 +52,8 @@ class _Worker:
         while len(self.pending) >= MAX_PENDING:
             self._room = trio.Event()
             await self._room.wait()
-        body = dumps_compact([reading.meter, reading.ts_ms, dict(reading.values)])
-        self._emit(b"R" + body.encode() + b"\n")
+        # The outbox's own form: every field (values, quality, errors, attributes) crosses.
+        self._emit(b"R" + reading.to_json() + b"\n")
 
     def on_alarm(self, name: str, active: bool, message: str) -> None:
         self._emit(b"A" + dumps_compact([name, active, message]).encode() + b"\n")

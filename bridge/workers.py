@@ -6,7 +6,7 @@ loop is the limit. With workers, the service process stays the single owner of t
 its share of the meters (rendezvous hashing on the meter name, so a meter stays on its worker
 across restarts and reloads) and streams what it takes to the service over a pipe:
 
-- ``R[meter, ts_ms, values]`` a reading (the service commits it to the outbox);
+- ``R{reading}`` a reading in the outbox's JSON form (the service commits it to the outbox);
 - ``A[name, active, message]`` a meter alarm raised or cleared;
 - ``T{...}`` the worker's poll counters and recent latencies, once a second.
 
@@ -234,8 +234,7 @@ class WorkerPool:
                 kind, body = line[:1], line[1:]
                 try:
                     if kind == b"R":
-                        meter, ts, values = json.loads(body)
-                        readings.append(Reading(meter, ts, values))
+                        readings.append(Reading.from_json(body))
                     elif kind == b"A":
                         name, active, message = json.loads(body)
                         self.on_alarm(name, bool(active), str(message))
