@@ -84,6 +84,9 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: While telemetry keeps the pacer busy, one gateway ``connect`` may go after this many
+#: telemetry messages, so announcements cannot starve (telemetry keeps >= 90% of the pace).
+ANNOUNCE_EVERY = 10
 #: The configuration's defaults are the publisher's (one home for each default).
 _CONFIG = PublishConfig()
 _LATENCY_SAMPLES = 4096
@@ -350,6 +353,7 @@ class _Lane:
     announced: set[str] = attrs.Factory(set)
     #: Gateway ``connect`` messages still to send, at low priority (see ``_announce``).
     to_announce: dict[str, None] = attrs.Factory(dict)
+    sent_since_announce: int = 0
     #: The device attributes last published per meter on this connection.
     attributes_sent: dict[str, dict[str, Any]] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
@@ -570,6 +574,11 @@ class Publisher:
                     continue
                 for message in self._messages(lane, rows):
                     try:
+                        if lane.to_announce and lane.sent_since_announce >= ANNOUNCE_EVERY:
+                            announcement = self._next_announcement(lane)
+                            if announcement is not None:
+                                await self._send(lane, announcement, in_flight)
+                        lane.sent_since_announce += 1
                         await self._send(lane, message, in_flight)
                     except (PublishError, OutboxError) as exc:
                         self._fail(lane, in_flight, exc)
@@ -621,24 +630,36 @@ class Publisher:
         matters for server-side RPC and attribute updates. So announcements never go ahead of
         readings: one goes only when the outbox has nothing for this lane and the pacer has
         room right now; otherwise this waits for new rows or for the pacer, whichever is
-        first. Returns True when it did anything (the caller looks at the outbox again).
+        first (and while telemetry keeps the pacer busy, one goes every `ANNOUNCE_EVERY`
+        telemetry messages). Returns True when it did anything (the caller looks at the
+        outbox again).
         """
         while lane.to_announce:
             meter = next(iter(lane.to_announce))
             if meter in lane.announced:
                 lane.to_announce.pop(meter)
                 continue
-            message = self._connect_message(meter)
-            wait = lane.pacer.delay(len(message.payload))
+            wait = lane.pacer.delay(len(self._connect_message(meter).payload))
             if wait > 0:
                 with trio.move_on_after(wait):
                     await _wait_any(self.outbox.appended, lane.wake, lane.client)
                 return True
-            lane.to_announce.pop(meter)
-            lane.announced.add(meter)
-            await self._send(lane, message, in_flight)
+            announcement = self._next_announcement(lane)
+            if announcement is not None:
+                await self._send(lane, announcement, in_flight)
             return True
         return False
+
+    def _next_announcement(self, lane: _Lane) -> Message | None:
+        """The next gateway ``connect`` to send (the meter then counts as announced)."""
+        while lane.to_announce:
+            meter = next(iter(lane.to_announce))
+            lane.to_announce.pop(meter)
+            if meter not in lane.announced:
+                lane.announced.add(meter)
+                lane.sent_since_announce = 0
+                return self._connect_message(meter)
+        return None
 
     def _attribute_messages(self, lane: _Lane, rows: Sequence[OutboxRow]) -> Iterator[Message]:
         """Device attributes of these rows' meters that this connection has not published yet,
