@@ -642,9 +642,14 @@ class BridgeService:
         return out
 
     def _status_line(self) -> str:
-        ok = sum(1 for r in self.meters.values() if self.online.get(r.meter.name))
+        ok = sum(1 for online in self.online.values() if online)
         rows = self.outbox.depth()[0] if self.outbox is not None else 0
-        return f"{ok}/{len(self.meters)} meters online, outbox {rows} rows"
+        return f"{ok}/{self._meter_count()} meters online, outbox {rows} rows"
+
+    def _meter_count(self) -> int:
+        """Meters polled, in this process or in the workers."""
+        in_workers = sum(t.meters for t in self.pool.totals) if self.pool is not None else 0
+        return len(self.meters) + in_workers
 
     async def _summaries(self) -> None:
         interval = self.config.bridge.summary_interval_s
@@ -699,7 +704,8 @@ class BridgeService:
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
                 latency_p99_ms=_ms(latencies, 0.99),
                 meters_online=sum(1 for v in self.online.values() if v),
-                meters=len(self.meters), meters_faulted=faulted, alarms=len(self.all_alarms()),
+                meters=self._meter_count(), meters_faulted=faulted,
+                alarms=len(self.all_alarms()),
             )  # fmt: skip
             self._notify(status=self._status_line())
 
