@@ -541,32 +541,34 @@ class OutboxWriter:
         assert item.row_id is not None
         return item.row_id
 
-    async def put_many(self, readings: list[Reading]) -> None:
-        """Commit several readings (in the same or the next transactions) and wait for all.
-
-        One waiter for a whole batch, for a producer that hands over readings in bulk (the
-        worker processes' pipe); raises :class:`OutboxError` if any was not stored.
-        """
+    async def put_many(self, readings: Sequence[Reading]) -> list[int]:
+        """Commit several readings, in order, in as few transactions as possible; return their
+        row ids. If one fails, `OutboxError` is raised (the others may be committed)."""
+        items: list[_Put] = []
+        for reading in readings:
+            size = len(reading.to_json())
+            if size > self.outbox.core.max_bytes:
+                raise ValueError(
+                    f"reading of meter {reading.meter!r} is {size} bytes, larger than the "
+                    f"whole outbox (max_bytes={self.outbox.core.max_bytes})"
+                )
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
-        limit = self.outbox.core.max_bytes
-        items = []
         for reading in readings:
-            if len(reading.to_json()) > limit:
-                log.error("reading of meter %r is larger than the whole outbox", reading.meter)
-                continue
-            items.append(_Put(reading))
-        if not items:
-            return
-        self._queue.extend(items)
+            item = _Put(reading)
+            self._queue.append(item)
+            items.append(item)
         self._wakeup.set()
-        await items[-1].done.wait()  # batches are committed in order
+        ids: list[int] = []
         for item in items:
             await item.done.wait()
             if item.error is not None:
                 raise OutboxError(
-                    f"{len(items)} readings were not all stored: {item.error}"
+                    f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
                 ) from item.error
+            assert item.row_id is not None
+            ids.append(item.row_id)
+        return ids
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write queued readings until cancelled."""
