@@ -57,6 +57,8 @@ def meter_view(
     stats = poller.stats.as_dict() if poller is not None else {}
     if not meter.enabled:
         state = "disabled"
+    elif running is None and service.pool is not None:
+        state = "in-worker"  # polled in a worker process: its counters stay there
     elif poller is None:
         state = "starting"
     else:

@@ -426,3 +426,32 @@ async def test_console_off_keeps_the_alarms(
         )
     process.signal(signal.SIGTERM)
     assert await process.wait_exit() == 0
+
+
+async def test_meters_polled_in_worker_processes_show_their_values(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    bridge_process: Any,  # noqa: F811
+) -> None:
+    _sim, ports = await simulator(meters=2)
+    config, port = console_config(
+        tmp_path / "bridge.toml",
+        mosquitto,
+        {"m0": ports[0], "m1": ports[1]},
+        data_dir=tmp_path / "data",
+        bridge={"workers": 2},
+    )
+    process, api = await start_console(bridge_process, config, port)
+    meters = await api.wait_until(
+        "/api/v1/meters", lambda d: _has_values(d["meters"], {"m0", "m1"}), 30, "values"
+    )
+    assert {m["state"] for m in meters["meters"]} == {"in-worker"}
+    await api.wait_until(
+        "/api/v1/meters/m1/history",
+        lambda d: len(d["series"].get("frequency", [])) >= 2,
+        20,
+        "history",
+    )
+    process.signal(signal.SIGTERM)
+    assert await process.wait_exit() == 0
