@@ -74,9 +74,13 @@ class MeterEndpoint:
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
+    #: Reply timeout of one frame (s); also how long one send may block on a peer not reading.
     timeout: float = 5.0
     retries: int = 2
     connect_timeout: float = 5.0
+    #: One overall deadline (s) per request and its whole response, segments and blocks
+    #: included, and for opening the association. ``None``: :attr:`request_deadline`.
+    request_timeout: float | None = None
     max_pdu_size: int = 1024
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = False
@@ -86,6 +90,15 @@ class MeterEndpoint:
     def label(self) -> str:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def request_deadline(self) -> float:
+        """The overall deadline of one request: ``request_timeout``, or by default the time
+        the link may spend on one reply with all its retransmissions, plus one more timeout
+        for the segments of a long reply."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        return self.timeout * (self.retries + 2)
 
     def make_link(self) -> Link:
         """A fresh sans-IO link for this endpoint's transport."""
@@ -109,7 +122,11 @@ class MeterEndpoint:
 
     def association_settings(self) -> AssociationSettings:
         """What to propose in the AARQ."""
-        return AssociationSettings(password=self.password, max_pdu_size=self.max_pdu_size)
+        return AssociationSettings(
+            password=self.password,
+            max_pdu_size=self.max_pdu_size,
+            request_timeout=self.request_deadline,
+        )
 
 
 class MeterSession:
@@ -192,7 +209,11 @@ class MeterSession:
         Runs shielded: it completes (or gives up after ``timeout``) even during cancellation.
         """
         with trio.move_on_after(timeout, shield=True):
-            if self.association is not None and self.stream is not None:
+            if (
+                self.association is not None
+                and self.stream is not None
+                and self.association.state is not AssociationState.CLOSED
+            ):
                 try:
                     # A request cut short (the poller cancelled at shutdown or reload) is still
                     # open: take its reply first, so that the association is released with
@@ -301,11 +322,22 @@ class MeterSession:
         return self.client
 
     async def _send(self, data: bytes) -> None:
-        assert self.stream is not None
+        """Write ``data``, within one reply timeout: a peer that stops reading cannot hold us."""
+        stream = self.stream
+        assert stream is not None
+        limit = self.endpoint.timeout
         try:
-            await self.stream.send_all(data)
+            with trio.move_on_after(limit) as scope:
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        if scope.cancelled_caught:
+            # Part of the data may have gone: the stream is unusable now.
+            await self.aclose()
+            raise MeterIOError(
+                f"{self.endpoint.label} stopped reading: {len(data)} bytes could not be sent "
+                f"within {limit:g} s"
+            )
         self.bytes_sent += len(data)
 
     async def _next_event(self) -> Any:
