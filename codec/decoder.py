@@ -2,7 +2,11 @@
 
 Used by ``dlms-bridge decode``, ``read --trace`` and the pcap readers. One
 :class:`StreamDecoder` per direction of a connection: segmented HDLC I-frames are reassembled
-and the APDU is described on the frame that completes it.
+(up to :data:`MAX_APDU` bytes) and the APDU is described on the frame that completes it.
+
+Secrets are never shown: the authentication values inside an AARQ or AARE (the LLS password,
+HLS challenges) appear as ``**`` per byte in every hex field, and the FCS of a frame that
+carried one is withheld (it is a checksum over the secret).
 """
 
 from __future__ import annotations
@@ -10,11 +14,19 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from codec import apdu as apdu_mod
+from codec.acse import mask_secrets, secret_spans
 from codec.errors import ProtocolError
 from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, frame_to_dict
 from codec.wrapper import WrapperScanner
 
-__all__ = ["StreamDecoder", "describe_apdu_bytes"]
+__all__ = ["MAX_APDU", "StreamDecoder", "describe_apdu_bytes"]
+
+#: Longest segmented APDU reassembled for description; longer ones are reported and dropped.
+MAX_APDU = 0xFFFF
+#: An AARQ/AARE is scanned for secrets up to this size; whatever follows is masked whole.
+_SECRET_SCAN = 4096
+#: First bytes (after the LLC header) of the APDUs that may hold a secret: AARQ, AARE.
+_SECRET_TAGS = (0x60, 0x61)
 
 
 def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
@@ -24,7 +36,7 @@ def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
     try:
         return apdu_mod.describe(apdu_mod.decode_apdu(data))
     except ProtocolError as exc:
-        return {"error": str(exc), "code": exc.code, "hex": data.hex()}
+        return {"error": str(exc), "code": exc.code, "hex": mask_secrets(data, secret_spans(data))}
 
 
 class StreamDecoder:
@@ -43,6 +55,8 @@ class StreamDecoder:
             WrapperScanner() if transport == "wrapper" else FrameScanner(transparency=transparency)
         )
         self._segments: list[bytes] = []
+        self._size = 0  # bytes in _segments
+        self._secret = False  # the APDU being reassembled may hold a secret
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Decode what ``data`` completes; ``b""`` marks the end of the stream."""
@@ -58,22 +72,47 @@ class StreamDecoder:
 
     def _describe(self, frame: Any) -> dict[str, Any]:
         if self.transport == "wrapper":
+            payload = frame.payload
             described: dict[str, Any] = {
                 "wrapper": {
                     "version": frame.version,
                     "src_wport": frame.src_wport,
                     "dst_wport": frame.dst_wport,
-                    "length": len(frame.payload),
+                    "length": len(payload),
                 },
-                "payload": frame.payload.hex(),
+                "payload": mask_secrets(payload, secret_spans(payload)),
             }
             if self.apdus:
-                described["apdu"] = describe_apdu_bytes(frame.payload)
+                described["apdu"] = describe_apdu_bytes(payload)
             return described
         described = frame_to_dict(frame)
-        if not self.apdus or frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
+        if frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
             return described
+        offset = self._size
+        if not self._segments:
+            head = frame.info[3:4] if _has_llc(frame.info) else frame.info[:1]
+            self._secret = bool(head) and head[0] in _SECRET_TAGS
         self._segments.append(frame.info)
+        self._size += len(frame.info)
+        if self._secret and self._size > _SECRET_SCAN:
+            # Not a plausible AARQ/AARE any more: show none of it rather than scan on.
+            described["info"] = "**" * len(frame.info)
+            described["fcs"] = "masked"
+        elif self._secret:
+            joined = b"".join(self._segments)
+            llc = 3 if _has_llc(joined) else 0
+            spans = [(a + llc, b + llc) for a, b in secret_spans(joined[llc:])]
+            if any(a < self._size and b > offset for a, b in spans):
+                described["info"] = mask_secrets(frame.info, spans, offset)
+                described["fcs"] = "masked"
+        if self._size > MAX_APDU:
+            described["error"] = (
+                f"segmented APDU longer than {MAX_APDU} bytes ({len(self._segments)} segments): "
+                "not reassembled"
+            )
+            self._segments.clear()
+            self._size = 0
+            return described
         if frame.segmented:
             described["segment"] = len(self._segments)
             return described
@@ -81,8 +120,15 @@ class StreamDecoder:
         if len(self._segments) > 1:
             described["segments"] = len(self._segments)
         self._segments.clear()
-        if data[:2] in (b"\xe6\xe6", b"\xe6\xe7") and len(data) >= 3:
+        self._size = 0
+        if not self.apdus:
+            return described
+        if _has_llc(data):
             described["llc"] = data[:3].hex()
             data = data[3:]
         described["apdu"] = describe_apdu_bytes(data)
         return described
+
+
+def _has_llc(data: bytes) -> bool:
+    return data[:2] in (b"\xe6\xe6", b"\xe6\xe7") and len(data) >= 3
