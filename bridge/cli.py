@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bridge import __version__
 
@@ -30,9 +31,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments in one line (what is wrong, where help is) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser; only the module of the chosen subcommand is imported."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlms-bridge",
         description="Read DLMS/COSEM meters over TCP and deliver every reading over MQTT.",
     )

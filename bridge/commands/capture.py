@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from bridge.capture import PcapWriter, ProxySession, RecordingProxy
+from bridge.commands.argtypes import host, port, seconds
 
 EXIT_BAD_ARGS = 2
 EXIT_FAILED = 1
@@ -18,7 +19,11 @@ EXIT_FAILED = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options."""
     parser.add_argument(
-        "--listen", type=int, required=True, metavar="PORT", help="port for clients (0: any free)"
+        "--listen",
+        type=port(allow_zero=True),
+        required=True,
+        metavar="PORT",
+        help="port for clients (0: any free)",
     )
     parser.add_argument(
         "--meter", required=True, metavar="HOST:PORT", help="the meter to forward to"
@@ -27,11 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, metavar="FILE.pcap", help="the capture to write"
     )
     parser.add_argument(
-        "--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--listen-host",
+        type=host,
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds(high=3600),
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for the meter to accept a connection (default 5)",

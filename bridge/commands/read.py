@@ -6,11 +6,19 @@ import argparse
 import datetime as _dt
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import trio
 
+from bridge.commands.argtypes import (
+    entries,
+    host,
+    integer,
+    password_file,
+    password_text,
+    port,
+    seconds,
+)
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder
@@ -41,12 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="registers to read: '1-1:32.7.0' (class 3, attribute 2), or CLASS/OBIS[/ATTR] "
         "such as '1/0-0:42.0.0/2'",
     )
-    parser.add_argument("--host", required=True, help="meter host name or address")
-    parser.add_argument("--port", type=int, required=True, help="meter TCP port")
+    parser.add_argument("--host", type=host, required=True, help="meter host name or address")
+    parser.add_argument("--port", type=port(), required=True, help="meter TCP port (1..65535)")
     parser.add_argument("--transport", choices=("hdlc", "wrapper"), default="hdlc")
-    parser.add_argument("--client-sap", type=int, default=1, help="client SAP (default 1)")
-    parser.add_argument("--server-logical", type=int, default=0, help="default 0")
-    parser.add_argument("--server-physical", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--client-sap", type=integer(1, 0x7F), default=1, help="client SAP, 1..127 (default 1)"
+    )
+    parser.add_argument(
+        "--server-logical", type=integer(0, 0x3FFF), default=0, help="0..16383 (default 0)"
+    )
+    parser.add_argument(
+        "--server-physical", type=integer(0, 0x3FFF), default=1, help="0..16383 (default 1)"
+    )
     parser.add_argument(
         "--server-address-size",
         type=int,
@@ -54,18 +68,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HDLC server address bytes (default: the smallest that fits)",
     )
     secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="LLS password (prefer --password-file)")
-    secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
-    parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, s (default 5)")
-    parser.add_argument("--retries", type=int, default=2, help="retransmissions (default 2)")
-    parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
+    secret.add_argument(
+        "--password", type=password_text, help="LLS password (prefer --password-file)"
+    )
+    secret.add_argument(
+        "--password-file",
+        type=password_file,
+        metavar="FILE",
+        help="file holding the LLS password (UTF-8, one line)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds(high=3600),
+        default=5.0,
+        help="reply timeout of one frame, s (default 5)",
+    )
+    parser.add_argument(
+        "--retries", type=integer(0, 10), default=2, help="retransmissions, 0..10 (default 2)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=seconds(high=86_400),
+        metavar="SECONDS",
+        help="overall deadline of each request and its whole reply "
+        "(default: timeout x (retries + 2))",
+    )
+    parser.add_argument(
+        "--max-info",
+        type=integer(32, 2030),
+        default=128,
+        help="HDLC max information field, 32..2030 (default 128)",
+    )
     parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
     parser.add_argument("--list-objects", action="store_true", help="print the object list")
     parser.add_argument("--profile", metavar="OBIS", help="read this profile generic's buffer")
     parser.add_argument("--from", dest="start", metavar="TIME", help="profile range start (ISO)")
     parser.add_argument("--to", dest="end", metavar="TIME", help="profile range end (ISO)")
     parser.add_argument(
-        "--entries", metavar="A:B", help="profile entries A to B (1-based; B=0: to the last)"
+        "--entries",
+        type=entries,
+        metavar="A:B",
+        help="profile entries A to B (1-based; B=0: to the last)",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every frame sent and received to stderr"
@@ -78,10 +121,20 @@ def parse_register(text: str) -> RegisterSpec:
     if len(parts) == 1:
         return RegisterSpec(Obis.parse(parts[0]))
     if len(parts) in (2, 3):
-        class_id = int(parts[0])
-        attribute = int(parts[2]) if len(parts) == 3 else 2
+        class_id = _number(parts[0], f"{text[:60]!r}: class", 0, 0xFFFF)
+        attribute = _number(parts[2], f"{text[:60]!r}: attribute", 1, 127) if len(parts) == 3 else 2
         return RegisterSpec(Obis.parse(parts[1]), class_id, attribute)
-    raise ValueError("expected OBIS or CLASS/OBIS[/ATTRIBUTE]")
+    raise ValueError(f"{text[:60]!r}: expected OBIS or CLASS/OBIS[/ATTRIBUTE]")
+
+
+def _number(text: str, what: str, low: int, high: int) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{what} {text[:20]!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is out of range {low}..{high}")
+    return value
 
 
 def _parse_time(text: str, what: str) -> _dt.datetime:
@@ -93,11 +146,8 @@ def _parse_time(text: str, what: str) -> _dt.datetime:
 
 
 def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
-    password: bytes | None = None
-    if args.password_file is not None:
-        password = args.password_file.read_text().rstrip("\r\n").encode()
-    elif args.password is not None:
-        password = args.password.encode()
+    # Both were read and checked by their argument types.
+    password: bytes | None = args.password_file or args.password
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -109,6 +159,7 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         password=password,
         timeout=args.timeout,
         retries=args.retries,
+        request_timeout=args.request_timeout,
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
     )
@@ -168,9 +219,7 @@ async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str
                 selection["start"] = _parse_time(args.start or "", "--from")
                 selection["end"] = _parse_time(args.end or "", "--to")
             elif args.entries:
-                first, _, last = args.entries.partition(":")
-                selection["from_entry"] = int(first)
-                selection["to_entry"] = int(last or 0)
+                selection["from_entry"], selection["to_entry"] = args.entries
             profile = await session.read_profile(Obis.parse(args.profile), **selection)
             result["profile"] = {"obis": str(Obis.parse(args.profile)), **profile.to_json()}
         result["stats"] = session.stats()
@@ -190,8 +239,6 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--from and --to go together")
             _parse_time(args.start, "--from")
             _parse_time(args.end, "--to")
-        if args.password_file is not None and not args.password_file.is_file():
-            raise ValueError(f"--password-file: no such file: {args.password_file}")
     except ValueError as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
