@@ -239,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--from and --to go together")
             _parse_time(args.start, "--from")
             _parse_time(args.end, "--to")
-    except ValueError as exc:
+        # The addresses must fit their fields before anything is sent.
+        _endpoint(args).make_link()
+    except (ValueError, EncodeError) as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (specs or args.list_objects or args.profile):
