@@ -21,6 +21,7 @@ import trio
 
 from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
+    DEFAULT_MAX_RESPONSE_SIZE,
     Associated,
     AssociationSettings,
     AssociationState,
@@ -81,6 +82,8 @@ class MeterEndpoint:
     #: One overall deadline (s) per request and its whole response, segments and blocks
     #: included, and for opening the association. ``None``: :attr:`request_deadline`.
     request_timeout: float | None = None
+    #: Bound of a GET answered in blocks: the raw data of all its blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_pdu_size: int = 1024
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = False
@@ -126,6 +129,7 @@ class MeterEndpoint:
             password=self.password,
             max_pdu_size=self.max_pdu_size,
             request_timeout=self.request_deadline,
+            max_response_size=self.max_response_size,
         )
 
 

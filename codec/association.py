@@ -58,7 +58,7 @@ __all__ = [
 #: Block transfers longer than this many blocks are refused as hostile.
 MAX_BLOCKS = 10_000
 #: Default bound of a GET answered in blocks: the raw data of all its blocks together, bytes.
-DEFAULT_MAX_RESPONSE_SIZE = 1024 * 1024
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024
 #: Default max receive PDU size the client proposes (bytes); every APDU from the meter, and so
 #: every reassembled HDLC reply, must fit in it.
 DEFAULT_MAX_PDU_SIZE = 1024

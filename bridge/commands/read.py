@@ -20,6 +20,7 @@ from bridge.commands.argtypes import (
     seconds,
 )
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from codec.association import DEFAULT_MAX_RESPONSE_SIZE
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder
 from codec.errors import (
@@ -94,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: timeout x (retries + 2))",
     )
     parser.add_argument(
+        "--max-response",
+        type=integer(1024, 64 * 1024 * 1024),
+        default=DEFAULT_MAX_RESPONSE_SIZE,
+        metavar="BYTES",
+        help="largest reply taken in blocks, such as a profile's buffer "
+        f"(default {DEFAULT_MAX_RESPONSE_SIZE})",
+    )
+    parser.add_argument(
         "--max-info",
         type=integer(32, 2030),
         default=128,
@@ -160,6 +169,7 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         timeout=args.timeout,
         retries=args.retries,
         request_timeout=args.request_timeout,
+        max_response_size=args.max_response,
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
     )

@@ -136,10 +136,11 @@ async def test_endless_block_transfer_is_bounded(autojump_clock: Any, transport:
     ep = endpoint(transport, request_timeout=HANG / 2)
     error, _, session = await read_against(meter, ep)
     assert isinstance(error, ProtocolError) and error.code == "association.too_long"
-    assert "1048576 bytes" in str(error)
-    # The transfer stopped at the block that crossed the bound: ~1 MiB of data, not more.
-    assert meter.block == 1048576 // 1000 + 1
-    assert session.stats()["blocks_received"] == 1048576 // 1000
+    bound = ep.max_response_size
+    assert bound == 256 * 1024 and f"{bound} bytes" in str(error)
+    # The transfer stopped at the block that crossed the bound: 256 KiB of data, not more.
+    assert meter.block == bound // 1000 + 1
+    assert session.stats()["blocks_received"] == bound // 1000
 
 
 async def test_wrapper_reply_longer_than_the_max_pdu_is_a_protocol_error(
