@@ -19,14 +19,29 @@ from codec.errors import ProtocolError
 from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, frame_to_dict
 from codec.wrapper import WrapperScanner
 
-__all__ = ["MAX_APDU", "StreamDecoder", "describe_apdu_bytes"]
+__all__ = ["MAX_APDU", "StreamDecoder", "apdu_secret_spans", "describe_apdu_bytes"]
 
 #: Longest segmented APDU reassembled for description; longer ones are reported and dropped.
 MAX_APDU = 0xFFFF
 #: An AARQ/AARE is scanned for secrets up to this size; whatever follows is masked whole.
 _SECRET_SCAN = 4096
-#: First bytes (after the LLC header) of the APDUs that may hold a secret: AARQ, AARE.
-_SECRET_TAGS = (0x60, 0x61)
+#: First bytes (after the LLC header) of the APDUs that may hold a secret: AARQ, AARE, and
+#: ACTION-request (the client's reply to an HLS challenge).
+_SECRET_TAGS = (0x60, 0x61, 0xC3)
+#: The association LN object's reply_to_HLS_authentication: class 15, method 1.
+_HLS_REPLY = (15, 1)
+
+
+def apdu_secret_spans(data: bytes) -> list[tuple[int, int]]:
+    """Where secrets lie in an APDU (or its beginning): the AARQ/AARE authentication values
+    (:func:`codec.acse.secret_spans`) and the parameter of an ACTION-request-normal invoking
+    reply_to_HLS_authentication (the client's answer to the meter's challenge)."""
+    if data[:2] == b"\xc3\x01" and len(data) >= 13:
+        class_id = int.from_bytes(data[3:5], "big")
+        if (class_id, data[11]) == _HLS_REPLY and data[12] == 1:
+            return [(13, max(len(data), 14))]
+        return []
+    return secret_spans(data)
 
 
 def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
@@ -34,9 +49,17 @@ def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
     if not data:
         return {"error": "empty information field"}
     try:
-        return apdu_mod.describe(apdu_mod.decode_apdu(data))
+        decoded = apdu_mod.decode_apdu(data)
+        described = apdu_mod.describe(decoded)
+        if apdu_secret_spans(data) and isinstance(decoded, apdu_mod.ActionRequestNormal):
+            described["parameters"] = "masked"
+        return described
     except ProtocolError as exc:
-        return {"error": str(exc), "code": exc.code, "hex": mask_secrets(data, secret_spans(data))}
+        return {
+            "error": str(exc),
+            "code": exc.code,
+            "hex": mask_secrets(data, apdu_secret_spans(data)),
+        }
 
 
 class StreamDecoder:
@@ -80,7 +103,7 @@ class StreamDecoder:
                     "dst_wport": frame.dst_wport,
                     "length": len(payload),
                 },
-                "payload": mask_secrets(payload, secret_spans(payload)),
+                "payload": mask_secrets(payload, apdu_secret_spans(payload)),
             }
             if self.apdus:
                 described["apdu"] = describe_apdu_bytes(payload)
@@ -101,7 +124,7 @@ class StreamDecoder:
         elif self._secret:
             joined = b"".join(self._segments)
             llc = 3 if _has_llc(joined) else 0
-            spans = [(a + llc, b + llc) for a, b in secret_spans(joined[llc:])]
+            spans = [(a + llc, b + llc) for a, b in apdu_secret_spans(joined[llc:])]
             if any(a < self._size and b > offset for a, b in spans):
                 described["info"] = mask_secrets(frame.info, spans, offset)
                 described["fcs"] = "masked"

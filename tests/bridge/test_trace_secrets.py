@@ -18,9 +18,12 @@ from bridge.simulator.meter import MeterSettings
 from bridge.simulator.server import Simulator, SimulatorConfig, SimulatorPorts
 from codec import acse
 from codec.acse import AARQ, AuthenticationMechanism, InitiateRequest
+from codec.apdu import ActionRequestNormal, InvokeId, MethodDescriptor, encode_apdu
+from codec.axdr import Data
 from codec.client import RegisterSpec
-from codec.decoder import StreamDecoder
+from codec.decoder import StreamDecoder, apdu_secret_spans
 from codec.hdlc import FrameKind, HdlcAddress, encode_frame
+from codec.obis import Obis
 from tests.bridge.test_cli_read_decode import REPO, cli
 
 PASSWORD = "Zq7-s3cr3t-PW!"
@@ -187,3 +190,30 @@ async def test_capture_cli_writes_0600(tmp_path: Path) -> None:
         proc.terminate()
         nursery.cancel_scope.cancel()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_reply_to_an_hls_challenge_is_masked() -> None:
+    digest = b"f(StoC)-digest!!"
+    reply = encode_apdu(
+        ActionRequestNormal(
+            InvokeId(1, confirmed=True, high_priority=True),
+            MethodDescriptor(15, Obis(0, 0, 40, 0, 0, 255), 1),
+            Data.octet_string(digest),
+        )
+    )
+    frame = encode_frame(
+        FrameKind.I, HdlcAddress.server(0, 1), HdlcAddress.client(1), info=b"\xe6\xe6\x00" + reply
+    )
+    (described,) = StreamDecoder().feed(frame)
+    text = json.dumps(described).encode()
+    assert leaks(text, digest.decode()) == []
+    assert described["apdu"]["parameters"] == "masked"
+    # Another method of the same object keeps its parameters visible.
+    other = encode_apdu(
+        ActionRequestNormal(
+            InvokeId(1, confirmed=True, high_priority=True),
+            MethodDescriptor(15, Obis(0, 0, 40, 0, 0, 255), 2),
+            Data.octet_string(digest),
+        )
+    )
+    assert apdu_secret_spans(other) == []
