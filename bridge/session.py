@@ -21,6 +21,7 @@ import trio
 
 from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
+    DEFAULT_MAX_PDU_SIZE,
     DEFAULT_MAX_RESPONSE_SIZE,
     Associated,
     AssociationSettings,
@@ -84,7 +85,7 @@ class MeterEndpoint:
     request_timeout: float | None = None
     #: Bound of a GET answered in blocks: the raw data of all its blocks (bytes).
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
-    max_pdu_size: int = 1024
+    max_pdu_size: int = DEFAULT_MAX_PDU_SIZE
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = False
     max_list_items: int = 10
@@ -241,7 +242,8 @@ class MeterSession:
         """Abandon the association (DISC, best effort) but keep the TCP connection.
 
         :meth:`associate` can then open a new one on the same connection. Bytes still arriving
-        for the old association are discarded.
+        for the old association are discarded. A meter that does not take the DISC within 1 s
+        has stopped reading: the connection is closed and :class:`MeterIOError` raised.
         """
         association = self.association
         self.client = None
@@ -250,8 +252,12 @@ class MeterSession:
         association.abort(trio.current_time())
         out = association.data_to_send()
         if out:
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(1.0) as scope:
                 await self._send(out)
+            if scope.cancelled_caught:
+                # Part of the DISC may have gone: nothing more can be framed on this stream.
+                await self.aclose()
+                raise MeterIOError(f"{self.endpoint.label} stopped reading: DISC not sent")
         association.drain()
 
     async def aclose(self) -> None:
