@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
-    args = parser.parse_args(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # bad arguments (already reported), --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)
