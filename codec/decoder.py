@@ -26,8 +26,10 @@ MAX_APDU = 0xFFFF
 #: An AARQ/AARE is scanned for secrets up to this size; whatever follows is masked whole.
 _SECRET_SCAN = 4096
 #: First bytes (after the LLC header) of the APDUs that may hold a secret: AARQ, AARE, and
-#: ACTION-request (the client's reply to an HLS challenge).
+#: ACTION-request (the client's reply to an HLS challenge). An ACTION-response is one when it
+#: answers such a request (see :meth:`StreamDecoder.pair`).
 _SECRET_TAGS = (0x60, 0x61, 0xC3)
+_ACTION_RESPONSE_NORMAL = b"\xc7\x01"
 #: The association LN object's reply_to_HLS_authentication: class 15, method 1.
 _HLS_REPLY = (15, 1)
 
@@ -44,22 +46,26 @@ def apdu_secret_spans(data: bytes) -> list[tuple[int, int]]:
     return secret_spans(data)
 
 
-def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
-    """Describe one APDU, or say why it does not decode (never raises)."""
+def describe_apdu_bytes(data: bytes, spans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Describe one APDU, or say why it does not decode (never raises).
+
+    ``spans``: where its secrets are, when the caller knows better than
+    :func:`apdu_secret_spans` (the meter's answer to an HLS challenge).
+    """
     if not data:
         return {"error": "empty information field"}
+    if spans is None:
+        spans = apdu_secret_spans(data)
     try:
         decoded = apdu_mod.decode_apdu(data)
         described = apdu_mod.describe(decoded)
-        if apdu_secret_spans(data) and isinstance(decoded, apdu_mod.ActionRequestNormal):
+        if spans and isinstance(decoded, apdu_mod.ActionRequestNormal):
             described["parameters"] = "masked"
+        if spans and isinstance(decoded, apdu_mod.ActionResponseNormal):
+            described["return_data"] = "masked"
         return described
     except ProtocolError as exc:
-        return {
-            "error": str(exc),
-            "code": exc.code,
-            "hex": mask_secrets(data, apdu_secret_spans(data)),
-        }
+        return {"error": str(exc), "code": exc.code, "hex": mask_secrets(data, spans)}
 
 
 class StreamDecoder:
@@ -71,15 +77,58 @@ class StreamDecoder:
         *,
         transparency: bool = False,
         apdus: bool = True,
+        hls_replies: set[int] | None = None,
     ) -> None:
         self.transport = transport
         self.apdus = apdus
+        #: Invoke-ids of the client's replies to an HLS challenge, shared by the two directions
+        #: of one connection: the meter's ACTION-response to one of them is masked too.
+        self.hls_replies = hls_replies
         self.scanner: FrameScanner | WrapperScanner = (
             WrapperScanner() if transport == "wrapper" else FrameScanner(transparency=transparency)
         )
         self._segments: list[bytes] = []
         self._size = 0  # bytes in _segments
         self._secret = False  # the APDU being reassembled may hold a secret
+
+    @classmethod
+    def pair(
+        cls, transport: Literal["hdlc", "wrapper"] = "hdlc", **options: Any
+    ) -> tuple[StreamDecoder, StreamDecoder]:
+        """Decoders for the two directions of one connection (client to meter, meter to
+        client) that share what one needs from the other to mask secrets."""
+        shared: set[int] = set()
+        return (
+            cls(transport, hls_replies=shared, **options),
+            cls(transport, hls_replies=shared, **options),
+        )
+
+    def _spans(self, apdu: bytes, *, complete: bool) -> list[tuple[int, int]]:
+        """Where the secrets of ``apdu`` (or its beginning) are; tracks HLS replies."""
+        spans = apdu_secret_spans(apdu)
+        hls = self.hls_replies
+        if hls is None or len(apdu) < 3:
+            return spans
+        invoke = apdu[2] & 0x0F
+        if spans and apdu[:2] == b"\xc3\x01":
+            hls.add(invoke)
+        elif apdu[:2] == _ACTION_RESPONSE_NORMAL and invoke in hls:
+            # The meter's f(CtoS): everything after invoke-id and result.
+            spans = [(4, max(len(apdu), 5))]
+            if complete:
+                hls.discard(invoke)
+        return spans
+
+    def _may_hold_secret(self, head: bytes) -> bool:
+        """Whether an APDU starting with ``head`` (at least 3 bytes known) may hold a secret."""
+        if head[:1] and head[0] in _SECRET_TAGS:
+            return True
+        return (
+            self.hls_replies is not None
+            and head[:2] == _ACTION_RESPONSE_NORMAL
+            and len(head) >= 3
+            and head[2] & 0x0F in self.hls_replies
+        )
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Decode what ``data`` completes; ``b""`` marks the end of the stream."""
@@ -103,28 +152,32 @@ class StreamDecoder:
                     "dst_wport": frame.dst_wport,
                     "length": len(payload),
                 },
-                "payload": mask_secrets(payload, apdu_secret_spans(payload)),
             }
+            spans = self._spans(payload, complete=True)
+            described["payload"] = mask_secrets(payload, spans)
             if self.apdus:
-                described["apdu"] = describe_apdu_bytes(payload)
+                described["apdu"] = describe_apdu_bytes(payload, spans)
             return described
         described = frame_to_dict(frame)
         if frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
             return described
         offset = self._size
         if not self._segments:
-            head = frame.info[3:4] if _has_llc(frame.info) else frame.info[:1]
-            self._secret = bool(head) and head[0] in _SECRET_TAGS
+            head = frame.info[3:6] if _has_llc(frame.info) else frame.info[:3]
+            self._secret = self._may_hold_secret(bytes(head))
         self._segments.append(frame.info)
         self._size += len(frame.info)
+        found: list[tuple[int, int]] | None = None  # secrets in the APDU (LLC header excluded)
         if self._secret and self._size > _SECRET_SCAN:
             # Not a plausible AARQ/AARE any more: show none of it rather than scan on.
             described["info"] = "**" * len(frame.info)
             described["fcs"] = "masked"
+            found = [(0, self._size)]
         elif self._secret:
             joined = b"".join(self._segments)
             llc = 3 if _has_llc(joined) else 0
-            spans = [(a + llc, b + llc) for a, b in apdu_secret_spans(joined[llc:])]
+            found = self._spans(joined[llc:], complete=not frame.segmented)
+            spans = [(a + llc, b + llc) for a, b in found]
             if any(a < self._size and b > offset for a, b in spans):
                 described["info"] = mask_secrets(frame.info, spans, offset)
                 described["fcs"] = "masked"
@@ -149,7 +202,7 @@ class StreamDecoder:
         if _has_llc(data):
             described["llc"] = data[:3].hex()
             data = data[3:]
-        described["apdu"] = describe_apdu_bytes(data)
+        described["apdu"] = describe_apdu_bytes(data, found)
         return described
 
 

@@ -180,9 +180,9 @@ class _TracingSession(MeterSession):
 
     def __init__(self, endpoint: MeterEndpoint) -> None:
         super().__init__(endpoint)
-        transport = endpoint.transport
-        self._out = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
-        self._in = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
+        self._out, self._in = StreamDecoder.pair(
+            endpoint.transport, transparency=endpoint.byte_stuffing
+        )
 
     async def _send(self, data: bytes) -> None:
         for item in self._out.feed(data):

@@ -18,7 +18,14 @@ from bridge.simulator.meter import MeterSettings
 from bridge.simulator.server import Simulator, SimulatorConfig, SimulatorPorts
 from codec import acse
 from codec.acse import AARQ, AuthenticationMechanism, InitiateRequest
-from codec.apdu import ActionRequestNormal, InvokeId, MethodDescriptor, encode_apdu
+from codec.apdu import (
+    ActionRequestNormal,
+    ActionResponseNormal,
+    ActionResult,
+    InvokeId,
+    MethodDescriptor,
+    encode_apdu,
+)
 from codec.axdr import Data
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder, apdu_secret_spans
@@ -217,3 +224,31 @@ def test_reply_to_an_hls_challenge_is_masked() -> None:
         )
     )
     assert apdu_secret_spans(other) == []
+
+
+def test_the_meters_answer_to_an_hls_reply_is_masked_in_a_decoder_pair() -> None:
+    association_ln = MethodDescriptor(15, Obis(0, 0, 40, 0, 0, 255), 1)
+    invoke = InvokeId(5, confirmed=True, high_priority=True)
+    reply = encode_apdu(ActionRequestNormal(invoke, association_ln, Data.octet_string(b"x" * 16)))
+    f_ctos = b"meter-f(CtoS)!!!"
+    answer = encode_apdu(
+        ActionResponseNormal(invoke, ActionResult.SUCCESS, Data.octet_string(f_ctos))
+    )
+    client, server = HdlcAddress.client(1), HdlcAddress.server(0, 1)
+    to_meter, to_client = StreamDecoder.pair()
+    to_meter.feed(encode_frame(FrameKind.I, server, client, info=b"\xe6\xe6\x00" + reply))
+    (described,) = to_client.feed(
+        encode_frame(FrameKind.I, client, server, info=b"\xe6\xe7\x00" + answer)
+    )
+    assert leaks(json.dumps(described).encode(), f_ctos.decode()) == []
+    assert described["apdu"]["return_data"] == "masked" and described["fcs"] == "masked"
+    # The same answer to an ordinary ACTION (or seen without its request) is shown.
+    (plain,) = StreamDecoder().feed(
+        encode_frame(FrameKind.I, client, server, info=b"\xe6\xe7\x00" + answer)
+    )
+    assert f_ctos.hex() in plain["info"]
+    # Once answered, the invoke-id is forgotten: a later answer with it is shown again.
+    (later,) = to_client.feed(
+        encode_frame(FrameKind.I, client, server, info=b"\xe6\xe7\x00" + answer, ns=1)
+    )
+    assert f_ctos.hex() in later["info"]
