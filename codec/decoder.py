@@ -5,8 +5,10 @@ Used by ``dlms-bridge decode``, ``read --trace`` and the pcap readers. One
 (up to :data:`MAX_APDU` bytes) and the APDU is described on the frame that completes it.
 
 Secrets are never shown: the authentication values inside an AARQ or AARE (the LLS password,
-HLS challenges) appear as ``**`` per byte in every hex field, and the FCS of a frame that
-carried one is withheld (it is a checksum over the secret).
+HLS challenges), the client's reply to an HLS challenge and (with :meth:`StreamDecoder.pair`)
+the meter's answer to it appear as ``**`` per byte in every hex field and as ``"masked"`` in
+the APDU's description, and the FCS of a frame that carried one is withheld (it is a checksum
+over the secret).
 """
 
 from __future__ import annotations
