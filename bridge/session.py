@@ -216,11 +216,7 @@ class MeterSession:
         Runs shielded: it completes (or gives up after ``timeout``) even during cancellation.
         """
         with trio.move_on_after(timeout, shield=True):
-            if (
-                self.association is not None
-                and self.stream is not None
-                and self.association.state is not AssociationState.CLOSED
-            ):
+            if self.association is not None and self.stream is not None:
                 try:
                     # A request cut short (the poller cancelled at shutdown or reload) is still
                     # open: take its reply first, so that the association is released with
@@ -229,7 +225,8 @@ class MeterSession:
                         if isinstance(await self._next_event(), Closed):
                             break
                     self.association.release(trio.current_time())
-                    while True:
+                    # Closed already: nothing could be sent (the link is down on our side).
+                    while self.association.state is not AssociationState.CLOSED:
                         event = await self._next_event()
                         if isinstance(event, Closed):
                             break

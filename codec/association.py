@@ -66,6 +66,9 @@ DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024
 #: Default max receive PDU size the client proposes (bytes); every APDU from the meter, and so
 #: every reassembled HDLC reply, must fit in it.
 DEFAULT_MAX_PDU_SIZE = 1024
+#: How far past the max receive PDU size a reply may run: the padding some meters add after a
+#: full reply (tolerated and counted as trailing bytes). A longer reply is a protocol error.
+PDU_PADDING_ALLOWANCE = 64
 
 
 class AssociationState(enum.Enum):
@@ -205,7 +208,7 @@ class ClientAssociation:
         self.link = link
         self.settings = settings or AssociationSettings()
         # The meter must not send an APDU longer than the max receive PDU size we propose.
-        link.max_apdu = self.settings.max_pdu_size
+        link.max_apdu = self.settings.max_pdu_size + PDU_PADDING_ALLOWANCE
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0

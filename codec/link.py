@@ -167,7 +167,8 @@ class HdlcClientLink:
         self.timeout = timeout
         self.retries = retries
         self.transparency = transparency
-        #: Largest reassembled reply (LLC header excluded); more is a protocol error.
+        #: Largest reassembled reply (LLC header excluded); more is a protocol error. The
+        #: association sets it from the max receive PDU size it proposes.
         self.max_apdu = max_apdu
         self.state = LinkState.DISCONNECTED
         self.scanner = FrameScanner(transparency=transparency)
@@ -421,8 +422,8 @@ class HdlcClientLink:
             self._pending = None
             self.state = LinkState.DISCONNECTED
             raise RemoteProtocolError(
-                f"the meter's reply exceeds the negotiated maximum PDU size of "
-                f"{self.max_apdu} bytes ({received} bytes in {count} segments)",
+                f"the meter's reply exceeds the negotiated maximum PDU size: {received} bytes "
+                f"in {count} segments, more than the {self.max_apdu} accepted",
                 code="link.reply_too_long",
             )
         if frame.segmented:
@@ -539,8 +540,8 @@ class WrapperClientLink:
             self._deadline = None
             self.state = LinkState.DISCONNECTED
             raise RemoteProtocolError(
-                f"the meter's reply of {len(frame.payload)} bytes exceeds the negotiated "
-                f"maximum PDU size of {self.max_apdu} bytes",
+                f"the meter's reply exceeds the negotiated maximum PDU size: "
+                f"{len(frame.payload)} bytes, more than the {self.max_apdu} accepted",
                 code="link.reply_too_long",
             )
         self._deadline = None
