@@ -30,6 +30,7 @@ from codec.association import (
     Notification,
     Released,
     Response,
+    SecuritySettings,
 )
 from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
@@ -81,6 +82,8 @@ class MeterEndpoint:
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = False
     max_list_items: int = 10
+    #: HLS mechanism, ciphering policy, titles, keys and counters (None: no security).
+    security: SecuritySettings | None = attrs.field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -109,7 +112,9 @@ class MeterEndpoint:
 
     def association_settings(self) -> AssociationSettings:
         """What to propose in the AARQ."""
-        return AssociationSettings(password=self.password, max_pdu_size=self.max_pdu_size)
+        return AssociationSettings(
+            password=self.password, max_pdu_size=self.max_pdu_size, security=self.security
+        )
 
 
 class MeterSession:

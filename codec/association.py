@@ -469,7 +469,7 @@ class ClientAssociation:
             mechanism=mechanism,
             password=value,
             initiate=None if ciphered is not None else initiate,
-            calling_ap_title=sec.system_title if sec.ciphered else None,
+            calling_ap_title=sec.system_title,
             ciphered_initiate=ciphered,
         )
         self.link.send_apdu(acse.encode_acse(aarq), self._now)
