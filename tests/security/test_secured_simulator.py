@@ -17,11 +17,10 @@ from bridge.session import MeterEndpoint, MeterSession
 from bridge.simulator import SimulatorConfig
 from bridge.simulator.meter import MeterSecurity, MeterSettings
 from codec.acse import AuthenticationMechanism as M
-from codec.association import SecuritySettings
 from codec.apdu import AttributeDescriptor
+from codec.association import SecuritySettings
 from codec.axdr import Data
 from codec.client import RegisterSpec
-from codec.errors import AssociationError
 from codec.obis import Obis
 from codec.security import MemoryCounter, SecurityKeys, SecurityPolicy
 from tests.bridge.test_simulator_rawclient import FIELD_REGISTERS, TIMEOUT, running
