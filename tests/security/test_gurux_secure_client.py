@@ -147,11 +147,11 @@ async def test_gurux_secure_client_reads_secured_simulator(
         assert meter.client_counters[GURUX_TITLE] > 1000
 
 
-def _wrong_key(port: int) -> Exception:
+def _wrong_key(port: int) -> GXDLMSException:
     session = SecureGuruxSession(port, "hdlc", M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED, ak=bytes(16))
     try:
         session.open()
-    except Exception as exc:  # gurux raises GXDLMSException or plain exceptions
+    except GXDLMSException as exc:
         return exc
     finally:
         session.sock.close()
