@@ -21,6 +21,7 @@ from codec.apdu import AttributeDescriptor
 from codec.association import SecuritySettings
 from codec.axdr import Data
 from codec.client import RegisterSpec
+from codec.errors import AssociationError
 from codec.obis import Obis
 from codec.security import MemoryCounter, SecurityKeys, SecurityPolicy
 from tests.bridge.test_simulator_rawclient import FIELD_REGISTERS, TIMEOUT, running
@@ -131,3 +132,93 @@ async def test_secured_set_and_action_ciphered() -> None:
             await session.release()
             await session.aclose()
         assert sim.meter(0).message == b"secured"
+
+
+async def _open_error(settings: MeterSettings, sec: SecuritySettings) -> AssociationError:
+    with trio.fail_after(TIMEOUT):
+        async with running(SimulatorConfig(port=0, settings=settings)) as (_, ports):
+            session = MeterSession(endpoint(ports.meters[0], sec))
+            with pytest.raises(AssociationError) as info:
+                await session.open()
+            await session.aclose()
+    return info.value
+
+
+GMAC_AE = (M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+
+
+async def test_wrong_authentication_key_is_named() -> None:
+    error = await _open_error(
+        meter_settings(*GMAC_AE), client_security(*GMAC_AE, keys=SecurityKeys(EK, bytes(16)))
+    )
+    assert error.code == "association.wrong_authentication_key"
+    assert "wrong authentication key" in str(error)
+    assert AK.hex() not in str(error).lower()
+
+
+async def test_wrong_block_cipher_key_is_named() -> None:
+    error = await _open_error(
+        meter_settings(*GMAC_AE), client_security(*GMAC_AE, keys=SecurityKeys(bytes(16), AK))
+    )
+    assert error.code == "association.wrong_block_cipher_key"
+    assert "wrong block cipher key" in str(error)
+
+
+async def test_wrong_hls_secret_is_named() -> None:
+    error = await _open_error(
+        meter_settings(M.HIGH_SHA256, None),
+        client_security(M.HIGH_SHA256, None, secret=b"not the secret"),
+    )
+    assert error.code == "association.wrong_secret"
+    assert "wrong HLS secret" in str(error)
+
+
+async def test_wrong_meter_system_title_is_named() -> None:
+    error = await _open_error(
+        meter_settings(*GMAC_AE), client_security(*GMAC_AE, server_system_title=b"OTHERMTR")
+    )
+    assert error.code == "association.wrong_system_title"
+    assert "4D4D4D0000BC614E" in str(error)
+
+
+async def test_security_policy_mismatch_is_named() -> None:
+    error = await _open_error(
+        meter_settings(*GMAC_AE), client_security(M.HIGH_GMAC, P.AUTHENTICATED)
+    )
+    assert error.code == "association.policy_mismatch"
+    assert "policy mismatch" in str(error)
+
+
+async def test_unciphered_client_against_ciphering_meter_is_a_policy_mismatch() -> None:
+    error = await _open_error(meter_settings(*GMAC_AE), client_security(M.HIGH_GMAC, None))
+    assert error.code == "association.policy_mismatch"
+
+
+async def test_counter_rejected_names_the_value_sent() -> None:
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(*GMAC_AE))
+        async with running(config) as (_, ports):
+            first = MeterSession(endpoint(ports.meters[0], client_security(*GMAC_AE)))
+            await first.open()
+            await first.release()
+            # A client restarted with a counter the meter has already seen.
+            again = MeterSession(endpoint(ports.meters[0], client_security(*GMAC_AE)))
+            with pytest.raises(AssociationError) as info:
+                await again.open()
+            await again.aclose()
+    assert info.value.code == "association.counter_rejected"
+    assert "invocation counter 100" in str(info.value)
+
+
+async def test_meter_replay_is_detected_by_the_client() -> None:
+    # The client remembers the meter's last counter: a meter counter going backwards is refused.
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(*GMAC_AE))
+        async with running(config) as (sim, ports):
+            sec = client_security(*GMAC_AE, server_counter=10_000)
+            session = MeterSession(endpoint(ports.meters[0], sec))
+            with pytest.raises(AssociationError) as info:
+                await session.open()
+            await session.aclose()
+            assert sim.meter(0).invocation_counter < 10_000
+    assert "not above the last one seen" in str(info.value)
