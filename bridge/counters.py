@@ -53,7 +53,9 @@ class PersistentCounter:
         except FileNotFoundError:
             return 1
         except (OSError, UnicodeDecodeError) as exc:
-            raise CounterFileError(f"cannot read the invocation counter file {self.path}: {exc}")
+            raise CounterFileError(
+                f"cannot read the invocation counter file {self.path}: {exc}"
+            ) from None
         if not text.isdigit():
             raise CounterFileError(
                 f"the invocation counter file {self.path} does not hold a counter"
