@@ -743,6 +743,25 @@ class ClientAssociation:
         self._go(_Ev.HLS_OK)
         self._events.append(Associated(self.negotiated))
 
+    def _security_exception(self, decoded: ExceptionResponse) -> None:
+        """Raise the installer's version of a ciphering exception-response, if it is one."""
+        service = decoded.service_error
+        if service == apdu.ExceptionServiceError.INVOCATION_COUNTER_ERROR:
+            self.abort(self._now)
+            expected = decoded.invocation_counter
+            raise AssociationError(
+                f"counter rejected: the meter refused invocation counter {self.client_counter}"
+                + ("" if expected is None else f" (it expects at least {expected})"),
+                code="association.counter_rejected",
+            )
+        if service == apdu.ExceptionServiceError.DECIPHERING_ERROR:
+            self.abort(self._now)
+            raise AssociationError(
+                "the meter could not decipher our request (deciphering-error): wrong block"
+                " cipher key, authentication key or system title",
+                code="association.deciphering_error",
+            )
+
     @staticmethod
     def _decode_or_raw(data: bytes) -> Any:
         try:
@@ -816,6 +835,8 @@ class ClientAssociation:
 
     def _handle_response(self, decoded: Any) -> None:
         current = self._current
+        if self._sec is not None and isinstance(decoded, ExceptionResponse):
+            self._security_exception(decoded)
         if isinstance(decoded, (ExceptionResponse, ConfirmedServiceError)):
             # Neither carries an invoke-id: it answers the request in flight.
             self._finish(decoded)

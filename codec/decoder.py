@@ -9,22 +9,114 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import attrs
+
+from codec import acse, security
 from codec import apdu as apdu_mod
 from codec.errors import ProtocolError
 from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, frame_to_dict
 from codec.wrapper import WrapperScanner
 
-__all__ = ["StreamDecoder", "describe_apdu_bytes"]
+__all__ = ["DecipherContext", "StreamDecoder", "describe_apdu_bytes"]
+
+# Ciphered tags sent by the client (the rest are sent by the meter).
+_CLIENT_TAGS = frozenset({0x21, 0x41, 0xC8, 0xC9, 0xCB, 0xD0, 0xD1, 0xD3})
 
 
-def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
-    """Describe one APDU, or say why it does not decode (never raises)."""
+class DecipherContext:
+    """The keys to decipher a capture with, and the system titles learnt from AARQ and AARE.
+
+    Share one between the two directions of a connection. Keys are never described.
+    """
+
+    def __init__(
+        self,
+        keys: security.SecurityKeys | None,
+        *,
+        client_title: bytes | None = None,
+        server_title: bytes | None = None,
+    ) -> None:
+        self.keys = keys
+        self.client_title = client_title
+        self.server_title = server_title
+        self.dedicated_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "DecipherContext(<keys hidden>)"
+
+    def learn(self, decoded: object) -> None:
+        """Take the system titles from an AARQ or AARE."""
+        if isinstance(decoded, acse.AARQ) and decoded.calling_ap_title:
+            self.client_title = decoded.calling_ap_title
+            self.dedicated_key = None
+        elif isinstance(decoded, acse.AARE) and decoded.responding_ap_title:
+            self.server_title = decoded.responding_ap_title
+
+    def describe(self, data: bytes) -> dict[str, Any]:
+        """A ciphered APDU: its kind and header, and its content when it deciphers."""
+        try:
+            parsed = security.parse_ciphered(data)
+        except ProtocolError as exc:
+            return {"error": str(exc), "code": exc.code, "hex": data.hex()}
+        header = parsed.header
+        out: dict[str, Any] = {
+            "kind": parsed.tag.label,
+            "security": {
+                "policy": None if header.policy is None else header.policy.label,
+                "suite": header.suite,
+                "invocation_counter": header.invocation_counter,
+            },
+            "length": len(data),
+        }
+        if parsed.system_title is not None:
+            out["system_title"] = parsed.system_title.hex().upper()
+        title = self.client_title if data[0] in _CLIENT_TAGS else self.server_title
+        if self.keys is None or title is None:
+            out["content"] = None
+            return out
+        try:
+            _, plain = security.decipher_apdu(
+                parsed, title, self.keys, dedicated_key=self.dedicated_key
+            )
+        except ProtocolError as exc:
+            out["content"] = {"error": str(exc), "code": exc.code}
+            return out
+        if plain[:1] in (b"\x01", b"\x08"):
+            try:
+                user = acse.decode_user_information(plain)
+            except ProtocolError as exc:
+                out["content"] = {"error": str(exc), "code": exc.code}
+                return out
+            if isinstance(user, acse.InitiateRequest):
+                self.dedicated_key = user.dedicated_key
+                user = attrs.evolve(user, dedicated_key=None)
+            out["content"] = {"kind": type(user).__name__, "value": repr(user)}
+            return out
+        out["content"] = describe_apdu_bytes(plain, self)
+        return out
+
+
+def describe_apdu_bytes(data: bytes, context: DecipherContext | None = None) -> dict[str, Any]:
+    """Describe one APDU, or say why it does not decode (never raises).
+
+    Ciphered APDUs are shown by kind and security header; with a ``context`` holding the keys
+    their content is deciphered and described too.
+    """
     if not data:
         return {"error": "empty information field"}
+    if security.is_ciphered(data[0]):
+        return (context or DecipherContext(None)).describe(data)
     try:
-        return apdu_mod.describe(apdu_mod.decode_apdu(data))
+        decoded = apdu_mod.decode_apdu(data)
     except ProtocolError as exc:
         return {"error": str(exc), "code": exc.code, "hex": data.hex()}
+    if context is not None:
+        context.learn(decoded)
+    described = apdu_mod.describe(decoded)
+    ciphered = getattr(decoded, "ciphered_initiate", None)
+    if context is not None and isinstance(ciphered, bytes):
+        described["ciphered_user_information"] = context.describe(ciphered)
+    return described
 
 
 class StreamDecoder:
@@ -36,9 +128,12 @@ class StreamDecoder:
         *,
         transparency: bool = False,
         apdus: bool = True,
+        context: DecipherContext | None = None,
     ) -> None:
         self.transport = transport
         self.apdus = apdus
+        #: Keys and system titles for ciphered APDUs (share it with the other direction).
+        self.context = context
         self.scanner: FrameScanner | WrapperScanner = (
             WrapperScanner() if transport == "wrapper" else FrameScanner(transparency=transparency)
         )
@@ -68,7 +163,7 @@ class StreamDecoder:
                 "payload": frame.payload.hex(),
             }
             if self.apdus:
-                described["apdu"] = describe_apdu_bytes(frame.payload)
+                described["apdu"] = describe_apdu_bytes(frame.payload, self.context)
             return described
         described = frame_to_dict(frame)
         if not self.apdus or frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
@@ -84,5 +179,5 @@ class StreamDecoder:
         if data[:2] in (b"\xe6\xe6", b"\xe6\xe7") and len(data) >= 3:
             described["llc"] = data[:3].hex()
             data = data[3:]
-        described["apdu"] = describe_apdu_bytes(data)
+        described["apdu"] = describe_apdu_bytes(data, self.context)
         return described

@@ -11,9 +11,12 @@ from typing import Any
 
 import trio
 
+from bridge import meter_security
+from bridge.counters import CounterFileError, PersistentCounter, counter_path
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from codec.association import SecuritySettings
 from codec.client import RegisterSpec
-from codec.decoder import StreamDecoder
+from codec.decoder import DecipherContext, StreamDecoder
 from codec.errors import (
     AssociationError,
     DataAccessError,
@@ -24,6 +27,7 @@ from codec.errors import (
 )
 from codec.hdlc_params import LinkParameters
 from codec.obis import Obis
+from codec.security import SecurityError
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -70,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace", action="store_true", help="print every frame sent and received to stderr"
     )
+    meter_security.add_arguments(parser)
 
 
 def parse_register(text: str) -> RegisterSpec:
@@ -92,12 +97,32 @@ def _parse_time(text: str, what: str) -> _dt.datetime:
     return value if value.tzinfo is not None else value.astimezone()
 
 
+def _security(args: argparse.Namespace, password: bytes | None) -> SecuritySettings | None:
+    """The security settings of the command line, with a persistent counter (None: none)."""
+    options = meter_security.options_from_args(args, password)
+    if options is None:
+        return None
+    directory = args.counter_dir or meter_security.default_counter_dir()
+    title = options.system_title or meter_security.default_system_title(
+        f"{_machine_id()}\0{directory}"
+    )
+    counter = PersistentCounter(counter_path(directory, f"{args.host}_{args.port}", title))
+    return options.client_settings(counter, system_title=title)
+
+
+def _machine_id() -> str:
+    from bridge.config import _machine_id as machine_id
+
+    return machine_id()
+
+
 def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
     password: bytes | None = None
     if args.password_file is not None:
         password = args.password_file.read_text().rstrip("\r\n").encode()
     elif args.password is not None:
         password = args.password.encode()
+    security = _security(args, password)
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -111,6 +136,7 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         retries=args.retries,
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
+        security=security,
     )
 
 
@@ -120,8 +146,10 @@ class _TracingSession(MeterSession):
     def __init__(self, endpoint: MeterEndpoint) -> None:
         super().__init__(endpoint)
         transport = endpoint.transport
-        self._out = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
-        self._in = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
+        sec = endpoint.security
+        context = DecipherContext(sec.keys if sec is not None else None)
+        self._out = StreamDecoder(transport, transparency=endpoint.byte_stuffing, context=context)
+        self._in = StreamDecoder(transport, transparency=endpoint.byte_stuffing, context=context)
 
     async def _send(self, data: bytes) -> None:
         for item in self._out.feed(data):
@@ -140,8 +168,9 @@ def _trace(direction: str, item: dict[str, Any]) -> None:
     print(json.dumps({"direction": direction, **item}, separators=(",", ":")), file=sys.stderr)
 
 
-async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str, Any]:
-    endpoint = _endpoint(args)
+async def _read(
+    args: argparse.Namespace, specs: list[RegisterSpec], endpoint: MeterEndpoint
+) -> dict[str, Any]:
     session = _TracingSession(endpoint) if args.trace else MeterSession(endpoint)
     negotiated = await session.open()
     try:
@@ -192,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             _parse_time(args.end, "--to")
         if args.password_file is not None and not args.password_file.is_file():
             raise ValueError(f"--password-file: no such file: {args.password_file}")
-    except ValueError as exc:
+        endpoint = _endpoint(args)
+    except (ValueError, CounterFileError) as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (specs or args.list_objects or args.profile):
@@ -202,13 +232,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     label = f"{args.host}:{args.port}"
     try:
-        result = trio.run(_read, args, specs)
+        result = trio.run(_read, args, specs, endpoint)
     except MeterIOError as exc:
         print(f"read: meter unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except AssociationError as exc:
         print(f"read: {label} refused the association: {exc} [{exc.code}]", file=sys.stderr)
         return EXIT_REFUSED
+    except SecurityError as exc:
+        print(f"read: {label}: security check failed: {exc} [{exc.code}]", file=sys.stderr)
+        return EXIT_REFUSED
+    except CounterFileError as exc:
+        print(f"read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DataAccessError as exc:
         print(f"read: {label}: {exc}", file=sys.stderr)
         return EXIT_OBJECT
