@@ -13,7 +13,9 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bridge.counters import PersistentCounter, counter_path
 from codec.acse import AuthenticationMechanism
 from codec.association import SecuritySettings
 from codec.security import (
@@ -25,6 +27,9 @@ from codec.security import (
     SecurityPolicy,
 )
 
+if TYPE_CHECKING:
+    from bridge.config import MeterConfig
+
 __all__ = [
     "DEFAULT_POLICY",
     "MECHANISMS",
@@ -32,7 +37,9 @@ __all__ = [
     "SecurityOptions",
     "add_arguments",
     "check",
+    "client_settings_for",
     "default_system_title",
+    "options_for",
     "options_from_args",
     "parse_hex",
 ]
@@ -291,3 +298,35 @@ def default_counter_dir() -> Path:
 
 #: Builds the counter source of a (meter, system title); injectable for tests.
 CounterFactory = Callable[[str, bytes], InvocationCounterSource]
+
+
+def options_for(meter: MeterConfig) -> SecurityOptions | None:
+    """The security options of a configured meter (None: no security beyond LLS)."""
+    if meter.security is None:
+        return None
+
+    def raw(value: str | None, length: int) -> bytes | None:
+        return None if value is None else parse_hex(value, length, "value")
+
+    return SecurityOptions(
+        meter.security,
+        meter.security_policy,
+        system_title=raw(meter.system_title, SYSTEM_TITLE_LENGTH),
+        meter_system_title=raw(meter.meter_system_title, SYSTEM_TITLE_LENGTH),
+        block_cipher_key=raw(meter.block_cipher_key, KEY_LENGTH),
+        authentication_key=raw(meter.authentication_key, KEY_LENGTH),
+        secret=None if meter.password is None else meter.password.encode(),
+        dedicated_key=meter.dedicated_key,
+    )
+
+
+def client_settings_for(meter: MeterConfig, data_dir: str) -> SecuritySettings | None:
+    """The codec settings of a configured meter, counting in ``data_dir`` (None: none)."""
+    from bridge.config import _machine_id
+
+    options = options_for(meter)
+    if options is None:
+        return None
+    title = options.system_title or default_system_title(f"{_machine_id()}\0{data_dir}")
+    counter = PersistentCounter(counter_path(data_dir, meter.name, title))
+    return options.client_settings(counter, system_title=title)

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge import meter_security
 from bridge.config import MeterConfig
 from bridge.logs import log_event
 from bridge.readings import Reading
@@ -141,6 +142,7 @@ class MeterPoller:
         backoff_max: float = 300.0,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        data_dir: str | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -151,6 +153,10 @@ class MeterPoller:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.endpoint = endpoint_for(meter)
+        if meter.security is not None and data_dir is not None:
+            # Invocation counters are kept in the data directory, reserved ahead.
+            security = meter_security.client_settings_for(meter, data_dir)
+            self.endpoint = attrs.evolve(self.endpoint, security=security)
         self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
         self.stats = PollerStats()
         self.session: MeterSession | None = None

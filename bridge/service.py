@@ -306,6 +306,7 @@ class BridgeService:
                         self._sink,
                         on_alarm=self._on_meter_alarm,
                         rng=random.Random(self._rng.random()),
+                        data_dir=self.config.bridge.data_dir,
                         **self.poller_options,
                     )
                     running.poller = poller
