@@ -231,7 +231,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, meter_side: bool = False) 
         keys.add_argument(f"--{name}-file", type=Path, metavar="FILE", help="file holding it")
 
 
-def _key_arg(args: argparse.Namespace, name: str) -> bytes | None:
+def key_from_args(args: argparse.Namespace, name: str) -> bytes | None:
+    """The key of option `--NAME` or `--NAME-file` (None: neither); ValueError says why."""
     attr = name.replace("-", "_")
     path: Path | None = getattr(args, f"{attr}_file", None)
     if path is not None:
@@ -273,8 +274,8 @@ def options_from_args(
         meter_system_title=None
         if meter_title is None
         else parse_hex(meter_title, SYSTEM_TITLE_LENGTH, "--meter-system-title"),
-        block_cipher_key=_key_arg(args, "block-cipher-key"),
-        authentication_key=_key_arg(args, "authentication-key"),
+        block_cipher_key=key_from_args(args, "block-cipher-key"),
+        authentication_key=key_from_args(args, "authentication-key"),
         secret=secret,
         dedicated_key=bool(getattr(args, "dedicated_key", False)),
     )

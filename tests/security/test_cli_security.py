@@ -137,3 +137,41 @@ async def test_simulate_security_then_read(nursery: trio.Nursery, tmp_path: Path
         assert "wrong authentication key" in wrong.stderr.decode()
     finally:
         proc.terminate()
+
+
+async def test_decode_deciphers_a_recorded_capture(nursery: trio.Nursery, tmp_path: Path) -> None:
+    simulator = Simulator(
+        SimulatorConfig(
+            port=0,
+            settings=meter_settings(M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED),
+            record_dir=str(tmp_path / "pcap"),
+        )
+    )
+    ports: SimulatorPorts = await nursery.start(simulator.serve)
+    done = await cli("read", *where(ports, tmp_path), *GMAC, "1-1:32.7.0")
+    assert done.returncode == 0, done.stderr.decode()
+    with trio.fail_after(10):
+        while not list((tmp_path / "pcap").glob("*.pcap")):
+            await trio.sleep(0.05)
+    (capture,) = (tmp_path / "pcap").glob("*.pcap")
+    keys = ["--block-cipher-key", EK.hex(), "--authentication-key", AK.hex()]
+    decoded = await cli("decode", "--pcap", str(capture), *keys)
+    assert decoded.returncode == 0, decoded.stderr.decode()
+    apdus = [json.loads(line).get("apdu") for line in decoded.stdout.decode().splitlines()]
+    contents = [
+        a["content"]["kind"]
+        for a in apdus
+        if a
+        and a.get("kind", "").startswith("glo-")
+        and isinstance(a.get("content"), dict)
+        and "kind" in a["content"]
+    ]
+    assert "get-request-with-list" in contents or "get-request-normal" in contents
+    assert "get-response-with-list" in contents or "get-response-normal" in contents
+    without = await cli("decode", "--pcap", str(capture))
+    kinds = [
+        json.loads(line).get("apdu", {}).get("kind")
+        for line in without.stdout.decode().splitlines()
+    ]
+    assert "glo-get-request" in kinds
+    assert AK.hex() not in decoded.stdout.decode().lower()
