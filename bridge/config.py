@@ -263,6 +263,8 @@ class MeterConfig:
     authentication_key: str | None = _secret()
     #: Cipher with a dedicated key agreed in each association (ded- APDUs).
     dedicated_key: bool = False
+    #: Read this frame counter through the public client before associating.
+    frame_counter: Obis | None = None
 
     @property
     def address(self) -> str:
@@ -389,6 +391,7 @@ class _MeterDefaults:
     authentication_key_file: str | None = None
     authentication_key_env: str | None = None
     dedicated_key: bool | None = None
+    frame_counter: Obis | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -1053,10 +1056,15 @@ class _Resolver:
             "system_title": pick("system_title"),
             "meter_system_title": pick("meter_system_title"),
             "dedicated_key": pick("dedicated_key"),
+            "frame_counter": pick("frame_counter"),
             **keys,
         }
         if mechanism is None:
-            stray = [k for k in ("security_policy", "system_title") if out[k] is not None]
+            stray = [
+                k
+                for k in ("security_policy", "system_title", "frame_counter")
+                if out[k] is not None
+            ]
             stray += [k for k in ("block_cipher_key", "authentication_key") if keys[k] is not None]
             if stray:
                 self.error(origin(stray[0]), 'needs security (e.g. security = "hls-gmac")')

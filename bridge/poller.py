@@ -156,7 +156,9 @@ class MeterPoller:
         if meter.security is not None and data_dir is not None:
             # Invocation counters are kept in the data directory, reserved ahead.
             security = meter_security.client_settings_for(meter, data_dir)
-            self.endpoint = attrs.evolve(self.endpoint, security=security)
+            self.endpoint = attrs.evolve(
+                self.endpoint, security=security, frame_counter=meter.frame_counter
+            )
         self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
         self.stats = PollerStats()
         self.session: MeterSession | None = None

@@ -35,7 +35,7 @@ from codec.association import (
 from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
 from codec.cosem import ObjectListEntry
-from codec.errors import LinkError, ProtocolError
+from codec.errors import LinkError, ProtocolError, RemoteProtocolError
 from codec.hdlc import NEED_DATA, HdlcAddress
 from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
@@ -84,6 +84,9 @@ class MeterEndpoint:
     max_list_items: int = 10
     #: HLS mechanism, ciphering policy, titles, keys and counters (None: no security).
     security: SecuritySettings | None = attrs.field(default=None, repr=False)
+    #: With security: read this frame counter (class 1, attribute 2) through the public client
+    #: before associating, and start our invocation counter at least there.
+    frame_counter: Obis | None = None
 
     @property
     def label(self) -> str:
@@ -177,8 +180,33 @@ class MeterSession:
                     code="link.closed",
                 )
 
+    async def read_frame_counter(self) -> int | None:
+        """The meter's frame counter read through the public client (SAP 16), if configured.
+
+        The client's invocation counter is moved up to it, so that a counter lost with the
+        data directory does not lock the client out.
+        """
+        ep = self.endpoint
+        if ep.frame_counter is None or ep.security is None:
+            return None
+        public = attrs.evolve(ep, client_sap=16, password=None, security=None, frame_counter=None)
+        session = MeterSession(public)
+        await session.open()
+        try:
+            value = await session.get(AttributeDescriptor(1, ep.frame_counter, 2))
+        finally:
+            await session.release()
+        if not isinstance(value.value, int) or isinstance(value.value, bool):
+            raise RemoteProtocolError(
+                f"the frame counter {ep.frame_counter} is not an integer",
+                code="security.frame_counter",
+            )
+        ep.security.counter.advance_to(value.value)
+        return value.value
+
     async def open(self) -> Negotiated:
-        """Connect and associate."""
+        """Connect and associate (reading the frame counter first when configured)."""
+        await self.read_frame_counter()
         await self.connect()
         try:
             return await self.associate()

@@ -548,6 +548,10 @@ class InvocationCounterSource(Protocol):
         """The next counter to put on an APDU; never returns the same value twice."""
         ...
 
+    def advance_to(self, value: int) -> None:
+        """Skip ahead so that the next counter is at least ``value``."""
+        ...
+
 
 @attrs.define
 class MemoryCounter:
@@ -560,3 +564,7 @@ class MemoryCounter:
         value = _check_counter(self.value)
         self.value += 1
         return value
+
+    def advance_to(self, value: int) -> None:
+        """Skip ahead so that the next counter is at least ``value``."""
+        self.value = max(self.value, value)

@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trace", action="store_true", help="print every frame sent and received to stderr"
     )
     meter_security.add_arguments(parser)
+    parser.add_argument(
+        "--frame-counter",
+        metavar="OBIS",
+        help="with --security: read this frame counter (e.g. 0-0:43.1.0) via the public client"
+        " first, and count on from it",
+    )
 
 
 def parse_register(text: str) -> RegisterSpec:
@@ -123,6 +129,8 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
     elif args.password is not None:
         password = args.password.encode()
     security = _security(args, password)
+    if args.frame_counter is not None and security is None:
+        raise ValueError("--frame-counter needs --security (with HLS or ciphering)")
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -137,6 +145,7 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
         security=security,
+        frame_counter=None if args.frame_counter is None else Obis.parse(args.frame_counter),
     )
 
 

@@ -65,6 +65,8 @@ CLOCK = Obis(0, 0, 1, 0, 0, 255)
 LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 SERIAL_NUMBER = Obis(0, 0, 96, 1, 0, 255)
 CONSUMER_MESSAGE = Obis(0, 0, 96, 13, 0, 255)
+#: The invocation counter the meter expects next from the secured client (public to read).
+FRAME_COUNTER = Obis(0, 0, 43, 1, 0, 255)
 ASSOCIATION = Obis(0, 0, 40, 0, 0, 255)
 SAP_ASSIGNMENT = Obis(0, 0, 41, 0, 0, 255)
 LOAD_PROFILE = Obis(1, 0, 99, 1, 0, 255)
@@ -239,6 +241,11 @@ def _serial(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
     return encode_data(Data.visible_string(ctx.meter.serial))
 
 
+def _frame_counter(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    seen = ctx.meter.client_counters.values()
+    return encode_data(Data.double_long_unsigned(min(max(seen, default=0) + 1, 0xFFFFFFFF)))
+
+
 def _message(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
     return encode_data(Data.octet_string(ctx.meter.message))
 
@@ -386,6 +393,7 @@ class MeterModel:
             _data_object(LOGICAL_DEVICE_NAME, _ldn),
             _data_object(SERIAL_NUMBER, _serial),
             _data_object(CONSUMER_MESSAGE, _message, _set_message),
+            _data_object(FRAME_COUNTER, _frame_counter),
             *(_register_object(spec) for spec in registers),
             _profile_object(profile),
             CosemObject(

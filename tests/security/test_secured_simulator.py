@@ -222,3 +222,27 @@ async def test_meter_replay_is_detected_by_the_client() -> None:
             await session.aclose()
             assert sim.meter(0).invocation_counter < 10_000
     assert "not above the last one seen" in str(info.value)
+
+
+async def test_frame_counter_read_through_the_public_client_unlocks_a_lost_counter() -> None:
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(*GMAC_AE))
+        async with running(config) as (sim, ports):
+            first = MeterSession(endpoint(ports.meters[0], client_security(*GMAC_AE)))
+            await first.open()
+            await first.release()
+            last = sim.meter(0).client_counters[CLIENT_TITLE]
+            # The counter file was lost: starting again at 100 is refused...
+            lost = MeterSession(endpoint(ports.meters[0], client_security(*GMAC_AE)))
+            with pytest.raises(AssociationError):
+                await lost.open()
+            await lost.aclose()
+            # ...unless the frame counter is read first through the public client.
+            sec = client_security(*GMAC_AE)
+            again = MeterSession(
+                endpoint(ports.meters[0], sec, frame_counter=Obis.parse("0-0:43.1.0"))
+            )
+            assert await again.read_frame_counter() == last + 1
+            await again.open()
+            await again.release()
+            assert sim.meter(0).client_counters[CLIENT_TITLE] > last
