@@ -17,7 +17,7 @@ from bridge.session import MeterEndpoint, MeterSession
 from bridge.simulator import SimulatorConfig
 from bridge.simulator.meter import MeterSecurity, MeterSettings
 from codec.acse import AuthenticationMechanism as M
-from codec.apdu import AttributeDescriptor
+from codec.apdu import AttributeDescriptor, MethodDescriptor
 from codec.association import SecuritySettings
 from codec.axdr import Data
 from codec.client import RegisterSpec
@@ -129,9 +129,27 @@ async def test_secured_set_and_action_ciphered() -> None:
             await session.run(session._client().set(message, Data.octet_string(b"secured")))
             value = await session.get(message)
             assert value.value == b"secured"
+            # ACTION: shift the meter's clock by 60 s (clock method 6, ciphered both ways).
+            shift = MethodDescriptor(8, Obis.parse("0-0:1.0.0.255"), 6)
+            await session.run(session._client().action(shift, Data.long(60)))
             await session.release()
             await session.aclose()
         assert sim.meter(0).message == b"secured"
+        assert sim.meter(0).clock_offset == 60
+
+
+@pytest.mark.parametrize("policy", list(P), ids=lambda p: p.label)
+async def test_dedicated_key_ciphering(policy: P) -> None:
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(M.HIGH_GMAC, policy))
+        async with running(config) as (sim, ports):
+            sec = client_security(M.HIGH_GMAC, policy, dedicated_key=True)
+            session = MeterSession(endpoint(ports.meters[0], sec, max_pdu_size=256))
+            await session.open()
+            entries = await session.object_list()
+            assert len(entries) == len(sim.meter(0).model.objects)
+            await session.release()
+            await session.aclose()
 
 
 async def _open_error(settings: MeterSettings, sec: SecuritySettings) -> AssociationError:
