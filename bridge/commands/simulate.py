@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record every session as pcap, one file per meter (DIR/meter-0000.pcap, ...)",
     )
     meter_security.add_arguments(parser, meter_side=True)
+    parser.add_argument(
+        "--strict-counters",
+        action="store_true",
+        help="refuse a client invocation counter not above any seen before (as a real meter);"
+        " by default only within one association, so that test clients may restart at 1",
+    )
 
 
 def _meter_security(args: argparse.Namespace) -> tuple[bool, MeterSecurity | None]:
@@ -99,6 +105,7 @@ def _meter_security(args: argparse.Namespace) -> tuple[bool, MeterSecurity | Non
         options.system_title or MeterSecurity().system_title,
         options.keys,
         options.secret,
+        strict_counters=args.strict_counters,
     )
 
 

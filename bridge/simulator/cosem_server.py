@@ -223,6 +223,7 @@ class CosemServer:
         self.association: Association | None = None
         self._long_get: _LongGet | None = None
         self._hls: _HlsPending | None = None
+        self._client_counter: int | None = None
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class CosemServer:
             except SecurityError as exc:
                 self.meter.counters.auth_failures += 1
                 if exc.code == "security.replay":
-                    expected = self.meter.client_counters.get(ciphering.client_title, 0) + 1
+                    expected = (self._client_counter or 0) + 1
                     return encode_apdu(
                         ExceptionResponse(
                             StateError.SERVICE_NOT_ALLOWED,
@@ -304,11 +305,20 @@ class CosemServer:
         self._check_client_counter(ciphering.client_title, parsed.header.invocation_counter)
         return plain, parsed.dedicated
 
-    def _check_client_counter(self, title: bytes, counter: int) -> None:
-        last = self.meter.client_counters.get(title)
+    def _check_client_counter(self, title: bytes, counter: int, *, first: bool = False) -> None:
+        """Within an association the client's counter must go up; across associations too
+        when the meter is strict (a real meter is; a test meter read by tools that restart
+        their counter at 1 need not be)."""
+        sec = self.meter.settings.security
+        last = None if first else self._client_counter
+        if sec is not None and sec.strict_counters:
+            seen = self.meter.client_counters.get(title)
+            if seen is not None and (last is None or seen > last):
+                last = seen
         if last is not None and counter <= last:
             raise SecurityError("replayed counter", code="security.replay")
-        self.meter.client_counters[title] = counter
+        self._client_counter = counter
+        self.meter.client_counters[title] = max(counter, self.meter.client_counters.get(title, 0))
 
     def _reply_to_hls(self, request: Any, association: Association) -> bytes:
         """The 4th pass: check f(StoC), answer f(CtoS); nothing else is served before."""
@@ -477,7 +487,9 @@ class CosemServer:
                     counters.refusals += 1
                     return self._secured_refusal(sec, AcseServiceUser.NO_REASON_GIVEN)
                 _, plain = decipher_apdu(parsed, client_title, sec.keys)
-                self._check_client_counter(client_title, parsed.header.invocation_counter)
+                self._check_client_counter(
+                    client_title, parsed.header.invocation_counter, first=True
+                )
                 user = decode_user_information(plain)
             except SecurityError as exc:
                 counters.auth_failures += 1

@@ -62,6 +62,9 @@ class MeterSecurity:
     system_title: bytes = b"DBS\x00\x00\x00\x00\x01"
     keys: SecurityKeys | None = None
     secret: bytes | None = None
+    #: Refuse a client counter not above the last one seen in any association (a real meter
+    #: does); otherwise only within one association.
+    strict_counters: bool = True
 
     def __repr__(self) -> str:
         return f"MeterSecurity({self.mechanism.name}, <keys hidden>)"

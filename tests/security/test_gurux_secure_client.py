@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from gurux_dlms import GXDLMSException
@@ -170,3 +171,37 @@ async def test_gurux_secure_client_refused_with_wrong_key() -> None:
     assert error.diagnostic == SourceDiagnostic.AUTHENTICATION_FAILURE
     assert sim.meter(0).counters.associations == 0
     assert sim.meter(0).counters.auth_failures >= 1
+
+
+async def test_gurux_restarting_its_counter_is_served_by_a_lenient_meter_only() -> None:
+    """gurux starts every session at the same counter: fine for ``simulate`` by default (only
+    within one association must it go up), refused by a strict meter (as a real one)."""
+    policy = P.AUTHENTICATED_ENCRYPTED
+    for strict in (False, True):
+        settings = meter_settings(M.HIGH_GMAC, policy)
+        assert settings.security is not None
+        settings = attrs.evolve(
+            settings, security=attrs.evolve(settings.security, strict_counters=strict)
+        )
+        with trio.fail_after(TIMEOUT):
+            async with running(SimulatorConfig(port=0, settings=settings)) as (sim, ports):
+                await trio.to_thread.run_sync(_read, ports.meters[0], "hdlc", M.HIGH_GMAC, policy)
+                if strict:
+                    error = await trio.to_thread.run_sync(_open_again, ports.meters[0])
+                    assert error.diagnostic == SourceDiagnostic.NO_REASON_GIVEN
+                else:
+                    await trio.to_thread.run_sync(
+                        _read, ports.meters[0], "hdlc", M.HIGH_GMAC, policy
+                    )
+                    assert sim.meter(0).counters.associations == 2
+
+
+def _open_again(port: int) -> GXDLMSException:
+    session = SecureGuruxSession(port, "hdlc", M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+    try:
+        session.open()
+    except GXDLMSException as exc:
+        return exc
+    finally:
+        session.sock.close()
+    raise AssertionError("a replayed counter was accepted by a strict meter")
