@@ -148,6 +148,9 @@ class SecuritySettings:
     server_counter: int | None = None
     server_system_title: bytes | None = None
     random: hls.RandomSource = os.urandom
+    #: The last counter seen from each meter system title, shared by every association made
+    #: with these settings: a meter counter that goes back is refused across associations too.
+    server_counters: dict[bytes, int] = attrs.field(factory=dict, eq=False)
 
     def __repr__(self) -> str:
         policy = None if self.policy is None else self.policy.label
@@ -476,6 +479,11 @@ class ClientAssociation:
 
     def _check_server_counter(self, counter: int) -> None:
         last = self.server_counter
+        title = self.server_system_title
+        if self._sec is not None and title is not None:
+            seen = self._sec.server_counters.get(title)
+            if seen is not None and (last is None or seen > last):
+                last = seen
         if last is not None and counter <= last:
             raise SecurityError(
                 f"the meter's invocation counter {counter} is not above the last one seen"
@@ -483,6 +491,8 @@ class ClientAssociation:
                 code="security.replay",
             )
         self.server_counter = counter
+        if self._sec is not None and title is not None:
+            self._sec.server_counters[title] = counter
 
     def _decipher(self, data: bytes) -> bytes:
         """Check and decipher a ciphered APDU from the meter; the plain APDU."""

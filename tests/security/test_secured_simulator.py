@@ -264,3 +264,20 @@ async def test_frame_counter_read_through_the_public_client_unlocks_a_lost_count
             await again.open()
             await again.release()
             assert sim.meter(0).client_counters[CLIENT_TITLE] > last
+
+
+async def test_meter_counter_going_back_across_associations_is_refused() -> None:
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(*GMAC_AE))
+        async with running(config) as (sim, ports):
+            sec = client_security(*GMAC_AE)
+            first = MeterSession(endpoint(ports.meters[0], sec))
+            await first.open()
+            await first.release()
+            # The same settings (as a poller keeps them) see the meter's counter start over.
+            sim.meter(0).invocation_counter = 1
+            again = MeterSession(endpoint(ports.meters[0], sec))
+            with pytest.raises(AssociationError) as info:
+                await again.open()
+            await again.aclose()
+    assert "not above the last one seen" in str(info.value)
