@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from codec import hls
 from codec.acse import AuthenticationMechanism as M
-from codec.errors import DecodeError, EncodeError
+from codec.errors import DecodeError, EncodeError, ProtocolError
 from codec.security import (
     CipheredTag,
     MemoryCounter,
@@ -223,3 +223,14 @@ def test_challenges_come_from_the_injected_source() -> None:
         hls.make_challenge(lambda n: b"", 16)
     with pytest.raises(EncodeError):
         hls.make_challenge(length=4)
+
+
+@given(data=st.binary(max_size=80), tag=st.sampled_from([int(t) for t in CipheredTag]))
+def test_arbitrary_ciphered_bytes_raise_only_protocol_errors(data: bytes, tag: int) -> None:
+    try:
+        decipher_apdu(bytes((tag,)) + data, TITLE, KEYS, dedicated_key=EK)
+    except ProtocolError as exc:
+        assert exc.code.startswith(("security.", "decode."))
+        return
+    # Only encryption-only content "deciphers" without a tag; it must carry its APDU.
+    assert parse_ciphered(bytes((tag,)) + data).header.policy is SecurityPolicy.ENCRYPTED
