@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from codec.errors import EncodeError
+from codec.errors import EncodeError, LocalProtocolError
 from codec.security import MAX_INVOCATION_COUNTER
 
 __all__ = ["DEFAULT_RESERVE", "CounterFileError", "PersistentCounter", "counter_path"]
@@ -24,8 +24,14 @@ __all__ = ["DEFAULT_RESERVE", "CounterFileError", "PersistentCounter", "counter_
 DEFAULT_RESERVE = 256
 
 
-class CounterFileError(OSError):
-    """The counter file cannot be read or written; its message names the file."""
+class CounterFileError(LocalProtocolError):
+    """The counter file cannot be read or written; its message names the file.
+
+    A protocol error on our side: the association cannot go on without a counter, and a
+    poller counts it as a failed cycle (and retries) rather than crashing.
+    """
+
+    default_code = "security.counter_file"
 
 
 def counter_path(directory: str | os.PathLike[str], meter: str, system_title: bytes) -> Path:
@@ -42,10 +48,16 @@ class PersistentCounter:
             raise ValueError("reserve must be at least 1")
         self.path = Path(path)
         self.reserve = reserve
-        self._next = self._load()
-        self._ceiling = self._next
+        self._next: int | None = None  # loaded on first use: construction never fails
+        self._ceiling = 0
         #: Disk writes made (for tests and metrics).
         self.writes = 0
+
+    def _current(self) -> int:
+        if self._next is None:
+            self._next = self._load()
+            self._ceiling = self._next
+        return self._next
 
     def _load(self) -> int:
         try:
@@ -87,11 +99,11 @@ class PersistentCounter:
     @property
     def value(self) -> int:
         """The next counter :meth:`next` will return."""
-        return self._next
+        return self._current()
 
     def next(self) -> int:
         """The next counter; its block is on disk before it is returned."""
-        value = self._next
+        value = self._current()
         if value > MAX_INVOCATION_COUNTER:
             raise EncodeError(
                 "the invocation counter is exhausted: new keys are needed",
@@ -106,5 +118,5 @@ class PersistentCounter:
 
     def advance_to(self, value: int) -> None:
         """Skip ahead so that the next counter is at least ``value`` (e.g. the meter's)."""
-        if value > self._next:
+        if value > self._current():
             self._next = value

@@ -35,8 +35,14 @@ def test_reserves_ahead_and_writes_before_use(tmp_path: Path) -> None:
 def test_bad_counter_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "c.ic"
     path.write_text("not a number")
-    with pytest.raises(CounterFileError, match="does not hold a counter"):
-        PersistentCounter(path)
+    counter = PersistentCounter(path)  # construction never fails (a poller must start)
+    with pytest.raises(CounterFileError, match="does not hold a counter") as info:
+        counter.next()
+    assert info.value.code == "security.counter_file"
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")
+    with pytest.raises(CounterFileError, match="cannot write"):
+        PersistentCounter(unwritable / "sub" / "c.ic").next()
 
 
 _CHILD = """
