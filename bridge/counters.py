@@ -66,7 +66,8 @@ class PersistentCounter:
             return 1
         except (OSError, UnicodeDecodeError) as exc:
             raise CounterFileError(
-                f"cannot read the invocation counter file {self.path}: {exc}"
+                f"cannot read the invocation counter file {self.path}:"
+                f" {getattr(exc, 'strerror', None) or exc}"
             ) from None
         if not text.isdigit():
             raise CounterFileError(
