@@ -78,6 +78,11 @@ __all__ = [
 MAX_BLOCKS = 10_000
 
 
+_TITLED_MECHANISMS = frozenset(
+    {acse.AuthenticationMechanism.HIGH_GMAC, acse.AuthenticationMechanism.HIGH_SHA256}
+)
+
+
 class AssociationState(enum.Enum):
     """Where the association is."""
 
@@ -472,7 +477,10 @@ class ClientAssociation:
             mechanism=mechanism,
             password=value,
             initiate=None if ciphered is not None else initiate,
-            calling_ap_title=sec.system_title,
+            # The titles take part in ciphering, HLS-GMAC and HLS-SHA256 only.
+            calling_ap_title=sec.system_title
+            if sec.ciphered or mechanism in _TITLED_MECHANISMS
+            else None,
             ciphered_initiate=ciphered,
         )
         self.link.send_apdu(acse.encode_acse(aarq), self._now)

@@ -41,7 +41,7 @@ def test_bad_counter_file_is_a_clear_error(tmp_path: Path) -> None:
     assert info.value.code == "security.counter_file"
     unwritable = tmp_path / "file"
     unwritable.write_text("")
-    with pytest.raises(CounterFileError, match="cannot read .*: Not a directory$"):
+    with pytest.raises(CounterFileError, match=r"cannot read .*: Not a directory$"):
         PersistentCounter(unwritable / "sub" / "c.ic").next()
 
 
