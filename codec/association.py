@@ -149,6 +149,8 @@ class SecuritySettings:
     keys: SecurityKeys | None = None
     secret: bytes | None = None
     dedicated_key: bool = False
+    #: Send requests as general-glo-ciphering / general-ded-ciphering (with our title).
+    general_ciphering: bool = False
     counter: InvocationCounterSource = attrs.field(factory=MemoryCounter)
     server_counter: int | None = None
     server_system_title: bytes | None = None
@@ -432,6 +434,7 @@ class ClientAssociation:
             self._next_counter(),
             sec.keys,
             dedicated_key=self._dedicated_key,
+            general=sec.general_ciphering,
         )
 
     def _send_xdlms(self, plain: bytes, now: float) -> None:

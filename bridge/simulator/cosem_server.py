@@ -241,11 +241,12 @@ class CosemServer:
         if len(apdu) > self.meter.settings.max_pdu:
             return _TOO_LONG
         ciphering = association.ciphering
-        dedicated = False
+        dedicated = general = False
         if ciphering is not None:
             if not security.is_ciphered(tag):
                 return _NOT_ASSOCIATED
             try:
+                general = tag in (0xDB, 0xDC)
                 apdu, dedicated = self._decipher(ciphering, apdu)
             except SecurityError as exc:
                 self.meter.counters.auth_failures += 1
@@ -288,6 +289,7 @@ class CosemServer:
             self.meter.next_invocation_counter(),
             ciphering.keys,
             dedicated_key=ciphering.dedicated_key if dedicated else None,
+            general=general,
         )
 
     def _security_settings(self) -> MeterSecurity:

@@ -15,6 +15,7 @@ import trio
 
 from bridge.session import MeterEndpoint, MeterSession
 from bridge.simulator import SimulatorConfig
+from bridge.simulator.cosem_server import CosemServer
 from bridge.simulator.meter import MeterSecurity, MeterSettings
 from codec.acse import AuthenticationMechanism as M
 from codec.apdu import AttributeDescriptor, MethodDescriptor
@@ -138,12 +139,15 @@ async def test_secured_set_and_action_ciphered() -> None:
         assert sim.meter(0).clock_offset == 60
 
 
+@pytest.mark.parametrize("general", [False, True], ids=["ded", "general-ded"])
 @pytest.mark.parametrize("policy", list(P), ids=lambda p: p.label)
-async def test_dedicated_key_ciphering(policy: P) -> None:
+async def test_dedicated_key_ciphering(policy: P, general: bool) -> None:
     with trio.fail_after(TIMEOUT):
         config = SimulatorConfig(port=0, settings=meter_settings(M.HIGH_GMAC, policy))
         async with running(config) as (sim, ports):
-            sec = client_security(M.HIGH_GMAC, policy, dedicated_key=True)
+            sec = client_security(
+                M.HIGH_GMAC, policy, dedicated_key=True, general_ciphering=general
+            )
             session = MeterSession(endpoint(ports.meters[0], sec, max_pdu_size=256))
             await session.open()
             entries = await session.object_list()
@@ -281,3 +285,32 @@ async def test_meter_counter_going_back_across_associations_is_refused() -> None
                 await again.open()
             await again.aclose()
     assert "not above the last one seen" in str(info.value)
+
+
+async def test_general_glo_ciphering(monkeypatch: pytest.MonkeyPatch) -> None:
+    tags: list[int] = []
+    handle = CosemServer.handle
+
+    def spy(self: CosemServer, apdu: bytes, client_sap: int, wall: float) -> bytes | None:
+        tags.append(apdu[0])
+        reply = handle(self, apdu, client_sap, wall)
+        if reply:
+            tags.append(reply[0])
+        return reply
+
+    monkeypatch.setattr(CosemServer, "handle", spy)
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(port=0, settings=meter_settings(*GMAC_AE))
+        async with running(config) as (_, ports):
+            sec = client_security(*GMAC_AE, general_ciphering=True)
+            session = MeterSession(endpoint(ports.meters[0], sec, max_pdu_size=256))
+            await session.open()
+            readings = await session.read_registers(
+                RegisterSpec(Obis.parse(obis)) for obis in FIELD_REGISTERS
+            )
+            assert all(r.ok for r in readings)
+            await session.release()
+            await session.aclose()
+    # AARQ, AARE, then general-glo-ciphering both ways (HLS action, GETs), then RLRQ/RLRE.
+    assert tags[:2] == [0x60, 0x61] and tags[-2:] == [0x62, 0x63]
+    assert set(tags[2:-2]) == {0xDB}
