@@ -24,6 +24,7 @@ from gurux_dlms.objects import GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
 from gurux_dlms.secure import GXDLMSSecureClient
 
 from bridge.simulator import SimulatorConfig
+from bridge.simulator.cosem_server import CosemServer
 from codec.acse import AuthenticationMechanism as M
 from codec.security import SecurityPolicy as P
 from tests.bridge.test_simulator_interop import GuruxSession
@@ -205,3 +206,40 @@ def _open_again(port: int) -> GXDLMSException:
     finally:
         session.sock.close()
     raise AssertionError("a replayed counter was accepted by a strict meter")
+
+
+def _read_dedicated(port: int) -> tuple[float, int]:
+    session = SecureGuruxSession(port, "wrapper", M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+    session.client.ciphering.dedicatedKey = bytearray(range(0x30, 0x40))
+    session.open()
+    register = GXDLMSRegister("1.1.32.7.0.255")
+    session.read(register, 3)
+    session.read(register, 2)
+    objects = session.client.parseObjects(
+        session.transfer(session.client.getObjectsRequest()).data, True
+    )
+    session.close()
+    return register.value, len(objects)
+
+
+async def test_gurux_secure_client_with_a_dedicated_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    tags: list[int] = []
+    handle = CosemServer.handle
+
+    def spy(self: CosemServer, apdu: bytes, client_sap: int, wall: float) -> bytes | None:
+        tags.append(apdu[0])
+        return handle(self, apdu, client_sap, wall)
+
+    monkeypatch.setattr(CosemServer, "handle", spy)
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(
+            port=0,
+            transport="wrapper",
+            settings=meter_settings(M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED),
+        )
+        async with running(config) as (sim, ports):
+            volts, objects = await trio.to_thread.run_sync(_read_dedicated, ports.meters[0])
+    assert 110 < volts < 130
+    assert objects == len(sim.meter(0).model.objects)
+    # gurux sends its HLS action glo-ciphered, then its GETs ded-ciphered.
+    assert 0xCB in tags and 0xD0 in tags
