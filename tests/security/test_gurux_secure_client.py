@@ -118,6 +118,7 @@ def _read(port: int, transport: str, mechanism: M, policy: P | None) -> dict[str
         (M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED),
         (M.HIGH_GMAC, P.AUTHENTICATED),
         (M.HIGH_GMAC, P.ENCRYPTED),
+        (M.HIGH_GMAC, None),
         (M.HIGH_MD5, None),
         (M.HIGH_SHA1, None),
         (M.HIGH_SHA256, None),
