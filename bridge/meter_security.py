@@ -321,13 +321,18 @@ def options_for(meter: MeterConfig) -> SecurityOptions | None:
     )
 
 
+def instance_system_title(directory: str | os.PathLike[str]) -> bytes:
+    """The default client system title of this machine and data (or counter) directory."""
+    from bridge.config import _machine_id  # config imports this module
+
+    return default_system_title(f"{_machine_id()}\0{directory}")
+
+
 def client_settings_for(meter: MeterConfig, data_dir: str) -> SecuritySettings | None:
     """The codec settings of a configured meter, counting in ``data_dir`` (None: none)."""
-    from bridge.config import _machine_id
-
     options = options_for(meter)
     if options is None:
         return None
-    title = options.system_title or default_system_title(f"{_machine_id()}\0{data_dir}")
+    title = options.system_title or instance_system_title(data_dir)
     counter = PersistentCounter(counter_path(data_dir, meter.name, title))
     return options.client_settings(counter, system_title=title)

@@ -109,17 +109,9 @@ def _security(args: argparse.Namespace, password: bytes | None) -> SecuritySetti
     if options is None:
         return None
     directory = args.counter_dir or meter_security.default_counter_dir()
-    title = options.system_title or meter_security.default_system_title(
-        f"{_machine_id()}\0{directory}"
-    )
+    title = options.system_title or meter_security.instance_system_title(directory)
     counter = PersistentCounter(counter_path(directory, f"{args.host}_{args.port}", title))
     return options.client_settings(counter, system_title=title)
-
-
-def _machine_id() -> str:
-    from bridge.config import _machine_id as machine_id
-
-    return machine_id()
 
 
 def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
@@ -231,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         if args.password_file is not None and not args.password_file.is_file():
             raise ValueError(f"--password-file: no such file: {args.password_file}")
         endpoint = _endpoint(args)
-    except (ValueError, CounterFileError) as exc:
+    except (ValueError, CounterFileError, OSError) as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (specs or args.list_objects or args.profile):
