@@ -991,6 +991,18 @@ def _describe_initiate_response(resp: InitiateResponse) -> dict[str, object]:
     }
 
 
+def describe_user_information(
+    user: InitiateRequest | InitiateResponse | ConfirmedServiceError,
+) -> dict[str, object]:
+    """A JSON-safe summary of a (deciphered) user-information APDU; a dedicated key is never
+    shown, only whether there is one."""
+    if isinstance(user, InitiateRequest):
+        return {"kind": "initiate-request", **_describe_initiate_request(user)}
+    if isinstance(user, InitiateResponse):
+        return {"kind": "initiate-response", **_describe_initiate_response(user)}
+    return {"kind": "confirmed-service-error", "error": user.describe()}
+
+
 def _describe_security(title: bytes | None, ciphered: bytes | None) -> dict[str, object]:
     out: dict[str, object] = {}
     if title is not None:

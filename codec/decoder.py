@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import attrs
-
 from codec import acse, security
 from codec import apdu as apdu_mod
 from codec.errors import ProtocolError
@@ -81,7 +79,9 @@ class DecipherContext:
         except ProtocolError as exc:
             out["content"] = {"error": str(exc), "code": exc.code}
             return out
-        if plain[:1] in (b"\x01", b"\x08"):
+        if plain[:1] in (b"\x01", b"\x08") or (
+            plain[:1] == b"\x0e" and data[0] in (0x28, 0x48, 0x2E, 0x4E)
+        ):
             try:
                 user = acse.decode_user_information(plain)
             except ProtocolError as exc:
@@ -89,8 +89,7 @@ class DecipherContext:
                 return out
             if isinstance(user, acse.InitiateRequest):
                 self.dedicated_key = user.dedicated_key
-                user = attrs.evolve(user, dedicated_key=None)
-            out["content"] = {"kind": type(user).__name__, "value": repr(user)}
+            out["content"] = acse.describe_user_information(user)
             return out
         out["content"] = describe_apdu_bytes(plain, self)
         return out

@@ -52,6 +52,11 @@ async def test_read_hls_gmac_twice_with_ciphered_requests(
     assert kinds[:2] == ["aarq", "aare"]
     assert "glo-get-request" in kinds and "glo-get-response" in kinds
     assert "get-request-normal" not in kinds and "get-request-with-list" not in kinds
+    aarq = next(i["apdu"] for i in trace if i.get("apdu", {}).get("kind") == "aarq")
+    initiate = aarq["ciphered_user_information"]
+    assert initiate["kind"] == "glo-initiate-request"
+    assert initiate["security"]["policy"] == "authenticated-encrypted"
+    assert initiate["content"]["kind"] == "initiate-request"
     request = next(i["apdu"] for i in trace if i.get("apdu", {}).get("kind") == "glo-get-request")
     assert request["content"]["kind"] in ("get-request-normal", "get-request-with-list")
     text = done.stderr.decode().lower() + done.stdout.decode().lower()
