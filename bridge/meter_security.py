@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,6 +159,10 @@ def check(options: SecurityOptions) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     name = options.mechanism_name
     ciphered = options.policy is not None
+    if name == "none" and ciphered:
+        problems.append(
+            ("security_policy", 'ciphering needs an authentication mechanism (e.g. "hls-gmac")')
+        )
     if name == "hls-gmac" and not ciphered and options.keys is None:
         problems.append(
             ("authentication_key", "hls-gmac needs block_cipher_key and authentication_key")
@@ -172,10 +177,6 @@ def check(options: SecurityOptions) -> list[tuple[str, str]]:
         problems.append((given, 'only used with ciphering or hls-gmac (security_policy is "none")'))
     if name in ("hls-md5", "hls-sha1", "hls-sha256", "lls") and options.secret is None:
         problems.append(("password", f"{name} needs the secret: set password (or password_file)"))
-    if name == "none" and ciphered:
-        problems.append(
-            ("security_policy", 'ciphering needs an authentication mechanism (e.g. "hls-gmac")')
-        )
     if options.dedicated_key and not ciphered:
         problems.append(("dedicated_key", "needs ciphering (security_policy)"))
     return problems
@@ -285,8 +286,18 @@ def options_from_args(
         flag = {"password": "--password", "dedicated_key": "--dedicated-key"}.get(
             key, "--" + key.replace("_", "-")
         )
-        raise ValueError(f"{flag}: {message.replace('_', '-')}")
+        raise ValueError(f"{flag}: {_cli_words(message)}")
     return options
+
+
+def _cli_words(message: str) -> str:
+    """A :func:`check` message in the words of the command line."""
+    message = re.sub(r'(security_policy|security) = "([^"]+)"', r"--\1 \2", message)
+    message = message.replace("set password (or password_file)", "give --password")
+    message = re.sub(
+        r"(?<![-\w])(block_cipher_key|authentication_key|security_policy)\b", r"--\1", message
+    )
+    return message.replace("_", "-")
 
 
 def default_counter_dir() -> Path:
