@@ -20,8 +20,9 @@ from codec.security import MAX_INVOCATION_COUNTER
 
 __all__ = ["DEFAULT_RESERVE", "CounterFileError", "PersistentCounter", "counter_path"]
 
-#: Counters reserved per disk write.
-DEFAULT_RESERVE = 256
+#: Counters reserved per disk write: at a few APDUs per poll, one fsync per meter every hour
+#: or so; a crash skips at most this many (of 2**32).
+DEFAULT_RESERVE = 1024
 
 
 class CounterFileError(LocalProtocolError):

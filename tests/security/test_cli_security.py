@@ -14,7 +14,7 @@ from bridge.simulator.server import Simulator, SimulatorConfig, SimulatorPorts
 from codec.acse import AuthenticationMechanism as M
 from codec.security import SecurityPolicy as P
 from tests.bridge.test_cli_read_decode import REPO, cli
-from tests.security.test_secured_simulator import AK, EK, METER_TITLE, meter_settings
+from tests.security.test_secured_simulator import AK, EK, METER_TITLE, SECRET, meter_settings
 
 GMAC = [
     "--security",
@@ -180,3 +180,23 @@ async def test_decode_deciphers_a_recorded_capture(nursery: trio.Nursery, tmp_pa
     ]
     assert "glo-get-request" in kinds
     assert AK.hex() not in decoded.stdout.decode().lower()
+
+
+async def test_trace_never_shows_the_hls_secret(nursery: trio.Nursery, tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(port=0, settings=meter_settings(M.HIGH_SHA256, None)))
+    ports: SimulatorPorts = await nursery.start(simulator.serve)
+    secret = SECRET.decode()
+    done = await cli(
+        "read", *where(ports, tmp_path), "--security", "hls-sha256", "--password", secret,
+        "--system-title", "444C420000000009", "--trace", "1-1:32.7.0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    output = (done.stdout + done.stderr).decode()
+    assert secret not in output and SECRET.hex() not in output.lower()
+    assert '"mechanism":"high-sha256"' in output
+    wrong = await cli(
+        "read", *where(ports, tmp_path), "--security", "hls-sha256", "--password", "nope-nope",
+        "--system-title", "444C420000000009", "1-1:32.7.0",
+    )  # fmt: skip
+    assert wrong.returncode == 4
+    assert "[association.wrong_secret]" in wrong.stderr.decode()
