@@ -1101,6 +1101,7 @@ class _Resolver:
             secret=None if password is None else password.encode(),
             dedicated_key=out["dedicated_key"],
         )
+        out["security_policy"] = options.policy_name  # the mechanism's default, decided here
         for key, message in meter_security.check(options):
             if key in ("block_cipher_key", "authentication_key", "password"):
                 where = (
