@@ -354,6 +354,18 @@ class Outbox:
         """(rows, payload bytes) currently stored."""
         return self.rows, self.bytes
 
+    def oldest_ts_ms(self) -> int | None:
+        """When the oldest unsent reading was taken (ms since the epoch), None if empty."""
+        return self._guard(
+            lambda: next(
+                (
+                    int(ts)
+                    for (ts,) in self._db.execute("SELECT ts_ms FROM outbox ORDER BY id LIMIT 1")
+                ),
+                None,
+            )
+        )
+
     def pending_meters(self) -> list[str]:
         """The meters that have rows waiting, sorted."""
         return self._guard(
@@ -440,6 +452,10 @@ class AsyncOutbox:
     async def delete(self, ids: Sequence[int]) -> int:
         """See `Outbox.delete`."""
         return await self._run(lambda: self.core.delete(ids))
+
+    async def oldest_ts_ms(self) -> int | None:
+        """See `Outbox.oldest_ts_ms`."""
+        return await self._run(self.core.oldest_ts_ms)
 
     async def pending_meters(self) -> list[str]:
         """See `Outbox.pending_meters`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -28,15 +29,16 @@ from typing import Any
 import attrs
 import trio
 
-from bridge import systemd
+from bridge import __version__, systemd
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
-from bridge.outbox import AsyncOutbox, OutboxWriter
+from bridge.outbox import AsyncOutbox, OutboxError, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
+from bridge.status_socket import serve_status, socket_path
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -144,6 +146,8 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        #: Where the status socket is served (None until running, or if it could not be made).
+        self.status_socket: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -202,6 +206,10 @@ class BridgeService:
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
             await nursery.start(self._run_pollers, pollers_scope)
+            # Always served (with or without the web console): `dlms-bridge health` asks it.
+            self.status_socket = await nursery.start(
+                serve_status, socket_path(cfg.bridge.data_dir), self.status
+            )
             for meter in cfg.meters:
                 if meter.enabled:
                     await self._start_meter(meter)
@@ -477,6 +485,36 @@ class BridgeService:
             "alarms": self.all_alarms(),
             "reloads": self.reloads,
         }
+
+    async def status(self) -> dict[str, Any]:
+        """What the status socket serves: :meth:`snapshot` and what a health check needs.
+
+        Adds ``version``, ``pid``, ``now`` (wall clock, s), ``started_at``, ``ready``,
+        ``stopping``, ``outbox.oldest_ts_ms`` (when the oldest unsent reading was taken) and,
+        per MQTT connection, ``last_error``.
+        """
+        out = self.snapshot()
+        out.update(
+            version=__version__,
+            pid=os.getpid(),
+            now=time.time(),
+            started_at=self.started_at,
+            ready=self._ready.is_set(),
+            stopping=self._stop.is_set(),
+        )
+        if self.outbox is not None:
+            try:
+                out["outbox"]["oldest_ts_ms"] = await self.outbox.oldest_ts_ms()
+            except OutboxError as exc:
+                out["outbox"]["oldest_ts_ms"] = None
+                out["outbox"]["error"] = str(exc)
+        if self.publisher is not None:
+            for key, client in self.publisher.clients.items():
+                entry = out["mqtt"].get(str(key))
+                if entry is not None:
+                    entry["last_error"] = client.last_error
+                    entry["broker"] = client.settings.describe()
+        return out
 
     def all_alarms(self) -> dict[str, str]:
         """Alarms of the meters, the MQTT connections and the outbox."""
