@@ -7,12 +7,20 @@ blocks: before the first value of a block is used, the end of the block is writt
 (atomically, fsynced). After a crash, even a SIGKILL, the next process starts at the stored end,
 above every value the previous one could have used. The cost is one small synchronous write per
 ``reserve`` APDUs; the gap left by a crash is at most ``reserve`` values.
+
+Two processes may count for the same meter and title (the service and a ``diagnose`` run):
+reservations are made under a lock and start above whatever the file holds, and
+:meth:`PersistentCounter.sync` (called before each association) moves past a block another
+process reserved, so their counters never overlap.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from codec.errors import EncodeError, LocalProtocolError
@@ -76,6 +84,28 @@ class PersistentCounter:
             )
         return int(text)
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CounterFileError(
+                f"cannot lock the invocation counter file {self.path}: {exc.strerror or exc}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Move past a block another process reserved since ours (call before associating)."""
+        stored = self._load()
+        if self._next is None or stored > self._ceiling:
+            self._next = max(stored, self._next or 0)
+            self._ceiling = self._next
+
     def _store(self, value: int) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -112,8 +142,16 @@ class PersistentCounter:
                 code="security.counter_exhausted",
             )
         if value >= self._ceiling:
-            ceiling = min(value + self.reserve, MAX_INVOCATION_COUNTER + 1)
-            self._store(ceiling)
+            with self._locked():
+                # Start above anything another process reserved meanwhile.
+                value = max(value, self._load())
+                if value > MAX_INVOCATION_COUNTER:
+                    raise EncodeError(
+                        "the invocation counter is exhausted: new keys are needed",
+                        code="security.counter_exhausted",
+                    )
+                ceiling = min(value + self.reserve, MAX_INVOCATION_COUNTER + 1)
+                self._store(ceiling)
             self._ceiling = ceiling
         self._next = value + 1
         return value

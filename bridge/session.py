@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
+from bridge.counters import PersistentCounter
 from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
     Associated,
@@ -161,6 +162,9 @@ class MeterSession:
         """Bring the link up and open the association on the connected stream."""
         if self.stream is None:
             raise RuntimeError("associate() before connect()")
+        security = self.endpoint.security
+        if security is not None and isinstance(security.counter, PersistentCounter):
+            security.counter.sync()  # past counters another process (diagnose) used
         self.association = ClientAssociation(
             self.endpoint.make_link(), self.endpoint.association_settings()
         )

@@ -74,3 +74,23 @@ def test_counters_never_repeat_across_sigkill(tmp_path: Path) -> None:
         assert run == sorted(run) and len(set(run)) == len(run)
         assert not used or run[0] > max(used)
         used += run
+
+
+def test_two_processes_counting_for_one_title_never_overlap(tmp_path: Path) -> None:
+    path = tmp_path / "c.ic"
+    service = PersistentCounter(path, reserve=10)
+    used = [service.next(), service.next()]  # block [1, 11)
+    diagnose = PersistentCounter(path, reserve=10)
+    used += [diagnose.next() for _ in range(3)]  # starts at 11: block [11, 21)
+    service.sync()  # before its next association: past the block diagnose took
+    used += [service.next() for _ in range(12)]
+    used += [diagnose.next() for _ in range(12)]  # its next block starts above the service's
+    assert len(used) == len(set(used))
+    assert used[:5] == [1, 2, 11, 12, 13]
+    assert used[5] == 21
+    service.sync()  # diagnose reserved past the service's block again: skip it
+    assert service.value > max(used)
+    alone = PersistentCounter(tmp_path / "alone.ic", reserve=10)
+    alone.next()
+    alone.sync()  # only its own block in the file: nothing to skip
+    assert alone.next() == 2
