@@ -200,3 +200,47 @@ async def test_trace_never_shows_the_hls_secret(nursery: trio.Nursery, tmp_path:
     )  # fmt: skip
     assert wrong.returncode == 4
     assert "[association.wrong_secret]" in wrong.stderr.decode()
+
+
+async def test_diagnose_with_security_options(
+    secured: tuple[Simulator, SimulatorPorts], tmp_path: Path
+) -> None:
+    _, ports = secured
+    done = await cli("diagnose", *where(ports, tmp_path), *GMAC)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    assert "every step passed" in done.stdout.decode()
+    args = [*GMAC[:5], "00" * 16]
+    wrong = await cli("diagnose", *where(ports, tmp_path), *args)
+    assert wrong.returncode == 1
+    out = wrong.stdout.decode()
+    assert "FAIL  association: wrong authentication key" in out
+    assert "check authentication_key" in out
+    assert AK.hex() not in out.lower() and EK.hex() not in out.lower()
+
+
+async def test_diagnose_a_configured_secured_meter(
+    secured: tuple[Simulator, SimulatorPorts], tmp_path: Path
+) -> None:
+    _, ports = secured
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f"""
+[bridge]
+data_dir = "{tmp_path / "data"}"
+[mqtt]
+host = "127.0.0.1"
+[[meters]]
+name = "secured"
+host = "127.0.0.1"
+port = {ports.meters[0]}
+registers = "field-meter"
+security = "hls-gmac"
+block_cipher_key = "{EK.hex()}"
+authentication_key_file = "{tmp_path / "ak"}"
+"""
+    )
+    (tmp_path / "ak").write_text(AK.hex() + "\n")
+    done = await cli("diagnose", "--config", str(config), "--meter", "secured", "--no-mqtt")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    # The service's counter file, shared safely with a running service.
+    assert list((tmp_path / "data" / "counters").glob("secured-*.ic"))
