@@ -203,6 +203,18 @@ async def _read(
                 selection["to_entry"] = int(last or 0)
             profile = await session.read_profile(Obis.parse(args.profile), **selection)
             result["profile"] = {"obis": str(Obis.parse(args.profile)), **profile.to_json()}
+        sec, association = endpoint.security, session.association
+        if sec is not None and association is not None:
+            result["security"] = {
+                "mechanism": sec.mechanism.name.lower().replace("_", "-"),
+                "policy": None if sec.policy is None else sec.policy.label,
+                "system_title": sec.system_title.hex().upper(),
+                "meter_system_title": None
+                if association.server_system_title is None
+                else association.server_system_title.hex().upper(),
+                "last_invocation_counter": association.client_counter,
+                "meter_invocation_counter": association.server_counter,
+            }
         result["stats"] = session.stats()
         return result
     finally:

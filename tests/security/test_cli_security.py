@@ -46,7 +46,10 @@ async def test_read_hls_gmac_twice_with_ciphered_requests(
     for _ in range(2):  # the second run continues the counter kept on disk
         done = await cli("read", *where(ports, tmp_path), *GMAC, "--trace", "1-1:32.7.0")
         assert done.returncode == 0, done.stderr.decode()
-        assert 110 < json.loads(done.stdout)["registers"][0]["value"] < 130
+        result = json.loads(done.stdout)
+        assert 110 < result["registers"][0]["value"] < 130
+        assert result["security"]["policy"] == "authenticated-encrypted"
+        assert result["security"]["meter_system_title"] == METER_TITLE.hex().upper()
     trace = [json.loads(line) for line in done.stderr.decode().splitlines()]
     kinds = [item["apdu"]["kind"] for item in trace if "apdu" in item]
     assert kinds[:2] == ["aarq", "aare"]
