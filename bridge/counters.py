@@ -156,6 +156,46 @@ class PersistentCounter:
         self._next = value + 1
         return value
 
+    @property
+    def peer_path(self) -> Path:
+        """Where the meters' last counters are kept (a replay floor across restarts)."""
+        return self.path.with_suffix(".peer")
+
+    def load_peers(self) -> dict[bytes, int]:
+        """The last counter seen from each meter system title (empty if none or unreadable).
+
+        A stale or lost floor only weakens the replay check; it never refuses a good APDU.
+        """
+        peers: dict[bytes, int] = {}
+        try:
+            text = self.peer_path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return peers
+        for line in text.splitlines()[:64]:
+            title, _, counter = line.partition(" ")
+            if len(title) == 16 and counter.isdigit():
+                try:
+                    peers[bytes.fromhex(title)] = int(counter)
+                except ValueError:
+                    continue
+        return peers
+
+    def save_peers(self, peers: dict[bytes, int]) -> None:
+        """Keep the meters' last counters (written at release; no fsync needed)."""
+        text = "".join(f"{t.hex()} {c}\n" for t, c in list(peers.items())[:64])
+        try:
+            tmp = self.peer_path.with_suffix(".peer.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, text.encode("ascii"))
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.peer_path)
+        except OSError as exc:
+            raise CounterFileError(
+                f"cannot write {self.peer_path}: {exc.strerror or exc}"
+            ) from None
+
     def advance_to(self, value: int) -> None:
         """Skip ahead so that the next counter is at least ``value`` (e.g. the meter's)."""
         if value > self._current():

@@ -151,6 +151,7 @@ class SecurityOptions:
             dedicated_key=self.dedicated_key,
             counter=counter or MemoryCounter(),
             server_system_title=self.meter_system_title,
+            server_counters=counter.load_peers() if isinstance(counter, PersistentCounter) else {},
         )
 
 

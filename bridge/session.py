@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
-from bridge.counters import PersistentCounter
+from bridge.counters import CounterFileError, PersistentCounter
 from codec.apdu import AttributeDescriptor, SelectiveAccess
 from codec.association import (
     Associated,
@@ -247,7 +247,20 @@ class MeterSession:
                 except (ProtocolError, MeterIOError) as exc:
                     # The connection is closed just below either way; say why it was not clean.
                     log.debug("release of %s ended early: %s", self.endpoint.label, exc)
+        self._save_meter_counters()
         await self.aclose()
+
+    def _save_meter_counters(self) -> None:
+        """Keep the meter's last invocation counter: a replay floor across restarts."""
+        security = self.endpoint.security
+        if security is None or not isinstance(security.counter, PersistentCounter):
+            return
+        if not security.server_counters:
+            return
+        try:
+            security.counter.save_peers(security.server_counters)
+        except CounterFileError as exc:
+            log.warning("meter=%s cannot keep the meter's counter: %s", self.endpoint.label, exc)
 
     async def abort(self) -> None:
         """Abandon the association (DISC, best effort) but keep the TCP connection.

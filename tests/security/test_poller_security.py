@@ -48,3 +48,24 @@ async def test_poller_reads_and_restarts_without_reusing_counters(tmp_path: Path
             assert len(files) == 1 and files[0].name.endswith("444c420000000001.ic")
             # The meter never saw a counter twice: the second poller started above the first.
             assert sim.meter(0).counters.auth_failures == 0
+
+
+async def test_meter_counter_going_back_is_refused_across_restarts(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        config = SimulatorConfig(
+            port=0, settings=meter_settings(M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+        )
+        async with running(config) as (sim, ports):
+            sink = Sink()
+            poller = MeterPoller(secured_meter(ports.meters[0]), sink, data_dir=str(tmp_path))
+            await run_for(poller, lambda: sink.wait_for(2))
+            assert list((tmp_path / "counters").glob("*.peer"))
+            # The meter starts its counter over (or an attacker replays its old APDUs); a new
+            # poller, as after a restart of the service, still knows the last counter seen.
+            sim.meter(0).invocation_counter = 1
+            again = MeterPoller(secured_meter(ports.meters[0]), Sink(), data_dir=str(tmp_path))
+            assert not await again.cycle()
+            assert again.stats.failures == 1
+            assert "not above the last one seen" in (again.stats.last_error or "")
+            assert again.endpoint.security is not None
+            assert again.endpoint.security.server_counters
