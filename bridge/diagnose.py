@@ -241,6 +241,11 @@ _ASSOCIATION_HINTS = {
         "the meter could not decipher our request: check the keys and system_title"
     ),
     "association.hls_failed": "the HLS authentication did not complete: check the mechanism",
+    "association.security": (
+        "a security check of the meter's reply failed; if its invocation counter went back "
+        "because the meter was reset or replaced, remove its .peer file in the data "
+        "directory's counters/"
+    ),
 }
 
 
