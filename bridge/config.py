@@ -36,6 +36,7 @@ import string
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import attrs
@@ -206,7 +207,10 @@ class MqttConfig:
 
 @attrs.frozen(kw_only=True)
 class PublishConfig:
-    """The ``[publish]`` section: how readings become MQTT messages, and how fast."""
+    """The ``[publish]`` section: how readings become MQTT messages, and how fast.
+
+    These defaults are the only ones: the publisher and the outbox take theirs from here.
+    """
 
     mode: PublishMode = "gateway"
     #: Topic template in mode ``"topic"``, e.g. ``"meters/{meter}/telemetry"``.
@@ -222,6 +226,25 @@ class PublishConfig:
     outbox_synchronous: Synchronous = "full"
 
 
+#: Built-in values of the meter settings; ``port`` and ``registers`` have none.
+_BUILTIN_METER: dict[str, Any] = {
+    "transport": "hdlc",
+    "client_sap": 1,
+    "server_physical": 1,
+    "server_address_size": "auto",
+    "interval_s": 15.0,
+    "timeout_s": 5.0,
+    "inactivity_timeout_s": 180.0,
+    "max_pdu_size": 1024,
+    "hdlc_max_info": 128,
+    "hdlc_window": 1,
+    "byte_stuffing": False,
+    "dedicated_key": False,
+}
+#: The same, read-only, for other layers (the ``read`` command, the session): one home.
+METER_DEFAULTS: Mapping[str, Any] = MappingProxyType(_BUILTIN_METER)
+
+
 @attrs.frozen(kw_only=True)
 class MeterConfig:
     """One meter with ``[defaults]`` merged in and every ``"auto"`` decided."""
@@ -230,24 +253,27 @@ class MeterConfig:
     host: str
     port: int
     enabled: bool = True
-    transport: Transport = "hdlc"
-    client_sap: int = 1
+    transport: Transport = _BUILTIN_METER["transport"]
+    client_sap: int = _BUILTIN_METER["client_sap"]
     #: HDLC: upper address (0 on the field meter). Wrapper: the destination wPort.
     server_logical: int = 0
     #: HDLC lower address; unused by the wrapper.
-    server_physical: int = 1
+    server_physical: int = _BUILTIN_METER["server_physical"]
     #: Bytes of the HDLC server address: 1, 2 or 4.
     server_address_size: Literal[1, 2, 4] = 1
     #: Low-level security (LLS) password; ``None`` means no authentication.
     password: str | None = _secret()
-    interval_s: float = 15.0
-    timeout_s: float = 5.0
-    inactivity_timeout_s: float = 180.0
+    interval_s: float = _BUILTIN_METER["interval_s"]
+    timeout_s: float = _BUILTIN_METER["timeout_s"]
+    inactivity_timeout_s: float = _BUILTIN_METER["inactivity_timeout_s"]
     registers: tuple[RegisterConfig, ...] = ()
-    max_pdu_size: int = 1024
-    hdlc_max_info: int = 128
-    hdlc_window: int = 1
-    byte_stuffing: bool = False
+    #: Values that never change (serial number, firmware): read with the registers, published
+    #: as device attributes when the connection to the broker is made and when they change.
+    attributes: tuple[RegisterConfig, ...] = ()
+    max_pdu_size: int = _BUILTIN_METER["max_pdu_size"]
+    hdlc_max_info: int = _BUILTIN_METER["hdlc_max_info"]
+    hdlc_window: int = _BUILTIN_METER["hdlc_window"]
+    byte_stuffing: bool = _BUILTIN_METER["byte_stuffing"]
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
     #: Authentication mechanism; None: LLS if a password is set, else none.
@@ -262,7 +288,7 @@ class MeterConfig:
     block_cipher_key: str | None = _secret()
     authentication_key: str | None = _secret()
     #: Cipher with a dedicated key agreed in each association (ded- APDUs).
-    dedicated_key: bool = False
+    dedicated_key: bool = _BUILTIN_METER["dedicated_key"]
     #: Read this frame counter through the public client before associating.
     frame_counter: Obis | None = None
 
@@ -332,6 +358,8 @@ class _MqttSection:
 
 
 _PUBLISH_DEFAULTS = PublishConfig()
+#: The topic template of publish mode "topic" when ``topic`` is not given.
+DEFAULT_TOPIC = "meters/{meter}/telemetry"
 
 
 @attrs.frozen(kw_only=True)
@@ -376,6 +404,7 @@ class _MeterDefaults:
     timeout_s: float | None = None
     inactivity_timeout_s: float | None = None
     registers: _Registers | None = None
+    attributes: list[_RegisterSection] | None = None
     max_pdu_size: int | None = None
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
@@ -403,22 +432,6 @@ class _MeterSection(_MeterDefaults):
     token_file: str | None = None
     token_env: str | None = None
 
-
-#: Built-in values of the meter settings; ``port`` and ``registers`` have none.
-_BUILTIN_METER: dict[str, Any] = {
-    "transport": "hdlc",
-    "client_sap": 1,
-    "server_physical": 1,
-    "server_address_size": "auto",
-    "interval_s": 15.0,
-    "timeout_s": 5.0,
-    "inactivity_timeout_s": 180.0,
-    "max_pdu_size": 1024,
-    "hdlc_max_info": 128,
-    "hdlc_window": 1,
-    "byte_stuffing": False,
-    "dedicated_key": False,
-}
 
 #: Keys that must be present, per section.
 _REQUIRED: dict[type, tuple[str, ...]] = {
@@ -979,6 +992,21 @@ class _Resolver:
         else:
             registers = default_regs
 
+        attributes: tuple[RegisterConfig, ...] = ()
+        attributes_path = (
+            f"{path}.attributes" if raw.attributes is not None else "defaults.attributes"
+        )
+        raw_attributes = raw.attributes if raw.attributes is not None else defaults.attributes
+        if raw_attributes:
+            attributes = self.registers(raw_attributes, attributes_path)
+            keys = {r.key for r in registers}
+            for i, attribute in enumerate(attributes):
+                if attribute.key in keys:
+                    self.error(
+                        f"{attributes_path}[{i}].key",
+                        f"{attribute.key!r} is also the key of a register",
+                    )
+
         port = pick("port")
         if port is None:
             self.error(f"{path}.port", "required (set it here or in [defaults])")
@@ -1023,6 +1051,7 @@ class _Resolver:
             timeout_s=timeout_s,
             inactivity_timeout_s=pick("inactivity_timeout_s"),
             registers=registers,
+            attributes=attributes,
             max_pdu_size=pick("max_pdu_size"),
             hdlc_max_info=pick("hdlc_max_info"),
             hdlc_window=pick("hdlc_window"),

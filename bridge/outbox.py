@@ -31,6 +31,7 @@ from typing import Literal, TypeVar
 import attrs
 import trio
 
+from bridge.config import PublishConfig
 from bridge.readings import Reading
 
 __all__ = [
@@ -47,8 +48,9 @@ __all__ = [
 log = logging.getLogger("bridge.outbox")
 
 FILENAME = "outbox.sqlite"
-DEFAULT_MAX_ROWS = 1_000_000
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# The defaults are the configuration's (one home: bridge.config.PublishConfig).
+DEFAULT_MAX_ROWS = PublishConfig().outbox_max_rows
+DEFAULT_MAX_BYTES = PublishConfig().outbox_max_bytes
 _SCHEMA_VERSION = 1
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
 _IDS_PER_STATEMENT = 500

@@ -16,6 +16,13 @@ Formats (`PublishMode`):
   ``flat`` ``{"meter": "<meter>", "ts": ms, <key>: <value>, ...}``; the online flag is a
   retained ``{"meter": "<meter>", "online": true}`` on `status_topic_template`.
 
+Values: a reading's values go as they are (structures and arrays as JSON arrays, text as
+strings), except that ThingsBoard takes no null: a null value is left out and its cause goes
+under ``<key>_quality`` / ``<key>_error`` (`Reading.telemetry`). A meter's configured
+``attributes`` (serial number, firmware) are published as device attributes
+(``v1/gateway/attributes`` ``{"<meter>": {...}}`` or ``v1/devices/me/attributes``) once per
+connection and again whenever they change; in ``topic`` mode they travel with the values.
+
 Delivery: rows are read from the outbox in insertion order, published with QoS 1 (a few
 messages in flight per connection), and deleted only after their PUBACK. After any failure the
 lane starts again from the oldest row still stored, so readings of one meter always reach the
@@ -49,6 +56,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.config import DEFAULT_TOPIC, PublishConfig
 from bridge.mqtt import Delivery, MqttClient, MqttSettings, PublishError
 from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
 from bridge.readings import Reading, dumps_compact
@@ -74,6 +82,8 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: The configuration's defaults are the publisher's (one home for each default).
+_CONFIG = PublishConfig()
 _LATENCY_SAMPLES = 4096
 
 
@@ -109,19 +119,21 @@ class PublisherSettings:
     """
 
     mode: PublishMode = PublishMode.GATEWAY
-    topic_template: str = "meters/{meter}/telemetry"
+    topic_template: str = DEFAULT_TOPIC
     payload_shape: PayloadShape = PayloadShape.THINGSBOARD
     status_topic_template: str = "meters/{meter}/status"
     device_type: str | None = None
     online_attribute: str | None = "online"
-    max_messages_per_s: float = attrs.field(default=4.0, validator=_at_least(0.001))
-    max_payload_bytes: int = attrs.field(default=32 * 1024, validator=_at_least(64))
-    max_bytes_per_s: float = attrs.field(default=64 * 1024, validator=_at_least(64))
+    max_messages_per_s: float = attrs.field(
+        default=_CONFIG.max_messages_per_s, validator=_at_least(0.001)
+    )
+    max_payload_bytes: int = attrs.field(default=_CONFIG.max_payload_bytes, validator=_at_least(64))
+    max_bytes_per_s: float = attrs.field(default=_CONFIG.max_bytes_per_s, validator=_at_least(64))
     max_datapoints_per_s: float | None = attrs.field(default=None, validator=_at_least(0.001))
     burst_s: float = attrs.field(default=1.0, validator=_at_least(0.001))
     max_in_flight: int = attrs.field(default=4, validator=_at_least(1))
     ack_timeout: float = attrs.field(default=30.0, validator=_at_least(0.001))
-    batch_rows: int = attrs.field(default=1000, validator=_at_least(1))
+    batch_rows: int = attrs.field(default=_CONFIG.max_readings_per_message, validator=_at_least(1))
     qos: int = 1
 
     def __attrs_post_init__(self) -> None:
@@ -222,7 +234,7 @@ class Message:
 
     @property
     def datapoints(self) -> int:
-        return sum(len(row.reading.values) for row in self.rows)
+        return sum(len(row.reading.telemetry()) for row in self.rows)
 
 
 def _key(text: str) -> str:
@@ -285,7 +297,8 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
             f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
         )
     if settings.payload_shape is PayloadShape.FLAT:
-        flat: dict[str, object] = dict(reading.values)
+        # A plain broker has no device attributes: they travel with the values.
+        flat: dict[str, object] = {**reading.attributes_json(), **reading.telemetry()}
         clash = {"meter", "ts"} & flat.keys()
         if clash:
             raise ValueError(
@@ -296,7 +309,8 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
         flat["ts"] = reading.ts_ms
         payload = dumps_compact(flat).encode()
     else:
-        payload = _entry(reading).encode()
+        values = {**reading.attributes_json(), **reading.telemetry()}
+        payload = f'{{"ts":{reading.ts_ms},"values":{dumps_compact(values)}}}'.encode()
     return Message(topic, payload, (row,))
 
 
@@ -327,6 +341,8 @@ class _Lane:
     control: list[Message] = attrs.Factory(list)
     dirty_status: set[str] = attrs.Factory(set)
     announced: set[str] = attrs.Factory(set)
+    #: The device attributes last published per meter on this connection.
+    attributes_sent: dict[str, dict[str, Any]] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     failure: str | None = None
@@ -502,6 +518,7 @@ class Publisher:
             generation = lane.client.generation
             # (Again) connected: announce meters and repeat every known status.
             lane.announced.clear()
+            lane.attributes_sent.clear()
             lane.dirty_status |= {m for m in self._online if self._lane_for(m) is lane}
             lane.failure = None
             failure = await self._deliver(lane, generation)
@@ -571,14 +588,37 @@ class Publisher:
                     taken = 1
             elif s.mode is PublishMode.DEVICE:
                 message, taken = device_telemetry(rows[i:], budget)
+                yield from self._attribute_messages(lane, message.rows)
             else:
                 message, taken = gateway_telemetry(rows[i:], budget)
                 for meter in dict.fromkeys(r.reading.meter for r in message.rows):
                     if meter not in lane.announced:
                         lane.announced.add(meter)
                         yield self._connect_message(meter)
+                yield from self._attribute_messages(lane, message.rows)
             i += taken
             yield message
+
+    def _attribute_messages(self, lane: _Lane, rows: Sequence[OutboxRow]) -> Iterator[Message]:
+        """Device attributes of these rows' meters that this connection has not published yet,
+        or whose values changed."""
+        changed: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            reading = row.reading
+            if not reading.attributes:
+                continue
+            current = reading.attributes_json()
+            sent = lane.attributes_sent.get(reading.meter)
+            if current and current != sent:
+                lane.attributes_sent[reading.meter] = current
+                changed[reading.meter] = current
+        if not changed:
+            return
+        if self.settings.mode is PublishMode.GATEWAY:
+            yield Message(GATEWAY_ATTRIBUTES, dumps_compact(changed).encode())
+        else:
+            for body in changed.values():
+                yield Message(DEVICE_ATTRIBUTES, dumps_compact(body).encode())
 
     def _connect_message(self, meter: str) -> Message:
         body: dict[str, object] = {"device": meter}

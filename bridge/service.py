@@ -30,7 +30,14 @@ import attrs
 import trio
 
 from bridge import __version__, systemd
-from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
+from bridge.config import (
+    DEFAULT_TOPIC,
+    BridgeConfig,
+    ConfigError,
+    MeterConfig,
+    diff_meters,
+    load_config,
+)
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
@@ -39,6 +46,7 @@ from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
 from bridge.status_socket import serve_status, socket_path
+from bridge.supervision import CrashTracker, SupervisionSettings
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -47,9 +55,6 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
-#: A crashed poller is restarted after this long (doubling up to the maximum).
-CRASH_BACKOFF_S = 5.0
-CRASH_BACKOFF_MAX_S = 300.0
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -92,7 +97,7 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
     p = config.publish
     return PublisherSettings(
         mode=PublishMode(p.mode),
-        topic_template=p.topic or "meters/{meter}/telemetry",
+        topic_template=p.topic or DEFAULT_TOPIC,
         payload_shape=PayloadShape(p.payload),
         max_messages_per_s=p.max_messages_per_s,
         max_payload_bytes=p.max_payload_bytes,
@@ -111,6 +116,9 @@ class _Running:
     poller: MeterPoller | None = None
     crashes: int = 0
     done: trio.Event = attrs.Factory(trio.Event)
+    tracker: CrashTracker = attrs.Factory(CrashTracker)
+    #: Trio time the current poller was started.
+    started: float = 0.0
 
 
 class BridgeService:
@@ -124,6 +132,7 @@ class BridgeService:
         handle_signals: bool = True,
         shutdown_flush_s: float = SHUTDOWN_FLUSH_S,
         poller_options: Mapping[str, Any] | None = None,
+        supervision: SupervisionSettings | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -132,6 +141,8 @@ class BridgeService:
         #: Extra keyword arguments of every :class:`MeterPoller` (``breaker_threshold``,
         #: ``backoff_initial``, ``backoff_max``), e.g. for a demo that shows recovery quickly.
         self.poller_options = dict(poller_options or {})
+        #: How crashed pollers are restarted, and when a meter is put in the faulted state.
+        self.supervision = supervision or SupervisionSettings()
         self.meters: dict[str, _Running] = {}
         self.alarms: dict[str, str] = {}
         self.online: dict[str, bool] = {}
@@ -286,7 +297,11 @@ class BridgeService:
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
-        running = _Running(meter, trio.CancelScope())
+        running = _Running(
+            meter,
+            trio.CancelScope(),
+            tracker=CrashTracker(self.supervision, random.Random(self._rng.random())),
+        )
         self.meters[meter.name] = running
         await self._pollers.start(self._supervise, running)
 
@@ -301,9 +316,10 @@ class BridgeService:
     async def _supervise(
         self, running: _Running, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run one meter's poller; a crash (a bug) is logged and the poller started again."""
+        """Run one meter's poller; a crash (a bug) is logged and the poller started again,
+        until the same crash keeps coming back (:mod:`bridge.supervision`)."""
         name = running.meter.name
-        delay = CRASH_BACKOFF_S
+        tracker = running.tracker
         # Report at once: a poller's first cycle may take long, and the others must not wait.
         task_status.started()
         try:
@@ -318,22 +334,56 @@ class BridgeService:
                         **self.poller_options,
                     )
                     running.poller = poller
+                    running.started = trio.current_time()
                     try:
                         await poller.run()
-                    except Exception:
-                        running.crashes += 1
+                    except Exception as exc:
+                        if (
+                            trio.current_time() - running.started
+                            >= tracker.settings.healthy_after_s
+                        ):
+                            tracker.reset()
+                        delay = tracker.crashed(exc)
+                        running.crashes = tracker.crashes
                         log.exception(
-                            "meter=%s event=poller_crashed crashes=%d", name, running.crashes
-                        )
-                        self._set_alarm(
-                            _crashed_alarm(name), True,
-                            f"the poller of meter {name} crashed {running.crashes} time(s); "
-                            "restarting it (see the traceback in the log)",
+                            "meter=%s event=poller_crashed crashes=%d identical=%d",
+                            name, tracker.crashes, tracker.identical,
                         )  # fmt: skip
-                        await trio.sleep(delay * (0.5 + self._rng.random()))
-                        delay = min(CRASH_BACKOFF_MAX_S, delay * 2)
+                        if tracker.faulted:
+                            poller.stats.state = "faulted"
+                            self._set_alarm(
+                                _faulted_alarm(name), True,
+                                f"meter {name} is faulted: its poller crashed {tracker.identical} "
+                                f"times in a row with {tracker.last}; retried every "
+                                f"{tracker.settings.faulted_retry_s:g} s",
+                            )  # fmt: skip
+                        else:
+                            self._set_alarm(
+                                _crashed_alarm(name), True,
+                                f"the poller of meter {name} crashed {running.crashes} time(s); "
+                                "restarting it (see the traceback in the log)",
+                            )  # fmt: skip
+                        await trio.sleep(delay)
         finally:
             running.done.set()
+
+    def _check_faulted(self) -> int:
+        """Clear the faulted state of meters whose poller has run healthy long enough;
+        returns how many meters are still faulted."""
+        now = trio.current_time()
+        faulted = 0
+        for name, running in self.meters.items():
+            tracker = running.tracker
+            if not tracker.faulted:
+                continue
+            if now - running.started >= tracker.settings.healthy_after_s:
+                tracker.reset()
+                message = f"the poller of meter {name} runs again without crashing"
+                self._set_alarm(_faulted_alarm(name), False, message)
+                self._set_alarm(_crashed_alarm(name), False, message)
+            else:
+                faulted += 1
+        return faulted
 
     async def _sink(self, reading: Reading) -> None:
         assert self.writer is not None and self.publisher is not None
@@ -421,7 +471,7 @@ class BridgeService:
         return True
 
     def _clear_meter_alarms(self, meter: str) -> None:
-        for name in (_failing_alarm(meter), _crashed_alarm(meter)):
+        for name in (_failing_alarm(meter), _crashed_alarm(meter), _faulted_alarm(meter)):
             self._set_alarm(name, False, f"meter {meter} removed")
 
     # -- health ------------------------------------------------------------------------------
@@ -465,7 +515,11 @@ class BridgeService:
                 "crashes": running.crashes,
                 "online": self.online.get(name, False),
                 **stats,
+                "faulted": running.tracker.faulted,
             }
+            if running.tracker.faulted:
+                meters[name]["state"] = "faulted"
+                meters[name]["fault"] = running.tracker.last
         publisher = self.publisher
         outbox = self.outbox
         return {
@@ -564,6 +618,7 @@ class BridgeService:
             published_delta, published_before = published - published_before, published
             latencies.sort()
             rows = self.outbox.depth()[0] if self.outbox is not None else 0
+            faulted = self._check_faulted()
             log_event(
                 log, logging.INFO, "summary",
                 cycles=cycles,
@@ -572,7 +627,7 @@ class BridgeService:
                 outbox_rows=rows,
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
                 meters_online=sum(1 for v in self.online.values() if v),
-                meters=len(self.meters), alarms=len(self.all_alarms()),
+                meters=len(self.meters), meters_faulted=faulted, alarms=len(self.all_alarms()),
             )  # fmt: skip
             self._notify(status=self._status_line())
 
@@ -585,6 +640,11 @@ def _failing_alarm(meter: str) -> str:
 def _crashed_alarm(meter: str) -> str:
     """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
     return f"meter.{meter}.crashed"
+
+
+def _faulted_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
+    return f"meter.{meter}.faulted"
 
 
 def _ratio(part: float, whole: float) -> float | None:
