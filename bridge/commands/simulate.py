@@ -140,6 +140,13 @@ def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
 def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
     """The start-up lines: one per port range, then the ready line."""
     kind = f"{config.transport}, {config.settings.model}"
+    sec = config.settings.security
+    if sec is not None:
+        policy = "no ciphering" if sec.policy is None else sec.policy.label
+        kind += (
+            f", client SAP 1: {sec.mechanism.name.lower().replace('_', '-')} {policy},"
+            f" system title {sec.system_title.hex().upper()}"
+        )
     lines = []
     for first, last, low, high in port_ranges(ports.meters):
         meters = f"meter {first}" if first == last else f"meters {first}-{last}"
