@@ -54,6 +54,13 @@ MECHANISMS: dict[str, AuthenticationMechanism] = {
     "hls-sha256": AuthenticationMechanism.HIGH_SHA256,
     "hls-gmac": AuthenticationMechanism.HIGH_GMAC,
 }
+
+
+def mechanism_name(mechanism: AuthenticationMechanism) -> str:
+    """The ``security = ...`` name of a mechanism (``hls-gmac``)."""
+    return next((k for k, v in MECHANISMS.items() if v == mechanism), mechanism.name.lower())
+
+
 #: ``security_policy = ...`` values ("none": no ciphering).
 POLICIES: dict[str, SecurityPolicy | None] = {
     "none": None,

@@ -232,7 +232,7 @@ async def _read(
         sec, association = endpoint.security, session.association
         if sec is not None and association is not None:
             result["security"] = {
-                "mechanism": sec.mechanism.name.lower().replace("_", "-"),
+                "mechanism": meter_security.mechanism_name(sec.mechanism),
                 "policy": None if sec.policy is None else sec.policy.label,
                 "system_title": sec.system_title.hex().upper(),
                 "meter_system_title": None

@@ -144,7 +144,7 @@ def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
     if sec is not None:
         policy = "no ciphering" if sec.policy is None else sec.policy.label
         kind += (
-            f", client SAP 1: {sec.mechanism.name.lower().replace('_', '-')} {policy},"
+            f", client SAP 1: {meter_security.mechanism_name(sec.mechanism)} {policy},"
             f" system title {sec.system_title.hex().upper()}"
         )
     lines = []
