@@ -631,7 +631,8 @@ class ClientAssociation:
             _, plain = security.decipher_apdu(parsed, self.server_system_title, sec.keys)
             self._check_server_counter(parsed.header.invocation_counter)
         except SecurityError as exc:
-            if exc.code != "security.authentication_failed":
+            # Without a tag (encryption only) a wrong key shows as an APDU that is not one.
+            if exc.code not in ("security.authentication_failed", "security.malformed"):
                 raise AssociationError(str(exc), code="association.security") from exc
             raise self._key_error(parsed.content) from exc
         except DecodeError as exc:

@@ -315,3 +315,11 @@ async def test_general_glo_ciphering(monkeypatch: pytest.MonkeyPatch) -> None:
     # AARQ, AARE, then general-glo-ciphering both ways (HLS action, GETs), then RLRQ/RLRE.
     assert tags[:2] == [0x60, 0x61] and tags[-2:] == [0x62, 0x63]
     assert set(tags[2:-2]) == {0xDB}
+
+
+async def test_wrong_block_cipher_key_with_encryption_only() -> None:
+    policy = (M.HIGH_GMAC, P.ENCRYPTED)
+    error = await _open_error(
+        meter_settings(*policy), client_security(*policy, keys=SecurityKeys(bytes(16), AK))
+    )
+    assert error.code == "association.wrong_block_cipher_key"
