@@ -840,7 +840,9 @@ class ClientAssociation:
             self._sec is not None
             and self._sec.ciphered
             and state in (S.WAITING, S.AUTHENTICATING)
-            and data[:1] not in (b"\xd8", b"\x0e")
+            # Only the exception-response is sent unciphered, and exactly as long as it is
+            # (3 bytes, 7 with the counter expected): nothing tampered passes as one.
+            and not (data[:1] == b"\xd8" and len(data) in (3, 7))
         ):
             raise SecurityError(
                 "security policy mismatch: the meter answered without ciphering",
