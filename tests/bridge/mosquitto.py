@@ -330,6 +330,11 @@ class Collector:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def publish(self, topic: str, payload: bytes | str, timeout: float = 5.0) -> None:
+        """Publish with QoS 1 as this client (what ThingsBoard sends to the bridge)."""
+        info = self._client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout)
+
     @property
     def messages(self) -> list[Message]:
         with self._lock:
