@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -45,7 +45,7 @@ from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
 from codec.obis import Obis
 
-__all__ = ["MeterEndpoint", "MeterIOError", "MeterSession"]
+__all__ = ["MeterEndpoint", "MeterIOError", "MeterSession", "StreamFactory", "open_tcp"]
 
 T = TypeVar("T")
 log = logging.getLogger("bridge.session")
@@ -124,11 +124,22 @@ class MeterEndpoint:
         )
 
 
+#: Opens the byte stream to a meter (the network backend of :class:`MeterSession`). Raises
+#: :class:`OSError` when the meter cannot be reached; the session applies the connect timeout.
+StreamFactory: TypeAlias = Callable[["MeterEndpoint"], Awaitable[trio.abc.Stream]]
+
+
+async def open_tcp(endpoint: MeterEndpoint) -> trio.abc.Stream:
+    """The default :data:`StreamFactory`: a TCP connection to ``endpoint.host:port``."""
+    return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+
+
 class MeterSession:
-    """One TCP connection and the association on it. Use :meth:`open`, then the reads, then
+    """One connection and the association on it. Use :meth:`open`, then the reads, then
     :meth:`release` (or :meth:`aclose` to drop it).
 
-    ``on_notification`` receives pushed APDUs that arrive between replies.
+    ``on_notification`` receives pushed APDUs that arrive between replies. ``open_stream``
+    opens the connection (TCP by default; tests pass in-memory streams).
     """
 
     def __init__(
@@ -136,10 +147,12 @@ class MeterSession:
         endpoint: MeterEndpoint,
         *,
         on_notification: Callable[[Apdu | bytes], None] | None = None,
+        open_stream: StreamFactory = open_tcp,
     ) -> None:
         self.endpoint = endpoint
         self.on_notification = on_notification
-        self.stream: trio.SocketStream | None = None
+        self.open_stream = open_stream
+        self.stream: trio.abc.Stream | None = None
         self.association: ClientAssociation | None = None
         self.client: DlmsClient | None = None
         self.negotiated: Negotiated | None = None
@@ -149,11 +162,11 @@ class MeterSession:
     # -- connection --------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the TCP connection (not the association)."""
+        """Open the connection (not the association)."""
         ep = self.endpoint
         try:
             with trio.fail_after(ep.connect_timeout):
-                self.stream = await trio.open_tcp_stream(ep.host, ep.port)
+                self.stream = await self.open_stream(ep)
         except trio.TooSlowError:
             raise MeterIOError(
                 f"cannot connect to {ep.label}: no answer within {ep.connect_timeout:g} s"
@@ -402,4 +415,4 @@ class MeterSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_received += len(data)
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
