@@ -700,11 +700,11 @@ def decode_pcap(
     totals: dict[str, int] = {}
     sessions = read_sessions(path)
     for session in sessions:
-        context = None if keys is None else DecipherContext(keys)
-        decoders = {
-            CLIENT_TO_SERVER: StreamDecoder(transport, context=context),
-            SERVER_TO_CLIENT: StreamDecoder(transport, context=context),
-        }
+        to_server, to_client = StreamDecoder.pair(transport)
+        decoders = {CLIENT_TO_SERVER: to_server, SERVER_TO_CLIENT: to_client}
+        if keys is not None:
+            context = DecipherContext(keys)
+            to_server.context = to_client.context = context
         last_ts = dict.fromkeys(decoders, session.start)
         feeds = [(s.direction, s.ts, s.payload) for s in session.segments]
         for direction, ts, payload in feeds:

@@ -23,6 +23,7 @@ from bridge.config import METER_DEFAULTS
 from bridge.counters import CounterFileError, PersistentCounter
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
+    DEFAULT_MAX_RESPONSE_SIZE,
     Associated,
     AssociationSettings,
     AssociationState,
@@ -79,9 +80,15 @@ class MeterEndpoint:
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
+    #: Reply timeout of one frame (s); also how long one send may block on a peer not reading.
     timeout: float = METER_DEFAULTS["timeout_s"]
     retries: int = 2
     connect_timeout: float = METER_DEFAULTS["timeout_s"]
+    #: One overall deadline (s) per request and its whole response, segments and blocks
+    #: included, and for opening the association. ``None``: :attr:`request_deadline`.
+    request_timeout: float | None = None
+    #: Bound of a GET answered in blocks: the raw data of all its blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_pdu_size: int = METER_DEFAULTS["max_pdu_size"]
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
@@ -96,6 +103,15 @@ class MeterEndpoint:
     def label(self) -> str:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def request_deadline(self) -> float:
+        """The overall deadline of one request: ``request_timeout``, or by default the time
+        the link may spend on one reply with all its retransmissions, plus one more timeout
+        for the segments of a long reply."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        return self.timeout * (self.retries + 2)
 
     def make_link(self) -> Link:
         """A fresh sans-IO link for this endpoint's transport."""
@@ -120,7 +136,11 @@ class MeterEndpoint:
     def association_settings(self) -> AssociationSettings:
         """What to propose in the AARQ."""
         return AssociationSettings(
-            password=self.password, max_pdu_size=self.max_pdu_size, security=self.security
+            password=self.password,
+            max_pdu_size=self.max_pdu_size,
+            request_timeout=self.request_deadline,
+            max_response_size=self.max_response_size,
+            security=self.security,
         )
 
 
@@ -254,7 +274,8 @@ class MeterSession:
                         if isinstance(await self._next_event(), Closed):
                             break
                     self.association.release(trio.current_time())
-                    while True:
+                    # Closed already: nothing could be sent (the link is down on our side).
+                    while self.association.state is not AssociationState.CLOSED:
                         event = await self._next_event()
                         if isinstance(event, Closed):
                             break
@@ -282,7 +303,8 @@ class MeterSession:
         """Abandon the association (DISC, best effort) but keep the TCP connection.
 
         :meth:`associate` can then open a new one on the same connection. Bytes still arriving
-        for the old association are discarded.
+        for the old association are discarded. A meter that does not take the DISC within 1 s
+        has stopped reading: the connection is closed and :class:`MeterIOError` raised.
         """
         association = self.association
         self.client = None
@@ -291,8 +313,12 @@ class MeterSession:
         association.abort(trio.current_time())
         out = association.data_to_send()
         if out:
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(1.0) as scope:
                 await self._send(out)
+            if scope.cancelled_caught:
+                # Part of the DISC may have gone: nothing more can be framed on this stream.
+                await self.aclose()
+                raise MeterIOError(f"{self.endpoint.label} stopped reading: DISC not sent")
         association.drain()
 
     async def aclose(self) -> None:
@@ -367,11 +393,22 @@ class MeterSession:
         return self.client
 
     async def _send(self, data: bytes) -> None:
-        assert self.stream is not None
+        """Write ``data``, within one reply timeout: a peer that stops reading cannot hold us."""
+        stream = self.stream
+        assert stream is not None
+        limit = self.endpoint.timeout
         try:
-            await self.stream.send_all(data)
+            with trio.move_on_after(limit) as scope:
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        if scope.cancelled_caught:
+            # Part of the data may have gone: the stream is unusable now.
+            await self.aclose()
+            raise MeterIOError(
+                f"{self.endpoint.label} stopped reading: {len(data)} bytes could not be sent "
+                f"within {limit:g} s"
+            )
         self.bytes_sent += len(data)
 
     async def _next_event(self) -> Event:

@@ -52,6 +52,7 @@ from codec.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    ResponseTimeout,
 )
 from codec.hdlc import NEED_DATA, NeedData
 from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
@@ -80,6 +81,14 @@ __all__ = [
 
 #: Block transfers longer than this many blocks are refused as hostile.
 MAX_BLOCKS = 10_000
+#: Default bound of a GET answered in blocks: the raw data of all its blocks together, bytes.
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024
+#: Default max receive PDU size the client proposes (bytes); every APDU from the meter, and so
+#: every reassembled HDLC reply, must fit in it.
+DEFAULT_MAX_PDU_SIZE = 1024
+#: How far past the max receive PDU size a reply may run: the padding some meters add after a
+#: full reply (tolerated and counted as trailing bytes). A longer reply is a protocol error.
+PDU_PADDING_ALLOWANCE = 64
 
 
 _TITLED_MECHANISMS = frozenset(
@@ -177,11 +186,18 @@ class SecuritySettings:
 class AssociationSettings:
     """What the client proposes in the AARQ."""
 
-    password: bytes | None = None
-    max_pdu_size: int = 1024
+    password: bytes | None = attrs.field(default=None, repr=False)
+    #: The client's max receive PDU size; a longer APDU from the meter is a protocol error.
+    max_pdu_size: int = DEFAULT_MAX_PDU_SIZE
     conformance: Conformance = acse.CLIENT_DEFAULT_CONFORMANCE
     dlms_version: int = 6
     security: SecuritySettings | None = None
+    #: One overall deadline (seconds) for each request and its whole response (segments and
+    #: blocks included), and for opening the association; no activity of the meter extends it.
+    #: ``None``: only the link's per-frame reply timeout applies.
+    request_timeout: float | None = None
+    #: Bound of the raw data of a GET answered in blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
 
 
 @attrs.frozen
@@ -262,11 +278,15 @@ class ClientAssociation:
     def __init__(self, link: Link, settings: AssociationSettings | None = None) -> None:
         self.link = link
         self.settings = settings or AssociationSettings()
+        # The meter must not send an APDU longer than the max receive PDU size we propose.
+        link.max_apdu = self.settings.max_pdu_size + PDU_PADDING_ALLOWANCE
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
         self._current: Request | None = None  # the request awaiting its response
         self._blocks: list[bytes] = []
+        self._blocks_size = 0
+        self._deadline: float | None = None  # the overall deadline of the open exchange
         self._events: list[Event] = []
         self._now = 0.0
         self.requests = 0
@@ -304,6 +324,7 @@ class ClientAssociation:
         """Start: bring the link up; the AARQ follows once it is."""
         self._go(_Ev.OPEN)
         self._now = now
+        self._start_deadline(now)
         self.link.connect(now)
 
     def request(self, request: Request, now: float) -> InvokeId:
@@ -319,6 +340,8 @@ class ClientAssociation:
         request = attrs.evolve(request, invoke=invoke)
         self._current = request
         self._blocks = []
+        self._blocks_size = 0
+        self._start_deadline(now)
         self.requests += 1
         self._send_xdlms(apdu.encode_apdu(request), now)
         return invoke
@@ -360,6 +383,7 @@ class ClientAssociation:
         if (self.state, _Ev.ABORT) in TRANSITIONS:
             self._go(_Ev.ABORT)
             self._current = None
+            self._deadline = None
             self.link.disconnect(now)
         elif self._meter_still_associated():
             self.state = S.UNLINKING
@@ -378,16 +402,35 @@ class ClientAssociation:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called."""
-        return self.link.next_deadline()
+        link = self.link.next_deadline()
+        if self._deadline is None:
+            return link
+        return self._deadline if link is None else min(link, self._deadline)
 
     def handle_timer(self, now: float) -> None:
-        """Let the link retransmit or give up."""
+        """Let the link retransmit or give up; enforce the exchange's overall deadline."""
         self._now = now
+        if self._deadline is not None and now >= self._deadline:
+            what = "request" if self.state is S.WAITING else "association"
+            self._deadline = None
+            self._current = None
+            self._blocks = []
+            self._blocks_size = 0
+            self.state = S.CLOSED
+            raise ResponseTimeout(
+                f"the {what} did not complete within its overall deadline of "
+                f"{self.settings.request_timeout:g} s",
+                code="association.deadline",
+            )
         try:
             self.link.handle_timer(now)
         except ProtocolError:
             self.state = S.CLOSED
             raise
+
+    def _start_deadline(self, now: float) -> None:
+        timeout = self.settings.request_timeout
+        self._deadline = None if timeout is None else now + timeout
 
     def drain(self) -> int:
         """Discard bytes buffered from the meter (before a retry)."""
@@ -418,6 +461,9 @@ class ClientAssociation:
                 # Whatever went wrong, this association cannot be trusted any more.
                 self.state = S.CLOSED
                 self._current = None
+                self._deadline = None
+                self._blocks = []
+                self._blocks_size = 0
                 raise
         return self._events.pop(0)
 
@@ -880,6 +926,7 @@ class ClientAssociation:
                 self._start_hls(decoded)
                 return
             self._go(_Ev.AARE_OK)
+            self._deadline = None
             self._events.append(Associated(self.negotiated))
         elif isinstance(decoded, RLRE) and state is S.RELEASING:
             self._go(_Ev.RLRE)
@@ -941,6 +988,17 @@ class ClientAssociation:
             raise RemoteProtocolError(
                 f"block transfer longer than {MAX_BLOCKS} blocks", code="association.too_long"
             )
+        self._blocks_size += len(block.raw_data)
+        if self._blocks_size > self.settings.max_response_size:
+            received = self._blocks_size
+            self._blocks = []
+            self._blocks_size = 0
+            self.abort(self._now)
+            raise RemoteProtocolError(
+                f"block transfer longer than {self.settings.max_response_size} bytes "
+                f"({received} bytes in {expected} blocks)",
+                code="association.too_long",
+            )
         self._blocks.append(block.raw_data)
         self.blocks_received += 1
         if not block.last_block:
@@ -950,6 +1008,7 @@ class ClientAssociation:
             return
         raw = b"".join(self._blocks)
         self._blocks = []
+        self._blocks_size = 0
         if isinstance(self._current, GetRequestWithList):
             # A long GET-with-list reply: the blocks hold the list of results.
             reader = apdu.Reader(raw)
@@ -986,5 +1045,6 @@ class ClientAssociation:
 
     def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
+        self._deadline = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))
