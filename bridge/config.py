@@ -52,6 +52,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from bridge import meter_security
 from bridge.sharding import parse_shard
 from codec.obis import InvalidObis, Obis
 
@@ -94,6 +95,8 @@ PublishMode = Literal["gateway", "device", "topic"]
 PayloadFormat = Literal["thingsboard", "flat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
+Security = Literal["none", "lls", "hls-md5", "hls-sha1", "hls-sha256", "hls-gmac"]
+SecurityPolicyName = Literal["none", "authenticated", "encrypted", "authenticated-encrypted"]
 
 #: Placeholders allowed in ``publish.topic``.
 TOPIC_PLACEHOLDERS = ("meter", "bridge")
@@ -310,6 +313,7 @@ _BUILTIN_METER: dict[str, Any] = {
     "hdlc_max_info": 128,
     "hdlc_window": 1,
     "byte_stuffing": False,
+    "dedicated_key": False,
     "allow_control": False,
 }
 #: The same, read-only, for other layers (the ``read`` command, the session): one home.
@@ -386,6 +390,21 @@ class MeterConfig:
     byte_stuffing: bool = _BUILTIN_METER["byte_stuffing"]
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
+    #: Authentication mechanism; None: LLS if a password is set, else none.
+    security: Security | None = None
+    #: Ciphering; None: the mechanism's default (see bridge.meter_security).
+    security_policy: SecurityPolicyName | None = None
+    #: Our system title (16 hex digits); None: derived from the instance.
+    system_title: str | None = None
+    #: The meter's system title, checked against its AARE when given.
+    meter_system_title: str | None = None
+    #: Suite 0 keys (32 hex digits each).
+    block_cipher_key: str | None = _secret()
+    authentication_key: str | None = _secret()
+    #: Cipher with a dedicated key agreed in each association (ded- APDUs).
+    dedicated_key: bool = _BUILTIN_METER["dedicated_key"]
+    #: Read this frame counter through the public client before associating.
+    frame_counter: Obis | None = None
     #: Profiles read by range with a high-water mark (load profile, billing, event logs).
     profiles: tuple[ProfileConfig, ...] = ()
     #: Allow the ``disconnect``/``reconnect`` RPCs (the supply relay).
@@ -560,6 +579,18 @@ class _MeterDefaults:
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
     byte_stuffing: bool | None = None
+    security: Security | None = None
+    security_policy: SecurityPolicyName | None = None
+    system_title: str | None = None
+    meter_system_title: str | None = None
+    block_cipher_key: str | None = None
+    block_cipher_key_file: str | None = None
+    block_cipher_key_env: str | None = None
+    authentication_key: str | None = None
+    authentication_key_file: str | None = None
+    authentication_key_env: str | None = None
+    dedicated_key: bool | None = None
+    frame_counter: Obis | None = None
     profiles: list[_ProfileSection] | None = None
     allow_control: bool | None = None
     clock: _ClockSection | None = None
@@ -1313,10 +1344,96 @@ class _Resolver:
             hdlc_window=pick("hdlc_window"),
             byte_stuffing=pick("byte_stuffing"),
             token=token,
+            **self.security(raw, defaults, path, pick, origin, password),
             profiles=profiles,
             allow_control=pick("allow_control"),
             clock=clock,
         )
+
+    def security(
+        self,
+        raw: _MeterSection,
+        defaults: _MeterDefaults,
+        path: str,
+        pick: Callable[[str], Any],
+        origin: Callable[..., str],
+        password: str | None,
+    ) -> dict[str, Any]:
+        """The meter's security keys, checked alone and together (bridge.meter_security)."""
+        keys: dict[str, str | None] = {}
+        for name in ("block_cipher_key", "authentication_key"):
+            names = (name, f"{name}_file", f"{name}_env")
+            if any(getattr(raw, n) is not None for n in names):
+                keys[name] = self.secret(raw, name, path)
+            else:
+                keys[name] = self.secret(defaults, name, "defaults")
+        mechanism = pick("security")
+        policy = pick("security_policy")
+        out: dict[str, Any] = {
+            "security": mechanism,
+            "security_policy": policy,
+            "system_title": pick("system_title"),
+            "meter_system_title": pick("meter_system_title"),
+            "dedicated_key": pick("dedicated_key"),
+            "frame_counter": pick("frame_counter"),
+            **keys,
+        }
+        if mechanism is None:
+            stray = [
+                k
+                for k in ("security_policy", "system_title", "frame_counter")
+                if out[k] is not None
+            ]
+            stray += [k for k in ("block_cipher_key", "authentication_key") if keys[k] is not None]
+            if stray:
+                self.error(origin(stray[0]), 'needs security (e.g. security = "hls-gmac")')
+            return out
+        parsed: dict[str, bytes | None] = {}
+        for name, length in (
+            ("system_title", 8),
+            ("meter_system_title", 8),
+            ("block_cipher_key", 16),
+            ("authentication_key", 16),
+        ):
+            value = out[name]
+            parsed[name] = None
+            if value is None:
+                continue
+            try:
+                parsed[name] = meter_security.parse_hex(value, length, "value")
+            except ValueError as exc:
+                where = (
+                    origin(name)
+                    if name in ("system_title", "meter_system_title")
+                    else (f"{path}.{name}" if self.has_secret(raw, name) else f"defaults.{name}")
+                )
+                self.error(where, str(exc).removeprefix("value: "))
+        options = meter_security.SecurityOptions(
+            mechanism,
+            policy,
+            system_title=parsed["system_title"],
+            meter_system_title=parsed["meter_system_title"],
+            block_cipher_key=parsed["block_cipher_key"]
+            or (b"?" if out["block_cipher_key"] is not None else None),
+            authentication_key=parsed["authentication_key"]
+            or (b"?" if out["authentication_key"] is not None else None),
+            secret=None if password is None else password.encode(),
+            dedicated_key=out["dedicated_key"],
+        )
+        out["security_policy"] = options.policy_name  # the mechanism's default, decided here
+        for key, message in meter_security.check(options):
+            if key in ("block_cipher_key", "authentication_key", "password"):
+                where = (
+                    f"{path}.{key}"
+                    if self.has_secret(raw, key)
+                    else (f"defaults.{key}" if self.has_secret(defaults, key) else f"{path}.{key}")
+                )
+            else:
+                where = (
+                    origin(key) if key in ("security_policy", "dedicated_key") else f"{path}.{key}"
+                )
+            self.error(where, message)
+        return out
 
     def address_size(self, size: Any, logical: int, physical: int, path: str) -> Literal[1, 2, 4]:
         """Decide ``"auto"`` and check that the addresses fit in the size asked for.

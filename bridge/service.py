@@ -303,7 +303,8 @@ class BridgeService:
                     on_alarm=self._on_meter_alarm,
                     set_alarm=self._set_alarm,
                     log_level=cfg.bridge.log_level,
-                    poller_options=self.poller_options,
+                    # The data directory: where secured meters keep their invocation counters.
+                    poller_options={**self.poller_options, "data_dir": cfg.bridge.data_dir},
                 )
                 await nursery.start(self._keep_alive, "workers", self.pool.run)
             else:
@@ -462,6 +463,7 @@ class BridgeService:
                         self._sink,
                         on_alarm=self._on_meter_alarm,
                         rng=random.Random(self._rng.random()),
+                        data_dir=self.config.bridge.data_dir,
                         sink_many=self._sink_many,
                         work_options=work_options,
                         **options,
