@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 
 __all__ = ["meter_config_view", "meter_view", "status_view"]
 
-#: Keys of a meter's config that are secrets: never shown, only whether they are set.
-SECRET_KEYS = ("password", "token")
+#: Keys of a meter's config that are secrets (marked so in bridge.config): never shown, only
+#: whether they are set.
+SECRET_KEYS = tuple(f.name for f in attrs.fields(MeterConfig) if f.metadata.get("secret"))
 
 
 def meter_config_view(meter: MeterConfig) -> dict[str, Any]:
     """A meter's resolved config without its secrets."""
-    out: dict[str, Any] = converter.unstructure(attrs.evolve(meter, password=None, token=None))
+    blanked: dict[str, Any] = dict.fromkeys(SECRET_KEYS)
+    out: dict[str, Any] = converter.unstructure(attrs.evolve(meter, **blanked))
     for key in SECRET_KEYS:
         out.pop(key, None)
         out[f"has_{key}"] = getattr(meter, key) is not None
