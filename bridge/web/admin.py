@@ -14,7 +14,7 @@ import trio
 from bridge.api_meters import ApiMeters, read_document
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, config_from_dict
 from bridge.meter_work import RequestFailed
-from bridge.poller import MeterPoller, endpoint_for
+from bridge.poller import MeterPoller, secured_endpoint_for
 from bridge.session import MeterIOError, MeterSession
 from codec.client import RegisterReading, RegisterSpec
 from codec.errors import ProtocolError
@@ -164,12 +164,15 @@ async def delete_meter(console: Console, name: str) -> None:
     await _apply(console, name, change)
 
 
-async def read_now(meter: MeterConfig, poller: MeterPoller | None = None) -> dict[str, Any]:
+async def read_now(
+    meter: MeterConfig, data_dir: str, poller: MeterPoller | None = None
+) -> dict[str, Any]:
     """Read a meter's registers now; raises AdminError 502/503/504 when that fails.
 
     With the meter's ``poller`` the read runs on the poller's association, between two polls
     (a meter that allows one association at a time refuses a second one); without one (a meter
-    not polled by this process) on an association of its own. The cadence is left alone.
+    not polled by this process) on an association of its own, with the meter's security and
+    its invocation counters in ``data_dir``. The cadence is left alone.
     """
     specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
     timeout = READ_NOW_TIMEOUTS * meter.timeout_s
@@ -179,7 +182,7 @@ async def read_now(meter: MeterConfig, poller: MeterPoller | None = None) -> dic
                 lambda session: session.read_registers(specs), max(READ_NOW_QUEUE_S, timeout)
             )
         else:
-            readings = await _read_alone(meter, specs, timeout)
+            readings = await _read_alone(meter, data_dir, specs, timeout)
     except RequestFailed as exc:
         status = {"timeout": 504, "busy": 503}.get(exc.code, 502)
         raise _error(status, "", str(exc)) from None
@@ -203,9 +206,9 @@ async def read_now(meter: MeterConfig, poller: MeterPoller | None = None) -> dic
 
 
 async def _read_alone(
-    meter: MeterConfig, specs: list[RegisterSpec], timeout: float
+    meter: MeterConfig, data_dir: str, specs: list[RegisterSpec], timeout: float
 ) -> list[RegisterReading]:
-    session = MeterSession(endpoint_for(meter))
+    session = MeterSession(secured_endpoint_for(meter, data_dir))
     with trio.fail_after(timeout):
         try:
             await session.open()

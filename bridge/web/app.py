@@ -176,7 +176,8 @@ def make_app(console: Console) -> Starlette:
     async def read(request: Request) -> Response:
         meter = meter_or_404(request.path_params["name"])
         running = service.meters.get(meter.name)
-        return _json(await read_now(meter, running.poller if running is not None else None))
+        poller = running.poller if running is not None else None
+        return _json(await read_now(meter, service.config.bridge.data_dir, poller))
 
     async def history(request: Request) -> Response:
         name = request.path_params["name"]

@@ -8,9 +8,12 @@ from typing import Any
 
 import trio
 
+from codec.acse import AuthenticationMechanism as M
+from codec.security import SecurityPolicy as P
 from tests.bridge.console_harness import console_config, start_console
 from tests.bridge.mosquitto import Mosquitto
 from tests.bridge.test_run_cli import bridge_process  # noqa: F401 (fixture)
+from tests.security.test_secured_simulator import AK, EK, meter_settings
 
 
 async def one_link_meter(nursery: trio.Nursery, sim: Any, index: int) -> tuple[int, list[int]]:
@@ -72,3 +75,36 @@ async def test_read_now_uses_the_pollers_association(
         10,
         "a further poll",
     )
+
+
+async def test_read_now_of_a_secured_meter_not_being_polled(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    simulator: Any,
+    bridge_process: Any,  # noqa: F811
+) -> None:
+    """A disabled meter is read on an association of its own, with the meter's security
+    (HLS-GMAC, ciphered) and its persisted invocation counter."""
+    _sim, ports = await simulator(
+        meters=1, settings=meter_settings(M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+    )
+    config, web_port = console_config(
+        tmp_path / "bridge.toml",
+        mosquitto,
+        {"s0": ports[0]},
+        data_dir=tmp_path / "data",
+        meter_extra={
+            "s0": {
+                "enabled": False,
+                "security": "hls-gmac",
+                "block_cipher_key": EK.hex(),
+                "authentication_key": AK.hex(),
+            }
+        },
+    )
+    _process, api = await start_console(bridge_process, config, web_port)
+    for _ in range(2):  # the second association must not reuse the first one's counters
+        read = await api.call("POST", "/api/v1/meters/s0/read")
+        assert read.status == 200, read.text
+        assert read.json["values"]["voltage_l1"]["unit"] == "V"
+    assert list((tmp_path / "data" / "counters").glob("s0-*.ic"))
