@@ -101,6 +101,21 @@ async def _apply(console: Console, name: str, change: Callable[[ApiMeters], None
 def _check_body(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _error(400, "(body)", "expected a JSON object: one meter table as in the config")
+    # A secret read from a file or the environment would let a caller send any file the service
+    # can read, or any of its variables (the MQTT token...), to a host of its choosing.
+    sourced = [k for k, v in body.items() if k.endswith(("_file", "_env")) and v is not None]
+    if sourced:
+        raise AdminError(
+            422,
+            [
+                {
+                    "path": key,
+                    "message": "the API takes a secret's value only; _file and _env forms "
+                    "are for the config file",
+                }
+                for key in sourced
+            ],
+        )
     return body
 
 
