@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -59,6 +60,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status after the output pipe closed early, as the shell reports a SIGPIPE death.
+EXIT_SIGPIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -75,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The output was closed early (`| head`): stop quietly with the shell's SIGPIPE status,
+        # and keep Python's final flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":
