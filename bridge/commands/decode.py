@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
                 print("decode: no bytes to decode", file=sys.stderr)
                 return EXIT_BAD_INPUT
             count, stats = _decode_stream(data, args)
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: the CLI ends quietly
     except (ValueError, OSError, ProtocolError) as exc:
         print(f"decode: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
