@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -197,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
         count, hosts = parse_targets(args.targets, force=args.force)
         if not 1 <= args.concurrency <= MAX_CONCURRENCY:
             raise ScanError(f"--concurrency must be 1..{MAX_CONCURRENCY}, not {args.concurrency}")
-        if not args.timeout > 0:
-            raise ScanError("--timeout must be > 0")
+        if not 0 < args.timeout < math.inf:
+            raise ScanError(f"--timeout must be a number of seconds > 0, not {args.timeout:g}")
         credentials = _credentials(args)
     except ScanError as exc:
         print(f"scan: {exc}", file=sys.stderr)
