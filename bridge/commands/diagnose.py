@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -165,8 +166,8 @@ def _plan(
         endpoint = _from_options(args)
     else:
         raise _Usage("say which meter: --config FILE --meter NAME, or --host H --port P")
-    if args.timeout is not None and not args.timeout > 0:
-        raise _Usage("--timeout must be > 0")
+    if args.timeout is not None and not 0 < args.timeout < math.inf:
+        raise _Usage("--timeout must be > 0 and finite")
     if args.idle is not None and not args.idle > 0:
         raise _Usage("--idle must be > 0")
     if args.retries < 0:

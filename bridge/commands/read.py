@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--from and --to go together")
             _parse_time(args.start, "--from")
             _parse_time(args.end, "--to")
+        if not 0 < args.timeout < math.inf:
+            raise ValueError(f"--timeout must be a number of seconds > 0, not {args.timeout:g}")
+        if args.retries < 0:
+            raise ValueError(f"--retries must be >= 0, not {args.retries}")
         if args.password_file is not None and not args.password_file.is_file():
             raise ValueError(f"--password-file: no such file: {args.password_file}")
     except ValueError as exc:
