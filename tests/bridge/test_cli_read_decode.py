@@ -136,10 +136,6 @@ async def test_profile_range(meters: SimulatorPorts) -> None:
         (["--password", "00000000", "1-1:99.99.9"], 5, "object-undefined"),
         (["--password", "00000000", "1-1:99"], 2, "not an OBIS code"),
         (["--password", "00000000"], 2, "nothing to read"),
-        (["--timeout", "nan", "1-1:32.7.0"], 2, "--timeout"),
-        (["--timeout", "inf", "1-1:32.7.0"], 2, "--timeout"),
-        (["--timeout", "-1", "1-1:32.7.0"], 2, "--timeout"),
-        (["--retries", "-1", "1-1:32.7.0"], 2, "--retries"),
     ],
 )
 async def test_read_failures_say_what_went_wrong(

@@ -228,7 +228,8 @@ async def test_bad_input_is_exit_2_with_one_line(capsys: Any) -> None:
     for timeout in ("inf", "nan", "0"):
         argv = ["diagnose", "--host", "127.0.0.1", "--port", "1", "--timeout", timeout]
         assert cli.main(argv) == 2
-        assert capsys.readouterr().err.startswith("diagnose: --timeout must be")
+        err = capsys.readouterr().err
+        assert "--timeout" in err and err.count("\n") == 1
 
 
 # -- the broker side ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ async def test_cli_refuses_a_timeout_that_is_not_a_finite_positive_number(timeou
     with trio.fail_after(10):  # an infinite timeout would wait for ever on a silent listener
         code, out, err = await run_cli("127.0.0.1", "--ports", "4059", "--timeout", timeout)
     assert code == 2 and out == ""
-    assert err.startswith("scan: --timeout must be") and err.count("\n") == 1
+    assert "--timeout" in err and err.count("\n") == 1
 
 
 async def test_cli_refuses_a_name_that_does_not_resolve() -> None:
