@@ -1,10 +1,12 @@
 """The bridge's TOML configuration: attrs models, structured by cattrs, every error with its path.
 
-A config file has five sections (``deploy/bridge.example.toml`` documents every option)::
+A config file has these sections (``deploy/bridge.example.toml`` documents every option)::
 
     [bridge]     instance name, data directory, summaries, log level
     [mqtt]       broker, TLS, credentials, client id, keepalive, QoS
     [publish]    payload mode, pacing, outbox limits
+    [web]        the operators' console: listen address, admin token, local history bounds
+    [alarms]     thresholds of the alarms the service raises itself
     [defaults]   meter settings applied to every [[meters]] entry that does not set them
     [[meters]]   one table per meter
 
@@ -56,6 +58,7 @@ from codec.obis import InvalidObis, Obis
 __all__ = [
     "DEFAULT_DATA_DIR",
     "PRESETS",
+    "AlarmsConfig",
     "BridgeConfig",
     "ClockConfig",
     "ConfigError",
@@ -66,6 +69,7 @@ __all__ = [
     "RegisterConfig",
     "ServiceConfig",
     "TlsConfig",
+    "WebConfig",
     "config_from_dict",
     "config_to_dict",
     "converter",
@@ -95,7 +99,7 @@ Synchronous = Literal["full", "normal"]
 TOPIC_PLACEHOLDERS = ("meter", "bridge")
 
 #: The top-level tables, in the order errors are reported.
-_SECTION_ORDER = ("bridge", "mqtt", "publish", "defaults", "meters")
+_SECTION_ORDER = ("bridge", "mqtt", "publish", "web", "alarms", "defaults", "meters")
 
 M = TypeVar("M")
 S = TypeVar("S")
@@ -315,6 +319,45 @@ METER_DEFAULTS: Mapping[str, Any] = MappingProxyType(_BUILTIN_METER)
 
 
 @attrs.frozen(kw_only=True)
+class WebConfig:
+    """The ``[web]`` section: the operators' console (dashboard, admin API, metrics)."""
+
+    enabled: bool = True
+    #: ``host:port`` to listen on; a loopback address keeps the read-only API open.
+    listen: str = "127.0.0.1:8080"
+    #: The admin token, from ``token_file`` or ``token_env``; ``None``: generated into
+    #: ``<data_dir>/admin-token`` at first start.
+    token: str | None = _secret()
+    #: Local history (``<data_dir>/history.sqlite``): kept this long, and at most this many values.
+    history_max_age_s: float = 7 * 86400.0
+    history_max_rows: int = 2_000_000
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (IPv6 literals without brackets)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@attrs.frozen(kw_only=True)
+class AlarmsConfig:
+    """The ``[alarms]`` section: thresholds of the alarms the service raises itself."""
+
+    #: Window over which rates are computed (seconds).
+    window_s: float = 600.0
+    #: Alarm when fewer than this fraction of the readings taken were published in the window.
+    publish_ratio_min: float = 0.5
+    #: Alarm when a meter's successful cycles fall below this fraction in the window.
+    success_rate_min: float = 0.8
+    #: Alarm when a meter gave no reading for this many of its intervals.
+    no_reading_intervals: int = 5
+    #: Alarm when a meter's link needed more resynchronisations than this per hour.
+    resyncs_per_hour_max: float = 60.0
+    #: Alarm when the outbox holds more than this fraction of its row or byte bound.
+    outbox_high_fraction: float = 0.8
+
+
+@attrs.frozen(kw_only=True)
 class MeterConfig:
     """One meter with ``[defaults]`` merged in and every ``"auto"`` decided."""
 
@@ -365,6 +408,10 @@ class BridgeConfig:
     mqtt: MqttConfig
     publish: PublishConfig = attrs.Factory(PublishConfig)
     meters: tuple[MeterConfig, ...] = ()
+    web: WebConfig = attrs.Factory(WebConfig)
+    alarms: AlarmsConfig = attrs.Factory(AlarmsConfig)
+    #: Names of the meters added or changed through the admin API (kept in the data directory).
+    api_meters: tuple[str, ...] = ()
     #: Where it was read from (a path, or ``"<string>"``), for reloads and messages.
     source: str = "<string>"
 
@@ -435,6 +482,33 @@ class _PublishSection:
     outbox_max_rows: int = _PUBLISH_DEFAULTS.outbox_max_rows
     outbox_max_bytes: int = _PUBLISH_DEFAULTS.outbox_max_bytes
     outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
+
+
+_WEB_DEFAULTS = WebConfig()
+
+
+@attrs.frozen(kw_only=True)
+class _WebSection:
+    enabled: bool = True
+    listen: str = _WEB_DEFAULTS.listen
+    token: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    history_max_age_s: float = _WEB_DEFAULTS.history_max_age_s
+    history_max_rows: int = _WEB_DEFAULTS.history_max_rows
+
+
+_ALARMS_DEFAULTS = AlarmsConfig()
+
+
+@attrs.frozen(kw_only=True)
+class _AlarmsSection:
+    window_s: float = _ALARMS_DEFAULTS.window_s
+    publish_ratio_min: float = _ALARMS_DEFAULTS.publish_ratio_min
+    success_rate_min: float = _ALARMS_DEFAULTS.success_rate_min
+    no_reading_intervals: int = _ALARMS_DEFAULTS.no_reading_intervals
+    resyncs_per_hour_max: float = _ALARMS_DEFAULTS.resyncs_per_hour_max
+    outbox_high_fraction: float = _ALARMS_DEFAULTS.outbox_high_fraction
 
 
 @attrs.frozen(kw_only=True)
@@ -555,6 +629,19 @@ def _host(value: str) -> str | None:
     return problem
 
 
+def _listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"expected host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}"
+    return _host(host.strip("[]"))
+
+
+def _fraction(value: float) -> str | None:
+    if math.isfinite(value) and 0 <= value <= 1:
+        return None
+    return f"must be between 0 and 1, got {value}"
+
+
 def _register_key(value: str) -> str | None:
     if _KEY_RE.fullmatch(value) is None:
         return f"must be letters, digits, '_', '.' or '-', got {value!r}"
@@ -602,6 +689,13 @@ _CHECKS: dict[str, Check] = {
     **dict.fromkeys(("backfill_hours", "chunk_hours"), _profile_hours),
     "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
+    "listen": _listen,
+    "history_max_age_s": _positive,
+    "window_s": _positive,
+    "resyncs_per_hour_max": _positive,
+    "history_max_rows": _in_range(1000, 2**40),
+    "no_reading_intervals": _in_range(1, 1_000_000),
+    **dict.fromkeys(("publish_ratio_min", "success_rate_min", "outbox_high_fraction"), _fraction),
     "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
     "max_bytes_per_s": _in_range(256, 2**40),
     "max_readings_per_message": _in_range(1, 100_000),
@@ -1015,6 +1109,20 @@ class _Resolver:
             outbox_synchronous=section.outbox_synchronous,
         )
 
+    def web(self, section: _WebSection) -> WebConfig:
+        self.check_fields(section, "web")
+        return WebConfig(
+            enabled=section.enabled,
+            listen=section.listen,
+            token=self.secret(section, "token", "web"),
+            history_max_age_s=section.history_max_age_s,
+            history_max_rows=section.history_max_rows,
+        )
+
+    def alarms(self, section: _AlarmsSection) -> AlarmsConfig:
+        self.check_fields(section, "alarms")
+        return AlarmsConfig(**attrs.asdict(section))
+
     def registers(self, value: _Registers, path: str) -> tuple[RegisterConfig, ...]:
         if isinstance(value, str):
             preset = PRESETS.get(value)
@@ -1367,6 +1475,8 @@ def config_from_dict(
     bridge_s = resolver.structure(document.get("bridge", {}), _BridgeSection, "bridge")
     mqtt_s = resolver.structure(document.get("mqtt", {}), _MqttSection, "mqtt")
     publish_s = resolver.structure(document.get("publish", {}), _PublishSection, "publish")
+    web_s = resolver.structure(document.get("web", {}), _WebSection, "web")
+    alarms_s = resolver.structure(document.get("alarms", {}), _AlarmsSection, "alarms")
     defaults_s = resolver.structure(document.get("defaults", {}), _MeterDefaults, "defaults")
     raw_meters = document.get("meters", [])
     if not isinstance(raw_meters, list):
@@ -1384,6 +1494,8 @@ def config_from_dict(
     service = resolver.service(bridge_s or _BridgeSection())
     mqtt = None if mqtt_s is None else resolver.mqtt(mqtt_s, service, mode)
     publish = None if publish_s is None else resolver.publish(publish_s)
+    web = None if web_s is None else resolver.web(web_s)
+    alarms = None if alarms_s is None else resolver.alarms(alarms_s)
     meters: list[MeterConfig | None] = []
     if defaults_s is None:
         for i, raw in enumerate(meter_sections):
@@ -1407,10 +1519,16 @@ def config_from_dict(
     resolved = [m for m in meters if m is not None]
     if len(resolved) == len(raw_meters):
         _check_meters(resolved, mode, resolver)
-    if resolver.errors or mqtt is None or publish is None:
+    if resolver.errors or mqtt is None or publish is None or web is None or alarms is None:
         raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
     return BridgeConfig(
-        bridge=service, mqtt=mqtt, publish=publish, meters=tuple(resolved), source=source
+        bridge=service,
+        mqtt=mqtt,
+        publish=publish,
+        meters=tuple(resolved),
+        web=web,
+        alarms=alarms,
+        source=source,
     )
 
 

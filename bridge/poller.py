@@ -172,6 +172,8 @@ class MeterPoller:
         ]
         self.attribute_keys = frozenset(r.key for r in meter.attributes)
         self.stats = PollerStats()
+        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.
+        self.units: dict[str, str | None] = {}
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
         self._next_attempt = -math.inf
@@ -309,6 +311,12 @@ class MeterPoller:
             self._failed(exc)
             return False
         reading = self._reading(readings, started_ms)
+        if len(self.units) < len(reading.values):
+            self.units.update(
+                (r.spec.name, r.unit.symbol if r.unit is not None else None)
+                for r in readings
+                if r.ok
+            )
         stats.register_errors += len(reading.errors)
         for key, error in reading.errors.items():
             log_event(
