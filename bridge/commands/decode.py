@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         if args.pcap is None and not total:
             print("decode: no bytes to decode", file=sys.stderr)
             return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: the CLI ends quietly
     except OSError as exc:
         where = args.file or args.pcap or "stdin"
         print(f"decode: {where}: {exc.strerror or exc}", file=sys.stderr)
