@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: Exit code for bad input (usage, bad data, bad config).
 EXIT_USAGE = 2
 
+#: Exit code when the reader of stdout went away (``| head``): 128 + SIGPIPE, as a Unix tool.
+EXIT_BROKEN_PIPE = 141
+
 
 class _Parser(argparse.ArgumentParser):
     """Reports bad arguments in one line (what is wrong, where help is) and exits with 2."""
@@ -60,12 +63,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
-#: Exit status after the output pipe closed early, as the shell reports a SIGPIPE death.
-EXIT_SIGPIPE = 128 + 13
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout is gone: stop quietly, and keep the interpreter's final flush of
+        # what is still buffered from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     try:
@@ -80,12 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # The output was closed early (`| head`): stop quietly with the shell's SIGPIPE status,
-        # and keep Python's final flush of stdout from failing again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":

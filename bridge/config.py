@@ -174,6 +174,8 @@ PRESETS: dict[str, tuple[RegisterConfig, ...]] = {
 PROFILE_BACKFILL_HOURS = 168.0
 PROFILE_EVERY_S = 900.0
 PROFILE_CHUNK_HOURS = 24.0
+#: Largest backfill_hours and chunk_hours: ten years, far more than any meter keeps.
+PROFILE_MAX_HOURS = 87_600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -625,6 +627,12 @@ def _in_range(lo: int, hi: int) -> Check:
     return check
 
 
+def _profile_hours(value: float) -> str | None:
+    if 0 < value <= PROFILE_MAX_HOURS:
+        return None
+    return f"must be more than 0 and at most {PROFILE_MAX_HOURS:g} (10 years), got {value}"
+
+
 def _positive(value: float) -> str | None:
     if math.isfinite(value) and value > 0:
         return None
@@ -703,15 +711,14 @@ _CHECKS: dict[str, Check] = {
             "timeout_s",
             "inactivity_timeout_s",
             "max_messages_per_s",
-            "backfill_hours",
             "every_s",
-            "chunk_hours",
             "drift_alarm_s",
             "sync_threshold_s",
             "sync_max_s",
         ),
         _positive,
     ),
+    **dict.fromkeys(("backfill_hours", "chunk_hours"), _profile_hours),
     "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
     "listen": _listen,

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             print("decode: no bytes to decode", file=sys.stderr)
             return EXIT_BAD_INPUT
     except BrokenPipeError:
-        raise  # our output was closed (`| head`), not our input: the CLI stops quietly
+        raise  # the reader of stdout is gone: the CLI ends quietly
     except OSError as exc:
         where = args.file or args.pcap or "stdin"
         print(f"decode: {where}: {exc.strerror or exc}", file=sys.stderr)
