@@ -386,8 +386,9 @@ def run_bridge(
     log_path = work / f"bridge-{meters}.log"
     log_file = log_path.open("wb")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg)],
+        [sys.executable, *profile, "-m", "bridge.cli", "run", "-c", str(cfg)],
         cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     tail = LogTail(log_path)
@@ -730,6 +731,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--work", type=Path, help="keep configs and logs in this directory")
     parser.add_argument("--png", type=Path, help="plot (default: next to --json)")
+    parser.add_argument(
+        "--profile", type=Path, help="run the bridge under cProfile, stats to this file"
+    )
     parser.add_argument("--gurux-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

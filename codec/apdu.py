@@ -845,8 +845,36 @@ _ENCODERS: dict[type, Callable[[_Writer, Any], None]] = {
 }
 
 
+#: Encoded GET-with-list requests by the identity of their item tuple (kept here, so the id
+#: cannot be reused while cached): a poller sends the same list every cycle, and only the
+#: invoke-id byte (offset 2) differs. Bounded; emptied when full.
+_LIST_REQUESTS: dict[int, tuple[tuple[object, ...], bytes]] = {}
+_LIST_REQUESTS_MAX = 4096
+
+
+def _encode_get_with_list(apdu: GetRequestWithList) -> bytes:
+    items = apdu.items
+    cached = _LIST_REQUESTS.get(id(items))
+    if cached is None or cached[0] is not items:
+        w = _Writer()
+        _enc_get_request_with_list(w, apdu)
+        if len(_LIST_REQUESTS) >= _LIST_REQUESTS_MAX:
+            _LIST_REQUESTS.clear()
+        _LIST_REQUESTS[id(items)] = (items, bytes(w.out))
+        return bytes(w.out)
+    encoded = cached[1]
+    return encoded[:2] + bytes((apdu.invoke.to_byte(),)) + encoded[3:]
+
+
 def encode_apdu(apdu: Apdu) -> bytes:
     """Encode any APDU of this module or of :mod:`codec.acse`."""
+    if type(apdu) is GetRequestWithList:
+        try:
+            return _encode_get_with_list(apdu)
+        except ValueError as exc:  # as below
+            raise EncodeError(
+                f"cannot encode {type(apdu).__name__}: {exc}", code="apdu.bad_value"
+            ) from exc
     encoder = _ENCODERS.get(type(apdu))
     if encoder is None:
         from codec import acse

@@ -74,7 +74,7 @@ def decode_get_with_list(buf: bytes) -> tuple[int, tuple[Data, ...]] | None:
                 return None
             results.append(Data(t, fmt.unpack_from(buf, pos)[0]))
             pos = after
-        elif tag == _OCTET_STRING or tag == _VISIBLE_STRING:
+        elif tag in (_OCTET_STRING, _VISIBLE_STRING):
             if pos >= end:
                 return None
             size = buf[pos]

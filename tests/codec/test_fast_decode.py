@@ -36,8 +36,10 @@ def same(a: object, b: object) -> bool:
             both_nan = math.isnan(a.value) and math.isnan(b.value)
             return a.type is b.type and (both_nan or a.value == b.value)
         if isinstance(a.value, tuple) and isinstance(b.value, tuple):
-            return a.type is b.type and len(a.value) == len(b.value) and all(
-                same(x, y) for x, y in zip(a.value, b.value, strict=True)
+            return (
+                a.type is b.type
+                and len(a.value) == len(b.value)
+                and all(same(x, y) for x, y in zip(a.value, b.value, strict=True))
             )
         return a == b
     return a == b
