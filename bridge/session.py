@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from bridge.config import METER_DEFAULTS
+from bridge.fast_io import receive_some, send_now
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
     Associated,
@@ -319,7 +320,9 @@ class MeterSession:
     async def _send(self, data: bytes) -> None:
         assert self.stream is not None
         try:
-            await self.stream.send_all(data)
+            sent = send_now(self.stream, data)  # a request fits the socket buffer: no wait
+            if sent < len(data):
+                await self.stream.send_all(data[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_sent += len(data)
@@ -361,7 +364,7 @@ class MeterSession:
     async def _receive(self) -> bytes:
         assert self.stream is not None
         try:
-            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            data = await receive_some(self.stream, _RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_received += len(data)
