@@ -51,8 +51,7 @@ async def test_a_peer_that_went_away_is_an_os_error() -> None:
     a, b = socket_pair()
     await b.aclose()
     with pytest.raises(OSError):
-        for _ in range(3):
-            send_now(a, b"x" * 1000)
+        send_now(a, b"x")
     await a.aclose()
 
 
