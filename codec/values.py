@@ -324,7 +324,10 @@ def _scale(raw: int | float, scaler: int) -> int | float:
         if scaler >= 0:
             result: int = raw * 10**scaler
             return result
-        return float(Decimal(raw).scaleb(scaler))
+        # int / int is correctly rounded in CPython: the float nearest to the exact quotient,
+        # which is what rounding the exact Decimal gives, at a fraction of its cost.
+        divisor: int = 10**-scaler
+        return raw / divisor
     return float(Decimal(repr(raw)).scaleb(scaler))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 
 import pytest
 from hypothesis import example, given, settings
@@ -138,3 +139,29 @@ def test_anything_that_decodes_converts(raw: bytes) -> None:
         assert converted.ok, converted
         json.dumps(converted.value, allow_nan=False)
     assert encode_data(data)  # what decodes, encodes
+
+
+@given(
+    st.sampled_from(
+        [
+            (DataType.INTEGER, -(2**7), 2**7 - 1),
+            (DataType.LONG_UNSIGNED, 0, 2**16 - 1),
+            (DataType.DOUBLE_LONG, -(2**31), 2**31 - 1),
+            (DataType.DOUBLE_LONG_UNSIGNED, 0, 2**32 - 1),
+            (DataType.LONG64, -(2**63), 2**63 - 1),
+            (DataType.LONG64_UNSIGNED, 0, 2**64 - 1),
+        ]
+    ).flatmap(lambda t: st.tuples(st.just(t[0]), st.integers(t[1], t[2]))),
+    st.integers(-128, -1),
+)
+@example((DataType.LONG_UNSIGNED, 13), -1)
+@example((DataType.DOUBLE_LONG_UNSIGNED, 2**32 - 1), -9)
+def test_a_scaled_integer_is_the_float_nearest_the_exact_decimal(
+    typed: tuple[DataType, int], scaler: int
+) -> None:
+    """The scaled value of an integer register is the exact decimal ``raw * 10**scaler``
+    rounded once to a float (what ``Decimal`` gives), for every integer type and scaler."""
+    t, raw = typed
+    converted = convert(Data(t, raw), scaler=scaler)
+    assert converted.value == float(Decimal(raw).scaleb(scaler))
+    assert type(converted.value) is float
