@@ -363,6 +363,7 @@ class DlmsClient:
         # Every scaler of these registers is known now (or known to be unreadable) and stays
         # so for the association: later reads of the same list reuse all of it.
         self._plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+        self._list_request = None  # the next request is built from the plan's own descriptors
         return [
             self._convert(spec, result, how)
             for spec, result, how in zip(specs, results[n_scalers:], conversions, strict=True)
@@ -377,10 +378,14 @@ class DlmsClient:
     def _conversion(self, spec: RegisterSpec) -> _Conversion:
         """How to convert the value of ``spec``: the scaler_unit (or why it is unreadable),
         the value context and the enum names; fixed once the scaler is known."""
+        scaler = self.scalers.get((spec.class_id, spec.obis))
+        applies = isinstance(scaler, ScalerUnit) and spec.attribute == 2
         return (
-            self.scalers.get((spec.class_id, spec.obis)),
+            scaler,
             values.context_for(spec.class_id, spec.obis, spec.attribute),
             values.ENUM_NAMES.get((spec.class_id, spec.attribute)),
+            scaler.scaler if applies and isinstance(scaler, ScalerUnit) else None,
+            scaler.unit_info if applies and isinstance(scaler, ScalerUnit) else None,
         )
 
     def _convert(
@@ -395,7 +400,7 @@ class DlmsClient:
             )
         if isinstance(result, MalformedResult):
             return RegisterReading(spec, error=result.message, error_code=result.code)
-        scaler, context, enum_names = how
+        scaler, context, enum_names, scaler_value, unit = how
         if isinstance(scaler, str):
             return RegisterReading(
                 spec,
@@ -403,12 +408,11 @@ class DlmsClient:
                 error=f"scaler_unit unreadable: {scaler}",
                 error_code="register.scaler_unit",
             )
-        applies = scaler is not None and spec.attribute == 2
+        number = values.convert_integer(result, scaler_value)
+        if number is not None:
+            return RegisterReading(spec, number, result, scaler_value, unit)
         converted = values.convert(
-            result,
-            context=context,
-            scaler=scaler.scaler if applies and scaler is not None else None,
-            enum_names=enum_names,
+            result, context=context, scaler=scaler_value, enum_names=enum_names
         )
         if not converted.ok:
             return RegisterReading(
@@ -418,8 +422,8 @@ class DlmsClient:
             spec,
             converted.value,
             result,
-            scaler.scaler if applies and scaler is not None else None,
-            scaler.unit_info if applies and scaler is not None else None,
+            scaler_value,
+            unit,
             quality=converted.quality,
             label=converted.label,
         )
@@ -511,8 +515,15 @@ class DlmsClient:
         return ProfileData(columns, units, tuple(rows))
 
 
-#: How a register's value is converted: scaler_unit (or why it is unreadable), context, enums.
-_Conversion = tuple[ScalerUnit | str | None, values.ValueContext, dict[int, str] | None]
+#: How a register's value is converted: scaler_unit (or why it is unreadable), context, enums,
+#: The scaler and unit are the ones that apply (the value attribute of a register), or None.
+_Conversion = tuple[
+    ScalerUnit | str | None,
+    values.ValueContext,
+    dict[int, str] | None,
+    int | None,
+    Unit | None,
+]
 
 
 @attrs.frozen
