@@ -49,6 +49,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from bridge.outbox import DEFAULT_SPILL_MAX_BYTES
 from codec.obis import InvalidObis, Obis
 
 __all__ = [
@@ -217,6 +218,8 @@ class PublishConfig:
     outbox_max_rows: int = 1_000_000
     outbox_max_bytes: int = 256 * 1024 * 1024
     outbox_synchronous: Synchronous = "full"
+    #: Readings kept in memory (payload bytes) while the outbox cannot write (disk full).
+    outbox_spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
 
 
 @attrs.frozen(kw_only=True)
@@ -328,6 +331,7 @@ class _PublishSection:
     outbox_max_rows: int = _PUBLISH_DEFAULTS.outbox_max_rows
     outbox_max_bytes: int = _PUBLISH_DEFAULTS.outbox_max_bytes
     outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
+    outbox_spill_max_bytes: int = _PUBLISH_DEFAULTS.outbox_spill_max_bytes
 
 
 @attrs.frozen(kw_only=True)
@@ -480,6 +484,7 @@ _CHECKS: dict[str, Check] = {
     "max_readings_per_message": _in_range(1, 100_000),
     "outbox_max_rows": _in_range(100, 2**40),
     "outbox_max_bytes": _in_range(65_536, 2**50),
+    "outbox_spill_max_bytes": _in_range(65_536, 2**34),
     "key": _register_key,
     "class_id": _in_range(1, 65535),
     "attribute": _in_range(1, 127),
@@ -869,6 +874,7 @@ class _Resolver:
             outbox_max_rows=section.outbox_max_rows,
             outbox_max_bytes=section.outbox_max_bytes,
             outbox_synchronous=section.outbox_synchronous,
+            outbox_spill_max_bytes=section.outbox_spill_max_bytes,
         )
 
     def registers(self, value: _Registers, path: str) -> tuple[RegisterConfig, ...]:

@@ -74,6 +74,9 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: Rows delivered but not yet deleted (the outbox could not write) that are remembered so that
+#: they are not sent again; beyond this many, delivery pauses until the deletes succeed.
+_MAX_UNDELETED = 100_000
 _LATENCY_SAMPLES = 4096
 
 
@@ -359,6 +362,8 @@ class Publisher:
         self._online: dict[str, bool] = {}
         self._delivered = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Row ids acknowledged by the broker whose delete failed (the outbox cannot write).
+        self._undeleted: set[int] = set()
         if settings.mode is PublishMode.DEVICE:
             if mqtt is not None:
                 raise ValueError("publisher in device mode takes `devices`, not `mqtt`")
@@ -444,7 +449,7 @@ class Publisher:
         """Keep delivering until the outbox is empty or the Trio clock reaches `deadline`;
         True if it emptied. `run` must be running."""
         with trio.move_on_at(deadline):
-            while self.outbox.depth()[0] > 0:
+            while self.outbox.depth()[0] > len(self._undeleted):
                 await self._delivered.wait()
             return True
         return False
@@ -526,6 +531,10 @@ class Publisher:
                 appended = self.outbox.appended
                 try:
                     await self._send_control(lane, in_flight)
+                    if not await self._retry_deletes():
+                        # Far too much delivered and not deleted: wait for the outbox.
+                        await trio.sleep(_RETRY_DELAY)
+                        continue
                     rows = await self.outbox.peek(
                         self.settings.batch_rows, meter=lane.meter, after_id=cursor
                     )
@@ -535,7 +544,11 @@ class Publisher:
                 if not rows:
                     await _wait_any(appended, lane.wake, lane.client)
                     continue
-                for message in self._messages(lane, rows):
+                fresh = [row for row in rows if row.id not in self._undeleted]
+                if not fresh:
+                    cursor = rows[-1].id
+                    continue
+                for message in self._messages(lane, fresh):
                     try:
                         await self._send(lane, message, in_flight)
                     except (PublishError, OutboxError) as exc:
@@ -666,15 +679,35 @@ class Publisher:
                 self.stats.control_messages += 1
                 return
             # Delete even if we are being cancelled right now: the broker has the readings.
+            ids = [row.id for row in message.rows]
             with trio.CancelScope(shield=True):
                 try:
-                    await self.outbox.delete([row.id for row in message.rows])
+                    await self.outbox.delete(ids)
                 except OutboxError as exc:
-                    self._fail(lane, in_flight, exc)
-                    return
+                    if not exc.disk:
+                        self._fail(lane, in_flight, exc)
+                        return
+                    # Delivered, but the outbox cannot write: remember them rather than send
+                    # them again; they are deleted once it can (the writer's alarm says so).
+                    self._undeleted.update(ids)
             self._record_delivery(message.rows)
         finally:
             lane.window.release()
+
+    async def _retry_deletes(self) -> bool:
+        """Delete rows delivered earlier whose delete failed; False while too many wait."""
+        if not self._undeleted:
+            return True
+        ids = sorted(self._undeleted)
+        try:
+            await self.outbox.delete(ids)
+        except OutboxError as exc:
+            if not exc.disk:
+                raise
+            return len(self._undeleted) < _MAX_UNDELETED
+        self._undeleted.difference_update(ids)
+        self._notify_delivered()
+        return True
 
     async def _drop_undeliverable(self, message: Message, why: str) -> None:
         # Kept, such a row would stall its meter's delivery for good; say so loudly instead.

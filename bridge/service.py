@@ -179,7 +179,11 @@ class BridgeService:
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         cfg = self.config
         assert self.outbox is not None
-        self.writer = OutboxWriter(self.outbox)
+        self.writer = OutboxWriter(
+            self.outbox,
+            spill_max_bytes=cfg.publish.outbox_spill_max_bytes,
+            on_alarm=self._set_alarm,
+        )
         if cfg.publish.mode == "device":
             devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
             self.publisher = Publisher(self.outbox, publisher_settings(cfg), devices=devices)
@@ -458,7 +462,6 @@ class BridgeService:
                 **stats,
             }
         publisher = self.publisher
-        outbox = self.outbox
         return {
             "name": self.config.bridge.name,
             "uptime_s": time.time() - self.started_at,
@@ -468,14 +471,28 @@ class BridgeService:
                 str(k): {"connected": c.connected, "alarms": sorted(c.alarms)}
                 for k, c in (publisher.clients.items() if publisher is not None else [])
             },
-            "outbox": (
-                dict(zip(("rows", "bytes"), outbox.depth(), strict=True))
-                if outbox is not None
-                else {}
-            ),
+            "outbox": self._outbox_state(),
             "alarms": self.all_alarms(),
             "reloads": self.reloads,
         }
+
+    def _outbox_state(self) -> dict[str, Any]:
+        if self.outbox is None:
+            return {}
+        rows, nbytes = self.outbox.depth()
+        state: dict[str, Any] = {"rows": rows, "bytes": nbytes, "writable": True}
+        writer = self.writer
+        if writer is not None:
+            spill_rows, spill_bytes = writer.spill_depth()
+            state.update(
+                writable=writer.writable,
+                problem=writer.problem,
+                spill_rows=spill_rows,
+                spill_bytes=spill_bytes,
+                spilled=writer.stats.spilled,
+                spill_dropped=writer.stats.spill_dropped,
+            )
+        return state
 
     def all_alarms(self) -> dict[str, str]:
         """Alarms of the meters, the MQTT connections and the outbox."""
@@ -491,7 +508,10 @@ class BridgeService:
     def _status_line(self) -> str:
         ok = sum(1 for r in self.meters.values() if self.online.get(r.meter.name))
         rows = self.outbox.depth()[0] if self.outbox is not None else 0
-        return f"{ok}/{len(self.meters)} meters online, outbox {rows} rows"
+        line = f"{ok}/{len(self.meters)} meters online, outbox {rows} rows"
+        if self.writer is not None and not self.writer.writable:
+            line += f", OUTBOX CANNOT WRITE ({self.writer.spill_depth()[0]} readings in memory)"
+        return line
 
     async def _summaries(self) -> None:
         interval = self.config.bridge.summary_interval_s
@@ -525,6 +545,15 @@ class BridgeService:
             published_delta, published_before = published - published_before, published
             latencies.sort()
             rows = self.outbox.depth()[0] if self.outbox is not None else 0
+            writer = self.writer
+            spill: dict[str, Any] = {}
+            if writer is not None and (not writer.writable or writer.stats.spilled):
+                spill = {
+                    "outbox_writable": writer.writable,
+                    "spill_rows": writer.spill_depth()[0],
+                    "spilled": writer.stats.spilled,
+                    "spill_dropped": writer.stats.spill_dropped,
+                }
             log_event(
                 log, logging.INFO, "summary",
                 cycles=cycles,
@@ -534,6 +563,7 @@ class BridgeService:
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
                 meters_online=sum(1 for v in self.online.values() if v),
                 meters=len(self.meters), alarms=len(self.all_alarms()),
+                **spill,
             )  # fmt: skip
             self._notify(status=self._status_line())
 
