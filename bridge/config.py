@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -83,6 +84,20 @@ PublishMode = Literal["gateway", "device", "topic"]
 PayloadFormat = Literal["thingsboard", "flat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
+
+#: Longest string MQTT can carry in a packet field (client id, user name, password, topic).
+MQTT_STRING_MAX = 65_535
+#: Longest low-level-security password of a meter (bytes of UTF-8).
+METER_PASSWORD_MAX = 255
+#: Host names: a label of at most 63 characters, the name at most 253 (ASCII form).
+HOST_LABEL_MAX = 63
+HOST_NAME_MAX = 253
+#: Deepest nesting of arrays and tables a config may have.
+MAX_NESTING = 32
+#: Largest secret file read (a token or password is far smaller).
+_SECRET_FILE_MAX = 4 * MQTT_STRING_MAX
+#: Keys whose values are secrets: never quoted in an error.
+SECRET_KEYS = frozenset({"token", "password"})
 
 #: Placeholders allowed in ``publish.topic``.
 TOPIC_PLACEHOLDERS = ("meter", "bridge")
@@ -190,6 +205,8 @@ class MqttConfig:
     password: str | None = _secret()
     keepalive: int = 60
     qos: Literal[0, 1] = 1
+    #: Where the token (or the password) came from, e.g. ``file /etc/x (mqtt.token_file)``.
+    credential_source: str | None = None
 
     @property
     def auth_username(self) -> str | None:
@@ -250,6 +267,8 @@ class MeterConfig:
     byte_stuffing: bool = False
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
+    #: Where the token came from, e.g. ``environment variable M1_TOKEN (meters[0].token_env)``.
+    token_source: str | None = None
 
     @property
     def address(self) -> str:
@@ -417,11 +436,33 @@ def _positive(value: float) -> str | None:
 
 
 def _non_empty(value: str) -> str | None:
+    # Never quote the value: it may be a token or a password.
     if not value.strip():
         return "must not be empty"
-    if any(not ch.isprintable() for ch in value):
-        return f"must not contain control characters, got {value!r}"
+    for position, ch in enumerate(value, 1):
+        if not ch.isprintable():
+            return f"contains a control character at position {position}"
     return None
+
+
+def _mqtt_string(value: str) -> str | None:
+    """A string that goes into an MQTT packet field: 65,535 bytes of UTF-8 at most."""
+    problem = _non_empty(value)
+    if problem is None:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            return f"is not valid Unicode (a lone surrogate at position {exc.start + 1})"
+        if size > MQTT_STRING_MAX:
+            problem = f"is {size} bytes of UTF-8, more than MQTT allows ({MQTT_STRING_MAX})"
+    return problem
+
+
+def _meter_password(value: str) -> str | None:
+    problem = _non_empty(value)
+    if problem is None and len(value.encode("utf-8", "surrogatepass")) > METER_PASSWORD_MAX:
+        problem = f"must be at most {METER_PASSWORD_MAX} bytes"
+    return problem
 
 
 def _name(value: str) -> str | None:
@@ -432,10 +473,45 @@ def _name(value: str) -> str | None:
 
 
 def _host(value: str) -> str | None:
+    """An IP address or a host name that the resolver can take (IDNA rules)."""
     problem = _non_empty(value)
-    if problem is None and any(ch.isspace() for ch in value):
-        problem = f"not a host name or address: {value!r}"
-    return problem
+    if problem is not None:
+        return problem
+    if any(ch.isspace() for ch in value):
+        return f"not a host name or address: {_show(value)}"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if ":" in value:
+        return f"not a host name or IPv6 address: {_show(value)}"
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    for index, label in enumerate(labels, 1):
+        if not label:
+            return f"host name {_show(value)} has an empty label"
+        try:
+            encoded = label.encode("idna")
+        except UnicodeError:
+            if len(label) > HOST_LABEL_MAX:
+                return (
+                    f"host name label {index} is {len(label)} characters long, "
+                    f"more than {HOST_LABEL_MAX}"
+                )
+            return f"host name label {index} is not valid under IDNA rules: {_show(label)}"
+        if len(encoded) > HOST_LABEL_MAX:
+            return (
+                f"host name label {index} is {len(encoded)} characters long in ASCII form, "
+                f"more than {HOST_LABEL_MAX}"
+            )
+    try:
+        total = len(name.encode("idna"))
+    except UnicodeError:
+        return f"not a valid host name under IDNA rules: {_show(value)}"
+    if total > HOST_NAME_MAX:
+        return f"host name is {total} characters long in ASCII form, more than {HOST_NAME_MAX}"
+    return None
 
 
 def _register_key(value: str) -> str | None:
@@ -456,18 +532,15 @@ _CHECKS: dict[str, Check] = {
             "ca_file",
             "cert_file",
             "key_file",
-            "token",
             "token_file",
             "token_env",
-            "username",
-            "password",
             "password_file",
             "password_env",
-            "client_id",
-            "topic",
         ),
         _non_empty,
     ),
+    # Strings that go into MQTT packets; the meters' password is checked in _Resolver.
+    **dict.fromkeys(("token", "username", "password", "client_id", "topic"), _mqtt_string),
     **dict.fromkeys(
         (
             "summary_interval_s",
@@ -502,7 +575,14 @@ _CHECKS: dict[str, Check] = {
 
 
 class _Invalid(ValueError):
-    """A value of the wrong type or form; its message is shown as is, after the path."""
+    """A value of the wrong type or form; its message is shown as is, after the path.
+
+    `masked` is the message to show when the value is a secret (it never quotes the value).
+    """
+
+    def __init__(self, message: str, *, masked: str | None = None) -> None:
+        super().__init__(message)
+        self.masked = masked or message.rsplit(", got ", 1)[0]
 
 
 def _show(value: Any) -> str:
@@ -524,7 +604,10 @@ def _structure_float(value: Any, _: Any) -> float:
 
 def _structure_str(value: Any, _: Any) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {_show(value)}")
+        raise _Invalid(
+            f"expected a string, got {_show(value)}",
+            masked=f"expected a string, got a value of type {type(value).__name__}",
+        )
     return value
 
 
@@ -657,7 +740,8 @@ def _cattrs_errors(exc: BaseException, path: str) -> Iterator[str]:
         for key in sorted(exc.extra_fields):
             yield f"{_join(path, key)}: {_unknown_key(key, known)}"
     elif isinstance(exc, _Invalid):
-        yield f"{path or '<top>'}: {exc}"
+        secret = path.rsplit(".", 1)[-1] in SECRET_KEYS
+        yield f"{path or '<top>'}: {exc.masked if secret else exc}"
     elif isinstance(exc, KeyError):
         yield f"{path}: required key missing"
     else:
@@ -688,6 +772,8 @@ class _Resolver:
     env: Mapping[str, str]
     base_dir: Path
     errors: list[str] = attrs.Factory(list)
+    #: Where each secret came from, by (section path, field): for messages, never the value.
+    sources: dict[tuple[str, str], str] = attrs.Factory(dict)
 
     def error(self, path: str, message: str) -> None:
         line = f"{path}: {message}"
@@ -745,8 +831,13 @@ class _Resolver:
             self.error(path, f"cannot read {resolved}: {exc.strerror or exc}")
         return resolved
 
-    def secret(self, section: Any, field: str, path: str) -> str | None:
-        """Resolve ``field``, ``field_file`` or ``field_env``: at most one may be given."""
+    def secret(self, section: Any, field: str, path: str, check: Check | None = None) -> str | None:
+        """Resolve ``field``, ``field_file`` or ``field_env``: at most one may be given.
+
+        The value is checked with ``check`` (whatever its source) and where it came from is
+        kept in :attr:`sources` under ``(path, field)``, for messages that must name the
+        credential without showing it.
+        """
         sources = [
             (f"{field}{suffix}", getattr(section, f"{field}{suffix}"))
             for suffix in ("", "_file", "_env")
@@ -760,23 +851,46 @@ class _Resolver:
             return None
         name, value = given[0]
         where = _join(path, name)
+        secret: str | None
         if name == field:
-            return str(value)
-        if name.endswith("_env"):
+            secret = str(value)
+            source = f"{where} in the config file"
+        elif name.endswith("_env"):
             secret = self.env.get(value)
             if secret is None:
                 self.error(where, f"environment variable {value} is not set")
             elif not secret:
                 self.error(where, f"environment variable {value} is empty")
-            return secret or None
-        resolved = self.path(value)
+            secret = secret or None
+            source = f"environment variable {value} ({where})"
+        else:
+            resolved = self.path(value)
+            secret = self.read_secret(where, resolved)
+            source = f"file {resolved} ({where})"
+        if secret is None:
+            return None
+        problem = None if check is None else check(secret)
+        if problem is not None:
+            self.error(where, problem)
+        self.sources[(path, field)] = source
+        return secret
+
+    def read_secret(self, where: str, resolved: str) -> str | None:
+        """A secret file's text (one trailing newline dropped); None, reported, if unusable."""
         try:
-            with open(resolved, encoding="utf-8") as f:
-                # One trailing newline is what editors and `echo` add, never part of a secret.
-                secret = f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            self.error(where, f"cannot read {resolved}: {reason or exc}")
+            with open(resolved, "rb") as f:
+                raw = f.read(_SECRET_FILE_MAX + 1)
+        except OSError as exc:
+            self.error(where, f"cannot read {resolved}: {exc.strerror or exc}")
+            return None
+        if len(raw) > _SECRET_FILE_MAX:
+            self.error(where, f"{resolved} is larger than {_SECRET_FILE_MAX} bytes")
+            return None
+        try:
+            # One trailing newline is what editors and `echo` add, never part of a secret.
+            secret = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            self.error(where, f"cannot read {resolved}: not UTF-8 text (byte {exc.start + 1})")
             return None
         if not secret:
             self.error(where, f"{resolved} is empty")
@@ -817,8 +931,8 @@ class _Resolver:
             )
         elif section.tls:
             tls = TlsConfig()
-        token = self.secret(section, "token", "mqtt")
-        password = self.secret(section, "password", "mqtt")
+        token = self.secret(section, "token", "mqtt", _mqtt_string)
+        password = self.secret(section, "password", "mqtt", _mqtt_string)
         if token is not None and section.username is not None:
             self.error("mqtt.username", "not used with a token (the token is the user name)")
         if password is not None and section.username is None:
@@ -842,6 +956,9 @@ class _Resolver:
             password=password,
             keepalive=section.keepalive,
             qos=section.qos,
+            credential_source=self.sources.get(
+                ("mqtt", "token") if token is not None else ("mqtt", "password")
+            ),
         )
 
     def publish(self, section: _PublishSection) -> PublishConfig:
@@ -932,10 +1049,10 @@ class _Resolver:
         # A secret is one setting with three spellings: the meter's replaces all of [defaults]'.
         pw_names = ("password", "password_file", "password_env")
         if any(getattr(raw, n) is not None for n in pw_names):
-            password = self.secret(raw, "password", path)
+            password = self.secret(raw, "password", path, _meter_password)
         else:
-            password = self.secret(defaults, "password", "defaults")
-        token = self.secret(raw, "token", path)
+            password = self.secret(defaults, "password", "defaults", _meter_password)
+        token = self.secret(raw, "token", path, _mqtt_string)
         if mode == "device" and raw.enabled and token is None and not self.has_secret(raw, "token"):
             self.error(
                 f"{path}.token", 'required in publish mode "device" (or token_file, token_env)'
@@ -1003,6 +1120,7 @@ class _Resolver:
             hdlc_window=pick("hdlc_window"),
             byte_stuffing=pick("byte_stuffing"),
             token=token,
+            token_source=self.sources.get((path, "token")),
         )
 
     def address_size(self, size: Any, logical: int, physical: int, path: str) -> Literal[1, 2, 4]:
@@ -1051,6 +1169,51 @@ def _check_topic(topic: str) -> str | None:
             return f"unknown placeholder {{{field}}} in {topic!r} (allowed: {allowed})"
     if topic.startswith("/") or topic.endswith("/") or "//" in topic:
         return f"has an empty level: {topic!r}"
+    return None
+
+
+def _check_topic_for(
+    topic: str, service: ServiceConfig, meters: Sequence[MeterConfig], resolver: _Resolver
+) -> None:
+    """Topic mode: the template must tell the meters apart and fit MQTT with every name."""
+    if len(meters) > 1 and "{meter}" not in topic:
+        resolver.error(
+            "publish.topic",
+            f"must contain {{meter}}: {len(meters)} meters share the connection and would "
+            "publish on one topic",
+        )
+    if "{bridge}" in topic and any(ch in service.name for ch in "+#/\0"):
+        resolver.error(
+            "bridge.name",
+            f"{_show(service.name)} cannot go into an MQTT topic level via {{bridge}} "
+            "('+', '#' and '/' are not allowed)",
+        )
+    base = topic.replace("{bridge}", service.name)
+    for i, m in enumerate(meters):
+        size = len(base.replace("{meter}", m.name).encode("utf-8", "surrogatepass"))
+        if size > MQTT_STRING_MAX:
+            resolver.error(
+                f"meters[{i}].name",
+                f"makes publish.topic {size} bytes long, more than MQTT allows ({MQTT_STRING_MAX})",
+            )
+
+
+def _too_deep(document: Any) -> str | None:
+    """Where the first value nested more than MAX_NESTING levels deep starts, if any: the
+    path of its table and key (``bridge.name``), not all its levels."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return path or "<top>"
+        if isinstance(value, Mapping):
+            keys: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
+            children = [(v, path if depth >= 2 else _join(path, k)) for k, v in keys]
+        elif isinstance(value, list | tuple):
+            children = [(v, path if depth >= 2 else f"{path}[{i}]") for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend((v, p, depth + 1) for v, p in children)
     return None
 
 
@@ -1132,6 +1295,10 @@ def parse_config(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_toml_error(exc)], source=source) from None
+    except RecursionError:
+        # The TOML parser recurses per level of inline arrays and tables.
+        message = f"arrays or tables nested more than {MAX_NESTING} levels deep"
+        raise ConfigError([f"<top>: {message}"], source=source) from None
     return config_from_dict(document, source=source, env=env, base_dir=base_dir)
 
 
@@ -1143,6 +1310,10 @@ def config_from_dict(
     base_dir: str | os.PathLike[str] | None = None,
 ) -> BridgeConfig:
     """Check a config given as the dict a TOML parser would return; see :func:`parse_config`."""
+    too_deep = _too_deep(document)
+    if too_deep is not None:
+        message = f"arrays or tables nested more than {MAX_NESTING} levels deep"
+        raise ConfigError([f"{too_deep}: {message}"], source=source)
     resolver = _Resolver(
         env=os.environ if env is None else env,
         base_dir=Path(os.getcwd() if base_dir is None else base_dir),
@@ -1180,7 +1351,8 @@ def config_from_dict(
     else:
         resolver.check_fields(defaults_s, "defaults")
         if resolver.has_secret(defaults_s, "password"):
-            resolver.secret(defaults_s, "password", "defaults")  # reported even if overridden
+            # Reported even if every meter overrides it.
+            resolver.secret(defaults_s, "password", "defaults", _meter_password)
         default_regs = (
             None
             if defaults_s.registers is None
@@ -1195,6 +1367,8 @@ def config_from_dict(
     resolved = [m for m in meters if m is not None]
     if len(resolved) == len(raw_meters):
         _check_meters(resolved, mode, resolver)
+    if publish is not None and publish.mode == "topic" and publish.topic is not None:
+        _check_topic_for(publish.topic, service, resolved, resolver)
     if resolver.errors or mqtt is None or publish is None:
         raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
     return BridgeConfig(

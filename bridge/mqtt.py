@@ -116,17 +116,13 @@ class MqttSettings:
     takeover_count: int = 3
     takeover_clear_after: float = 300.0
     log_repeat_interval: float = 600.0
+    #: What the credentials are and where they came from, for the refused-login message
+    #: (e.g. ``the token from file /etc/x (mqtt.token_file)``); never their characters.
+    credential_source: str | None = None
 
     def describe(self) -> str:
         """``host:port as 'client-id'``, for log lines."""
         return f"{self.host}:{self.port} as {self.client_id!r}"
-
-
-def _mask(secret: str) -> str:
-    """Enough of a token to recognise it in a log line, not enough to use it."""
-    if len(secret) <= 8:
-        return f"'{secret[:1]}...' ({len(secret)} characters)"
-    return f"'{secret[:4]}...' ({len(secret)} characters)"
 
 
 class PublishError(Exception):
@@ -675,8 +671,13 @@ class MqttClient:
         code = reason.value
         if code in (_BAD_CREDENTIALS, _NOT_AUTHORIZED):
             what = "bad credentials" if code == _BAD_CREDENTIALS else "not authorized"
-            # The username is often the ThingsBoard access token: never log it whole.
-            who = f"username {_mask(s.username)}" if s.username is not None else "no username"
+            # The username is often the ThingsBoard access token: never log any of it.
+            if s.credential_source is not None:
+                who = s.credential_source
+            elif s.username is not None:
+                who = f"a username of {len(s.username)} characters"
+            else:
+                who = "no username"
             message = (
                 f"MQTT broker refused the connection: {what} for {who} "
                 f"(check the ThingsBoard access token) [{s.describe()}]"

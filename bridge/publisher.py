@@ -127,12 +127,6 @@ class PublisherSettings:
     batch_rows: int = attrs.field(default=1000, validator=_at_least(1))
     qos: int = 1
 
-    def __attrs_post_init__(self) -> None:
-        if self.mode is PublishMode.TOPIC and "{meter}" not in self.topic_template:
-            raise ValueError(
-                f"publisher topic_template {self.topic_template!r} must contain {{meter}}"
-            )
-
 
 # -- pacing ------------------------------------------------------------------------------------
 

@@ -67,12 +67,25 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
             port=m.port,
             client_id=f"{m.client_id}-{meter.name}",
             username=meter.token,
+            credential_source=(
+                None
+                if meter.token_source is None
+                else f"the token of meter {meter.name} from {meter.token_source}"
+            ),
             tls=tls,
             keepalive=m.keepalive,
             qos=m.qos,
         )
     username = m.token if m.token is not None else m.username
     password = None if m.token is not None else m.password
+    if m.token is not None:
+        source: str | None = f"the token from {m.credential_source}"
+    elif m.username is not None:
+        source = f"username {m.username!r}"
+        if m.password is not None:
+            source += f" with the password from {m.credential_source}"
+    else:
+        source = None
     return MqttSettings(
         host=m.host,
         port=m.port,
@@ -82,6 +95,7 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
         tls=tls,
         keepalive=m.keepalive,
         qos=m.qos,
+        credential_source=source,
     )
 
 
@@ -90,7 +104,9 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
     p = config.publish
     return PublisherSettings(
         mode=PublishMode(p.mode),
-        topic_template=p.topic or "meters/{meter}/telemetry",
+        topic_template=(p.topic or "meters/{meter}/telemetry").replace(
+            "{bridge}", config.bridge.name
+        ),
         payload_shape=PayloadShape(p.payload),
         max_messages_per_s=p.max_messages_per_s,
         max_payload_bytes=p.max_payload_bytes,
