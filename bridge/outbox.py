@@ -33,6 +33,7 @@ from typing import Literal, TypeVar
 import attrs
 import trio
 
+from bridge.lock import private_file
 from bridge.readings import Reading
 
 __all__ = [
@@ -158,6 +159,15 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         if not self.path.parent.is_dir():
             raise sqlite3.OperationalError(f"directory {self.path.parent} does not exist")
+        # SQLite gives its journal the mode of the database file: create both 0600 (the
+        # readings are nobody else's business), and tighten files left by older versions.
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            name = f"{self.path}{suffix}"
+            if suffix == "" or os.path.exists(name):
+                try:
+                    private_file(name)
+                except OSError as exc:
+                    raise sqlite3.OperationalError(f"cannot create {name}: {exc.strerror}") from exc
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so a batch is
         # exactly one transaction. check_same_thread is off because AsyncOutbox calls us from
         # whichever worker thread Trio picks, one at a time.
