@@ -50,7 +50,9 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from bridge.mqtt import DEFAULT_BACKOFF_MAX_S, DEFAULT_PUBACK_ALARM_S
 from bridge.outbox import DEFAULT_SPILL_MAX_BYTES
+from bridge.publisher import DEFAULT_BACKLOG_ALARM_S
 from codec.obis import InvalidObis, Obis
 
 __all__ = [
@@ -205,6 +207,10 @@ class MqttConfig:
     password: str | None = _secret()
     keepalive: int = 60
     qos: Literal[0, 1] = 1
+    #: Longest wait between reconnect attempts, seconds.
+    reconnect_max_s: float = DEFAULT_BACKOFF_MAX_S
+    #: Seconds a message may wait for its PUBACK (none arriving) before the alarm.
+    puback_alarm_s: float = DEFAULT_PUBACK_ALARM_S
     #: Where the token (or the password) came from, e.g. ``file /etc/x (mqtt.token_file)``.
     credential_source: str | None = None
 
@@ -237,6 +243,8 @@ class PublishConfig:
     outbox_synchronous: Synchronous = "full"
     #: Readings kept in memory (payload bytes) while the outbox cannot write (disk full).
     outbox_spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
+    #: Seconds of outbox growth while connected before ``publisher.falling_behind``.
+    backlog_alarm_s: float = DEFAULT_BACKLOG_ALARM_S
 
 
 @attrs.frozen(kw_only=True)
@@ -333,6 +341,8 @@ class _MqttSection:
     client_id: str | None = None
     keepalive: int = 60
     qos: Literal[0, 1] = 1
+    reconnect_max_s: float = DEFAULT_BACKOFF_MAX_S
+    puback_alarm_s: float = DEFAULT_PUBACK_ALARM_S
 
 
 _PUBLISH_DEFAULTS = PublishConfig()
@@ -351,6 +361,7 @@ class _PublishSection:
     outbox_max_bytes: int = _PUBLISH_DEFAULTS.outbox_max_bytes
     outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
     outbox_spill_max_bytes: int = _PUBLISH_DEFAULTS.outbox_spill_max_bytes
+    backlog_alarm_s: float = _PUBLISH_DEFAULTS.backlog_alarm_s
 
 
 @attrs.frozen(kw_only=True)
@@ -425,6 +436,15 @@ Check = Callable[[Any], "str | None"]
 def _in_range(lo: int, hi: int) -> Check:
     def check(value: int) -> str | None:
         return None if lo <= value <= hi else f"must be between {lo} and {hi}, got {value}"
+
+    return check
+
+
+def _between(lo: float, hi: float) -> Check:
+    def check(value: float) -> str | None:
+        if math.isfinite(value) and lo <= value <= hi:
+            return None
+        return f"must be between {lo:g} and {hi:g} seconds, got {value}"
 
     return check
 
@@ -552,6 +572,9 @@ _CHECKS: dict[str, Check] = {
         _positive,
     ),
     "keepalive": _in_range(5, 65535),
+    "reconnect_max_s": _between(1.0, 3600.0),
+    "puback_alarm_s": _between(1.0, 3600.0),
+    "backlog_alarm_s": _between(5.0, 86400.0),
     "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
     "max_bytes_per_s": _in_range(256, 2**40),
     "max_readings_per_message": _in_range(1, 100_000),
@@ -956,6 +979,8 @@ class _Resolver:
             password=password,
             keepalive=section.keepalive,
             qos=section.qos,
+            reconnect_max_s=section.reconnect_max_s,
+            puback_alarm_s=section.puback_alarm_s,
             credential_source=self.sources.get(
                 ("mqtt", "token") if token is not None else ("mqtt", "password")
             ),
@@ -992,6 +1017,7 @@ class _Resolver:
             outbox_max_bytes=section.outbox_max_bytes,
             outbox_synchronous=section.outbox_synchronous,
             outbox_spill_max_bytes=section.outbox_spill_max_bytes,
+            backlog_alarm_s=section.backlog_alarm_s,
         )
 
     def registers(self, value: _Registers, path: str) -> tuple[RegisterConfig, ...]:

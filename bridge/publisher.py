@@ -41,6 +41,7 @@ import enum
 import json
 import logging
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,6 +55,8 @@ from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
 from bridge.readings import Reading, dumps_compact
 
 __all__ = [
+    "ALARM_FALLING_BEHIND",
+    "DEFAULT_BACKLOG_ALARM_S",
     "Pacer",
     "PayloadShape",
     "PublishMode",
@@ -74,6 +77,11 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: Seconds of outbox growth (while connected) before ``publisher.falling_behind``, by default.
+DEFAULT_BACKLOG_ALARM_S = 60.0
+ALARM_FALLING_BEHIND = "publisher.falling_behind"
+# Samples of the outbox depth per backlog window.
+_BACKLOG_SAMPLES = 20
 #: Rows delivered but not yet deleted (the outbox could not write) that are remembered so that
 #: they are not sent again; beyond this many, delivery pauses until the deletes succeed.
 _MAX_UNDELETED = 100_000
@@ -124,7 +132,12 @@ class PublisherSettings:
     burst_s: float = attrs.field(default=1.0, validator=_at_least(0.001))
     max_in_flight: int = attrs.field(default=4, validator=_at_least(1))
     ack_timeout: float = attrs.field(default=30.0, validator=_at_least(0.001))
-    batch_rows: int = attrs.field(default=1000, validator=_at_least(1))
+    #: Readings read from the outbox at a time, and the most one message carries (in mode
+    #: ``topic`` 1 means one reading per message, a JSON object; more, a JSON array).
+    batch_rows: int = attrs.field(default=500, validator=_at_least(1))
+    backlog_alarm_s: float = attrs.field(
+        default=DEFAULT_BACKLOG_ALARM_S, validator=_at_least(0.001)
+    )
     qos: int = 1
 
 
@@ -182,17 +195,25 @@ class Pacer:
             else None
         )
         self.waited = 0.0
+        #: Seconds waited, by the limit that made us wait: messages, bytes, datapoints.
+        self.waited_by: dict[str, float] = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
 
     async def acquire(self, nbytes: int, datapoints: int = 0) -> None:
         """Wait until one message of `nbytes` (carrying `datapoints` values) may go."""
         while True:
             now = trio.current_time()
-            wait = max(self.messages.delay(1, now), self.bytes.delay(nbytes, now))
+            delays = {
+                "messages": self.messages.delay(1, now),
+                "bytes": self.bytes.delay(nbytes, now),
+            }
             if self.datapoints is not None and datapoints:
-                wait = max(wait, self.datapoints.delay(datapoints, now))
+                delays["datapoints"] = self.datapoints.delay(datapoints, now)
+            limit = max(delays, key=lambda k: delays[k])
+            wait = delays[limit]
             if wait <= 0:
                 break
             self.waited += wait
+            self.waited_by[limit] += wait
             await trio.sleep(wait)
         now = trio.current_time()
         self.messages.take(1, now)
@@ -297,6 +318,49 @@ def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
     return Message(topic, payload, (row,))
 
 
+def _topic_entry(reading: Reading, settings: PublisherSettings) -> bytes:
+    """One reading in the topic mode's shape (falls back to thingsboard on a key clash)."""
+    if settings.payload_shape is PayloadShape.FLAT:
+        flat: dict[str, object] = dict(reading.values)
+        clash = {"meter", "ts"} & flat.keys()
+        if not clash:
+            flat["meter"] = reading.meter
+            flat["ts"] = reading.ts_ms
+            return dumps_compact(flat).encode()
+        log.error(
+            "reading of meter %r: keys %s clash with the flat payload's own fields; the reading "
+            "is sent in the thingsboard shape instead",
+            reading.meter,
+            sorted(clash),
+        )
+    return _entry(reading).encode()
+
+
+def topic_batch(
+    rows: Sequence[OutboxRow], settings: PublisherSettings, max_bytes: int
+) -> tuple[Message, int]:
+    """Topic mode: one message with the longest prefix of `rows` (all of one meter) that fits
+    `max_bytes` and ``settings.batch_rows``: a JSON array of readings, oldest first.
+
+    Returns the message and how many rows it took (at least one).
+    """
+    reading = rows[0].reading
+    topic = settings.topic_template.replace("{meter}", reading.meter)
+    if any(c in reading.meter for c in "+#\0"):
+        problem = f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
+        return Message("", b"", tuple(rows), problem=problem), len(rows)
+    entries: list[bytes] = []
+    size = 2
+    for row in rows[: settings.batch_rows]:
+        entry = _topic_entry(row.reading, settings)
+        if entries and size + len(entry) + 1 > max_bytes:
+            break
+        entries.append(entry)
+        size += len(entry) + (1 if len(entries) > 1 else 0)
+    payload = b"[" + b",".join(entries) + b"]"
+    return Message(topic, payload, tuple(rows[: len(entries)])), len(entries)
+
+
 # -- the publisher -----------------------------------------------------------------------------
 
 
@@ -306,11 +370,24 @@ class PublisherStats:
 
     published_messages: int = 0
     published_readings: int = 0
+    published_bytes: int = 0
     publish_failures: int = 0
     control_messages: int = 0
     undeliverable_dropped: int = 0
     last_delivery_ts: float | None = None
     last_error: str | None = None
+
+
+@attrs.frozen
+class _Sample:
+    """The outbox depth and the publisher's counters at one moment."""
+
+    at: float
+    rows: int
+    readings: int
+    messages: int
+    nbytes: int
+    waited: dict[str, float]
 
 
 @attrs.define(eq=False)
@@ -358,6 +435,7 @@ class Publisher:
         self._nursery: trio.Nursery | None = None
         # Row ids acknowledged by the broker whose delete failed (the outbox cannot write).
         self._undeleted: set[int] = set()
+        self._alarms: dict[str, str] = {}
         if settings.mode is PublishMode.DEVICE:
             if mqtt is not None:
                 raise ValueError("publisher in device mode takes `devices`, not `mqtt`")
@@ -386,11 +464,19 @@ class Publisher:
 
     @property
     def alarms(self) -> frozenset[str]:
-        """Union of the alarms of every connection."""
-        out: set[str] = set()
+        """The publisher's own alarms and those of every connection."""
+        out: set[str] = set(self._alarms)
         for lane in self._lanes.values():
             out |= lane.client.alarms
         return frozenset(out)
+
+    def alarm_messages(self) -> dict[str, str]:
+        """What the active alarms that carry a message say."""
+        out = dict(self._alarms)
+        for lane in self._lanes.values():
+            for name, text in lane.client.alarm_messages.items():
+                out.setdefault(name, text)
+        return out
 
     def latency_ms(self) -> tuple[float, float] | None:
         """(p50, p95) of reading time -> PUBACK over recent readings, None before any."""
@@ -462,6 +548,7 @@ class Publisher:
                 await self._start_lane(nursery, lane)
             if self.settings.mode is PublishMode.DEVICE:
                 nursery.start_soon(self._warn_unrouted)
+            nursery.start_soon(self._watch_backlog)
             task_status.started()
             await trio.sleep_forever()
 
@@ -480,6 +567,97 @@ class Publisher:
                     await self._lane_loop(lane)
 
         nursery.start_soon(lane_main)
+
+    def _sample(self) -> _Sample:
+        waited = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
+        for lane in self._lanes.values():
+            for kind, seconds in lane.pacer.waited_by.items():
+                waited[kind] += seconds
+        st = self.stats
+        return _Sample(
+            at=trio.current_time(),
+            rows=self.outbox.depth()[0] - len(self._undeleted),
+            readings=st.published_readings,
+            messages=st.published_messages,
+            nbytes=st.published_bytes,
+            waited=waited,
+        )
+
+    async def _watch_backlog(self) -> None:
+        """Raise ``publisher.falling_behind`` when the outbox keeps growing for a whole
+        window while every connection is up: the limits are too low for the readings taken.
+
+        Growing means: the least-squares trend over the window adds at least 10 % of the
+        readings taken (and 3 readings), and the median of the last quarter is above that of
+        the first. A batching publisher settles at a backlog of about one round of
+        messages; judging only once connected for two windows leaves that settling out.
+        """
+        window = self.settings.backlog_alarm_s
+        step = window / _BACKLOG_SAMPLES
+        samples: deque[_Sample] = deque()
+        connected_since: float | None = None
+        while True:
+            await trio.sleep(step)
+            now = trio.current_time()
+            if not self._lanes or not all(lane.client.connected for lane in self._lanes.values()):
+                samples.clear()  # an outage fills the outbox for another reason
+                connected_since = None
+                continue
+            if connected_since is None:
+                connected_since = now
+            samples.append(self._sample())
+            while samples[-1].at - samples[0].at > window + step / 2:
+                samples.popleft()
+            if now - connected_since < 2 * window - step / 2:
+                continue
+            ordered = list(samples)
+            growing = _growing(ordered)
+            if growing and ALARM_FALLING_BEHIND not in self._alarms:
+                message = self._behind_message(ordered[0], ordered[-1])
+                self._alarms[ALARM_FALLING_BEHIND] = message
+                log.warning("%s", message)
+            elif not growing and ALARM_FALLING_BEHIND in self._alarms:
+                del self._alarms[ALARM_FALLING_BEHIND]
+                log.info("the publisher keeps up again (outbox %d readings)", ordered[-1].rows)
+
+    def _behind_message(self, first: _Sample, last: _Sample) -> str:
+        """Which limit holds the publisher back, from what it waited for over the window."""
+        s = self.settings
+        span = max(last.at - first.at, 1e-9)
+        sent = last.readings - first.readings
+        messages = last.messages - first.messages
+        nbytes = last.nbytes - first.nbytes
+        taken = sent + (last.rows - first.rows)
+        waited = {k: last.waited[k] - first.waited[k] for k in last.waited}
+        kind = max(waited, key=lambda k: waited[k])
+        per_message = sent / messages if messages else 0.0
+        if waited[kind] < 0.2 * span:
+            advice = (
+                f"the broker is slow to acknowledge (at most {s.max_in_flight} messages wait "
+                "for a PUBACK at a time); no pacing limit is the cause"
+            )
+        elif kind == "bytes":
+            advice = f"raise publish.max_bytes_per_s (now {s.max_bytes_per_s:g})"
+        elif kind == "datapoints":
+            advice = f"raise max_datapoints_per_s (now {s.max_datapoints_per_s:g})"
+        elif per_message >= 0.9 * s.batch_rows:
+            advice = (
+                f"raise publish.max_readings_per_message (now {s.batch_rows}) or "
+                f"publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+            )
+        elif messages and nbytes / messages >= 0.8 * s.max_payload_bytes:
+            advice = (
+                f"raise publish.max_payload_bytes (now {s.max_payload_bytes}) or "
+                f"publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+            )
+        else:
+            advice = f"raise publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+        return (
+            f"the publisher cannot keep up: the outbox grew from {first.rows} to {last.rows} "
+            f"readings in {span:.0f} s while connected ({taken / span:.1f} readings/s taken, "
+            f"{sent / span:.1f}/s published in {messages / span:.1f} messages/s, "
+            f"{per_message:.1f} readings per message); {advice}"
+        )
 
     async def _warn_unrouted(self) -> None:
         try:
@@ -549,7 +727,8 @@ class Publisher:
                         self._fail(lane, in_flight, exc)
                         break
                     if message.rows:
-                        cursor = message.rows[-1].id
+                        # Topic mode groups by meter: ids are in order per message only.
+                        cursor = max(cursor, message.rows[-1].id)
             in_flight.cancel_scope.cancel()
         return lane.failure
 
@@ -562,21 +741,11 @@ class Publisher:
         s = self.settings
         budget = s.max_payload_bytes
         i = 0
+        if s.mode is PublishMode.TOPIC:
+            yield from self._topic_messages(rows)
+            return
         while i < len(rows):
-            if s.mode is PublishMode.TOPIC:
-                try:
-                    message, taken = topic_message(rows[i], s), 1
-                except UndeliverableError as exc:
-                    message, taken = Message("", b"", (rows[i],), problem=str(exc)), 1
-                except ValueError as exc:
-                    log.error("%s; the reading is sent in the thingsboard shape instead", exc)
-                    message = Message(
-                        s.topic_template.replace("{meter}", rows[i].reading.meter),
-                        _entry(rows[i].reading).encode(),
-                        (rows[i],),
-                    )
-                    taken = 1
-            elif s.mode is PublishMode.DEVICE:
+            if s.mode is PublishMode.DEVICE:
                 message, taken = device_telemetry(rows[i:], budget)
             else:
                 message, taken = gateway_telemetry(rows[i:], budget)
@@ -586,6 +755,31 @@ class Publisher:
                         yield self._connect_message(meter)
             i += taken
             yield message
+
+    def _topic_messages(self, rows: list[OutboxRow]) -> Iterator[Message]:
+        """Topic mode: the rows grouped by meter (each meter's in order), as few messages as
+        the limits allow; one reading per message (a JSON object) when ``batch_rows`` is 1."""
+        s = self.settings
+        by_meter: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            by_meter.setdefault(row.reading.meter, []).append(row)
+        for mine in by_meter.values():
+            if s.batch_rows == 1:
+                for row in mine:
+                    try:
+                        yield topic_message(row, s)
+                    except UndeliverableError as exc:
+                        yield Message("", b"", (row,), problem=str(exc))
+                    except ValueError:
+                        entry = _topic_entry(row.reading, s)  # logs the clash
+                        topic = s.topic_template.replace("{meter}", row.reading.meter)
+                        yield Message(topic, entry, (row,))
+                continue
+            i = 0
+            while i < len(mine):
+                message, taken = topic_batch(mine[i:], s, s.max_payload_bytes)
+                i += taken
+                yield message
 
     def _connect_message(self, meter: str) -> Message:
         body: dict[str, object] = {"device": meter}
@@ -684,7 +878,7 @@ class Publisher:
                     # Delivered, but the outbox cannot write: remember them rather than send
                     # them again; they are deleted once it can (the writer's alarm says so).
                     self._undeleted.update(ids)
-            self._record_delivery(message.rows)
+            self._record_delivery(message.rows, len(message.payload))
         finally:
             lane.window.release()
 
@@ -717,10 +911,11 @@ class Publisher:
         await self.outbox.delete([r.id for r in message.rows])
         self._notify_delivered()
 
-    def _record_delivery(self, rows: Sequence[OutboxRow]) -> None:
+    def _record_delivery(self, rows: Sequence[OutboxRow], nbytes: int) -> None:
         now = time.time()
         self.stats.published_messages += 1
         self.stats.published_readings += len(rows)
+        self.stats.published_bytes += nbytes
         self.stats.last_delivery_ts = now
         now_ms = now * 1000.0
         for row in rows:
@@ -730,6 +925,25 @@ class Publisher:
     def _notify_delivered(self) -> None:
         self._delivered.set()
         self._delivered = trio.Event()
+
+
+def _growing(samples: list[_Sample]) -> bool:
+    """Whether the outbox depth grew over `samples` (see `Publisher._watch_backlog`)."""
+    if len(samples) < 4:
+        return False
+    t0 = samples[0].at
+    xs = [x.at - t0 for x in samples]
+    ys = [float(x.rows) for x in samples]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var <= 0:
+        return False
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+    growth = slope * (xs[-1] - xs[0])
+    taken = samples[-1].readings - samples[0].readings + samples[-1].rows - samples[0].rows
+    quarter = max(1, len(samples) // 4)
+    rising = statistics.median(ys[-quarter:]) > statistics.median(ys[:quarter])
+    return rising and growth >= max(3.0, 0.1 * taken)
 
 
 async def _wait_any(appended: trio.Event, wake: trio.Event, client: MqttClient) -> None:

@@ -67,6 +67,8 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
             port=m.port,
             client_id=f"{m.client_id}-{meter.name}",
             username=meter.token,
+            backoff_max=m.reconnect_max_s,
+            puback_alarm_s=m.puback_alarm_s,
             credential_source=(
                 None
                 if meter.token_source is None
@@ -95,6 +97,8 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
         tls=tls,
         keepalive=m.keepalive,
         qos=m.qos,
+        backoff_max=m.reconnect_max_s,
+        puback_alarm_s=m.puback_alarm_s,
         credential_source=source,
     )
 
@@ -112,6 +116,7 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
         max_payload_bytes=p.max_payload_bytes,
         max_bytes_per_s=p.max_bytes_per_s,
         batch_rows=p.max_readings_per_message,
+        backlog_alarm_s=p.backlog_alarm_s,
         qos=config.mqtt.qos,
     )
 
@@ -514,8 +519,9 @@ class BridgeService:
         """Alarms of the meters, the MQTT connections and the outbox."""
         out = dict(self.alarms)
         if self.publisher is not None:
+            messages = self.publisher.alarm_messages()
             for name in self.publisher.alarms:
-                out.setdefault(name, name)
+                out.setdefault(name, messages.get(name, name))
         if self.outbox is not None:
             for name in self.outbox.alarms:
                 out.setdefault(name, name)
