@@ -1395,6 +1395,16 @@ def config_from_dict(
         _check_meters(resolved, mode, resolver)
     if publish is not None and publish.mode == "topic" and publish.topic is not None:
         _check_topic_for(publish.topic, service, resolved, resolver)
+    if mode == "device" and mqtt is not None:
+        # Each meter's connection is "<client_id>-<meter name>".
+        for i, m in enumerate(resolved):
+            size = len(f"{mqtt.client_id}-{m.name}".encode("utf-8", "surrogatepass"))
+            if size > MQTT_STRING_MAX:
+                resolver.error(
+                    f"meters[{i}].name",
+                    f"makes the client id of its connection (mqtt.client_id + '-' + name) "
+                    f"{size} bytes long, more than MQTT allows ({MQTT_STRING_MAX})",
+                )
     if resolver.errors or mqtt is None or publish is None:
         raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
     return BridgeConfig(

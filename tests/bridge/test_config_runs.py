@@ -87,6 +87,11 @@ ACCEPTED = {
         publish={"mode": "topic", "topic": "site/{bridge}/{meter}"},
         meters=TWO_METERS,
     ),
+    "device mode, client id plus meter name at 65535 bytes": config_text(
+        mqtt={"client_id": "c" * (65535 - 3)},
+        publish={"mode": "device"},
+        meters=[{"name": "m0", "host": "127.0.0.1", "port": "{M0}", "token": "token-meter-a"}],
+    ),
     "client id of 65535 bytes": config_text(mqtt={**GATEWAY_LOGIN, "client_id": "c" * 65535}),
     "username and password of 65535 bytes (UTF-8)": config_text(
         mqtt={"username": "u" * 65535, "password": "\u00e9" * 32767}
@@ -137,6 +142,15 @@ REJECTED = {
     "empty label": (
         config_text(mqtt={"host": "a..b"}),
         "mqtt.host: host name 'a..b' has an empty label",
+    ),
+    "device mode client id too long with the meter's name": (
+        config_text(
+            mqtt={"client_id": "c" * 65530},
+            publish={"mode": "device"},
+            meters=[{"name": "meter-1", "host": "h", "port": 1, "token": "t"}],
+        ),
+        "meters[0].name: makes the client id of its connection (mqtt.client_id + '-' + name) "
+        "65538 bytes long",
     ),
     "mqtt port 0": (config_text(mqtt={"port": 0}), "mqtt.port: must be between 1 and 65535"),
     "meter port 65536": (
