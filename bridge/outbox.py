@@ -204,7 +204,10 @@ class Outbox:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION:
+                # Only when it changes: opening an existing outbox writes nothing, so that a
+                # bridge can start on a full disk and keep its readings in memory meanwhile.
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             rows, nbytes = conn.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
             ).fetchone()
