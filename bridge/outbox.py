@@ -595,9 +595,11 @@ class OutboxWriter:
         # (sequence number, reading, payload size), oldest first.
         self._spill: deque[tuple[int, Reading, int]] = deque()
         self._spill_seq = 0
+        self._in_flight_seq = 0  # spilled readings up to this one are being written
         self._spill_bytes = 0
         self._spilling: str | None = None  # why the outbox cannot write, during an episode
         self._episode_start = 0.0
+        self._next_try = 0.0
         self._episode_spilled = 0
         self._episode_dropped = 0
 
@@ -666,6 +668,14 @@ class OutboxWriter:
                 item.error = OutboxError("the outbox writer stopped before committing it")
                 item.done.set()
             if self._spill:
+                # One last try, so that a disk freed just before a stop loses nothing.
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self.outbox.append([r for _, r, _ in self._spill])
+                        self._spill.clear()
+                    except (OutboxError, ValueError) as exc:
+                        log.debug("last write of the spilled readings failed: %s", exc)
+            if self._spill:
                 log.error(
                     "outbox %s: %d readings kept in memory were never written (the outbox could "
                     "not write until the writer stopped: %s)",
@@ -722,8 +732,16 @@ class OutboxWriter:
         self._spill_bytes += size
         self.stats.spilled += 1
         self._episode_spilled += 1
-        while self._spill_bytes > self.spill_max_bytes and len(self._spill) > 1:
-            _, _, dropped = self._spill.popleft()
+        # Drop the oldest readings beyond the bound, except those a write in progress carries
+        # (they may be stored by now: dropping them would count them wrongly as lost).
+        while self._spill_bytes > self.spill_max_bytes:
+            index = 0
+            while index < len(self._spill) and self._spill[index][0] <= self._in_flight_seq:
+                index += 1
+            if index >= len(self._spill) - 1:
+                break  # keep the reading just added
+            _, _, dropped = self._spill[index]
+            del self._spill[index]
             self._spill_bytes -= dropped
             self.stats.spill_dropped += 1
             self._episode_dropped += 1
@@ -732,6 +750,7 @@ class OutboxWriter:
         self._spilling = problem
         self.stats.spill_episodes += 1
         self._episode_start = trio.current_time()
+        self._next_try = self._episode_start + self.spill_retry_s
         self._episode_spilled = self._episode_dropped = 0
         self._report(
             True,
@@ -740,7 +759,10 @@ class OutboxWriter:
         )
 
     async def _drain_spill(self) -> None:
-        """During an episode: move queued puts to the spill, then try to write it."""
+        """During an episode: every `spill_retry_s`, move queued puts to the spill and try to
+        write it, oldest first."""
+        await trio.sleep_until(self._next_try)
+        self._next_try = trio.current_time() + self.spill_retry_s
         queued, self._queue = self._queue, []
         for item in queued:
             self._to_spill(item.reading, len(item.reading.to_json()))
@@ -748,13 +770,16 @@ class OutboxWriter:
         while self._spill:
             entries = list(itertools.islice(self._spill, self.max_batch))
             last_seq = entries[-1][0]
+            self._in_flight_seq = last_seq
             try:
-                await self.outbox.append([reading for _, reading, _ in entries])
+                try:
+                    await self.outbox.append([reading for _, reading, _ in entries])
+                finally:
+                    self._in_flight_seq = 0
             except OutboxError as exc:
                 if not exc.disk:
                     log.error("outbox write of %d spilled readings failed: %s", len(entries), exc)
                     self.stats.failures += 1
-                await trio.sleep(self.spill_retry_s)
                 return
             except ValueError as exc:
                 # Cannot happen for readings `put` accepted; never let one block the rest.
@@ -762,8 +787,7 @@ class OutboxWriter:
                 self.stats.failures += 1
             else:
                 self._committed(len(entries))
-            # New readings may have joined (at the end) and the bound may have dropped some
-            # of these (at the front) while the worker thread wrote: pop by sequence number.
+            # New readings may have joined (at the end) while the worker thread wrote.
             while self._spill and self._spill[0][0] <= last_seq:
                 _, _, size = self._spill.popleft()
                 self._spill_bytes -= size

@@ -142,15 +142,19 @@ async def test_spill_is_bounded_drops_the_oldest_and_counts_them(tmp_path: Path)
             spilled = 101 - first
             assert spilled >= 50, first
             rows, nbytes = writer.spill_depth()
-            assert rows == 20 and nbytes <= 20 * size
-            assert writer.stats.spill_dropped == spilled - 20
+            assert rows <= 20 and nbytes <= 20 * size
             assert writer.stats.spilled == spilled
+            assert writer.stats.spill_dropped >= spilled - 21
             filler.unlink()
             await _wait(lambda: writer.writable, 3.0)
             nursery.cancel_scope.cancel()
         kept = [r.reading.ts_ms - 1_700_000_000_000 for r in await box.peek(1000)]
-        # What was written before, then the newest spilled readings, in order.
-        assert kept == [*range(first), *range(81, 101)]
+        # What was written before, then spilled readings (the newest: the oldest were dropped;
+        # one a retry was writing as the bound was reached may be among them), in order.
+        assert kept[:first] == list(range(first)) and kept == sorted(set(kept))
+        assert kept[-19:] == list(range(82, 101))
+        # Every spilled reading is either written or counted as dropped, never both.
+        assert len(kept) - first == spilled - writer.stats.spill_dropped
         await box.aclose()
 
 
