@@ -794,10 +794,11 @@ class OutboxWriter:
         lasted = trio.current_time() - self._episode_start
         spilled, dropped = self._episode_spilled, self._episode_dropped
         self._spilling = None
+        lost = f", {dropped} dropped (the spill was full)" if dropped else ", none lost"
         self._report(
             False,
             f"the outbox writes again after {lasted:.1f} s: {spilled - dropped} readings kept "
-            f"in memory were written, {dropped} dropped (the spill was full)",
+            f"in memory were written{lost}",
         )
 
     def _report(self, active: bool, message: str) -> None:

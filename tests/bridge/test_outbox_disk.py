@@ -86,7 +86,7 @@ async def test_writer_spills_while_the_disk_is_full_and_writes_everything_after(
             (ALARM_WRITE_FAILED, True),
             (ALARM_WRITE_FAILED, False),
         ]
-        assert "50 readings kept in memory were written, 0 dropped" in alarms.calls[1][2]
+        assert "50 readings kept in memory were written, none lost" in alarms.calls[1][2]
         rows = await box.peek(1000)
         assert [r.reading.ts_ms - 1_700_000_000_000 for r in rows] == list(range(n + 50))
         assert writer.stats.spilled == 50 and writer.stats.spill_episodes == 1
