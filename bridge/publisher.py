@@ -11,10 +11,12 @@ Formats (`PublishMode`):
 - ``device``: the ThingsBoard device MQTT API, one connection per meter (each meter's own
   token): ``v1/devices/me/telemetry`` ``[{"ts": ms, "values": {...}}, ...]`` and
   ``v1/devices/me/attributes`` ``{"online": true}``.
-- ``topic``: any broker. One reading per message on `PublisherSettings.topic_template`
-  (``{meter}`` is replaced), shaped ``thingsboard`` ``{"ts": ms, "values": {...}}`` or
-  ``flat`` ``{"meter": "<meter>", "ts": ms, <key>: <value>, ...}``; the online flag is a
-  retained ``{"meter": "<meter>", "online": true}`` on `status_topic_template`.
+- ``topic``: any broker. The readings of one meter on `PublisherSettings.topic_template`
+  (``{meter}`` is replaced) as a JSON array, oldest first, of up to ``batch_rows`` readings
+  shaped ``thingsboard`` ``{"ts": ms, "values": {...}}`` or ``flat`` ``{"meter": "<meter>",
+  "ts": ms, <key>: <value>, ...}``; with ``batch_rows = 1`` each message is one such object.
+  The online flag is a retained ``{"meter": "<meter>", "online": true}`` on
+  `status_topic_template`.
 
 Delivery: rows are read from the outbox in insertion order, published with QoS 1 (a few
 messages in flight per connection), and deleted only after their PUBACK. After any failure the
@@ -31,6 +33,11 @@ message over its limits:
 - ``max_payload_bytes = 32 KiB``: ThingsBoard's MQTT transport refuses messages above
   ``NETTY_MAX_PAYLOAD_SIZE`` (65536 bytes by default); half of it leaves room for other setups.
 - ``max_bytes_per_s = 64 KiB/s``: keeps a backlog flush from saturating a cellular uplink.
+- Several readings per message in every mode (up to ``batch_rows`` = 500 and
+  ``max_payload_bytes``): with 4 messages/s the default config never falls behind, not even in
+  topic mode with a message per meter. A publisher that does fall behind (the outbox grows for
+  ``backlog_alarm_s`` while connected) raises ``publisher.falling_behind``, naming the limit
+  that held it back.
 - ``max_datapoints_per_s = None``: self-hosted ThingsBoard has no data-point limit by default;
   set it for ThingsBoard Cloud plans, whose tenant profiles limit telemetry data points.
 """
