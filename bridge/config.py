@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import attrs
 import cattrs
+import idna
 from cattrs.cols import list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
@@ -531,6 +532,13 @@ def _host(value: str) -> str | None:
         return f"not a valid host name under IDNA rules: {_show(value)}"
     if total > HOST_NAME_MAX:
         return f"host name is {total} characters long in ASCII form, more than {HOST_NAME_MAX}"
+    if not name.isascii():
+        # The meters' connections (Trio) encode names by IDNA 2008 with UTS-46, the broker's
+        # (the socket module) by IDNA 2003: a name must pass both.
+        try:
+            idna.encode(name, uts46=True)
+        except (idna.IDNAError, UnicodeError) as exc:
+            return f"not a valid host name under IDNA 2008 rules: {_show(value)} ({exc})"
     return None
 
 

@@ -83,7 +83,8 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
     if m.token is not None:
         source: str | None = f"the token from {m.credential_source}"
     elif m.username is not None:
-        source = f"username {m.username!r}"
+        shown = m.username if len(m.username) <= 64 else m.username[:61] + "..."
+        source = f"username {shown!r}"
         if m.password is not None:
             source += f" with the password from {m.credential_source}"
     else:

@@ -139,6 +139,10 @@ REJECTED = {
         config_text(mqtt={"host": ".".join([LABEL_63] * 4)}),
         "mqtt.host: host name is 255 characters long in ASCII form, more than 253",
     ),
+    "host name only IDNA 2003 takes": (
+        config_text(meters=[{"name": "m0", "host": "\u2603.example", "port": 1}]),
+        "meters[0].host: not a valid host name under IDNA 2008 rules",
+    ),
     "empty label": (
         config_text(mqtt={"host": "a..b"}),
         "mqtt.host: host name 'a..b' has an empty label",
