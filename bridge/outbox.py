@@ -560,14 +560,14 @@ class OutboxWriter:
     of fsyncs. Run `run` as a task; when it stops, waiting and later `put` calls fail with
     `OutboxError`.
 
-    When the storage fails (disk full, read-only file system, I/O error) readings are not lost
-    and producers are not failed: they go into an in-memory *spill* (FIFO, at most
-    `spill_max_bytes` of payload; beyond that the oldest spilled readings are dropped and
-    counted) and `put` returns None at once. The writer tries to write the spill every
-    `spill_retry_s` seconds; once it can, the spilled readings are committed in their order,
-    before any newer one. An episode is reported once when it starts and once when it ends,
-    through ``on_alarm(name, active, message)`` (alarm ``outbox.write_failed``) or, without
-    it, as log lines.
+    When the storage fails (disk full, read-only file system, I/O error; or the database, the
+    same way) readings are not lost and producers are not failed: they go into an in-memory
+    *spill* (FIFO, at most `spill_max_bytes` of payload; beyond that the oldest spilled readings
+    are dropped and counted) and `put` returns None at once. The writer tries to write the spill
+    every `spill_retry_s` seconds; once it can, the spilled readings are committed in their
+    order, before any newer one. An episode is reported once when it starts and once when it
+    ends, through ``on_alarm(name, active, message)`` (alarm ``outbox.write_failed``) or,
+    without it, as log lines.
     """
 
     def __init__(
@@ -688,13 +688,12 @@ class OutboxWriter:
         try:
             ids = await self.outbox.append([item.reading for item in batch])
         except OutboxError as exc:
-            if exc.disk:
-                self._start_episode(str(exc))
-                for item in batch:
-                    self._to_spill(item.reading, len(item.reading.to_json()))
-                    item.done.set()
-                return
-            self._refuse(batch, exc)
+            # The storage failed (disk full, read-only, I/O error) or the database did: either
+            # way the pollers go on and the readings wait in memory until a write succeeds.
+            self._start_episode(str(exc))
+            for item in batch:
+                self._to_spill(item.reading, len(item.reading.to_json()))
+                item.done.set()
             return
         except ValueError as exc:
             self._refuse(batch, exc)
@@ -777,9 +776,8 @@ class OutboxWriter:
                 finally:
                     self._in_flight_seq = 0
             except OutboxError as exc:
-                if not exc.disk:
-                    log.error("outbox write of %d spilled readings failed: %s", len(entries), exc)
-                    self.stats.failures += 1
+                # Still failing: the episode's alarm says why; no line per attempt.
+                log.debug("outbox write of %d spilled readings failed: %s", len(entries), exc)
                 return
             except ValueError as exc:
                 # Cannot happen for readings `put` accepted; never let one block the rest.
