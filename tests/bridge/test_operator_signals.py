@@ -330,3 +330,34 @@ def test_reconnect_backoff_is_capped_at_30_s_by_default_and_configurable() -> No
     assert mqtt_settings(config_from_dict(base)).backoff_max == 30.0
     base["mqtt"] = {"host": "h", "reconnect_max_s": 5}
     assert mqtt_settings(config_from_dict(base)).backoff_max == 5.0
+
+
+# -- the growth test itself, on made-up samples ------------------------------------------------
+
+
+def _samples(rows: list[int], per_s: float = 10.0) -> list[Any]:
+    from bridge.publisher import _Sample
+
+    waited = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
+    return [
+        _Sample(at=i * 0.5, rows=r, readings=int(i * 0.5 * per_s), messages=i, nbytes=0,
+                waited=waited)
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "growing"),
+    [
+        (list(range(0, 40, 2)), True),  # steady growth
+        ([5, 12, 3, 11, 4, 12, 5, 11, 3, 12, 4, 11, 5, 12, 3, 11, 4, 12, 5, 11], False),  # sawtooth
+        ([0, 3, 6, 8, 10, 11, 12, 12, 12, 12, 11, 12, 12, 12, 12, 11, 12, 12, 12, 12], False),
+        ([40 - 2 * i for i in range(20)], False),  # a backlog draining
+        ([0] * 20, False),
+        ([i // 10 for i in range(20)], False),  # one reading more: not worth an alarm
+    ],
+)
+def test_growth_needs_a_sustained_rise(rows: list[int], growing: bool) -> None:
+    from bridge.publisher import _growing
+
+    assert _growing(_samples(rows)) is growing
