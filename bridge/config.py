@@ -242,7 +242,8 @@ class PublishConfig:
     outbox_max_rows: int = 1_000_000
     outbox_max_bytes: int = 256 * 1024 * 1024
     outbox_synchronous: Synchronous = "full"
-    #: Readings kept in memory (payload bytes) while the outbox cannot write (disk full).
+    #: Memory for readings kept while the outbox cannot write (disk full): their JSON plus
+    #: ``SPILL_OVERHEAD`` bytes each.
     outbox_spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
     #: Seconds of outbox growth while connected before ``publisher.falling_behind``.
     backlog_alarm_s: float = DEFAULT_BACKLOG_ALARM_S

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_ROWS",
     "DEFAULT_SPILL_MAX_BYTES",
     "FILENAME",
+    "SPILL_OVERHEAD",
     "AsyncOutbox",
     "Outbox",
     "OutboxError",
@@ -549,6 +550,12 @@ DEFAULT_SPILL_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_SPILL_RETRY_S = 1.0
 
 AlarmHook = Callable[[str, bool, str], None]
+#: Memory a spilled reading costs besides its JSON (deque slot, tuple, int, bytes header).
+SPILL_OVERHEAD = 128
+
+
+def _spill_size(payload: bytes) -> int:
+    return len(payload) + SPILL_OVERHEAD
 
 
 class OutboxWriter:
@@ -593,7 +600,8 @@ class OutboxWriter:
         self._wakeup = trio.Event()
         self._stopped = False
         # (sequence number, reading, payload size), oldest first.
-        self._spill: deque[tuple[int, Reading, int]] = deque()
+        # (sequence number, the reading's JSON), oldest first: compact, unlike Reading objects.
+        self._spill: deque[tuple[int, bytes]] = deque()
         self._spill_seq = 0
         self._in_flight_seq = 0  # spilled readings up to this one are being written
         self._spill_bytes = 0
@@ -625,7 +633,8 @@ class OutboxWriter:
     async def put(self, reading: Reading) -> int | None:
         """Commit one reading (batched with others) and return its row id; None if it was
         kept in the in-memory spill because the outbox cannot write now."""
-        size = len(reading.to_json())
+        payload = reading.to_json()
+        size = len(payload)
         if size > self.outbox.core.max_bytes:
             raise ValueError(
                 f"reading of meter {reading.meter!r} is {size} bytes, larger than the whole "
@@ -634,7 +643,7 @@ class OutboxWriter:
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
         if self._spilling is not None:
-            self._to_spill(reading, size)
+            self._to_spill(reading, payload)
             return None
         item = _Put(reading)
         self._queue.append(item)
@@ -671,7 +680,9 @@ class OutboxWriter:
                 # One last try, so that a disk freed just before a stop loses nothing.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
-                        await self.outbox.append([r for _, r, _ in self._spill])
+                        await self.outbox.append(
+                            [Reading.from_json(payload) for _, payload in self._spill]
+                        )
                         self._spill.clear()
                     except (OutboxError, ValueError) as exc:
                         log.debug("last write of the spilled readings failed: %s", exc)
@@ -692,7 +703,7 @@ class OutboxWriter:
             # way the pollers go on and the readings wait in memory until a write succeeds.
             self._start_episode(str(exc))
             for item in batch:
-                self._to_spill(item.reading, len(item.reading.to_json()))
+                self._to_spill(item.reading)
                 item.done.set()
             return
         except ValueError as exc:
@@ -725,10 +736,12 @@ class OutboxWriter:
 
     # -- the spill ---------------------------------------------------------------------------
 
-    def _to_spill(self, reading: Reading, size: int) -> None:
+    def _to_spill(self, reading: Reading, payload: bytes | None = None) -> None:
+        if payload is None:
+            payload = reading.to_json()
         self._spill_seq += 1
-        self._spill.append((self._spill_seq, reading, size))
-        self._spill_bytes += size
+        self._spill.append((self._spill_seq, payload))
+        self._spill_bytes += _spill_size(payload)
         self.stats.spilled += 1
         self._episode_spilled += 1
         # Drop the oldest readings beyond the bound, except those a write in progress carries
@@ -739,9 +752,9 @@ class OutboxWriter:
                 index += 1
             if index >= len(self._spill) - 1:
                 break  # keep the reading just added
-            _, _, dropped = self._spill[index]
+            _, dropped = self._spill[index]
             del self._spill[index]
-            self._spill_bytes -= dropped
+            self._spill_bytes -= _spill_size(dropped)
             self.stats.spill_dropped += 1
             self._episode_dropped += 1
 
@@ -764,7 +777,7 @@ class OutboxWriter:
         self._next_try = trio.current_time() + self.spill_retry_s
         queued, self._queue = self._queue, []
         for item in queued:
-            self._to_spill(item.reading, len(item.reading.to_json()))
+            self._to_spill(item.reading)
             item.done.set()
         while self._spill:
             entries = list(itertools.islice(self._spill, self.max_batch))
@@ -772,7 +785,7 @@ class OutboxWriter:
             self._in_flight_seq = last_seq
             try:
                 try:
-                    await self.outbox.append([reading for _, reading, _ in entries])
+                    await self.outbox.append([Reading.from_json(p) for _, p in entries])
                 finally:
                     self._in_flight_seq = 0
             except OutboxError as exc:
@@ -787,8 +800,8 @@ class OutboxWriter:
                 self._committed(len(entries))
             # New readings may have joined (at the end) while the worker thread wrote.
             while self._spill and self._spill[0][0] <= last_seq:
-                _, _, size = self._spill.popleft()
-                self._spill_bytes -= size
+                _, payload = self._spill.popleft()
+                self._spill_bytes -= _spill_size(payload)
         lasted = trio.current_time() - self._episode_start
         spilled, dropped = self._episode_spilled, self._episode_dropped
         self._spilling = None

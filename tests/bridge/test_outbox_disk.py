@@ -16,12 +16,21 @@ from typing import Any
 import pytest
 import trio
 
-from bridge.outbox import ALARM_WRITE_FAILED, AsyncOutbox, Outbox, OutboxError, OutboxWriter
+from bridge.outbox import (
+    ALARM_WRITE_FAILED,
+    SPILL_OVERHEAD,
+    AsyncOutbox,
+    Outbox,
+    OutboxError,
+    OutboxWriter,
+)
 from bridge.readings import Reading
 from tests.bridge.delivery import check_order, missing, received
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, events, running, stored, wait_delivered
 from tests.bridge.tmpfs import fill, small_tmpfs
+
+T0 = 1_700_000_000_000
 
 
 def reading(i: int, meter: str = "m1") -> Reading:
@@ -129,7 +138,7 @@ def test_storage_failures_are_told_apart_from_database_errors(
 async def test_spill_is_bounded_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "data") as data:
         box = await AsyncOutbox.open(data)
-        size = len(reading(0).to_json())
+        size = len(reading(0).to_json()) + SPILL_OVERHEAD  # what one costs in the spill
         writer = OutboxWriter(box, spill_retry_s=0.2, spill_max_bytes=20 * size)
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -231,3 +240,40 @@ async def test_an_existing_outbox_opens_on_a_full_disk_and_spills(tmp_path: Path
             nursery.cancel_scope.cancel()
         assert [r.reading.ts_ms - 1_700_000_000_000 for r in await box.peek(10)] == [0, 1]
         await box.aclose()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_spill_memory_stays_within_its_bound(tmp_path: Path) -> None:
+    # The bound counts each reading's JSON plus SPILL_OVERHEAD: what the process really holds.
+    bound = 4 * 1024 * 1024
+    values = {
+        "voltage_l1": 230.12, "current_l1": 4.321, "frequency": 50.01,
+        "active_power": 994.2, "active_energy": 123456.7,
+    }  # fmt: skip
+    with small_tmpfs(tmp_path / "data") as data:
+        box = await AsyncOutbox.open(data)
+        writer = OutboxWriter(box, spill_retry_s=3600, spill_max_bytes=bound)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            fill(data)
+            i = 0
+            while writer.writable:
+                await writer.put(Reading("m", T0 + i, values))
+                i += 1
+            before = _rss_kib()
+            for j in range(50_000):
+                await writer.put(Reading(f"meter-{j % 1000:04d}", T0 + j, values))
+            growth = (_rss_kib() - before) * 1024
+            rows, accounted = writer.spill_depth()
+            nursery.cancel_scope.cancel()
+        await box.aclose()
+    print(f"\nspill: {rows} readings, {accounted} bytes accounted, RSS grew {growth} bytes")
+    assert accounted <= bound and writer.stats.spill_dropped > 0
+    assert growth < 1.5 * bound, (growth, bound)
