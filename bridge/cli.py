@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulate", "serve simulated DLMS meters over TCP, with fault injection"),
     "capture": ("capture", "record a client-meter session as pcap through a proxy"),
     "replay": ("replay", "serve a recorded pcap session back as a meter"),
+    "health": ("health", "ask the running service how it is: one verdict per check"),
+    "diagnose": ("diagnose", "run the chain to one meter and the broker step by step"),
+    "scan": ("scan", "find DLMS meters on hosts and ports: HDLC, wrapper or other"),
 }
 
 #: Exit code for bad input (usage, bad data, bad config).

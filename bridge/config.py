@@ -37,6 +37,7 @@ import string
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import attrs
@@ -51,9 +52,6 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from bridge.mqtt import DEFAULT_BACKOFF_MAX_S, DEFAULT_PUBACK_ALARM_S
-from bridge.outbox import DEFAULT_SPILL_MAX_BYTES
-from bridge.publisher import DEFAULT_BACKLOG_ALARM_S
 from codec.obis import InvalidObis, Obis
 
 __all__ = [
@@ -78,6 +76,12 @@ __all__ = [
 
 #: Where the outbox and the lock file live when neither the config nor systemd says otherwise.
 DEFAULT_DATA_DIR = "/var/lib/dlms-bridge"
+
+#: Longest wait between reconnects to the broker, seconds (``mqtt.reconnect_max_s``).
+RECONNECT_MAX_S = 30.0
+#: Seconds a publish may wait for its PUBACK, none arriving, before the alarm
+#: (``mqtt.puback_alarm_s``).
+PUBACK_ALARM_S = 10.0
 
 #: What :func:`masked` puts in place of a secret.
 MASK = "***"
@@ -209,9 +213,9 @@ class MqttConfig:
     keepalive: int = 60
     qos: Literal[0, 1] = 1
     #: Longest wait between reconnect attempts, seconds.
-    reconnect_max_s: float = DEFAULT_BACKOFF_MAX_S
+    reconnect_max_s: float = RECONNECT_MAX_S
     #: Seconds a message may wait for its PUBACK (none arriving) before the alarm.
-    puback_alarm_s: float = DEFAULT_PUBACK_ALARM_S
+    puback_alarm_s: float = PUBACK_ALARM_S
     #: Where the token (or the password) came from, e.g. ``file /etc/x (mqtt.token_file)``.
     credential_source: str | None = None
 
@@ -228,7 +232,10 @@ class MqttConfig:
 
 @attrs.frozen(kw_only=True)
 class PublishConfig:
-    """The ``[publish]`` section: how readings become MQTT messages, and how fast."""
+    """The ``[publish]`` section: how readings become MQTT messages, and how fast.
+
+    These defaults are the only ones: the publisher and the outbox take theirs from here.
+    """
 
     mode: PublishMode = "gateway"
     #: Topic template in mode ``"topic"``, e.g. ``"meters/{meter}/telemetry"``.
@@ -244,9 +251,27 @@ class PublishConfig:
     outbox_synchronous: Synchronous = "full"
     #: Memory for readings kept while the outbox cannot write (disk full): their JSON plus
     #: ``SPILL_OVERHEAD`` bytes each.
-    outbox_spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
+    outbox_spill_max_bytes: int = 16 * 1024 * 1024
     #: Seconds of outbox growth while connected before ``publisher.falling_behind``.
-    backlog_alarm_s: float = DEFAULT_BACKLOG_ALARM_S
+    backlog_alarm_s: float = 60.0
+
+
+#: Built-in values of the meter settings; ``port`` and ``registers`` have none.
+_BUILTIN_METER: dict[str, Any] = {
+    "transport": "hdlc",
+    "client_sap": 1,
+    "server_physical": 1,
+    "server_address_size": "auto",
+    "interval_s": 15.0,
+    "timeout_s": 5.0,
+    "inactivity_timeout_s": 180.0,
+    "max_pdu_size": 1024,
+    "hdlc_max_info": 128,
+    "hdlc_window": 1,
+    "byte_stuffing": False,
+}
+#: The same, read-only, for other layers (the ``read`` command, the session): one home.
+METER_DEFAULTS: Mapping[str, Any] = MappingProxyType(_BUILTIN_METER)
 
 
 @attrs.frozen(kw_only=True)
@@ -257,24 +282,27 @@ class MeterConfig:
     host: str
     port: int
     enabled: bool = True
-    transport: Transport = "hdlc"
-    client_sap: int = 1
+    transport: Transport = _BUILTIN_METER["transport"]
+    client_sap: int = _BUILTIN_METER["client_sap"]
     #: HDLC: upper address (0 on the field meter). Wrapper: the destination wPort.
     server_logical: int = 0
     #: HDLC lower address; unused by the wrapper.
-    server_physical: int = 1
+    server_physical: int = _BUILTIN_METER["server_physical"]
     #: Bytes of the HDLC server address: 1, 2 or 4.
     server_address_size: Literal[1, 2, 4] = 1
     #: Low-level security (LLS) password; ``None`` means no authentication.
     password: str | None = _secret()
-    interval_s: float = 15.0
-    timeout_s: float = 5.0
-    inactivity_timeout_s: float = 180.0
+    interval_s: float = _BUILTIN_METER["interval_s"]
+    timeout_s: float = _BUILTIN_METER["timeout_s"]
+    inactivity_timeout_s: float = _BUILTIN_METER["inactivity_timeout_s"]
     registers: tuple[RegisterConfig, ...] = ()
-    max_pdu_size: int = 1024
-    hdlc_max_info: int = 128
-    hdlc_window: int = 1
-    byte_stuffing: bool = False
+    #: Values that never change (serial number, firmware): read with the registers, published
+    #: as device attributes when the connection to the broker is made and when they change.
+    attributes: tuple[RegisterConfig, ...] = ()
+    max_pdu_size: int = _BUILTIN_METER["max_pdu_size"]
+    hdlc_max_info: int = _BUILTIN_METER["hdlc_max_info"]
+    hdlc_window: int = _BUILTIN_METER["hdlc_window"]
+    byte_stuffing: bool = _BUILTIN_METER["byte_stuffing"]
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
     #: Where the token came from, e.g. ``environment variable M1_TOKEN (meters[0].token_env)``.
@@ -343,11 +371,13 @@ class _MqttSection:
     client_id: str | None = None
     keepalive: int = 60
     qos: Literal[0, 1] = 1
-    reconnect_max_s: float = DEFAULT_BACKOFF_MAX_S
-    puback_alarm_s: float = DEFAULT_PUBACK_ALARM_S
+    reconnect_max_s: float = RECONNECT_MAX_S
+    puback_alarm_s: float = PUBACK_ALARM_S
 
 
 _PUBLISH_DEFAULTS = PublishConfig()
+#: The topic template of publish mode "topic" when ``topic`` is not given.
+DEFAULT_TOPIC = "meters/{meter}/telemetry"
 
 
 @attrs.frozen(kw_only=True)
@@ -394,6 +424,7 @@ class _MeterDefaults:
     timeout_s: float | None = None
     inactivity_timeout_s: float | None = None
     registers: _Registers | None = None
+    attributes: list[_RegisterSection] | None = None
     max_pdu_size: int | None = None
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
@@ -409,21 +440,6 @@ class _MeterSection(_MeterDefaults):
     token_file: str | None = None
     token_env: str | None = None
 
-
-#: Built-in values of the meter settings; ``port`` and ``registers`` have none.
-_BUILTIN_METER: dict[str, Any] = {
-    "transport": "hdlc",
-    "client_sap": 1,
-    "server_physical": 1,
-    "server_address_size": "auto",
-    "interval_s": 15.0,
-    "timeout_s": 5.0,
-    "inactivity_timeout_s": 180.0,
-    "max_pdu_size": 1024,
-    "hdlc_max_info": 128,
-    "hdlc_window": 1,
-    "byte_stuffing": False,
-}
 
 #: Keys that must be present, per section.
 _REQUIRED: dict[type, tuple[str, ...]] = {
@@ -1106,6 +1122,21 @@ class _Resolver:
         else:
             registers = default_regs
 
+        attributes: tuple[RegisterConfig, ...] = ()
+        attributes_path = (
+            f"{path}.attributes" if raw.attributes is not None else "defaults.attributes"
+        )
+        raw_attributes = raw.attributes if raw.attributes is not None else defaults.attributes
+        if raw_attributes:
+            attributes = self.registers(raw_attributes, attributes_path)
+            keys = {r.key for r in registers}
+            for i, attribute in enumerate(attributes):
+                if attribute.key in keys:
+                    self.error(
+                        f"{attributes_path}[{i}].key",
+                        f"{attribute.key!r} is also the key of a register",
+                    )
+
         port = pick("port")
         if port is None:
             self.error(f"{path}.port", "required (set it here or in [defaults])")
@@ -1150,6 +1181,7 @@ class _Resolver:
             timeout_s=timeout_s,
             inactivity_timeout_s=pick("inactivity_timeout_s"),
             registers=registers,
+            attributes=attributes,
             max_pdu_size=pick("max_pdu_size"),
             hdlc_max_info=pick("hdlc_max_info"),
             hdlc_window=pick("hdlc_window"),

@@ -35,6 +35,8 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.config import PUBACK_ALARM_S, RECONNECT_MAX_S
+
 __all__ = [
     "ALARM_AUTH_REFUSED",
     "ALARM_CONNACK_REFUSED",
@@ -61,10 +63,10 @@ ALARM_PUBACK_WITHHELD = "mqtt.puback_withheld"
 _BAD_CREDENTIALS = 134
 _NOT_AUTHORIZED = 135
 _MISC_INTERVAL = 1.0
-#: Longest wait between reconnect attempts (seconds), unless configured otherwise.
-DEFAULT_BACKOFF_MAX_S = 30.0
-#: Seconds without any PUBACK for an outstanding publish before the alarm, by default.
-DEFAULT_PUBACK_ALARM_S = 10.0
+#: Longest wait between reconnect attempts (seconds) and seconds without any PUBACK for an
+#: outstanding publish before the alarm: the configuration's defaults (one home for each).
+DEFAULT_BACKOFF_MAX_S = RECONNECT_MAX_S
+DEFAULT_PUBACK_ALARM_S = PUBACK_ALARM_S
 
 
 @attrs.frozen

@@ -33,6 +33,7 @@ from typing import Literal, TypeVar
 import attrs
 import trio
 
+from bridge.config import PublishConfig
 from bridge.lock import private_file
 from bridge.readings import Reading
 
@@ -54,8 +55,9 @@ __all__ = [
 log = logging.getLogger("bridge.outbox")
 
 FILENAME = "outbox.sqlite"
-DEFAULT_MAX_ROWS = 1_000_000
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# The defaults are the configuration's (one home: bridge.config.PublishConfig).
+DEFAULT_MAX_ROWS = PublishConfig().outbox_max_rows
+DEFAULT_MAX_BYTES = PublishConfig().outbox_max_bytes
 _SCHEMA_VERSION = 1
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
 _IDS_PER_STATEMENT = 500
@@ -408,6 +410,18 @@ class Outbox:
         """(rows, payload bytes) currently stored."""
         return self.rows, self.bytes
 
+    def oldest_ts_ms(self) -> int | None:
+        """When the oldest unsent reading was taken (ms since the epoch), None if empty."""
+        return self._guard(
+            lambda: next(
+                (
+                    int(ts)
+                    for (ts,) in self._db.execute("SELECT ts_ms FROM outbox ORDER BY id LIMIT 1")
+                ),
+                None,
+            )
+        )
+
     def pending_meters(self) -> list[str]:
         """The meters that have rows waiting, sorted."""
         return self._guard(
@@ -495,6 +509,10 @@ class AsyncOutbox:
         """See `Outbox.delete`."""
         return await self._run(lambda: self.core.delete(ids))
 
+    async def oldest_ts_ms(self) -> int | None:
+        """See `Outbox.oldest_ts_ms`."""
+        return await self._run(self.core.oldest_ts_ms)
+
     async def pending_meters(self) -> list[str]:
         """See `Outbox.pending_meters`."""
         return await self._run(self.core.pending_meters)
@@ -544,8 +562,8 @@ class WriterStats:
 
 #: Alarm raised while the outbox cannot write and readings wait in memory.
 ALARM_WRITE_FAILED = "outbox.write_failed"
-#: Default bound of the in-memory spill (payload bytes of the readings it holds).
-DEFAULT_SPILL_MAX_BYTES = 16 * 1024 * 1024
+#: Default bound of the in-memory spill (the configuration's: one home for each default).
+DEFAULT_SPILL_MAX_BYTES = PublishConfig().outbox_spill_max_bytes
 #: Seconds between attempts to write the spill while the outbox cannot write.
 DEFAULT_SPILL_RETRY_S = 1.0
 

@@ -39,10 +39,10 @@ import trio
 
 from bridge.config import MeterConfig
 from bridge.logs import log_event
-from bridge.readings import Reading
+from bridge.readings import Reading, RegisterError, Value, check_value
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.apdu import AttributeDescriptor
-from codec.client import RegisterSpec
+from codec.client import RegisterReading, RegisterSpec
 from codec.errors import AssociationError, ProtocolError
 from codec.hdlc_params import LinkParameters
 from codec.obis import Obis
@@ -151,7 +151,11 @@ class MeterPoller:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.endpoint = endpoint_for(meter)
-        self.specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
+        self.specs = [
+            RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
+            for r in (*meter.registers, *meter.attributes)
+        ]
+        self.attribute_keys = frozenset(r.key for r in meter.attributes)
         self.stats = PollerStats()
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
@@ -236,15 +240,13 @@ class MeterPoller:
                 await self._drop_association()
             self._failed(exc)
             return False
-        values = {r.spec.name: r.value for r in readings if r.ok}
-        errors = [r for r in readings if not r.ok]
-        stats.register_errors += len(errors)
-        for r in errors:
+        reading = self._reading(readings, started_ms)
+        stats.register_errors += len(reading.errors)
+        for key, error in reading.errors.items():
             log_event(
                 log, logging.WARNING, "register_error",
-                meter=self.meter.name, key=r.spec.name, obis=str(r.spec.obis), error=r.error,
+                meter=self.meter.name, key=key, code=error.code, error=error.message,
             )  # fmt: skip
-        reading = Reading(self.meter.name, started_ms, values)
         await self.sink(reading)
         log_event(
             log,
@@ -252,7 +254,7 @@ class MeterPoller:
             "reading_stored",
             meter=self.meter.name,
             ts=started_ms,
-            values=len(values),
+            values=len(reading.values),
         )
         stats.cycles += 1
         stats.readings += 1
@@ -264,7 +266,37 @@ class MeterPoller:
         self._succeeded()
         return True
 
-    async def _read_with_recovery(self) -> tuple[list[Any], int, float, bool]:
+    def _reading(self, readings: list[RegisterReading], started_ms: int) -> Reading:
+        """The reading of one cycle: a register whose value JSON cannot carry is an error of
+        that register, never of the cycle."""
+        values: dict[str, Value] = {}
+        quality: dict[str, str] = {}
+        errors: dict[str, RegisterError] = {}
+        for r in readings:
+            key = r.spec.name
+            if not r.ok:
+                errors[key] = RegisterError(r.error_code or "register.error", r.error or "")
+                continue
+            problem = check_value(r.value)
+            if problem is not None:
+                errors[key] = RegisterError("value.unrepresentable", problem)
+                continue
+            values[key] = r.value
+            if r.quality is not None:
+                quality[key] = r.quality.value
+        attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
+        for key in attributes:
+            quality.pop(key, None)
+        return Reading(
+            self.meter.name,
+            started_ms,
+            values,
+            quality=quality,
+            errors=errors,
+            attributes=attributes,
+        )
+
+    async def _read_with_recovery(self) -> tuple[list[RegisterReading], int, float, bool]:
         """Read the registers, re-associating (level 2) or reconnecting (level 3) as needed."""
         last: BaseException | None = None
         for _attempt in range(3):

@@ -18,6 +18,13 @@ Formats (`PublishMode`):
   The online flag is a retained ``{"meter": "<meter>", "online": true}`` on
   `status_topic_template`.
 
+Values: a reading's values go as they are (structures and arrays as JSON arrays, text as
+strings), except that ThingsBoard takes no null: a null value is left out and its cause goes
+under ``<key>_quality`` / ``<key>_error`` (`Reading.telemetry`). A meter's configured
+``attributes`` (serial number, firmware) are published as device attributes
+(``v1/gateway/attributes`` ``{"<meter>": {...}}`` or ``v1/devices/me/attributes``) once per
+connection and again whenever they change; in ``topic`` mode they travel with the values.
+
 Delivery: rows are read from the outbox in insertion order, published with QoS 1 (a few
 messages in flight per connection), and deleted only after their PUBACK. After any failure the
 lane starts again from the oldest row still stored, so readings of one meter always reach the
@@ -57,6 +64,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.config import DEFAULT_TOPIC, PublishConfig
 from bridge.mqtt import Delivery, MqttClient, MqttSettings, PublishError
 from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
 from bridge.readings import Reading, dumps_compact
@@ -84,8 +92,10 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: The configuration's defaults are the publisher's (one home for each default).
+_CONFIG = PublishConfig()
 #: Seconds of outbox growth (while connected) before ``publisher.falling_behind``, by default.
-DEFAULT_BACKLOG_ALARM_S = 60.0
+DEFAULT_BACKLOG_ALARM_S = _CONFIG.backlog_alarm_s
 ALARM_FALLING_BEHIND = "publisher.falling_behind"
 # Samples of the outbox depth per backlog window.
 _BACKLOG_SAMPLES = 20
@@ -127,21 +137,23 @@ class PublisherSettings:
     """
 
     mode: PublishMode = PublishMode.GATEWAY
-    topic_template: str = "meters/{meter}/telemetry"
+    topic_template: str = DEFAULT_TOPIC
     payload_shape: PayloadShape = PayloadShape.THINGSBOARD
     status_topic_template: str = "meters/{meter}/status"
     device_type: str | None = None
     online_attribute: str | None = "online"
-    max_messages_per_s: float = attrs.field(default=4.0, validator=_at_least(0.001))
-    max_payload_bytes: int = attrs.field(default=32 * 1024, validator=_at_least(64))
-    max_bytes_per_s: float = attrs.field(default=64 * 1024, validator=_at_least(64))
+    max_messages_per_s: float = attrs.field(
+        default=_CONFIG.max_messages_per_s, validator=_at_least(0.001)
+    )
+    max_payload_bytes: int = attrs.field(default=_CONFIG.max_payload_bytes, validator=_at_least(64))
+    max_bytes_per_s: float = attrs.field(default=_CONFIG.max_bytes_per_s, validator=_at_least(64))
     max_datapoints_per_s: float | None = attrs.field(default=None, validator=_at_least(0.001))
     burst_s: float = attrs.field(default=1.0, validator=_at_least(0.001))
     max_in_flight: int = attrs.field(default=4, validator=_at_least(1))
     ack_timeout: float = attrs.field(default=30.0, validator=_at_least(0.001))
     #: Readings read from the outbox at a time, and the most one message carries (in mode
     #: ``topic`` 1 means one reading per message, a JSON object; more, a JSON array).
-    batch_rows: int = attrs.field(default=500, validator=_at_least(1))
+    batch_rows: int = attrs.field(default=_CONFIG.max_readings_per_message, validator=_at_least(1))
     backlog_alarm_s: float = attrs.field(
         default=DEFAULT_BACKLOG_ALARM_S, validator=_at_least(0.001)
     )
@@ -247,7 +259,7 @@ class Message:
 
     @property
     def datapoints(self) -> int:
-        return sum(len(row.reading.values) for row in self.rows)
+        return sum(len(row.reading.telemetry()) for row in self.rows)
 
 
 def _key(text: str) -> str:
@@ -302,45 +314,43 @@ class UndeliverableError(ValueError):
 
 
 def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
-    """One reading on the configured topic, in the configured shape."""
+    """One reading on the configured topic, in the configured shape (a JSON object)."""
     reading = row.reading
     topic = settings.topic_template.replace("{meter}", reading.meter)
     if any(c in reading.meter for c in "+#\0"):
         raise UndeliverableError(
             f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
         )
+    return Message(topic, _topic_object(reading, settings), (row,))
+
+
+def _topic_object(reading: Reading, settings: PublisherSettings) -> bytes:
+    """One reading in the topic mode's shape; `ValueError` if its keys clash with the flat
+    shape's own fields."""
+    # A plain broker has no device attributes: they travel with the values.
+    values: dict[str, object] = {**reading.attributes_json(), **reading.telemetry()}
     if settings.payload_shape is PayloadShape.FLAT:
-        flat: dict[str, object] = dict(reading.values)
-        clash = {"meter", "ts"} & flat.keys()
+        clash = {"meter", "ts"} & values.keys()
         if clash:
             raise ValueError(
                 f"reading of meter {reading.meter!r}: keys {sorted(clash)} clash with the flat "
                 "payload's own fields"
             )
-        flat["meter"] = reading.meter
-        flat["ts"] = reading.ts_ms
-        payload = dumps_compact(flat).encode()
-    else:
-        payload = _entry(reading).encode()
-    return Message(topic, payload, (row,))
+        values["meter"] = reading.meter
+        values["ts"] = reading.ts_ms
+        return dumps_compact(values).encode()
+    return f'{{"ts":{reading.ts_ms},"values":{dumps_compact(values)}}}'.encode()
 
 
 def _topic_entry(reading: Reading, settings: PublisherSettings) -> bytes:
-    """One reading in the topic mode's shape (falls back to thingsboard on a key clash)."""
-    if settings.payload_shape is PayloadShape.FLAT:
-        flat: dict[str, object] = dict(reading.values)
-        clash = {"meter", "ts"} & flat.keys()
-        if not clash:
-            flat["meter"] = reading.meter
-            flat["ts"] = reading.ts_ms
-            return dumps_compact(flat).encode()
-        log.error(
-            "reading of meter %r: keys %s clash with the flat payload's own fields; the reading "
-            "is sent in the thingsboard shape instead",
-            reading.meter,
-            sorted(clash),
+    """`_topic_object`, falling back to the thingsboard shape (logged) on a key clash."""
+    try:
+        return _topic_object(reading, settings)
+    except ValueError as exc:
+        log.error("%s; the reading is sent in the thingsboard shape instead", exc)
+        return _topic_object(
+            reading, attrs.evolve(settings, payload_shape=PayloadShape.THINGSBOARD)
         )
-    return _entry(reading).encode()
 
 
 def topic_batch(
@@ -408,6 +418,8 @@ class _Lane:
     control: list[Message] = attrs.Factory(list)
     dirty_status: set[str] = attrs.Factory(set)
     announced: set[str] = attrs.Factory(set)
+    #: The device attributes last published per meter on this connection.
+    attributes_sent: dict[str, dict[str, Any]] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     failure: str | None = None
@@ -686,6 +698,7 @@ class Publisher:
             generation = lane.client.generation
             # (Again) connected: announce meters and repeat every known status.
             lane.announced.clear()
+            lane.attributes_sent.clear()
             lane.dirty_status |= {m for m in self._online if self._lane_for(m) is lane}
             lane.failure = None
             failure = await self._deliver(lane, generation)
@@ -754,12 +767,14 @@ class Publisher:
         while i < len(rows):
             if s.mode is PublishMode.DEVICE:
                 message, taken = device_telemetry(rows[i:], budget)
+                yield from self._attribute_messages(lane, message.rows)
             else:
                 message, taken = gateway_telemetry(rows[i:], budget)
                 for meter in dict.fromkeys(r.reading.meter for r in message.rows):
                     if meter not in lane.announced:
                         lane.announced.add(meter)
                         yield self._connect_message(meter)
+                yield from self._attribute_messages(lane, message.rows)
             i += taken
             yield message
 
@@ -787,6 +802,27 @@ class Publisher:
                 message, taken = topic_batch(mine[i:], s, s.max_payload_bytes)
                 i += taken
                 yield message
+
+    def _attribute_messages(self, lane: _Lane, rows: Sequence[OutboxRow]) -> Iterator[Message]:
+        """Device attributes of these rows' meters that this connection has not published yet,
+        or whose values changed."""
+        changed: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            reading = row.reading
+            if not reading.attributes:
+                continue
+            current = reading.attributes_json()
+            sent = lane.attributes_sent.get(reading.meter)
+            if current and current != sent:
+                lane.attributes_sent[reading.meter] = current
+                changed[reading.meter] = current
+        if not changed:
+            return
+        if self.settings.mode is PublishMode.GATEWAY:
+            yield Message(GATEWAY_ATTRIBUTES, dumps_compact(changed).encode())
+        else:
+            for body in changed.values():
+                yield Message(DEVICE_ATTRIBUTES, dumps_compact(body).encode())
 
     def _connect_message(self, meter: str) -> Message:
         body: dict[str, object] = {"device": meter}

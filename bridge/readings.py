@@ -2,8 +2,15 @@
 
 A `Reading` is what a poller hands to the outbox and what the publisher delivers: the meter's
 name, the wall-clock time the values were taken (milliseconds since the Unix epoch) and the
-telemetry key -> scaled value map. The JSON form is compact and has a stable key order, so the
-same reading always serialises to the same bytes (the outbox stores exactly these bytes).
+telemetry key -> value map. Values follow the codec's value contract (:mod:`codec.values`):
+numbers, text, booleans, null and (for structures and arrays) lists of those, never NaN or
+Infinity. A value that is null because the meter sent NaN or an infinite float has its reason in
+``quality``; a register that could not be read or represented is in ``errors`` (key -> error
+code and message) instead of ``values``, so the other registers of the cycle are still delivered.
+
+The JSON form is compact and has a stable key order, so the same reading always serialises to
+the same bytes (the outbox stores exactly these bytes); ``quality`` and ``errors`` appear only
+when not empty, so a plain reading is ``{"meter":..,"ts":..,"values":{..}}``.
 """
 
 from __future__ import annotations
@@ -16,17 +23,65 @@ from typing import Any, TypeAlias
 
 import attrs
 
-__all__ = ["Reading", "Value", "decode_reading", "encode_reading"]
+from codec.values import JsonValue
 
-#: A telemetry value as ThingsBoard accepts it.
-Value: TypeAlias = int | float | str | bool | None
+__all__ = ["Reading", "RegisterError", "Value", "check_value", "decode_reading", "encode_reading"]
 
-_VALUE_TYPES = (int, float, str, bool, type(None))
+#: A telemetry value: the codec's JSON-safe value (lists for structures and arrays).
+Value: TypeAlias = JsonValue
+
+_SCALARS = (int, float, str, bool, type(None))
+#: Deepest nesting of lists in a value (the A-XDR decoder's own limit is 16).
+MAX_VALUE_DEPTH = 32
 
 
-def _freeze_values(values: Mapping[str, Value]) -> Mapping[str, Value]:
+@attrs.frozen
+class RegisterError:
+    """Why a register of a reading has no value: a machine-readable code and a message."""
+
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        """``{"code": .., "message": ..}``."""
+        return {"code": self.code, "message": self.message}
+
+
+def check_value(value: object, depth: int = 0) -> str | None:
+    """Why ``value`` is not a :data:`Value` strict JSON can carry, or None when it is."""
+    if isinstance(value, list):
+        if depth >= MAX_VALUE_DEPTH:
+            return f"lists nested deeper than {MAX_VALUE_DEPTH}"
+        for item in value:
+            problem = check_value(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if not isinstance(value, _SCALARS):
+        return (
+            f"unsupported type {type(value).__name__} (expected int, float, str, bool, None "
+            "or a list of those)"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r}, which JSON cannot carry"
+    return None
+
+
+def _freeze(values: Mapping[str, Any]) -> Mapping[str, Any]:
     # A read-only copy: the caller's dict may be reused for the next poll cycle.
     return MappingProxyType(dict(values))
+
+
+def _freeze_errors(errors: Mapping[str, RegisterError | Mapping[str, str]]) -> Mapping[str, Any]:
+    out: dict[str, RegisterError] = {}
+    for key, error in errors.items():
+        if isinstance(error, RegisterError):
+            out[key] = error
+        elif isinstance(error, Mapping):
+            out[key] = RegisterError(str(error.get("code", "")), str(error.get("message", "")))
+        else:
+            raise ValueError(f"reading: error of {key!r} must be a code and a message")
+    return MappingProxyType(out)
 
 
 def _check_meter(_inst: object, _attr: attrs.Attribute[str], meter: object) -> None:
@@ -47,27 +102,57 @@ def _check_values(inst: Any, _attr: attrs.Attribute[Any], values: Mapping[str, V
             raise ValueError(
                 f"reading of meter {inst.meter!r}: key {key!r} is not a non-empty string"
             )
-        if not isinstance(value, _VALUE_TYPES):
+        problem = check_value(value)
+        if problem is not None:
+            raise ValueError(f"reading of meter {inst.meter!r}: value of {key!r}: {problem}")
+
+
+def _check_quality(inst: Any, _attr: attrs.Attribute[Any], quality: Mapping[str, str]) -> None:
+    for key, flag in quality.items():
+        if key not in inst.values or not isinstance(flag, str):
             raise ValueError(
-                f"reading of meter {inst.meter!r}: value of {key!r} has unsupported type "
-                f"{type(value).__name__} (expected int, float, str, bool or None)"
+                f"reading of meter {inst.meter!r}: quality {flag!r} of {key!r} names no value"
             )
-        if isinstance(value, float) and not math.isfinite(value):
+
+
+def _check_attributes(inst: Any, _attr: attrs.Attribute[Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        problem = check_value(value) if isinstance(key, str) and key else "empty key"
+        if problem is not None:
+            raise ValueError(f"reading of meter {inst.meter!r}: attribute {key!r}: {problem}")
+
+
+def _check_errors(inst: Any, _attr: attrs.Attribute[Any], errors: Mapping[str, Any]) -> None:
+    for key in errors:
+        if not isinstance(key, str) or not key or key in inst.values:
             raise ValueError(
-                f"reading of meter {inst.meter!r}: value of {key!r} is {value!r}, "
-                "which JSON cannot carry"
+                f"reading of meter {inst.meter!r}: error key {key!r} is empty or also has a value"
             )
 
 
 @attrs.frozen
 class Reading:
-    """One poll cycle of one meter: telemetry key -> scaled value, stamped when taken."""
+    """One poll cycle of one meter: telemetry key -> value, stamped when taken.
+
+    ``quality`` flags values that are not the meter's plain number (``"nan"``: null because the
+    meter sent NaN); ``errors`` holds the registers without a value.
+    """
 
     meter: str = attrs.field(validator=_check_meter)
     ts_ms: int = attrs.field(validator=_check_ts)
     # Left out of the hash (a mapping is not hashable); equality still compares it.
     values: Mapping[str, Value] = attrs.field(
-        converter=_freeze_values, validator=_check_values, hash=False
+        converter=_freeze, validator=_check_values, hash=False
+    )
+    quality: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_freeze, validator=_check_quality, hash=False, kw_only=True
+    )
+    errors: Mapping[str, RegisterError] = attrs.field(
+        factory=dict, converter=_freeze_errors, validator=_check_errors, hash=False, kw_only=True
+    )
+    #: Values of the meter's configured ``attributes`` (published as device attributes).
+    attributes: Mapping[str, Value] = attrs.field(
+        factory=dict, converter=_freeze, validator=_check_attributes, hash=False, kw_only=True
     )
 
     def to_json(self) -> bytes:
@@ -80,8 +165,23 @@ class Reading:
         return decode_reading(data)
 
     def values_json(self) -> str:
-        """The ``values`` object alone, in the same compact, sorted form."""
-        return dumps_compact(dict(self.values))
+        """The telemetry object (:meth:`telemetry`) in the same compact, sorted form."""
+        return dumps_compact(self.telemetry())
+
+    def attributes_json(self) -> dict[str, Value]:
+        """The attributes as ThingsBoard takes them (no null values)."""
+        return {k: v for k, v in self.attributes.items() if v is not None}
+
+    def telemetry(self) -> dict[str, Value]:
+        """The values as ThingsBoard telemetry, which takes no JSON null: a null value is left
+        out; its quality flag goes under ``<key>_quality`` and each register error under
+        ``<key>_error`` (``"<code>: <message>"``), so the cause is visible next to the data."""
+        out: dict[str, Value] = {k: v for k, v in self.values.items() if v is not None}
+        for key, flag in self.quality.items():
+            out[f"{key}_quality"] = flag
+        for key, error in self.errors.items():
+            out[f"{key}_error"] = f"{error.code}: {error.message}"
+        return out
 
 
 def dumps_compact(obj: object) -> str:
@@ -93,7 +193,17 @@ def dumps_compact(obj: object) -> str:
 
 def encode_reading(reading: Reading) -> bytes:
     """Serialise a reading to compact UTF-8 JSON with a stable key order."""
-    obj = {"meter": reading.meter, "ts": reading.ts_ms, "values": dict(reading.values)}
+    obj: dict[str, object] = {
+        "meter": reading.meter,
+        "ts": reading.ts_ms,
+        "values": dict(reading.values),
+    }
+    if reading.quality:
+        obj["quality"] = dict(reading.quality)
+    if reading.errors:
+        obj["errors"] = {k: e.to_json() for k, e in reading.errors.items()}
+    if reading.attributes:
+        obj["attributes"] = dict(reading.attributes)
     return dumps_compact(obj).encode("utf-8")
 
 
@@ -108,9 +218,21 @@ def decode_reading(data: bytes | str) -> Reading:
     missing = {"meter", "ts", "values"} - obj.keys()
     if missing:
         raise ValueError(f"reading JSON lacks {', '.join(sorted(missing))}")
-    extra = obj.keys() - {"meter", "ts", "values"}
+    extra = obj.keys() - {"meter", "ts", "values", "quality", "errors", "attributes"}
     if extra:
         raise ValueError(f"reading JSON has unexpected keys {', '.join(sorted(extra))}")
-    if not isinstance(obj["values"], dict):
-        raise ValueError("reading JSON: values must be an object")
-    return Reading(meter=obj["meter"], ts_ms=obj["ts"], values=obj["values"])
+    for name in ("values", "quality", "errors", "attributes"):
+        if not isinstance(obj.get(name, {}), dict):
+            raise ValueError(f"reading JSON: {name} must be an object")
+    errors = obj.get("errors", {})
+    for key, error in errors.items():
+        if not isinstance(error, dict):
+            raise ValueError(f"reading JSON: error of {key!r} must be an object")
+    return Reading(
+        meter=obj["meter"],
+        ts_ms=obj["ts"],
+        values=obj["values"],
+        quality=obj.get("quality", {}),
+        errors=errors,
+        attributes=obj.get("attributes", {}),
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -28,15 +29,24 @@ from typing import Any
 import attrs
 import trio
 
-from bridge import systemd
-from bridge.config import BridgeConfig, ConfigError, MeterConfig, diff_meters, load_config
+from bridge import __version__, systemd
+from bridge.config import (
+    DEFAULT_TOPIC,
+    BridgeConfig,
+    ConfigError,
+    MeterConfig,
+    diff_meters,
+    load_config,
+)
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
-from bridge.outbox import AsyncOutbox, OutboxWriter
+from bridge.outbox import AsyncOutbox, OutboxError, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
+from bridge.status_socket import serve_status, socket_path
+from bridge.supervision import CrashTracker, SupervisionSettings
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -45,9 +55,6 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
-#: A crashed poller is restarted after this long (doubling up to the maximum).
-CRASH_BACKOFF_S = 5.0
-CRASH_BACKOFF_MAX_S = 300.0
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -109,9 +116,7 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
     p = config.publish
     return PublisherSettings(
         mode=PublishMode(p.mode),
-        topic_template=(p.topic or "meters/{meter}/telemetry").replace(
-            "{bridge}", config.bridge.name
-        ),
+        topic_template=(p.topic or DEFAULT_TOPIC).replace("{bridge}", config.bridge.name),
         payload_shape=PayloadShape(p.payload),
         max_messages_per_s=p.max_messages_per_s,
         max_payload_bytes=p.max_payload_bytes,
@@ -131,6 +136,9 @@ class _Running:
     poller: MeterPoller | None = None
     crashes: int = 0
     done: trio.Event = attrs.Factory(trio.Event)
+    tracker: CrashTracker = attrs.Factory(CrashTracker)
+    #: Trio time the current poller was started.
+    started: float = 0.0
 
 
 class BridgeService:
@@ -144,6 +152,7 @@ class BridgeService:
         handle_signals: bool = True,
         shutdown_flush_s: float = SHUTDOWN_FLUSH_S,
         poller_options: Mapping[str, Any] | None = None,
+        supervision: SupervisionSettings | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -152,6 +161,8 @@ class BridgeService:
         #: Extra keyword arguments of every :class:`MeterPoller` (``breaker_threshold``,
         #: ``backoff_initial``, ``backoff_max``), e.g. for a demo that shows recovery quickly.
         self.poller_options = dict(poller_options or {})
+        #: How crashed pollers are restarted, and when a meter is put in the faulted state.
+        self.supervision = supervision or SupervisionSettings()
         self.meters: dict[str, _Running] = {}
         self.alarms: dict[str, str] = {}
         self.online: dict[str, bool] = {}
@@ -166,6 +177,8 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        #: Where the status socket is served (None until running, or if it could not be made).
+        self.status_socket: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -228,6 +241,10 @@ class BridgeService:
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             pollers_scope = trio.CancelScope()
             await nursery.start(self._run_pollers, pollers_scope)
+            # Always served (with or without the web console): `dlms-bridge health` asks it.
+            self.status_socket = await nursery.start(
+                serve_status, socket_path(cfg.bridge.data_dir), self.status
+            )
             for meter in cfg.meters:
                 if meter.enabled:
                     await self._start_meter(meter)
@@ -304,7 +321,11 @@ class BridgeService:
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
-        running = _Running(meter, trio.CancelScope())
+        running = _Running(
+            meter,
+            trio.CancelScope(),
+            tracker=CrashTracker(self.supervision, random.Random(self._rng.random())),
+        )
         self.meters[meter.name] = running
         await self._pollers.start(self._supervise, running)
 
@@ -319,9 +340,10 @@ class BridgeService:
     async def _supervise(
         self, running: _Running, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run one meter's poller; a crash (a bug) is logged and the poller started again."""
+        """Run one meter's poller; a crash (a bug) is logged and the poller started again,
+        until the same crash keeps coming back (:mod:`bridge.supervision`)."""
         name = running.meter.name
-        delay = CRASH_BACKOFF_S
+        tracker = running.tracker
         # Report at once: a poller's first cycle may take long, and the others must not wait.
         task_status.started()
         try:
@@ -335,22 +357,56 @@ class BridgeService:
                         **self.poller_options,
                     )
                     running.poller = poller
+                    running.started = trio.current_time()
                     try:
                         await poller.run()
-                    except Exception:
-                        running.crashes += 1
+                    except Exception as exc:
+                        if (
+                            trio.current_time() - running.started
+                            >= tracker.settings.healthy_after_s
+                        ):
+                            tracker.reset()
+                        delay = tracker.crashed(exc)
+                        running.crashes = tracker.crashes
                         log.exception(
-                            "meter=%s event=poller_crashed crashes=%d", name, running.crashes
-                        )
-                        self._set_alarm(
-                            _crashed_alarm(name), True,
-                            f"the poller of meter {name} crashed {running.crashes} time(s); "
-                            "restarting it (see the traceback in the log)",
+                            "meter=%s event=poller_crashed crashes=%d identical=%d",
+                            name, tracker.crashes, tracker.identical,
                         )  # fmt: skip
-                        await trio.sleep(delay * (0.5 + self._rng.random()))
-                        delay = min(CRASH_BACKOFF_MAX_S, delay * 2)
+                        if tracker.faulted:
+                            poller.stats.state = "faulted"
+                            self._set_alarm(
+                                _faulted_alarm(name), True,
+                                f"meter {name} is faulted: its poller crashed {tracker.identical} "
+                                f"times in a row with {tracker.last}; retried every "
+                                f"{tracker.settings.faulted_retry_s:g} s",
+                            )  # fmt: skip
+                        else:
+                            self._set_alarm(
+                                _crashed_alarm(name), True,
+                                f"the poller of meter {name} crashed {running.crashes} time(s); "
+                                "restarting it (see the traceback in the log)",
+                            )  # fmt: skip
+                        await trio.sleep(delay)
         finally:
             running.done.set()
+
+    def _check_faulted(self) -> int:
+        """Clear the faulted state of meters whose poller has run healthy long enough;
+        returns how many meters are still faulted."""
+        now = trio.current_time()
+        faulted = 0
+        for name, running in self.meters.items():
+            tracker = running.tracker
+            if not tracker.faulted:
+                continue
+            if now - running.started >= tracker.settings.healthy_after_s:
+                tracker.reset()
+                message = f"the poller of meter {name} runs again without crashing"
+                self._set_alarm(_faulted_alarm(name), False, message)
+                self._set_alarm(_crashed_alarm(name), False, message)
+            else:
+                faulted += 1
+        return faulted
 
     async def _sink(self, reading: Reading) -> None:
         assert self.writer is not None and self.publisher is not None
@@ -438,7 +494,7 @@ class BridgeService:
         return True
 
     def _clear_meter_alarms(self, meter: str) -> None:
-        for name in (_failing_alarm(meter), _crashed_alarm(meter)):
+        for name in (_failing_alarm(meter), _crashed_alarm(meter), _faulted_alarm(meter)):
             self._set_alarm(name, False, f"meter {meter} removed")
 
     # -- health ------------------------------------------------------------------------------
@@ -482,7 +538,11 @@ class BridgeService:
                 "crashes": running.crashes,
                 "online": self.online.get(name, False),
                 **stats,
+                "faulted": running.tracker.faulted,
             }
+            if running.tracker.faulted:
+                meters[name]["state"] = "faulted"
+                meters[name]["fault"] = running.tracker.last
         publisher = self.publisher
         return {
             "name": self.config.bridge.name,
@@ -515,6 +575,36 @@ class BridgeService:
                 spill_dropped=writer.stats.spill_dropped,
             )
         return state
+
+    async def status(self) -> dict[str, Any]:
+        """What the status socket serves: :meth:`snapshot` and what a health check needs.
+
+        Adds ``version``, ``pid``, ``now`` (wall clock, s), ``started_at``, ``ready``,
+        ``stopping``, ``outbox.oldest_ts_ms`` (when the oldest unsent reading was taken) and,
+        per MQTT connection, ``last_error``.
+        """
+        out = self.snapshot()
+        out.update(
+            version=__version__,
+            pid=os.getpid(),
+            now=time.time(),
+            started_at=self.started_at,
+            ready=self._ready.is_set(),
+            stopping=self._stop.is_set(),
+        )
+        if self.outbox is not None:
+            try:
+                out["outbox"]["oldest_ts_ms"] = await self.outbox.oldest_ts_ms()
+            except OutboxError as exc:
+                out["outbox"]["oldest_ts_ms"] = None
+                out["outbox"]["error"] = str(exc)
+        if self.publisher is not None:
+            for key, client in self.publisher.clients.items():
+                entry = out["mqtt"].get(str(key))
+                if entry is not None:
+                    entry["last_error"] = client.last_error
+                    entry["broker"] = client.settings.describe()
+        return out
 
     def all_alarms(self) -> dict[str, str]:
         """Alarms of the meters, the MQTT connections and the outbox."""
@@ -577,6 +667,7 @@ class BridgeService:
                     "spilled": writer.stats.spilled,
                     "spill_dropped": writer.stats.spill_dropped,
                 }
+            faulted = self._check_faulted()
             log_event(
                 log, logging.INFO, "summary",
                 cycles=cycles,
@@ -585,7 +676,7 @@ class BridgeService:
                 outbox_rows=rows,
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
                 meters_online=sum(1 for v in self.online.values() if v),
-                meters=len(self.meters), alarms=len(self.all_alarms()),
+                meters=len(self.meters), meters_faulted=faulted, alarms=len(self.all_alarms()),
                 **spill,
             )  # fmt: skip
             self._notify(status=self._status_line())
@@ -599,6 +690,11 @@ def _failing_alarm(meter: str) -> str:
 def _crashed_alarm(meter: str) -> str:
     """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
     return f"meter.{meter}.crashed"
+
+
+def _faulted_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
+    return f"meter.{meter}.faulted"
 
 
 def _ratio(part: float, whole: float) -> float | None:

@@ -19,13 +19,16 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
-from codec.apdu import AttributeDescriptor, SelectiveAccess
+from bridge.config import METER_DEFAULTS
+from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
     Associated,
     AssociationSettings,
     AssociationState,
     ClientAssociation,
     Closed,
+    Event,
+    Lenient,
     Negotiated,
     Notification,
     Released,
@@ -35,7 +38,7 @@ from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
 from codec.cosem import ObjectListEntry
 from codec.errors import LinkError, ProtocolError
-from codec.hdlc import NEED_DATA, HdlcAddress
+from codec.hdlc import HdlcAddress, NeedData
 from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
 from codec.obis import Obis
@@ -67,19 +70,19 @@ class MeterEndpoint:
 
     host: str
     port: int
-    transport: Literal["hdlc", "wrapper"] = "hdlc"
-    client_sap: int = 1
+    transport: Literal["hdlc", "wrapper"] = METER_DEFAULTS["transport"]
+    client_sap: int = METER_DEFAULTS["client_sap"]
     server_logical: int = 0
-    server_physical: int = 1
+    server_physical: int = METER_DEFAULTS["server_physical"]
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
-    timeout: float = 5.0
+    timeout: float = METER_DEFAULTS["timeout_s"]
     retries: int = 2
-    connect_timeout: float = 5.0
-    max_pdu_size: int = 1024
+    connect_timeout: float = METER_DEFAULTS["timeout_s"]
+    max_pdu_size: int = METER_DEFAULTS["max_pdu_size"]
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
-    byte_stuffing: bool = False
+    byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
     max_list_items: int = 10
 
     @property
@@ -123,7 +126,7 @@ class MeterSession:
         self,
         endpoint: MeterEndpoint,
         *,
-        on_notification: Callable[[Any], None] | None = None,
+        on_notification: Callable[[Apdu | bytes], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.on_notification = on_notification
@@ -239,7 +242,7 @@ class MeterSession:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def request(self, apdu: Any) -> Any:
+    async def request(self, apdu: Request) -> XdlmsApdu:
         """Send one request APDU and return its complete response APDU."""
         association = self._require()
         association.drain()
@@ -308,7 +311,7 @@ class MeterSession:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_sent += len(data)
 
-    async def _next_event(self) -> Any:
+    async def _next_event(self) -> Event:
         association = self.association
         assert association is not None
         while True:
@@ -320,7 +323,16 @@ class MeterSession:
                 if self.on_notification is not None:
                     self.on_notification(event.apdu)
                 continue
-            if event is not NEED_DATA:
+            if isinstance(event, Lenient):
+                # Tolerated and counted in stats(); the bytes are worth one debug line.
+                log.debug(
+                    "%s: %s%s",
+                    self.endpoint.label,
+                    event.detail,
+                    f": {event.data[:64].hex()}" if event.data else "",
+                )
+                continue
+            if not isinstance(event, NeedData):
                 return event
             deadline = association.next_deadline()
             data = None

@@ -38,6 +38,8 @@ class _NeedData:
 
 
 NEED_DATA = _NeedData()
+#: The type of ``NEED_DATA`` (for annotations and ``isinstance``).
+NeedData = _NeedData
 
 
 class FrameKind(enum.Enum):

@@ -326,8 +326,11 @@ def raise_for_result(result: Data | DataAccessResult | ActionResult | None, what
         )
 
 
-def expect_data(result: Data | DataAccessResult, what: str) -> Data:
-    """Return the data of a GET result, raising for any data-access-result (even success)."""
+def expect_data(result: Data | DataAccessResult | MalformedResult, what: str) -> Data:
+    """Return the data of a GET result, raising for any data-access-result (even success)
+    and :class:`~codec.errors.DecodeError` for a result that did not decode."""
+    if isinstance(result, MalformedResult):
+        raise DecodeError(f"{what}: {result.message}", code=result.code, offset=result.offset)
     raise_for_result(result, what)
     if isinstance(result, DataAccessResult):
         raise ServiceError(
@@ -431,7 +434,8 @@ class GetResponseNormal:
     """GET.response normal: the value, or why there is none."""
 
     invoke: InvokeId
-    result: Data | DataAccessResult
+    #: A :class:`MalformedResult` when the value did not decode (only from a lenient decode).
+    result: Data | DataAccessResult | MalformedResult
 
 
 @attrs.frozen
@@ -445,11 +449,34 @@ class GetResponseWithDatablock:
 
 
 @attrs.frozen
+class MalformedResult:
+    """A GET-with-list result that could not be decoded (nor any result after it).
+
+    Decoding is lenient here: the results before a malformed one are kept, and this stands for
+    each result from the malformed one on, so that the other registers are still delivered.
+    """
+
+    code: str
+    message: str
+    offset: int | None = None
+
+
+#: Results of a GET-with-list after the first malformed one that get a :class:`MalformedResult`
+#: each; a longer claimed list is cut here (no meter answers that many attributes at once).
+MAX_MALFORMED_RESULTS = 1024
+
+
+@attrs.frozen
 class GetResponseWithList:
     """GET.response with list: one result per requested attribute, in order."""
 
     invoke: InvokeId
-    results: tuple[Data | DataAccessResult, ...]
+    results: tuple[Data | DataAccessResult | MalformedResult, ...]
+
+    @property
+    def malformed(self) -> int:
+        """How many results could not be decoded."""
+        return sum(1 for r in self.results if isinstance(r, MalformedResult))
 
 
 # -- SET ------------------------------------------------------------------------------------------
@@ -581,6 +608,11 @@ XdlmsApdu: TypeAlias = (
     " | DataNotification | GeneralBlockTransfer"
 )
 Apdu: TypeAlias = "XdlmsApdu | AARQ | AARE | RLRQ | RLRE"
+#: The confirmed requests a client sends (and an association carries one at a time).
+Request: TypeAlias = (
+    "GetRequestNormal | GetRequestNext | GetRequestWithList | SetRequestNormal"
+    " | ActionRequestNormal"
+)
 
 
 # -- encoding -------------------------------------------------------------------------------------
@@ -653,7 +685,11 @@ class _Writer:
             self.u8(access.selector, "access-selector")
             self.data(access.parameters)
 
-    def get_data_result(self, result: Data | DataAccessResult) -> None:
+    def get_data_result(self, result: Data | DataAccessResult | MalformedResult) -> None:
+        if isinstance(result, MalformedResult):
+            raise EncodeError(
+                f"a malformed result ({result.code}) cannot be encoded", code="apdu.malformed"
+            )
         if isinstance(result, DataAccessResult):
             self.out.append(1)
             self.out.append(int(result))
@@ -964,6 +1000,25 @@ class Reader:
             )
         return n
 
+    def result_list(self, what: str) -> tuple[Data | DataAccessResult | MalformedResult, ...]:
+        """A SEQUENCE OF Get-Data-Result, leniently: from the first result that does not decode
+        on, each result is a :class:`MalformedResult` and the rest of the input is left unread.
+        """
+        n = self.length(what)
+        results: list[Data | DataAccessResult | MalformedResult] = []
+        for index in range(n):
+            start = self.pos
+            try:
+                results.append(self.get_data_result())
+            except DecodeError as exc:
+                self.pos = start
+                bad = MalformedResult(
+                    exc.code, f"{what} item {index + 1}: {exc.message}", exc.offset
+                )
+                results.extend([bad] * min(n - index, MAX_MALFORMED_RESULTS))
+                break
+        return tuple(results)
+
     def end(self, what: str) -> None:
         if self.pos != len(self.buf):
             raise self.fail(
@@ -990,7 +1045,15 @@ def _dec_get_request(r: Reader, choice: int) -> XdlmsApdu:
 def _dec_get_response(r: Reader, choice: int) -> XdlmsApdu:
     invoke = r.invoke()
     if choice == _NORMAL:
-        return GetResponseNormal(invoke, r.get_data_result())
+        start = r.pos
+        try:
+            return GetResponseNormal(invoke, r.get_data_result())
+        except DecodeError as exc:
+            # The response itself is sound; its value is not: an error of that value only.
+            r.pos = len(r.buf)
+            return GetResponseNormal(
+                invoke, MalformedResult(exc.code, exc.message, exc.offset if exc.offset else start)
+            )
     if choice == _GET_WITH_DATABLOCK:
         last_block = r.u8("last-block") != 0
         block_number = r.u32("block-number")
@@ -1003,8 +1066,7 @@ def _dec_get_response(r: Reader, choice: int) -> XdlmsApdu:
         else:
             raise r.fail(f"datablock result choice must be 0 or 1, got {kind}", offset=start)
         return GetResponseWithDatablock(invoke, last_block, block_number, raw)
-    n = r.count("get-response result list", 2)
-    return GetResponseWithList(invoke, tuple(r.get_data_result() for _ in range(n)))
+    return GetResponseWithList(invoke, r.result_list("get-response result list"))
 
 
 def _dec_set_request(r: Reader, choice: int) -> XdlmsApdu:
@@ -1121,6 +1183,24 @@ def decode_xdlms(r: Reader, what: str = "APDU") -> XdlmsApdu:
     return decoder(r, choice)
 
 
+def decode_apdu_lenient(data: bytes | bytearray | memoryview) -> tuple[Apdu, bytes]:
+    """Decode the APDU at the start of ``data``; return it and the bytes after it.
+
+    Real stacks pad their replies (a Gurux server pads its last GET block): a receiver may
+    ignore what follows a complete APDU, as long as it counts it. ACSE APDUs are decoded whole.
+    """
+    buf = bytes(data)
+    if not buf:
+        raise DecodeError("empty APDU", code="apdu.truncated", offset=0)
+    if buf[0] in (Tag.AARQ, Tag.AARE, Tag.RLRQ, Tag.RLRE):
+        from codec import acse
+
+        return acse.decode_acse(buf), b""
+    r = Reader(buf)
+    apdu = decode_xdlms(r)
+    return apdu, buf[r.pos :]
+
+
 def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
     """Decode one complete APDU (xDLMS or ACSE); trailing bytes are an error."""
     buf = bytes(data)
@@ -1132,6 +1212,14 @@ def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
         return acse.decode_acse(buf)
     r = Reader(buf)
     apdu = decode_xdlms(r)
+    results: tuple[object, ...] = ()
+    if isinstance(apdu, GetResponseWithList):
+        results = apdu.results
+    elif isinstance(apdu, GetResponseNormal):
+        results = (apdu.result,)
+    for result in results:
+        if isinstance(result, MalformedResult):
+            raise DecodeError(result.message, code=result.code, offset=result.offset)
     r.end(type(apdu).__name__)
     return apdu
 
@@ -1153,10 +1241,14 @@ def _describe_access(access: SelectiveAccess | None) -> object:
     return {"selector": access.selector, "parameters": access.parameters.to_json()}
 
 
-def describe_result(result: Data | DataAccessResult | ActionResult | None) -> object:
+def describe_result(
+    result: Data | DataAccessResult | ActionResult | MalformedResult | None,
+) -> object:
     """A JSON-safe form of a GET/SET/ACTION result."""
     if result is None:
         return None
+    if isinstance(result, MalformedResult):
+        return {"malformed": result.code, "message": result.message}
     if isinstance(result, DataAccessResult):
         return {"data_access_result": result.label}
     if isinstance(result, ActionResult):

@@ -13,13 +13,13 @@ protocol error.
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 import attrs
 
 from codec import acse, apdu
 from codec.acse import AARE, AARQ, RLRE, RLRQ, Conformance, InitiateRequest
 from codec.apdu import (
+    Apdu,
     ConfirmedServiceError,
     DataNotification,
     ExceptionResponse,
@@ -30,8 +30,10 @@ from codec.apdu import (
     GetResponseWithDatablock,
     GetResponseWithList,
     InvokeId,
+    Request,
+    XdlmsApdu,
 )
-from codec.axdr import decode_data_exact
+from codec.axdr import decode_data
 from codec.errors import (
     AssociationError,
     DecodeError,
@@ -39,8 +41,9 @@ from codec.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from codec.hdlc import NEED_DATA
-from codec.link import ApduReceived, Connected, Disconnected, Link, UnsolicitedData
+from codec.hdlc import NEED_DATA, NeedData
+from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
+from codec.link import Event as LinkEvent
 
 __all__ = [
     "Associated",
@@ -48,6 +51,7 @@ __all__ = [
     "AssociationState",
     "ClientAssociation",
     "Closed",
+    "Lenient",
     "Negotiated",
     "Notification",
     "Released",
@@ -132,16 +136,17 @@ class Associated:
 
 @attrs.frozen
 class Response:
-    """The complete response to the current request (long GETs already reassembled)."""
+    """The complete response to the current request (long GETs already reassembled): a
+    GET/SET/ACTION response, an exception-response or a confirmed-service-error."""
 
-    apdu: Any
+    apdu: XdlmsApdu
 
 
 @attrs.frozen
 class Notification:
-    """An unsolicited APDU from the meter (a push), decoded when possible."""
+    """An unsolicited APDU from the meter (a push), decoded when possible (else its bytes)."""
 
-    apdu: Any
+    apdu: Apdu | bytes
 
 
 @attrs.frozen
@@ -159,7 +164,20 @@ class Closed:
     reason: str
 
 
-Event = Associated | Response | Notification | Released | Closed
+@attrs.frozen
+class Lenient:
+    """Something the meter got wrong that was tolerated (and counted), for a debug line.
+
+    ``what`` is ``"trailing_bytes"`` (``data`` holds the bytes ignored after a complete APDU or
+    value) or ``"malformed_results"`` (results of a GET-with-list that did not decode).
+    """
+
+    what: str
+    detail: str
+    data: bytes = b""
+
+
+Event = Associated | Response | Notification | Released | Closed | Lenient
 
 
 class ClientAssociation:
@@ -176,13 +194,15 @@ class ClientAssociation:
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
-        self._current: Any = None  # the request awaiting its response
+        self._current: Request | None = None  # the request awaiting its response
         self._blocks: list[bytes] = []
         self._events: list[Event] = []
         self._now = 0.0
         self.requests = 0
         self.stale_responses = 0
         self.blocks_received = 0
+        self.trailing_bytes = 0
+        self.malformed_results = 0
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -203,7 +223,7 @@ class ClientAssociation:
         self._now = now
         self.link.connect(now)
 
-    def request(self, request: Any, now: float) -> InvokeId:
+    def request(self, request: Request, now: float) -> InvokeId:
         """Send a confirmed GET/SET/ACTION request; its invoke-id is assigned here.
 
         ``request`` is any request APDU from :mod:`codec.apdu`; its ``invoke`` field is replaced.
@@ -232,8 +252,24 @@ class ClientAssociation:
             self.link.send_apdu(acse.encode_acse(RLRQ()), now)
         elif self.state is S.IDLE:
             self.state = S.CLOSED
+        elif self._meter_still_associated():
+            # A reply we could not accept closed the association on our side only: the meter
+            # still holds it (and may allow no other). Release it properly.
+            self.state = S.RELEASING
+            try:
+                self.link.send_apdu(acse.encode_acse(RLRQ()), now)
+            except LocalProtocolError:
+                self.state = S.UNLINKING
+                self.link.disconnect(now)
         else:
             self.abort(now)
+
+    def _meter_still_associated(self) -> bool:
+        return (
+            self.state is S.CLOSED
+            and self.negotiated is not None
+            and self.link.state is LinkState.CONNECTED
+        )
 
     def abort(self, now: float) -> None:
         """Drop the link without releasing the association (DISC only)."""
@@ -241,6 +277,9 @@ class ClientAssociation:
         if (self.state, _Ev.ABORT) in TRANSITIONS:
             self._go(_Ev.ABORT)
             self._current = None
+            self.link.disconnect(now)
+        elif self._meter_still_associated():
+            self.state = S.UNLINKING
             self.link.disconnect(now)
 
     # -- I/O plumbing ------------------------------------------------------------------------
@@ -278,16 +317,18 @@ class ClientAssociation:
             "requests": self.requests,
             "stale_responses": self.stale_responses,
             "blocks_received": self.blocks_received,
+            "trailing_bytes": self.trailing_bytes,
+            "malformed_results": self.malformed_results,
         }
 
     # -- events ------------------------------------------------------------------------------
 
-    def next_event(self) -> Event | Any:
+    def next_event(self) -> Event | NeedData:
         """The next event, or ``NEED_DATA``."""
         while not self._events:
             try:
                 event = self.link.next_event()
-                if event is NEED_DATA:
+                if isinstance(event, NeedData):
                     return NEED_DATA
                 self._handle_link_event(event)
             except ProtocolError:
@@ -297,7 +338,7 @@ class ClientAssociation:
                 raise
         return self._events.pop(0)
 
-    def _handle_link_event(self, event: Any) -> None:
+    def _handle_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, Connected):
             if self.state is S.UNLINKING:
                 self.link.disconnect(self._now)
@@ -331,7 +372,7 @@ class ClientAssociation:
         self.link.send_apdu(acse.encode_acse(aarq), self._now)
 
     @staticmethod
-    def _decode_or_raw(data: bytes) -> Any:
+    def _decode_or_raw(data: bytes) -> Apdu | bytes:
         try:
             return apdu.decode_apdu(data)
         except DecodeError:
@@ -340,12 +381,16 @@ class ClientAssociation:
     def _handle_apdu(self, data: bytes) -> None:
         state = self.state
         try:
-            decoded = apdu.decode_apdu(data)
+            decoded, trailing = apdu.decode_apdu_lenient(data)
         except DecodeError:
             if state is not S.RELEASING or data[:1] != b"\x63":
                 raise
             # A malformed RLRE (some meters get its lengths wrong) still ends the association.
-            decoded = RLRE(reason=None)
+            decoded, trailing = RLRE(reason=None), b""
+        if isinstance(decoded, GetResponseWithList) and decoded.malformed:
+            self._tolerate_malformed(decoded)  # what follows the bad result was left unread
+        elif trailing:
+            self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
             try:
                 initiate = acse.check_aare(decoded)
@@ -378,8 +423,11 @@ class ClientAssociation:
         else:
             self.stale_responses += 1
 
-    def _handle_response(self, decoded: Any) -> None:
+    def _handle_response(self, decoded: Apdu) -> None:
         current = self._current
+        if isinstance(decoded, (AARQ, AARE, RLRQ, RLRE)):
+            self.stale_responses += 1  # an ACSE APDU answers no GET/SET/ACTION
+            return
         if isinstance(decoded, (ExceptionResponse, ConfirmedServiceError)):
             # Neither carries an invoke-id: it answers the request in flight.
             self._finish(decoded)
@@ -424,14 +472,38 @@ class ClientAssociation:
         if isinstance(self._current, GetRequestWithList):
             # A long GET-with-list reply: the blocks hold the list of results.
             reader = apdu.Reader(raw)
-            count = reader.count("get-response result list", 2)
-            results = tuple(reader.get_data_result() for _ in range(count))
-            reader.end("result list")
-            self._finish(GetResponseWithList(block.invoke, results))
+            response = GetResponseWithList(
+                block.invoke, reader.result_list("get-response result list")
+            )
+            if response.malformed:
+                self._tolerate_malformed(response)
+            elif reader.pos < len(raw):
+                self._tolerate_trailing(raw[reader.pos :], "the result list")
+            self._finish(response)
         else:
-            self._finish(GetResponseNormal(block.invoke, decode_data_exact(raw)))
+            value, end = decode_data(raw)
+            if end < len(raw):
+                self._tolerate_trailing(raw[end:], "the value of the block transfer")
+            self._finish(GetResponseNormal(block.invoke, value))
 
-    def _finish(self, response: Any) -> None:
+    def _tolerate_trailing(self, trailing: bytes, after: str) -> None:
+        self.trailing_bytes += len(trailing)
+        self._events.append(
+            Lenient("trailing_bytes", f"{len(trailing)} bytes ignored after {after}", trailing)
+        )
+
+    def _tolerate_malformed(self, response: GetResponseWithList) -> None:
+        self.malformed_results += response.malformed
+        first = next(r for r in response.results if isinstance(r, apdu.MalformedResult))
+        self._events.append(
+            Lenient(
+                "malformed_results",
+                f"{response.malformed} of {len(response.results)} results not decoded: "
+                f"{first.message}",
+            )
+        )
+
+    def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))

@@ -396,9 +396,11 @@ class Data:
         return v
 
     def to_json(self) -> object:
-        """A JSON-safe structure: like :meth:`to_python`, with bytes as lowercase hex, times as
-        ISO 8601 text (naive when the deviation is unspecified, ``*`` for unspecified fields)
-        and non-finite floats as ``"NaN"``/``"Infinity"``/``"-Infinity"``."""
+        """A JSON-safe structure that shows the wire value (the ``decode`` command, a raw
+        column): like :meth:`to_python`, with bytes as lowercase hex, times as ISO 8601 text
+        (naive when the deviation is unspecified, ``*`` for unspecified fields) and non-finite
+        floats as ``"NaN"``/``"Infinity"``/``"-Infinity"``. The values delivered to users
+        follow the value contract instead: :func:`codec.values.convert`."""
         t = self.type
         v = self.value
         if t == DataType.ARRAY or t == DataType.STRUCTURE:

@@ -24,13 +24,13 @@ GET per register. A meter that refuses lists is remembered and read one register
 from __future__ import annotations
 
 import datetime as _dt
-import struct
+import math
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from codec import cosem
+from codec import cosem, values
 from codec.apdu import (
     ActionRequestNormal,
     ActionResponseNormal,
@@ -43,10 +43,13 @@ from codec.apdu import (
     GetResponseNormal,
     GetResponseWithList,
     InvokeId,
+    MalformedResult,
     MethodDescriptor,
+    Request,
     SelectiveAccess,
     SetRequestNormal,
     SetResponseNormal,
+    XdlmsApdu,
     expect_data,
     raise_for_result,
 )
@@ -57,6 +60,7 @@ from codec.cosem_time import CosemDateTime
 from codec.errors import DataAccessError, ProtocolError, RemoteProtocolError
 from codec.obis import Obis
 from codec.units import Unit
+from codec.values import JsonValue, Quality, is_json_value, type_name
 
 __all__ = [
     "ASSOCIATION_LN",
@@ -69,7 +73,7 @@ __all__ = [
 
 T = TypeVar("T")
 #: A sans-IO operation: yields requests, is sent responses, returns a result.
-Procedure = Generator[Any, Any, T]
+Procedure = Generator[Request, XdlmsApdu, T]
 
 #: The current association's object (its object_list is attribute 2).
 ASSOCIATION_LN = Obis(0, 0, 40, 0, 0, 255)
@@ -116,33 +120,55 @@ class RegisterSpec:
 
 @attrs.frozen
 class RegisterReading:
-    """A register's value with its scaler applied, its unit, and the raw value read."""
+    """A register's value by the value contract (:mod:`codec.values`), its unit, the raw value.
+
+    ``value`` is JSON-safe: the scaler applied, NaN/infinite floats as None with a ``quality``.
+    When the register could not be read or its value not represented, ``error_code`` and
+    ``error`` say why and ``value`` is None.
+    """
 
     spec: RegisterSpec
-    value: Any = None
+    value: JsonValue = None
     raw: Data | None = None
     scaler: int | None = None
     unit: Unit | None = None
     #: Why there is no value (e.g. ``"object-undefined"``); None when the read succeeded.
     error: str | None = None
+    #: Machine-readable form of ``error`` (``"data-access.object-undefined"``, ``"value.*"``).
+    error_code: str | None = None
+    quality: Quality | None = None
+    #: The enum's name, or the clock status of a date-time.
+    label: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when a value was read."""
         return self.error is None
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe description."""
-        out: dict[str, Any] = {"obis": str(self.spec.obis), "key": self.spec.name}
+    @property
+    def type_name(self) -> str | None:
+        """The A-XDR type of the raw value (``double-long-unsigned``), when there is one."""
+        return type_name(self.raw) if self.raw is not None else None
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """A JSON-safe description (strict JSON: no NaN or Infinity anywhere)."""
+        out: dict[str, JsonValue] = {"obis": str(self.spec.obis), "key": self.spec.name}
         if self.error is not None:
             out["error"] = self.error
+            out["error_code"] = self.error_code
             return out
         out["value"] = self.value
         out["unit"] = self.unit.symbol if self.unit is not None else None
         out["scaler"] = self.scaler
+        if self.quality is not None:
+            out["quality"] = self.quality.value
+        if self.label is not None:
+            out["label"] = self.label
         if self.raw is not None:
-            out["raw"] = self.raw.to_json()
-            out["type"] = self.raw.type.name.lower().replace("_", "-")
+            # The wire value as A-XDR knows it (hex octets, "NaN" as text): for diagnosis.
+            raw = self.raw.to_json()
+            out["raw"] = raw if is_json_value(raw) else repr(raw)
+            out["type"] = type_name(self.raw)
         return out
 
 
@@ -170,17 +196,26 @@ class ProfileData:
         }
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any) -> JsonValue:
+    """A profile cell (as :meth:`DlmsClient.read_profile` returns it) by the value contract."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
+    if isinstance(value, CosemDateTime):
+        return str(value)
     if isinstance(value, Data):
-        return value.to_json()
+        return values.convert(value).value
     if isinstance(value, bytes):
-        return value.hex()
-    return value
+        return values.convert(Data.octet_string(value)).value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
-def _check_response(response: Any, expected: type[T], what: str) -> T:
+def _check_response(response: XdlmsApdu, expected: type[T], what: str) -> T:
     if isinstance(response, (ExceptionResponse, ConfirmedServiceError)):
         error = response.error()
         raise type(error)(f"{what}: {error.message}", code=error.code)
@@ -190,16 +225,6 @@ def _check_response(response: Any, expected: type[T], what: str) -> T:
             code="client.unexpected_response",
         )
     return response
-
-
-def _plain(raw: Data, scaler: ScalerUnit | None) -> Any:
-    if raw.type is DataType.FLOAT32 and isinstance(raw.value, float):
-        number = _float32(raw.value)
-        return scaler.apply(number) if scaler is not None else number
-    if scaler is not None and raw.type in _NUMERIC and isinstance(raw.value, (int, float)):
-        return scaler.apply(raw.value)
-    value = raw.to_python()
-    return _json_value(value) if isinstance(value, (bytes, _dt.datetime)) else raw.to_json()
 
 
 class DlmsClient:
@@ -247,21 +272,30 @@ class DlmsClient:
 
     def get_many(
         self, attributes: Sequence[AttributeDescriptor]
-    ) -> Procedure[list[Data | DataAccessResult]]:
+    ) -> Procedure[list[Data | DataAccessResult | MalformedResult]]:
         """Read several attributes: GET-with-list when possible, else one GET each.
 
         Each result is the data or the meter's data-access-result for that attribute.
         """
-        results: list[Data | DataAccessResult] = []
+        results: list[Data | DataAccessResult | MalformedResult] = []
         use_list = self.negotiated.multiple_references and not self.list_refused
         for start in range(0, len(attributes), self.max_list_items if use_list else 1):
             chunk = attributes[start : start + (self.max_list_items if use_list else 1)]
             if use_list and len(chunk) > 1:
                 got = yield from self._get_list(chunk)
-                if got is not None:
-                    results.extend(got)
-                    continue
-                use_list = False
+                if got is None:
+                    use_list = False
+                else:
+                    # From a result that does not decode on, the list cannot be trusted: read
+                    # those attributes again one by one (a bad one is then an error of its own).
+                    bad = next(
+                        (i for i, r in enumerate(got) if isinstance(r, MalformedResult)), None
+                    )
+                    if bad is None:
+                        results.extend(got)
+                        continue
+                    results.extend(got[:bad])
+                    chunk = chunk[bad:]
             for attribute in chunk:
                 response = yield GetRequestNormal(_PLACEHOLDER, attribute, None)
                 results.append(
@@ -271,7 +305,7 @@ class DlmsClient:
 
     def _get_list(
         self, chunk: Sequence[AttributeDescriptor]
-    ) -> Procedure[list[Data | DataAccessResult] | None]:
+    ) -> Procedure[list[Data | DataAccessResult | MalformedResult] | None]:
         response = yield GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
         if isinstance(response, GetResponseWithList) and len(response.results) == len(chunk):
             return list(response.results)
@@ -306,17 +340,43 @@ class DlmsClient:
             for spec, result in zip(specs, results[n_scalers:], strict=True)
         ]
 
-    def _reading(self, spec: RegisterSpec, result: Data | DataAccessResult) -> RegisterReading:
+    def _reading(
+        self, spec: RegisterSpec, result: Data | DataAccessResult | MalformedResult
+    ) -> RegisterReading:
         if isinstance(result, DataAccessResult):
-            return RegisterReading(spec, error=result.label)
+            return RegisterReading(
+                spec, error=result.label, error_code=f"data-access.{result.label}"
+            )
+        if isinstance(result, MalformedResult):
+            return RegisterReading(spec, error=result.message, error_code=result.code)
         key = (spec.class_id, spec.obis)
         scaler: ScalerUnit | str | None = self.scalers.get(key)
         if isinstance(scaler, str):
-            return RegisterReading(spec, raw=result, error=f"scaler_unit unreadable: {scaler}")
-        if scaler is None or spec.attribute != 2:
-            return RegisterReading(spec, _plain(result, None), result)
+            return RegisterReading(
+                spec,
+                raw=result,
+                error=f"scaler_unit unreadable: {scaler}",
+                error_code="register.scaler_unit",
+            )
+        applies = scaler is not None and spec.attribute == 2
+        converted = values.convert(
+            result,
+            context=values.context_for(spec.class_id, spec.obis, spec.attribute),
+            scaler=scaler.scaler if applies and scaler is not None else None,
+            enum_names=values.ENUM_NAMES.get((spec.class_id, spec.attribute)),
+        )
+        if not converted.ok:
+            return RegisterReading(
+                spec, raw=result, error=converted.error, error_code=converted.error_code
+            )
         return RegisterReading(
-            spec, _plain(result, scaler), result, scaler.scaler, scaler.unit_info
+            spec,
+            converted.value,
+            result,
+            scaler.scaler if applies and scaler is not None else None,
+            scaler.unit_info if applies and scaler is not None else None,
+            quality=converted.quality,
+            label=converted.label,
         )
 
     # -- objects and profiles ----------------------------------------------------------------
@@ -384,12 +444,12 @@ class DlmsClient:
         rows = []
         for entry in buffer.value:
             cells = entry.value if isinstance(entry.value, tuple) else (entry,)
-            row = []
+            row: list[Any] = []
             for i, cell in enumerate(cells):
                 scaler = scalers[i] if i < len(scalers) else None
                 value = cell.to_python()
                 if scaler is not None and cell.type in _NUMERIC:
-                    row.append(_plain(cell, scaler))
+                    row.append(values.convert(cell, scaler=scaler.scaler).value)
                 elif isinstance(value, CosemDateTime):
                     row.append(_cosem_dt(value))
                 elif _is_date_time_column(columns, i) and isinstance(value, bytes):
@@ -398,7 +458,7 @@ class DlmsClient:
                         _cosem_dt(CosemDateTime.from_bytes(value)) if len(value) == 12 else value
                     )
                 elif cell.type is DataType.FLOAT32 and isinstance(value, float):
-                    row.append(_float32(value))
+                    row.append(values.float32_shortest(value))
                 else:
                     row.append(value)
             rows.append(tuple(row))
@@ -413,16 +473,6 @@ def _is_date_time_column(columns: tuple[CaptureObject, ...], index: int) -> bool
     return column.class_id == InterfaceClass.CLOCK and column.attribute_index == 2
 
 
-def _float32(value: float) -> float:
-    """The shortest decimal that is the same float32: 204.2335, not 204.23350524902344."""
-    packed = struct.pack(">f", value)
-    for digits in range(6, 10):
-        short = float(f"{value:.{digits}g}")
-        if struct.pack(">f", short) == packed:
-            return short
-    return value
-
-
 def _cosem_dt(value: CosemDateTime) -> Any:
     try:
         return value.to_datetime()
@@ -434,9 +484,13 @@ def _describe(attribute: AttributeDescriptor) -> str:
     return f"{attribute.obis} attribute {attribute.attribute_id}"
 
 
-def _scaler_or_error(result: Data | DataAccessResult, key: tuple[int, Obis]) -> ScalerUnit | str:
+def _scaler_or_error(
+    result: Data | DataAccessResult | MalformedResult, key: tuple[int, Obis]
+) -> ScalerUnit | str:
     if isinstance(result, DataAccessResult):
         return result.label
+    if isinstance(result, MalformedResult):
+        return result.message
     try:
         return ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
     except ProtocolError as exc:

@@ -25,6 +25,7 @@ from codec._hdlc_shared import (
     NEED_DATA,
     U_FRAME_CONTROL,
     FrameKind,
+    NeedData,
     kind_of_control,
 )
 from codec._speedups import IMPLEMENTATION, impl
@@ -49,6 +50,7 @@ __all__ = [
     "FrameKind",
     "FrameScanner",
     "HdlcAddress",
+    "NeedData",
     "decode_frame",
     "encode_frame",
     "fcs16",

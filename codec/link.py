@@ -16,12 +16,20 @@ connection itself is the link.
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
 from codec.errors import LinkError, LocalProtocolError, ResponseTimeout
-from codec.hdlc import NEED_DATA, Frame, FrameKind, FrameScanner, HdlcAddress, encode_frame
+from codec.hdlc import (
+    NEED_DATA,
+    Frame,
+    FrameKind,
+    FrameScanner,
+    HdlcAddress,
+    NeedData,
+    encode_frame,
+)
 from codec.hdlc_params import LinkParameters
 from codec.wrapper import WrapperFrame, WrapperScanner
 
@@ -100,7 +108,7 @@ class Link(Protocol):
     def disconnect(self, now: float) -> None: ...
     def send_apdu(self, apdu: bytes, now: float) -> None: ...
     def receive_data(self, data: bytes, now: float) -> None: ...
-    def next_event(self) -> Event | Any: ...
+    def next_event(self) -> Event | NeedData: ...
     def data_to_send(self) -> bytes: ...
     def next_deadline(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
@@ -218,11 +226,11 @@ class HdlcClientLink:
         """Forget buffered bytes (before a retry); returns how many were discarded."""
         return self.scanner.drain()
 
-    def next_event(self) -> Event | Any:
+    def next_event(self) -> Event | NeedData:
         """The next event, or ``NEED_DATA``."""
         while not self._events:
             frame = self.scanner.next_frame()
-            if frame is NEED_DATA:
+            if isinstance(frame, NeedData):
                 return NEED_DATA
             self._handle_frame(frame)
         return self._events.pop(0)
@@ -489,12 +497,12 @@ class WrapperClientLink:
         """Forget buffered bytes (before a retry); returns how many were discarded."""
         return self.scanner.drain()
 
-    def next_event(self) -> Event | Any:
+    def next_event(self) -> Event | NeedData:
         """The next event, or ``NEED_DATA``."""
         if self._events:
             return self._events.pop(0)
         frame = self.scanner.next_frame()
-        if frame is NEED_DATA:
+        if isinstance(frame, NeedData):
             return NEED_DATA
         self._deadline = None
         return ApduReceived(frame.payload)

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from bridge.config import METER_DEFAULTS as _D
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder
@@ -43,10 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", required=True, help="meter host name or address")
     parser.add_argument("--port", type=int, required=True, help="meter TCP port")
-    parser.add_argument("--transport", choices=("hdlc", "wrapper"), default="hdlc")
-    parser.add_argument("--client-sap", type=int, default=1, help="client SAP (default 1)")
+    parser.add_argument("--transport", choices=("hdlc", "wrapper"), default=_D["transport"])
+    parser.add_argument(
+        "--client-sap", type=int, default=_D["client_sap"], help="client SAP (default %(default)s)"
+    )
     parser.add_argument("--server-logical", type=int, default=0, help="default 0")
-    parser.add_argument("--server-physical", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--server-physical", type=int, default=_D["server_physical"], help="default %(default)s"
+    )
     parser.add_argument(
         "--server-address-size",
         type=int,
@@ -56,9 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password", help="LLS password (prefer --password-file)")
     secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
-    parser.add_argument("--timeout", type=float, default=5.0, help="reply timeout, s (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=_D["timeout_s"],
+        help="reply timeout, s (default %(default)s)",
+    )
     parser.add_argument("--retries", type=int, default=2, help="retransmissions (default 2)")
-    parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
+    parser.add_argument(
+        "--max-info",
+        type=int,
+        default=_D["hdlc_max_info"],
+        help="HDLC max information field (default %(default)s)",
+    )
     parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
     parser.add_argument("--list-objects", action="store_true", help="print the object list")
     parser.add_argument("--profile", metavar="OBIS", help="read this profile generic's buffer")
@@ -69,6 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every frame sent and received to stderr"
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print strict JSON (the default when the output is not a terminal)",
+    )
+    output.add_argument(
+        "--table",
+        action="store_true",
+        help="print a table for people (the default on a terminal)",
     )
 
 
@@ -221,8 +247,70 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(f"read: protocol error with {label}: {exc} [{exc.code}]", file=sys.stderr)
         return EXIT_PROTOCOL
-    print(json.dumps(result, indent=2))
+    if args.json or not (args.table or sys.stdout.isatty()):
+        print(json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False))
+    else:
+        print(render_table(result))
     failed = [r for r in result.get("registers", []) if "error" in r]
     for item in failed:
         print(f"read: {label}: {item['obis']}: {item['error']}", file=sys.stderr)
     return EXIT_OBJECT if failed else 0
+
+
+# -- the table for people -------------------------------------------------------------------------
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
+    table = [header, *rows]
+    n = max(len(r) for r in table)
+    table = [r + [""] * (n - len(r)) for r in table]
+    widths = [max(len(r[i]) for r in table) for i in range(n)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The result of a read as text tables: registers, objects, profile rows."""
+    negotiated = result.get("negotiated", {})
+    lines = [
+        f"meter {result['meter']} ({result['transport']}), DLMS version "
+        f"{negotiated.get('dlms_version')}, max PDU {negotiated.get('server_max_pdu_size')}"
+    ]
+    registers = result.get("registers")
+    if registers:
+        rows = []
+        for r in registers:
+            if "error" in r:
+                value = f"error: {r['error']}"
+            else:
+                value = _cell(r["value"])
+                if r.get("unit"):
+                    value += f" {r['unit']}"
+                notes = [n for n in (r.get("label"), r.get("quality")) if n]
+                if notes:
+                    value += f" ({', '.join(notes)})"
+            rows.append([r["obis"], r["key"], value, r.get("type") or ""])
+        lines += ["", *_columns(["OBIS", "KEY", "VALUE", "TYPE"], rows)]
+    objects = result.get("objects")
+    if objects:
+        rows = [[str(o["class_id"]), str(o["version"]), o["obis"]] for o in objects]
+        lines += ["", *_columns(["CLASS", "VERSION", "OBIS"], rows)]
+    profile = result.get("profile")
+    if profile:
+        header = []
+        for c in profile["columns"]:
+            unit = f" [{c['unit']}]" if c.get("unit") else ""
+            header.append(f"{c['obis']}/{c['attribute']}{unit}")
+        rows = [[_cell(v) for v in row] for row in profile["rows"]]
+        lines += ["", f"profile {profile['obis']}: {len(rows)} rows"]
+        lines += _columns(header, rows)
+    return "\n".join(lines)

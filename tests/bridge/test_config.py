@@ -868,3 +868,20 @@ foo = 1
         "meters[1].port: expected an int, got 'abc'",
         "meters[1].foo: unknown key",
     ]
+
+
+def test_attributes_are_registers_published_as_device_attributes() -> None:
+    text = MINIMAL.replace(
+        "[[meters]]",
+        '[defaults]\nattributes = [{ key = "serial", obis = "0-0:96.1.0", class_id = 1 }]\n'
+        "[[meters]]",
+        1,
+    )
+    (m,) = parse(text).meters
+    assert [(a.key, str(a.obis), a.class_id, a.attribute) for a in m.attributes] == [
+        ("serial", "0-0:96.1.0", 1, 2)
+    ]
+    clash = MINIMAL + 'attributes = [{ key = "voltage_l1", obis = "0-0:96.1.0", class_id = 1 }]\n'
+    assert errors_of(clash) == [
+        "meters[0].attributes[0].key: 'voltage_l1' is also the key of a register"
+    ]

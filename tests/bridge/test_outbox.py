@@ -63,8 +63,20 @@ def test_reading_json_is_compact_and_sorted() -> None:
         ({"meter": "", "ts_ms": 1, "values": {}}, "meter must be a non-empty string"),
         ({"meter": "m", "ts_ms": -1, "values": {}}, "ts_ms must be a non-negative int"),
         ({"meter": "m", "ts_ms": True, "values": {}}, "ts_ms must be a non-negative int"),
-        ({"meter": "m", "ts_ms": 1, "values": {"v": float("nan")}}, "'v' is nan"),
-        ({"meter": "m", "ts_ms": 1, "values": {"v": [1]}}, "'v' has unsupported type list"),
+        ({"meter": "m", "ts_ms": 1, "values": {"v": float("nan")}}, "'v': nan, which JSON"),
+        ({"meter": "m", "ts_ms": 1, "values": {"v": [1, {}]}}, "'v': unsupported type dict"),
+        (
+            {"meter": "m", "ts_ms": 1, "values": {"v": [[float("inf")]]}},
+            "'v': inf, which JSON cannot carry",
+        ),
+        (
+            {"meter": "m", "ts_ms": 1, "values": {"v": 1}, "errors": {"v": {"code": "x"}}},
+            "error key 'v' is empty or also has a value",
+        ),
+        (
+            {"meter": "m", "ts_ms": 1, "values": {}, "quality": {"v": "nan"}},
+            "quality 'nan' of 'v' names no value",
+        ),
         ({"meter": "m", "ts_ms": 1, "values": {"": 1}}, "key '' is not a non-empty string"),
     ],
 )

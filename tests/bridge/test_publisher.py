@@ -125,11 +125,12 @@ def test_gateway_payload_exact() -> None:
     assert message.topic == "v1/gateway/telemetry"
     assert message.payload == (
         b'{"meter A":[{"ts":1700000000000,"values":{"energy":12.5,"power":3}},'
-        b'{"ts":1700000001000,"values":{"energy":12.75,"ok":true,"power":null}}],'
+        # No null: ThingsBoard releases before 3.x refuse a message holding one.
+        b'{"ts":1700000001000,"values":{"energy":12.75,"ok":true}}],'
         b'"meter B":[{"ts":1700000000010,"values":{"energy":7}}]}'
     )
     assert json.loads(message.payload)  # valid JSON
-    assert message.datapoints == 6
+    assert message.datapoints == 5
 
 
 def test_payload_budget_is_respected() -> None:
@@ -218,7 +219,7 @@ async def test_gateway_mode_end_to_end(
                 (
                     "v1/gateway/telemetry",
                     b'{"meter A":[{"ts":1700000000000,"values":{"energy":12.5,"power":3}},'
-                    b'{"ts":1700000001000,"values":{"energy":12.75,"power":null}}],'
+                    b'{"ts":1700000001000,"values":{"energy":12.75}}],'
                     b'"meter B":[{"ts":1700000000010,"values":{"energy":7}}]}',
                 ),
             ]
@@ -453,4 +454,44 @@ async def test_oversize_reading_is_dropped_not_blocking(
     msgs = await sub.wait_for(lambda m: len(m) >= 1)
     assert telemetry_readings(msgs) == {"m": [T0 + 1]}
     assert publisher.stats.undeliverable_dropped == 1
+    await box.aclose()
+
+
+async def test_device_mode_attributes_on_connect_and_on_change(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    sub = collector(["v1/devices/me/#"])
+    box = await AsyncOutbox.open(tmp_path)
+
+    def readings(first: int, fw: str) -> list[Reading]:
+        attributes = {"fw": fw, "serial": "S1"}
+        return [
+            Reading("meter-a", T0 + i, {"v": i}, attributes=attributes)
+            for i in range(first, first + 5)
+        ]
+
+    def delivered(messages: list[Message]) -> int:
+        return sum(len(json.loads(x.payload)) for x in messages if x.topic.endswith("telemetry"))
+
+    await box.append(readings(0, "1.0"))
+    devices = {"meter-a": mqtt_for(mosquitto, username=METER_TOKENS["meter-a"], client_id="d-a")}
+    publisher = Publisher(
+        box, fast(mode=PublishMode.DEVICE, online_attribute=None), devices=devices
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            await sub.wait_for(lambda m: delivered(m) >= 5)
+            # Unchanged attributes are not sent again; changed ones are.
+            await box.append(readings(5, "1.0"))
+            await sub.wait_for(lambda m: delivered(m) >= 10)
+            await box.append(readings(10, "1.1"))
+            await sub.wait_for(lambda m: delivered(m) >= 15)
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
+    attributes = [json.loads(m.payload) for m in sub.on("v1/devices/me/attributes")]
+    assert attributes == [{"fw": "1.0", "serial": "S1"}, {"fw": "1.1", "serial": "S1"}]
+    for message in sub.on("v1/devices/me/telemetry"):
+        for entry in json.loads(message.payload):
+            assert set(entry["values"]) == {"v"}  # attributes are not telemetry
     await box.aclose()

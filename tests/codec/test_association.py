@@ -40,6 +40,7 @@ from codec.association import (
     AssociationState,
     ClientAssociation,
     Closed,
+    Lenient,
     Negotiated,
     Released,
     Response,
@@ -75,6 +76,7 @@ class Wire:
         seed: int = 1,
     ) -> None:
         self.meter = Meter.create(0, seed, MeterSettings(), get_model("single-phase"))
+        self.tolerated: list[Lenient] = []
         server = CosemServer(self.meter)
         if transport == "hdlc":
             self.server: Any = HdlcServerLink(self.meter, server)
@@ -155,6 +157,9 @@ class Wire:
         self.assoc.request(apdu, self.now)
         self.deliver()
         event = self.next_event()
+        while isinstance(event, Lenient):
+            self.tolerated.append(event)
+            event = self.next_event()
         assert isinstance(event, Response), event
         return event.apdu
 

@@ -1,0 +1,75 @@
+"""How the service restarts a meter's poller that crashed (a bug), and when it stops trying hard.
+
+A crash is restarted after a backoff that doubles from ``backoff_s`` up to ``backoff_max_s``.
+The same crash again and again (same exception type, message and place) is a bug that a restart
+will not cure: after ``fault_after`` identical crashes in a row the meter is ``faulted``, its
+alarm carries the exception summary, and it is retried only at ``faulted_retry_s`` (the circuit
+breaker's slow cadence), in case what it met has gone away. A poller that then runs for
+``healthy_after_s`` without crashing clears the state.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+
+import attrs
+
+__all__ = ["CrashTracker", "SupervisionSettings", "crash_summary"]
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionSettings:
+    """The restart policy of crashed pollers (see the module docstring)."""
+
+    backoff_s: float = 5.0
+    backoff_max_s: float = 300.0
+    fault_after: int = 3
+    faulted_retry_s: float = 300.0
+    healthy_after_s: float = 600.0
+
+
+def crash_summary(exc: BaseException) -> str:
+    """``Type: message (at file:line in function)``: what identifies a crash, on one line."""
+    message = " ".join(str(exc).split())[:300]
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name})"
+    return text
+
+
+@attrs.define
+class CrashTracker:
+    """The crash history of one meter's poller."""
+
+    settings: SupervisionSettings = attrs.field(factory=SupervisionSettings)
+    rng: random.Random = attrs.field(factory=random.Random)
+    crashes: int = 0
+    identical: int = 0
+    last: str | None = None
+    faulted: bool = False
+    _delay: float | None = None
+
+    def crashed(self, exc: BaseException) -> float:
+        """Record a crash; returns how long to wait before starting the poller again."""
+        summary = crash_summary(exc)
+        self.crashes += 1
+        self.identical = self.identical + 1 if summary == self.last else 1
+        self.last = summary
+        s = self.settings
+        if self.identical >= s.fault_after:
+            self.faulted = True
+        if self.faulted:
+            return s.faulted_retry_s
+        delay = s.backoff_s if self._delay is None else min(s.backoff_max_s, self._delay * 2)
+        self._delay = delay
+        return delay * (0.5 + self.rng.random())
+
+    def reset(self) -> None:
+        """The poller ran healthy for ``healthy_after_s``: forget the crash history."""
+        self.identical = 0
+        self.last = None
+        self.faulted = False
+        self._delay = None
