@@ -90,8 +90,8 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
     if m.token is not None:
         source: str | None = f"the token from {m.credential_source}"
     elif m.username is not None:
-        shown = m.username if len(m.username) <= 64 else m.username[:61] + "..."
-        source = f"username {shown!r}"
+        # A user name may be a ThingsBoard access token too: never shown, only where it is.
+        source = "mqtt.username in the config file"
         if m.password is not None:
             source += f" with the password from {m.credential_source}"
     else:

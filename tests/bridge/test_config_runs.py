@@ -273,8 +273,8 @@ def test_refused_login_names_the_credential_source_not_its_characters(tmp_path: 
         f'token_file = "{token_file}"': f"the token from file {token_file} (mqtt.token_file)",
         'token_env = "TB_TOKEN"': "the token from environment variable TB_TOKEN (mqtt.token_env)",
         'username = "bridge"\npassword_env = "MQTT_PW"': (
-            "username 'bridge' with the password from environment variable MQTT_PW "
-            "(mqtt.password_env)"
+            "mqtt.username in the config file with the password from environment variable "
+            "MQTT_PW (mqtt.password_env)"
         ),
     }
     for line, expected in cases.items():
