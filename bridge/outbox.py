@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_SPILL_MAX_BYTES",
+    "DEFAULT_SPILL_RETRY_S",
     "FILENAME",
     "SPILL_OVERHEAD",
     "AsyncOutbox",

@@ -41,7 +41,7 @@ from bridge.config import (
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.mqtt import MqttSettings, TlsSettings
-from bridge.outbox import AsyncOutbox, OutboxError, OutboxWriter
+from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
 from bridge.poller import MeterPoller, PollerStats
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading
@@ -214,9 +214,13 @@ class BridgeService:
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         cfg = self.config
         assert self.outbox is not None
+        # While the disk cannot write, retry at least once per polling interval, so that the
+        # readings are written within one interval of space returning.
+        intervals = [m.interval_s for m in cfg.meters if m.enabled]
         self.writer = OutboxWriter(
             self.outbox,
             spill_max_bytes=cfg.publish.outbox_spill_max_bytes,
+            spill_retry_s=min([DEFAULT_SPILL_RETRY_S, *intervals]),
             on_alarm=self._set_alarm,
         )
         if cfg.publish.mode == "device":

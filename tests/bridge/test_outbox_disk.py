@@ -201,8 +201,9 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
     assert outbox["writable"] is False and outbox["spill_rows"] >= 3 * 7, outbox
     assert "cannot be written (disk full" in outbox["problem"]
     assert "OUTBOX CANNOT WRITE" in status
-    # Back within one interval (0.5 s) plus the writer's retry period (1 s).
-    assert took < 1.5 + 0.5, took
+    # Written again within one interval (0.5 s: the retry period follows the shortest interval)
+    # and a write, with room for a loaded machine.
+    assert took < 0.5 + 1.0, took
     assert after["outbox"]["writable"] is True and after["outbox"]["spill_rows"] == 0
     assert after["alarms"] == {}
     # Nothing taken was lost: the spilled readings reached the broker, in order.
