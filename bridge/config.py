@@ -58,9 +58,11 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "PRESETS",
     "BridgeConfig",
+    "ClockConfig",
     "ConfigError",
     "MeterConfig",
     "MqttConfig",
+    "ProfileConfig",
     "PublishConfig",
     "RegisterConfig",
     "ServiceConfig",
@@ -177,6 +179,64 @@ PRESETS: dict[str, tuple[RegisterConfig, ...]] = {
 }
 
 
+#: Defaults of a ``profiles = [...]`` entry.
+PROFILE_BACKFILL_HOURS = 168.0
+PROFILE_EVERY_S = 900.0
+PROFILE_CHUNK_HOURS = 24.0
+
+
+@attrs.frozen(kw_only=True)
+class ProfileConfig:
+    """A profile generic (load, billing, event log) read by range and delivered as telemetry.
+
+    Each entry becomes one reading stamped with its own capture time; ``keys`` maps a column's
+    OBIS code (as written in the config) to its telemetry key, other columns are published
+    under their OBIS code.
+    """
+
+    obis: Obis
+    #: How far back the first read (no high-water mark yet) goes.
+    backfill_hours: float = PROFILE_BACKFILL_HOURS
+    #: How often new entries are read (besides after every gap).
+    every_s: float = PROFILE_EVERY_S
+    #: A gap is read in ranges of at most this many hours, one per pause between polls.
+    chunk_hours: float = PROFILE_CHUNK_HOURS
+    #: (column OBIS, key) pairs.
+    keys: tuple[tuple[str, str], ...] = ()
+
+    def key_for(self, column: Obis) -> str | None:
+        """The configured key of a column, if any."""
+        for obis, key in self.keys:
+            if Obis.parse(obis) == column:
+                return key
+        return None
+
+
+#: Defaults of the clock health settings of a meter.
+CLOCK_CHECK_S = 3600.0
+CLOCK_DRIFT_ALARM_S = 60.0
+CLOCK_SYNC_THRESHOLD_S = 10.0
+CLOCK_SYNC_MAX_S = 3600.0
+
+
+@attrs.frozen(kw_only=True)
+class ClockConfig:
+    """Clock health of a meter: how often its clock is read, when drift is an alarm, and the
+    bounds within which the bridge may set it."""
+
+    #: Seconds between clock reads (0: never; ``get_clock``/``sync_clock`` RPCs still work).
+    #: The first read comes 5 minutes after start (sooner if ``check_s`` is shorter).
+    check_s: float = CLOCK_CHECK_S
+    #: A drift (meter minus box, either sign) past this raises ``meter.<name>.clock_drift``.
+    drift_alarm_s: float = CLOCK_DRIFT_ALARM_S
+    #: Set the meter's clock automatically when the drift exceeds ``sync_threshold_s``.
+    auto_sync: bool = False
+    #: ``sync_clock`` leaves a meter alone whose drift is below this.
+    sync_threshold_s: float = CLOCK_SYNC_THRESHOLD_S
+    #: Automatic sync never corrects more than this (a larger drift needs an operator's RPC).
+    sync_max_s: float = CLOCK_SYNC_MAX_S
+
+
 @attrs.frozen(kw_only=True)
 class ServiceConfig:
     """The ``[bridge]`` section: who this instance is and where it keeps its state."""
@@ -269,6 +329,7 @@ _BUILTIN_METER: dict[str, Any] = {
     "hdlc_max_info": 128,
     "hdlc_window": 1,
     "byte_stuffing": False,
+    "allow_control": False,
 }
 #: The same, read-only, for other layers (the ``read`` command, the session): one home.
 METER_DEFAULTS: Mapping[str, Any] = MappingProxyType(_BUILTIN_METER)
@@ -307,6 +368,11 @@ class MeterConfig:
     token: str | None = _secret()
     #: Where the token came from, e.g. ``environment variable M1_TOKEN (meters[0].token_env)``.
     token_source: str | None = None
+    #: Profiles read by range with a high-water mark (load profile, billing, event logs).
+    profiles: tuple[ProfileConfig, ...] = ()
+    #: Allow the ``disconnect``/``reconnect`` RPCs (the supply relay).
+    allow_control: bool = _BUILTIN_METER["allow_control"]
+    clock: ClockConfig = attrs.Factory(ClockConfig)
 
     @property
     def address(self) -> str:
@@ -408,6 +474,24 @@ _Registers = str | list[_RegisterSection]
 
 
 @attrs.frozen(kw_only=True)
+class _ProfileSection:
+    obis: Obis | None = None
+    backfill_hours: float = PROFILE_BACKFILL_HOURS
+    every_s: float = PROFILE_EVERY_S
+    chunk_hours: float = PROFILE_CHUNK_HOURS
+    keys: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen(kw_only=True)
+class _ClockSection:
+    check_s: float = CLOCK_CHECK_S
+    drift_alarm_s: float = CLOCK_DRIFT_ALARM_S
+    auto_sync: bool = False
+    sync_threshold_s: float = CLOCK_SYNC_THRESHOLD_S
+    sync_max_s: float = CLOCK_SYNC_MAX_S
+
+
+@attrs.frozen(kw_only=True)
 class _MeterDefaults:
     """Settings that ``[defaults]`` may give and each ``[[meters]]`` entry may override."""
 
@@ -429,6 +513,9 @@ class _MeterDefaults:
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
     byte_stuffing: bool | None = None
+    profiles: list[_ProfileSection] | None = None
+    allow_control: bool | None = None
+    clock: _ClockSection | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -445,6 +532,7 @@ class _MeterSection(_MeterDefaults):
 _REQUIRED: dict[type, tuple[str, ...]] = {
     _MqttSection: ("host",),
     _RegisterSection: ("key", "obis"),
+    _ProfileSection: ("obis",),
     _MeterSection: ("name", "host"),
 }
 
@@ -593,9 +681,16 @@ _CHECKS: dict[str, Check] = {
             "timeout_s",
             "inactivity_timeout_s",
             "max_messages_per_s",
+            "backfill_hours",
+            "every_s",
+            "chunk_hours",
+            "drift_alarm_s",
+            "sync_threshold_s",
+            "sync_max_s",
         ),
         _positive,
     ),
+    "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
     "reconnect_max_s": _between(1.0, 3600.0),
     "puback_alarm_s": _between(1.0, 3600.0),
@@ -1074,6 +1169,55 @@ class _Resolver:
             )
         return tuple(result)
 
+    def profiles(self, value: list[_ProfileSection], path: str) -> tuple[ProfileConfig, ...]:
+        result: list[ProfileConfig] = []
+        first_by_obis: dict[Obis, int] = {}
+        for i, raw in enumerate(value):
+            where = f"{path}[{i}]"
+            self.check_fields(raw, where)
+            if raw.obis is None:
+                continue
+            if raw.obis in first_by_obis:
+                self.error(f"{where}.obis", f"duplicate of {path}[{first_by_obis[raw.obis]}].obis")
+            first_by_obis.setdefault(raw.obis, i)
+            keys: list[tuple[str, str]] = []
+            for column, key in raw.keys.items():
+                try:
+                    Obis.parse(column)
+                except InvalidObis:
+                    self.error(_join(f"{where}.keys", column), "not an OBIS code")
+                    continue
+                problem = _register_key(key)
+                if problem is not None:
+                    self.error(_join(f"{where}.keys", column), problem)
+                    continue
+                keys.append((column, key))
+            result.append(
+                ProfileConfig(
+                    obis=raw.obis,
+                    backfill_hours=raw.backfill_hours,
+                    every_s=raw.every_s,
+                    chunk_hours=raw.chunk_hours,
+                    keys=tuple(keys),
+                )
+            )
+        return tuple(result)
+
+    def clock(self, raw: _ClockSection, path: str) -> ClockConfig:
+        self.check_fields(raw, path)
+        if raw.sync_threshold_s > raw.sync_max_s:
+            self.error(
+                f"{path}.sync_threshold_s",
+                f"{raw.sync_threshold_s:g} is more than {path}.sync_max_s ({raw.sync_max_s:g})",
+            )
+        return ClockConfig(
+            check_s=raw.check_s,
+            drift_alarm_s=raw.drift_alarm_s,
+            auto_sync=raw.auto_sync,
+            sync_threshold_s=raw.sync_threshold_s,
+            sync_max_s=raw.sync_max_s,
+        )
+
     def meter(
         self,
         raw: _MeterSection,
@@ -1164,6 +1308,12 @@ class _Resolver:
             size = self.address_size(size, logical, physical, origin("server_address_size"))
         elif size == "auto":
             size = 2  # not on the wire with the wrapper; any valid value will do
+        profiles: tuple[ProfileConfig, ...] = ()
+        raw_profiles = pick("profiles")
+        if raw_profiles is not None:
+            profiles = self.profiles(raw_profiles, origin("profiles"))
+        raw_clock = pick("clock")
+        clock = ClockConfig() if raw_clock is None else self.clock(raw_clock, origin("clock"))
         if port is None:
             return None
         return MeterConfig(
@@ -1188,6 +1338,9 @@ class _Resolver:
             byte_stuffing=pick("byte_stuffing"),
             token=token,
             token_source=self.sources.get((path, "token")),
+            profiles=profiles,
+            allow_control=pick("allow_control"),
+            clock=clock,
         )
 
     def address_size(self, size: Any, logical: int, physical: int, path: str) -> Literal[1, 2, 4]:

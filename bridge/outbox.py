@@ -674,6 +674,35 @@ class OutboxWriter:
             ) from item.error
         return item.row_id
 
+    async def put_many(self, readings: Sequence[Reading]) -> list[int]:
+        """Commit several readings, in order, in as few transactions as possible; return their
+        row ids. If one fails, `OutboxError` is raised (the others may be committed)."""
+        items: list[_Put] = []
+        for reading in readings:
+            size = len(reading.to_json())
+            if size > self.outbox.core.max_bytes:
+                raise ValueError(
+                    f"reading of meter {reading.meter!r} is {size} bytes, larger than the "
+                    f"whole outbox (max_bytes={self.outbox.core.max_bytes})"
+                )
+        if self._stopped:
+            raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
+        for reading in readings:
+            item = _Put(reading)
+            self._queue.append(item)
+            items.append(item)
+        self._wakeup.set()
+        ids: list[int] = []
+        for item in items:
+            await item.done.wait()
+            if item.error is not None:
+                raise OutboxError(
+                    f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
+                ) from item.error
+            assert item.row_id is not None
+            ids.append(item.row_id)
+        return ids
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write queued readings until cancelled."""
         task_status.started()

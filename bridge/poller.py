@@ -22,6 +22,12 @@ Recovery, in three levels, each counted:
 
 The association is kept alive within the meter's inactivity timeout: when polls are further apart
 than that, a cheap read of the clock is sent in between.
+
+Between polls, on the same association (so never concurrently with a poll), the poller also does
+the meter's other work (:mod:`bridge.meter_work`): requests submitted with
+:meth:`MeterPoller.submit` (ThingsBoard RPCs), the clock health check and the profile backfill,
+one profile range per pause at least and more while the pause lasts. The interval can be changed
+at runtime (:meth:`MeterPoller.set_interval`); the cadence then starts again from that moment.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,11 +45,12 @@ import trio
 
 from bridge.config import MeterConfig
 from bridge.logs import log_event
+from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
 from codec.apdu import AttributeDescriptor
 from codec.client import RegisterReading, RegisterSpec
-from codec.errors import AssociationError, ProtocolError
+from codec.errors import AssociationError, DataAccessError, ProtocolError
 from codec.hdlc_params import LinkParameters
 from codec.obis import Obis
 
@@ -99,6 +106,10 @@ class PollerStats:
     reconnects: int = 0
     keepalives: int = 0
     circuit_opens: int = 0
+    #: Profile entries committed, clock checks, requests (RPCs) served.
+    profile_entries: int = 0
+    clock_checks: int = 0
+    requests: int = 0
     consecutive_failures: int = 0
     circuit_open: bool = False
     state: str = "starting"
@@ -141,6 +152,8 @@ class MeterPoller:
         backoff_max: float = 300.0,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
+        work_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -162,17 +175,29 @@ class MeterPoller:
         self._next_attempt = -math.inf
         self._failures_in_a_row = 0
         self._last_activity = -math.inf
+        #: The interval in force (the configured one unless changed at runtime).
+        self.interval_s = meter.interval_s
+        self._rescheduled = False
+        #: Counts associations: profiles are read again after every new one (a gap).
+        self.generation = 0
+        self.sink_many = sink_many or self._sink_each
+        self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll until cancelled; the association is released on the way out."""
-        interval = self.meter.interval_s
+        interval = self.interval_s
         task_status.started()
         start = trio.current_time()
         tick = 0
         try:
             while True:
+                if self._rescheduled:
+                    # The interval was changed at runtime: a new cadence starts now.
+                    self._rescheduled = False
+                    interval = self.interval_s
+                    start, tick = trio.current_time(), 0
                 due = start + tick * interval
                 now = trio.current_time()
                 if now - due > interval / 2:
@@ -183,8 +208,11 @@ class MeterPoller:
                     tick += late
                     due = start + tick * interval
                 await self._wait_until(due)
+                if self._rescheduled:
+                    continue
                 tick += 1
                 await self.cycle(deadline=due + self.cycle_budget)
+                self.work.new_pause()
         finally:
             self.stats.state = "stopped"
             await self._close(release=True)
@@ -192,19 +220,51 @@ class MeterPoller:
     @property
     def cycle_budget(self) -> float:
         """How long one cycle may take, recovery included (seconds)."""
-        return max(self.meter.interval_s, CYCLE_BUDGET_TIMEOUTS * self.meter.timeout_s)
+        return max(self.interval_s, CYCLE_BUDGET_TIMEOUTS * self.meter.timeout_s)
+
+    def set_interval(self, interval_s: float) -> None:
+        """Poll every ``interval_s`` from now on (it must exceed the reply timeout)."""
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, int | float)
+            or not (math.isfinite(interval_s) and interval_s > self.meter.timeout_s)
+        ):
+            raise ValueError(
+                f"interval_s must be a number greater than the meter's timeout_s "
+                f"({self.meter.timeout_s:g}), got {interval_s!r}"
+            )
+        if interval_s != self.interval_s:
+            self.interval_s = float(interval_s)
+            self._rescheduled = True
+            self.work.poke()
+
+    async def submit(self, fn: Callable[[MeterSession], Awaitable[Any]], timeout: float) -> Any:
+        """Run ``fn(session)`` between polls, on this meter's association; see
+        :meth:`bridge.meter_work.MeterWork.submit`."""
+        return await self.work.submit(fn, timeout)
 
     async def _wait_until(self, due: float) -> None:
-        """Sleep until ``due``, keeping the association alive on the way."""
+        """Sleep until ``due``, keeping the association alive and doing the meter's other
+        work (requests, clock checks, profile ranges) on the way."""
         keepalive_every = self.meter.inactivity_timeout_s * 0.5
         while True:
-            wake = due
-            if self.session is not None and self.session.is_open and keepalive_every > 0:
-                wake = min(due, self._last_activity + keepalive_every)
-            await trio.sleep_until(wake)
-            if wake >= due:
+            await self.work.run(until=due)
+            if self._rescheduled:
                 return
-            await self._keepalive()
+            wake = min(due, self.work.wake_at())
+            if self.session is not None and self.session.is_open and keepalive_every > 0:
+                wake = min(wake, self._last_activity + keepalive_every)
+            await self.work.sleep_until(wake)
+            now = trio.current_time()
+            if now >= due or self._rescheduled:
+                return
+            if (
+                self.session is not None
+                and self.session.is_open
+                and keepalive_every > 0
+                and now >= self._last_activity + keepalive_every
+            ):
+                await self._keepalive()
 
     async def _keepalive(self) -> None:
         assert self.session is not None
@@ -361,11 +421,35 @@ class MeterPoller:
             self.stats.reassociations += 1
         self.stats.state = "associating"
         negotiated = await self.session.associate()
+        self.generation += 1
         self.stats.state = "associated"
         log_event(
             log, logging.INFO, "associated", meter=self.meter.name,
             max_pdu=negotiated.server_max_pdu_size, list=negotiated.multiple_references,
         )  # fmt: skip
+
+    async def ensure_session(self) -> MeterSession:
+        """An open association (connecting and associating if needed), for work between polls."""
+        await self._ensure_session()
+        assert self.session is not None
+        return self.session
+
+    async def recover(self, exc: BaseException) -> None:
+        """After a failed request between polls: drop what the error leaves unusable."""
+        if isinstance(exc, MeterIOError):
+            await self._close(release=False)
+        elif isinstance(exc, trio.TooSlowError) or (
+            isinstance(exc, ProtocolError) and not isinstance(exc, DataAccessError)
+        ):
+            await self._drop_association()
+
+    async def _sink_each(self, readings: Sequence[Reading]) -> None:
+        for reading in readings:
+            await self.sink(reading)
+
+    def note_activity(self) -> None:
+        """A request between polls used the association (it counts for the keepalive)."""
+        self._last_activity = trio.current_time()
 
     async def _drop_association(self) -> None:
         """Level 2: abandon the association; the link is re-opened on the same connection."""

@@ -52,6 +52,7 @@ message over its limits:
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import math
@@ -443,9 +444,18 @@ class Publisher:
         *,
         mqtt: MqttSettings | None = None,
         devices: Mapping[str, MqttSettings] | None = None,
+        on_message: Callable[[str | None, str, bytes], None] | None = None,
+        subscriptions: Sequence[str] = (),
+        on_connected: Callable[[str | None], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
+        #: Incoming messages (RPC requests, shared attributes) on `subscriptions`, as
+        #: ``on_message(meter, topic, payload)``: meter is the device-mode lane's meter, or None.
+        self.on_message = on_message
+        self.subscriptions = tuple(subscriptions)
+        #: Told ``on_connected(meter)`` after each (re)connect of a lane, before its telemetry.
+        self.on_connected = on_connected
         self.stats = PublisherStats()
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._lanes: dict[str | None, _Lane] = {}
@@ -467,8 +477,12 @@ class Publisher:
 
     def _make_lane(self, mqtt: MqttSettings, meter: str | None) -> _Lane:
         s = self.settings
+        handler = None if self.on_message is None else functools.partial(self.on_message, meter)
+        client = MqttClient(mqtt, on_message=handler)
+        for topic in self.subscriptions:
+            client.subscribe(topic, 1)
         return _Lane(
-            client=MqttClient(mqtt),
+            client=client,
             meter=meter,
             pacer=Pacer(s.max_messages_per_s, s.max_bytes_per_s, s.max_datapoints_per_s, s.burst_s),
             window=trio.Semaphore(s.max_in_flight),
@@ -515,6 +529,18 @@ class Publisher:
         if lane is not None:
             lane.dirty_status.add(meter)
             lane.poke()
+
+    def send(self, meter: str | None, topic: str, payload: bytes) -> bool:
+        """Publish a control message (an RPC response, attributes) on the connection that
+        carries `meter` (None: the gateway/topic connection), ahead of telemetry; not stored,
+        so a message whose connection drops before it went out is lost. False if there is no
+        such connection."""
+        lane = self._lanes.get(None) if meter is None else self._lane_for(meter)
+        if lane is None:
+            return False
+        lane.control.append(Message(topic, payload))
+        lane.poke()
+        return True
 
     async def add_device(self, meter: str, mqtt: MqttSettings) -> None:
         """Device mode: start a connection for a new meter."""
@@ -701,6 +727,8 @@ class Publisher:
             lane.attributes_sent.clear()
             lane.dirty_status |= {m for m in self._online if self._lane_for(m) is lane}
             lane.failure = None
+            if self.on_connected is not None:
+                self.on_connected(lane.meter)
             failure = await self._deliver(lane, generation)
             if failure is not None:
                 self.stats.last_error = failure

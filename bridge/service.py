@@ -22,7 +22,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,24 @@ from bridge.config import (
 )
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
+from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
+from bridge.overrides import RuntimeOverrides, check_override
 from bridge.poller import MeterPoller, PollerStats
+from bridge.profiles import HighWaterMarks
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
-from bridge.readings import Reading
+from bridge.readings import Reading, dumps_compact
+from bridge.rpc import (
+    DEVICE_ATTRIBUTES,
+    DEVICE_ATTRIBUTES_RESPONSE,
+    DEVICE_RPC_REQUEST,
+    GATEWAY_ATTRIBUTES,
+    GATEWAY_ATTRIBUTES_RESPONSE,
+    GATEWAY_RPC,
+    RpcError,
+    RpcServer,
+)
 from bridge.status_socket import serve_status, socket_path
 from bridge.supervision import CrashTracker, SupervisionSettings
 
@@ -55,6 +68,10 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
+#: Meters that may read a profile range at the same moment (backfill pacing, box-wide).
+BACKFILL_SLOTS = 2
+#: How often the gateway's own attributes are compared with what was last published.
+GATEWAY_ATTRIBUTES_CHECK_S = 5.0
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -177,6 +194,16 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        #: Profile high-water marks (opened with the outbox, in the data directory).
+        self.marks: HighWaterMarks | None = None
+        self.backfill_limiter = trio.CapacityLimiter(BACKFILL_SLOTS)
+        #: Whether the box's clock is synchronised (sync_clock refuses otherwise).
+        self.clock_synchronised: Callable[[], bool] = box_clock_synchronised
+        #: Settings changed from ThingsBoard, kept in the data directory.
+        self.overrides = RuntimeOverrides(None)
+        #: Meters switched off with the ``enabled`` shared attribute.
+        self.paused: set[str] = set()
+        self.rpc = RpcServer(self)
         #: Where the status socket is served (None until running, or if it could not be made).
         self.status_socket: Path | None = None
 
@@ -223,12 +250,31 @@ class BridgeService:
             spill_retry_s=min([DEFAULT_SPILL_RETRY_S, *intervals]),
             on_alarm=self._set_alarm,
         )
+        self.marks = await trio.to_thread.run_sync(HighWaterMarks, cfg.bridge.data_dir)
+        self.overrides = await trio.to_thread.run_sync(RuntimeOverrides, cfg.bridge.data_dir)
         if cfg.publish.mode == "device":
             devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
-            self.publisher = Publisher(self.outbox, publisher_settings(cfg), devices=devices)
-        else:
             self.publisher = Publisher(
-                self.outbox, publisher_settings(cfg), mqtt=mqtt_settings(cfg)
+                self.outbox,
+                publisher_settings(cfg),
+                devices=devices,
+                on_message=self.rpc.on_message,
+                subscriptions=(DEVICE_RPC_REQUEST, DEVICE_ATTRIBUTES, DEVICE_ATTRIBUTES_RESPONSE),
+                on_connected=self.rpc.on_connected,
+            )
+        else:
+            gateway = cfg.publish.mode == "gateway"
+            self.publisher = Publisher(
+                self.outbox,
+                publisher_settings(cfg),
+                mqtt=mqtt_settings(cfg),
+                on_message=self.rpc.on_message if gateway else None,
+                subscriptions=(
+                    (GATEWAY_RPC, GATEWAY_ATTRIBUTES, GATEWAY_ATTRIBUTES_RESPONSE)
+                    if gateway
+                    else ()
+                ),
+                on_connected=self.rpc.on_connected if gateway else None,
             )
         depth = self.outbox.depth()
         log_event(
@@ -243,6 +289,9 @@ class BridgeService:
                 nursery.start_soon(self._signals)
             await nursery.start(self._keep_alive, "writer", self.writer.run)
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
+            await nursery.start(self.rpc.run)
+            if cfg.publish.mode == "gateway":
+                nursery.start_soon(self._gateway_attributes)
             pollers_scope = trio.CancelScope()
             await nursery.start(self._run_pollers, pollers_scope)
             # Always served (with or without the web console): `dlms-bridge health` asks it.
@@ -325,6 +374,12 @@ class BridgeService:
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
+        if self.overrides.get(meter.name, "enabled") is False:
+            # Switched off from ThingsBoard: stays off until switched on again.
+            self.paused.add(meter.name)
+            log_event(log, logging.INFO, "meter_paused", meter=meter.name, reason="enabled=false")
+            return
+        self.paused.discard(meter.name)
         running = _Running(
             meter,
             trio.CancelScope(),
@@ -353,13 +408,31 @@ class BridgeService:
         try:
             with running.scope:
                 while True:
+                    options = dict(self.poller_options)
+                    work_options = {
+                        "marks": self.marks,
+                        "limiter": self.backfill_limiter,
+                        "synchronised": self.clock_synchronised,
+                        **options.pop("work_options", {}),
+                    }
                     poller = MeterPoller(
                         running.meter,
                         self._sink,
                         on_alarm=self._on_meter_alarm,
                         rng=random.Random(self._rng.random()),
-                        **self.poller_options,
+                        sink_many=self._sink_many,
+                        work_options=work_options,
+                        **options,
                     )
+                    interval = self.overrides.get(name, "interval_s")
+                    if interval is not None:
+                        try:
+                            poller.set_interval(interval)
+                        except ValueError as exc:
+                            log_event(
+                                log, logging.WARNING, "override_ignored", meter=name,
+                                key="interval_s", error=str(exc),
+                            )  # fmt: skip
                     running.poller = poller
                     running.started = trio.current_time()
                     try:
@@ -418,6 +491,65 @@ class BridgeService:
         if not self.online.get(reading.meter):
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)
+
+    async def apply_override(
+        self, meter: str, key: str, value: Any, *, quiet: bool = False
+    ) -> None:
+        """Change ``interval_s`` or ``enabled`` of a meter now and keep it across restarts
+        (``value=None`` returns to the config file's value); raises
+        :class:`~bridge.rpc.RpcError` for an unknown meter or a bad value."""
+        config = next((m for m in self.config.meters if m.name == meter and m.enabled), None)
+        if config is None:
+            raise RpcError("unknown_device", f"no meter {meter!r} in the config")
+        if value is not None:
+            problem = check_override(key, value, config.timeout_s)
+            if problem is not None:
+                raise RpcError("bad_params", problem)
+        try:
+            await trio.to_thread.run_sync(self.overrides.set, meter, key, value)
+        except OSError as exc:
+            message = f"cannot keep the setting in the data directory: {exc}"
+            raise RpcError("storage", message) from None
+        if not quiet:
+            log_event(log, logging.INFO, "override", meter=meter, key=key, value=value)
+        if key == "interval_s":
+            running = self.meters.get(meter)
+            if running is not None and running.poller is not None:
+                running.poller.set_interval(value if value is not None else config.interval_s)
+        elif key == "enabled":
+            if value is False and meter in self.meters:
+                await self._stop_meter(meter)
+                self.paused.add(meter)
+            elif value is not False and meter not in self.meters:
+                await self._start_meter(config)
+
+    async def _gateway_attributes(self) -> None:
+        """Publish the gateway's own attributes (on its own device) when they change."""
+        last: tuple[int, str] | None = None
+        while True:
+            publisher = self.publisher
+            assert publisher is not None
+            client = publisher.clients.get(None)
+            if client is not None and client.connected:
+                alarms = self.all_alarms()
+                body = {
+                    "bridge_name": self.config.bridge.name,
+                    "bridge_version": _version(),
+                    "meters": len(self.meters),
+                    "meters_paused": len(self.paused),
+                    "meters_online": sum(1 for v in self.online.values() if v),
+                    "alarms": len(alarms),
+                    "alarm_names": ",".join(sorted(alarms)),
+                }
+                payload = dumps_compact(body)
+                if last != (client.generation, payload):
+                    publisher.send(None, "v1/devices/me/attributes", payload.encode())
+                    last = (client.generation, payload)
+            await trio.sleep(GATEWAY_ATTRIBUTES_CHECK_S)
+
+    async def _sink_many(self, readings: Sequence[Reading]) -> None:
+        assert self.writer is not None
+        await self.writer.put_many(readings)
 
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)
@@ -478,6 +610,7 @@ class BridgeService:
         self.config = attrs.evolve(old, meters=new.meters)
         assert self.publisher is not None
         for meter in removed:
+            self.paused.discard(meter.name)
             await self._stop_meter(meter.name)
             self.online.pop(meter.name, None)
             self._clear_meter_alarms(meter.name)
@@ -498,7 +631,12 @@ class BridgeService:
         return True
 
     def _clear_meter_alarms(self, meter: str) -> None:
-        for name in (_failing_alarm(meter), _crashed_alarm(meter), _faulted_alarm(meter)):
+        for name in (
+            _failing_alarm(meter),
+            _crashed_alarm(meter),
+            _faulted_alarm(meter),
+            f"meter.{meter}.clock_drift",
+        ):
             self._set_alarm(name, False, f"meter {meter} removed")
 
     # -- health ------------------------------------------------------------------------------
@@ -544,6 +682,11 @@ class BridgeService:
                 **stats,
                 "faulted": running.tracker.faulted,
             }
+            if poller is not None:
+                meters[name]["interval_s"] = poller.interval_s
+                meters[name]["profiles"] = [p.as_dict() for p in poller.work.profiles]
+                clock = poller.work.last_clock
+                meters[name]["clock"] = clock.to_json() if clock is not None else None
             if running.tracker.faulted:
                 meters[name]["state"] = "faulted"
                 meters[name]["fault"] = running.tracker.last
@@ -684,6 +827,15 @@ class BridgeService:
                 **spill,
             )  # fmt: skip
             self._notify(status=self._status_line())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dlms-bridge")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _failing_alarm(meter: str) -> str:

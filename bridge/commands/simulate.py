@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-pdu", type=int, default=1024, metavar="BYTES", help="server max receive PDU (1024)"
     )
     parser.add_argument(
+        "--profile-period",
+        type=int,
+        default=900,
+        metavar="S",
+        help="seconds between load profile entries (900)",
+    )
+    parser.add_argument(
         "--record",
         metavar="DIR",
         help="record every session as pcap, one file per meter (DIR/meter-0000.pcap, ...)",
@@ -98,6 +105,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--max-info must be 32..2030, not {args.max_info}"
     if not 64 <= args.max_pdu <= 0xFFFF:
         return f"--max-pdu must be 64..65535, not {args.max_pdu}"
+    if not 1 <= args.profile_period <= 86_400:
+        return f"--profile-period must be 1..86400 seconds, not {args.profile_period}"
     return None
 
 
@@ -154,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         hdlc=LinkParameters(args.max_info, args.max_info, 1, 1),
         max_pdu=args.max_pdu,
         inactivity_timeout=args.inactivity_timeout,
+        profile_period=args.profile_period,
     )
     config = SimulatorConfig(
         meters=args.meters,

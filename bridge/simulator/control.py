@@ -8,6 +8,7 @@ Each request is one JSON object on one line; each answer is one line, ``{"ok": t
     {"cmd": "clear", "meters": "0-9"}              -> remove their faults (default: all)
     {"cmd": "get_faults", "meters": "0-9"}         -> each meter's faults in spec syntax
     {"cmd": "counters", "meters": "0-9"}           -> each meter's counters and injected faults
+    {"cmd": "clock", "meters": "0", "offset_s": 120}   -> set the meters' clocks 120 s fast
 
 The same operations are methods of :class:`~bridge.simulator.server.Simulator` for in-process use.
 """
@@ -86,8 +87,18 @@ def handle_command(sim: Simulator, request: object) -> dict[str, Any]:
                 "ok": True,
                 "counters": {str(i): sim.meters[i].snapshot() for i in _meters(sim, request)},
             }
+        if cmd == "clock":
+            offset = request.get("offset_s")
+            if isinstance(offset, bool) or not isinstance(offset, int | float):
+                raise _CommandError('"clock" needs "offset_s": seconds the meters\' clocks are off')
+            if not -10 * 365 * 86400 <= offset <= 10 * 365 * 86400:
+                raise _CommandError("offset_s must be within ten years")
+            selected = _meters(sim, request)
+            for i in selected:
+                sim.meters[i].clock_offset = float(offset)
+            return {"ok": True, "meters": list(selected)}
         raise _CommandError(
-            f"unknown cmd {cmd!r} (known: status, faults, clear, get_faults, counters)"
+            f"unknown cmd {cmd!r} (known: status, faults, clear, get_faults, counters, clock)"
         )
     except _CommandError as exc:
         return {"ok": False, "error": str(exc)}

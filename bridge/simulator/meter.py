@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
@@ -66,8 +67,13 @@ class MeterSettings:
     conformance: Conformance = METER_CONFORMANCE
     #: Seconds without a frame after which the meter drops the link (0: never).
     inactivity_timeout: float = 180.0
-    #: Days of 15-minute entries in the load profile buffer.
+    #: Days of 15-minute entries in the load profile buffer (its capacity in entries).
     profile_days: int = 10
+    #: Seconds between load profile entries (the profile's capture_period).
+    profile_period: int = 900
+    #: Whether the load profile answers range access (selector 1); some meters offer only
+    #: entry access.
+    profile_range_access: bool = True
 
 
 @attrs.define(eq=False)
@@ -109,6 +115,10 @@ class Meter:
     clock_offset: float = 0.0
     #: The writable consumer message (a Data object).
     message: bytes = b""
+    #: The supply relay of the disconnect control (0-0:96.3.10): closed unless disconnected.
+    supply_connected: bool = True
+    #: The standard event log: (meter time in whole seconds, event code), oldest first.
+    events: deque[tuple[int, int]] = attrs.field(factory=lambda: deque(maxlen=100))
     #: Encoded load profile rows by their clock time, and the flags fault they were made under.
     profile_rows: dict[int, tuple[bytes, ...]] = attrs.field(factory=dict)
     profile_flags: bool = False
@@ -120,6 +130,10 @@ class Meter:
         serial = f"{(seed * 7919) % 100:02d}{index:06d}"
         faults = FaultState(random.Random(f"faults:{seed}:{index}"))
         return cls(index, serial, settings, model, physics, faults)
+
+    def record_event(self, now: float, code: int) -> None:
+        """Add an event to the standard event log at meter time ``now``."""
+        self.events.append((math.floor(now), code))
 
     def time(self, wall: float) -> float:
         """The meter's clock (unix seconds) when the wall clock reads ``wall``."""

@@ -3,8 +3,12 @@
 ``single-phase`` is the field meter the original system read (registers, scalers and units from
 its documentation); ``three-phase`` adds the voltages and currents of phases L2 and L3 and its
 active power is the sum of the phases. Both also have a clock, the logical device name, a serial
-number, a writable consumer message, the current Association LN with its object list, a SAP
-assignment and a 15-minute load profile.
+number, a firmware identifier (1-0:0.2.0), a disconnect control (0-0:96.3.10, class 70:
+remote_disconnect and remote_reconnect), a writable consumer message, the current Association LN
+with its object list, a SAP assignment, a load profile (15 minutes by default, see
+``--profile-period``) and a standard event log (0-0:99.98.0: clock time and event code 0-0:96.11.0;
+5 clock set, 60 remote disconnect, 61 remote reconnect). The clock is settable (SET attribute 2,
+shift_time).
 
 Registers (class 3, value attribute 2, scaler_unit attribute 3):
 
@@ -41,7 +45,16 @@ from bridge.simulator.objects import (
     constant,
     encode_number,
 )
-from bridge.simulator.profile import CAPTURE_PERIOD, LoadProfile, date_time_bytes
+from bridge.simulator.profile import (
+    CAPTURE_PERIOD,
+    EVENT_CLOCK_SET,
+    EVENT_LOG_CAPACITY,
+    EVENT_REMOTE_DISCONNECT,
+    EVENT_REMOTE_RECONNECT,
+    EventLog,
+    LoadProfile,
+    date_time_bytes,
+)
 from codec.apdu import ActionResult, DataAccessResult, SelectiveAccess
 from codec.axdr import BitString, Data, DataType, encode_data
 from codec.cosem import (
@@ -65,9 +78,15 @@ CLOCK = Obis(0, 0, 1, 0, 0, 255)
 LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 SERIAL_NUMBER = Obis(0, 0, 96, 1, 0, 255)
 CONSUMER_MESSAGE = Obis(0, 0, 96, 13, 0, 255)
+FIRMWARE_ID = Obis(1, 0, 0, 2, 0, 255)
+DISCONNECT_CONTROL = Obis(0, 0, 96, 3, 10, 255)
+#: The firmware identifier the simulated meters report.
+FIRMWARE_VERSION = "SIM-1.4.2"
 ASSOCIATION = Obis(0, 0, 40, 0, 0, 255)
 SAP_ASSIGNMENT = Obis(0, 0, 41, 0, 0, 255)
 LOAD_PROFILE = Obis(1, 0, 99, 1, 0, 255)
+EVENT_LOG = Obis(0, 0, 99, 98, 0, 255)
+EVENT_CODE = Obis(0, 0, 96, 11, 0, 255)
 ENERGY = Obis(1, 1, 1, 8, 0, 255)
 AVERAGE_POWER = Obis(1, 1, 1, 5, 0, 255)
 
@@ -101,8 +120,9 @@ class ModelRegister:
 
 
 def _average_power(meter: Meter, t: float) -> float:
-    end = math.floor(t / CAPTURE_PERIOD) * CAPTURE_PERIOD
-    return LoadProfile.average_power(meter.physics, end)
+    period = meter.settings.profile_period
+    end = math.floor(t / period) * period
+    return LoadProfile.average_power(meter.physics, end, period)
 
 
 def _register(
@@ -182,10 +202,11 @@ def _set_clock_time(ctx: RequestContext, value: Data) -> None:
     except DecodeError as exc:
         raise AccessFailure(DataAccessResult.TYPE_UNMATCHED, str(exc)) from None
     ctx.meter.clock_offset = target - ctx.wall
+    ctx.meter.record_event(target, EVENT_CLOCK_SET)
 
 
 def _adjust_to_quarter(ctx: RequestContext, params: Data | None) -> Data | None:
-    quarter = round(ctx.now / CAPTURE_PERIOD) * CAPTURE_PERIOD
+    quarter = round(ctx.now / CAPTURE_PERIOD) * CAPTURE_PERIOD  # adjust_to_quarter: 15 minutes
     ctx.meter.clock_offset += quarter - ctx.now
     return None
 
@@ -261,6 +282,53 @@ def _sap_assignment(ctx: RequestContext, access: SelectiveAccess | None) -> byte
     return encode_data(Data.array((entry,)))
 
 
+def _firmware(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.visible_string(FIRMWARE_VERSION))
+
+
+# -- disconnect control ---------------------------------------------------------------------------
+
+#: control_state values of the disconnect control (class 70).
+_DISCONNECTED, _CONNECTED = 0, 1
+
+
+def _output_state(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.boolean(ctx.meter.supply_connected))
+
+
+def _control_state(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    return encode_data(Data.enum(_CONNECTED if ctx.meter.supply_connected else _DISCONNECTED))
+
+
+def _switch(connected: bool) -> Callable[[RequestContext, Data | None], Data | None]:
+    def invoke(ctx: RequestContext, params: Data | None) -> Data | None:
+        if params is None or params.type != DataType.INTEGER:
+            raise AccessFailure(ActionResult.TYPE_UNMATCHED, "takes an integer (0)")
+        ctx.meter.supply_connected = connected
+        code = EVENT_REMOTE_RECONNECT if connected else EVENT_REMOTE_DISCONNECT
+        ctx.meter.record_event(ctx.now, code)
+        return None
+
+    return invoke
+
+
+def _disconnect_control_object() -> CosemObject:
+    return CosemObject(
+        InterfaceClass.DISCONNECT_CONTROL,
+        0,
+        DISCONNECT_CONTROL,
+        4,
+        {
+            1: _logical_name(DISCONNECT_CONTROL),
+            2: Attribute(2, _output_state),
+            3: Attribute(3, _control_state),
+            4: Attribute(4, constant(Data.enum(1))),  # control mode 1: remote and manual
+        },
+        method_count=2,
+        methods={1: Method(1, _switch(False)), 2: Method(2, _switch(True))},
+    )
+
+
 # -- association LN -------------------------------------------------------------------------------
 
 
@@ -319,14 +387,25 @@ def _association_object(object_list: Callable[[], bytes]) -> CosemObject:
 # -- load profile ---------------------------------------------------------------------------------
 
 
-def _profile_object(profile: LoadProfile) -> CosemObject:
+def _event_code(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    code = ctx.meter.events[-1][1] if ctx.meter.events else 0
+    return encode_data(Data.unsigned(code))
+
+
+def _profile_object(profile: LoadProfile, obis: Obis = LOAD_PROFILE) -> CosemObject:
     def buffer(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
         return profile.read(ctx.meter, ctx.now, access)
 
     def entries_in_use(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
         return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
 
+    def capture_period(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+        period = 0 if isinstance(profile, EventLog) else ctx.meter.settings.profile_period
+        return encode_data(Data.double_long_unsigned(period))
+
     def profile_entries(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+        if isinstance(profile, EventLog):
+            return encode_data(Data.double_long_unsigned(EVENT_LOG_CAPACITY))
         return encode_data(Data.double_long_unsigned(profile.entry_count(ctx.meter)))
 
     no_sort_object = Data.structure(
@@ -335,17 +414,15 @@ def _profile_object(profile: LoadProfile) -> CosemObject:
     return CosemObject(
         InterfaceClass.PROFILE_GENERIC,
         1,
-        LOAD_PROFILE,
+        obis,
         8,
         {
-            1: _logical_name(LOAD_PROFILE),
+            1: _logical_name(obis),
             ProfileGenericAttribute.BUFFER: Attribute(2, buffer, selectors=(1, 2)),
             ProfileGenericAttribute.CAPTURE_OBJECTS: Attribute(
                 3, constant(Data.array(c.to_data() for c in profile.columns))
             ),
-            ProfileGenericAttribute.CAPTURE_PERIOD: Attribute(
-                4, constant(Data.double_long_unsigned(CAPTURE_PERIOD))
-            ),
+            ProfileGenericAttribute.CAPTURE_PERIOD: Attribute(4, capture_period),
             ProfileGenericAttribute.SORT_METHOD: Attribute(5, constant(Data.enum(1))),  # fifo
             ProfileGenericAttribute.SORT_OBJECT: Attribute(6, constant(no_sort_object)),
             ProfileGenericAttribute.ENTRIES_IN_USE: Attribute(7, entries_in_use),
@@ -381,13 +458,23 @@ class MeterModel:
             )
         )
         model = cls(name, phase_count, registers, profile)
+        event_log = EventLog(
+            (
+                (InterfaceClass.CLOCK, CLOCK, ClockAttribute.TIME),
+                (InterfaceClass.DATA, EVENT_CODE, 2),
+            )
+        )
         objects = [
             _clock_object(),
             _data_object(LOGICAL_DEVICE_NAME, _ldn),
             _data_object(SERIAL_NUMBER, _serial),
             _data_object(CONSUMER_MESSAGE, _message, _set_message),
+            _data_object(FIRMWARE_ID, _firmware),
+            _disconnect_control_object(),
             *(_register_object(spec) for spec in registers),
             _profile_object(profile),
+            _profile_object(event_log, EVENT_LOG),
+            _data_object(EVENT_CODE, _event_code),
             CosemObject(
                 InterfaceClass.SAP_ASSIGNMENT,
                 0,

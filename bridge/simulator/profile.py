@@ -1,9 +1,10 @@
-"""The 15-minute load profile (Profile generic, class 7) of a simulated meter.
+"""The load profile (Profile generic, class 7) of a simulated meter.
 
-Each entry is ``{clock time, active energy, average power}`` at a quarter-hour boundary of the
-meter's clock, computed from the meter's physics, so the buffer of the last days is the same
-whenever it is read and agrees with the energy register. Rows are encoded once and cached per
-meter; the buffer can be read whole, by range of clock time (selector 1) or by entry number and
+Each entry is ``{clock time, active energy, average power}`` at a boundary of the capture period
+(``MeterSettings.profile_period``, 15 minutes by default) of the meter's clock, computed from the
+meter's physics, so the buffer of the last days is the same whenever it is read and agrees with
+the energy register. Rows are encoded once and cached per meter; the buffer can be read whole, by
+range of clock time (selector 1, unless ``profile_range_access`` is off) or by entry number and
 column (selector 2).
 """
 
@@ -27,11 +28,27 @@ if TYPE_CHECKING:
     from bridge.simulator.meter import Meter
     from bridge.simulator.physics import Physics
 
-__all__ = ["CAPTURE_PERIOD", "ENTRIES_PER_DAY", "LoadProfile", "date_time_bytes"]
+__all__ = [
+    "CAPTURE_PERIOD",
+    "ENTRIES_PER_DAY",
+    "EVENT_CLOCK_SET",
+    "EVENT_LOG_CAPACITY",
+    "EVENT_REMOTE_DISCONNECT",
+    "EVENT_REMOTE_RECONNECT",
+    "EventLog",
+    "LoadProfile",
+    "date_time_bytes",
+]
 
-#: Seconds between entries.
+#: Seconds between entries by default (``MeterSettings.profile_period``).
 CAPTURE_PERIOD = 900
 ENTRIES_PER_DAY = 86_400 // CAPTURE_PERIOD
+#: Entries the standard event log keeps (the oldest are overwritten).
+EVENT_LOG_CAPACITY = 100
+#: Event codes of the simulated meters' standard event log (0-0:99.98.0).
+EVENT_CLOCK_SET = 5
+EVENT_REMOTE_DISCONNECT = 60
+EVENT_REMOTE_RECONNECT = 61
 _UTC = _dt.UTC
 
 Row = tuple[bytes, ...]
@@ -49,13 +66,17 @@ class LoadProfile:
         self.columns = tuple(CaptureObject(c, o, a, 0) for c, o, a in columns)
 
     @staticmethod
-    def average_power(physics: Physics, end: float) -> float:
+    def average_power(physics: Physics, end: float, period: int = CAPTURE_PERIOD) -> float:
         """Mean active power (W) over the capture period that ends at ``end``."""
-        return (physics.energy(end) - physics.energy(end - CAPTURE_PERIOD)) * 3600 / CAPTURE_PERIOD
+        return (physics.energy(end) - physics.energy(end - period)) * 3600 / period
 
     @staticmethod
     def entry_count(meter: Meter) -> int:
-        """Entries the buffer holds (also its capacity: the buffer is always full)."""
+        """Entries the buffer holds (also its capacity: the buffer is always full).
+
+        ``profile_days`` days of 15-minute entries: the capacity in entries does not change
+        with the capture period, as in a real meter's memory.
+        """
         return meter.settings.profile_days * ENTRIES_PER_DAY
 
     def _row(self, meter: Meter, end: int) -> Row:
@@ -63,14 +84,17 @@ class LoadProfile:
         return (
             b"\x09\x0c" + date_time_bytes(end),  # octet-string(12), as profiles carry it
             struct.pack(">BI", 6, energy),
-            struct.pack(">Bf", 23, self.average_power(meter.physics, end)),
+            struct.pack(
+                ">Bf", 23, self.average_power(meter.physics, end, meter.settings.profile_period)
+            ),
         )
 
     def rows(self, meter: Meter, now: float) -> tuple[list[int], list[Row]]:
         """Times and encoded columns of the entries in the buffer at meter time ``now``."""
-        last = math.floor(now / CAPTURE_PERIOD) * CAPTURE_PERIOD
+        period = meter.settings.profile_period
+        last = math.floor(now / period) * period
         count = self.entry_count(meter)
-        times = [last - CAPTURE_PERIOD * k for k in range(count - 1, -1, -1)]
+        times = [last - period * k for k in range(count - 1, -1, -1)]
         rows_by_time = meter.profile_rows
         if meter.profile_flags != meter.faults.flags:
             # The energy column depends on the flags fault.
@@ -95,6 +119,8 @@ class LoadProfile:
         if access is None:
             pass
         elif access.selector == 1:
+            if not meter.settings.profile_range_access:
+                raise AccessFailure(DataAccessResult.OTHER_REASON, "no range access")
             rows, columns = self._by_range(times, rows, access)
         elif access.selector == 2:
             rows, columns = self._by_entry(rows, access)
@@ -167,3 +193,22 @@ class LoadProfile:
             else min(d.to_selected_value, len(self.columns))
         )
         return rows[first - 1 : last], range(first_column - 1, last_column)
+
+
+class EventLog(LoadProfile):
+    """The standard event log: ``{clock time, event code}`` for each event the meter recorded
+    (``Meter.events``: the clock set, the supply switched remotely), oldest first."""
+
+    @staticmethod
+    def entry_count(meter: Meter) -> int:
+        """Events in the buffer."""
+        return len(meter.events)
+
+    def rows(self, meter: Meter, now: float) -> tuple[list[int], list[Row]]:
+        """Times and encoded columns of the recorded events."""
+        times = [t for t, _ in meter.events]
+        rows: list[Row] = [
+            (b"\x09\x0c" + date_time_bytes(t), struct.pack(">BB", 17, code))
+            for t, code in meter.events
+        ]
+        return times, rows

@@ -259,6 +259,14 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
+    async def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The broker's log once it holds `text` (the broker writes its log asynchronously)."""
+        with trio.move_on_after(timeout):
+            while text not in (log := self.log_text()):
+                await trio.sleep(0.05)
+            return log
+        raise AssertionError(f"{text!r} not in the broker's log after {timeout} s")
+
 
 @attrs.frozen
 class Message:
@@ -321,6 +329,11 @@ class Collector:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes | str, timeout: float = 5.0) -> None:
+        """Publish with QoS 1 as this client (what ThingsBoard sends to the bridge)."""
+        info = self._client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout)
 
     @property
     def messages(self) -> list[Message]:

@@ -178,7 +178,13 @@ async def test_gateway_telemetry_format_values_and_timestamps(
 
     messages = sub.messages
     topics = {m.topic for m in messages}
-    assert topics <= {"v1/gateway/connect", "v1/gateway/telemetry", "v1/gateway/attributes"}
+    assert topics <= {
+        "v1/gateway/connect",
+        "v1/gateway/telemetry",
+        "v1/gateway/attributes",
+        "v1/gateway/attributes/request",  # the meters' shared attributes, asked for
+        "v1/devices/me/attributes",  # the gateway's own
+    }
     # Each meter is announced once (one connection), before its first telemetry.
     connects = [json.loads(m.payload) for m in sub.on("v1/gateway/connect")]
     assert sorted(c["device"] for c in connects) == ["m0", "m1"]
