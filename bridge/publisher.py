@@ -56,7 +56,6 @@ import functools
 import json
 import logging
 import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -633,7 +632,7 @@ class Publisher:
         window while every connection is up: the limits are too low for the readings taken.
 
         Growing means: the least-squares trend over the window adds at least 10 % of the
-        readings taken (and 3 readings), and the median of the last quarter is above that of
+        readings taken (and 3 readings), and the last quarter never comes down to the level of
         the first. A batching publisher settles at a backlog of about one round of
         messages; judging only once connected for two windows leaves that settling out.
         """
@@ -1013,7 +1012,10 @@ def _growing(samples: list[_Sample]) -> bool:
     growth = slope * (xs[-1] - xs[0])
     taken = samples[-1].readings - samples[0].readings + samples[-1].rows - samples[0].rows
     quarter = max(1, len(samples) // 4)
-    rising = statistics.median(ys[-quarter:]) > statistics.median(ys[:quarter])
+    # Strictly: the lowest depth of the last quarter above the highest of the first, so that
+    # the saw-tooth of a batching publisher that keeps up (about one round of messages deep)
+    # never counts as growth.
+    rising = min(ys[-quarter:]) > max(ys[:quarter])
     return rising and growth >= max(3.0, 0.1 * taken)
 
 
