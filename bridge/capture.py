@@ -696,10 +696,8 @@ def decode_pcap(
     totals: dict[str, int] = {}
     sessions = read_sessions(path)
     for session in sessions:
-        decoders = {
-            CLIENT_TO_SERVER: StreamDecoder(transport),
-            SERVER_TO_CLIENT: StreamDecoder(transport),
-        }
+        to_server, to_client = StreamDecoder.pair(transport)
+        decoders = {CLIENT_TO_SERVER: to_server, SERVER_TO_CLIENT: to_client}
         last_ts = dict.fromkeys(decoders, session.start)
         feeds = [(s.direction, s.ts, s.payload) for s in session.segments]
         for direction, ts, payload in feeds:

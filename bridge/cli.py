@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bridge import __version__
 
@@ -33,9 +34,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments in one line (what is wrong, where help is) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser; only the module of the chosen subcommand is imported."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlms-bridge",
         description="Read DLMS/COSEM meters over TCP and deliver every reading over MQTT.",
     )
@@ -55,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
-    args = parser.parse_args(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # bad arguments (already reported), --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

@@ -52,6 +52,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from bridge.sharding import parse_shard
 from codec.obis import InvalidObis, Obis
 
 __all__ = [
@@ -78,6 +79,10 @@ __all__ = [
 
 #: Where the outbox and the lock file live when neither the config nor systemd says otherwise.
 DEFAULT_DATA_DIR = "/var/lib/dlms-bridge"
+#: ``[bridge] workers``: 0 is automatic (see :func:`bridge.workers.worker_count`).
+DEFAULT_WORKERS = 0
+#: The most poller processes ``[bridge] workers`` may ask for.
+MAX_WORKERS = 64
 
 #: Longest wait between reconnects to the broker, seconds (``mqtt.reconnect_max_s``).
 RECONNECT_MAX_S = 30.0
@@ -245,6 +250,11 @@ class ServiceConfig:
     data_dir: str
     summary_interval_s: float = 60.0
     log_level: LogLevel = "info"
+    #: ``(K, N)``: this bridge polls only the meters that shard K of N owns (rendezvous hashing
+    #: on the meter name); ``None``: every meter.
+    shard: tuple[int, int] | None = None
+    #: Poller processes; 0 picks one per core, but no more than one per 1,000 meters.
+    workers: int = DEFAULT_WORKERS
 
 
 @attrs.frozen(kw_only=True)
@@ -412,6 +422,8 @@ class _BridgeSection:
     data_dir: str | None = None
     summary_interval_s: float = 60.0
     log_level: LogLevel = "info"
+    shard: str | None = None
+    workers: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -1051,11 +1063,28 @@ class _Resolver:
             state = self.env.get("STATE_DIRECTORY", "").split(":")[0]
             data_dir = state or DEFAULT_DATA_DIR
         name = section.name or socket.gethostname().split(".")[0] or "bridge"
+        shard = None
+        if section.shard is not None:
+            try:
+                shard = parse_shard(section.shard)
+            except ValueError as exc:
+                self.error("bridge.shard", str(exc))
+        workers = DEFAULT_WORKERS
+        if section.workers is not None:
+            if not 0 <= section.workers <= MAX_WORKERS:
+                self.error(
+                    "bridge.workers",
+                    f"must be between 0 (one per core) and {MAX_WORKERS}, not {section.workers}",
+                )
+            else:
+                workers = section.workers
         return ServiceConfig(
             name=name,
             data_dir=data_dir,
             summary_interval_s=section.summary_interval_s,
             log_level=section.log_level,
+            shard=shard,
+            workers=workers,
         )
 
     def mqtt(self, section: _MqttSection, service: ServiceConfig, mode: str | None) -> MqttConfig:

@@ -674,32 +674,36 @@ class OutboxWriter:
             ) from item.error
         return item.row_id
 
-    async def put_many(self, readings: Sequence[Reading]) -> list[int]:
+    async def put_many(self, readings: Sequence[Reading]) -> list[int | None]:
         """Commit several readings, in order, in as few transactions as possible; return their
-        row ids. If one fails, `OutboxError` is raised (the others may be committed)."""
+        row ids (None for those kept in the in-memory spill because the outbox cannot write
+        now). If one fails, `OutboxError` is raised (the others may be committed)."""
         items: list[_Put] = []
-        for reading in readings:
-            size = len(reading.to_json())
-            if size > self.outbox.core.max_bytes:
+        payloads = [reading.to_json() for reading in readings]
+        for reading, payload in zip(readings, payloads, strict=True):
+            if len(payload) > self.outbox.core.max_bytes:
                 raise ValueError(
-                    f"reading of meter {reading.meter!r} is {size} bytes, larger than the "
-                    f"whole outbox (max_bytes={self.outbox.core.max_bytes})"
+                    f"reading of meter {reading.meter!r} is {len(payload)} bytes, larger than "
+                    f"the whole outbox (max_bytes={self.outbox.core.max_bytes})"
                 )
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
+        if self._spilling is not None:
+            for reading, payload in zip(readings, payloads, strict=True):
+                self._to_spill(reading, payload)
+            return [None] * len(readings)
         for reading in readings:
             item = _Put(reading)
             self._queue.append(item)
             items.append(item)
         self._wakeup.set()
-        ids: list[int] = []
+        ids: list[int | None] = []
         for item in items:
             await item.done.wait()
             if item.error is not None:
                 raise OutboxError(
                     f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
                 ) from item.error
-            assert item.row_id is not None
             ids.append(item.row_id)
         return ids
 

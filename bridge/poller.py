@@ -47,7 +47,7 @@ from bridge.config import MeterConfig
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
-from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from bridge.session import MeterEndpoint, MeterIOError, MeterSession, StreamFactory, open_tcp
 from codec.apdu import AttributeDescriptor
 from codec.client import RegisterReading, RegisterSpec
 from codec.errors import AssociationError, DataAccessError, ProtocolError
@@ -152,6 +152,7 @@ class MeterPoller:
         backoff_max: float = 300.0,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        open_stream: StreamFactory = open_tcp,
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -163,6 +164,7 @@ class MeterPoller:
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
+        self.open_stream = open_stream
         self.endpoint = endpoint_for(meter)
         self.specs = [
             RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
@@ -185,11 +187,17 @@ class MeterPoller:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll until cancelled; the association is released on the way out."""
+    async def run(
+        self,
+        *,
+        start_delay: float = 0.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll until cancelled (the first cycle after ``start_delay`` seconds); the
+        association is released on the way out."""
         interval = self.interval_s
         task_status.started()
-        start = trio.current_time()
+        start = trio.current_time() + start_delay
         tick = 0
         try:
             while True:
@@ -408,7 +416,7 @@ class MeterPoller:
         # A live connection whose association was dropped (level 2) is re-associated.
         reassociate = self.session is not None and self._connected
         if self.session is None or not self._connected:
-            self.session = MeterSession(self.endpoint)
+            self.session = MeterSession(self.endpoint, open_stream=self.open_stream)
             self.stats.state = "connecting"
             await self.session.connect()
             self._connected = True

@@ -4,8 +4,10 @@ Formats (`PublishMode`):
 
 - ``gateway``: the ThingsBoard gateway MQTT API over one connection (the gateway device's
   token). ``v1/gateway/connect`` ``{"device": "<meter>"}`` announces each meter once per
-  connection before its first telemetry; ``v1/gateway/telemetry`` carries many readings of many
-  meters per message, ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
+  connection, at low priority: only while no telemetry waits (ThingsBoard creates the device
+  from its telemetry; the announcement matters only for RPC and attribute updates);
+  ``v1/gateway/telemetry`` carries many readings of many meters per message,
+  ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
   ``v1/gateway/disconnect`` ``{"device": "<meter>"}`` is sent when a meter is removed; the
   online flag goes to ``v1/gateway/attributes`` ``{"<meter>": {"online": true}}``.
 - ``device``: the ThingsBoard device MQTT API, one connection per meter (each meter's own
@@ -92,6 +94,9 @@ DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
 
 _RETRY_DELAY = 1.0
+#: While telemetry keeps the pacer busy, one gateway ``connect`` may go after this many
+#: telemetry messages, so announcements cannot starve (telemetry keeps >= 90% of the pace).
+ANNOUNCE_EVERY = 10
 #: The configuration's defaults are the publisher's (one home for each default).
 _CONFIG = PublishConfig()
 #: Seconds of outbox growth (while connected) before ``publisher.falling_behind``, by default.
@@ -216,6 +221,11 @@ class Pacer:
         self.waited = 0.0
         #: Seconds waited, by the limit that made us wait: messages, bytes, datapoints.
         self.waited_by: dict[str, float] = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
+
+    def delay(self, nbytes: int) -> float:
+        """Seconds until one message of `nbytes` may go (0: now)."""
+        now = trio.current_time()
+        return max(self.messages.delay(1, now), self.bytes.delay(nbytes, now))
 
     async def acquire(self, nbytes: int, datapoints: int = 0) -> None:
         """Wait until one message of `nbytes` (carrying `datapoints` values) may go."""
@@ -418,6 +428,9 @@ class _Lane:
     control: list[Message] = attrs.Factory(list)
     dirty_status: set[str] = attrs.Factory(set)
     announced: set[str] = attrs.Factory(set)
+    #: Gateway ``connect`` messages still to send, at low priority (see ``_announce``).
+    to_announce: dict[str, None] = attrs.Factory(dict)
+    sent_since_announce: int = 0
     #: The device attributes last published per meter on this connection.
     attributes_sent: dict[str, dict[str, Any]] = attrs.Factory(dict)
     wake: trio.Event = attrs.Factory(trio.Event)
@@ -565,6 +578,7 @@ class Publisher:
         lane.dirty_status.discard(meter)
         if self.settings.mode is PublishMode.GATEWAY:
             lane.announced.discard(meter)
+            lane.to_announce.pop(meter, None)
             payload = dumps_compact({"device": meter}).encode()
             lane.control.append(Message(GATEWAY_DISCONNECT, payload, requeue=True))
             lane.poke()
@@ -761,6 +775,12 @@ class Publisher:
                     self._fail(lane, in_flight, exc)
                     break
                 if not rows:
+                    try:
+                        if await self._announce(lane, in_flight):
+                            continue
+                    except PublishError as exc:
+                        self._fail(lane, in_flight, exc)
+                        break
                     await _wait_any(appended, lane.wake, lane.client)
                     continue
                 fresh = [row for row in rows if row.id not in self._undeleted]
@@ -769,6 +789,11 @@ class Publisher:
                     continue
                 for message in self._messages(lane, fresh):
                     try:
+                        if lane.to_announce and lane.sent_since_announce >= ANNOUNCE_EVERY:
+                            announcement = self._next_announcement(lane)
+                            if announcement is not None:
+                                await self._send(lane, announcement, in_flight)
+                        lane.sent_since_announce += 1
                         await self._send(lane, message, in_flight)
                     except (PublishError, OutboxError) as exc:
                         self._fail(lane, in_flight, exc)
@@ -799,8 +824,7 @@ class Publisher:
                 message, taken = gateway_telemetry(rows[i:], budget)
                 for meter in dict.fromkeys(r.reading.meter for r in message.rows):
                     if meter not in lane.announced:
-                        lane.announced.add(meter)
-                        yield self._connect_message(meter)
+                        lane.to_announce[meter] = None
                 yield from self._attribute_messages(lane, message.rows)
             i += taken
             yield message
@@ -829,6 +853,44 @@ class Publisher:
                 message, taken = topic_batch(mine[i:], s, s.max_payload_bytes)
                 i += taken
                 yield message
+
+    async def _announce(self, lane: _Lane, in_flight: trio.Nursery) -> bool:
+        """Send gateway ``connect`` messages while there is no telemetry to send.
+
+        ThingsBoard creates a gateway's device from its first telemetry; ``connect`` only
+        matters for server-side RPC and attribute updates. So announcements never go ahead of
+        readings: one goes only when the outbox has nothing for this lane and the pacer has
+        room right now; otherwise this waits for new rows or for the pacer, whichever is
+        first (and while telemetry keeps the pacer busy, one goes every `ANNOUNCE_EVERY`
+        telemetry messages). Returns True when it did anything (the caller looks at the
+        outbox again).
+        """
+        while lane.to_announce:
+            meter = next(iter(lane.to_announce))
+            if meter in lane.announced:
+                lane.to_announce.pop(meter)
+                continue
+            wait = lane.pacer.delay(len(self._connect_message(meter).payload))
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    await _wait_any(self.outbox.appended, lane.wake, lane.client)
+                return True
+            announcement = self._next_announcement(lane)
+            if announcement is not None:
+                await self._send(lane, announcement, in_flight)
+            return True
+        return False
+
+    def _next_announcement(self, lane: _Lane) -> Message | None:
+        """The next gateway ``connect`` to send (the meter then counts as announced)."""
+        while lane.to_announce:
+            meter = next(iter(lane.to_announce))
+            lane.to_announce.pop(meter)
+            if meter not in lane.announced:
+                lane.announced.add(meter)
+                lane.sent_since_announce = 0
+                return self._connect_message(meter)
+        return None
 
     def _attribute_messages(self, lane: _Lane, rows: Sequence[OutboxRow]) -> Iterator[Message]:
         """Device attributes of these rows' meters that this connection has not published yet,
@@ -866,8 +928,7 @@ class Publisher:
         if s.mode is PublishMode.GATEWAY:
             for meter in meters:
                 if self._online.get(meter) and meter not in lane.announced:
-                    lane.announced.add(meter)
-                    out.append(self._connect_message(meter))
+                    lane.to_announce[meter] = None
             if attr is not None and meters:
                 body = {m: {attr: self._online[m]} for m in meters if m in self._online}
                 if body:

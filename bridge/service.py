@@ -44,7 +44,7 @@ from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
 from bridge.overrides import RuntimeOverrides, check_override
-from bridge.poller import MeterPoller, PollerStats
+from bridge.poller import MeterPoller
 from bridge.profiles import HighWaterMarks
 from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
 from bridge.readings import Reading, dumps_compact
@@ -58,8 +58,10 @@ from bridge.rpc import (
     RpcError,
     RpcServer,
 )
+from bridge.sharding import SHARD_SALT, split
 from bridge.status_socket import serve_status, socket_path
 from bridge.supervision import CrashTracker, SupervisionSettings
+from bridge.workers import WorkerPool, worker_count
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -72,6 +74,10 @@ SHUTDOWN_FLUSH_S = 10.0
 BACKFILL_SLOTS = 2
 #: How often the gateway's own attributes are compared with what was last published.
 GATEWAY_ATTRIBUTES_CHECK_S = 5.0
+#: From this many meters on, their first cycles are spread over one interval (at most
+#: STAGGER_MAX_S seconds).
+STAGGER_FROM_METERS = 100
+STAGGER_MAX_S = 60.0
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -187,6 +193,8 @@ class BridgeService:
         self.outbox: AsyncOutbox | None = None
         self.writer: OutboxWriter | None = None
         self.publisher: Publisher | None = None
+        #: The worker processes when ``[bridge] workers`` asks for more than one.
+        self.pool: WorkerPool | None = None
         self.reloads = 0
         self._stop = trio.Event()
         self._ready = trio.Event()
@@ -253,7 +261,7 @@ class BridgeService:
         self.marks = await trio.to_thread.run_sync(HighWaterMarks, cfg.bridge.data_dir)
         self.overrides = await trio.to_thread.run_sync(RuntimeOverrides, cfg.bridge.data_dir)
         if cfg.publish.mode == "device":
-            devices = {m.name: mqtt_settings(cfg, meter=m) for m in cfg.meters if m.enabled}
+            devices = {m.name: mqtt_settings(cfg, meter=m) for m in self.own_meters(cfg)}
             self.publisher = Publisher(
                 self.outbox,
                 publisher_settings(cfg),
@@ -279,7 +287,7 @@ class BridgeService:
         depth = self.outbox.depth()
         log_event(
             log, logging.INFO, "starting",
-            name=cfg.bridge.name, meters=sum(m.enabled for m in cfg.meters),
+            name=cfg.bridge.name, meters=len(self.own_meters(cfg)), shard=cfg.bridge.shard,
             mode=cfg.publish.mode, broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
             outbox_rows=depth[0], data_dir=cfg.bridge.data_dir,
         )  # fmt: skip
@@ -298,8 +306,21 @@ class BridgeService:
             self.status_socket = await nursery.start(
                 serve_status, socket_path(cfg.bridge.data_dir), self.status
             )
-            for meter in cfg.meters:
-                if meter.enabled:
+            own = self.own_meters(cfg)
+            count = worker_count(cfg.bridge.workers, len(own))
+            if count > 1:
+                self.pool = WorkerPool(
+                    count,
+                    own,
+                    on_readings=self._sink_from_workers,
+                    on_alarm=self._on_meter_alarm,
+                    set_alarm=self._set_alarm,
+                    log_level=cfg.bridge.log_level,
+                    poller_options=self.poller_options,
+                )
+                await nursery.start(self._keep_alive, "workers", self.pool.run)
+            else:
+                for meter in own:
                     await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
@@ -318,6 +339,8 @@ class BridgeService:
             # Stop polling: each poller releases its association (RLRQ, DISC) on the way out.
             for running in self.meters.values():
                 running.scope.cancel()
+            if self.pool is not None:
+                await self.pool.stop(SHUTDOWN_RELEASE_S + 1)
             with trio.move_on_after(SHUTDOWN_RELEASE_S + 1):
                 for running in list(self.meters.values()):
                     await running.done.wait()
@@ -372,6 +395,15 @@ class BridgeService:
 
     # -- meters ------------------------------------------------------------------------------
 
+    def own_meters(self, config: BridgeConfig) -> list[MeterConfig]:
+        """The enabled meters this bridge polls: all of them, or its ``shard``'s share."""
+        enabled = [m for m in config.meters if m.enabled]
+        shard = self.config.bridge.shard
+        if shard is None:
+            return enabled
+        k, n = shard
+        return split(enabled, n, k - 1, salt=SHARD_SALT)
+
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
         if self.overrides.get(meter.name, "enabled") is False:
@@ -386,7 +418,17 @@ class BridgeService:
             tracker=CrashTracker(self.supervision, random.Random(self._rng.random())),
         )
         self.meters[meter.name] = running
-        await self._pollers.start(self._supervise, running)
+        # start_soon, not start: waiting for each of thousands of tasks to report in, while
+        # those already started connect, made the start of a large fleet take minutes.
+        self._pollers.start_soon(self._supervise, running)
+
+    def _start_delay(self, running: _Running) -> float:
+        """Spread the first cycles of a large fleet over one interval (a random phase per
+        meter), so that thousands of meters are not connected and read in the same instant;
+        small fleets start at once."""
+        if running.crashes or len(self.meters) < STAGGER_FROM_METERS:
+            return 0.0
+        return self._rng.random() * min(running.meter.interval_s, STAGGER_MAX_S)
 
     async def _stop_meter(self, name: str) -> None:
         running = self.meters.pop(name, None)
@@ -436,7 +478,7 @@ class BridgeService:
                     running.poller = poller
                     running.started = trio.current_time()
                     try:
-                        await poller.run()
+                        await poller.run(start_delay=self._start_delay(running))
                     except Exception as exc:
                         if (
                             trio.current_time() - running.started
@@ -551,10 +593,20 @@ class BridgeService:
         assert self.writer is not None
         await self.writer.put_many(readings)
 
+    async def _sink_from_workers(self, readings: list[Reading]) -> None:
+        """Readings from the worker processes: committed in one go."""
+        assert self.writer is not None and self.publisher is not None
+        await self.writer.put_many(readings)
+        for reading in readings:
+            if not self.online.get(reading.meter):
+                self.online[reading.meter] = True
+                self.publisher.set_meter_online(reading.meter, True)
+
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)
         # Meter names may hold dots: match the whole name, never split it.
-        meter = next((m for m in self.meters if name == _failing_alarm(m)), None)
+        names = self.meters if self.pool is None else (m.name for m in self.own_meters(self.config))
+        meter = next((m for m in names if name == _failing_alarm(m)), None)
         if meter is not None and self.publisher is not None:
             self.online[meter] = not active
             self.publisher.set_meter_online(meter, not active)
@@ -598,8 +650,8 @@ class BridgeService:
                 self._notify(ready=True, status=self._status_line())
                 return False
         old = self.config
-        enabled_old = [m for m in old.meters if m.enabled]
-        enabled_new = [m for m in new.meters if m.enabled]
+        enabled_old = self.own_meters(old)
+        enabled_new = self.own_meters(new)
         added, removed, changed = diff_meters(enabled_old, enabled_new)
         for section in ("bridge", "mqtt", "publish"):
             if getattr(old, section) != getattr(new, section):
@@ -609,6 +661,11 @@ class BridgeService:
                 )  # fmt: skip
         self.config = attrs.evolve(old, meters=new.meters)
         assert self.publisher is not None
+        if self.pool is not None:
+            restarted = self.pool.update(enabled_new)
+            log_event(log, logging.INFO, "workers_restarted", workers=restarted)
+            # The workers poll; below, only the publisher and the alarms are brought in line.
+            changed = []
         for meter in removed:
             self.paused.discard(meter.name)
             await self._stop_meter(meter.name)
@@ -621,7 +678,8 @@ class BridgeService:
         for meter in added:
             if old.publish.mode == "device":
                 await self.publisher.add_device(meter.name, mqtt_settings(old, meter=meter))
-            await self._start_meter(meter)
+            if self.pool is None:
+                await self._start_meter(meter)
         self.reloads += 1
         log_event(
             log, logging.INFO, "reloaded",
@@ -644,6 +702,8 @@ class BridgeService:
     def healthy(self) -> bool:
         """True while the writer, the publisher and every meter's supervisor are running."""
         if not {"writer", "publisher"} <= self._alive:
+            return False
+        if self.pool is not None and not ("workers" in self._alive and self.pool.alive()):
             return False
         return all(not r.done.is_set() for r in self.meters.values())
 
@@ -703,6 +763,7 @@ class BridgeService:
             "outbox": self._outbox_state(),
             "alarms": self.all_alarms(),
             "reloads": self.reloads,
+            "workers": [t.as_dict() for t in self.pool.totals] if self.pool is not None else [],
         }
 
     def _outbox_state(self) -> dict[str, Any]:
@@ -766,40 +827,56 @@ class BridgeService:
         return out
 
     def _status_line(self) -> str:
-        ok = sum(1 for r in self.meters.values() if self.online.get(r.meter.name))
+        ok = sum(1 for online in self.online.values() if online)
         rows = self.outbox.depth()[0] if self.outbox is not None else 0
-        line = f"{ok}/{len(self.meters)} meters online, outbox {rows} rows"
+        line = f"{ok}/{self._meter_count()} meters online, outbox {rows} rows"
         if self.writer is not None and not self.writer.writable:
             line += f", OUTBOX CANNOT WRITE ({self.writer.spill_depth()[0]} readings in memory)"
         return line
+
+    def _meter_count(self) -> int:
+        """Meters polled, in this process or in the workers."""
+        in_workers = sum(t.meters for t in self.pool.totals) if self.pool is not None else 0
+        return len(self.meters) + in_workers
 
     async def _summaries(self) -> None:
         interval = self.config.bridge.summary_interval_s
         # Counters at the previous summary, per meter and per poller object: a meter removed,
         # added or restarted since then must not make the differences negative.
-        previous: dict[str, tuple[PollerStats, int, int]] = {}
+        previous: dict[str, tuple[object, int, int, int]] = {}
         published_before = 0
         last = trio.current_time()
         while True:
             await trio.sleep_until(last + interval)
             now = trio.current_time()
             elapsed, last = now - last, now
-            cycles = successes = 0
+            cycles = successes = missed = 0
             latencies: list[float] = []
-            current: dict[str, tuple[PollerStats, int, int]] = {}
+            current: dict[str, tuple[object, int, int, int]] = {}
             for name, running in self.meters.items():
                 if running.poller is None:
                     continue
                 stats = running.poller.stats
-                current[name] = (stats, stats.cycles, stats.successes)
+                current[name] = (stats, stats.cycles, stats.successes, stats.missed)
                 base = previous.get(name)
                 if base is not None and base[0] is stats:
                     cycles += stats.cycles - base[1]
                     successes += stats.successes - base[2]
+                    missed += stats.missed - base[3]
                 else:
                     cycles += stats.cycles
                     successes += stats.successes
+                    missed += stats.missed
                 latencies.extend(stats.latencies)
+            for totals in self.pool.totals if self.pool is not None else ():
+                key = f"worker.{totals.index}.{totals.pid}"
+                current[key] = (totals, totals.cycles, totals.successes, totals.missed)
+                base = previous.get(key)
+                b = base[1:] if base is not None else (0, 0, 0)
+                cycles += totals.cycles - b[0]
+                successes += totals.successes - b[1]
+                missed += totals.missed - b[2]
+                latencies.extend(totals.latencies)
             previous = current
             published = self.publisher.stats.published_readings if self.publisher else 0
             published_delta, published_before = published - published_before, published
@@ -817,13 +894,15 @@ class BridgeService:
             faulted = self._check_faulted()
             log_event(
                 log, logging.INFO, "summary",
-                cycles=cycles,
+                cycles=cycles, readings=successes, missed=missed,
                 success_rate=_ratio(successes, cycles),
                 published_per_s=round(published_delta / elapsed, 2),
                 outbox_rows=rows,
                 latency_p50_ms=_ms(latencies, 0.5), latency_p95_ms=_ms(latencies, 0.95),
+                latency_p99_ms=_ms(latencies, 0.99),
                 meters_online=sum(1 for v in self.online.values() if v),
-                meters=len(self.meters), meters_faulted=faulted, alarms=len(self.all_alarms()),
+                meters=self._meter_count(), meters_faulted=faulted,
+                alarms=len(self.all_alarms()),
                 **spill,
             )  # fmt: skip
             self._notify(status=self._status_line())

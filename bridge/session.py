@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -22,6 +22,7 @@ import trio
 from bridge.config import METER_DEFAULTS
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
+    DEFAULT_MAX_RESPONSE_SIZE,
     Associated,
     AssociationSettings,
     AssociationState,
@@ -43,7 +44,7 @@ from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
 from codec.obis import Obis
 
-__all__ = ["MeterEndpoint", "MeterIOError", "MeterSession"]
+__all__ = ["MeterEndpoint", "MeterIOError", "MeterSession", "StreamFactory", "open_tcp"]
 
 T = TypeVar("T")
 log = logging.getLogger("bridge.session")
@@ -77,9 +78,15 @@ class MeterEndpoint:
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
+    #: Reply timeout of one frame (s); also how long one send may block on a peer not reading.
     timeout: float = METER_DEFAULTS["timeout_s"]
     retries: int = 2
     connect_timeout: float = METER_DEFAULTS["timeout_s"]
+    #: One overall deadline (s) per request and its whole response, segments and blocks
+    #: included, and for opening the association. ``None``: :attr:`request_deadline`.
+    request_timeout: float | None = None
+    #: Bound of a GET answered in blocks: the raw data of all its blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_pdu_size: int = METER_DEFAULTS["max_pdu_size"]
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
@@ -89,6 +96,15 @@ class MeterEndpoint:
     def label(self) -> str:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def request_deadline(self) -> float:
+        """The overall deadline of one request: ``request_timeout``, or by default the time
+        the link may spend on one reply with all its retransmissions, plus one more timeout
+        for the segments of a long reply."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        return self.timeout * (self.retries + 2)
 
     def make_link(self) -> Link:
         """A fresh sans-IO link for this endpoint's transport."""
@@ -112,14 +128,30 @@ class MeterEndpoint:
 
     def association_settings(self) -> AssociationSettings:
         """What to propose in the AARQ."""
-        return AssociationSettings(password=self.password, max_pdu_size=self.max_pdu_size)
+        return AssociationSettings(
+            password=self.password,
+            max_pdu_size=self.max_pdu_size,
+            request_timeout=self.request_deadline,
+            max_response_size=self.max_response_size,
+        )
+
+
+#: Opens the byte stream to a meter (the network backend of :class:`MeterSession`). Raises
+#: :class:`OSError` when the meter cannot be reached; the session applies the connect timeout.
+StreamFactory: TypeAlias = Callable[["MeterEndpoint"], Awaitable[trio.abc.Stream]]
+
+
+async def open_tcp(endpoint: MeterEndpoint) -> trio.abc.Stream:
+    """The default :data:`StreamFactory`: a TCP connection to ``endpoint.host:port``."""
+    return await trio.open_tcp_stream(endpoint.host, endpoint.port)
 
 
 class MeterSession:
-    """One TCP connection and the association on it. Use :meth:`open`, then the reads, then
+    """One connection and the association on it. Use :meth:`open`, then the reads, then
     :meth:`release` (or :meth:`aclose` to drop it).
 
-    ``on_notification`` receives pushed APDUs that arrive between replies.
+    ``on_notification`` receives pushed APDUs that arrive between replies. ``open_stream``
+    opens the connection (TCP by default; tests pass in-memory streams).
     """
 
     def __init__(
@@ -127,10 +159,12 @@ class MeterSession:
         endpoint: MeterEndpoint,
         *,
         on_notification: Callable[[Apdu | bytes], None] | None = None,
+        open_stream: StreamFactory = open_tcp,
     ) -> None:
         self.endpoint = endpoint
         self.on_notification = on_notification
-        self.stream: trio.SocketStream | None = None
+        self.open_stream = open_stream
+        self.stream: trio.abc.Stream | None = None
         self.association: ClientAssociation | None = None
         self.client: DlmsClient | None = None
         self.negotiated: Negotiated | None = None
@@ -140,11 +174,11 @@ class MeterSession:
     # -- connection --------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the TCP connection (not the association)."""
+        """Open the connection (not the association)."""
         ep = self.endpoint
         try:
             with trio.fail_after(ep.connect_timeout):
-                self.stream = await trio.open_tcp_stream(ep.host, ep.port)
+                self.stream = await self.open_stream(ep)
         except trio.TooSlowError:
             raise MeterIOError(
                 f"cannot connect to {ep.label}: no answer within {ep.connect_timeout:g} s"
@@ -204,7 +238,8 @@ class MeterSession:
                         if isinstance(await self._next_event(), Closed):
                             break
                     self.association.release(trio.current_time())
-                    while True:
+                    # Closed already: nothing could be sent (the link is down on our side).
+                    while self.association.state is not AssociationState.CLOSED:
                         event = await self._next_event()
                         if isinstance(event, Closed):
                             break
@@ -219,7 +254,8 @@ class MeterSession:
         """Abandon the association (DISC, best effort) but keep the TCP connection.
 
         :meth:`associate` can then open a new one on the same connection. Bytes still arriving
-        for the old association are discarded.
+        for the old association are discarded. A meter that does not take the DISC within 1 s
+        has stopped reading: the connection is closed and :class:`MeterIOError` raised.
         """
         association = self.association
         self.client = None
@@ -228,8 +264,12 @@ class MeterSession:
         association.abort(trio.current_time())
         out = association.data_to_send()
         if out:
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(1.0) as scope:
                 await self._send(out)
+            if scope.cancelled_caught:
+                # Part of the DISC may have gone: nothing more can be framed on this stream.
+                await self.aclose()
+                raise MeterIOError(f"{self.endpoint.label} stopped reading: DISC not sent")
         association.drain()
 
     async def aclose(self) -> None:
@@ -304,11 +344,22 @@ class MeterSession:
         return self.client
 
     async def _send(self, data: bytes) -> None:
-        assert self.stream is not None
+        """Write ``data``, within one reply timeout: a peer that stops reading cannot hold us."""
+        stream = self.stream
+        assert stream is not None
+        limit = self.endpoint.timeout
         try:
-            await self.stream.send_all(data)
+            with trio.move_on_after(limit) as scope:
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        if scope.cancelled_caught:
+            # Part of the data may have gone: the stream is unusable now.
+            await self.aclose()
+            raise MeterIOError(
+                f"{self.endpoint.label} stopped reading: {len(data)} bytes could not be sent "
+                f"within {limit:g} s"
+            )
         self.bytes_sent += len(data)
 
     async def _next_event(self) -> Event:
@@ -352,4 +403,4 @@ class MeterSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_received += len(data)
-        return data
+        return data if isinstance(data, bytes) else bytes(data)

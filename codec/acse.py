@@ -991,3 +991,69 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
         if apdu.initiate_response is None
         else _describe_initiate_response(apdu.initiate_response),
     }
+
+
+#: Tags of AARQ/AARE fields that hold a secret: the calling-authentication-value (the LLS
+#: password, or the client's HLS challenge) and the responding-authentication-value (the
+#: meter's HLS challenge).
+_T_AARE_AUTH_VALUE = 0xAA
+_SECRET_FIELDS = {0x60: _T_AARQ_AUTH_VALUE, 0x61: _T_AARE_AUTH_VALUE}
+
+
+def secret_spans(data: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+    """Where the authentication values of an AARQ or AARE lie in ``data``: ``(start, end)``.
+
+    ``data`` is the APDU, or only its beginning (the first segment of a segmented one): a span
+    may then end past ``len(data)``. Anything that is not an AARQ/AARE, or that cannot be
+    parsed, gives no span; when a field's length is unreadable, everything after its tag is
+    taken as secret. Never raises.
+    """
+    buf = bytes(data)
+    tag = _SECRET_FIELDS.get(buf[0]) if buf else None
+    if tag is None:
+        return []
+
+    def length_at(at: int) -> tuple[int, int] | None:
+        """(length, offset of the content) of the BER length at ``at``, or None."""
+        if at >= len(buf):
+            return None
+        first = buf[at]
+        if first < 0x80:
+            return first, at + 1
+        count = first & 0x7F
+        if not 1 <= count <= 3 or at + 1 + count > len(buf):
+            return None
+        return int.from_bytes(buf[at + 1 : at + 1 + count], "big"), at + 1 + count
+
+    outer = length_at(1)
+    if outer is None:
+        return []
+    at = outer[1]
+    spans = []
+    while at < len(buf):
+        field_tag = buf[at]
+        parsed = length_at(at + 1)
+        if parsed is None:
+            if field_tag == tag:
+                spans.append((at + 1, max(len(buf), at + 2)))
+            break
+        length, content = parsed
+        if field_tag == tag:
+            spans.append((content, content + length))
+        at = content + length
+    return spans
+
+
+def mask_secrets(data: bytes, spans: list[tuple[int, int]], offset: int = 0) -> str:
+    """``data`` in hex, with each byte inside ``spans`` shown as ``**``.
+
+    ``offset`` is where ``data`` starts in the APDU the spans were found in.
+    """
+    text = data.hex()
+    if not spans:
+        return text
+    digits = list(text)
+    for start, end in spans:
+        for i in range(max(start - offset, 0), min(end - offset, len(data))):
+            digits[2 * i] = digits[2 * i + 1] = "*"
+    return "".join(digits)

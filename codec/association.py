@@ -40,6 +40,7 @@ from codec.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    ResponseTimeout,
 )
 from codec.hdlc import NEED_DATA, NeedData
 from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
@@ -60,6 +61,14 @@ __all__ = [
 
 #: Block transfers longer than this many blocks are refused as hostile.
 MAX_BLOCKS = 10_000
+#: Default bound of a GET answered in blocks: the raw data of all its blocks together, bytes.
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024
+#: Default max receive PDU size the client proposes (bytes); every APDU from the meter, and so
+#: every reassembled HDLC reply, must fit in it.
+DEFAULT_MAX_PDU_SIZE = 1024
+#: How far past the max receive PDU size a reply may run: the padding some meters add after a
+#: full reply (tolerated and counted as trailing bytes). A longer reply is a protocol error.
+PDU_PADDING_ALLOWANCE = 64
 
 
 class AssociationState(enum.Enum):
@@ -107,10 +116,17 @@ TRANSITIONS: dict[tuple[AssociationState, _Ev], AssociationState] = {
 class AssociationSettings:
     """What the client proposes in the AARQ."""
 
-    password: bytes | None = None
-    max_pdu_size: int = 1024
+    password: bytes | None = attrs.field(default=None, repr=False)
+    #: The client's max receive PDU size; a longer APDU from the meter is a protocol error.
+    max_pdu_size: int = DEFAULT_MAX_PDU_SIZE
     conformance: Conformance = acse.CLIENT_DEFAULT_CONFORMANCE
     dlms_version: int = 6
+    #: One overall deadline (seconds) for each request and its whole response (segments and
+    #: blocks included), and for opening the association; no activity of the meter extends it.
+    #: ``None``: only the link's per-frame reply timeout applies.
+    request_timeout: float | None = None
+    #: Bound of the raw data of a GET answered in blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
 
 
 @attrs.frozen
@@ -191,11 +207,15 @@ class ClientAssociation:
     def __init__(self, link: Link, settings: AssociationSettings | None = None) -> None:
         self.link = link
         self.settings = settings or AssociationSettings()
+        # The meter must not send an APDU longer than the max receive PDU size we propose.
+        link.max_apdu = self.settings.max_pdu_size + PDU_PADDING_ALLOWANCE
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
         self._current: Request | None = None  # the request awaiting its response
         self._blocks: list[bytes] = []
+        self._blocks_size = 0
+        self._deadline: float | None = None  # the overall deadline of the open exchange
         self._events: list[Event] = []
         self._now = 0.0
         self.requests = 0
@@ -221,6 +241,7 @@ class ClientAssociation:
         """Start: bring the link up; the AARQ follows once it is."""
         self._go(_Ev.OPEN)
         self._now = now
+        self._start_deadline(now)
         self.link.connect(now)
 
     def request(self, request: Request, now: float) -> InvokeId:
@@ -236,6 +257,8 @@ class ClientAssociation:
         request = attrs.evolve(request, invoke=invoke)
         self._current = request
         self._blocks = []
+        self._blocks_size = 0
+        self._start_deadline(now)
         self.requests += 1
         self.link.send_apdu(apdu.encode_apdu(request), now)
         return invoke
@@ -277,6 +300,7 @@ class ClientAssociation:
         if (self.state, _Ev.ABORT) in TRANSITIONS:
             self._go(_Ev.ABORT)
             self._current = None
+            self._deadline = None
             self.link.disconnect(now)
         elif self._meter_still_associated():
             self.state = S.UNLINKING
@@ -295,16 +319,35 @@ class ClientAssociation:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called."""
-        return self.link.next_deadline()
+        link = self.link.next_deadline()
+        if self._deadline is None:
+            return link
+        return self._deadline if link is None else min(link, self._deadline)
 
     def handle_timer(self, now: float) -> None:
-        """Let the link retransmit or give up."""
+        """Let the link retransmit or give up; enforce the exchange's overall deadline."""
         self._now = now
+        if self._deadline is not None and now >= self._deadline:
+            what = "request" if self.state is S.WAITING else "association"
+            self._deadline = None
+            self._current = None
+            self._blocks = []
+            self._blocks_size = 0
+            self.state = S.CLOSED
+            raise ResponseTimeout(
+                f"the {what} did not complete within its overall deadline of "
+                f"{self.settings.request_timeout:g} s",
+                code="association.deadline",
+            )
         try:
             self.link.handle_timer(now)
         except ProtocolError:
             self.state = S.CLOSED
             raise
+
+    def _start_deadline(self, now: float) -> None:
+        timeout = self.settings.request_timeout
+        self._deadline = None if timeout is None else now + timeout
 
     def drain(self) -> int:
         """Discard bytes buffered from the meter (before a retry)."""
@@ -335,6 +378,9 @@ class ClientAssociation:
                 # Whatever went wrong, this association cannot be trusted any more.
                 self.state = S.CLOSED
                 self._current = None
+                self._deadline = None
+                self._blocks = []
+                self._blocks_size = 0
                 raise
         return self._events.pop(0)
 
@@ -403,6 +449,7 @@ class ClientAssociation:
                 dlms_version=initiate.negotiated_dlms_version,
             )
             self._go(_Ev.AARE_OK)
+            self._deadline = None
             self._events.append(Associated(self.negotiated))
         elif isinstance(decoded, RLRE) and state is S.RELEASING:
             self._go(_Ev.RLRE)
@@ -460,6 +507,17 @@ class ClientAssociation:
             raise RemoteProtocolError(
                 f"block transfer longer than {MAX_BLOCKS} blocks", code="association.too_long"
             )
+        self._blocks_size += len(block.raw_data)
+        if self._blocks_size > self.settings.max_response_size:
+            received = self._blocks_size
+            self._blocks = []
+            self._blocks_size = 0
+            self.abort(self._now)
+            raise RemoteProtocolError(
+                f"block transfer longer than {self.settings.max_response_size} bytes "
+                f"({received} bytes in {expected} blocks)",
+                code="association.too_long",
+            )
         self._blocks.append(block.raw_data)
         self.blocks_received += 1
         if not block.last_block:
@@ -469,6 +527,7 @@ class ClientAssociation:
             return
         raw = b"".join(self._blocks)
         self._blocks = []
+        self._blocks_size = 0
         if isinstance(self._current, GetRequestWithList):
             # A long GET-with-list reply: the blocks hold the list of results.
             reader = apdu.Reader(raw)
@@ -505,5 +564,6 @@ class ClientAssociation:
 
     def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
+        self._deadline = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))

@@ -273,9 +273,12 @@ def scale(raw: int | float, scaler: int) -> int | float:
         if scaler >= 0:
             factor: int = 10**scaler
             return raw * factor
-        return float(Decimal(raw).scaleb(scaler))
-    if not math.isfinite(raw):
-        return raw
+        # int / int is correctly rounded in CPython: the float nearest to the exact quotient,
+        # the same as rounding the exact Decimal, at a fraction of its cost (the poll's hot path).
+        divisor: int = 10**-scaler
+        return raw / divisor
+    if not math.isfinite(raw) or scaler == 0:
+        return raw  # repr() round-trips, so the Decimal detour would give raw back
     # repr() is the shortest text that round-trips, i.e. the decimal the meter most likely meant.
     return float(Decimal(repr(raw)).scaleb(scaler))
 

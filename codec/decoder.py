@@ -2,7 +2,13 @@
 
 Used by ``dlms-bridge decode``, ``read --trace`` and the pcap readers. One
 :class:`StreamDecoder` per direction of a connection: segmented HDLC I-frames are reassembled
-and the APDU is described on the frame that completes it.
+(up to :data:`MAX_APDU` bytes) and the APDU is described on the frame that completes it.
+
+Secrets are never shown: the authentication values inside an AARQ or AARE (the LLS password,
+HLS challenges), the client's reply to an HLS challenge and (with :meth:`StreamDecoder.pair`)
+the meter's answer to it appear as ``**`` per byte in every hex field and as ``"masked"`` in
+the APDU's description, and the FCS of a frame that carried one is withheld (it is a checksum
+over the secret).
 """
 
 from __future__ import annotations
@@ -10,21 +16,58 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from codec import apdu as apdu_mod
+from codec.acse import mask_secrets, secret_spans
 from codec.errors import ProtocolError
 from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, frame_to_dict
 from codec.wrapper import WrapperScanner
 
-__all__ = ["StreamDecoder", "describe_apdu_bytes"]
+__all__ = ["MAX_APDU", "StreamDecoder", "apdu_secret_spans", "describe_apdu_bytes"]
+
+#: Longest segmented APDU reassembled for description; longer ones are reported and dropped.
+MAX_APDU = 0xFFFF
+#: An AARQ/AARE is scanned for secrets up to this size; whatever follows is masked whole.
+_SECRET_SCAN = 4096
+#: First bytes (after the LLC header) of the APDUs that may hold a secret: AARQ, AARE, and
+#: ACTION-request (the client's reply to an HLS challenge). An ACTION-response is one when it
+#: answers such a request (see :meth:`StreamDecoder.pair`).
+_SECRET_TAGS = (0x60, 0x61, 0xC3)
+_ACTION_RESPONSE_NORMAL = b"\xc7\x01"
+#: The association LN object's reply_to_HLS_authentication: class 15, method 1.
+_HLS_REPLY = (15, 1)
 
 
-def describe_apdu_bytes(data: bytes) -> dict[str, Any]:
-    """Describe one APDU, or say why it does not decode (never raises)."""
+def apdu_secret_spans(data: bytes) -> list[tuple[int, int]]:
+    """Where secrets lie in an APDU (or its beginning): the AARQ/AARE authentication values
+    (:func:`codec.acse.secret_spans`) and the parameter of an ACTION-request-normal invoking
+    reply_to_HLS_authentication (the client's answer to the meter's challenge)."""
+    if data[:2] == b"\xc3\x01" and len(data) >= 13:
+        class_id = int.from_bytes(data[3:5], "big")
+        if (class_id, data[11]) == _HLS_REPLY and data[12] == 1:
+            return [(13, max(len(data), 14))]
+        return []
+    return secret_spans(data)
+
+
+def describe_apdu_bytes(data: bytes, spans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Describe one APDU, or say why it does not decode (never raises).
+
+    ``spans``: where its secrets are, when the caller knows better than
+    :func:`apdu_secret_spans` (the meter's answer to an HLS challenge).
+    """
     if not data:
         return {"error": "empty information field"}
+    if spans is None:
+        spans = apdu_secret_spans(data)
     try:
-        return apdu_mod.describe(apdu_mod.decode_apdu(data))
+        decoded = apdu_mod.decode_apdu(data)
+        described = apdu_mod.describe(decoded)
+        if spans and isinstance(decoded, apdu_mod.ActionRequestNormal):
+            described["parameters"] = "masked"
+        if spans and isinstance(decoded, apdu_mod.ActionResponseNormal):
+            described["return_data"] = "masked"
+        return described
     except ProtocolError as exc:
-        return {"error": str(exc), "code": exc.code, "hex": data.hex()}
+        return {"error": str(exc), "code": exc.code, "hex": mask_secrets(data, spans)}
 
 
 class StreamDecoder:
@@ -36,13 +79,58 @@ class StreamDecoder:
         *,
         transparency: bool = False,
         apdus: bool = True,
+        hls_replies: set[int] | None = None,
     ) -> None:
         self.transport = transport
         self.apdus = apdus
+        #: Invoke-ids of the client's replies to an HLS challenge, shared by the two directions
+        #: of one connection: the meter's ACTION-response to one of them is masked too.
+        self.hls_replies = hls_replies
         self.scanner: FrameScanner | WrapperScanner = (
             WrapperScanner() if transport == "wrapper" else FrameScanner(transparency=transparency)
         )
         self._segments: list[bytes] = []
+        self._size = 0  # bytes in _segments
+        self._secret = False  # the APDU being reassembled may hold a secret
+
+    @classmethod
+    def pair(
+        cls, transport: Literal["hdlc", "wrapper"] = "hdlc", **options: Any
+    ) -> tuple[StreamDecoder, StreamDecoder]:
+        """Decoders for the two directions of one connection (client to meter, meter to
+        client) that share what one needs from the other to mask secrets."""
+        shared: set[int] = set()
+        return (
+            cls(transport, hls_replies=shared, **options),
+            cls(transport, hls_replies=shared, **options),
+        )
+
+    def _spans(self, apdu: bytes, *, complete: bool) -> list[tuple[int, int]]:
+        """Where the secrets of ``apdu`` (or its beginning) are; tracks HLS replies."""
+        spans = apdu_secret_spans(apdu)
+        hls = self.hls_replies
+        if hls is None or len(apdu) < 3:
+            return spans
+        invoke = apdu[2] & 0x0F
+        if spans and apdu[:2] == b"\xc3\x01":
+            hls.add(invoke)
+        elif apdu[:2] == _ACTION_RESPONSE_NORMAL and invoke in hls:
+            # The meter's f(CtoS): everything after invoke-id and result.
+            spans = [(4, max(len(apdu), 5))]
+            if complete:
+                hls.discard(invoke)
+        return spans
+
+    def _may_hold_secret(self, head: bytes) -> bool:
+        """Whether an APDU starting with ``head`` (at least 3 bytes known) may hold a secret."""
+        if head[:1] and head[0] in _SECRET_TAGS:
+            return True
+        return (
+            self.hls_replies is not None
+            and head[:2] == _ACTION_RESPONSE_NORMAL
+            and len(head) >= 3
+            and head[2] & 0x0F in self.hls_replies
+        )
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Decode what ``data`` completes; ``b""`` marks the end of the stream."""
@@ -58,22 +146,51 @@ class StreamDecoder:
 
     def _describe(self, frame: Any) -> dict[str, Any]:
         if self.transport == "wrapper":
+            payload = frame.payload
             described: dict[str, Any] = {
                 "wrapper": {
                     "version": frame.version,
                     "src_wport": frame.src_wport,
                     "dst_wport": frame.dst_wport,
-                    "length": len(frame.payload),
+                    "length": len(payload),
                 },
-                "payload": frame.payload.hex(),
             }
+            spans = self._spans(payload, complete=True)
+            described["payload"] = mask_secrets(payload, spans)
             if self.apdus:
-                described["apdu"] = describe_apdu_bytes(frame.payload)
+                described["apdu"] = describe_apdu_bytes(payload, spans)
             return described
         described = frame_to_dict(frame)
-        if not self.apdus or frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
+        if frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
             return described
+        offset = self._size
+        if not self._segments:
+            head = frame.info[3:6] if _has_llc(frame.info) else frame.info[:3]
+            self._secret = self._may_hold_secret(bytes(head))
         self._segments.append(frame.info)
+        self._size += len(frame.info)
+        found: list[tuple[int, int]] | None = None  # secrets in the APDU (LLC header excluded)
+        if self._secret and self._size > _SECRET_SCAN:
+            # Not a plausible AARQ/AARE any more: show none of it rather than scan on.
+            described["info"] = "**" * len(frame.info)
+            described["fcs"] = "masked"
+            found = [(0, self._size)]
+        elif self._secret:
+            joined = b"".join(self._segments)
+            llc = 3 if _has_llc(joined) else 0
+            found = self._spans(joined[llc:], complete=not frame.segmented)
+            spans = [(a + llc, b + llc) for a, b in found]
+            if any(a < self._size and b > offset for a, b in spans):
+                described["info"] = mask_secrets(frame.info, spans, offset)
+                described["fcs"] = "masked"
+        if self._size > MAX_APDU:
+            described["error"] = (
+                f"segmented APDU longer than {MAX_APDU} bytes ({len(self._segments)} segments): "
+                "not reassembled"
+            )
+            self._segments.clear()
+            self._size = 0
+            return described
         if frame.segmented:
             described["segment"] = len(self._segments)
             return described
@@ -81,8 +198,15 @@ class StreamDecoder:
         if len(self._segments) > 1:
             described["segments"] = len(self._segments)
         self._segments.clear()
-        if data[:2] in (b"\xe6\xe6", b"\xe6\xe7") and len(data) >= 3:
+        self._size = 0
+        if not self.apdus:
+            return described
+        if _has_llc(data):
             described["llc"] = data[:3].hex()
             data = data[3:]
-        described["apdu"] = describe_apdu_bytes(data)
+        described["apdu"] = describe_apdu_bytes(data, found)
         return described
+
+
+def _has_llc(data: bytes) -> bool:
+    return data[:2] in (b"\xe6\xe6", b"\xe6\xe7") and len(data) >= 3

@@ -6,13 +6,22 @@ import argparse
 import datetime as _dt
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import trio
 
+from bridge.commands.argtypes import (
+    entries,
+    host,
+    integer,
+    password_file,
+    password_text,
+    port,
+    seconds,
+)
 from bridge.config import METER_DEFAULTS as _D
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
+from codec.association import DEFAULT_MAX_RESPONSE_SIZE
 from codec.client import RegisterSpec
 from codec.decoder import StreamDecoder
 from codec.errors import (
@@ -42,15 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="registers to read: '1-1:32.7.0' (class 3, attribute 2), or CLASS/OBIS[/ATTR] "
         "such as '1/0-0:42.0.0/2'",
     )
-    parser.add_argument("--host", required=True, help="meter host name or address")
-    parser.add_argument("--port", type=int, required=True, help="meter TCP port")
+    parser.add_argument("--host", type=host, required=True, help="meter host name or address")
+    parser.add_argument("--port", type=port(), required=True, help="meter TCP port (1..65535)")
     parser.add_argument("--transport", choices=("hdlc", "wrapper"), default=_D["transport"])
     parser.add_argument(
-        "--client-sap", type=int, default=_D["client_sap"], help="client SAP (default %(default)s)"
+        "--client-sap",
+        type=integer(1, 0x7F),
+        default=_D["client_sap"],
+        help="client SAP, 1..127 (default %(default)s)",
     )
-    parser.add_argument("--server-logical", type=int, default=0, help="default 0")
     parser.add_argument(
-        "--server-physical", type=int, default=_D["server_physical"], help="default %(default)s"
+        "--server-logical", type=integer(0, 0x3FFF), default=0, help="0..16383 (default 0)"
+    )
+    parser.add_argument(
+        "--server-physical",
+        type=integer(0, 0x3FFF),
+        default=_D["server_physical"],
+        help="0..16383 (default %(default)s)",
     )
     parser.add_argument(
         "--server-address-size",
@@ -59,20 +76,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HDLC server address bytes (default: the smallest that fits)",
     )
     secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="LLS password (prefer --password-file)")
-    secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
+    secret.add_argument(
+        "--password", type=password_text, help="LLS password (prefer --password-file)"
+    )
+    secret.add_argument(
+        "--password-file",
+        type=password_file,
+        metavar="FILE",
+        help="file holding the LLS password (UTF-8, one line)",
+    )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(high=3600),
         default=_D["timeout_s"],
-        help="reply timeout, s (default %(default)s)",
+        help="reply timeout of one frame, s (default %(default)s)",
     )
-    parser.add_argument("--retries", type=int, default=2, help="retransmissions (default 2)")
+    parser.add_argument(
+        "--retries", type=integer(0, 10), default=2, help="retransmissions, 0..10 (default 2)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=seconds(high=86_400),
+        metavar="SECONDS",
+        help="overall deadline of each request and its whole reply "
+        "(default: timeout x (retries + 2))",
+    )
+    parser.add_argument(
+        "--max-response",
+        type=integer(1024, 64 * 1024 * 1024),
+        default=DEFAULT_MAX_RESPONSE_SIZE,
+        metavar="BYTES",
+        help="largest reply taken in blocks, such as a profile's buffer "
+        f"(default {DEFAULT_MAX_RESPONSE_SIZE})",
+    )
     parser.add_argument(
         "--max-info",
-        type=int,
+        type=integer(32, 2030),
         default=_D["hdlc_max_info"],
-        help="HDLC max information field (default %(default)s)",
+        help="HDLC max information field, 32..2030 (default %(default)s)",
     )
     parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
     parser.add_argument("--list-objects", action="store_true", help="print the object list")
@@ -80,7 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", metavar="TIME", help="profile range start (ISO)")
     parser.add_argument("--to", dest="end", metavar="TIME", help="profile range end (ISO)")
     parser.add_argument(
-        "--entries", metavar="A:B", help="profile entries A to B (1-based; B=0: to the last)"
+        "--entries",
+        type=entries,
+        metavar="A:B",
+        help="profile entries A to B (1-based; B=0: to the last)",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every frame sent and received to stderr"
@@ -104,10 +148,20 @@ def parse_register(text: str) -> RegisterSpec:
     if len(parts) == 1:
         return RegisterSpec(Obis.parse(parts[0]))
     if len(parts) in (2, 3):
-        class_id = int(parts[0])
-        attribute = int(parts[2]) if len(parts) == 3 else 2
+        class_id = _number(parts[0], f"{text[:60]!r}: class", 0, 0xFFFF)
+        attribute = _number(parts[2], f"{text[:60]!r}: attribute", 1, 127) if len(parts) == 3 else 2
         return RegisterSpec(Obis.parse(parts[1]), class_id, attribute)
-    raise ValueError("expected OBIS or CLASS/OBIS[/ATTRIBUTE]")
+    raise ValueError(f"{text[:60]!r}: expected OBIS or CLASS/OBIS[/ATTRIBUTE]")
+
+
+def _number(text: str, what: str, low: int, high: int) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{what} {text[:20]!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is out of range {low}..{high}")
+    return value
 
 
 def _parse_time(text: str, what: str) -> _dt.datetime:
@@ -119,11 +173,8 @@ def _parse_time(text: str, what: str) -> _dt.datetime:
 
 
 def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
-    password: bytes | None = None
-    if args.password_file is not None:
-        password = args.password_file.read_text().rstrip("\r\n").encode()
-    elif args.password is not None:
-        password = args.password.encode()
+    # Both were read and checked by their argument types.
+    password: bytes | None = args.password_file or args.password
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -135,6 +186,8 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         password=password,
         timeout=args.timeout,
         retries=args.retries,
+        request_timeout=args.request_timeout,
+        max_response_size=args.max_response,
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
     )
@@ -145,9 +198,9 @@ class _TracingSession(MeterSession):
 
     def __init__(self, endpoint: MeterEndpoint) -> None:
         super().__init__(endpoint)
-        transport = endpoint.transport
-        self._out = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
-        self._in = StreamDecoder(transport, transparency=endpoint.byte_stuffing)
+        self._out, self._in = StreamDecoder.pair(
+            endpoint.transport, transparency=endpoint.byte_stuffing
+        )
 
     async def _send(self, data: bytes) -> None:
         for item in self._out.feed(data):
@@ -194,9 +247,7 @@ async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str
                 selection["start"] = _parse_time(args.start or "", "--from")
                 selection["end"] = _parse_time(args.end or "", "--to")
             elif args.entries:
-                first, _, last = args.entries.partition(":")
-                selection["from_entry"] = int(first)
-                selection["to_entry"] = int(last or 0)
+                selection["from_entry"], selection["to_entry"] = args.entries
             profile = await session.read_profile(Obis.parse(args.profile), **selection)
             result["profile"] = {"obis": str(Obis.parse(args.profile)), **profile.to_json()}
         result["stats"] = session.stats()
@@ -216,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--from and --to go together")
             _parse_time(args.start, "--from")
             _parse_time(args.end, "--to")
-        if args.password_file is not None and not args.password_file.is_file():
-            raise ValueError(f"--password-file: no such file: {args.password_file}")
-    except ValueError as exc:
+        # The addresses must fit their fields before anything is sent.
+        _endpoint(args).make_link()
+    except (ValueError, EncodeError) as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (specs or args.list_objects or args.profile):

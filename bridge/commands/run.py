@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from bridge.commands.argtypes import log_level
 from bridge.config import ConfigError, load_config
 from bridge.limits import raise_open_file_limit
 from bridge.lock import AlreadyRunning
@@ -30,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", "-c", type=Path, required=True, help="the bridge's TOML config file"
     )
     parser.add_argument(
-        "--log-level", help="override [bridge].log_level (debug, info, warning, error)"
+        "--log-level",
+        type=log_level,
+        help="override [bridge].log_level (debug, info, warning, error)",
     )
 
 

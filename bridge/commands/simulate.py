@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import trio
 
+from bridge.commands.argtypes import host, integer, port, seconds
 from bridge.limits import raise_open_file_limit
 from bridge.simulator import (
     MODELS,
@@ -32,15 +33,25 @@ from codec.hdlc_params import LinkParameters
 
 #: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
+#: Most meters one simulator process serves.
+MAX_METERS = 20_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's arguments."""
-    parser.add_argument("--meters", type=int, default=1, metavar="N", help="meters to serve (1)")
     parser.add_argument(
-        "--port", type=int, default=4061, metavar="P", help="port of meter 0; meter i on P+i (4061)"
+        "--meters", type=integer(1, MAX_METERS), default=1, metavar="N", help="meters to serve (1)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=port(allow_zero=True),
+        default=4061,
+        metavar="P",
+        help="port of meter 0; meter i on P+i (4061; 0: any free ports)",
+    )
+    parser.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on (127.0.0.1)"
+    )
     parser.add_argument("--transport", choices=TRANSPORTS, default="hdlc")
     parser.add_argument("--model", choices=sorted(MODELS), default="single-phase")
     parser.add_argument(
@@ -54,26 +65,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="faults, e.g. 'all:garbage=0.1;3-5:fcs=0.2,delay=1;7:refuse' (see the docs)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of values and faults (0)")
     parser.add_argument(
-        "--control-port", type=int, default=None, metavar="C", help="JSON-lines control port"
+        "--seed", type=integer(0, 2**63 - 1), default=0, help="seed of values and faults (0)"
+    )
+    parser.add_argument(
+        "--control-port",
+        type=port(allow_zero=True),
+        default=None,
+        metavar="C",
+        help="JSON-lines control port",
     )
     parser.add_argument(
         "--inactivity-timeout",
-        type=float,
+        type=seconds(high=86_400, allow_low=True),
         default=180.0,
         metavar="S",
         help="drop idle links after S seconds (180; 0 never)",
     )
     parser.add_argument(
         "--max-info",
-        type=int,
+        type=integer(32, 2030),
         default=128,
         metavar="BYTES",
         help="the meters' HDLC maximum information field length (128)",
     )
     parser.add_argument(
-        "--max-pdu", type=int, default=1024, metavar="BYTES", help="server max receive PDU (1024)"
+        "--max-pdu",
+        type=integer(64, 0xFFFF),
+        default=1024,
+        metavar="BYTES",
+        help="server max receive PDU (1024)",
     )
     parser.add_argument(
         "--profile-period",

@@ -173,7 +173,8 @@ class Simulator:
         if config.record_dir is not None:
             directory = Path(config.record_dir)
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                # The captures hold the password in clear: a new directory is the owner's only.
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 for meter in self.meters:
                     self._recorders[meter.index] = PcapWriter(
                         directory / f"meter-{meter.index:04d}.pcap"
@@ -245,7 +246,15 @@ class Simulator:
             return HdlcServerLink(meter, server)
         return WrapperServerLink(meter, server)
 
-    async def _serve_connection(self, meter: Meter, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, index: int, stream: trio.abc.Stream) -> None:
+        """Serve one connection to meter ``index`` over any byte stream until it closes.
+
+        What the TCP listeners do for each accepted connection; tests pass in-memory streams
+        to run the meters on Trio's virtual clock. A ``reset`` fault just closes such a stream.
+        """
+        await self._serve_connection(self.meter(index), stream)
+
+    async def _serve_connection(self, meter: Meter, stream: trio.abc.Stream) -> None:
         counters = meter.counters
         counters.connections += 1
         faults = meter.faults
@@ -267,7 +276,7 @@ class Simulator:
                 active = faults.faults.active
                 if active and faults.silenced(trio.current_time()):
                     continue
-                for reply in link.receive_data(data, self.clock()):
+                for reply in link.receive_data(bytes(data), self.clock()):
                     if active:
                         ops = faults.plan(reply, trio.current_time(), hdlc=link.hdlc)
                         await self._perform(stream, meter, ops)
@@ -283,7 +292,7 @@ class Simulator:
             await trio.aclose_forcefully(stream)
 
     async def _perform(
-        self, stream: trio.SocketStream, meter: Meter, ops: list[Send | Sleep | Reset]
+        self, stream: trio.abc.Stream, meter: Meter, ops: list[Send | Sleep | Reset]
     ) -> None:
         for op in ops:
             if isinstance(op, Send):
@@ -291,6 +300,8 @@ class Simulator:
                 await stream.send_all(op.data)
             elif isinstance(op, Sleep):
                 await trio.sleep(op.seconds)
+            elif not isinstance(stream, trio.SocketStream):
+                raise _ConnectionReset
             else:
                 # SO_LINGER 0: close() sends RST instead of FIN.
                 stream.socket.setsockopt(

@@ -278,3 +278,26 @@ async def test_spill_memory_stays_within_its_bound(tmp_path: Path) -> None:
     print(f"\nspill: {rows} readings, {accounted} bytes accounted, RSS grew {growth} bytes")
     assert accounted <= bound and writer.stats.spill_dropped > 0
     assert growth < 1.5 * bound, (growth, bound)
+
+
+async def test_put_many_spills_too_and_keeps_the_order(tmp_path: Path) -> None:
+    # Readings from worker processes and backfilled profiles arrive in groups (put_many).
+    with small_tmpfs(tmp_path / "data") as data:
+        box = await AsyncOutbox.open(data)
+        writer = OutboxWriter(box, spill_retry_s=0.2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            filler = fill(data)
+            n = 0
+            while writer.writable:
+                await writer.put(reading(n))
+                n += 1
+                assert n < 30, "the full disk never failed a write"
+            ids = await writer.put_many([reading(i) for i in range(n, n + 10)])
+            assert ids == [None] * 10
+            filler.unlink()
+            await _wait(lambda: writer.writable, 3.0)
+            nursery.cancel_scope.cancel()
+        kept = [r.reading.ts_ms - T0 for r in await box.peek(1000)]
+        assert kept == list(range(n + 10))
+        await box.aclose()

@@ -212,16 +212,17 @@ async def test_gateway_mode_end_to_end(
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(publisher.run)
-            msgs = await sub.wait_for(lambda m: any(x.topic.endswith("telemetry") for x in m))
+            msgs = await sub.wait_for(lambda m: len(m) >= 3)
+            # Telemetry first: the announcements go only once no reading waits.
             assert [(m.topic, m.payload) for m in msgs] == [
-                ("v1/gateway/connect", b'{"device":"meter A","type":"dlms-meter"}'),
-                ("v1/gateway/connect", b'{"device":"meter B","type":"dlms-meter"}'),
                 (
                     "v1/gateway/telemetry",
                     b'{"meter A":[{"ts":1700000000000,"values":{"energy":12.5,"power":3}},'
                     b'{"ts":1700000001000,"values":{"energy":12.75}}],'
                     b'"meter B":[{"ts":1700000000010,"values":{"energy":7}}]}',
                 ),
+                ("v1/gateway/connect", b'{"device":"meter A","type":"dlms-meter"}'),
+                ("v1/gateway/connect", b'{"device":"meter B","type":"dlms-meter"}'),
             ]
             assert await publisher.flush(trio.current_time() + 5)
             assert box.depth() == (0, 0)
@@ -238,10 +239,10 @@ async def test_gateway_mode_end_to_end(
             await sub.wait_for(lambda m: len(m) >= 6)
             tail = [(m.topic, m.payload) for m in sub.messages[3:]]
             assert ("v1/gateway/disconnect", b'{"device":"meter B"}') in tail
-            # meter C was never announced, so going online announces it first.
+            # meter C was never announced: going online announces it (after its status).
             assert tail.index(
                 ("v1/gateway/connect", b'{"device":"meter C","type":"dlms-meter"}')
-            ) < tail.index(
+            ) > tail.index(
                 ("v1/gateway/attributes", b'{"meter A":{"online":false},"meter C":{"online":true}}')
             )
             await publisher.disconnect()
@@ -454,6 +455,55 @@ async def test_oversize_reading_is_dropped_not_blocking(
     msgs = await sub.wait_for(lambda m: len(m) >= 1)
     assert telemetry_readings(msgs) == {"m": [T0 + 1]}
     assert publisher.stats.undeliverable_dropped == 1
+    await box.aclose()
+
+
+async def test_announcements_never_hold_telemetry_back(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    """60 meters to announce at 10 messages/s would take 6 s before the first reading if
+    the announcements went first. Telemetry goes first, in few messages, and keeps going
+    first while new readings arrive; the announcements use the pacer's spare room."""
+    sub = collector(["v1/gateway/#"])
+    box = await AsyncOutbox.open(tmp_path)
+    meters = [f"m{i:03d}" for i in range(60)]
+    await box.append([Reading(m, T0, {"energy": i}) for i, m in enumerate(meters)])
+    settings = PublisherSettings(max_messages_per_s=10.0, max_bytes_per_s=10e6, burst_s=1.0)
+    publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            for meter in meters:
+                publisher.set_meter_online(meter, True)
+            await sub.wait_for(lambda m: len(telemetry_readings(m)) == len(meters))
+            started = trio.current_time()
+            # The whole backlog went before any announcement: nothing but telemetry and the
+            # online attributes came before the last meter's reading.
+            messages = sub.messages
+            last = max(
+                i for i, x in enumerate(messages) if x.topic == "v1/gateway/telemetry"
+            )  # fmt: skip
+            assert {x.topic for x in messages[:last]} <= {
+                "v1/gateway/attributes",
+                "v1/gateway/telemetry",
+            }
+            # Live readings keep arriving; each goes out at the next free slot, ahead of the
+            # announcements still waiting.
+            for k in range(1, 5):
+                await box.append([Reading(meters[0], T0 + 1000 * k, {"energy": k})])
+                await sub.wait_for(
+                    lambda m, k=k: T0 + 1000 * k in telemetry_readings(m).get(meters[0], [])
+                )
+            assert trio.current_time() - started < 3.0
+            connects = [x for x in sub.messages if x.topic == "v1/gateway/connect"]
+            assert len(connects) < 60
+            await sub.wait_for(
+                lambda m: sum(x.topic == "v1/gateway/connect" for x in m) == 60, timeout=20
+            )
+            announced = [json.loads(x.payload)["device"] for x in sub.on("v1/gateway/connect")]
+            assert sorted(announced) == meters  # each once
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
     await box.aclose()
 
 

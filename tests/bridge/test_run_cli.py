@@ -451,7 +451,14 @@ async def test_sighup_reloads_meters_and_refuses_a_broken_config(
             timeout=5,
         )
         await sub.wait_for(lambda _m: "m2" in received(sub), timeout=5)
-        assert {"device": "m2"} in [json.loads(m.payload) for m in sub.on("v1/gateway/connect")]
+        # Announced too, at low priority (after its telemetry).
+        await sub.wait_for(
+            lambda ms: any(
+                m.topic == "v1/gateway/connect" and json.loads(m.payload) == {"device": "m2"}
+                for m in ms
+            ),
+            timeout=5,
+        )
 
         # A broken config: refused with its errors, and the service goes on as it was.
         path.write_text(path.read_text().replace(f"port = {ports[2]}", "port = 0"))

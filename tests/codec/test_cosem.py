@@ -398,3 +398,12 @@ def test_object_list_errors_name_the_object() -> None:
 def test_object_list_round_trip(entries: list[ObjectListEntry]) -> None:
     raw = encode_data(Data.array(e.to_data() for e in entries))
     assert parse_object_list(decode_data_exact(raw)) == tuple(entries)
+
+
+@given(
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.integers(min_value=-128, max_value=-1),
+)
+def test_scaling_an_integer_is_the_float_nearest_the_exact_decimal(raw: int, scaler: int) -> None:
+    """The fast division gives exactly what rounding the exact decimal value gives."""
+    assert scale(raw, scaler) == float(Decimal(raw).scaleb(scaler))
