@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -32,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: Exit code for bad input (usage, bad data, bad config).
 EXIT_USAGE = 2
+
+#: Exit code when the reader of stdout went away (``| head``): 128 + SIGPIPE, as a Unix tool.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +65,18 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout is gone: stop quietly, and keep the interpreter's final flush of
+        # what is still buffered from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     try:

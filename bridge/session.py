@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from bridge.config import METER_DEFAULTS
+from bridge.counters import CounterFileError, PersistentCounter
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
     DEFAULT_MAX_RESPONSE_SIZE,
@@ -34,11 +35,12 @@ from codec.association import (
     Notification,
     Released,
     Response,
+    SecuritySettings,
 )
 from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
 from codec.cosem import ObjectListEntry
-from codec.errors import LinkError, ProtocolError
+from codec.errors import LinkError, ProtocolError, RemoteProtocolError
 from codec.hdlc import HdlcAddress, NeedData
 from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
@@ -91,6 +93,11 @@ class MeterEndpoint:
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
     max_list_items: int = 10
+    #: HLS mechanism, ciphering policy, titles, keys and counters (None: no security).
+    security: SecuritySettings | None = attrs.field(default=None, repr=False)
+    #: With security: read this frame counter (class 1, attribute 2) through the public client
+    #: before associating, and start our invocation counter at least there.
+    frame_counter: Obis | None = None
 
     @property
     def label(self) -> str:
@@ -133,6 +140,7 @@ class MeterEndpoint:
             max_pdu_size=self.max_pdu_size,
             request_timeout=self.request_deadline,
             max_response_size=self.max_response_size,
+            security=self.security,
         )
 
 
@@ -190,6 +198,9 @@ class MeterSession:
         """Bring the link up and open the association on the connected stream."""
         if self.stream is None:
             raise RuntimeError("associate() before connect()")
+        security = self.endpoint.security
+        if security is not None and isinstance(security.counter, PersistentCounter):
+            security.counter.sync()  # past counters another process (diagnose) used
         self.association = ClientAssociation(
             self.endpoint.make_link(), self.endpoint.association_settings()
         )
@@ -209,8 +220,33 @@ class MeterSession:
                     code="link.closed",
                 )
 
+    async def read_frame_counter(self) -> int | None:
+        """The meter's frame counter read through the public client (SAP 16), if configured.
+
+        The client's invocation counter is moved up to it, so that a counter lost with the
+        data directory does not lock the client out.
+        """
+        ep = self.endpoint
+        if ep.frame_counter is None or ep.security is None:
+            return None
+        public = attrs.evolve(ep, client_sap=16, password=None, security=None, frame_counter=None)
+        session = MeterSession(public)
+        await session.open()
+        try:
+            value = await session.get(AttributeDescriptor(1, ep.frame_counter, 2))
+        finally:
+            await session.release()
+        if not isinstance(value.value, int) or isinstance(value.value, bool):
+            raise RemoteProtocolError(
+                f"the frame counter {ep.frame_counter} is not an integer",
+                code="security.frame_counter",
+            )
+        ep.security.counter.advance_to(value.value)
+        return value.value
+
     async def open(self) -> Negotiated:
-        """Connect and associate."""
+        """Connect and associate (reading the frame counter first when configured)."""
+        await self.read_frame_counter()
         await self.connect()
         try:
             return await self.associate()
@@ -248,7 +284,20 @@ class MeterSession:
                 except (ProtocolError, MeterIOError) as exc:
                     # The connection is closed just below either way; say why it was not clean.
                     log.debug("release of %s ended early: %s", self.endpoint.label, exc)
+        self._save_meter_counters()
         await self.aclose()
+
+    def _save_meter_counters(self) -> None:
+        """Keep the meter's last invocation counter: a replay floor across restarts."""
+        security = self.endpoint.security
+        if security is None or not isinstance(security.counter, PersistentCounter):
+            return
+        if not security.server_counters:
+            return
+        try:
+            security.counter.save_peers(security.server_counters)
+        except CounterFileError as exc:
+            log.warning("meter=%s cannot keep the meter's counter: %s", self.endpoint.label, exc)
 
     async def abort(self) -> None:
         """Abandon the association (DISC, best effort) but keep the TCP connection.

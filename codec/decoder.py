@@ -15,13 +15,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from codec import acse, security
 from codec import apdu as apdu_mod
 from codec.acse import mask_secrets, secret_spans
 from codec.errors import ProtocolError
 from codec.hdlc import NEED_DATA, FrameKind, FrameScanner, frame_to_dict
 from codec.wrapper import WrapperScanner
 
-__all__ = ["MAX_APDU", "StreamDecoder", "apdu_secret_spans", "describe_apdu_bytes"]
+__all__ = [
+    "MAX_APDU",
+    "DecipherContext",
+    "StreamDecoder",
+    "apdu_secret_spans",
+    "describe_apdu_bytes",
+]
 
 #: Longest segmented APDU reassembled for description; longer ones are reported and dropped.
 MAX_APDU = 0xFFFF
@@ -48,14 +55,100 @@ def apdu_secret_spans(data: bytes) -> list[tuple[int, int]]:
     return secret_spans(data)
 
 
-def describe_apdu_bytes(data: bytes, spans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+# Ciphered tags sent by the client (the rest are sent by the meter).
+_CLIENT_TAGS = frozenset({0x21, 0x41, 0xC8, 0xC9, 0xCB, 0xD0, 0xD1, 0xD3})
+
+
+class DecipherContext:
+    """The keys to decipher a capture with, and the system titles learnt from AARQ and AARE.
+
+    Share one between the two directions of a connection. Keys are never described.
+    """
+
+    def __init__(
+        self,
+        keys: security.SecurityKeys | None,
+        *,
+        client_title: bytes | None = None,
+        server_title: bytes | None = None,
+    ) -> None:
+        self.keys = keys
+        self.client_title = client_title
+        self.server_title = server_title
+        self.dedicated_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "DecipherContext(<keys hidden>)"
+
+    def learn(self, decoded: object) -> None:
+        """Take the system titles from an AARQ or AARE."""
+        if isinstance(decoded, acse.AARQ) and decoded.calling_ap_title:
+            self.client_title = decoded.calling_ap_title
+            self.dedicated_key = None
+        elif isinstance(decoded, acse.AARE) and decoded.responding_ap_title:
+            self.server_title = decoded.responding_ap_title
+
+    def describe(self, data: bytes) -> dict[str, Any]:
+        """A ciphered APDU: its kind and header, and its content when it deciphers."""
+        try:
+            parsed = security.parse_ciphered(data)
+        except ProtocolError as exc:
+            return {"error": str(exc), "code": exc.code, "hex": data.hex()}
+        header = parsed.header
+        out: dict[str, Any] = {
+            "kind": parsed.tag.label,
+            "security": {
+                "policy": None if header.policy is None else header.policy.label,
+                "suite": header.suite,
+                "invocation_counter": header.invocation_counter,
+            },
+            "length": len(data),
+        }
+        if parsed.system_title is not None:
+            out["system_title"] = parsed.system_title.hex().upper()
+        title = self.client_title if data[0] in _CLIENT_TAGS else self.server_title
+        if self.keys is None or title is None:
+            out["content"] = None
+            return out
+        try:
+            _, plain = security.decipher_apdu(
+                parsed, title, self.keys, dedicated_key=self.dedicated_key
+            )
+        except ProtocolError as exc:
+            out["content"] = {"error": str(exc), "code": exc.code}
+            return out
+        if plain[:1] in (b"\x01", b"\x08") or (
+            plain[:1] == b"\x0e" and data[0] in (0x28, 0x48, 0x2E, 0x4E)
+        ):
+            try:
+                user = acse.decode_user_information(plain)
+            except ProtocolError as exc:
+                out["content"] = {"error": str(exc), "code": exc.code}
+                return out
+            if isinstance(user, acse.InitiateRequest):
+                self.dedicated_key = user.dedicated_key
+            out["content"] = acse.describe_user_information(user)
+            return out
+        out["content"] = describe_apdu_bytes(plain, context=self)
+        return out
+
+
+def describe_apdu_bytes(
+    data: bytes,
+    spans: list[tuple[int, int]] | None = None,
+    context: DecipherContext | None = None,
+) -> dict[str, Any]:
     """Describe one APDU, or say why it does not decode (never raises).
 
     ``spans``: where its secrets are, when the caller knows better than
-    :func:`apdu_secret_spans` (the meter's answer to an HLS challenge).
+    :func:`apdu_secret_spans` (the meter's answer to an HLS challenge). Ciphered APDUs are
+    shown by kind and security header; with a ``context`` holding the keys their content is
+    deciphered and described too (secrets in it masked the same way).
     """
     if not data:
         return {"error": "empty information field"}
+    if security.is_ciphered(data[0]):
+        return (context or DecipherContext(None)).describe(data)
     if spans is None:
         spans = apdu_secret_spans(data)
     try:
@@ -65,9 +158,14 @@ def describe_apdu_bytes(data: bytes, spans: list[tuple[int, int]] | None = None)
             described["parameters"] = "masked"
         if spans and isinstance(decoded, apdu_mod.ActionResponseNormal):
             described["return_data"] = "masked"
-        return described
     except ProtocolError as exc:
         return {"error": str(exc), "code": exc.code, "hex": mask_secrets(data, spans)}
+    if context is not None:
+        context.learn(decoded)
+        ciphered = getattr(decoded, "ciphered_initiate", None)
+        if isinstance(ciphered, bytes):
+            described["ciphered_user_information"] = context.describe(ciphered)
+    return described
 
 
 class StreamDecoder:
@@ -79,12 +177,12 @@ class StreamDecoder:
         *,
         transparency: bool = False,
         apdus: bool = True,
+        context: DecipherContext | None = None,
         hls_replies: set[int] | None = None,
     ) -> None:
         self.transport = transport
         self.apdus = apdus
-        #: Invoke-ids of the client's replies to an HLS challenge, shared by the two directions
-        #: of one connection: the meter's ACTION-response to one of them is masked too.
+        self.context = context
         self.hls_replies = hls_replies
         self.scanner: FrameScanner | WrapperScanner = (
             WrapperScanner() if transport == "wrapper" else FrameScanner(transparency=transparency)
@@ -158,7 +256,7 @@ class StreamDecoder:
             spans = self._spans(payload, complete=True)
             described["payload"] = mask_secrets(payload, spans)
             if self.apdus:
-                described["apdu"] = describe_apdu_bytes(payload, spans)
+                described["apdu"] = describe_apdu_bytes(payload, spans, self.context)
             return described
         described = frame_to_dict(frame)
         if frame.kind not in (FrameKind.I, FrameKind.UI) or not frame.info:
@@ -204,7 +302,7 @@ class StreamDecoder:
         if _has_llc(data):
             described["llc"] = data[:3].hex()
             data = data[3:]
-        described["apdu"] = describe_apdu_bytes(data, found)
+        described["apdu"] = describe_apdu_bytes(data, found, self.context)
         return described
 
 

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from codec.decoder import StreamDecoder
+from bridge import meter_security
+from codec.decoder import DecipherContext, StreamDecoder
 from codec.errors import ProtocolError
+from codec.security import SecurityKeys
 
 EXIT_BAD_INPUT = 2
 _HEX = frozenset(string.hexdigits)
@@ -45,6 +47,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the link uses ISO/IEC 13239 transparency (0x7D escapes); off for DLMS meters",
     )
     parser.add_argument("--no-apdu", action="store_true", help="describe frames only")
+    keys = parser.add_argument_group(
+        "ciphered APDUs", "decipher them with these keys (system titles from the AARQ/AARE)"
+    )
+    for name in ("block-cipher-key", "authentication-key"):
+        one = keys.add_mutually_exclusive_group()
+        one.add_argument(f"--{name}", metavar="HEX", help=f"{name.replace('-', ' ')} (16 bytes)")
+        one.add_argument(f"--{name}-file", type=Path, metavar="FILE", help="file holding it")
+    keys.add_argument("--system-title", metavar="HEX", help="the client's, if not captured")
+    keys.add_argument("--meter-system-title", metavar="HEX", help="the meter's, if not captured")
+
+
+def _context(args: argparse.Namespace) -> DecipherContext | None:
+    """The deciphering context of the options (None: no keys); ValueError says what is wrong."""
+    ek = meter_security.key_from_args(args, "block-cipher-key")
+    ak = meter_security.key_from_args(args, "authentication-key")
+    if (ek is None) != (ak is None):
+        raise ValueError("give both --block-cipher-key and --authentication-key")
+    titles = [
+        None if value is None else meter_security.parse_hex(value, 8, flag)
+        for value, flag in (
+            (args.system_title, "--system-title"),
+            (args.meter_system_title, "--meter-system-title"),
+        )
+    ]
+    if ek is None or ak is None:
+        if any(titles):
+            raise ValueError("system titles are only used with the keys")
+        return None
+    return DecipherContext(SecurityKeys(ek, ak), client_title=titles[0], server_title=titles[1])
 
 
 def parse_hex(parts: list[str], first: int = 1) -> bytes:
@@ -114,7 +145,12 @@ def _decode_stream(
     chunks: Iterable[bytes], args: argparse.Namespace
 ) -> tuple[int, int, dict[str, int]]:
     """Decode chunk by chunk; returns (items printed, bytes read, scanner counters)."""
-    decoder = StreamDecoder(args.transport, transparency=args.byte_stuffing, apdus=not args.no_apdu)
+    decoder = StreamDecoder(
+        args.transport,
+        transparency=args.byte_stuffing,
+        apdus=not args.no_apdu,
+        context=_context(args),
+    )
     count = total = 0
     for chunk in chunks:
         if not chunk:
@@ -137,7 +173,13 @@ def run(args: argparse.Namespace) -> int:
         if args.pcap is not None:
             from bridge.capture import decode_pcap
 
-            count, stats = decode_pcap(args.pcap, _emit, transport=args.transport)
+            context = _context(args)
+            count, stats = decode_pcap(
+                args.pcap,
+                _emit,
+                transport=args.transport,
+                keys=None if context is None else context.keys,
+            )
         elif args.file is not None:
             if args.file.is_dir():
                 raise ValueError(f"--file {args.file}: is a directory")
@@ -153,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         if args.pcap is None and not total:
             print("decode: no bytes to decode", file=sys.stderr)
             return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: the CLI ends quietly
     except OSError as exc:
         where = args.file or args.pcap or "stdin"
         print(f"decode: {where}: {exc.strerror or exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from bridge import meter_security
 from bridge.commands.argtypes import (
     host,
     integer,
@@ -27,6 +28,7 @@ from bridge.commands.argtypes import (
     seconds,
 )
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, load_config
+from bridge.counters import PersistentCounter, counter_path
 from bridge.diagnose import DiagnoseReport, diagnose_meter
 from bridge.diagnose_mqtt import TAKEOVER_WAIT_S, diagnose_mqtt
 from bridge.mqtt import MqttSettings
@@ -111,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds our MQTT connection must stay up (default {TAKEOVER_WAIT_S:g})",
     )
     parser.add_argument("--no-mqtt", action="store_true", help="skip the broker side")
+    meter_security.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
 
@@ -124,7 +127,18 @@ def _from_options(args: argparse.Namespace) -> MeterEndpoint:
     # Both were read and checked by their argument types.
     password: bytes | None = args.password_file or args.password
     timeout = args.timeout or _METER_TIMEOUT_S
+    try:
+        options = meter_security.options_from_args(args, password)
+        security = None
+        if options is not None:
+            directory = args.counter_dir or meter_security.default_counter_dir()
+            title = options.system_title or meter_security.instance_system_title(directory)
+            counter = PersistentCounter(counter_path(directory, f"{args.host}_{args.port}", title))
+            security = options.client_settings(counter, system_title=title)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
     endpoint = MeterEndpoint(
+        security=security,
         host=args.host,
         port=args.port,
         transport=args.transport,
@@ -181,6 +195,13 @@ def _plan(
             names = ", ".join(m.name for m in config.meters) or "none"
             raise _Usage(f"--meter: no meter {args.meter!r} in {args.config} (meters: {names})")
         endpoint = endpoint_for(meter)
+        if meter.security is not None and config is not None:
+            # The service's own counters (shared safely, see bridge.counters).
+            endpoint = attrs.evolve(
+                endpoint,
+                security=meter_security.client_settings_for(meter, config.bridge.data_dir),
+                frame_counter=meter.frame_counter,
+            )
         if args.timeout is not None:
             endpoint = attrs.evolve(endpoint, timeout=args.timeout, connect_timeout=args.timeout)
         endpoint = attrs.evolve(endpoint, retries=args.retries)

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from bridge import meter_security
 from bridge.commands.argtypes import (
     entries,
     host,
@@ -20,10 +21,11 @@ from bridge.commands.argtypes import (
     seconds,
 )
 from bridge.config import METER_DEFAULTS as _D
+from bridge.counters import CounterFileError, PersistentCounter, counter_path
 from bridge.session import MeterEndpoint, MeterIOError, MeterSession
-from codec.association import DEFAULT_MAX_RESPONSE_SIZE
+from codec.association import DEFAULT_MAX_RESPONSE_SIZE, SecuritySettings
 from codec.client import RegisterSpec
-from codec.decoder import StreamDecoder
+from codec.decoder import DecipherContext, StreamDecoder
 from codec.errors import (
     AssociationError,
     DataAccessError,
@@ -34,6 +36,7 @@ from codec.errors import (
 )
 from codec.hdlc_params import LinkParameters
 from codec.obis import Obis
+from codec.security import SecurityError
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -129,6 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace", action="store_true", help="print every frame sent and received to stderr"
     )
+    meter_security.add_arguments(parser)
+    parser.add_argument(
+        "--frame-counter",
+        metavar="OBIS",
+        help="with --security: read this frame counter (e.g. 0-0:43.1.0) via the public client"
+        " first, and count on from it",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--json",
@@ -172,9 +182,23 @@ def _parse_time(text: str, what: str) -> _dt.datetime:
     return value if value.tzinfo is not None else value.astimezone()
 
 
+def _security(args: argparse.Namespace, password: bytes | None) -> SecuritySettings | None:
+    """The security settings of the command line, with a persistent counter (None: none)."""
+    options = meter_security.options_from_args(args, password)
+    if options is None:
+        return None
+    directory = args.counter_dir or meter_security.default_counter_dir()
+    title = options.system_title or meter_security.instance_system_title(directory)
+    counter = PersistentCounter(counter_path(directory, f"{args.host}_{args.port}", title))
+    return options.client_settings(counter, system_title=title)
+
+
 def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
     # Both were read and checked by their argument types.
     password: bytes | None = args.password_file or args.password
+    security = _security(args, password)
+    if args.frame_counter is not None and security is None:
+        raise ValueError("--frame-counter needs --security (with HLS or ciphering)")
     return MeterEndpoint(
         host=args.host,
         port=args.port,
@@ -190,6 +214,8 @@ def _endpoint(args: argparse.Namespace) -> MeterEndpoint:
         max_response_size=args.max_response,
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
+        security=security,
+        frame_counter=None if args.frame_counter is None else Obis.parse(args.frame_counter),
     )
 
 
@@ -201,6 +227,9 @@ class _TracingSession(MeterSession):
         self._out, self._in = StreamDecoder.pair(
             endpoint.transport, transparency=endpoint.byte_stuffing
         )
+        sec = endpoint.security
+        if sec is not None:
+            self._out.context = self._in.context = DecipherContext(sec.keys)
 
     async def _send(self, data: bytes) -> None:
         for item in self._out.feed(data):
@@ -219,8 +248,9 @@ def _trace(direction: str, item: dict[str, Any]) -> None:
     print(json.dumps({"direction": direction, **item}, separators=(",", ":")), file=sys.stderr)
 
 
-async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str, Any]:
-    endpoint = _endpoint(args)
+async def _read(
+    args: argparse.Namespace, specs: list[RegisterSpec], endpoint: MeterEndpoint
+) -> dict[str, Any]:
     session = _TracingSession(endpoint) if args.trace else MeterSession(endpoint)
     negotiated = await session.open()
     try:
@@ -250,6 +280,18 @@ async def _read(args: argparse.Namespace, specs: list[RegisterSpec]) -> dict[str
                 selection["from_entry"], selection["to_entry"] = args.entries
             profile = await session.read_profile(Obis.parse(args.profile), **selection)
             result["profile"] = {"obis": str(Obis.parse(args.profile)), **profile.to_json()}
+        sec, association = endpoint.security, session.association
+        if sec is not None and association is not None:
+            result["security"] = {
+                "mechanism": meter_security.mechanism_name(sec.mechanism),
+                "policy": None if sec.policy is None else sec.policy.label,
+                "system_title": sec.system_title.hex().upper(),
+                "meter_system_title": None
+                if association.server_system_title is None
+                else association.server_system_title.hex().upper(),
+                "last_invocation_counter": association.client_counter,
+                "meter_invocation_counter": association.server_counter,
+            }
         result["stats"] = session.stats()
         return result
     finally:
@@ -267,9 +309,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--from and --to go together")
             _parse_time(args.start, "--from")
             _parse_time(args.end, "--to")
+        endpoint = _endpoint(args)
         # The addresses must fit their fields before anything is sent.
-        _endpoint(args).make_link()
-    except (ValueError, EncodeError) as exc:
+        endpoint.make_link()
+    except (ValueError, EncodeError, CounterFileError, OSError) as exc:
         print(f"read: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (specs or args.list_objects or args.profile):
@@ -279,13 +322,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     label = f"{args.host}:{args.port}"
     try:
-        result = trio.run(_read, args, specs)
+        result = trio.run(_read, args, specs, endpoint)
     except MeterIOError as exc:
         print(f"read: meter unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except AssociationError as exc:
         print(f"read: {label} refused the association: {exc} [{exc.code}]", file=sys.stderr)
         return EXIT_REFUSED
+    except SecurityError as exc:
+        print(f"read: {label}: security check failed: {exc} [{exc.code}]", file=sys.stderr)
+        return EXIT_REFUSED
+    except CounterFileError as exc:
+        print(f"read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DataAccessError as exc:
         print(f"read: {label}: {exc}", file=sys.stderr)
         return EXIT_OBJECT

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import trio
 
+from bridge import meter_security
 from bridge.commands.argtypes import host, integer, port, seconds
 from bridge.limits import raise_open_file_limit
 from bridge.simulator import (
@@ -29,6 +30,7 @@ from bridge.simulator import (
     SimulatorPorts,
     parse_fault_spec,
 )
+from bridge.simulator.meter import MeterSecurity
 from codec.hdlc_params import LinkParameters
 
 #: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).
@@ -108,6 +110,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="record every session as pcap, one file per meter (DIR/meter-0000.pcap, ...)",
     )
+    meter_security.add_arguments(parser, meter_side=True)
+    parser.add_argument(
+        "--strict-counters",
+        action="store_true",
+        help="refuse a client invocation counter not above any seen before (as a real meter);"
+        " by default only within one association, so that test clients may restart at 1",
+    )
+
+
+def _meter_security(args: argparse.Namespace) -> tuple[bool, MeterSecurity | None]:
+    """(keep the LLS password, the security client SAP 1 must use); ValueError says why."""
+    secret = args.password.encode() if args.password else None
+    options = meter_security.options_from_args(args, secret, meter_side=True)
+    if options is None:
+        return True, None
+    if options.policy is None and options.mechanism_name in ("none", "lls"):
+        return options.mechanism_name == "lls", None
+    return True, MeterSecurity(
+        options.mechanism,
+        options.policy,
+        options.system_title or MeterSecurity().system_title,
+        options.keys,
+        options.secret,
+        strict_counters=args.strict_counters,
+    )
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -143,6 +170,13 @@ def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
 def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
     """The start-up lines: one per port range, then the ready line."""
     kind = f"{config.transport}, {config.settings.model}"
+    sec = config.settings.security
+    if sec is not None:
+        policy = "no ciphering" if sec.policy is None else sec.policy.label
+        kind += (
+            f", client SAP 1: {meter_security.mechanism_name(sec.mechanism)} {policy},"
+            f" system title {sec.system_title.hex().upper()}"
+        )
     lines = []
     for first, last, low, high in port_ranges(ports.meters):
         meters = f"meter {first}" if first == last else f"meters {first}-{last}"
@@ -175,12 +209,19 @@ def run(args: argparse.Namespace) -> int:
             faults = parse_fault_spec(args.faults, args.meters)
         except FaultSpecError as exc:
             problem = f"--faults: {exc}"
+    keep_password, security = True, None
+    if problem is None:
+        try:
+            keep_password, security = _meter_security(args)
+        except ValueError as exc:
+            problem = str(exc)
     if problem is not None:
         print(f"dlms-bridge simulate: {problem}", file=sys.stderr)
         return EXIT_USAGE
     settings = MeterSettings(
         model=args.model,
-        password=args.password.encode() if args.password else None,
+        password=args.password.encode() if args.password and keep_password else None,
+        security=security,
         hdlc=LinkParameters(args.max_info, args.max_info, 1, 1),
         max_pdu=args.max_pdu,
         inactivity_timeout=args.inactivity_timeout,
