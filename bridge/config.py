@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import attrs
 import cattrs
+import idna
 from cattrs.cols import list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
@@ -88,6 +90,12 @@ DEFAULT_WORKERS = 0
 #: The most poller processes ``[bridge] workers`` may ask for.
 MAX_WORKERS = 64
 
+#: Longest wait between reconnects to the broker, seconds (``mqtt.reconnect_max_s``).
+RECONNECT_MAX_S = 30.0
+#: Seconds a publish may wait for its PUBACK, none arriving, before the alarm
+#: (``mqtt.puback_alarm_s``).
+PUBACK_ALARM_S = 10.0
+
 #: What :func:`masked` puts in place of a secret.
 MASK = "***"
 
@@ -98,6 +106,20 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
 Security = Literal["none", "lls", "hls-md5", "hls-sha1", "hls-sha256", "hls-gmac"]
 SecurityPolicyName = Literal["none", "authenticated", "encrypted", "authenticated-encrypted"]
+
+#: Longest string MQTT can carry in a packet field (client id, user name, password, topic).
+MQTT_STRING_MAX = 65_535
+#: Longest low-level-security password of a meter (bytes of UTF-8).
+METER_PASSWORD_MAX = 255
+#: Host names: a label of at most 63 characters, the name at most 253 (ASCII form).
+HOST_LABEL_MAX = 63
+HOST_NAME_MAX = 253
+#: Deepest nesting of arrays and tables a config may have.
+MAX_NESTING = 32
+#: Largest secret file read (a token or password is far smaller).
+_SECRET_FILE_MAX = 4 * MQTT_STRING_MAX
+#: Keys whose values are secrets: never quoted in an error.
+SECRET_KEYS = frozenset({"token", "password", "block_cipher_key", "authentication_key"})
 
 #: Placeholders allowed in ``publish.topic``.
 TOPIC_PLACEHOLDERS = ("meter", "bridge")
@@ -270,6 +292,12 @@ class MqttConfig:
     password: str | None = _secret()
     keepalive: int = 60
     qos: Literal[0, 1] = 1
+    #: Longest wait between reconnect attempts, seconds.
+    reconnect_max_s: float = RECONNECT_MAX_S
+    #: Seconds a message may wait for its PUBACK (none arriving) before the alarm.
+    puback_alarm_s: float = PUBACK_ALARM_S
+    #: Where the token (or the password) came from, e.g. ``file /etc/x (mqtt.token_file)``.
+    credential_source: str | None = None
 
     @property
     def auth_username(self) -> str | None:
@@ -301,6 +329,11 @@ class PublishConfig:
     outbox_max_rows: int = 1_000_000
     outbox_max_bytes: int = 256 * 1024 * 1024
     outbox_synchronous: Synchronous = "full"
+    #: Memory for readings kept while the outbox cannot write (disk full): their JSON plus
+    #: ``SPILL_OVERHEAD`` bytes each.
+    outbox_spill_max_bytes: int = 16 * 1024 * 1024
+    #: Seconds of outbox growth while connected before ``publisher.falling_behind``.
+    backlog_alarm_s: float = 60.0
 
 
 #: Built-in values of the meter settings; ``port`` and ``registers`` have none.
@@ -393,6 +426,8 @@ class MeterConfig:
     byte_stuffing: bool = _BUILTIN_METER["byte_stuffing"]
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
+    #: Where the token came from, e.g. ``environment variable M1_TOKEN (meters[0].token_env)``.
+    token_source: str | None = None
     #: Authentication mechanism; None: LLS if a password is set, else none.
     security: Security | None = None
     #: Ciphering; None: the mechanism's default (see bridge.meter_security).
@@ -483,6 +518,8 @@ class _MqttSection:
     client_id: str | None = None
     keepalive: int = 60
     qos: Literal[0, 1] = 1
+    reconnect_max_s: float = RECONNECT_MAX_S
+    puback_alarm_s: float = PUBACK_ALARM_S
 
 
 _PUBLISH_DEFAULTS = PublishConfig()
@@ -502,6 +539,8 @@ class _PublishSection:
     outbox_max_rows: int = _PUBLISH_DEFAULTS.outbox_max_rows
     outbox_max_bytes: int = _PUBLISH_DEFAULTS.outbox_max_bytes
     outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
+    outbox_spill_max_bytes: int = _PUBLISH_DEFAULTS.outbox_spill_max_bytes
+    backlog_alarm_s: float = _PUBLISH_DEFAULTS.backlog_alarm_s
 
 
 _WEB_DEFAULTS = WebConfig()
@@ -627,6 +666,15 @@ def _in_range(lo: int, hi: int) -> Check:
     return check
 
 
+def _between(lo: float, hi: float) -> Check:
+    def check(value: float) -> str | None:
+        if math.isfinite(value) and lo <= value <= hi:
+            return None
+        return f"must be between {lo:g} and {hi:g} seconds, got {value}"
+
+    return check
+
+
 def _profile_hours(value: float) -> str | None:
     if 0 < value <= PROFILE_MAX_HOURS:
         return None
@@ -640,11 +688,33 @@ def _positive(value: float) -> str | None:
 
 
 def _non_empty(value: str) -> str | None:
+    # Never quote the value: it may be a token or a password.
     if not value.strip():
         return "must not be empty"
-    if any(not ch.isprintable() for ch in value):
-        return f"must not contain control characters, got {value!r}"
+    for position, ch in enumerate(value, 1):
+        if not ch.isprintable():
+            return f"contains a control character at position {position}"
     return None
+
+
+def _mqtt_string(value: str) -> str | None:
+    """A string that goes into an MQTT packet field: 65,535 bytes of UTF-8 at most."""
+    problem = _non_empty(value)
+    if problem is None:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            return f"is not valid Unicode (a lone surrogate at position {exc.start + 1})"
+        if size > MQTT_STRING_MAX:
+            problem = f"is {size} bytes of UTF-8, more than MQTT allows ({MQTT_STRING_MAX})"
+    return problem
+
+
+def _meter_password(value: str) -> str | None:
+    problem = _non_empty(value)
+    if problem is None and len(value.encode("utf-8", "surrogatepass")) > METER_PASSWORD_MAX:
+        problem = f"must be at most {METER_PASSWORD_MAX} bytes"
+    return problem
 
 
 def _name(value: str) -> str | None:
@@ -655,10 +725,52 @@ def _name(value: str) -> str | None:
 
 
 def _host(value: str) -> str | None:
+    """An IP address or a host name that the resolver can take (IDNA rules)."""
     problem = _non_empty(value)
-    if problem is None and any(ch.isspace() for ch in value):
-        problem = f"not a host name or address: {value!r}"
-    return problem
+    if problem is not None:
+        return problem
+    if any(ch.isspace() for ch in value):
+        return f"not a host name or address: {_show(value)}"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if ":" in value:
+        return f"not a host name or IPv6 address: {_show(value)}"
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    for index, label in enumerate(labels, 1):
+        if not label:
+            return f"host name {_show(value)} has an empty label"
+        try:
+            encoded = label.encode("idna")
+        except UnicodeError:
+            if len(label) > HOST_LABEL_MAX:
+                return (
+                    f"host name label {index} is {len(label)} characters long, "
+                    f"more than {HOST_LABEL_MAX}"
+                )
+            return f"host name label {index} is not valid under IDNA rules: {_show(label)}"
+        if len(encoded) > HOST_LABEL_MAX:
+            return (
+                f"host name label {index} is {len(encoded)} characters long in ASCII form, "
+                f"more than {HOST_LABEL_MAX}"
+            )
+    try:
+        total = len(name.encode("idna"))
+    except UnicodeError:
+        return f"not a valid host name under IDNA rules: {_show(value)}"
+    if total > HOST_NAME_MAX:
+        return f"host name is {total} characters long in ASCII form, more than {HOST_NAME_MAX}"
+    if not name.isascii():
+        # The meters' connections (Trio) encode names by IDNA 2008 with UTS-46, the broker's
+        # (the socket module) by IDNA 2003: a name must pass both.
+        try:
+            idna.encode(name, uts46=True)
+        except (idna.IDNAError, UnicodeError) as exc:
+            return f"not a valid host name under IDNA 2008 rules: {_show(value)} ({exc})"
+    return None
 
 
 def _listen(value: str) -> str | None:
@@ -692,18 +804,15 @@ _CHECKS: dict[str, Check] = {
             "ca_file",
             "cert_file",
             "key_file",
-            "token",
             "token_file",
             "token_env",
-            "username",
-            "password",
             "password_file",
             "password_env",
-            "client_id",
-            "topic",
         ),
         _non_empty,
     ),
+    # Strings that go into MQTT packets; the meters' password is checked in _Resolver.
+    **dict.fromkeys(("token", "username", "password", "client_id", "topic"), _mqtt_string),
     **dict.fromkeys(
         (
             "summary_interval_s",
@@ -721,6 +830,9 @@ _CHECKS: dict[str, Check] = {
     **dict.fromkeys(("backfill_hours", "chunk_hours"), _profile_hours),
     "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
+    "reconnect_max_s": _between(1.0, 3600.0),
+    "puback_alarm_s": _between(1.0, 3600.0),
+    "backlog_alarm_s": _between(5.0, 86400.0),
     "listen": _listen,
     "history_max_age_s": _positive,
     "window_s": _positive,
@@ -733,6 +845,7 @@ _CHECKS: dict[str, Check] = {
     "max_readings_per_message": _in_range(1, 100_000),
     "outbox_max_rows": _in_range(100, 2**40),
     "outbox_max_bytes": _in_range(65_536, 2**50),
+    "outbox_spill_max_bytes": _in_range(65_536, 2**34),
     "key": _register_key,
     "class_id": _in_range(1, 65535),
     "attribute": _in_range(1, 127),
@@ -750,7 +863,14 @@ _CHECKS: dict[str, Check] = {
 
 
 class _Invalid(ValueError):
-    """A value of the wrong type or form; its message is shown as is, after the path."""
+    """A value of the wrong type or form; its message is shown as is, after the path.
+
+    `masked` is the message to show when the value is a secret (it never quotes the value).
+    """
+
+    def __init__(self, message: str, *, masked: str | None = None) -> None:
+        super().__init__(message)
+        self.masked = masked or message.rsplit(", got ", 1)[0]
 
 
 def _show(value: Any) -> str:
@@ -772,7 +892,10 @@ def _structure_float(value: Any, _: Any) -> float:
 
 def _structure_str(value: Any, _: Any) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {_show(value)}")
+        raise _Invalid(
+            f"expected a string, got {_show(value)}",
+            masked=f"expected a string, got a value of type {type(value).__name__}",
+        )
     return value
 
 
@@ -905,19 +1028,12 @@ def _cattrs_errors(exc: BaseException, path: str) -> Iterator[str]:
         for key in sorted(exc.extra_fields):
             yield f"{_join(path, key)}: {_unknown_key(key, known)}"
     elif isinstance(exc, _Invalid):
-        yield f"{path or '<top>'}: {_without_secret(path, str(exc))}"
+        secret = path.rpartition(".")[2] in SECRET_KEYS | _secret_names()
+        yield f"{path or '<top>'}: {exc.masked if secret else exc}"
     elif isinstance(exc, KeyError):
         yield f"{path}: required key missing"
     else:
         yield f"{path or '<top>'}: {type(exc).__name__}: {exc}"
-
-
-def _without_secret(path: str, message: str) -> str:
-    """A secret of the wrong type is named by its path, its value never shown: ``expected a
-    string, got 1234`` loses its ``, got 1234``."""
-    if path.rpartition(".")[2] in _secret_names():
-        return message.partition(", got ")[0]
-    return message
 
 
 @functools.cache
@@ -951,6 +1067,8 @@ class _Resolver:
     env: Mapping[str, str]
     base_dir: Path
     errors: list[str] = attrs.Factory(list)
+    #: Where each secret came from, by (section path, field): for messages, never the value.
+    sources: dict[tuple[str, str], str] = attrs.Factory(dict)
 
     def error(self, path: str, message: str) -> None:
         line = f"{path}: {message}"
@@ -1008,8 +1126,13 @@ class _Resolver:
             self.error(path, f"cannot read {resolved}: {exc.strerror or exc}")
         return resolved
 
-    def secret(self, section: Any, field: str, path: str) -> str | None:
-        """Resolve ``field``, ``field_file`` or ``field_env``: at most one may be given."""
+    def secret(self, section: Any, field: str, path: str, check: Check | None = None) -> str | None:
+        """Resolve ``field``, ``field_file`` or ``field_env``: at most one may be given.
+
+        The value is checked with ``check`` (whatever its source) and where it came from is
+        kept in :attr:`sources` under ``(path, field)``, for messages that must name the
+        credential without showing it.
+        """
         sources = [
             (f"{field}{suffix}", getattr(section, f"{field}{suffix}"))
             for suffix in ("", "_file", "_env")
@@ -1023,23 +1146,46 @@ class _Resolver:
             return None
         name, value = given[0]
         where = _join(path, name)
+        secret: str | None
         if name == field:
-            return str(value)
-        if name.endswith("_env"):
+            secret = str(value)
+            source = f"{where} in the config file"
+        elif name.endswith("_env"):
             secret = self.env.get(value)
             if secret is None:
                 self.error(where, f"environment variable {value} is not set")
             elif not secret:
                 self.error(where, f"environment variable {value} is empty")
-            return secret or None
-        resolved = self.path(value)
+            secret = secret or None
+            source = f"environment variable {value} ({where})"
+        else:
+            resolved = self.path(value)
+            secret = self.read_secret(where, resolved)
+            source = f"file {resolved} ({where})"
+        if secret is None:
+            return None
+        problem = None if check is None else check(secret)
+        if problem is not None:
+            self.error(where, problem)
+        self.sources[(path, field)] = source
+        return secret
+
+    def read_secret(self, where: str, resolved: str) -> str | None:
+        """A secret file's text (one trailing newline dropped); None, reported, if unusable."""
         try:
-            with open(resolved, encoding="utf-8") as f:
-                # One trailing newline is what editors and `echo` add, never part of a secret.
-                secret = f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            self.error(where, f"cannot read {resolved}: {reason or exc}")
+            with open(resolved, "rb") as f:
+                raw = f.read(_SECRET_FILE_MAX + 1)
+        except OSError as exc:
+            self.error(where, f"cannot read {resolved}: {exc.strerror or exc}")
+            return None
+        if len(raw) > _SECRET_FILE_MAX:
+            self.error(where, f"{resolved} is larger than {_SECRET_FILE_MAX} bytes")
+            return None
+        try:
+            # One trailing newline is what editors and `echo` add, never part of a secret.
+            secret = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            self.error(where, f"cannot read {resolved}: not UTF-8 text (byte {exc.start + 1})")
             return None
         if not secret:
             self.error(where, f"{resolved} is empty")
@@ -1097,8 +1243,8 @@ class _Resolver:
             )
         elif section.tls:
             tls = TlsConfig()
-        token = self.secret(section, "token", "mqtt")
-        password = self.secret(section, "password", "mqtt")
+        token = self.secret(section, "token", "mqtt", _mqtt_string)
+        password = self.secret(section, "password", "mqtt", _mqtt_string)
         if token is not None and section.username is not None:
             self.error("mqtt.username", "not used with a token (the token is the user name)")
         if password is not None and section.username is None:
@@ -1122,6 +1268,11 @@ class _Resolver:
             password=password,
             keepalive=section.keepalive,
             qos=section.qos,
+            reconnect_max_s=section.reconnect_max_s,
+            puback_alarm_s=section.puback_alarm_s,
+            credential_source=self.sources.get(
+                ("mqtt", "token") if token is not None else ("mqtt", "password")
+            ),
         )
 
     def publish(self, section: _PublishSection) -> PublishConfig:
@@ -1154,6 +1305,8 @@ class _Resolver:
             outbox_max_rows=section.outbox_max_rows,
             outbox_max_bytes=section.outbox_max_bytes,
             outbox_synchronous=section.outbox_synchronous,
+            outbox_spill_max_bytes=section.outbox_spill_max_bytes,
+            backlog_alarm_s=section.backlog_alarm_s,
         )
 
     def web(self, section: _WebSection) -> WebConfig:
@@ -1274,10 +1427,10 @@ class _Resolver:
         # A secret is one setting with three spellings: the meter's replaces all of [defaults]'.
         pw_names = ("password", "password_file", "password_env")
         if any(getattr(raw, n) is not None for n in pw_names):
-            password = self.secret(raw, "password", path)
+            password = self.secret(raw, "password", path, _meter_password)
         else:
-            password = self.secret(defaults, "password", "defaults")
-        token = self.secret(raw, "token", path)
+            password = self.secret(defaults, "password", "defaults", _meter_password)
+        token = self.secret(raw, "token", path, _mqtt_string)
         if mode == "device" and raw.enabled and token is None and not self.has_secret(raw, "token"):
             self.error(
                 f"{path}.token", 'required in publish mode "device" (or token_file, token_env)'
@@ -1367,6 +1520,7 @@ class _Resolver:
             hdlc_window=pick("hdlc_window"),
             byte_stuffing=pick("byte_stuffing"),
             token=token,
+            token_source=self.sources.get((path, "token")),
             **self.security(raw, defaults, path, pick, origin, password),
             profiles=profiles,
             allow_control=pick("allow_control"),
@@ -1507,6 +1661,51 @@ def _check_topic(topic: str) -> str | None:
     return None
 
 
+def _check_topic_for(
+    topic: str, service: ServiceConfig, meters: Sequence[MeterConfig], resolver: _Resolver
+) -> None:
+    """Topic mode: the template must tell the meters apart and fit MQTT with every name."""
+    if len(meters) > 1 and "{meter}" not in topic:
+        resolver.error(
+            "publish.topic",
+            f"must contain {{meter}}: {len(meters)} meters share the connection and would "
+            "publish on one topic",
+        )
+    if "{bridge}" in topic and any(ch in service.name for ch in "+#/\0"):
+        resolver.error(
+            "bridge.name",
+            f"{_show(service.name)} cannot go into an MQTT topic level via {{bridge}} "
+            "('+', '#' and '/' are not allowed)",
+        )
+    base = topic.replace("{bridge}", service.name)
+    for i, m in enumerate(meters):
+        size = len(base.replace("{meter}", m.name).encode("utf-8", "surrogatepass"))
+        if size > MQTT_STRING_MAX:
+            resolver.error(
+                f"meters[{i}].name",
+                f"makes publish.topic {size} bytes long, more than MQTT allows ({MQTT_STRING_MAX})",
+            )
+
+
+def _too_deep(document: Any) -> str | None:
+    """Where the first value nested more than MAX_NESTING levels deep starts, if any: the
+    path of its table and key (``bridge.name``), not all its levels."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return path or "<top>"
+        if isinstance(value, Mapping):
+            keys: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
+            children = [(v, path if depth >= 2 else _join(path, k)) for k, v in keys]
+        elif isinstance(value, list | tuple):
+            children = [(v, path if depth >= 2 else f"{path}[{i}]") for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend((v, p, depth + 1) for v, p in children)
+    return None
+
+
 def _machine_id() -> str:
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
@@ -1585,6 +1784,10 @@ def parse_config(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_toml_error(exc)], source=source) from None
+    except RecursionError:
+        # The TOML parser recurses per level of inline arrays and tables.
+        message = f"arrays or tables nested more than {MAX_NESTING} levels deep"
+        raise ConfigError([f"<top>: {message}"], source=source) from None
     return config_from_dict(document, source=source, env=env, base_dir=base_dir)
 
 
@@ -1596,6 +1799,10 @@ def config_from_dict(
     base_dir: str | os.PathLike[str] | None = None,
 ) -> BridgeConfig:
     """Check a config given as the dict a TOML parser would return; see :func:`parse_config`."""
+    too_deep = _too_deep(document)
+    if too_deep is not None:
+        message = f"arrays or tables nested more than {MAX_NESTING} levels deep"
+        raise ConfigError([f"{too_deep}: {message}"], source=source)
     resolver = _Resolver(
         env=os.environ if env is None else env,
         base_dir=Path(os.getcwd() if base_dir is None else base_dir),
@@ -1637,7 +1844,8 @@ def config_from_dict(
     else:
         resolver.check_fields(defaults_s, "defaults")
         if resolver.has_secret(defaults_s, "password"):
-            resolver.secret(defaults_s, "password", "defaults")  # reported even if overridden
+            # Reported even if every meter overrides it.
+            resolver.secret(defaults_s, "password", "defaults", _meter_password)
         default_regs = (
             None
             if defaults_s.registers is None
@@ -1652,6 +1860,18 @@ def config_from_dict(
     resolved = [m for m in meters if m is not None]
     if len(resolved) == len(raw_meters):
         _check_meters(resolved, mode, resolver)
+    if publish is not None and publish.mode == "topic" and publish.topic is not None:
+        _check_topic_for(publish.topic, service, resolved, resolver)
+    if mode == "device" and mqtt is not None:
+        # Each meter's connection is "<client_id>-<meter name>".
+        for i, m in enumerate(resolved):
+            size = len(f"{mqtt.client_id}-{m.name}".encode("utf-8", "surrogatepass"))
+            if size > MQTT_STRING_MAX:
+                resolver.error(
+                    f"meters[{i}].name",
+                    f"makes the client id of its connection (mqtt.client_id + '-' + name) "
+                    f"{size} bytes long, more than MQTT allows ({MQTT_STRING_MAX})",
+                )
     if resolver.errors or mqtt is None or publish is None or web is None or alarms is None:
         raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
     return BridgeConfig(

@@ -12,12 +12,44 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from types import TracebackType
 
-__all__ = ["LOCK_NAME", "AlreadyRunning", "InstanceLock"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "LOCK_NAME",
+    "AlreadyRunning",
+    "InstanceLock",
+    "ensure_private_dir",
+    "private_file",
+]
 
 #: Name of the lock file inside the data directory.
 LOCK_NAME = "bridge.lock"
+#: Mode of the data directory the bridge creates, and of every file it writes there: the outbox
+#: holds readings and the lock a PID, nothing for other users.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def ensure_private_dir(path: str | os.PathLike[str]) -> None:
+    """Create `path` (and parents) with mode 0700, or tighten an existing one: no access for
+    others and no writing for the group (0750 at most, for a group that reads the data)."""
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    tight = mode & ~(stat.S_IRWXO | stat.S_IWGRP)
+    if tight != mode:
+        os.chmod(path, tight)
+
+
+def private_file(path: str | os.PathLike[str]) -> None:
+    """Create `path` empty with mode 0600 if it is missing; make an existing one 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 class AlreadyRunning(Exception):
@@ -52,9 +84,14 @@ class InstanceLock:
         """Take the lock, or raise :class:`AlreadyRunning` naming the holder's PID."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already locked by this object")
-        os.makedirs(self.data_dir, mode=0o750, exist_ok=True)
+        ensure_private_dir(self.data_dir)
         # O_CLOEXEC (Python's default): a child process must not inherit, and so keep, the lock.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # a lock file left by an older version may be 0644
+        except OSError:
+            os.close(fd)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

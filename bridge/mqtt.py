@@ -35,9 +35,12 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.config import PUBACK_ALARM_S, RECONNECT_MAX_S
+
 __all__ = [
     "ALARM_AUTH_REFUSED",
     "ALARM_CONNACK_REFUSED",
+    "ALARM_PUBACK_WITHHELD",
     "ALARM_SESSION_TAKEOVER",
     "Delivery",
     "MqttClient",
@@ -54,11 +57,16 @@ paho_log = logging.getLogger("bridge.mqtt.paho")
 ALARM_AUTH_REFUSED = "mqtt.auth_refused"
 ALARM_CONNACK_REFUSED = "mqtt.connack_refused"
 ALARM_SESSION_TAKEOVER = "mqtt.session_takeover"
+ALARM_PUBACK_WITHHELD = "mqtt.puback_withheld"
 
 # CONNACK reason codes as paho reports them for MQTT 3.1.1 (return codes 4 and 5).
 _BAD_CREDENTIALS = 134
 _NOT_AUTHORIZED = 135
 _MISC_INTERVAL = 1.0
+#: Longest wait between reconnect attempts (seconds) and seconds without any PUBACK for an
+#: outstanding publish before the alarm: the configuration's defaults (one home for each).
+DEFAULT_BACKOFF_MAX_S = RECONNECT_MAX_S
+DEFAULT_PUBACK_ALARM_S = PUBACK_ALARM_S
 
 
 @attrs.frozen
@@ -92,7 +100,9 @@ class MqttSettings:
 
     ThingsBoard device tokens go in `username` with no `password`. `backoff_initial` and
     `backoff_max` bound the reconnect delay (doubling, with jitter; a refused login waits
-    `backoff_max`). A session that ends within `takeover_window` seconds of the CONNACK counts
+    `backoff_max`). A publish left without PUBACK for `puback_alarm_s` seconds (no PUBACK at
+    all meanwhile) raises ``mqtt.puback_withheld`` with one warning line; the next PUBACK
+    clears it. A session that ends within `takeover_window` seconds of the CONNACK counts
     as "closed right after accepting"; `takeover_count` of them in a row raise the takeover
     alarm, which clears once a session lasts `takeover_clear_after` seconds. Repeated refusal
     and takeover messages are logged again at most every `log_repeat_interval` seconds.
@@ -109,24 +119,21 @@ class MqttSettings:
     clean_session: bool = True
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     backoff_initial: float = attrs.field(default=1.0, validator=_positive)
-    backoff_max: float = attrs.field(default=60.0, validator=_positive)
+    backoff_max: float = attrs.field(default=DEFAULT_BACKOFF_MAX_S, validator=_positive)
+    puback_alarm_s: float = attrs.field(default=DEFAULT_PUBACK_ALARM_S, validator=_positive)
     will: WillSettings | None = None
     max_inflight: int = 100
     takeover_window: float = 5.0
     takeover_count: int = 3
     takeover_clear_after: float = 300.0
     log_repeat_interval: float = 600.0
+    #: What the credentials are and where they came from, for the refused-login message
+    #: (e.g. ``the token from file /etc/x (mqtt.token_file)``); never their characters.
+    credential_source: str | None = None
 
     def describe(self) -> str:
         """``host:port as 'client-id'``, for log lines."""
         return f"{self.host}:{self.port} as {self.client_id!r}"
-
-
-def _mask(secret: str) -> str:
-    """Enough of a token to recognise it in a log line, not enough to use it."""
-    if len(secret) <= 8:
-        return f"'{secret[:1]}...' ({len(secret)} characters)"
-    return f"'{secret[:4]}...' ({len(secret)} characters)"
 
 
 class PublishError(Exception):
@@ -168,6 +175,8 @@ class _Connection:
     close_reason: str | None = None
     last_paho_error: str | None = None
     connected_at: float | None = None
+    # Since when a publish has waited for its PUBACK with no PUBACK at all meanwhile.
+    unacked_since: float | None = None
     closing_on_purpose: bool = False
     # Hand-over between the connecting thread and Trio if Trio stops waiting for it.
     lock: threading.Lock = attrs.Factory(threading.Lock)
@@ -259,6 +268,8 @@ class MqttClient:
         self._on_message = on_message
         self._ssl_context = _make_ssl_context(settings.tls) if settings.tls else None
         self._alarms: set[str] = set()
+        #: What each active alarm is about, for alarms that carry more than their name.
+        self.alarm_messages: dict[str, str] = {}
         self._conn: _Connection | None = None
         self._connected = False
         self._state_changed = trio.Event()
@@ -352,6 +363,8 @@ class MqttClient:
             pending.done.set()
         else:
             conn.pending[info.mid] = pending
+            if conn.unacked_since is None:
+                conn.unacked_since = trio.current_time()
         return Delivery(self, conn, info.mid, topic, pending)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -499,6 +512,11 @@ class MqttClient:
                 if reason.is_failure:
                     pending.error = f"broker answered {reason}"
                 pending.done.set()
+            if conn.active:
+                # The broker acknowledges: whatever still waits, waits since now.
+                waiting = any(not p.done.is_set() for p in conn.pending.values())
+                conn.unacked_since = trio.current_time() if waiting else None
+                self._puback_received()
 
         def on_message(_c: Any, _u: Any, message: paho.MQTTMessage) -> None:
             if self._on_message is not None:
@@ -585,11 +603,36 @@ class MqttClient:
         # Keepalive: paho sends PINGREQ and notices a missing PINGRESP from loop_misc().
         while not conn.closed.is_set():
             await trio.sleep(_MISC_INTERVAL)
+            self._check_pubacks(conn)
             rc = conn.paho.loop_misc()
             if rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
                 self._force_close(
                     conn, f"no answer to PINGREQ within {self.settings.keepalive} s (keepalive)"
                 )
+
+    def _check_pubacks(self, conn: _Connection) -> None:
+        s = self.settings
+        since = conn.unacked_since
+        if since is None or ALARM_PUBACK_WITHHELD in self._alarms:
+            return
+        waited = trio.current_time() - since
+        if waited < s.puback_alarm_s:
+            return
+        message = (
+            f"MQTT broker {s.describe()} has sent no PUBACK for {waited:.0f} s although "
+            f"{len(conn.pending)} message(s) wait for one: it takes the messages but does not "
+            "acknowledge them (overloaded, or refusing them silently); the readings stay in the "
+            "outbox"
+        )
+        self._alarms.add(ALARM_PUBACK_WITHHELD)
+        self.alarm_messages[ALARM_PUBACK_WITHHELD] = message
+        log.warning("%s", message)
+
+    def _puback_received(self) -> None:
+        if ALARM_PUBACK_WITHHELD in self._alarms:
+            self._alarms.discard(ALARM_PUBACK_WITHHELD)
+            self.alarm_messages.pop(ALARM_PUBACK_WITHHELD, None)
+            log.info("MQTT broker %s acknowledges messages again", self.settings.describe())
 
     def _force_close(self, conn: _Connection, reason: str) -> None:
         if conn.close_reason is None:
@@ -617,6 +660,10 @@ class MqttClient:
 
     def _end_connection(self, conn: _Connection) -> None:
         reason = conn.close_reason or "connection closed"
+        # The alarm was about this connection; the next one is judged on its own.
+        if ALARM_PUBACK_WITHHELD in self._alarms:
+            self._alarms.discard(ALARM_PUBACK_WITHHELD)
+            self.alarm_messages.pop(ALARM_PUBACK_WITHHELD, None)
         for pending in conn.pending.values():
             pending.error = f"connection lost ({reason})"
             pending.done.set()
@@ -675,8 +722,13 @@ class MqttClient:
         code = reason.value
         if code in (_BAD_CREDENTIALS, _NOT_AUTHORIZED):
             what = "bad credentials" if code == _BAD_CREDENTIALS else "not authorized"
-            # The username is often the ThingsBoard access token: never log it whole.
-            who = f"username {_mask(s.username)}" if s.username is not None else "no username"
+            # The username is often the ThingsBoard access token: never log any of it.
+            if s.credential_source is not None:
+                who = s.credential_source
+            elif s.username is not None:
+                who = f"a username of {len(s.username)} characters"
+            else:
+                who = "no username"
             message = (
                 f"MQTT broker refused the connection: {what} for {who} "
                 f"(check the ThingsBoard access token) [{s.describe()}]"

@@ -20,9 +20,11 @@ Three layers:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,17 +34,23 @@ import attrs
 import trio
 
 from bridge.config import PublishConfig
+from bridge.lock import private_file
 from bridge.readings import Reading
 
 __all__ = [
+    "ALARM_WRITE_FAILED",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ROWS",
+    "DEFAULT_SPILL_MAX_BYTES",
+    "DEFAULT_SPILL_RETRY_S",
     "FILENAME",
+    "SPILL_OVERHEAD",
     "AsyncOutbox",
     "Outbox",
     "OutboxError",
     "OutboxRow",
     "OutboxWriter",
+    "WriterStats",
 ]
 
 log = logging.getLogger("bridge.outbox")
@@ -56,13 +64,38 @@ _SCHEMA_VERSION = 1
 _IDS_PER_STATEMENT = 500
 # The overflow alarm clears once the outbox is back under this fraction of both bounds.
 _ALARM_CLEAR_FRACTION = 0.9
+_WAL_CHECKPOINT_PAGES = 256
+_WAL_SIZE_LIMIT = 1024 * 1024
 
 Synchronous = Literal["full", "normal"]
 _T = TypeVar("_T")
 
 
+#: SQLite primary result codes that mean the storage under the database failed, not the
+#: database: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+_DISK_CODES = {8: "read-only", 10: "I/O error", 13: "disk full", 14: "cannot open a file"}
+
+
 class OutboxError(Exception):
-    """The outbox database cannot be opened or used; the message names the file."""
+    """The outbox database cannot be opened or used; the message names the file.
+
+    `disk` is True when the storage failed (disk full, read-only file system, I/O error): the
+    condition may go away by itself, and the database is intact.
+    """
+
+    def __init__(self, message: str, *, disk: bool = False) -> None:
+        super().__init__(message)
+        self.disk = disk
+
+
+def _disk_problem(exc: BaseException) -> str | None:
+    """What kind of storage failure an SQLite error is, or None if it is not one."""
+    if isinstance(exc, OSError):
+        return exc.strerror or "I/O error"
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and isinstance(code, int):
+        return _DISK_CODES.get(code & 0xFF)
+    return None
 
 
 @attrs.frozen
@@ -118,6 +151,9 @@ class Outbox:
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc)
+        problem = _disk_problem(exc)
+        if problem is not None:
+            return f"outbox database {self.path} cannot be written ({problem}: {text})"
         if "locked" in text:
             return f"outbox database {self.path} is in use by another process ({text})"
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
@@ -127,6 +163,15 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         if not self.path.parent.is_dir():
             raise sqlite3.OperationalError(f"directory {self.path.parent} does not exist")
+        # SQLite gives its journal the mode of the database file: create both 0600 (the
+        # readings are nobody else's business), and tighten files left by older versions.
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            name = f"{self.path}{suffix}"
+            if suffix == "" or os.path.exists(name):
+                try:
+                    private_file(name)
+                except OSError as exc:
+                    raise sqlite3.OperationalError(f"cannot create {name}: {exc.strerror}") from exc
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so a batch is
         # exactly one transaction. check_same_thread is off because AsyncOutbox calls us from
         # whichever worker thread Trio picks, one at a time.
@@ -141,6 +186,10 @@ class Outbox:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL journal (got {mode!r})")
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        # Keep the WAL small (checkpoint every ~1 MiB, truncate it back to 1 MiB): small SD
+        # cards and tmpfs data directories must not be filled by the journal alone.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         with self._transaction():
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
@@ -159,7 +208,10 @@ class Outbox:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION:
+                # Only when it changes: opening an existing outbox writes nothing, so that a
+                # bridge can start on a full disk and keep its readings in memory meanwhile.
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             rows, nbytes = conn.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
             ).fetchone()
@@ -180,16 +232,19 @@ class Outbox:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (after SQLITE_FULL, say); a second ROLLBACK
+            # would raise and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _guard(self, fn: Callable[[], _T]) -> _T:
         try:
             return fn()
         except sqlite3.Error as exc:
-            raise OutboxError(self._describe(exc)) from exc
+            raise OutboxError(self._describe(exc), disk=_disk_problem(exc) is not None) from exc
 
     def _meta_get(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -492,12 +547,34 @@ class _Put:
 
 @attrs.define(eq=False)
 class WriterStats:
-    """What the writer has done: readings committed, transactions, failures."""
+    """What the writer has done: readings committed, transactions, failures, spill."""
 
     readings: int = 0
     batches: int = 0
     largest_batch: int = 0
     failures: int = 0
+    #: Readings kept in memory because the outbox could not write, over the writer's life.
+    spilled: int = 0
+    #: Spilled readings dropped (oldest first) because the spill reached its bound.
+    spill_dropped: int = 0
+    #: Times the outbox stopped being writable.
+    spill_episodes: int = 0
+
+
+#: Alarm raised while the outbox cannot write and readings wait in memory.
+ALARM_WRITE_FAILED = "outbox.write_failed"
+#: Default bound of the in-memory spill (the configuration's: one home for each default).
+DEFAULT_SPILL_MAX_BYTES = PublishConfig().outbox_spill_max_bytes
+#: Seconds between attempts to write the spill while the outbox cannot write.
+DEFAULT_SPILL_RETRY_S = 1.0
+
+AlarmHook = Callable[[str, bool, str], None]
+#: Memory a spilled reading costs besides its JSON (deque slot, tuple, int, bytes header).
+SPILL_OVERHEAD = 128
+
+
+def _spill_size(payload: bytes) -> int:
+    return len(payload) + SPILL_OVERHEAD
 
 
 #: How long the outbox writer lets readings gather before it commits them (seconds): one fsync
@@ -515,26 +592,79 @@ class OutboxWriter:
     (sooner once `max_batch` wait), so that readings arriving in a trickle (pollers spread over
     their interval) still share transactions. Run `run` as a task; when it stops, waiting and
     later `put` calls fail with `OutboxError`.
+
+    When the storage fails (disk full, read-only file system, I/O error; or the database, the
+    same way) readings are not lost and producers are not failed: they go into an in-memory
+    *spill* (FIFO, at most `spill_max_bytes` of payload; beyond that the oldest spilled readings
+    are dropped and counted) and `put` returns None at once. The writer tries to write the spill
+    every `spill_retry_s` seconds; once it can, the spilled readings are committed in their
+    order, before any newer one. An episode is reported once when it starts and once when it
+    ends, through ``on_alarm(name, active, message)`` (alarm ``outbox.write_failed``) or,
+    without it, as log lines.
     """
 
     def __init__(
-        self, outbox: AsyncOutbox, *, max_batch: int = 5000, linger_s: float = WRITER_LINGER_S
+        self,
+        outbox: AsyncOutbox,
+        *,
+        max_batch: int = 5000,
+        linger_s: float = WRITER_LINGER_S,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+        spill_retry_s: float = DEFAULT_SPILL_RETRY_S,
+        on_alarm: AlarmHook | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not 0 <= linger_s <= 1:
             raise ValueError(f"linger_s must be 0..1 s, got {linger_s!r}")
+        if spill_max_bytes < 1:
+            raise ValueError(f"spill_max_bytes must be >= 1, got {spill_max_bytes}")
         self.outbox = outbox
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.spill_max_bytes = spill_max_bytes
+        self.spill_retry_s = spill_retry_s
+        self.on_alarm = on_alarm
         self.stats = WriterStats()
         self._queue: list[_Put] = []
         self._wakeup = trio.Event()
         self._stopped = False
+        # (sequence number, reading, payload size), oldest first.
+        # (sequence number, the reading's JSON), oldest first: compact, unlike Reading objects.
+        self._spill: deque[tuple[int, bytes]] = deque()
+        self._spill_seq = 0
+        self._in_flight_seq = 0  # spilled readings up to this one are being written
+        self._spill_bytes = 0
+        self._spilling: str | None = None  # why the outbox cannot write, during an episode
+        self._episode_start = 0.0
+        self._next_try = 0.0
+        self._episode_spilled = 0
+        self._episode_dropped = 0
 
-    async def put(self, reading: Reading) -> int:
-        """Commit one reading (batched with others) and return its row id."""
-        size = len(reading.to_json())
+    @property
+    def writable(self) -> bool:
+        """False while the outbox cannot write (readings go to the in-memory spill)."""
+        return self._spilling is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the outbox cannot write, during an episode."""
+        return self._spilling
+
+    def spill_depth(self) -> tuple[int, int]:
+        """(readings, payload bytes) waiting in memory for the outbox."""
+        return len(self._spill), self._spill_bytes
+
+    @property
+    def alarms(self) -> frozenset[str]:
+        """``{"outbox.write_failed"}`` while the outbox cannot write."""
+        return frozenset() if self._spilling is None else frozenset({ALARM_WRITE_FAILED})
+
+    async def put(self, reading: Reading) -> int | None:
+        """Commit one reading (batched with others) and return its row id; None if it was
+        kept in the in-memory spill because the outbox cannot write now."""
+        payload = reading.to_json()
+        size = len(payload)
         if size > self.outbox.core.max_bytes:
             raise ValueError(
                 f"reading of meter {reading.meter!r} is {size} bytes, larger than the whole "
@@ -542,6 +672,9 @@ class OutboxWriter:
             )
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
+        if self._spilling is not None:
+            self._to_spill(reading, payload)
+            return None
         item = _Put(reading)
         self._queue.append(item)
         self._wakeup.set()
@@ -550,35 +683,38 @@ class OutboxWriter:
             raise OutboxError(
                 f"reading of meter {reading.meter!r} was not stored: {item.error}"
             ) from item.error
-        assert item.row_id is not None
         return item.row_id
 
-    async def put_many(self, readings: Sequence[Reading]) -> list[int]:
+    async def put_many(self, readings: Sequence[Reading]) -> list[int | None]:
         """Commit several readings, in order, in as few transactions as possible; return their
-        row ids. If one fails, `OutboxError` is raised (the others may be committed)."""
+        row ids (None for those kept in the in-memory spill because the outbox cannot write
+        now). If one fails, `OutboxError` is raised (the others may be committed)."""
         items: list[_Put] = []
-        for reading in readings:
-            size = len(reading.to_json())
-            if size > self.outbox.core.max_bytes:
+        payloads = [reading.to_json() for reading in readings]
+        for reading, payload in zip(readings, payloads, strict=True):
+            if len(payload) > self.outbox.core.max_bytes:
                 raise ValueError(
-                    f"reading of meter {reading.meter!r} is {size} bytes, larger than the "
-                    f"whole outbox (max_bytes={self.outbox.core.max_bytes})"
+                    f"reading of meter {reading.meter!r} is {len(payload)} bytes, larger than "
+                    f"the whole outbox (max_bytes={self.outbox.core.max_bytes})"
                 )
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
+        if self._spilling is not None:
+            for reading, payload in zip(readings, payloads, strict=True):
+                self._to_spill(reading, payload)
+            return [None] * len(readings)
         for reading in readings:
             item = _Put(reading)
             self._queue.append(item)
             items.append(item)
         self._wakeup.set()
-        ids: list[int] = []
+        ids: list[int | None] = []
         for item in items:
             await item.done.wait()
             if item.error is not None:
                 raise OutboxError(
                     f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
                 ) from item.error
-            assert item.row_id is not None
             ids.append(item.row_id)
         return ids
 
@@ -587,6 +723,9 @@ class OutboxWriter:
         task_status.started()
         try:
             while True:
+                if self._spilling is not None:
+                    await self._drain_spill()
+                    continue
                 if not self._queue:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
@@ -606,16 +745,38 @@ class OutboxWriter:
             for item in stranded:
                 item.error = OutboxError("the outbox writer stopped before committing it")
                 item.done.set()
+            if self._spill:
+                # One last try, so that a disk freed just before a stop loses nothing.
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self.outbox.append(
+                            [Reading.from_json(payload) for _, payload in self._spill]
+                        )
+                        self._spill.clear()
+                    except (OutboxError, ValueError) as exc:
+                        log.debug("last write of the spilled readings failed: %s", exc)
+            if self._spill:
+                log.error(
+                    "outbox %s: %d readings kept in memory were never written (the outbox could "
+                    "not write until the writer stopped: %s)",
+                    self.outbox.core.path,
+                    len(self._spill),
+                    self._spilling,
+                )
 
     async def _commit(self, batch: list[_Put]) -> None:
         try:
             ids = await self.outbox.append([item.reading for item in batch])
-        except (OutboxError, ValueError) as exc:
-            self.stats.failures += 1
-            log.error("outbox write of %d readings failed: %s", len(batch), exc)
+        except OutboxError as exc:
+            # The storage failed (disk full, read-only, I/O error) or the database did: either
+            # way the pollers go on and the readings wait in memory until a write succeeds.
+            self._start_episode(str(exc))
             for item in batch:
-                item.error = exc
+                self._to_spill(item.reading)
                 item.done.set()
+            return
+        except ValueError as exc:
+            self._refuse(batch, exc)
             return
         except BaseException as exc:
             # Cancelled while the worker thread ran: the thread finished (it cannot be
@@ -625,9 +786,105 @@ class OutboxWriter:
                 item.error = OutboxError(f"outbox write interrupted ({type(exc).__name__})")
                 item.done.set()
             raise
-        self.stats.readings += len(batch)
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self._committed(len(batch))
         for item, row_id in zip(batch, ids, strict=True):
             item.row_id = row_id
             item.done.set()
+
+    def _refuse(self, batch: list[_Put], exc: Exception) -> None:
+        self.stats.failures += 1
+        log.error("outbox write of %d readings failed: %s", len(batch), exc)
+        for item in batch:
+            item.error = exc
+            item.done.set()
+
+    def _committed(self, count: int) -> None:
+        self.stats.readings += count
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, count)
+
+    # -- the spill ---------------------------------------------------------------------------
+
+    def _to_spill(self, reading: Reading, payload: bytes | None = None) -> None:
+        if payload is None:
+            payload = reading.to_json()
+        self._spill_seq += 1
+        self._spill.append((self._spill_seq, payload))
+        self._spill_bytes += _spill_size(payload)
+        self.stats.spilled += 1
+        self._episode_spilled += 1
+        # Drop the oldest readings beyond the bound, except those a write in progress carries
+        # (they may be stored by now: dropping them would count them wrongly as lost).
+        while self._spill_bytes > self.spill_max_bytes:
+            index = 0
+            while index < len(self._spill) and self._spill[index][0] <= self._in_flight_seq:
+                index += 1
+            if index >= len(self._spill) - 1:
+                break  # keep the reading just added
+            _, dropped = self._spill[index]
+            del self._spill[index]
+            self._spill_bytes -= _spill_size(dropped)
+            self.stats.spill_dropped += 1
+            self._episode_dropped += 1
+
+    def _start_episode(self, problem: str) -> None:
+        self._spilling = problem
+        self.stats.spill_episodes += 1
+        self._episode_start = trio.current_time()
+        self._next_try = self._episode_start + self.spill_retry_s
+        self._episode_spilled = self._episode_dropped = 0
+        self._report(
+            True,
+            f"the outbox cannot write: {problem}; polling goes on and readings are kept in "
+            f"memory (up to {self.spill_max_bytes} bytes) until it can",
+        )
+
+    async def _drain_spill(self) -> None:
+        """During an episode: every `spill_retry_s`, move queued puts to the spill and try to
+        write it, oldest first."""
+        await trio.sleep_until(self._next_try)
+        self._next_try = trio.current_time() + self.spill_retry_s
+        queued, self._queue = self._queue, []
+        for item in queued:
+            self._to_spill(item.reading)
+            item.done.set()
+        while self._spill:
+            entries = list(itertools.islice(self._spill, self.max_batch))
+            last_seq = entries[-1][0]
+            self._in_flight_seq = last_seq
+            try:
+                try:
+                    await self.outbox.append([Reading.from_json(p) for _, p in entries])
+                finally:
+                    self._in_flight_seq = 0
+            except OutboxError as exc:
+                # Still failing: the episode's alarm says why; no line per attempt.
+                log.debug("outbox write of %d spilled readings failed: %s", len(entries), exc)
+                return
+            except ValueError as exc:
+                # Cannot happen for readings `put` accepted; never let one block the rest.
+                log.error("spilled readings cannot be stored and are dropped: %s", exc)
+                self.stats.failures += 1
+            else:
+                self._committed(len(entries))
+            # New readings may have joined (at the end) while the worker thread wrote.
+            while self._spill and self._spill[0][0] <= last_seq:
+                _, payload = self._spill.popleft()
+                self._spill_bytes -= _spill_size(payload)
+        lasted = trio.current_time() - self._episode_start
+        spilled, dropped = self._episode_spilled, self._episode_dropped
+        self._spilling = None
+        lost = f", {dropped} dropped (the spill was full)" if dropped else ", none lost"
+        self._report(
+            False,
+            f"the outbox writes again after {lasted:.1f} s: {spilled - dropped} readings kept "
+            f"in memory were written{lost}",
+        )
+
+    def _report(self, active: bool, message: str) -> None:
+        if self.on_alarm is not None:
+            self.on_alarm(ALARM_WRITE_FAILED, active, message)
+        elif active:
+            log.error("%s", message)
+        else:
+            log.warning("outbox %s: %s", self.outbox.core.path, message)

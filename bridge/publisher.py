@@ -13,10 +13,12 @@ Formats (`PublishMode`):
 - ``device``: the ThingsBoard device MQTT API, one connection per meter (each meter's own
   token): ``v1/devices/me/telemetry`` ``[{"ts": ms, "values": {...}}, ...]`` and
   ``v1/devices/me/attributes`` ``{"online": true}``.
-- ``topic``: any broker. One reading per message on `PublisherSettings.topic_template`
-  (``{meter}`` is replaced), shaped ``thingsboard`` ``{"ts": ms, "values": {...}}`` or
-  ``flat`` ``{"meter": "<meter>", "ts": ms, <key>: <value>, ...}``; the online flag is a
-  retained ``{"meter": "<meter>", "online": true}`` on `status_topic_template`.
+- ``topic``: any broker. The readings of one meter on `PublisherSettings.topic_template`
+  (``{meter}`` is replaced) as a JSON array, oldest first, of up to ``batch_rows`` readings
+  shaped ``thingsboard`` ``{"ts": ms, "values": {...}}`` or ``flat`` ``{"meter": "<meter>",
+  "ts": ms, <key>: <value>, ...}``; with ``batch_rows = 1`` each message is one such object.
+  The online flag is a retained ``{"meter": "<meter>", "online": true}`` on
+  `status_topic_template`.
 
 Values: a reading's values go as they are (structures and arrays as JSON arrays, text as
 strings), except that ThingsBoard takes no null: a null value is left out and its cause goes
@@ -40,6 +42,11 @@ message over its limits:
 - ``max_payload_bytes = 32 KiB``: ThingsBoard's MQTT transport refuses messages above
   ``NETTY_MAX_PAYLOAD_SIZE`` (65536 bytes by default); half of it leaves room for other setups.
 - ``max_bytes_per_s = 64 KiB/s``: keeps a backlog flush from saturating a cellular uplink.
+- Several readings per message in every mode (up to ``batch_rows`` = 500 and
+  ``max_payload_bytes``): with 4 messages/s the default config never falls behind, not even in
+  topic mode with a message per meter. A publisher that does fall behind (the outbox grows for
+  ``backlog_alarm_s`` while connected) raises ``publisher.falling_behind``, naming the limit
+  that held it back.
 - ``max_datapoints_per_s = None``: self-hosted ThingsBoard has no data-point limit by default;
   set it for ThingsBoard Cloud plans, whose tenant profiles limit telemetry data points.
 """
@@ -65,6 +72,8 @@ from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
 from bridge.readings import Reading, dumps_compact
 
 __all__ = [
+    "ALARM_FALLING_BEHIND",
+    "DEFAULT_BACKLOG_ALARM_S",
     "Pacer",
     "PayloadShape",
     "PublishMode",
@@ -90,6 +99,14 @@ _RETRY_DELAY = 1.0
 ANNOUNCE_EVERY = 10
 #: The configuration's defaults are the publisher's (one home for each default).
 _CONFIG = PublishConfig()
+#: Seconds of outbox growth (while connected) before ``publisher.falling_behind``, by default.
+DEFAULT_BACKLOG_ALARM_S = _CONFIG.backlog_alarm_s
+ALARM_FALLING_BEHIND = "publisher.falling_behind"
+# Samples of the outbox depth per backlog window.
+_BACKLOG_SAMPLES = 20
+#: Rows delivered but not yet deleted (the outbox could not write) that are remembered so that
+#: they are not sent again; beyond this many, delivery pauses until the deletes succeed.
+_MAX_UNDELETED = 100_000
 _LATENCY_SAMPLES = 4096
 
 
@@ -139,14 +156,13 @@ class PublisherSettings:
     burst_s: float = attrs.field(default=1.0, validator=_at_least(0.001))
     max_in_flight: int = attrs.field(default=4, validator=_at_least(1))
     ack_timeout: float = attrs.field(default=30.0, validator=_at_least(0.001))
+    #: Readings read from the outbox at a time, and the most one message carries (in mode
+    #: ``topic`` 1 means one reading per message, a JSON object; more, a JSON array).
     batch_rows: int = attrs.field(default=_CONFIG.max_readings_per_message, validator=_at_least(1))
+    backlog_alarm_s: float = attrs.field(
+        default=DEFAULT_BACKLOG_ALARM_S, validator=_at_least(0.001)
+    )
     qos: int = 1
-
-    def __attrs_post_init__(self) -> None:
-        if self.mode is PublishMode.TOPIC and "{meter}" not in self.topic_template:
-            raise ValueError(
-                f"publisher topic_template {self.topic_template!r} must contain {{meter}}"
-            )
 
 
 # -- pacing ------------------------------------------------------------------------------------
@@ -203,6 +219,8 @@ class Pacer:
             else None
         )
         self.waited = 0.0
+        #: Seconds waited, by the limit that made us wait: messages, bytes, datapoints.
+        self.waited_by: dict[str, float] = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
 
     def delay(self, nbytes: int) -> float:
         """Seconds until one message of `nbytes` may go (0: now)."""
@@ -213,12 +231,18 @@ class Pacer:
         """Wait until one message of `nbytes` (carrying `datapoints` values) may go."""
         while True:
             now = trio.current_time()
-            wait = max(self.messages.delay(1, now), self.bytes.delay(nbytes, now))
+            delays = {
+                "messages": self.messages.delay(1, now),
+                "bytes": self.bytes.delay(nbytes, now),
+            }
             if self.datapoints is not None and datapoints:
-                wait = max(wait, self.datapoints.delay(datapoints, now))
+                delays["datapoints"] = self.datapoints.delay(datapoints, now)
+            limit = max(delays, key=lambda k: delays[k])
+            wait = delays[limit]
             if wait <= 0:
                 break
             self.waited += wait
+            self.waited_by[limit] += wait
             await trio.sleep(wait)
         now = trio.current_time()
         self.messages.take(1, now)
@@ -300,29 +324,68 @@ class UndeliverableError(ValueError):
 
 
 def topic_message(row: OutboxRow, settings: PublisherSettings) -> Message:
-    """One reading on the configured topic, in the configured shape."""
+    """One reading on the configured topic, in the configured shape (a JSON object)."""
     reading = row.reading
     topic = settings.topic_template.replace("{meter}", reading.meter)
     if any(c in reading.meter for c in "+#\0"):
         raise UndeliverableError(
             f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
         )
+    return Message(topic, _topic_object(reading, settings), (row,))
+
+
+def _topic_object(reading: Reading, settings: PublisherSettings) -> bytes:
+    """One reading in the topic mode's shape; `ValueError` if its keys clash with the flat
+    shape's own fields."""
+    # A plain broker has no device attributes: they travel with the values.
+    values: dict[str, object] = {**reading.attributes_json(), **reading.telemetry()}
     if settings.payload_shape is PayloadShape.FLAT:
-        # A plain broker has no device attributes: they travel with the values.
-        flat: dict[str, object] = {**reading.attributes_json(), **reading.telemetry()}
-        clash = {"meter", "ts"} & flat.keys()
+        clash = {"meter", "ts"} & values.keys()
         if clash:
             raise ValueError(
                 f"reading of meter {reading.meter!r}: keys {sorted(clash)} clash with the flat "
                 "payload's own fields"
             )
-        flat["meter"] = reading.meter
-        flat["ts"] = reading.ts_ms
-        payload = dumps_compact(flat).encode()
-    else:
-        values = {**reading.attributes_json(), **reading.telemetry()}
-        payload = f'{{"ts":{reading.ts_ms},"values":{dumps_compact(values)}}}'.encode()
-    return Message(topic, payload, (row,))
+        values["meter"] = reading.meter
+        values["ts"] = reading.ts_ms
+        return dumps_compact(values).encode()
+    return f'{{"ts":{reading.ts_ms},"values":{dumps_compact(values)}}}'.encode()
+
+
+def _topic_entry(reading: Reading, settings: PublisherSettings) -> bytes:
+    """`_topic_object`, falling back to the thingsboard shape (logged) on a key clash."""
+    try:
+        return _topic_object(reading, settings)
+    except ValueError as exc:
+        log.error("%s; the reading is sent in the thingsboard shape instead", exc)
+        return _topic_object(
+            reading, attrs.evolve(settings, payload_shape=PayloadShape.THINGSBOARD)
+        )
+
+
+def topic_batch(
+    rows: Sequence[OutboxRow], settings: PublisherSettings, max_bytes: int
+) -> tuple[Message, int]:
+    """Topic mode: one message with the longest prefix of `rows` (all of one meter) that fits
+    `max_bytes` and ``settings.batch_rows``: a JSON array of readings, oldest first.
+
+    Returns the message and how many rows it took (at least one).
+    """
+    reading = rows[0].reading
+    topic = settings.topic_template.replace("{meter}", reading.meter)
+    if any(c in reading.meter for c in "+#\0"):
+        problem = f"meter name {reading.meter!r} cannot be part of an MQTT topic ({topic!r})"
+        return Message("", b"", tuple(rows), problem=problem), len(rows)
+    entries: list[bytes] = []
+    size = 2
+    for row in rows[: settings.batch_rows]:
+        entry = _topic_entry(row.reading, settings)
+        if entries and size + len(entry) + 1 > max_bytes:
+            break
+        entries.append(entry)
+        size += len(entry) + (1 if len(entries) > 1 else 0)
+    payload = b"[" + b",".join(entries) + b"]"
+    return Message(topic, payload, tuple(rows[: len(entries)])), len(entries)
 
 
 # -- the publisher -----------------------------------------------------------------------------
@@ -334,11 +397,24 @@ class PublisherStats:
 
     published_messages: int = 0
     published_readings: int = 0
+    published_bytes: int = 0
     publish_failures: int = 0
     control_messages: int = 0
     undeliverable_dropped: int = 0
     last_delivery_ts: float | None = None
     last_error: str | None = None
+
+
+@attrs.frozen
+class _Sample:
+    """The outbox depth and the publisher's counters at one moment."""
+
+    at: float
+    rows: int
+    readings: int
+    messages: int
+    nbytes: int
+    waited: dict[str, float]
 
 
 @attrs.define(eq=False)
@@ -400,6 +476,9 @@ class Publisher:
         self._online: dict[str, bool] = {}
         self._delivered = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Row ids acknowledged by the broker whose delete failed (the outbox cannot write).
+        self._undeleted: set[int] = set()
+        self._alarms: dict[str, str] = {}
         if settings.mode is PublishMode.DEVICE:
             if mqtt is not None:
                 raise ValueError("publisher in device mode takes `devices`, not `mqtt`")
@@ -432,11 +511,19 @@ class Publisher:
 
     @property
     def alarms(self) -> frozenset[str]:
-        """Union of the alarms of every connection."""
-        out: set[str] = set()
+        """The publisher's own alarms and those of every connection."""
+        out: set[str] = set(self._alarms)
         for lane in self._lanes.values():
             out |= lane.client.alarms
         return frozenset(out)
+
+    def alarm_messages(self) -> dict[str, str]:
+        """What the active alarms that carry a message say."""
+        out = dict(self._alarms)
+        for lane in self._lanes.values():
+            for name, text in lane.client.alarm_messages.items():
+                out.setdefault(name, text)
+        return out
 
     def latency_ms(self) -> tuple[float, float] | None:
         """(p50, p95) of reading time -> PUBACK over recent readings, None before any."""
@@ -519,7 +606,7 @@ class Publisher:
         """Keep delivering until the outbox is empty or the Trio clock reaches `deadline`;
         True if it emptied. `run` must be running."""
         with trio.move_on_at(deadline):
-            while self.outbox.depth()[0] > 0:
+            while self.outbox.depth()[0] > len(self._undeleted):
                 await self._delivered.wait()
             return True
         return False
@@ -538,6 +625,7 @@ class Publisher:
                 await self._start_lane(nursery, lane)
             if self.settings.mode is PublishMode.DEVICE:
                 nursery.start_soon(self._warn_unrouted)
+            nursery.start_soon(self._watch_backlog)
             task_status.started()
             await trio.sleep_forever()
 
@@ -556,6 +644,97 @@ class Publisher:
                     await self._lane_loop(lane)
 
         nursery.start_soon(lane_main)
+
+    def _sample(self) -> _Sample:
+        waited = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
+        for lane in self._lanes.values():
+            for kind, seconds in lane.pacer.waited_by.items():
+                waited[kind] += seconds
+        st = self.stats
+        return _Sample(
+            at=trio.current_time(),
+            rows=self.outbox.depth()[0] - len(self._undeleted),
+            readings=st.published_readings,
+            messages=st.published_messages,
+            nbytes=st.published_bytes,
+            waited=waited,
+        )
+
+    async def _watch_backlog(self) -> None:
+        """Raise ``publisher.falling_behind`` when the outbox keeps growing for a whole
+        window while every connection is up: the limits are too low for the readings taken.
+
+        Growing means: the least-squares trend over the window adds at least 10 % of the
+        readings taken (and 3 readings), and the last quarter never comes down to the level of
+        the first. A batching publisher settles at a backlog of about one round of
+        messages; judging only once connected for two windows leaves that settling out.
+        """
+        window = self.settings.backlog_alarm_s
+        step = window / _BACKLOG_SAMPLES
+        samples: deque[_Sample] = deque()
+        connected_since: float | None = None
+        while True:
+            await trio.sleep(step)
+            now = trio.current_time()
+            if not self._lanes or not all(lane.client.connected for lane in self._lanes.values()):
+                samples.clear()  # an outage fills the outbox for another reason
+                connected_since = None
+                continue
+            if connected_since is None:
+                connected_since = now
+            samples.append(self._sample())
+            while samples[-1].at - samples[0].at > window + step / 2:
+                samples.popleft()
+            if now - connected_since < 2 * window - step / 2:
+                continue
+            ordered = list(samples)
+            growing = _growing(ordered)
+            if growing and ALARM_FALLING_BEHIND not in self._alarms:
+                message = self._behind_message(ordered[0], ordered[-1])
+                self._alarms[ALARM_FALLING_BEHIND] = message
+                log.warning("%s", message)
+            elif not growing and ALARM_FALLING_BEHIND in self._alarms:
+                del self._alarms[ALARM_FALLING_BEHIND]
+                log.info("the publisher keeps up again (outbox %d readings)", ordered[-1].rows)
+
+    def _behind_message(self, first: _Sample, last: _Sample) -> str:
+        """Which limit holds the publisher back, from what it waited for over the window."""
+        s = self.settings
+        span = max(last.at - first.at, 1e-9)
+        sent = last.readings - first.readings
+        messages = last.messages - first.messages
+        nbytes = last.nbytes - first.nbytes
+        taken = sent + (last.rows - first.rows)
+        waited = {k: last.waited[k] - first.waited[k] for k in last.waited}
+        kind = max(waited, key=lambda k: waited[k])
+        per_message = sent / messages if messages else 0.0
+        if waited[kind] < 0.2 * span:
+            advice = (
+                f"the broker is slow to acknowledge (at most {s.max_in_flight} messages wait "
+                "for a PUBACK at a time); no pacing limit is the cause"
+            )
+        elif kind == "bytes":
+            advice = f"raise publish.max_bytes_per_s (now {s.max_bytes_per_s:g})"
+        elif kind == "datapoints":
+            advice = f"raise max_datapoints_per_s (now {s.max_datapoints_per_s:g})"
+        elif per_message >= 0.9 * s.batch_rows:
+            advice = (
+                f"raise publish.max_readings_per_message (now {s.batch_rows}) or "
+                f"publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+            )
+        elif messages and nbytes / messages >= 0.8 * s.max_payload_bytes:
+            advice = (
+                f"raise publish.max_payload_bytes (now {s.max_payload_bytes}) or "
+                f"publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+            )
+        else:
+            advice = f"raise publish.max_messages_per_s (now {s.max_messages_per_s:g})"
+        return (
+            f"the publisher cannot keep up: the outbox grew from {first.rows} to {last.rows} "
+            f"readings in {span:.0f} s while connected ({taken / span:.1f} readings/s taken, "
+            f"{sent / span:.1f}/s published in {messages / span:.1f} messages/s, "
+            f"{per_message:.1f} readings per message); {advice}"
+        )
 
     async def _warn_unrouted(self) -> None:
         try:
@@ -604,6 +783,10 @@ class Publisher:
                 appended = self.outbox.appended
                 try:
                     await self._send_control(lane, in_flight)
+                    if not await self._retry_deletes():
+                        # Far too much delivered and not deleted: wait for the outbox.
+                        await trio.sleep(_RETRY_DELAY)
+                        continue
                     rows = await self.outbox.peek(
                         self.settings.batch_rows, meter=lane.meter, after_id=cursor
                     )
@@ -619,7 +802,11 @@ class Publisher:
                         break
                     await _wait_any(appended, lane.wake, lane.client)
                     continue
-                for message in self._messages(lane, rows):
+                fresh = [row for row in rows if row.id not in self._undeleted]
+                if not fresh:
+                    cursor = rows[-1].id
+                    continue
+                for message in self._messages(lane, fresh):
                     try:
                         if lane.to_announce and lane.sent_since_announce >= ANNOUNCE_EVERY:
                             announcement = self._next_announcement(lane)
@@ -631,7 +818,8 @@ class Publisher:
                         self._fail(lane, in_flight, exc)
                         break
                     if message.rows:
-                        cursor = message.rows[-1].id
+                        # Topic mode groups by meter: ids are in order per message only.
+                        cursor = max(cursor, message.rows[-1].id)
             in_flight.cancel_scope.cancel()
         return lane.failure
 
@@ -644,21 +832,11 @@ class Publisher:
         s = self.settings
         budget = s.max_payload_bytes
         i = 0
+        if s.mode is PublishMode.TOPIC:
+            yield from self._topic_messages(rows)
+            return
         while i < len(rows):
-            if s.mode is PublishMode.TOPIC:
-                try:
-                    message, taken = topic_message(rows[i], s), 1
-                except UndeliverableError as exc:
-                    message, taken = Message("", b"", (rows[i],), problem=str(exc)), 1
-                except ValueError as exc:
-                    log.error("%s; the reading is sent in the thingsboard shape instead", exc)
-                    message = Message(
-                        s.topic_template.replace("{meter}", rows[i].reading.meter),
-                        _entry(rows[i].reading).encode(),
-                        (rows[i],),
-                    )
-                    taken = 1
-            elif s.mode is PublishMode.DEVICE:
+            if s.mode is PublishMode.DEVICE:
                 message, taken = device_telemetry(rows[i:], budget)
                 yield from self._attribute_messages(lane, message.rows)
             else:
@@ -669,6 +847,31 @@ class Publisher:
                 yield from self._attribute_messages(lane, message.rows)
             i += taken
             yield message
+
+    def _topic_messages(self, rows: list[OutboxRow]) -> Iterator[Message]:
+        """Topic mode: the rows grouped by meter (each meter's in order), as few messages as
+        the limits allow; one reading per message (a JSON object) when ``batch_rows`` is 1."""
+        s = self.settings
+        by_meter: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            by_meter.setdefault(row.reading.meter, []).append(row)
+        for mine in by_meter.values():
+            if s.batch_rows == 1:
+                for row in mine:
+                    try:
+                        yield topic_message(row, s)
+                    except UndeliverableError as exc:
+                        yield Message("", b"", (row,), problem=str(exc))
+                    except ValueError:
+                        entry = _topic_entry(row.reading, s)  # logs the clash
+                        topic = s.topic_template.replace("{meter}", row.reading.meter)
+                        yield Message(topic, entry, (row,))
+                continue
+            i = 0
+            while i < len(mine):
+                message, taken = topic_batch(mine[i:], s, s.max_payload_bytes)
+                i += taken
+                yield message
 
     async def _announce(self, lane: _Lane, in_flight: trio.Nursery) -> bool:
         """Send gateway ``connect`` messages while there is no telemetry to send.
@@ -814,15 +1017,35 @@ class Publisher:
                 self.stats.control_messages += 1
                 return
             # Delete even if we are being cancelled right now: the broker has the readings.
+            ids = [row.id for row in message.rows]
             with trio.CancelScope(shield=True):
                 try:
-                    await self.outbox.delete([row.id for row in message.rows])
+                    await self.outbox.delete(ids)
                 except OutboxError as exc:
-                    self._fail(lane, in_flight, exc)
-                    return
-            self._record_delivery(message.rows)
+                    if not exc.disk:
+                        self._fail(lane, in_flight, exc)
+                        return
+                    # Delivered, but the outbox cannot write: remember them rather than send
+                    # them again; they are deleted once it can (the writer's alarm says so).
+                    self._undeleted.update(ids)
+            self._record_delivery(message.rows, len(message.payload))
         finally:
             lane.window.release()
+
+    async def _retry_deletes(self) -> bool:
+        """Delete rows delivered earlier whose delete failed; False while too many wait."""
+        if not self._undeleted:
+            return True
+        ids = sorted(self._undeleted)
+        try:
+            await self.outbox.delete(ids)
+        except OutboxError as exc:
+            if not exc.disk:
+                raise
+            return len(self._undeleted) < _MAX_UNDELETED
+        self._undeleted.difference_update(ids)
+        self._notify_delivered()
+        return True
 
     async def _drop_undeliverable(self, message: Message, why: str) -> None:
         # Kept, such a row would stall its meter's delivery for good; say so loudly instead.
@@ -838,10 +1061,11 @@ class Publisher:
         await self.outbox.delete([r.id for r in message.rows])
         self._notify_delivered()
 
-    def _record_delivery(self, rows: Sequence[OutboxRow]) -> None:
+    def _record_delivery(self, rows: Sequence[OutboxRow], nbytes: int) -> None:
         now = time.time()
         self.stats.published_messages += 1
         self.stats.published_readings += len(rows)
+        self.stats.published_bytes += nbytes
         self.stats.last_delivery_ts = now
         now_ms = now * 1000.0
         for row in rows:
@@ -851,6 +1075,28 @@ class Publisher:
     def _notify_delivered(self) -> None:
         self._delivered.set()
         self._delivered = trio.Event()
+
+
+def _growing(samples: list[_Sample]) -> bool:
+    """Whether the outbox depth grew over `samples` (see `Publisher._watch_backlog`)."""
+    if len(samples) < 4:
+        return False
+    t0 = samples[0].at
+    xs = [x.at - t0 for x in samples]
+    ys = [float(x.rows) for x in samples]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var <= 0:
+        return False
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+    growth = slope * (xs[-1] - xs[0])
+    taken = samples[-1].readings - samples[0].readings + samples[-1].rows - samples[0].rows
+    quarter = max(1, len(samples) // 4)
+    # Strictly: the lowest depth of the last quarter above the highest of the first, so that
+    # the saw-tooth of a batching publisher that keeps up (about one round of messages deep)
+    # never counts as growth.
+    rising = min(ys[-quarter:]) > max(ys[:quarter])
+    return rising and growth >= max(3.0, 0.1 * taken)
 
 
 async def _wait_any(appended: trio.Event, wake: trio.Event, client: MqttClient) -> None:

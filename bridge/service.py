@@ -43,7 +43,7 @@ from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
-from bridge.outbox import AsyncOutbox, OutboxError, OutboxWriter
+from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
 from bridge.overrides import RuntimeOverrides, check_override
 from bridge.poller import MeterPoller
 from bridge.profiles import HighWaterMarks
@@ -101,12 +101,28 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
             port=m.port,
             client_id=f"{m.client_id}-{meter.name}",
             username=meter.token,
+            backoff_max=m.reconnect_max_s,
+            puback_alarm_s=m.puback_alarm_s,
+            credential_source=(
+                None
+                if meter.token_source is None
+                else f"the token of meter {meter.name} from {meter.token_source}"
+            ),
             tls=tls,
             keepalive=m.keepalive,
             qos=m.qos,
         )
     username = m.token if m.token is not None else m.username
     password = None if m.token is not None else m.password
+    if m.token is not None:
+        source: str | None = f"the token from {m.credential_source}"
+    elif m.username is not None:
+        # A user name may be a ThingsBoard access token too: never shown, only where it is.
+        source = "mqtt.username in the config file"
+        if m.password is not None:
+            source += f" with the password from {m.credential_source}"
+    else:
+        source = None
     return MqttSettings(
         host=m.host,
         port=m.port,
@@ -116,6 +132,9 @@ def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> 
         tls=tls,
         keepalive=m.keepalive,
         qos=m.qos,
+        backoff_max=m.reconnect_max_s,
+        puback_alarm_s=m.puback_alarm_s,
+        credential_source=source,
     )
 
 
@@ -130,6 +149,7 @@ def publisher_settings(config: BridgeConfig) -> PublisherSettings:
         max_payload_bytes=p.max_payload_bytes,
         max_bytes_per_s=p.max_bytes_per_s,
         batch_rows=p.max_readings_per_message,
+        backlog_alarm_s=p.backlog_alarm_s,
         qos=config.mqtt.qos,
     )
 
@@ -241,7 +261,15 @@ class BridgeService:
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         cfg = self.config
         assert self.outbox is not None
-        self.writer = OutboxWriter(self.outbox)
+        # While the disk cannot write, retry at least once per polling interval, so that the
+        # readings are written within one interval of space returning.
+        intervals = [m.interval_s for m in cfg.meters if m.enabled]
+        self.writer = OutboxWriter(
+            self.outbox,
+            spill_max_bytes=cfg.publish.outbox_spill_max_bytes,
+            spill_retry_s=min([DEFAULT_SPILL_RETRY_S, *intervals]),
+            on_alarm=self._set_alarm,
+        )
         self.marks = await trio.to_thread.run_sync(HighWaterMarks, cfg.bridge.data_dir)
         self.overrides = await trio.to_thread.run_sync(RuntimeOverrides, cfg.bridge.data_dir)
         if cfg.publish.mode == "device":
@@ -768,7 +796,6 @@ class BridgeService:
                 meters[name]["state"] = "faulted"
                 meters[name]["fault"] = running.tracker.last
         publisher = self.publisher
-        outbox = self.outbox
         return {
             "name": self.config.bridge.name,
             "uptime_s": time.time() - self.started_at,
@@ -778,15 +805,29 @@ class BridgeService:
                 str(k): {"connected": c.connected, "alarms": sorted(c.alarms)}
                 for k, c in (publisher.clients.items() if publisher is not None else [])
             },
-            "outbox": (
-                dict(zip(("rows", "bytes"), outbox.depth(), strict=True))
-                if outbox is not None
-                else {}
-            ),
+            "outbox": self._outbox_state(),
             "alarms": self.all_alarms(),
             "reloads": self.reloads,
             "workers": [t.as_dict() for t in self.pool.totals] if self.pool is not None else [],
         }
+
+    def _outbox_state(self) -> dict[str, Any]:
+        if self.outbox is None:
+            return {}
+        rows, nbytes = self.outbox.depth()
+        state: dict[str, Any] = {"rows": rows, "bytes": nbytes, "writable": True}
+        writer = self.writer
+        if writer is not None:
+            spill_rows, spill_bytes = writer.spill_depth()
+            state.update(
+                writable=writer.writable,
+                problem=writer.problem,
+                spill_rows=spill_rows,
+                spill_bytes=spill_bytes,
+                spilled=writer.stats.spilled,
+                spill_dropped=writer.stats.spill_dropped,
+            )
+        return state
 
     async def status(self) -> dict[str, Any]:
         """What the status socket serves: :meth:`snapshot` and what a health check needs.
@@ -822,8 +863,9 @@ class BridgeService:
         """Alarms of the meters, the MQTT connections and the outbox."""
         out = dict(self.alarms)
         if self.publisher is not None:
+            messages = self.publisher.alarm_messages()
             for name in self.publisher.alarms:
-                out.setdefault(name, name)
+                out.setdefault(name, messages.get(name, name))
         if self.outbox is not None:
             for name in self.outbox.alarms:
                 out.setdefault(name, name)
@@ -832,7 +874,10 @@ class BridgeService:
     def _status_line(self) -> str:
         ok = sum(1 for online in self.online.values() if online)
         rows = self.outbox.depth()[0] if self.outbox is not None else 0
-        return f"{ok}/{self._meter_count()} meters online, outbox {rows} rows"
+        line = f"{ok}/{self._meter_count()} meters online, outbox {rows} rows"
+        if self.writer is not None and not self.writer.writable:
+            line += f", OUTBOX CANNOT WRITE ({self.writer.spill_depth()[0]} readings in memory)"
+        return line
 
     def _meter_count(self) -> int:
         """Meters polled, in this process or in the workers."""
@@ -882,6 +927,15 @@ class BridgeService:
             published_delta, published_before = published - published_before, published
             latencies.sort()
             rows = self.outbox.depth()[0] if self.outbox is not None else 0
+            writer = self.writer
+            spill: dict[str, Any] = {}
+            if writer is not None and (not writer.writable or writer.stats.spilled):
+                spill = {
+                    "outbox_writable": writer.writable,
+                    "spill_rows": writer.spill_depth()[0],
+                    "spilled": writer.stats.spilled,
+                    "spill_dropped": writer.stats.spill_dropped,
+                }
             faulted = self._check_faulted()
             log_event(
                 log, logging.INFO, "summary",
@@ -894,6 +948,7 @@ class BridgeService:
                 meters_online=sum(1 for v in self.online.values() if v),
                 meters=self._meter_count(), meters_faulted=faulted,
                 alarms=len(self.all_alarms()),
+                **spill,
             )  # fmt: skip
             self._notify(status=self._status_line())
 

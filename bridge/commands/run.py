@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dlms-bridge: the config cannot be used:\n  {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # Whatever the service writes (outbox, lock, files of later features) is its own: 0600
+    # files and 0700 directories unless a file says otherwise.
+    os.umask(0o077)
     setup_logging(args.log_level or config.bridge.log_level)
     limit, _ = raise_open_file_limit()
     enabled = sum(m.enabled for m in config.meters)

@@ -22,6 +22,7 @@ from bridge.publisher import (
     PublishMode,
     device_telemetry,
     gateway_telemetry,
+    topic_batch,
     topic_message,
 )
 from bridge.readings import Reading
@@ -149,6 +150,22 @@ def test_payload_budget_is_respected() -> None:
     assert gateway_telemetry(big, 1024)[1] == 1
 
 
+def test_topic_batches_group_each_meters_readings_in_order() -> None:
+    rows = [row(i, Reading(f"m{i % 2}", T0 + i, {"v": i})) for i in range(1, 8)]
+    settings = PublisherSettings(mode=PublishMode.TOPIC, batch_rows=3, max_payload_bytes=1000)
+    message, taken = topic_batch([r for r in rows if r.reading.meter == "m1"], settings, 1000)
+    assert (message.topic, taken) == ("meters/m1/telemetry", 3)
+    assert json.loads(message.payload) == [{"ts": T0 + i, "values": {"v": i}} for i in (1, 3, 5)]
+    # The byte budget cuts a batch short, never below one reading.
+    one = len(b'{"ts":1700000000001,"values":{"v":1}}')
+    assert topic_batch(rows[:1] * 3, settings, one + 2)[1] == 1
+    assert topic_batch(rows[:1] * 3, settings, 2 * one + 3)[1] == 2
+    flat = PublisherSettings(mode=PublishMode.TOPIC, payload_shape=PayloadShape.FLAT)
+    assert (
+        topic_batch(rows[:1], flat, 1000)[0].payload == b'[{"meter":"m1","ts":1700000000001,"v":1}]'
+    )
+
+
 def test_device_and_topic_payloads() -> None:
     r = Reading("m1", T0, {"e": 1.5, "s": "ok"})
     message, _ = device_telemetry([row(1, r)], 1000)
@@ -170,8 +187,11 @@ def test_device_and_topic_payloads() -> None:
             row(1, Reading("m1", T0, {"ts": 1})),
             PublisherSettings(mode=PublishMode.TOPIC, payload_shape=PayloadShape.FLAT),
         )
-    with pytest.raises(ValueError, match="must contain"):
-        PublisherSettings(mode=PublishMode.TOPIC, topic_template="fixed/topic")
+    # One meter may have a topic of its own; the config requires {meter} when several share it.
+    fixed = topic_message(
+        row(1, r), PublisherSettings(mode=PublishMode.TOPIC, topic_template="fixed/topic")
+    )
+    assert fixed.topic == "fixed/topic"
 
 
 # -- against the broker ----------------------------------------------------------------------
@@ -390,11 +410,12 @@ async def test_topic_mode_flat(
             publisher.set_meter_online("m2", False)
             await sub.wait_for(lambda m: len(m) >= 3)
             nursery.cancel_scope.cancel()
+    # Several readings per message (the default): a JSON array, here of one reading each.
     assert [(m.topic, m.payload) for m in sub.on("site/m1/data")] == [
-        ("site/m1/data", b'{"e":1,"meter":"m1","ts":1700000000000}')
+        ("site/m1/data", b'[{"e":1,"meter":"m1","ts":1700000000000}]')
     ]
     assert [m.payload for m in sub.on("site/m2/data")] == [
-        b'{"e":2,"meter":"m2","ts":1700000000001}'
+        b'[{"e":2,"meter":"m2","ts":1700000000001}]'
     ]
     assert [m.payload for m in sub.on("site/m2/status")] == [b'{"meter":"m2","online":false}']
     assert len(sub.messages) == 3
