@@ -116,6 +116,8 @@ HOST_LABEL_MAX = 63
 HOST_NAME_MAX = 253
 #: Deepest nesting of arrays and tables a config may have.
 MAX_NESTING = 32
+# Largest config file read: a device or pipe that never ends must not fill memory.
+CONFIG_FILE_MAX = 16 * 1024 * 1024
 #: Largest secret file read (a token or password is far smaller).
 _SECRET_FILE_MAX = 4 * MQTT_STRING_MAX
 #: Keys whose values are secrets: never quoted in an error.
@@ -1892,9 +1894,12 @@ def load_config(
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
-            raw = f.read()
+            raw = f.read(CONFIG_FILE_MAX + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read {source}: {exc.strerror or exc}"], source=source) from None
+    if len(raw) > CONFIG_FILE_MAX:
+        message = f"larger than {CONFIG_FILE_MAX // (1024 * 1024)} MiB: not a config file"
+        raise ConfigError([message], source=source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
