@@ -175,9 +175,13 @@ class Console:
         return time.time() - self.service.started_at
 
     async def _follow(self) -> None:
+        episode = _WriteEpisode("alarm_store_write_failed")
         while True:
             try:
                 await self.tick()
+                episode.ok()
+            except sqlite3.Error as exc:  # a full disk: one line per episode, not per tick
+                episode.failed(exc)
             except Exception:  # a console bug must not stop the bridge
                 log.exception("event=console_tick_failed")
             await trio.sleep(TICK_S)
@@ -299,6 +303,7 @@ class Console:
 
     async def _keep_history(self) -> None:
         last_prune = -HISTORY_PRUNE_S
+        episode = _WriteEpisode("history_write_failed")
         while True:
             await trio.sleep(HISTORY_FLUSH_S)
             try:
@@ -306,13 +311,33 @@ class Console:
                 if trio.current_time() - last_prune >= HISTORY_PRUNE_S:
                     last_prune = trio.current_time()
                     await self.history.prune()
+                episode.ok()
             except sqlite3.Error as exc:
                 # The history is for charts only: a full disk loses chart points, not readings.
-                log_event(log, logging.ERROR, "history_write_failed", error=str(exc))
+                episode.failed(exc)
 
     def state_summary(self) -> dict[str, Any]:
         """Counts for the status call."""
         return {"event_streams": self.hub.subscribers, "history_dropped": self.history.dropped}
+
+
+class _WriteEpisode:
+    """A store that cannot write: one error line when it starts, one line with the count of
+    failed attempts when it writes again."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.failures = 0
+
+    def failed(self, exc: sqlite3.Error) -> None:
+        if self.failures == 0:
+            log_event(log, logging.ERROR, self.event, error=str(exc))
+        self.failures += 1
+
+    def ok(self) -> None:
+        if self.failures:
+            log_event(log, logging.WARNING, self.event + "_ended", failures=self.failures)
+            self.failures = 0
 
 
 def _open_or_set_aside(store: HistoryStore | AlarmStore) -> None:

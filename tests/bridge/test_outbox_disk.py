@@ -301,3 +301,38 @@ async def test_put_many_spills_too_and_keeps_the_order(tmp_path: Path) -> None:
         kept = [r.reading.ts_ms - T0 for r in await box.peek(1000)]
         assert kept == list(range(n + 10))
         await box.aclose()
+
+
+async def test_console_stores_on_a_full_disk_log_one_line_per_episode(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The console's alarm and history stores share the data directory: a full disk gives one
+    error line per episode (no traceback each tick), and the console goes on afterwards."""
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    with small_tmpfs(tmp_path / "data") as data, trio.fail_after(60):
+        _sim, ports = await simulator(meters=2, seed=3)
+        sub = collector(["v1/gateway/telemetry"])
+        config = bridge_config(data, mosquitto, ports)
+        async with running(config, console=True) as service:
+            assert service.console is not None
+            await sub.wait_for(lambda ms: len(received(sub)) == 2)
+            filler = fill(data)
+            await _wait(lambda: "outbox.write_failed" in service.all_alarms(), 3.0)
+            await trio.sleep(4.0)
+            filler.unlink()
+            await _wait(lambda: "outbox.write_failed" not in service.all_alarms(), 5.0)
+            await trio.sleep(2.0)
+            await wait_delivered(caplog, sub, 10)
+
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]
+    web_errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("bridge.web") and r.levelno >= logging.ERROR
+    ]
+    # At most one line for each of the two stores (alarms, history).
+    assert len(web_errors) <= 2, web_errors
