@@ -12,7 +12,8 @@ check          verdict
 ``publish``    warning when readings wait and nothing was delivered for
                :func:`delivery_grace_s`
 ``outbox``     warning when the oldest unsent reading is older than :func:`delivery_grace_s`;
-               critical while readings are dropped (``outbox.overflow``)
+               critical while readings are dropped (``outbox.overflow``); warning while it
+               cannot write (disk full, read-only) and readings wait in memory
 ``meter:NAME`` ok when the meter gave a reading within :data:`FRESH_INTERVALS` intervals
                (or the service started less long ago); warning (stale) otherwise
 ``alarms``     warning for every active alarm that no check above already judged
@@ -205,6 +206,13 @@ def evaluate(status: Mapping[str, Any], now: float) -> HealthReport:
         )
     elif outbox.get("error"):
         checks.append(Check("outbox", Verdict.CRITICAL, str(outbox["error"])))
+    elif outbox.get("writable") is False:
+        # Polling goes on into the in-memory spill: nothing lost yet, but the operator must act.
+        judged_alarms.add("outbox.write_failed")
+        spilled = int(outbox.get("spill_rows") or 0)
+        problem = outbox.get("problem") or "cannot write"
+        detail = f"{problem}; {spilled} reading(s) kept in memory until it writes again"
+        checks.append(Check("outbox", Verdict.WARNING, detail))
     elif rows and oldest_ms is not None and now - float(oldest_ms) / 1000 > grace:
         checks.append(
             Check(

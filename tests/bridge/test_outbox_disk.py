@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from bridge.health import Verdict, evaluate
 from bridge.outbox import (
     ALARM_WRITE_FAILED,
     SPILL_OVERHEAD,
@@ -187,6 +189,7 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
             await trio.sleep(4.0)
             during = service.snapshot()
             status = service._status_line()
+            verdict = evaluate(await service.status(), time.time())
             filler.unlink()
             took = await _wait(lambda: "outbox.write_failed" not in service.all_alarms(), 5.0)
             await wait_delivered(caplog, sub, 10)
@@ -201,6 +204,10 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
     assert outbox["writable"] is False and outbox["spill_rows"] >= 3 * 7, outbox
     assert "cannot be written (disk full" in outbox["problem"]
     assert "OUTBOX CANNOT WRITE" in status
+    # `dlms-bridge health` names it in its outbox check, not "OK".
+    outbox_check = next(c for c in verdict.checks if c.name == "outbox")
+    assert outbox_check.verdict is Verdict.WARNING, outbox_check
+    assert "cannot be written (disk full" in outbox_check.detail
     # Written again within one interval (0.5 s: the retry period follows the shortest interval)
     # and a write, with room for a loaded machine.
     assert took < 0.5 + 1.0, took
