@@ -29,6 +29,12 @@ MAX_PENDING = 100_000
 MAX_POINTS = 600
 
 
+#: The journal is checkpointed and cut back to this size: the data directory it shares with the
+#: outbox may be small (an SD card, a tmpfs), and SQLite's default lets a WAL reach 4 MB and stay.
+WAL_SIZE_LIMIT = 512 * 1024
+_WAL_CHECKPOINT_PAGES = 64
+
+
 class HistoryStore:
     """Numeric values by meter, key and time (ms since the epoch)."""
 
@@ -48,6 +54,8 @@ class HistoryStore:
         os.chmod(self.path, 0o600)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         db.execute(
             "CREATE TABLE IF NOT EXISTS samples ("
             " meter TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL)"

@@ -202,3 +202,22 @@ def test_loopback_host_header() -> None:
         assert _loopback_host(ok), ok
     for bad in ("evil.example:8080", "bridge.example.net", "10.0.0.1:8080", "[fe80::1]:80", ""):
         assert not _loopback_host(bad), bad
+
+
+async def test_history_journal_stays_small(tmp_path: Path) -> None:
+    """The chart history shares the data directory with the outbox: its WAL journal must not
+    grow to SQLite's default of 4 MB and stay there (it filled a small data directory alone)."""
+    from bridge.web.history import WAL_SIZE_LIMIT
+
+    store = HistoryStore(tmp_path, max_age_s=3600, max_rows=100_000)
+    store.open()
+    try:
+        now = 10_000_000_000
+        for i in range(600):
+            values = {f"k{j}": float(i * j) for j in range(8)}
+            store.add(Reading(f"m{i % 5}", now + i * 1000, values))
+            await store.flush()
+        wal = tmp_path / "history.sqlite-wal"
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT + 64 * 1024, wal.stat().st_size
+    finally:
+        store.close()
