@@ -307,8 +307,8 @@ def run(args: argparse.Namespace) -> int:
         if args.start or args.end:
             if not (args.start and args.end):
                 raise ValueError("--from and --to go together")
-            _parse_time(args.start, "--from")
-            _parse_time(args.end, "--to")
+            if _parse_time(args.end, "--to") < _parse_time(args.start, "--from"):
+                raise ValueError(f"--to {args.end} is before --from {args.start}")
         endpoint = _endpoint(args)
         # The addresses must fit their fields before anything is sent.
         endpoint.make_link()

@@ -98,6 +98,7 @@ BAD: list[tuple[list[str], str]] = [
     ([*PROFILE, "--entries", "1:99999999999"], "--entries"),
     ([*PROFILE, "--from", "2024-01-01"], "--to"),
     ([*PROFILE, "--from", "yesterday", "--to", "today"], "ISO"),
+    ([*PROFILE, "--from", "2024-02-01", "--to", "2024-01-01"], "before --from"),
     ([*READ, "--profile", "1-0:99"], "OBIS"),
     ([*READ, "x/1-1:1.8.0"], "class"),
     ([*READ, "1/1-1:1.8.0/999"], "attribute"),
