@@ -10,6 +10,7 @@ runs (JSON lines, see :mod:`bridge.simulator.control`).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -139,6 +140,11 @@ def _meter_security(args: argparse.Namespace) -> tuple[bool, MeterSecurity | Non
 
 def _check(args: argparse.Namespace) -> str | None:
     """The first problem with the arguments, or None."""
+    if args.record is not None:
+        try:  # the captures hold the password in clear: a new directory is the owner's only
+            os.makedirs(args.record, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            return f"--record {args.record}: {exc.strerror or exc}"
     if args.meters < 1:
         return f"--meters must be at least 1, not {args.meters}"
     if not 0 <= args.port <= 0xFFFF:

@@ -129,6 +129,7 @@ BAD: list[tuple[list[str], str]] = [
     (["simulate", "--max-pdu", "1e9"], "--max-pdu"),
     (["simulate", "--faults", "bogus"], "--faults"),
     (["simulate", "--seed", "x"], "--seed"),
+    (["simulate", "--port", "0", "--record", "{garbage}/sessions"], "--record"),
     (["simulate", "--host", LONG_HOST], "--host"),
     (["simulate", "--model", "x"], "--model"),
     # capture
