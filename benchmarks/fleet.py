@@ -84,8 +84,9 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes, seconds (a process that exited counts 0)."""
+def cpu_seconds(pids: list[int], *, system_only: bool = False) -> float:
+    """utime + stime of the processes (only stime with ``system_only``), seconds (a process
+    that exited counts 0)."""
     total = 0
     for pid in pids:
         try:
@@ -93,7 +94,7 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[12]) + (0 if system_only else int(fields[11]))
     return total / CLK_TCK
 
 
@@ -386,8 +387,9 @@ def run_bridge(
     log_path = work / f"bridge-{meters}.log"
     log_file = log_path.open("wb")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg)],
+        [sys.executable, *profile, "-m", "bridge.cli", "run", "-c", str(cfg)],
         cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     tail = LogTail(log_path)
@@ -421,9 +423,11 @@ def run_bridge(
         pids = process_tree(bridge.pid)
         sim_pids = process_tree(args.simulator_pid)
         c0, s0, t0 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
+        k0 = cpu_seconds(pids, system_only=True)
         progress(f"{meters} meters measuring", args.seconds, status)
         pids = process_tree(bridge.pid)
         c1, s1, t1 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
+        k1 = cpu_seconds(pids, system_only=True)
         rss = rss_kib(pids)
         # Let what was taken in the window reach the broker (the grace is not measured).
         grace_end = time.monotonic() + max(10.0, 3 * args.interval)
@@ -464,6 +468,8 @@ def run_bridge(
             latency_p50_ms=quantile(p50s, 0.5),
             latency_p99_ms=max(p99s) if p99s else None,
             cpu_us_per_poll=round(cpu / polls * 1e6, 1) if polls else None,
+            # The kernel's part (sockets, epoll, fsync) of the bridge's CPU per poll.
+            system_cpu_us_per_poll=round((k1 - k0) / polls * 1e6, 1) if polls else None,
             bridge_cpu_percent=round(100 * cpu / elapsed, 1),
             bridge_processes=len(pids),
             simulator_cpu_us_per_poll=round((s1 - s0) / polls * 1e6, 1) if polls else None,
@@ -671,7 +677,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         ("meters", "meters"), ("polls/s", "polls_per_s"), ("missed", "missed"),
         ("delay p50", "start_delay_p50_ms"), ("delay p99", "start_delay_p99_ms"),
         ("lat p50", "latency_p50_ms"), ("lat p99", "latency_p99_ms"),
-        ("cpu us/poll", "cpu_us_per_poll"), ("sim us/poll", "simulator_cpu_us_per_poll"),
+        ("cpu us/poll", "cpu_us_per_poll"), ("  of it system", "system_cpu_us_per_poll"),
+        ("sim us/poll", "simulator_cpu_us_per_poll"),
         ("KiB/meter", "rss_kib_per_meter"), ("taken", "taken"), ("delivered", "delivered"),
         ("msgs/s", "mqtt_messages_per_s"), ("bytes/s", "mqtt_bytes_per_s"),
         ("bridge polls/cpu-s", "bridge_polls_per_cpu_s"),
@@ -730,6 +737,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--work", type=Path, help="keep configs and logs in this directory")
     parser.add_argument("--png", type=Path, help="plot (default: next to --json)")
+    parser.add_argument(
+        "--profile", type=Path, help="run the bridge under cProfile, stats to this file"
+    )
     parser.add_argument("--gurux-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -402,7 +402,7 @@ class MeterPoller:
                 duration = self._last_activity - t0
                 after = self._link_counters()
                 in_place = any(after.get(k, 0) > before.get(k, 0) for k in _IN_PLACE_COUNTERS)
-                self.stats.link = self.session.stats()
+                self.stats.link = after
                 return readings, started_ms, duration, in_place
             except AssociationError:
                 # Refused (wrong password, say): trying again right away will not help.

@@ -155,9 +155,16 @@ class Reading:
         factory=dict, converter=_freeze, validator=_check_attributes, hash=False, kw_only=True
     )
 
+    #: The serialised form, made once (the outbox sizes it, then stores it).
+    _json: bytes | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
+
     def to_json(self) -> bytes:
         """The compact JSON form, ``{"meter":..,"ts":..,"values":{..}}`` with sorted keys."""
-        return encode_reading(self)
+        encoded = self._json
+        if encoded is None:
+            encoded = encode_reading(self)
+            object.__setattr__(self, "_json", encoded)
+        return encoded
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Reading:

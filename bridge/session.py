@@ -21,6 +21,7 @@ import trio
 
 from bridge.config import METER_DEFAULTS
 from bridge.counters import CounterFileError, PersistentCounter
+from bridge.fast_io import receive_some, send_now
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
     DEFAULT_MAX_RESPONSE_SIZE,
@@ -412,12 +413,16 @@ class MeterSession:
         stream = self.stream
         assert stream is not None
         limit = self.endpoint.timeout
+        cut_off = False
         try:
-            with trio.move_on_after(limit) as scope:
-                await stream.send_all(data)
+            sent = send_now(stream, data)  # a request fits the socket buffer: no wait
+            if sent < len(data):
+                with trio.move_on_after(limit) as scope:
+                    await stream.send_all(data[sent:])
+                cut_off = scope.cancelled_caught
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
-        if scope.cancelled_caught:
+        if cut_off:
             # Part of the data may have gone: the stream is unusable now.
             await self.aclose()
             raise MeterIOError(
@@ -463,7 +468,7 @@ class MeterSession:
     async def _receive(self) -> bytes:
         assert self.stream is not None
         try:
-            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            data = await receive_some(self.stream, _RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
         self.bytes_received += len(data)

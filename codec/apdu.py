@@ -24,6 +24,7 @@ import attrs
 from codec.axdr import Data, decode_data, decode_length, encode_data, encode_length
 from codec.cosem_time import CosemDateTime
 from codec.errors import DataAccessError, DecodeError, EncodeError, ServiceError
+from codec.fast_decode import decode_get_with_list
 from codec.obis import Obis
 
 if TYPE_CHECKING:
@@ -844,8 +845,36 @@ _ENCODERS: dict[type, Callable[[_Writer, Any], None]] = {
 }
 
 
+#: Encoded GET-with-list requests by the identity of their item tuple (kept here, so the id
+#: cannot be reused while cached): a poller sends the same list every cycle, and only the
+#: invoke-id byte (offset 2) differs. Bounded; emptied when full.
+_LIST_REQUESTS: dict[int, tuple[tuple[object, ...], bytes]] = {}
+_LIST_REQUESTS_MAX = 4096
+
+
+def _encode_get_with_list(apdu: GetRequestWithList) -> bytes:
+    items = apdu.items
+    cached = _LIST_REQUESTS.get(id(items))
+    if cached is None or cached[0] is not items:
+        w = _Writer()
+        _enc_get_request_with_list(w, apdu)
+        if len(_LIST_REQUESTS) >= _LIST_REQUESTS_MAX:
+            _LIST_REQUESTS.clear()
+        _LIST_REQUESTS[id(items)] = (items, bytes(w.out))
+        return bytes(w.out)
+    encoded = cached[1]
+    return encoded[:2] + bytes((apdu.invoke.to_byte(),)) + encoded[3:]
+
+
 def encode_apdu(apdu: Apdu) -> bytes:
     """Encode any APDU of this module or of :mod:`codec.acse`."""
+    if type(apdu) is GetRequestWithList:
+        try:
+            return _encode_get_with_list(apdu)
+        except ValueError as exc:  # as below
+            raise EncodeError(
+                f"cannot encode {type(apdu).__name__}: {exc}", code="apdu.bad_value"
+            ) from exc
     encoder = _ENCODERS.get(type(apdu))
     if encoder is None:
         from codec import acse
@@ -1183,6 +1212,21 @@ def decode_xdlms(r: Reader, what: str = "APDU") -> XdlmsApdu:
     return decoder(r, choice)
 
 
+#: Invoke-Id-And-Priority by byte, decoded once (the steady-state reply repeats a few).
+_INVOKE_IDS: dict[int, InvokeId] = {}
+
+
+def _decode_steady(buf: bytes) -> GetResponseWithList | None:
+    """The steady-state reply by :func:`codec.fast_decode.decode_get_with_list`, or None."""
+    steady = decode_get_with_list(buf)
+    if steady is None:
+        return None
+    invoke = _INVOKE_IDS.get(steady[0])
+    if invoke is None:
+        invoke = _INVOKE_IDS[steady[0]] = InvokeId.from_byte(steady[0])
+    return GetResponseWithList(invoke, steady[1])
+
+
 def decode_apdu_lenient(data: bytes | bytearray | memoryview) -> tuple[Apdu, bytes]:
     """Decode the APDU at the start of ``data``; return it and the bytes after it.
 
@@ -1192,6 +1236,10 @@ def decode_apdu_lenient(data: bytes | bytearray | memoryview) -> tuple[Apdu, byt
     buf = bytes(data)
     if not buf:
         raise DecodeError("empty APDU", code="apdu.truncated", offset=0)
+    if buf[0] == Tag.GET_RESPONSE:
+        steady = _decode_steady(buf)
+        if steady is not None:
+            return steady, b""
     if buf[0] in (Tag.AARQ, Tag.AARE, Tag.RLRQ, Tag.RLRE):
         from codec import acse
 
@@ -1206,6 +1254,10 @@ def decode_apdu(data: bytes | bytearray | memoryview) -> Apdu:
     buf = bytes(data)
     if not buf:
         raise DecodeError("empty APDU", code="apdu.truncated", offset=0)
+    if buf[0] == Tag.GET_RESPONSE:
+        steady = _decode_steady(buf)
+        if steady is not None:
+            return steady
     if buf[0] in (Tag.AARQ, Tag.AARE, Tag.RLRQ, Tag.RLRE):
         from codec import acse
 

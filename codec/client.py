@@ -241,6 +241,10 @@ class DlmsClient:
         self._capture_objects: dict[Obis, tuple[CaptureObject, ...]] = {}
         #: Set once the meter refused a GET-with-list: read one attribute at a time after that.
         self.list_refused = False
+        #: The steady state of :meth:`read_registers` (its last register list, once every
+        #: scaler is known) and of :meth:`_get_list` (its last request): built once, reused.
+        self._plan: _ReadPlan | None = None
+        self._list_request: GetRequestWithList | None = None
 
     # -- primitives --------------------------------------------------------------------------
 
@@ -318,8 +322,20 @@ class DlmsClient:
     def _get_list(
         self, chunk: Sequence[AttributeDescriptor]
     ) -> Procedure[list[Data | DataAccessResult | MalformedResult] | None]:
+        request = self._list_request
+        if (
+            request is None
+            or len(request.items) != len(chunk)
+            or any(
+                item[0] is not a and item[0] != a
+                for item, a in zip(request.items, chunk, strict=True)
+            )
+        ):
+            # A new list (the same list again reuses the request, and so its encoding).
+            request = GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
+            self._list_request = request
         try:
-            response = yield GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
+            response = yield request
         except ProtocolError:
             response = None  # no reply to the list (the driver threw its error in here)
         if isinstance(response, GetResponseWithList) and len(response.results) == len(chunk):
@@ -337,7 +353,15 @@ class DlmsClient:
         The first read in an association also fetches the scaler_unit of each register (in the
         same GET-with-list when possible); later reads fetch only the values.
         """
-        specs = list(specs)
+        specs = tuple(specs)
+        plan = self._plan
+        if plan is not None and plan.specs == specs:
+            # Steady state: every scaler is known, the request and conversions are ready.
+            results = yield from self.get_many(plan.wanted)
+            return [
+                self._convert(spec, result, how)
+                for spec, result, how in zip(specs, results, plan.conversions, strict=True)
+            ]
         wanted: list[AttributeDescriptor] = []
         scaler_keys: list[tuple[int, Obis]] = []
         for spec in specs:
@@ -351,13 +375,40 @@ class DlmsClient:
         results = yield from self.get_many(wanted)
         for key, result in zip(scaler_keys, results[:n_scalers], strict=True):
             self.scalers[key] = _scaler_or_error(result, key)
+        conversions = tuple(self._conversion(spec) for spec in specs)
+        # Every scaler of these registers is known now (or known to be unreadable) and stays
+        # so for the association: later reads of the same list reuse all of it.
+        self._plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+        self._list_request = None  # the next request is built from the plan's own descriptors
         return [
-            self._reading(spec, result)
-            for spec, result in zip(specs, results[n_scalers:], strict=True)
+            self._convert(spec, result, how)
+            for spec, result, how in zip(specs, results[n_scalers:], conversions, strict=True)
         ]
 
     def _reading(
         self, spec: RegisterSpec, result: Data | DataAccessResult | MalformedResult
+    ) -> RegisterReading:
+        """The reading of ``spec`` from its result, by the scalers known now."""
+        return self._convert(spec, result, self._conversion(spec))
+
+    def _conversion(self, spec: RegisterSpec) -> _Conversion:
+        """How to convert the value of ``spec``: the scaler_unit (or why it is unreadable),
+        the value context and the enum names; fixed once the scaler is known."""
+        scaler = self.scalers.get((spec.class_id, spec.obis))
+        applies = isinstance(scaler, ScalerUnit) and spec.attribute == 2
+        return (
+            scaler,
+            values.context_for(spec.class_id, spec.obis, spec.attribute),
+            values.ENUM_NAMES.get((spec.class_id, spec.attribute)),
+            scaler.scaler if applies and isinstance(scaler, ScalerUnit) else None,
+            scaler.unit_info if applies and isinstance(scaler, ScalerUnit) else None,
+        )
+
+    def _convert(
+        self,
+        spec: RegisterSpec,
+        result: Data | DataAccessResult | MalformedResult,
+        how: _Conversion,
     ) -> RegisterReading:
         if isinstance(result, DataAccessResult):
             return RegisterReading(
@@ -365,8 +416,7 @@ class DlmsClient:
             )
         if isinstance(result, MalformedResult):
             return RegisterReading(spec, error=result.message, error_code=result.code)
-        key = (spec.class_id, spec.obis)
-        scaler: ScalerUnit | str | None = self.scalers.get(key)
+        scaler, context, enum_names, scaler_value, unit = how
         if isinstance(scaler, str):
             return RegisterReading(
                 spec,
@@ -374,12 +424,11 @@ class DlmsClient:
                 error=f"scaler_unit unreadable: {scaler}",
                 error_code="register.scaler_unit",
             )
-        applies = scaler is not None and spec.attribute == 2
+        number = values.convert_integer(result, scaler_value)
+        if number is not None:
+            return RegisterReading(spec, number, result, scaler_value, unit)
         converted = values.convert(
-            result,
-            context=values.context_for(spec.class_id, spec.obis, spec.attribute),
-            scaler=scaler.scaler if applies and scaler is not None else None,
-            enum_names=values.ENUM_NAMES.get((spec.class_id, spec.attribute)),
+            result, context=context, scaler=scaler_value, enum_names=enum_names
         )
         if not converted.ok:
             return RegisterReading(
@@ -389,8 +438,8 @@ class DlmsClient:
             spec,
             converted.value,
             result,
-            scaler.scaler if applies and scaler is not None else None,
-            scaler.unit_info if applies and scaler is not None else None,
+            scaler_value,
+            unit,
             quality=converted.quality,
             label=converted.label,
         )
@@ -480,6 +529,26 @@ class DlmsClient:
             rows.append(tuple(row))
         units = tuple(s.unit_info if s is not None else None for s in scalers)
         return ProfileData(columns, units, tuple(rows))
+
+
+#: How a register's value is converted: scaler_unit (or why it is unreadable), context, enums,
+#: The scaler and unit are the ones that apply (the value attribute of a register), or None.
+_Conversion = tuple[
+    ScalerUnit | str | None,
+    values.ValueContext,
+    dict[int, str] | None,
+    int | None,
+    Unit | None,
+]
+
+
+@attrs.frozen
+class _ReadPlan:
+    """The steady state of :meth:`DlmsClient.read_registers` for one list of registers."""
+
+    specs: tuple[RegisterSpec, ...]
+    wanted: tuple[AttributeDescriptor, ...]
+    conversions: tuple[_Conversion, ...]
 
 
 def _is_date_time_column(columns: tuple[CaptureObject, ...], index: int) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -324,3 +325,38 @@ async def test_writer_rejects_oversize_reading_alone(tmp_path: Path) -> None:
             assert await writer.put(reading(2)) > 0
             nursery.cancel_scope.cancel()
     await box.aclose()
+
+
+@pytest.mark.parametrize("linger_s", [0.02, 0.0])
+async def test_writer_lets_a_trickle_of_readings_share_a_transaction(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, linger_s: float
+) -> None:
+    """Readings 5 ms apart (virtual time): one transaction within the linger; without it the
+    first reading is committed alone (virtual time may pass while a commit runs, so how the
+    others group is not fixed)."""
+    box = await AsyncOutbox.open(tmp_path)
+    writer = OutboxWriter(box, linger_s=linger_s)
+    ids: list[int] = []
+
+    async def producer(i: int) -> None:
+        await trio.sleep(0.005 * i)
+        ids.append(await writer.put(reading(i)))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as producers:
+            for i in range(4):
+                producers.start_soon(producer, i)
+        nursery.cancel_scope.cancel()
+    assert sorted(ids) == [1, 2, 3, 4]
+    if linger_s:
+        assert writer.stats.batches == 1
+    else:
+        assert writer.stats.batches >= 2
+    assert [r.reading for r in await box.peek(10)] == [reading(i) for i in range(4)]
+    await box.aclose()
+
+
+def test_writer_linger_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="linger_s"):
+        OutboxWriter(None, linger_s=5)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 
 import pytest
 from hypothesis import example, given, settings
@@ -19,9 +20,21 @@ from codec.values import (
     ValueContext,
     context_for,
     convert,
+    convert_integer,
     is_json_value,
 )
 from tests.codec.strategies import cosem_date_times, data_values
+
+INTEGER_TYPES = {
+    DataType.DOUBLE_LONG,
+    DataType.DOUBLE_LONG_UNSIGNED,
+    DataType.INTEGER,
+    DataType.LONG,
+    DataType.UNSIGNED,
+    DataType.LONG_UNSIGNED,
+    DataType.LONG64,
+    DataType.LONG64_UNSIGNED,
+}
 
 DT = CosemDateTime(2024, 3, 1, None, 12, 30, 15, 0, -60, 0x80)
 DT_BYTES = DT.to_bytes()
@@ -138,3 +151,45 @@ def test_anything_that_decodes_converts(raw: bytes) -> None:
         assert converted.ok, converted
         json.dumps(converted.value, allow_nan=False)
     assert encode_data(data)  # what decodes, encodes
+
+
+@given(
+    st.sampled_from(
+        [
+            (DataType.INTEGER, -(2**7), 2**7 - 1),
+            (DataType.LONG_UNSIGNED, 0, 2**16 - 1),
+            (DataType.DOUBLE_LONG, -(2**31), 2**31 - 1),
+            (DataType.DOUBLE_LONG_UNSIGNED, 0, 2**32 - 1),
+            (DataType.LONG64, -(2**63), 2**63 - 1),
+            (DataType.LONG64_UNSIGNED, 0, 2**64 - 1),
+        ]
+    ).flatmap(lambda t: st.tuples(st.just(t[0]), st.integers(t[1], t[2]))),
+    st.integers(-128, -1),
+)
+@example((DataType.LONG_UNSIGNED, 13), -1)
+@example((DataType.DOUBLE_LONG_UNSIGNED, 2**32 - 1), -9)
+def test_a_scaled_integer_is_the_float_nearest_the_exact_decimal(
+    typed: tuple[DataType, int], scaler: int
+) -> None:
+    """The scaled value of an integer register is the exact decimal ``raw * 10**scaler``
+    rounded once to a float (what ``Decimal`` gives), for every integer type and scaler."""
+    t, raw = typed
+    converted = convert(Data(t, raw), scaler=scaler)
+    assert converted.value == float(Decimal(raw).scaleb(scaler))
+    assert type(converted.value) is float
+
+
+@given(data_values(max_leaves=3), st.none() | st.integers(-30, 30))
+@example(Data(DataType.LONG_UNSIGNED, 12328), -2)
+@example(Data(DataType.LONG64, -(2**63)), 5)
+@example(Data(DataType.ENUM, 3), -1)
+def test_the_integer_shortcut_equals_convert(data: Data, scaler: int | None) -> None:
+    """convert_integer gives convert's value for an integer (no flag, no label, no error) and
+    declines everything else."""
+    fast = convert_integer(data, scaler)
+    full = convert(data, scaler=scaler)
+    if fast is None:
+        assert data.type not in INTEGER_TYPES
+        return
+    assert full.ok and full.quality is None and full.label is None
+    assert fast == full.value and type(fast) is type(full.value)
