@@ -28,6 +28,7 @@ Secrets (tokens, passwords) live in the resolved models as plain strings but nev
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -918,11 +919,26 @@ def _cattrs_errors(exc: BaseException, path: str) -> Iterator[str]:
         for key in sorted(exc.extra_fields):
             yield f"{_join(path, key)}: {_unknown_key(key, known)}"
     elif isinstance(exc, _Invalid):
-        yield f"{path or '<top>'}: {exc}"
+        yield f"{path or '<top>'}: {_without_secret(path, str(exc))}"
     elif isinstance(exc, KeyError):
         yield f"{path}: required key missing"
     else:
         yield f"{path or '<top>'}: {type(exc).__name__}: {exc}"
+
+
+def _without_secret(path: str, message: str) -> str:
+    """A secret of the wrong type is named by its path, its value never shown: ``expected a
+    string, got 1234`` loses its ``, got 1234``."""
+    if path.rpartition(".")[2] in _secret_names():
+        return message.partition(", got ")[0]
+    return message
+
+
+@functools.cache
+def _secret_names() -> frozenset[str]:
+    """The keys of the sections that hold secrets (the fields marked by :func:`_secret`)."""
+    models = (MqttConfig, WebConfig, MeterConfig)
+    return frozenset(f.name for m in models for f in attrs.fields(m) if f.metadata.get("secret"))
 
 
 def _unknown_key(key: str, known: Sequence[str]) -> str:

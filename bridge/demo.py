@@ -43,6 +43,15 @@ log = logging.getLogger("bridge.demo")
 GATEWAY_TOKEN = "demo-gateway-token"
 #: One meter of the demo shows the stream faults the old system could not survive.
 DEFAULT_FAULTS = "2:garbage=0.3,fcs=0.1,chunks"
+
+
+def default_faults(meters: int) -> str:
+    """:data:`DEFAULT_FAULTS`, moved to the last meter when the demo runs fewer than three."""
+    if meters > 2:
+        return DEFAULT_FAULTS
+    return f"{meters - 1}:{DEFAULT_FAULTS.partition(':')[2]}"
+
+
 #: What the demo shows for each meter, by telemetry key.
 COLUMNS = (
     ("voltage_l1", "V", 1),

@@ -92,6 +92,16 @@ def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
     )
 
 
+def secured_endpoint_for(meter: MeterConfig, data_dir: str | None) -> MeterEndpoint:
+    """:func:`endpoint_for` with the meter's security, its invocation counters kept in
+    ``data_dir`` (reserved ahead); without a data directory, the meter's security is left out."""
+    endpoint = endpoint_for(meter)
+    if meter.security is None or data_dir is None:
+        return endpoint
+    security = meter_security.client_settings_for(meter, data_dir)
+    return attrs.evolve(endpoint, security=security, frame_counter=meter.frame_counter)
+
+
 @attrs.define(eq=False)
 class PollerStats:
     """What one poller did; read by the summary, the metrics and the dashboard."""
@@ -167,13 +177,7 @@ class MeterPoller:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.open_stream = open_stream
-        self.endpoint = endpoint_for(meter)
-        if meter.security is not None and data_dir is not None:
-            # Invocation counters are kept in the data directory, reserved ahead.
-            security = meter_security.client_settings_for(meter, data_dir)
-            self.endpoint = attrs.evolve(
-                self.endpoint, security=security, frame_counter=meter.frame_counter
-            )
+        self.endpoint = secured_endpoint_for(meter, data_dir)
         self.specs = [
             RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
             for r in (*meter.registers, *meter.attributes)

@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from bridge.commands.argtypes import integer, log_level, port, seconds
-from bridge.demo import DEFAULT_FAULTS, DemoOptions, run_demo
+from bridge.demo import DEFAULT_FAULTS, DemoOptions, default_faults, run_demo
 from bridge.logs import setup_logging
 from bridge.simulator.faults import FaultSpecError, parse_fault_spec
 
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--faults",
-        default=DEFAULT_FAULTS,
-        help=f"simulator fault spec (default {DEFAULT_FAULTS!r}; '' for none)",
+        help=f"simulator fault spec (default {DEFAULT_FAULTS!r}, on the last meter when "
+        "there are fewer than 3; '' for none)",
     )
     parser.add_argument(
         "--duration",
@@ -64,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if args.meters < 1 or args.interval <= 0:
         print("demo: --meters must be >= 1 and --interval > 0", file=sys.stderr)
         return 2
+    if args.faults is None:
+        args.faults = default_faults(args.meters)
     if args.faults:
         try:
-            parse_fault_spec(args.faults)
+            parse_fault_spec(args.faults, args.meters)
         except FaultSpecError as exc:
             print(f"demo: --faults: {exc}", file=sys.stderr)
             return 2

@@ -13,9 +13,10 @@ import trio
 
 from bridge.api_meters import ApiMeters, read_document
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, config_from_dict
-from bridge.poller import endpoint_for
+from bridge.meter_work import RequestFailed
+from bridge.poller import MeterPoller, secured_endpoint_for
 from bridge.session import MeterIOError, MeterSession
-from codec.client import RegisterSpec
+from codec.client import RegisterReading, RegisterSpec
 from codec.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ __all__ = ["AdminError", "add_meter", "delete_meter", "patch_meter", "read_now"]
 
 #: A read-now may take this many reply timeouts (connect, associate, read, release).
 READ_NOW_TIMEOUTS = 6
+#: ... but at least this long when it waits for the poller's current poll to end.
+READ_NOW_QUEUE_S = 10.0
 
 
 class AdminError(Exception):
@@ -98,6 +101,21 @@ async def _apply(console: Console, name: str, change: Callable[[ApiMeters], None
 def _check_body(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _error(400, "(body)", "expected a JSON object: one meter table as in the config")
+    # A secret read from a file or the environment would let a caller send any file the service
+    # can read, or any of its variables (the MQTT token...), to a host of its choosing.
+    sourced = [k for k, v in body.items() if k.endswith(("_file", "_env")) and v is not None]
+    if sourced:
+        raise AdminError(
+            422,
+            [
+                {
+                    "path": key,
+                    "message": "the API takes a secret's value only; _file and _env forms "
+                    "are for the config file",
+                }
+                for key in sourced
+            ],
+        )
     return body
 
 
@@ -161,18 +179,28 @@ async def delete_meter(console: Console, name: str) -> None:
     await _apply(console, name, change)
 
 
-async def read_now(meter: MeterConfig) -> dict[str, Any]:
-    """Read a meter's registers on an association of its own (the poller's cadence and
-    connection are left alone); raises AdminError 502/504 when the meter does not answer."""
-    session = MeterSession(endpoint_for(meter))
+async def read_now(
+    meter: MeterConfig, data_dir: str, poller: MeterPoller | None = None
+) -> dict[str, Any]:
+    """Read a meter's registers now; raises AdminError 502/503/504 when that fails.
+
+    With the meter's ``poller`` the read runs on the poller's association, between two polls
+    (a meter that allows one association at a time refuses a second one); without one (a meter
+    not polled by this process) on an association of its own, with the meter's security and
+    its invocation counters in ``data_dir``. The cadence is left alone.
+    """
     specs = [RegisterSpec(r.obis, r.class_id, r.attribute, r.key) for r in meter.registers]
+    timeout = READ_NOW_TIMEOUTS * meter.timeout_s
     try:
-        with trio.fail_after(READ_NOW_TIMEOUTS * meter.timeout_s):
-            try:
-                await session.open()
-                readings = await session.read_registers(specs)
-            finally:
-                await session.release(timeout=meter.timeout_s)
+        if poller is not None:
+            readings = await poller.submit(
+                lambda session: session.read_registers(specs), max(READ_NOW_QUEUE_S, timeout)
+            )
+        else:
+            readings = await _read_alone(meter, data_dir, specs, timeout)
+    except RequestFailed as exc:
+        status = {"timeout": 504, "busy": 503}.get(exc.code, 502)
+        raise _error(status, "", str(exc)) from None
     except trio.TooSlowError:
         raise _error(504, "", f"meter {meter.name} did not answer in time") from None
     except (MeterIOError, ProtocolError) as exc:
@@ -190,3 +218,15 @@ async def read_now(meter: MeterConfig) -> dict[str, Any]:
         },
         "errors": {r.spec.name: r.error for r in readings if not r.ok},
     }
+
+
+async def _read_alone(
+    meter: MeterConfig, data_dir: str, specs: list[RegisterSpec], timeout: float
+) -> list[RegisterReading]:
+    session = MeterSession(secured_endpoint_for(meter, data_dir))
+    with trio.fail_after(timeout):
+        try:
+            await session.open()
+            return await session.read_registers(specs)
+        finally:
+            await session.release(timeout=meter.timeout_s)

@@ -174,7 +174,10 @@ def make_app(console: Console) -> Starlette:
         return handler
 
     async def read(request: Request) -> Response:
-        return _json(await read_now(meter_or_404(request.path_params["name"])))
+        meter = meter_or_404(request.path_params["name"])
+        running = service.meters.get(meter.name)
+        poller = running.poller if running is not None else None
+        return _json(await read_now(meter, service.config.bridge.data_dir, poller))
 
     async def history(request: Request) -> Response:
         name = request.path_params["name"]

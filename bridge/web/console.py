@@ -201,8 +201,12 @@ class Console:
             if name not in service.meters:
                 del self._states[name]
                 self.hub.publish("state", {"meter": name, "state": "removed"})
+        # Meters polled in worker processes have no poller here, but their readings come in.
+        polled = set(service.meters)
+        if service.pool is not None:
+            polled.update(m.name for m in service.own_meters(service.config))
         for name in list(self.last):
-            if name not in service.meters:
+            if name not in polled:
                 del self.last[name]
         if service.outbox is not None:
             if service.outbox.depth()[0] == 0:

@@ -86,10 +86,10 @@ def openapi_document() -> dict[str, Any]:
         "/meters/{name}/disable": {"post": _op("disable a meter", write=True, params=[_NAME])},
         "/meters/{name}/read": {
             "post": _op(
-                "read the meter now on an association of its own",
+                "read the meter now, on its poller's association between two polls",
                 write=True,
                 params=[_NAME],
-                extra={"502": _ERROR, "504": _ERROR},
+                extra={"502": _ERROR, "503": _ERROR, "504": _ERROR},
             ),
         },
         "/meters/{name}/history": {
