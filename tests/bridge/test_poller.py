@@ -398,3 +398,13 @@ async def test_cancelled_in_the_middle_of_a_read_still_releases(
         assert len(sink.readings) == 1  # the interrupted read delivered nothing
         assert counters.releases == 1, counters
         assert poller.stats.state == "stopped"
+
+
+async def test_set_interval_holds_to_the_one_bound() -> None:
+    # An override kept from before the bound (or any caller) cannot stop the polling.
+    poller = MeterPoller(meter_config(1), Sink())
+    poller.set_interval(86_400)
+    assert poller.interval_s == 86_400
+    with pytest.raises(ValueError, match=r"interval_s must be at most 86400 s \(one day\)"):
+        poller.set_interval(1e300)
+    assert poller.interval_s == 86_400
