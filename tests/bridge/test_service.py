@@ -44,9 +44,10 @@ def bridge_config(
     publish: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     names: list[str] | None = None,
+    meter_extra: dict[str, dict[str, Any]] | None = None,
 ) -> BridgeConfig:
     """A gateway-mode config for meters m0..mN-1 (or ``names``) of the simulator, as a file
-    would give it."""
+    would give it; ``meter_extra`` adds settings to some meters' own tables."""
     names = names or [f"m{i}" for i in range(len(ports))]
     document: dict[str, Any] = {
         "bridge": {"name": "test", "data_dir": str(data_dir), **(bridge or {})},
@@ -66,7 +67,7 @@ def bridge_config(
             **(defaults or {}),
         },
         "meters": [
-            {"name": name, "host": "127.0.0.1", "port": port}
+            {"name": name, "host": "127.0.0.1", "port": port, **(meter_extra or {}).get(name, {})}
             for name, port in zip(names, ports, strict=True)
         ],
     }
@@ -273,25 +274,58 @@ async def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
     )
 
 
-async def test_faulty_meter_recovers_while_the_others_miss_nothing(
+def store_windows(caplog: pytest.LogCaptureFixture) -> dict[tuple[str, int], float]:
+    """(meter, ts) -> seconds from the reading's timestamp to its durable commit: the meter
+    computed the values somewhere in that window, however slow the machine was."""
+    return {
+        (f["meter"], f["ts"]): max(0.0, f["_created"] - f["ts"] / 1000)
+        for f in events(caplog, "reading_stored")
+    }
+
+
+async def test_faulty_meter_recovers_and_nothing_taken_is_lost_or_corrupted(
     tmp_path: Path,
     mosquitto: Mosquitto,
     collector: Callable[[list[str]], Collector],
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Real TCP and a real broker: meter 1's line garbles, corrupts, resets, drips and goes
+    silent. It recovers and keeps producing readings; the healthy meters next to it never
+    fail; every reading taken reaches the broker in order with the values the meter had.
+    (That the others keep their cadence to the millisecond is shown on the virtual clock in
+    test_poller.py; here the machine's speed decides the timing.)"""
     caplog.set_level(logging.DEBUG, logger="bridge")
     faults = "1:garbage=0.3,fcs=0.15,reset=0.1,drip=0.002,silence=0.7@0.03"
-    with trio.fail_after(40):
+    healthy = ("m0", "m2", "m3")
+    with trio.fail_after(120):
         sim, ports = await simulator(meters=4, seed=11, faults=faults)
         sub = collector(["v1/gateway/telemetry"])
-        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        # The healthy meters get a deadline no loaded machine misses; meter 1 the tight one
+        # its silences must trip.
+        config = bridge_config(
+            tmp_path / "data", mosquitto, ports,
+            meter_extra={name: {"interval_s": 1.0, "timeout_s": 0.9} for name in healthy},
+        )  # fmt: skip
         async with running(config) as service:
-            started = trio.current_time()
-            await trio.sleep(10.2)
+
+            def recovered() -> bool:
+                injected = sim.meter(1).faults.injected
+                readings = service.snapshot()["meters"]
+                bad = readings["m1"]
+                return (
+                    all(injected.get(f, 0) > 0 for f in ("garbage", "fcs", "reset", "drip"))
+                    and bad["successes"] >= 10
+                    and bad["recovered_in_place"] >= 1
+                    and bad["reassociations"] + bad["reconnects"] >= 1
+                    and all(readings[name]["successes"] >= 5 for name in healthy)
+                )
+
+            with trio.move_on_after(90):
+                while not recovered():
+                    await trio.sleep(0.1)
             snapshot = service.snapshot()
-            elapsed = trio.current_time() - started
-        await wait_delivered(caplog, sub, 15)
+        await wait_delivered(caplog, sub, 30)
 
     injected = sim.meter(1).faults.injected
     for fault in ("garbage", "fcs", "reset", "drip"):
@@ -300,19 +334,26 @@ async def test_faulty_meter_recovers_while_the_others_miss_nothing(
     assert bad["successes"] >= 10, bad  # it kept producing readings
     assert bad["recovered_in_place"] >= 1, bad
     assert bad["reassociations"] + bad["reconnects"] >= 1, bad
-    expected = elapsed / 0.5 + 1
-    for name in ("m0", "m2", "m3"):
+    for name in healthy:
         good = snapshot["meters"][name]
-        assert good["missed"] == 0 and good["failures"] == 0, (name, good)
-        assert abs(good["readings"] - expected) <= 1, (name, good["readings"], expected)
-        assert good["recovered_in_place"] == 0 and good["reconnects"] == 0
+        assert good["successes"] >= 5 and good["failures"] == 0, (name, good)
+        assert good["recovered_in_place"] == 0 and good["reconnects"] == 0, (name, good)
     for i in (0, 2, 3):
         assert sim.meter(i).faults.injected == {}
-    # Whatever the faults did to the bytes, no corrupted value got through.
+    # Everything taken arrived, each meter's readings in the order taken.
+    taken = stored(caplog)
+    got = received(sub)
+    assert not missing(taken, got)
+    check_order(got)
+    assert len(taken["m1"]) >= 10
+    # Whatever the faults did to the bytes, no corrupted value got through: each value is the
+    # model's somewhere between the reading's timestamp and its commit.
+    windows = store_windows(caplog)
     for meter, ts, values in telemetry(sub):
-        index = int(meter[1:])
-        check_plausible(sim.meter(index), ts, values, window_s=2.0 if index == 1 else 0.25)
-    assert snapshot["alarms"] == {}
+        window = windows[(meter, ts)] + 0.05
+        check_plausible(sim.meter(int(meter[1:])), ts, values, window_s=window)
+    # No alarm but (perhaps) the faulty meter's own.
+    assert not [a for a in snapshot["alarms"] if not a.startswith("meter.m1.")], snapshot
     print(f"\nfaulty meter: {bad['successes']} readings, injected {injected}, counters {bad}")
 
 
@@ -393,6 +434,27 @@ async def test_summary_line_reports_cycles_rates_outbox_and_latency(
     assert math.isfinite(float(text.split("latency_p95_ms=")[1].split()[0]))
 
 
+class SummaryProbe(logging.Handler):
+    """Notes, at the very moment each summary line is logged, every running poller's cycle
+    count: the summaries can then be checked against the pollers exactly, however slow the
+    machine (logging is synchronous, in the service's own thread)."""
+
+    def __init__(self, service: BridgeService) -> None:
+        super().__init__(logging.DEBUG)
+        self.service = service
+        self.seen: list[dict[str, tuple[int, int]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if fields(record).get("event") == "summary":
+            self.seen.append(
+                {
+                    name: (id(r.poller), r.poller.stats.cycles)
+                    for name, r in self.service.meters.items()
+                    if r.poller is not None
+                }
+            )
+
+
 async def test_reload_in_process_and_summaries_across_it(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -401,43 +463,67 @@ async def test_reload_in_process_and_summaries_across_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """reload() with a new config: a removed meter stops (released, gateway disconnect), an
-    added one starts, the others go on; the summaries around it count only live meters and
-    never go negative."""
+    added one starts, the others go on untouched; the summaries around it count only live
+    meters, each cycle exactly once, and never go negative."""
     caplog.set_level(logging.DEBUG, logger="bridge")
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         sim, ports = await simulator(meters=3)
         sub = collector(["v1/gateway/#"])
         options: dict[str, Any] = {
             "bridge": {"summary_interval_s": 0.5},
-            "defaults": {"interval_s": 0.1, "timeout_s": 0.08},
+            # A deadline no loaded machine misses: every cycle here must succeed.
+            "defaults": {"interval_s": 0.25, "timeout_s": 0.24},
         }
         first = bridge_config(tmp_path / "data", mosquitto, ports[:2], **options)
         second = bridge_config(tmp_path / "data", mosquitto, ports, **options)
         # m1 goes away, m2 arrives: m0 and m2 only.
         second = attrs.evolve(second, meters=(second.meters[0], second.meters[2]))
+        service_log = logging.getLogger("bridge.service")
         async with running(first) as service:
-            await trio.sleep(1.2)
-            assert await service.reload(second) is True
-            reloaded_at = time.time()
-            await trio.sleep(1.2)
-            snapshot = service.snapshot()
+            probe = SummaryProbe(service)
+            service_log.addHandler(probe)
+            try:
+                while len(probe.seen) < 3 or len(stored(caplog).get("m1", [])) < 3:
+                    await trio.sleep(0.05)
+                m0_poller = service.meters["m0"].poller
+                assert await service.reload(second) is True
+                reloaded_at = time.time()
+                assert service.meters["m0"].poller is m0_poller  # m0 untouched
+                before = len(probe.seen)
+                while (
+                    len(probe.seen) < before + 3
+                    or len([ts for ts in stored(caplog).get("m2", []) if ts > reloaded_at * 1000])
+                    < 3
+                ):
+                    await trio.sleep(0.05)
+                snapshot = service.snapshot()
+            finally:
+                service_log.removeHandler(probe)
+            seen = list(probe.seen)
+        await sub.wait_for(lambda ms: any(m.topic == "v1/gateway/disconnect" for m in ms), 30)
     assert sorted(snapshot["meters"]) == ["m0", "m2"]
     assert snapshot["reloads"] == 1
     assert sim.meter(1).counters.releases == 1
     assert sim.meter(0).counters.connections == 1  # m0 untouched
+    assert sim.meter(0).counters.associations == 1
     taken = stored(caplog)
     assert not [ts for ts in taken["m1"] if ts > reloaded_at * 1000]
-    assert len([ts for ts in taken["m2"] if ts > reloaded_at * 1000]) >= 10
-    m0 = sorted(taken["m0"])
-    assert max(b - a for a, b in itertools.pairwise(m0)) < 150, "m0 missed a cycle"
-    assert snapshot["meters"]["m0"]["missed"] == 0
+    # m0 was read on both sides of the reload, and never failed.
+    assert [ts for ts in taken["m0"] if ts > reloaded_at * 1000]
+    assert snapshot["meters"]["m0"]["failures"] == 0
     summaries = events(caplog, "summary")
-    assert len(summaries) >= 4
-    for summary in summaries:
-        # 2 meters at 10 cycles/s over 0.5 s, before and after the reload.
-        assert 7 <= summary["cycles"] <= 13, summaries
-        assert summary["success_rate"] == 1.0
-    await sub.wait_for(lambda ms: any(m.topic == "v1/gateway/disconnect" for m in ms), 5)
+    assert len(summaries) == len(seen) >= 6
+    for summary, running_then in zip(summaries, seen, strict=True):
+        assert summary["meters"] == 2 and len(running_then) == 2, (summary, running_then)
+        assert summary["cycles"] >= 0 and summary["readings"] == summary["cycles"], summary
+        assert summary["success_rate"] in (1.0, None), summary
+    # Each cycle counted once: the summaries add up to the cycles every poller had done at
+    # the last summary it was running for (m1's until the reload).
+    last: dict[int, int] = {}
+    for running_then in seen:
+        last.update(running_then.values())
+    assert sum(s["cycles"] for s in summaries) == sum(last.values()), (summaries, seen)
+    assert len(last) == 3  # m0's one poller, m1's and m2's
     disconnects = [json.loads(m.payload) for m in sub.on("v1/gateway/disconnect")]
     assert disconnects == [{"device": "m1"}]
 
