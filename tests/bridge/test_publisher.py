@@ -245,26 +245,28 @@ async def test_outage_loses_nothing_and_keeps_order(
             sent[meter].append(T0 + i)
             await writer.put(Reading(meter, T0 + i, {"i": i, "pad": "p" * 40}))
 
-    # Small messages at a modest pace, so that the outage lands in the middle of a flush.
-    settings = fast(max_payload_bytes=400, max_messages_per_s=100, max_in_flight=3)
+    # Small messages at a modest pace (the 300 readings take ~3 s), so that the outage lands
+    # in the middle of a flush however slow the machine.
+    settings = fast(max_payload_bytes=400, max_messages_per_s=20, max_in_flight=3)
     publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
-    with trio.fail_after(40):
+    with trio.fail_after(150):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await produce(0, 300)
             await nursery.start(publisher.run)
-            await sub.wait_for(lambda m: len(m) >= 10)
+            await sub.wait_for(lambda m: len(m) >= 10, 30)
             mosquitto.stop()
             await produce(300, 150)  # taken while the broker is away
             await trio.sleep(0.5)
             assert box.depth()[0] > 150
             mosquitto.start()
-            assert await publisher.flush(trio.current_time() + 20)
+            assert await publisher.flush(trio.current_time() + 90)
             got = telemetry_readings(
                 await sub.wait_for(
                     lambda m: all(
                         set(sent[k]) <= set(telemetry_readings(m).get(k, [])) for k in meters
-                    )
+                    ),
+                    30,
                 )
             )
             for meter in meters:
