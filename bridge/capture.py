@@ -36,7 +36,8 @@ from bridge.pcap import (
     SessionRecorder,
     read_sessions,
 )
-from codec.decoder import StreamDecoder
+from codec.decoder import DecipherContext, StreamDecoder
+from codec.security import SecurityKeys
 
 __all__ = [
     "CLIENT_TO_SERVER",
@@ -682,8 +683,11 @@ def decode_pcap(
     emit: Callable[[dict[str, Any]], None],
     *,
     transport: Literal["hdlc", "wrapper"] = "hdlc",
+    keys: SecurityKeys | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Describe every frame of every session in a capture, in capture order.
+
+    With ``keys``, ciphered APDUs are deciphered (system titles from each session's AARQ/AARE).
 
     Each frame dict from :class:`~codec.decoder.StreamDecoder` gets ``session`` (index),
     ``direction`` (``"client->meter"`` or ``"meter->client"``) and ``ts`` (capture time of the
@@ -696,10 +700,11 @@ def decode_pcap(
     totals: dict[str, int] = {}
     sessions = read_sessions(path)
     for session in sessions:
-        decoders = {
-            CLIENT_TO_SERVER: StreamDecoder(transport),
-            SERVER_TO_CLIENT: StreamDecoder(transport),
-        }
+        to_server, to_client = StreamDecoder.pair(transport)
+        decoders = {CLIENT_TO_SERVER: to_server, SERVER_TO_CLIENT: to_client}
+        if keys is not None:
+            context = DecipherContext(keys)
+            to_server.context = to_client.context = context
         last_ts = dict.fromkeys(decoders, session.start)
         feeds = [(s.direction, s.ts, s.payload) for s in session.segments]
         for direction, ts, payload in feeds:

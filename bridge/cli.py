@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bridge import __version__
 
@@ -32,10 +34,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: Exit code for bad input (usage, bad data, bad config).
 EXIT_USAGE = 2
 
+#: Exit code when the reader of stdout went away (``| head``): 128 + SIGPIPE, as a Unix tool.
+EXIT_BROKEN_PIPE = 141
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments in one line (what is wrong, where help is) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser; only the module of the chosen subcommand is imported."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlms-bridge",
         description="Read DLMS/COSEM meters over TCP and deliver every reading over MQTT.",
     )
@@ -53,9 +65,24 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dlms-bridge`` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout is gone: stop quietly, and keep the interpreter's final flush of
+        # what is still buffered from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
-    args = parser.parse_args(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # bad arguments (already reported), --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

@@ -1,10 +1,12 @@
 """The bridge's TOML configuration: attrs models, structured by cattrs, every error with its path.
 
-A config file has five sections (``deploy/bridge.example.toml`` documents every option)::
+A config file has these sections (``deploy/bridge.example.toml`` documents every option)::
 
     [bridge]     instance name, data directory, summaries, log level
     [mqtt]       broker, TLS, credentials, client id, keepalive, QoS
     [publish]    payload mode, pacing, outbox limits
+    [web]        the operators' console: listen address, admin token, local history bounds
+    [alarms]     thresholds of the alarms the service raises itself
     [defaults]   meter settings applied to every [[meters]] entry that does not set them
     [[meters]]   one table per meter
 
@@ -50,12 +52,14 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from bridge import meter_security
 from bridge.sharding import parse_shard
 from codec.obis import InvalidObis, Obis
 
 __all__ = [
     "DEFAULT_DATA_DIR",
     "PRESETS",
+    "AlarmsConfig",
     "BridgeConfig",
     "ClockConfig",
     "ConfigError",
@@ -66,6 +70,7 @@ __all__ = [
     "RegisterConfig",
     "ServiceConfig",
     "TlsConfig",
+    "WebConfig",
     "config_from_dict",
     "config_to_dict",
     "converter",
@@ -90,12 +95,14 @@ PublishMode = Literal["gateway", "device", "topic"]
 PayloadFormat = Literal["thingsboard", "flat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
+Security = Literal["none", "lls", "hls-md5", "hls-sha1", "hls-sha256", "hls-gmac"]
+SecurityPolicyName = Literal["none", "authenticated", "encrypted", "authenticated-encrypted"]
 
 #: Placeholders allowed in ``publish.topic``.
 TOPIC_PLACEHOLDERS = ("meter", "bridge")
 
 #: The top-level tables, in the order errors are reported.
-_SECTION_ORDER = ("bridge", "mqtt", "publish", "defaults", "meters")
+_SECTION_ORDER = ("bridge", "mqtt", "publish", "web", "alarms", "defaults", "meters")
 
 M = TypeVar("M")
 S = TypeVar("S")
@@ -166,6 +173,8 @@ PRESETS: dict[str, tuple[RegisterConfig, ...]] = {
 PROFILE_BACKFILL_HOURS = 168.0
 PROFILE_EVERY_S = 900.0
 PROFILE_CHUNK_HOURS = 24.0
+#: Largest backfill_hours and chunk_hours: ten years, far more than any meter keeps.
+PROFILE_MAX_HOURS = 87_600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -306,10 +315,50 @@ _BUILTIN_METER: dict[str, Any] = {
     "hdlc_max_info": 128,
     "hdlc_window": 1,
     "byte_stuffing": False,
+    "dedicated_key": False,
     "allow_control": False,
 }
 #: The same, read-only, for other layers (the ``read`` command, the session): one home.
 METER_DEFAULTS: Mapping[str, Any] = MappingProxyType(_BUILTIN_METER)
+
+
+@attrs.frozen(kw_only=True)
+class WebConfig:
+    """The ``[web]`` section: the operators' console (dashboard, admin API, metrics)."""
+
+    enabled: bool = True
+    #: ``host:port`` to listen on; a loopback address keeps the read-only API open.
+    listen: str = "127.0.0.1:8080"
+    #: The admin token, from ``token_file`` or ``token_env``; ``None``: generated into
+    #: ``<data_dir>/admin-token`` at first start.
+    token: str | None = _secret()
+    #: Local history (``<data_dir>/history.sqlite``): kept this long, and at most this many values.
+    history_max_age_s: float = 7 * 86400.0
+    history_max_rows: int = 2_000_000
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (IPv6 literals without brackets)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@attrs.frozen(kw_only=True)
+class AlarmsConfig:
+    """The ``[alarms]`` section: thresholds of the alarms the service raises itself."""
+
+    #: Window over which rates are computed (seconds).
+    window_s: float = 600.0
+    #: Alarm when fewer than this fraction of the readings taken were published in the window.
+    publish_ratio_min: float = 0.5
+    #: Alarm when a meter's successful cycles fall below this fraction in the window.
+    success_rate_min: float = 0.8
+    #: Alarm when a meter gave no reading for this many of its intervals.
+    no_reading_intervals: int = 5
+    #: Alarm when a meter's link needed more resynchronisations than this per hour.
+    resyncs_per_hour_max: float = 60.0
+    #: Alarm when the outbox holds more than this fraction of its row or byte bound.
+    outbox_high_fraction: float = 0.8
 
 
 @attrs.frozen(kw_only=True)
@@ -343,6 +392,21 @@ class MeterConfig:
     byte_stuffing: bool = _BUILTIN_METER["byte_stuffing"]
     #: ThingsBoard device token, publish mode ``"device"`` only.
     token: str | None = _secret()
+    #: Authentication mechanism; None: LLS if a password is set, else none.
+    security: Security | None = None
+    #: Ciphering; None: the mechanism's default (see bridge.meter_security).
+    security_policy: SecurityPolicyName | None = None
+    #: Our system title (16 hex digits); None: derived from the instance.
+    system_title: str | None = None
+    #: The meter's system title, checked against its AARE when given.
+    meter_system_title: str | None = None
+    #: Suite 0 keys (32 hex digits each).
+    block_cipher_key: str | None = _secret()
+    authentication_key: str | None = _secret()
+    #: Cipher with a dedicated key agreed in each association (ded- APDUs).
+    dedicated_key: bool = _BUILTIN_METER["dedicated_key"]
+    #: Read this frame counter through the public client before associating.
+    frame_counter: Obis | None = None
     #: Profiles read by range with a high-water mark (load profile, billing, event logs).
     profiles: tuple[ProfileConfig, ...] = ()
     #: Allow the ``disconnect``/``reconnect`` RPCs (the supply relay).
@@ -363,6 +427,10 @@ class BridgeConfig:
     mqtt: MqttConfig
     publish: PublishConfig = attrs.Factory(PublishConfig)
     meters: tuple[MeterConfig, ...] = ()
+    web: WebConfig = attrs.Factory(WebConfig)
+    alarms: AlarmsConfig = attrs.Factory(AlarmsConfig)
+    #: Names of the meters added or changed through the admin API (kept in the data directory).
+    api_meters: tuple[str, ...] = ()
     #: Where it was read from (a path, or ``"<string>"``), for reloads and messages.
     source: str = "<string>"
 
@@ -435,6 +503,33 @@ class _PublishSection:
     outbox_synchronous: Synchronous = _PUBLISH_DEFAULTS.outbox_synchronous
 
 
+_WEB_DEFAULTS = WebConfig()
+
+
+@attrs.frozen(kw_only=True)
+class _WebSection:
+    enabled: bool = True
+    listen: str = _WEB_DEFAULTS.listen
+    token: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    history_max_age_s: float = _WEB_DEFAULTS.history_max_age_s
+    history_max_rows: int = _WEB_DEFAULTS.history_max_rows
+
+
+_ALARMS_DEFAULTS = AlarmsConfig()
+
+
+@attrs.frozen(kw_only=True)
+class _AlarmsSection:
+    window_s: float = _ALARMS_DEFAULTS.window_s
+    publish_ratio_min: float = _ALARMS_DEFAULTS.publish_ratio_min
+    success_rate_min: float = _ALARMS_DEFAULTS.success_rate_min
+    no_reading_intervals: int = _ALARMS_DEFAULTS.no_reading_intervals
+    resyncs_per_hour_max: float = _ALARMS_DEFAULTS.resyncs_per_hour_max
+    outbox_high_fraction: float = _ALARMS_DEFAULTS.outbox_high_fraction
+
+
 @attrs.frozen(kw_only=True)
 class _RegisterSection:
     key: str | None = None
@@ -486,6 +581,18 @@ class _MeterDefaults:
     hdlc_max_info: int | None = None
     hdlc_window: int | None = None
     byte_stuffing: bool | None = None
+    security: Security | None = None
+    security_policy: SecurityPolicyName | None = None
+    system_title: str | None = None
+    meter_system_title: str | None = None
+    block_cipher_key: str | None = None
+    block_cipher_key_file: str | None = None
+    block_cipher_key_env: str | None = None
+    authentication_key: str | None = None
+    authentication_key_file: str | None = None
+    authentication_key_env: str | None = None
+    dedicated_key: bool | None = None
+    frame_counter: Obis | None = None
     profiles: list[_ProfileSection] | None = None
     allow_control: bool | None = None
     clock: _ClockSection | None = None
@@ -519,6 +626,12 @@ def _in_range(lo: int, hi: int) -> Check:
     return check
 
 
+def _profile_hours(value: float) -> str | None:
+    if 0 < value <= PROFILE_MAX_HOURS:
+        return None
+    return f"must be more than 0 and at most {PROFILE_MAX_HOURS:g} (10 years), got {value}"
+
+
 def _positive(value: float) -> str | None:
     if math.isfinite(value) and value > 0:
         return None
@@ -545,6 +658,19 @@ def _host(value: str) -> str | None:
     if problem is None and any(ch.isspace() for ch in value):
         problem = f"not a host name or address: {value!r}"
     return problem
+
+
+def _listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"expected host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}"
+    return _host(host.strip("[]"))
+
+
+def _fraction(value: float) -> str | None:
+    if math.isfinite(value) and 0 <= value <= 1:
+        return None
+    return f"must be between 0 and 1, got {value}"
 
 
 def _register_key(value: str) -> str | None:
@@ -584,17 +710,23 @@ _CHECKS: dict[str, Check] = {
             "timeout_s",
             "inactivity_timeout_s",
             "max_messages_per_s",
-            "backfill_hours",
             "every_s",
-            "chunk_hours",
             "drift_alarm_s",
             "sync_threshold_s",
             "sync_max_s",
         ),
         _positive,
     ),
+    **dict.fromkeys(("backfill_hours", "chunk_hours"), _profile_hours),
     "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
+    "listen": _listen,
+    "history_max_age_s": _positive,
+    "window_s": _positive,
+    "resyncs_per_hour_max": _positive,
+    "history_max_rows": _in_range(1000, 2**40),
+    "no_reading_intervals": _in_range(1, 1_000_000),
+    **dict.fromkeys(("publish_ratio_min", "success_rate_min", "outbox_high_fraction"), _fraction),
     "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
     "max_bytes_per_s": _in_range(256, 2**40),
     "max_readings_per_message": _in_range(1, 100_000),
@@ -1008,6 +1140,20 @@ class _Resolver:
             outbox_synchronous=section.outbox_synchronous,
         )
 
+    def web(self, section: _WebSection) -> WebConfig:
+        self.check_fields(section, "web")
+        return WebConfig(
+            enabled=section.enabled,
+            listen=section.listen,
+            token=self.secret(section, "token", "web"),
+            history_max_age_s=section.history_max_age_s,
+            history_max_rows=section.history_max_rows,
+        )
+
+    def alarms(self, section: _AlarmsSection) -> AlarmsConfig:
+        self.check_fields(section, "alarms")
+        return AlarmsConfig(**attrs.asdict(section))
+
     def registers(self, value: _Registers, path: str) -> tuple[RegisterConfig, ...]:
         if isinstance(value, str):
             preset = PRESETS.get(value)
@@ -1205,10 +1351,96 @@ class _Resolver:
             hdlc_window=pick("hdlc_window"),
             byte_stuffing=pick("byte_stuffing"),
             token=token,
+            **self.security(raw, defaults, path, pick, origin, password),
             profiles=profiles,
             allow_control=pick("allow_control"),
             clock=clock,
         )
+
+    def security(
+        self,
+        raw: _MeterSection,
+        defaults: _MeterDefaults,
+        path: str,
+        pick: Callable[[str], Any],
+        origin: Callable[..., str],
+        password: str | None,
+    ) -> dict[str, Any]:
+        """The meter's security keys, checked alone and together (bridge.meter_security)."""
+        keys: dict[str, str | None] = {}
+        for name in ("block_cipher_key", "authentication_key"):
+            names = (name, f"{name}_file", f"{name}_env")
+            if any(getattr(raw, n) is not None for n in names):
+                keys[name] = self.secret(raw, name, path)
+            else:
+                keys[name] = self.secret(defaults, name, "defaults")
+        mechanism = pick("security")
+        policy = pick("security_policy")
+        out: dict[str, Any] = {
+            "security": mechanism,
+            "security_policy": policy,
+            "system_title": pick("system_title"),
+            "meter_system_title": pick("meter_system_title"),
+            "dedicated_key": pick("dedicated_key"),
+            "frame_counter": pick("frame_counter"),
+            **keys,
+        }
+        if mechanism is None:
+            stray = [
+                k
+                for k in ("security_policy", "system_title", "frame_counter")
+                if out[k] is not None
+            ]
+            stray += [k for k in ("block_cipher_key", "authentication_key") if keys[k] is not None]
+            if stray:
+                self.error(origin(stray[0]), 'needs security (e.g. security = "hls-gmac")')
+            return out
+        parsed: dict[str, bytes | None] = {}
+        for name, length in (
+            ("system_title", 8),
+            ("meter_system_title", 8),
+            ("block_cipher_key", 16),
+            ("authentication_key", 16),
+        ):
+            value = out[name]
+            parsed[name] = None
+            if value is None:
+                continue
+            try:
+                parsed[name] = meter_security.parse_hex(value, length, "value")
+            except ValueError as exc:
+                where = (
+                    origin(name)
+                    if name in ("system_title", "meter_system_title")
+                    else (f"{path}.{name}" if self.has_secret(raw, name) else f"defaults.{name}")
+                )
+                self.error(where, str(exc).removeprefix("value: "))
+        options = meter_security.SecurityOptions(
+            mechanism,
+            policy,
+            system_title=parsed["system_title"],
+            meter_system_title=parsed["meter_system_title"],
+            block_cipher_key=parsed["block_cipher_key"]
+            or (b"?" if out["block_cipher_key"] is not None else None),
+            authentication_key=parsed["authentication_key"]
+            or (b"?" if out["authentication_key"] is not None else None),
+            secret=None if password is None else password.encode(),
+            dedicated_key=out["dedicated_key"],
+        )
+        out["security_policy"] = options.policy_name  # the mechanism's default, decided here
+        for key, message in meter_security.check(options):
+            if key in ("block_cipher_key", "authentication_key", "password"):
+                where = (
+                    f"{path}.{key}"
+                    if self.has_secret(raw, key)
+                    else (f"defaults.{key}" if self.has_secret(defaults, key) else f"{path}.{key}")
+                )
+            else:
+                where = (
+                    origin(key) if key in ("security_policy", "dedicated_key") else f"{path}.{key}"
+                )
+            self.error(where, message)
+        return out
 
     def address_size(self, size: Any, logical: int, physical: int, path: str) -> Literal[1, 2, 4]:
         """Decide ``"auto"`` and check that the addresses fit in the size asked for.
@@ -1360,6 +1592,8 @@ def config_from_dict(
     bridge_s = resolver.structure(document.get("bridge", {}), _BridgeSection, "bridge")
     mqtt_s = resolver.structure(document.get("mqtt", {}), _MqttSection, "mqtt")
     publish_s = resolver.structure(document.get("publish", {}), _PublishSection, "publish")
+    web_s = resolver.structure(document.get("web", {}), _WebSection, "web")
+    alarms_s = resolver.structure(document.get("alarms", {}), _AlarmsSection, "alarms")
     defaults_s = resolver.structure(document.get("defaults", {}), _MeterDefaults, "defaults")
     raw_meters = document.get("meters", [])
     if not isinstance(raw_meters, list):
@@ -1377,6 +1611,8 @@ def config_from_dict(
     service = resolver.service(bridge_s or _BridgeSection())
     mqtt = None if mqtt_s is None else resolver.mqtt(mqtt_s, service, mode)
     publish = None if publish_s is None else resolver.publish(publish_s)
+    web = None if web_s is None else resolver.web(web_s)
+    alarms = None if alarms_s is None else resolver.alarms(alarms_s)
     meters: list[MeterConfig | None] = []
     if defaults_s is None:
         for i, raw in enumerate(meter_sections):
@@ -1400,10 +1636,16 @@ def config_from_dict(
     resolved = [m for m in meters if m is not None]
     if len(resolved) == len(raw_meters):
         _check_meters(resolved, mode, resolver)
-    if resolver.errors or mqtt is None or publish is None:
+    if resolver.errors or mqtt is None or publish is None or web is None or alarms is None:
         raise ConfigError(sorted(resolver.errors, key=_file_order), source=source)
     return BridgeConfig(
-        bridge=service, mqtt=mqtt, publish=publish, meters=tuple(resolved), source=source
+        bridge=service,
+        mqtt=mqtt,
+        publish=publish,
+        meters=tuple(resolved),
+        web=web,
+        alarms=alarms,
+        source=source,
     )
 
 

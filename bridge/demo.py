@@ -67,6 +67,8 @@ class DemoOptions:
     sim_port: int = 4061
     live: bool = True
     seed: int = 1
+    #: The console's port (None: 8080 when free, else any).
+    web_port: int | None = None
 
 
 def _free_port(preferred: int | None) -> int:
@@ -80,6 +82,16 @@ def _free_port(preferred: int | None) -> int:
                 continue
             return int(s.getsockname()[1])
     raise OSError("no free TCP port on 127.0.0.1")
+
+
+def _console_port() -> int:
+    """8080 when it is free, else 0 (any free port)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8080))
+        except OSError:
+            return 0
+    return 8080
 
 
 def find_mosquitto() -> str | None:
@@ -159,10 +171,12 @@ def demo_config(
     ports: SimulatorPorts, options: DemoOptions, data_dir: Path, mqtt_port: int
 ) -> dict[str, Any]:
     """The bridge config of the demo, as the dict a TOML file would give."""
+    web_port = _console_port() if options.web_port is None else options.web_port
     return {
         "bridge": {"name": "demo", "data_dir": str(data_dir), "summary_interval_s": 60},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "token": GATEWAY_TOKEN},
         "publish": {"mode": "gateway"},
+        "web": {"listen": f"127.0.0.1:{web_port}"},
         "defaults": {
             "transport": "hdlc",
             "password": "00000000",
@@ -299,7 +313,9 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
             config_path = data_dir / "bridge.toml"
             config_path.write_text(_toml(document))
             config: BridgeConfig = config_from_dict(document, source=str(config_path))
-            service = BridgeService(config, config_path=config_path, handle_signals=False)
+            service = BridgeService(
+                config, config_path=config_path, handle_signals=False, console=True
+            )
             service_done = trio.Event()
 
             async def run_service() -> None:
@@ -316,6 +332,13 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
             )
             await nursery.start(watcher.run)
             watcher.subscribe("v1/gateway/#")
+            console_url = "(the console did not start; see the alarms)"
+            if service.console is not None:
+                with trio.move_on_after(10):
+                    await service.console.listening.wait()
+                    console_url = (
+                        f"{service.console.url}/  (admin token in {service.console.token_path})"
+                    )
             first = ports.meters[0]
             contiguous = list(ports.meters) == list(range(first, first + len(ports.meters)))
             where = (
@@ -333,6 +356,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
                 f"1-1:32.7.0 1-1:1.8.0\n"
                 f"Bridge config: {config_path}  (dlms-bridge run --config {config_path})\n"
                 f"Bridge data:   {data_dir / 'bridge'}\n"
+                f"Console:       {console_url}\n"
                 f"Stop with Ctrl-C.\n\n"
             )
             out.flush()
@@ -365,6 +389,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> dict[str, 
                         "mqtt_messages": delivered.messages,
                         "outbox_rows": snap["outbox"].get("rows"),
                         "broker": broker.kind,
+                        "console": service.console.url if service.console else None,
                         "data_dir": str(data_dir),
                     }
                     await watcher.disconnect()

@@ -218,6 +218,34 @@ _ASSOCIATION_HINTS = {
     "association.initiate_error": (
         "the meter refused the proposed DLMS parameters (version, conformance, PDU size)"
     ),
+    "association.wrong_authentication_key": (
+        "wrong authentication key: check authentication_key against the meter's security setup"
+    ),
+    "association.wrong_block_cipher_key": (
+        "wrong block cipher key: check block_cipher_key (the global unicast encryption key)"
+    ),
+    "association.wrong_secret": (
+        "wrong HLS secret: check the password against the meter's HLS secret"
+    ),
+    "association.wrong_system_title": (
+        "wrong system title: check system_title (ours) and meter_system_title (the meter's)"
+    ),
+    "association.policy_mismatch": (
+        "the meter protects its APDUs otherwise: set security_policy to the meter's policy"
+    ),
+    "association.counter_rejected": (
+        'the meter refused our invocation counter: set frame_counter (e.g. "0-0:43.1.0") so '
+        "that it is read first, or raise the counter in the data directory's counters/ file"
+    ),
+    "association.deciphering_error": (
+        "the meter could not decipher our request: check the keys and system_title"
+    ),
+    "association.hls_failed": "the HLS authentication did not complete: check the mechanism",
+    "association.security": (
+        "a security check of the meter's reply failed; if its invocation counter went back "
+        "because the meter was reset or replaced, remove its .peer file in the data "
+        "directory's counters/"
+    ),
 }
 
 
@@ -333,12 +361,18 @@ async def _silent_link(endpoint: MeterEndpoint, what: str, step: str) -> Step:
 
 async def _public_check(endpoint: MeterEndpoint) -> str:
     """Whether the public client associates (tells a bad password from a sick meter)."""
-    if endpoint.client_sap == PUBLIC_CLIENT_SAP and endpoint.password is None:
+    if (
+        endpoint.client_sap == PUBLIC_CLIENT_SAP
+        and endpoint.password is None
+        and endpoint.security is None
+    ):
         return ""
     public = attrs.evolve(
         endpoint,
         client_sap=PUBLIC_CLIENT_SAP,
         password=None,
+        security=None,
+        frame_counter=None,
         timeout=min(endpoint.timeout, _ALTERNATIVE_TIMEOUT_S),
         retries=0,
     )

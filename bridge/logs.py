@@ -50,6 +50,8 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+#: The log level names accepted everywhere (config and command line), lowest first.
+LEVEL_NAMES = tuple(_LEVELS)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRS = frozenset(

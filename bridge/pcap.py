@@ -81,12 +81,30 @@ class CaptureError(ValueError):
 # -- writing ---------------------------------------------------------------------------------
 
 
+#: Mode of every capture file written: owner read/write only.
+CAPTURE_FILE_MODE = 0o600
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """Open ``path`` for writing from empty, mode 0600 from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, CAPTURE_FILE_MODE)
+    try:
+        os.fchmod(fd, CAPTURE_FILE_MODE)  # an existing file keeps its mode through O_CREAT
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class PcapWriter:
     """A libpcap file (Ethernet link type) open for appending packets.
 
     Every packet is flushed to the OS as it is written, so a process killed mid-session leaves
     a file that readers accept up to its last packet. A lock serialises writers, so recorders
     in several Trio tasks (or threads) may share one file.
+
+    The file is readable by its owner only (0600), whatever the umask, even when it existed
+    before: a capture holds the meter's password in clear.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
@@ -94,7 +112,7 @@ class PcapWriter:
         self.clock = clock
         self.packets = 0
         self._lock = threading.Lock()
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._file: BinaryIO | None = _open_private(self.path)
         self._writer = dpkt.pcap.Writer(self._file, snaplen=_SNAPLEN, linktype=_LINKTYPE_ETHERNET)
         self._file.flush()
 

@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge import meter_security
 from bridge.config import MeterConfig
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
@@ -152,6 +153,7 @@ class MeterPoller:
         backoff_max: float = 300.0,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        data_dir: str | None = None,
         open_stream: StreamFactory = open_tcp,
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
@@ -166,12 +168,20 @@ class MeterPoller:
         self.wall_clock = wall_clock
         self.open_stream = open_stream
         self.endpoint = endpoint_for(meter)
+        if meter.security is not None and data_dir is not None:
+            # Invocation counters are kept in the data directory, reserved ahead.
+            security = meter_security.client_settings_for(meter, data_dir)
+            self.endpoint = attrs.evolve(
+                self.endpoint, security=security, frame_counter=meter.frame_counter
+            )
         self.specs = [
             RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
             for r in (*meter.registers, *meter.attributes)
         ]
         self.attribute_keys = frozenset(r.key for r in meter.attributes)
         self.stats = PollerStats()
+        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.
+        self.units: dict[str, str | None] = {}
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
         self._next_attempt = -math.inf
@@ -309,6 +319,12 @@ class MeterPoller:
             self._failed(exc)
             return False
         reading = self._reading(readings, started_ms)
+        if len(self.units) < len(reading.values):
+            self.units.update(
+                (r.spec.name, r.unit.symbol if r.unit is not None else None)
+                for r in readings
+                if r.ok
+            )
         stats.register_errors += len(reading.errors)
         for key, error in reading.errors.items():
             log_event(

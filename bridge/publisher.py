@@ -395,6 +395,8 @@ class Publisher:
         self.stats = PublisherStats()
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._lanes: dict[str | None, _Lane] = {}
+        #: The last body given to `publish_gateway_attributes` (replaced while still waiting).
+        self._gateway_attributes: Message | None = None
         self._online: dict[str, bool] = {}
         self._delivered = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -495,6 +497,23 @@ class Publisher:
             payload = dumps_compact({"device": meter}).encode()
             lane.control.append(Message(GATEWAY_DISCONNECT, payload, requeue=True))
             lane.poke()
+
+    def publish_gateway_attributes(self, body: Mapping[str, object]) -> bool:
+        """Gateway mode: publish attributes of the gateway device itself (its alarms, say).
+
+        Only the latest body waits for the connection: an older one not yet sent is replaced.
+        Returns False in the other modes (there is no gateway device).
+        """
+        if self.settings.mode is not PublishMode.GATEWAY:
+            return False
+        lane = self._lanes[None]
+        stale = self._gateway_attributes
+        lane.control = [m for m in lane.control if m is not stale]
+        message = Message(DEVICE_ATTRIBUTES, dumps_compact(dict(body)).encode(), requeue=True)
+        self._gateway_attributes = message
+        lane.control.append(message)
+        lane.poke()
+        return True
 
     async def flush(self, deadline: float) -> bool:
         """Keep delivering until the outbox is empty or the Trio clock reaches `deadline`;

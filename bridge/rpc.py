@@ -321,7 +321,9 @@ async def _read_profile(
     now = _dt.datetime.now(_UTC)
     start = _time(params.get("from", int((now.timestamp() - 86400) * 1000)), "from")
     end = _time(params.get("to", int(now.timestamp() * 1000)), "to")
-    if end < start or end - start > _dt.timedelta(days=MAX_PROFILE_DAYS):
+    if end < start:
+        raise RpcError("bad_params", f"to ({end.isoformat()}) is before from ({start.isoformat()})")
+    if end - start > _dt.timedelta(days=MAX_PROFILE_DAYS):
         raise RpcError("bad_params", f"from..to must be a range of at most {MAX_PROFILE_DAYS} days")
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 

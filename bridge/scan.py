@@ -166,10 +166,15 @@ async def check_names(names: Sequence[str], timeout: float) -> None:
                 await trio.socket.getaddrinfo(name, None)
         except trio.TooSlowError:
             raise ScanError(
-                f"{name!r}: no answer from the name server within {timeout:g} s"
+                f"{name[:60]!r}: no answer from the name server within {timeout:g} s"
+            ) from None
+        except UnicodeError:
+            # IDNA: a label longer than 63 characters, an empty label, a name over 253.
+            raise ScanError(
+                f"{name[:60]!r}: not a valid host name (labels are 1 to 63 characters)"
             ) from None
         except OSError as exc:
-            raise ScanError(f"{name!r}: cannot resolve it ({exc.strerror or exc})") from None
+            raise ScanError(f"{name[:60]!r}: cannot resolve it ({exc.strerror or exc})") from None
 
 
 def parse_ports(text: str) -> list[int]:

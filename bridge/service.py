@@ -21,22 +21,23 @@ import math
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from bridge import __version__, systemd
+from bridge.api_meters import load_effective_config
 from bridge.config import (
     DEFAULT_TOPIC,
     BridgeConfig,
     ConfigError,
     MeterConfig,
     diff_meters,
-    load_config,
 )
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
@@ -62,6 +63,9 @@ from bridge.sharding import SHARD_SALT, split
 from bridge.status_socket import serve_status, socket_path
 from bridge.supervision import CrashTracker, SupervisionSettings
 from bridge.workers import WorkerPool, worker_count
+
+if TYPE_CHECKING:
+    from bridge.web import Console
 
 __all__ = ["BridgeService", "mqtt_settings", "publisher_settings"]
 
@@ -156,6 +160,7 @@ class BridgeService:
         shutdown_flush_s: float = SHUTDOWN_FLUSH_S,
         poller_options: Mapping[str, Any] | None = None,
         supervision: SupervisionSettings | None = None,
+        console: bool = False,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -166,6 +171,12 @@ class BridgeService:
         self.poller_options = dict(poller_options or {})
         #: How crashed pollers are restarted, and when a meter is put in the faulted state.
         self.supervision = supervision or SupervisionSettings()
+        #: Start the operators' console (web server, alarm rules, local history) with the
+        #: service; ``[web] enabled = false`` keeps only its web server off.
+        self.console_enabled = console
+        self.console: Console | None = None
+        #: Called with every reading once it is durable (the console's history and events).
+        self.reading_listeners: list[Callable[[Reading], None]] = []
         self.meters: dict[str, _Running] = {}
         self.alarms: dict[str, str] = {}
         self.online: dict[str, bool] = {}
@@ -182,6 +193,7 @@ class BridgeService:
         self._nursery: trio.Nursery | None = None
         self._pollers: trio.Nursery | None = None
         self._rng = random.Random()
+        self._reload_lock = trio.Lock()
         #: Profile high-water marks (opened with the outbox, in the data directory).
         self.marks: HighWaterMarks | None = None
         self.backfill_limiter = trio.CapacityLimiter(BACKFILL_SLOTS)
@@ -267,6 +279,9 @@ class BridgeService:
             self._nursery = nursery
             if self.handle_signals:
                 nursery.start_soon(self._signals)
+            if self.console_enabled:
+                # Before the pollers: the console sees (and keeps) every reading from the first.
+                await self._start_console()
             await nursery.start(self._keep_alive, "writer", self.writer.run)
             await nursery.start(self._keep_alive, "publisher", self.publisher.run)
             await nursery.start(self.rpc.run)
@@ -288,7 +303,8 @@ class BridgeService:
                     on_alarm=self._on_meter_alarm,
                     set_alarm=self._set_alarm,
                     log_level=cfg.bridge.log_level,
-                    poller_options=self.poller_options,
+                    # The data directory: where secured meters keep their invocation counters.
+                    poller_options={**self.poller_options, "data_dir": cfg.bridge.data_dir},
                 )
                 await nursery.start(self._keep_alive, "workers", self.pool.run)
             else:
@@ -358,6 +374,19 @@ class BridgeService:
                 self._pollers = pollers
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _start_console(self) -> None:
+        from bridge.web import Console
+
+        console = Console(self)
+        try:
+            await console.open()
+        except (OSError, sqlite3.Error) as exc:
+            # The bridge delivers readings without its console rather than not at all.
+            self._set_alarm("web.console_failed", True, f"the console cannot open its files: {exc}")
+            return
+        self.console = console
+        self.start_extra(console.run)
 
     def start_extra(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run another task (dashboard, metrics) in the service's nursery."""
@@ -434,6 +463,7 @@ class BridgeService:
                         self._sink,
                         on_alarm=self._on_meter_alarm,
                         rng=random.Random(self._rng.random()),
+                        data_dir=self.config.bridge.data_dir,
                         sink_many=self._sink_many,
                         work_options=work_options,
                         **options,
@@ -502,6 +532,7 @@ class BridgeService:
     async def _sink(self, reading: Reading) -> None:
         assert self.writer is not None and self.publisher is not None
         await self.writer.put(reading)
+        self._tell_listeners((reading,))
         if not self.online.get(reading.meter):
             self.online[reading.meter] = True
             self.publisher.set_meter_online(reading.meter, True)
@@ -569,10 +600,20 @@ class BridgeService:
         """Readings from the worker processes: committed in one go."""
         assert self.writer is not None and self.publisher is not None
         await self.writer.put_many(readings)
+        self._tell_listeners(readings)
         for reading in readings:
             if not self.online.get(reading.meter):
                 self.online[reading.meter] = True
                 self.publisher.set_meter_online(reading.meter, True)
+
+    def _tell_listeners(self, readings: Sequence[Reading]) -> None:
+        """Hand durable readings to the listeners (the console)."""
+        for listener in self.reading_listeners:
+            for reading in readings:
+                try:
+                    listener(reading)
+                except Exception:  # the console must never stop a poller
+                    log.exception("event=reading_listener_failed meter=%s", reading.meter)
 
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)
@@ -608,6 +649,10 @@ class BridgeService:
         Meters added, removed or changed are started, stopped or restarted; the others keep
         running untouched. Returns False (and keeps the running config) if the new one is bad.
         """
+        async with self._reload_lock:  # a SIGHUP and the admin API may reload at once
+            return await self._reload(new)
+
+    async def _reload(self, new: BridgeConfig | None) -> bool:
         self._notify(reloading=True, status="reloading")
         if new is None:
             if self.config_path is None:
@@ -615,7 +660,7 @@ class BridgeService:
                 self._notify(ready=True)
                 return False
             try:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await trio.to_thread.run_sync(load_effective_config, self.config_path)
             except ConfigError as exc:
                 for line in exc.errors:
                     log_event(log, logging.ERROR, "reload_refused", error=line)
@@ -625,13 +670,13 @@ class BridgeService:
         enabled_old = self.own_meters(old)
         enabled_new = self.own_meters(new)
         added, removed, changed = diff_meters(enabled_old, enabled_new)
-        for section in ("bridge", "mqtt", "publish"):
+        for section in ("bridge", "mqtt", "publish", "web", "alarms"):
             if getattr(old, section) != getattr(new, section):
                 log_event(
                     log, logging.WARNING, "reload_partial", section=section,
                     message=f"changes to [{section}] take effect at the next restart",
                 )  # fmt: skip
-        self.config = attrs.evolve(old, meters=new.meters)
+        self.config = attrs.evolve(old, meters=new.meters, api_meters=new.api_meters)
         assert self.publisher is not None
         if self.pool is not None:
             restarted = self.pool.update(enabled_new)

@@ -20,8 +20,10 @@ import attrs
 import trio
 
 from bridge.config import METER_DEFAULTS
+from bridge.counters import CounterFileError, PersistentCounter
 from codec.apdu import Apdu, AttributeDescriptor, Request, SelectiveAccess, XdlmsApdu
 from codec.association import (
+    DEFAULT_MAX_RESPONSE_SIZE,
     Associated,
     AssociationSettings,
     AssociationState,
@@ -33,11 +35,12 @@ from codec.association import (
     Notification,
     Released,
     Response,
+    SecuritySettings,
 )
 from codec.axdr import Data
 from codec.client import DlmsClient, Procedure, ProfileData, RegisterReading, RegisterSpec
 from codec.cosem import ObjectListEntry
-from codec.errors import LinkError, ProtocolError
+from codec.errors import LinkError, ProtocolError, RemoteProtocolError
 from codec.hdlc import HdlcAddress, NeedData
 from codec.hdlc_params import LinkParameters
 from codec.link import HdlcClientLink, Link, WrapperClientLink
@@ -77,18 +80,38 @@ class MeterEndpoint:
     #: HDLC server address size in bytes (1, 2 or 4); None picks the smallest that fits.
     server_address_size: int | None = None
     password: bytes | None = attrs.field(default=None, repr=False)
+    #: Reply timeout of one frame (s); also how long one send may block on a peer not reading.
     timeout: float = METER_DEFAULTS["timeout_s"]
     retries: int = 2
     connect_timeout: float = METER_DEFAULTS["timeout_s"]
+    #: One overall deadline (s) per request and its whole response, segments and blocks
+    #: included, and for opening the association. ``None``: :attr:`request_deadline`.
+    request_timeout: float | None = None
+    #: Bound of a GET answered in blocks: the raw data of all its blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_pdu_size: int = METER_DEFAULTS["max_pdu_size"]
     link_parameters: LinkParameters = attrs.field(factory=LinkParameters)
     byte_stuffing: bool = METER_DEFAULTS["byte_stuffing"]
     max_list_items: int = 10
+    #: HLS mechanism, ciphering policy, titles, keys and counters (None: no security).
+    security: SecuritySettings | None = attrs.field(default=None, repr=False)
+    #: With security: read this frame counter (class 1, attribute 2) through the public client
+    #: before associating, and start our invocation counter at least there.
+    frame_counter: Obis | None = None
 
     @property
     def label(self) -> str:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def request_deadline(self) -> float:
+        """The overall deadline of one request: ``request_timeout``, or by default the time
+        the link may spend on one reply with all its retransmissions, plus one more timeout
+        for the segments of a long reply."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        return self.timeout * (self.retries + 2)
 
     def make_link(self) -> Link:
         """A fresh sans-IO link for this endpoint's transport."""
@@ -112,7 +135,13 @@ class MeterEndpoint:
 
     def association_settings(self) -> AssociationSettings:
         """What to propose in the AARQ."""
-        return AssociationSettings(password=self.password, max_pdu_size=self.max_pdu_size)
+        return AssociationSettings(
+            password=self.password,
+            max_pdu_size=self.max_pdu_size,
+            request_timeout=self.request_deadline,
+            max_response_size=self.max_response_size,
+            security=self.security,
+        )
 
 
 #: Opens the byte stream to a meter (the network backend of :class:`MeterSession`). Raises
@@ -169,6 +198,9 @@ class MeterSession:
         """Bring the link up and open the association on the connected stream."""
         if self.stream is None:
             raise RuntimeError("associate() before connect()")
+        security = self.endpoint.security
+        if security is not None and isinstance(security.counter, PersistentCounter):
+            security.counter.sync()  # past counters another process (diagnose) used
         self.association = ClientAssociation(
             self.endpoint.make_link(), self.endpoint.association_settings()
         )
@@ -188,8 +220,33 @@ class MeterSession:
                     code="link.closed",
                 )
 
+    async def read_frame_counter(self) -> int | None:
+        """The meter's frame counter read through the public client (SAP 16), if configured.
+
+        The client's invocation counter is moved up to it, so that a counter lost with the
+        data directory does not lock the client out.
+        """
+        ep = self.endpoint
+        if ep.frame_counter is None or ep.security is None:
+            return None
+        public = attrs.evolve(ep, client_sap=16, password=None, security=None, frame_counter=None)
+        session = MeterSession(public)
+        await session.open()
+        try:
+            value = await session.get(AttributeDescriptor(1, ep.frame_counter, 2))
+        finally:
+            await session.release()
+        if not isinstance(value.value, int) or isinstance(value.value, bool):
+            raise RemoteProtocolError(
+                f"the frame counter {ep.frame_counter} is not an integer",
+                code="security.frame_counter",
+            )
+        ep.security.counter.advance_to(value.value)
+        return value.value
+
     async def open(self) -> Negotiated:
-        """Connect and associate."""
+        """Connect and associate (reading the frame counter first when configured)."""
+        await self.read_frame_counter()
         await self.connect()
         try:
             return await self.associate()
@@ -217,7 +274,8 @@ class MeterSession:
                         if isinstance(await self._next_event(), Closed):
                             break
                     self.association.release(trio.current_time())
-                    while True:
+                    # Closed already: nothing could be sent (the link is down on our side).
+                    while self.association.state is not AssociationState.CLOSED:
                         event = await self._next_event()
                         if isinstance(event, Closed):
                             break
@@ -226,13 +284,27 @@ class MeterSession:
                 except (ProtocolError, MeterIOError) as exc:
                     # The connection is closed just below either way; say why it was not clean.
                     log.debug("release of %s ended early: %s", self.endpoint.label, exc)
+        self._save_meter_counters()
         await self.aclose()
+
+    def _save_meter_counters(self) -> None:
+        """Keep the meter's last invocation counter: a replay floor across restarts."""
+        security = self.endpoint.security
+        if security is None or not isinstance(security.counter, PersistentCounter):
+            return
+        if not security.server_counters:
+            return
+        try:
+            security.counter.save_peers(security.server_counters)
+        except CounterFileError as exc:
+            log.warning("meter=%s cannot keep the meter's counter: %s", self.endpoint.label, exc)
 
     async def abort(self) -> None:
         """Abandon the association (DISC, best effort) but keep the TCP connection.
 
         :meth:`associate` can then open a new one on the same connection. Bytes still arriving
-        for the old association are discarded.
+        for the old association are discarded. A meter that does not take the DISC within 1 s
+        has stopped reading: the connection is closed and :class:`MeterIOError` raised.
         """
         association = self.association
         self.client = None
@@ -241,8 +313,12 @@ class MeterSession:
         association.abort(trio.current_time())
         out = association.data_to_send()
         if out:
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(1.0) as scope:
                 await self._send(out)
+            if scope.cancelled_caught:
+                # Part of the DISC may have gone: nothing more can be framed on this stream.
+                await self.aclose()
+                raise MeterIOError(f"{self.endpoint.label} stopped reading: DISC not sent")
         association.drain()
 
     async def aclose(self) -> None:
@@ -317,11 +393,22 @@ class MeterSession:
         return self.client
 
     async def _send(self, data: bytes) -> None:
-        assert self.stream is not None
+        """Write ``data``, within one reply timeout: a peer that stops reading cannot hold us."""
+        stream = self.stream
+        assert stream is not None
+        limit = self.endpoint.timeout
         try:
-            await self.stream.send_all(data)
+            with trio.move_on_after(limit) as scope:
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise MeterIOError(f"connection to {self.endpoint.label} broke: {exc}") from None
+        if scope.cancelled_caught:
+            # Part of the data may have gone: the stream is unusable now.
+            await self.aclose()
+            raise MeterIOError(
+                f"{self.endpoint.label} stopped reading: {len(data)} bytes could not be sent "
+                f"within {limit:g} s"
+            )
         self.bytes_sent += len(data)
 
     async def _next_event(self) -> Event:

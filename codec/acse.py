@@ -2,8 +2,11 @@
 
 The ACSE APDUs are BER encoded (ISO 8650 as profiled by DLMS UA 1000-2); their user-information
 holds an A-XDR encoded xDLMS InitiateRequest, InitiateResponse or confirmed-service-error.
-Only logical-name referencing without ciphering is built, with no authentication or with
-low-level security (LLS, a password). Decoding is lenient about what real meters add (unknown
+Logical-name referencing is built with no authentication, low-level security (LLS, a password)
+or high-level security (HLS: the challenge travels in the authentication value); with
+ciphering the AARQ/AARE carry the AP titles (system titles) and the initiate request/response
+arrives ciphered (``ciphered_initiate``, deciphered by :mod:`codec.association` with
+:mod:`codec.security`). Decoding is lenient about what real meters add (unknown
 optional fields, AP titles, implementation information are skipped) and strict about structure:
 a length that overruns its container, a missing mandatory field or an unknown result raises
 :class:`~codec.errors.DecodeError` with the offset.
@@ -230,8 +233,14 @@ class AARQ:
 
     context: ApplicationContext = ApplicationContext.LOGICAL_NAME
     mechanism: AuthenticationMechanism = AuthenticationMechanism.NONE
+    #: The calling-authentication-value: the LLS password or the HLS challenge CtoS.
     password: bytes | None = None
-    initiate: InitiateRequest = InitiateRequest()
+    #: The xDLMS InitiateRequest; None when only ``ciphered_initiate`` is present.
+    initiate: InitiateRequest | None = InitiateRequest()
+    #: The calling-AP-title: the client's system title (ciphered contexts).
+    calling_ap_title: bytes | None = None
+    #: The glo-/ded-initiate-request APDU carried instead of a plain ``initiate``.
+    ciphered_initiate: bytes | None = None
 
 
 @attrs.frozen
@@ -245,6 +254,12 @@ class AARE:
     confirmed_service_error: ConfirmedServiceError | None = None
     #: The mechanism-name echoed by the meter, when it sends one.
     mechanism: AuthenticationMechanism | None = None
+    #: The responding-AP-title: the meter's system title (ciphered contexts).
+    responding_ap_title: bytes | None = None
+    #: The responding-authentication-value: the HLS challenge StoC.
+    authentication_value: bytes | None = None
+    #: The ciphered xDLMS APDU carried instead of a plain initiate-response or error.
+    ciphered_initiate: bytes | None = None
 
 
 @attrs.frozen
@@ -276,6 +291,9 @@ _T_PROTOCOL_VERSION = 0x80
 _T_CONTEXT_NAME = 0xA1
 _T_RESULT = 0xA2
 _T_DIAGNOSTIC = 0xA3
+_T_CALLING_AP_TITLE = 0xA6
+_T_RESPONDING_AP_TITLE = 0xA4
+_T_AARE_AUTH_VALUE = 0xAA
 _T_AARQ_ACSE_REQUIREMENTS = 0x8A
 _T_AARQ_MECHANISM = 0x8B
 _T_AARQ_AUTH_VALUE = 0xAC
@@ -555,7 +573,7 @@ def _read_initiate_response(r: Reader) -> InitiateResponse:
     return InitiateResponse(version, conformance, pdu_size, vaa_name, qos)
 
 
-_UserInfo = InitiateRequest | InitiateResponse | ConfirmedServiceError
+_UserInfo = InitiateRequest | InitiateResponse | ConfirmedServiceError | bytes
 
 
 def _user_information(ber: _Ber, tlv: _Tlv) -> _UserInfo:
@@ -575,12 +593,9 @@ def _user_information(ber: _Ber, tlv: _Tlv) -> _UserInfo:
         apdu = decode_xdlms(r, "user-information")
         assert isinstance(apdu, ConfirmedServiceError)
         result = apdu
-    elif tag in _CIPHERED_INITIATE_TAGS:
-        raise r.fail(
-            f"ciphered user-information ({_CIPHERED_INITIATE_TAGS[tag]}) is not supported",
-            code="acse.ciphered_unsupported",
-            offset=start,
-        )
+    elif tag in _CIPHERED_INITIATE_TAGS or tag in (0x2E, 0x4E):
+        # Kept whole: deciphering needs keys the ACSE layer does not hold.
+        return ber.buf[start : octets.value_end]
     else:
         raise r.fail(
             f"unexpected xDLMS APDU tag 0x{tag:02X} in user-information",
@@ -604,6 +619,8 @@ def _encode_context(context: ApplicationContext) -> bytes:
 
 def _encode_aarq(aarq: AARQ) -> bytes:
     body = bytearray(_encode_context(aarq.context))
+    if aarq.calling_ap_title is not None:
+        body += _tlv(_T_CALLING_AP_TITLE, _tlv(_T_OCTET_STRING, aarq.calling_ap_title))
     if aarq.mechanism == AuthenticationMechanism.NONE:
         if aarq.password is not None:
             raise EncodeError(
@@ -620,7 +637,12 @@ def _encode_aarq(aarq: AARQ) -> bytes:
         body += _tlv(_T_AARQ_MECHANISM, _oid(_MECHANISM_OID_PREFIX, int(aarq.mechanism)))
         # Authentication-value CHOICE charstring [0] IMPLICIT GraphicString.
         body += _tlv(_T_AARQ_AUTH_VALUE, _tlv(0x80, aarq.password))
-    body += _encode_user_information(encode_initiate_request(aarq.initiate))
+    if aarq.ciphered_initiate is not None:
+        body += _encode_user_information(aarq.ciphered_initiate)
+    elif aarq.initiate is not None:
+        body += _encode_user_information(encode_initiate_request(aarq.initiate))
+    else:
+        raise EncodeError("an AARQ needs an InitiateRequest", code="acse.missing_field")
     return _tlv(Tag.AARQ, bytes(body))
 
 
@@ -629,10 +651,13 @@ def _decode_aarq(ber: _Ber) -> AARQ:
     mechanism = AuthenticationMechanism.NONE
     password: bytes | None = None
     initiate: _UserInfo | None = None
+    calling_title: bytes | None = None
     while not ber.at_end():
         tlv = ber.next("AARQ field")
         if tlv.tag == _T_CONTEXT_NAME:
             context = _context_name(ber, tlv)
+        elif tlv.tag == _T_CALLING_AP_TITLE:
+            calling_title = ber.value(ber.inner(tlv).expect(_T_OCTET_STRING, "calling-AP-title"))
         elif tlv.tag == _T_AARQ_MECHANISM:
             mechanism = _mechanism_name(ber, tlv)
         elif tlv.tag == _T_AARQ_AUTH_VALUE:
@@ -651,9 +676,11 @@ def _decode_aarq(ber: _Ber) -> AARQ:
         # information) carries nothing the codec uses.
     if context is None:
         raise ber.fail("AARQ without application-context-name", ber.end, "acse.missing_field")
+    if isinstance(initiate, bytes):
+        return AARQ(context, mechanism, password, None, calling_title, initiate)
     if not isinstance(initiate, InitiateRequest):
         raise ber.fail("AARQ without an xDLMS InitiateRequest", ber.end, "acse.missing_field")
-    return AARQ(context, mechanism, password, initiate)
+    return AARQ(context, mechanism, password, initiate, calling_title)
 
 
 # -- AARE -----------------------------------------------------------------------------------------
@@ -670,15 +697,21 @@ def _encode_aare(aare: AARE) -> bytes:
             _ber_integer(_check_i32(diag.value, "diagnostic")),
         ),
     )
+    if aare.responding_ap_title is not None:
+        body += _tlv(_T_RESPONDING_AP_TITLE, _tlv(_T_OCTET_STRING, aare.responding_ap_title))
     if aare.mechanism is not None:  # echoed as received, even the odd arc 0
         body += _tlv(_T_AARE_ACSE_REQUIREMENTS, b"\x07\x80")
         body += _tlv(_T_AARE_MECHANISM, _oid(_MECHANISM_OID_PREFIX, int(aare.mechanism)))
+    if aare.authentication_value is not None:
+        body += _tlv(_T_AARE_AUTH_VALUE, _tlv(0x80, aare.authentication_value))
     if aare.initiate_response is not None and aare.confirmed_service_error is not None:
         raise EncodeError(
             "an AARE carries an initiate-response or a confirmed-service-error, not both",
             code="acse.conflicting_fields",
         )
-    if aare.initiate_response is not None:
+    if aare.ciphered_initiate is not None:
+        body += _encode_user_information(aare.ciphered_initiate)
+    elif aare.initiate_response is not None:
         body += _encode_user_information(encode_initiate_response(aare.initiate_response))
     elif aare.confirmed_service_error is not None:
         body += _encode_user_information(encode_apdu(aare.confirmed_service_error))
@@ -691,6 +724,8 @@ def _decode_aare(ber: _Ber) -> AARE:
     diagnostic: SourceDiagnostic | None = None
     mechanism: AuthenticationMechanism | None = None
     user: _UserInfo | None = None
+    title: bytes | None = None
+    auth_value: bytes | None = None
     while not ber.at_end():
         tlv = ber.next("AARE field")
         if tlv.tag == _T_CONTEXT_NAME:
@@ -713,6 +748,10 @@ def _decode_aare(ber: _Ber) -> AARE:
             diagnostic = SourceDiagnostic(DiagnosticSource(choice.tag & 0x0F), value)
         elif tlv.tag == _T_AARE_MECHANISM:
             mechanism = _mechanism_name(ber, tlv)
+        elif tlv.tag == _T_RESPONDING_AP_TITLE:
+            title = ber.value(ber.inner(tlv).expect(_T_OCTET_STRING, "responding-AP-title"))
+        elif tlv.tag == _T_AARE_AUTH_VALUE:
+            auth_value = ber.value(ber.inner(tlv).next("responding-authentication-value"))
         elif tlv.tag == _T_USER_INFORMATION:
             user = _user_information(ber, tlv)
     if context is None:
@@ -732,6 +771,9 @@ def _decode_aare(ber: _Ber) -> AARE:
         user if isinstance(user, InitiateResponse) else None,
         user if isinstance(user, ConfirmedServiceError) else None,
         mechanism,
+        title,
+        auth_value,
+        user if isinstance(user, bytes) else None,
     )
 
 
@@ -949,6 +991,30 @@ def _describe_initiate_response(resp: InitiateResponse) -> dict[str, object]:
     }
 
 
+def describe_user_information(
+    user: InitiateRequest | InitiateResponse | ConfirmedServiceError,
+) -> dict[str, object]:
+    """A JSON-safe summary of a (deciphered) user-information APDU; a dedicated key is never
+    shown, only whether there is one."""
+    if isinstance(user, InitiateRequest):
+        return {"kind": "initiate-request", **_describe_initiate_request(user)}
+    if isinstance(user, InitiateResponse):
+        return {"kind": "initiate-response", **_describe_initiate_response(user)}
+    return {"kind": "confirmed-service-error", "error": user.describe()}
+
+
+def _describe_security(title: bytes | None, ciphered: bytes | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if title is not None:
+        out["system_title"] = title.hex().upper()
+    if ciphered:
+        out["ciphered_user_information"] = {
+            "kind": _CIPHERED_INITIATE_TAGS.get(ciphered[0], f"0x{ciphered[0]:02X}"),
+            "length": len(ciphered),
+        }
+    return out
+
+
 def describe_acse(apdu: AcseApdu) -> dict[str, object]:
     """A JSON-safe summary of an ACSE APDU; passwords are never shown, only their length."""
     if isinstance(apdu, AARQ):
@@ -957,7 +1023,10 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
             "context": _label(apdu.context),
             "mechanism": _label(apdu.mechanism),
             "password_length": None if apdu.password is None else len(apdu.password),
-            "initiate_request": _describe_initiate_request(apdu.initiate),
+            "initiate_request": None
+            if apdu.initiate is None
+            else _describe_initiate_request(apdu.initiate),
+            **_describe_security(apdu.calling_ap_title, apdu.ciphered_initiate),
         }
     if isinstance(apdu, AARE):
         return {
@@ -975,6 +1044,7 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
             "confirmed_service_error": None
             if apdu.confirmed_service_error is None
             else apdu.confirmed_service_error.describe(),
+            **_describe_security(apdu.responding_ap_title, apdu.ciphered_initiate),
         }
     if isinstance(apdu, RLRQ):
         return {
@@ -991,3 +1061,95 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
         if apdu.initiate_response is None
         else _describe_initiate_response(apdu.initiate_response),
     }
+
+
+def decode_user_information(
+    data: bytes | bytearray | memoryview,
+) -> InitiateRequest | InitiateResponse | ConfirmedServiceError:
+    """Decode the plain xDLMS APDU of an AARQ/AARE user-information (e.g. once deciphered)."""
+    buf = bytes(data)
+    r = Reader(buf, 0)
+    tag = r.u8("xDLMS APDU tag in user-information")
+    result: InitiateRequest | InitiateResponse | ConfirmedServiceError
+    if tag == _INITIATE_REQUEST_TAG:
+        result = _read_initiate_request(r)
+    elif tag == _INITIATE_RESPONSE_TAG:
+        result = _read_initiate_response(r)
+    elif tag == Tag.CONFIRMED_SERVICE_ERROR:
+        r.pos = 0
+        apdu = decode_xdlms(r, "user-information")
+        assert isinstance(apdu, ConfirmedServiceError)
+        result = apdu
+    else:
+        raise r.fail(
+            f"unexpected xDLMS APDU tag 0x{tag:02X} in user-information",
+            code="acse.unexpected_user_information",
+            offset=0,
+        )
+    r.end("xDLMS APDU in user-information")
+    return result
+
+
+#: Tags of AARQ/AARE fields that hold a secret: the calling-authentication-value (the LLS
+#: password, or the client's HLS challenge) and the responding-authentication-value (the
+#: meter's HLS challenge).
+_SECRET_FIELDS = {0x60: _T_AARQ_AUTH_VALUE, 0x61: _T_AARE_AUTH_VALUE}
+
+
+def secret_spans(data: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+    """Where the authentication values of an AARQ or AARE lie in ``data``: ``(start, end)``.
+
+    ``data`` is the APDU, or only its beginning (the first segment of a segmented one): a span
+    may then end past ``len(data)``. Anything that is not an AARQ/AARE, or that cannot be
+    parsed, gives no span; when a field's length is unreadable, everything after its tag is
+    taken as secret. Never raises.
+    """
+    buf = bytes(data)
+    tag = _SECRET_FIELDS.get(buf[0]) if buf else None
+    if tag is None:
+        return []
+
+    def length_at(at: int) -> tuple[int, int] | None:
+        """(length, offset of the content) of the BER length at ``at``, or None."""
+        if at >= len(buf):
+            return None
+        first = buf[at]
+        if first < 0x80:
+            return first, at + 1
+        count = first & 0x7F
+        if not 1 <= count <= 3 or at + 1 + count > len(buf):
+            return None
+        return int.from_bytes(buf[at + 1 : at + 1 + count], "big"), at + 1 + count
+
+    outer = length_at(1)
+    if outer is None:
+        return []
+    at = outer[1]
+    spans = []
+    while at < len(buf):
+        field_tag = buf[at]
+        parsed = length_at(at + 1)
+        if parsed is None:
+            if field_tag == tag:
+                spans.append((at + 1, max(len(buf), at + 2)))
+            break
+        length, content = parsed
+        if field_tag == tag:
+            spans.append((content, content + length))
+        at = content + length
+    return spans
+
+
+def mask_secrets(data: bytes, spans: list[tuple[int, int]], offset: int = 0) -> str:
+    """``data`` in hex, with each byte inside ``spans`` shown as ``**``.
+
+    ``offset`` is where ``data`` starts in the APDU the spans were found in.
+    """
+    text = data.hex()
+    if not spans:
+        return text
+    digits = list(text)
+    for start, end in spans:
+        for i in range(max(start - offset, 0), min(end - offset, len(data))):
+            digits[2 * i] = digits[2 * i + 1] = "*"
+    return "".join(digits)

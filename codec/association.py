@@ -8,17 +8,28 @@ complete response. :meth:`ClientAssociation.release` sends RLRQ and then DISC.
 
 The states and what may happen in each are a table (:data:`TRANSITIONS`); anything else is a
 protocol error.
+
+With :class:`SecuritySettings` the association speaks DLMS security suite 0
+(:mod:`codec.security`): the AARQ carries the client's system title and a ciphered InitiateRequest,
+every request goes out glo- (or ded-) ciphered with the next invocation counter, every ciphered
+response is checked (tag, policy, the meter's counter strictly increasing) before it is decoded.
+With an HLS mechanism (:mod:`codec.hls`) the association is only reported open after the 4-pass
+exchange: f(StoC) sent with ``reply_to_HLS_authentication`` and the meter's f(CtoS) verified.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 
 import attrs
 
-from codec import acse, apdu
+from codec import acse, apdu, hls, security
 from codec.acse import AARE, AARQ, RLRE, RLRQ, Conformance, InitiateRequest
 from codec.apdu import (
+    ActionRequestNormal,
+    ActionResponseNormal,
+    ActionResult,
     Apdu,
     ConfirmedServiceError,
     DataNotification,
@@ -30,20 +41,29 @@ from codec.apdu import (
     GetResponseWithDatablock,
     GetResponseWithList,
     InvokeId,
+    MethodDescriptor,
     Request,
     XdlmsApdu,
 )
-from codec.axdr import decode_data
+from codec.axdr import Data, DataType, decode_data
 from codec.errors import (
     AssociationError,
     DecodeError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    ResponseTimeout,
 )
 from codec.hdlc import NEED_DATA, NeedData
 from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
 from codec.link import Event as LinkEvent
+from codec.security import (
+    InvocationCounterSource,
+    MemoryCounter,
+    SecurityError,
+    SecurityKeys,
+    SecurityPolicy,
+)
 
 __all__ = [
     "Associated",
@@ -56,10 +76,24 @@ __all__ = [
     "Notification",
     "Released",
     "Response",
+    "SecuritySettings",
 ]
 
 #: Block transfers longer than this many blocks are refused as hostile.
 MAX_BLOCKS = 10_000
+#: Default bound of a GET answered in blocks: the raw data of all its blocks together, bytes.
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024
+#: Default max receive PDU size the client proposes (bytes); every APDU from the meter, and so
+#: every reassembled HDLC reply, must fit in it.
+DEFAULT_MAX_PDU_SIZE = 1024
+#: How far past the max receive PDU size a reply may run: the padding some meters add after a
+#: full reply (tolerated and counted as trailing bytes). A longer reply is a protocol error.
+PDU_PADDING_ALLOWANCE = 64
+
+
+_TITLED_MECHANISMS = frozenset(
+    {acse.AuthenticationMechanism.HIGH_GMAC, acse.AuthenticationMechanism.HIGH_SHA256}
+)
 
 
 class AssociationState(enum.Enum):
@@ -68,6 +102,7 @@ class AssociationState(enum.Enum):
     IDLE = "idle"
     LINKING = "linking"
     ASSOCIATING = "associating"
+    AUTHENTICATING = "authenticating"
     READY = "ready"
     WAITING = "waiting"
     RELEASING = "releasing"
@@ -79,6 +114,8 @@ class _Ev(enum.Enum):
     OPEN = "open()"
     LINK_UP = "link up"
     AARE_OK = "AARE accepted"
+    AARE_HLS = "AARE accepted pending HLS"
+    HLS_OK = "HLS authentication passed"
     REQUEST = "request()"
     RESPONSE = "response"
     RELEASE = "release()"
@@ -93,24 +130,74 @@ TRANSITIONS: dict[tuple[AssociationState, _Ev], AssociationState] = {
     (S.IDLE, _Ev.OPEN): S.LINKING,
     (S.LINKING, _Ev.LINK_UP): S.ASSOCIATING,
     (S.ASSOCIATING, _Ev.AARE_OK): S.READY,
+    (S.ASSOCIATING, _Ev.AARE_HLS): S.AUTHENTICATING,
+    (S.AUTHENTICATING, _Ev.HLS_OK): S.READY,
     (S.READY, _Ev.REQUEST): S.WAITING,
     (S.WAITING, _Ev.RESPONSE): S.READY,
     (S.READY, _Ev.RELEASE): S.RELEASING,
     (S.RELEASING, _Ev.RLRE): S.UNLINKING,
-    **{(s, _Ev.ABORT): S.UNLINKING for s in (S.LINKING, S.ASSOCIATING, S.READY, S.WAITING)},
+    **{
+        (s, _Ev.ABORT): S.UNLINKING
+        for s in (S.LINKING, S.ASSOCIATING, S.AUTHENTICATING, S.READY, S.WAITING)
+    },
     (S.RELEASING, _Ev.ABORT): S.UNLINKING,
     **{(s, _Ev.LINK_DOWN): S.CLOSED for s in AssociationState},
 }
+
+
+@attrs.frozen(repr=False)
+class SecuritySettings:
+    """Authentication mechanism, ciphering policy, titles and keys of a secured association.
+
+    ``policy`` None means no ciphering (HLS-MD5/SHA1/SHA256 on a plain association).
+    ``secret`` is the HLS secret of MD5/SHA1/SHA256 (HLS-GMAC uses the keys). ``counter``
+    hands out the client's invocation counters; ``server_counter`` is the last counter seen
+    from the meter (its next APDUs must be above it). ``server_system_title``, when known, is
+    checked against the meter's AARE. ``random`` makes the challenge (injectable for tests).
+    """
+
+    mechanism: acse.AuthenticationMechanism = acse.AuthenticationMechanism.HIGH_GMAC
+    policy: SecurityPolicy | None = SecurityPolicy.AUTHENTICATED_ENCRYPTED
+    system_title: bytes = b"\x00" * 8
+    keys: SecurityKeys | None = None
+    secret: bytes | None = None
+    dedicated_key: bool = False
+    #: Send requests as general-glo-ciphering / general-ded-ciphering (with our title).
+    general_ciphering: bool = False
+    counter: InvocationCounterSource = attrs.field(factory=MemoryCounter)
+    server_counter: int | None = None
+    server_system_title: bytes | None = None
+    random: hls.RandomSource = os.urandom
+    #: The last counter seen from each meter system title, shared by every association made
+    #: with these settings: a meter counter that goes back is refused across associations too.
+    server_counters: dict[bytes, int] = attrs.field(factory=dict, eq=False)
+
+    def __repr__(self) -> str:
+        policy = None if self.policy is None else self.policy.label
+        return f"SecuritySettings({self.mechanism.name}, {policy}, <keys hidden>)"
+
+    @property
+    def ciphered(self) -> bool:
+        """Whether APDUs are ciphered."""
+        return self.policy is not None
 
 
 @attrs.frozen
 class AssociationSettings:
     """What the client proposes in the AARQ."""
 
-    password: bytes | None = None
-    max_pdu_size: int = 1024
+    password: bytes | None = attrs.field(default=None, repr=False)
+    #: The client's max receive PDU size; a longer APDU from the meter is a protocol error.
+    max_pdu_size: int = DEFAULT_MAX_PDU_SIZE
     conformance: Conformance = acse.CLIENT_DEFAULT_CONFORMANCE
     dlms_version: int = 6
+    security: SecuritySettings | None = None
+    #: One overall deadline (seconds) for each request and its whole response (segments and
+    #: blocks included), and for opening the association; no activity of the meter extends it.
+    #: ``None``: only the link's per-frame reply timeout applies.
+    request_timeout: float | None = None
+    #: Bound of the raw data of a GET answered in blocks (bytes).
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
 
 
 @attrs.frozen
@@ -191,11 +278,15 @@ class ClientAssociation:
     def __init__(self, link: Link, settings: AssociationSettings | None = None) -> None:
         self.link = link
         self.settings = settings or AssociationSettings()
+        # The meter must not send an APDU longer than the max receive PDU size we propose.
+        link.max_apdu = self.settings.max_pdu_size + PDU_PADDING_ALLOWANCE
         self.state = AssociationState.IDLE
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
         self._current: Request | None = None  # the request awaiting its response
         self._blocks: list[bytes] = []
+        self._blocks_size = 0
+        self._deadline: float | None = None  # the overall deadline of the open exchange
         self._events: list[Event] = []
         self._now = 0.0
         self.requests = 0
@@ -203,6 +294,18 @@ class ClientAssociation:
         self.blocks_received = 0
         self.trailing_bytes = 0
         self.malformed_results = 0
+        #: The meter's system title (from its AARE), with ciphering.
+        self.server_system_title: bytes | None = None
+        #: The last invocation counter the meter used, and the last we used.
+        self.server_counter: int | None = None
+        self.client_counter: int | None = None
+        self._sec = self.settings.security
+        if self._sec is not None:
+            self.server_counter = self._sec.server_counter
+        self._ctos = b""
+        self._stoc = b""
+        self._dedicated_key: bytes | None = None
+        self._hls_invoke: InvokeId | None = None
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -221,6 +324,7 @@ class ClientAssociation:
         """Start: bring the link up; the AARQ follows once it is."""
         self._go(_Ev.OPEN)
         self._now = now
+        self._start_deadline(now)
         self.link.connect(now)
 
     def request(self, request: Request, now: float) -> InvokeId:
@@ -236,8 +340,10 @@ class ClientAssociation:
         request = attrs.evolve(request, invoke=invoke)
         self._current = request
         self._blocks = []
+        self._blocks_size = 0
+        self._start_deadline(now)
         self.requests += 1
-        self.link.send_apdu(apdu.encode_apdu(request), now)
+        self._send_xdlms(apdu.encode_apdu(request), now)
         return invoke
 
     def release(self, now: float) -> None:
@@ -277,6 +383,7 @@ class ClientAssociation:
         if (self.state, _Ev.ABORT) in TRANSITIONS:
             self._go(_Ev.ABORT)
             self._current = None
+            self._deadline = None
             self.link.disconnect(now)
         elif self._meter_still_associated():
             self.state = S.UNLINKING
@@ -295,16 +402,35 @@ class ClientAssociation:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called."""
-        return self.link.next_deadline()
+        link = self.link.next_deadline()
+        if self._deadline is None:
+            return link
+        return self._deadline if link is None else min(link, self._deadline)
 
     def handle_timer(self, now: float) -> None:
-        """Let the link retransmit or give up."""
+        """Let the link retransmit or give up; enforce the exchange's overall deadline."""
         self._now = now
+        if self._deadline is not None and now >= self._deadline:
+            what = "request" if self.state is S.WAITING else "association"
+            self._deadline = None
+            self._current = None
+            self._blocks = []
+            self._blocks_size = 0
+            self.state = S.CLOSED
+            raise ResponseTimeout(
+                f"the {what} did not complete within its overall deadline of "
+                f"{self.settings.request_timeout:g} s",
+                code="association.deadline",
+            )
         try:
             self.link.handle_timer(now)
         except ProtocolError:
             self.state = S.CLOSED
             raise
+
+    def _start_deadline(self, now: float) -> None:
+        timeout = self.settings.request_timeout
+        self._deadline = None if timeout is None else now + timeout
 
     def drain(self) -> int:
         """Discard bytes buffered from the meter (before a retry)."""
@@ -335,6 +461,9 @@ class ClientAssociation:
                 # Whatever went wrong, this association cannot be trusted any more.
                 self.state = S.CLOSED
                 self._current = None
+                self._deadline = None
+                self._blocks = []
+                self._blocks_size = 0
                 raise
         return self._events.pop(0)
 
@@ -356,6 +485,9 @@ class ClientAssociation:
 
     def _send_aarq(self) -> None:
         s = self.settings
+        if s.security is not None:
+            self._send_secured_aarq(s.security)
+            return
         aarq = AARQ(
             mechanism=(
                 acse.AuthenticationMechanism.LOW
@@ -371,6 +503,374 @@ class ClientAssociation:
         )
         self.link.send_apdu(acse.encode_acse(aarq), self._now)
 
+    # -- security ----------------------------------------------------------------------------
+
+    def _next_counter(self) -> int:
+        assert self._sec is not None
+        counter = self._sec.counter.next()
+        self.client_counter = counter
+        return counter
+
+    def _cipher(self, plain: bytes) -> bytes:
+        sec = self._sec
+        assert sec is not None and sec.policy is not None and sec.keys is not None
+        return security.cipher_apdu(
+            plain,
+            sec.policy,
+            sec.system_title,
+            self._next_counter(),
+            sec.keys,
+            dedicated_key=self._dedicated_key,
+            general=sec.general_ciphering,
+        )
+
+    def _send_xdlms(self, plain: bytes, now: float) -> None:
+        if self._sec is not None and self._sec.ciphered:
+            plain = self._cipher(plain)
+        self.link.send_apdu(plain, now)
+
+    def _send_secured_aarq(self, sec: SecuritySettings) -> None:
+        s = self.settings
+        mechanism = sec.mechanism
+        if mechanism in hls.HLS_MECHANISMS:
+            self._ctos = hls.make_challenge(sec.random)
+            value: bytes | None = self._ctos
+        elif mechanism == acse.AuthenticationMechanism.LOW:
+            value = s.password
+        else:
+            value = None
+        if sec.dedicated_key and sec.ciphered:
+            self._dedicated_key = sec.random(security.KEY_LENGTH)
+        initiate = InitiateRequest(
+            proposed_conformance=s.conformance,
+            client_max_receive_pdu_size=s.max_pdu_size,
+            proposed_dlms_version=s.dlms_version,
+            dedicated_key=self._dedicated_key,
+        )
+        ciphered: bytes | None = None
+        if sec.ciphered:
+            assert sec.policy is not None and sec.keys is not None
+            # The InitiateRequest is always protected with the global key.
+            ciphered = security.cipher_apdu(
+                acse.encode_initiate_request(initiate),
+                sec.policy,
+                sec.system_title,
+                self._next_counter(),
+                sec.keys,
+            )
+        aarq = AARQ(
+            context=(
+                acse.ApplicationContext.LOGICAL_NAME_CIPHERED
+                if sec.ciphered
+                else acse.ApplicationContext.LOGICAL_NAME
+            ),
+            mechanism=mechanism,
+            password=value,
+            initiate=None if ciphered is not None else initiate,
+            # The titles take part in ciphering, HLS-GMAC and HLS-SHA256 only.
+            calling_ap_title=sec.system_title
+            if sec.ciphered or mechanism in _TITLED_MECHANISMS
+            else None,
+            ciphered_initiate=ciphered,
+        )
+        self.link.send_apdu(acse.encode_acse(aarq), self._now)
+
+    def _check_server_counter(self, counter: int) -> None:
+        last = self.server_counter
+        title = self.server_system_title
+        if self._sec is not None and title is not None:
+            seen = self._sec.server_counters.get(title)
+            if seen is not None and (last is None or seen > last):
+                last = seen
+        if last is not None and counter <= last:
+            raise SecurityError(
+                f"the meter's invocation counter {counter} is not above the last one seen"
+                f" ({last}): replayed or reset APDU",
+                code="security.replay",
+            )
+        self.server_counter = counter
+        if self._sec is not None and title is not None:
+            self._sec.server_counters[title] = counter
+
+    def _decipher(self, data: bytes) -> bytes:
+        """Check and decipher a ciphered APDU from the meter; the plain APDU."""
+        sec = self._sec
+        if sec is None or not sec.ciphered or sec.keys is None:
+            raise SecurityError(
+                f"the meter sent a ciphered APDU (0x{data[0]:02X}) on an unciphered association",
+                code="security.policy_mismatch",
+            )
+        title = self.server_system_title
+        if title is None:
+            raise SecurityError(
+                "a ciphered APDU before the meter's system title is known",
+                code="security.malformed",
+            )
+        ciphered = security.parse_ciphered(data)
+        if ciphered.header.policy != sec.policy:
+            got = ciphered.header.policy
+            raise SecurityError(
+                f"security policy mismatch: the meter protects its APDUs"
+                f" {'unprotected' if got is None else got.label},"
+                f" we use {sec.policy.label if sec.policy else 'none'}",
+                code="security.policy_mismatch",
+            )
+        _, plain = security.decipher_apdu(
+            ciphered, title, sec.keys, dedicated_key=self._dedicated_key
+        )
+        self._check_server_counter(ciphered.header.invocation_counter)
+        return plain
+
+    def _secured_aare(self, aare: AARE) -> AARE:
+        """The AARE with its ciphered user-information deciphered (or the error explained)."""
+        sec = self._sec
+        assert sec is not None
+        if aare.responding_ap_title is not None:
+            if len(aare.responding_ap_title) != security.SYSTEM_TITLE_LENGTH:
+                raise AssociationError(
+                    f"the meter's system title is {len(aare.responding_ap_title)} bytes, not 8",
+                    code="association.wrong_system_title",
+                )
+            if (
+                sec.server_system_title is not None
+                and aare.responding_ap_title != sec.server_system_title
+            ):
+                raise AssociationError(
+                    f"wrong system title: the meter calls itself"
+                    f" {aare.responding_ap_title.hex().upper()}, the configuration expects"
+                    f" {sec.server_system_title.hex().upper()}",
+                    code="association.wrong_system_title",
+                )
+            self.server_system_title = aare.responding_ap_title
+        ciphered = aare.ciphered_initiate
+        if ciphered is None:
+            if (
+                sec.ciphered
+                and aare.result == acse.AssociationResult.ACCEPTED
+                and aare.initiate_response is not None
+            ):
+                raise AssociationError(
+                    "security policy mismatch: the meter answered without ciphering",
+                    code="association.policy_mismatch",
+                )
+            return aare
+        if not sec.ciphered or sec.keys is None:
+            raise AssociationError(
+                "security policy mismatch: the meter ciphers its AARE, we use no ciphering",
+                code="association.policy_mismatch",
+            )
+        if self.server_system_title is None:
+            raise AssociationError(
+                "the meter's AARE is ciphered but names no system title",
+                code="association.wrong_system_title",
+            )
+        try:
+            parsed = security.parse_ciphered(ciphered)
+            if parsed.header.policy != sec.policy:
+                got = parsed.header.policy
+                raise AssociationError(
+                    f"security policy mismatch: the meter uses"
+                    f" {'none' if got is None else got.label}, we use"
+                    f" {sec.policy.label if sec.policy else 'none'}",
+                    code="association.policy_mismatch",
+                )
+            _, plain = security.decipher_apdu(parsed, self.server_system_title, sec.keys)
+            self._check_server_counter(parsed.header.invocation_counter)
+        except SecurityError as exc:
+            # Without a tag (encryption only) a wrong key shows as an APDU that is not one.
+            if exc.code not in ("security.authentication_failed", "security.malformed"):
+                raise AssociationError(str(exc), code="association.security") from exc
+            raise self._key_error(parsed.content) from exc
+        except DecodeError as exc:
+            raise AssociationError(
+                f"the meter's ciphered initiate response is malformed: {exc}",
+                code="association.security",
+            ) from exc
+        user = acse.decode_user_information(plain)
+        if isinstance(user, acse.InitiateResponse):
+            return attrs.evolve(aare, initiate_response=user, ciphered_initiate=None)
+        if isinstance(user, ConfirmedServiceError):
+            return attrs.evolve(aare, confirmed_service_error=user, ciphered_initiate=None)
+        raise AssociationError(
+            "the meter's ciphered user-information is not an initiate response",
+            code="association.security",
+        )
+
+    def _key_error(self, content: bytes) -> AssociationError:
+        sec = self._sec
+        assert sec is not None and sec.keys is not None and self.server_system_title is not None
+        which = security.diagnose_failure(self.server_system_title, sec.keys, content, (0x08, 0x0E))
+        if which == "authentication_key":
+            return AssociationError(
+                "wrong authentication key: the meter's AARE fails the GCM check"
+                " (the block cipher key matches)",
+                code="association.wrong_authentication_key",
+            )
+        if which == "block_cipher_key":
+            return AssociationError(
+                "wrong block cipher key: the meter's AARE does not decipher",
+                code="association.wrong_block_cipher_key",
+            )
+        return AssociationError(
+            "wrong authentication key or block cipher key: the meter's AARE fails the GMAC check",
+            code="association.wrong_authentication_key",
+        )
+
+    def _refused_secured(self, aare: AARE) -> AssociationError | None:
+        """A clearer error for a refused secured AARQ, when one can be given."""
+        sec = self._sec
+        if sec is None or aare.result == acse.AssociationResult.ACCEPTED:
+            return None
+        diag = aare.diagnostic
+        if diag.source != acse.DiagnosticSource.USER:
+            return None
+        if diag.value == acse.AcseServiceUser.CALLING_AP_TITLE_NOT_RECOGNIZED:
+            return AssociationError(
+                f"wrong system title: the meter does not accept our system title"
+                f" {sec.system_title.hex().upper()} (AARE diagnostic"
+                " calling-AP-title-not-recognized)",
+                code="association.wrong_system_title",
+            )
+        if diag.value == acse.AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED:
+            return AssociationError(
+                "security policy mismatch: the meter refuses the"
+                f" {'ciphered' if sec.ciphered else 'unciphered'} application context",
+                code="association.policy_mismatch",
+            )
+        if diag.value == acse.AcseServiceUser.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED:
+            return AssociationError(
+                f"the meter does not support {sec.mechanism.name}"
+                " (AARE diagnostic authentication-mechanism-name-not-recognised)",
+                code="association.mechanism_not_supported",
+            )
+        cse = aare.confirmed_service_error
+        if (
+            sec.ciphered
+            and self.server_system_title is not None
+            and cse is not None
+            and cse.error_type == apdu.ServiceErrorType.INITIATE
+            and cse.error_value == apdu.InitiateError.OTHER
+        ):
+            # The meter's own ciphered answer deciphered with our keys: the keys match, so
+            # what it refused is the counter (or our title).
+            return AssociationError(
+                f"counter rejected: the meter refused the association with invocation counter"
+                f" {self.client_counter} (keys and system titles match)",
+                code="association.counter_rejected",
+            )
+        if sec.ciphered and diag.value == acse.AcseServiceUser.AUTHENTICATION_FAILURE:
+            return AssociationError(
+                "the meter could not decipher our AARQ: wrong block cipher key,"
+                " authentication key or system title (AARE diagnostic authentication-failure)",
+                code="association.authentication_failure",
+            )
+        return None
+
+    def _start_hls(self, aare: AARE) -> None:
+        sec = self._sec
+        assert sec is not None
+        stoc = aare.authentication_value
+        if not stoc:
+            self.abort(self._now)
+            raise AssociationError(
+                "the meter sent no challenge (StoC) for HLS authentication",
+                code="association.hls_failed",
+            )
+        self._stoc = stoc
+        party = hls.HlsParty(sec.mechanism, sec.system_title, sec.secret, sec.keys)
+        counter = (
+            self._next_counter() if sec.mechanism == acse.AuthenticationMechanism.HIGH_GMAC else 0
+        )
+        answer = hls.respond(
+            party,
+            stoc,
+            peer_title=self.server_system_title or b"",
+            my_challenge=self._ctos,
+            invocation_counter=counter,
+        )
+        self._invoke_id = self._invoke_id % 15 + 1
+        self._hls_invoke = InvokeId(self._invoke_id, confirmed=True, high_priority=True)
+        action = ActionRequestNormal(
+            self._hls_invoke,
+            MethodDescriptor(
+                hls.ASSOCIATION_LN_CLASS, hls.ASSOCIATION_LN, hls.REPLY_TO_HLS_AUTHENTICATION
+            ),
+            Data.octet_string(answer),
+        )
+        self._send_xdlms(apdu.encode_apdu(action), self._now)
+
+    def _finish_hls(self, decoded: Apdu) -> None:
+        sec = self._sec
+        assert sec is not None
+        if isinstance(decoded, (ExceptionResponse, ConfirmedServiceError)):
+            self.abort(self._now)
+            raise AssociationError(
+                f"the meter refused reply_to_HLS_authentication: {decoded.error().message}",
+                code="association.hls_failed",
+            )
+        if not isinstance(decoded, ActionResponseNormal) or (
+            self._hls_invoke is not None and decoded.invoke.invoke_id != self._hls_invoke.invoke_id
+        ):
+            self.stale_responses += 1
+            return
+        what = (
+            "authentication key"
+            if sec.mechanism == acse.AuthenticationMechanism.HIGH_GMAC
+            else "HLS secret"
+        )
+        code = (
+            "association.wrong_authentication_key"
+            if sec.mechanism == acse.AuthenticationMechanism.HIGH_GMAC
+            else "association.wrong_secret"
+        )
+        if decoded.result != ActionResult.SUCCESS:
+            self.abort(self._now)
+            raise AssociationError(
+                f"wrong {what}: the meter rejected our f(StoC)"
+                f" (reply_to_HLS_authentication {decoded.result.label})",
+                code=code,
+            )
+        data = decoded.return_data
+        answer = (
+            data.value if isinstance(data, Data) and data.type == DataType.OCTET_STRING else None
+        )
+        party = hls.HlsParty(sec.mechanism, self.server_system_title or b"", sec.secret, sec.keys)
+        if not isinstance(answer, bytes) or not hls.verify(
+            party,
+            answer,
+            self._ctos,
+            my_title=sec.system_title,
+            peer_challenge=self._stoc,
+        ):
+            self.abort(self._now)
+            raise AssociationError(
+                f"the meter's f(CtoS) does not verify: wrong {what} on one side, or not the"
+                " meter we think",
+                code=code,
+            )
+        assert self.negotiated is not None
+        self._go(_Ev.HLS_OK)
+        self._events.append(Associated(self.negotiated))
+
+    def _security_exception(self, decoded: ExceptionResponse) -> None:
+        """Raise the installer's version of a ciphering exception-response, if it is one."""
+        service = decoded.service_error
+        if service == apdu.ExceptionServiceError.INVOCATION_COUNTER_ERROR:
+            self.abort(self._now)
+            expected = decoded.invocation_counter
+            raise AssociationError(
+                f"counter rejected: the meter refused invocation counter {self.client_counter}"
+                + ("" if expected is None else f" (it expects at least {expected})"),
+                code="association.counter_rejected",
+            )
+        if service == apdu.ExceptionServiceError.DECIPHERING_ERROR:
+            self.abort(self._now)
+            raise AssociationError(
+                "the meter could not decipher our request (deciphering-error): wrong block"
+                " cipher key, authentication key or system title",
+                code="association.deciphering_error",
+            )
+
     @staticmethod
     def _decode_or_raw(data: bytes) -> Apdu | bytes:
         try:
@@ -380,6 +880,20 @@ class ClientAssociation:
 
     def _handle_apdu(self, data: bytes) -> None:
         state = self.state
+        if data and security.is_ciphered(data[0]):
+            data = self._decipher(data)
+        elif (
+            self._sec is not None
+            and self._sec.ciphered
+            and state in (S.WAITING, S.AUTHENTICATING)
+            # Only the exception-response is sent unciphered, and exactly as long as it is
+            # (3 bytes, 7 with the counter expected): nothing tampered passes as one.
+            and not (data[:1] == b"\xd8" and len(data) in (3, 7))
+        ):
+            raise SecurityError(
+                "security policy mismatch: the meter answered without ciphering",
+                code="security.policy_mismatch",
+            )
         try:
             decoded, trailing = apdu.decode_apdu_lenient(data)
         except DecodeError:
@@ -393,6 +907,11 @@ class ClientAssociation:
             self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
             try:
+                if self._sec is not None:
+                    decoded = self._secured_aare(decoded)
+                    refused = self._refused_secured(decoded)
+                    if refused is not None:
+                        raise refused
                 initiate = acse.check_aare(decoded)
             except AssociationError:
                 self.abort(self._now)
@@ -402,7 +921,12 @@ class ClientAssociation:
                 server_max_pdu_size=initiate.server_max_receive_pdu_size,
                 dlms_version=initiate.negotiated_dlms_version,
             )
+            if self._sec is not None and self._sec.mechanism in hls.HLS_MECHANISMS:
+                self._go(_Ev.AARE_HLS)
+                self._start_hls(decoded)
+                return
             self._go(_Ev.AARE_OK)
+            self._deadline = None
             self._events.append(Associated(self.negotiated))
         elif isinstance(decoded, RLRE) and state is S.RELEASING:
             self._go(_Ev.RLRE)
@@ -412,6 +936,8 @@ class ClientAssociation:
             self._events.append(Notification(decoded))
         elif state is S.WAITING:
             self._handle_response(decoded)
+        elif state is S.AUTHENTICATING:
+            self._finish_hls(decoded)
         elif state is S.ASSOCIATING and isinstance(
             decoded, (ExceptionResponse, ConfirmedServiceError)
         ):
@@ -428,6 +954,8 @@ class ClientAssociation:
         if isinstance(decoded, (AARQ, AARE, RLRQ, RLRE)):
             self.stale_responses += 1  # an ACSE APDU answers no GET/SET/ACTION
             return
+        if self._sec is not None and isinstance(decoded, ExceptionResponse):
+            self._security_exception(decoded)
         if isinstance(decoded, (ExceptionResponse, ConfirmedServiceError)):
             # Neither carries an invoke-id: it answers the request in flight.
             self._finish(decoded)
@@ -460,15 +988,27 @@ class ClientAssociation:
             raise RemoteProtocolError(
                 f"block transfer longer than {MAX_BLOCKS} blocks", code="association.too_long"
             )
+        self._blocks_size += len(block.raw_data)
+        if self._blocks_size > self.settings.max_response_size:
+            received = self._blocks_size
+            self._blocks = []
+            self._blocks_size = 0
+            self.abort(self._now)
+            raise RemoteProtocolError(
+                f"block transfer longer than {self.settings.max_response_size} bytes "
+                f"({received} bytes in {expected} blocks)",
+                code="association.too_long",
+            )
         self._blocks.append(block.raw_data)
         self.blocks_received += 1
         if not block.last_block:
-            self.link.send_apdu(
+            self._send_xdlms(
                 apdu.encode_apdu(GetRequestNext(block.invoke, block.block_number)), self._now
             )
             return
         raw = b"".join(self._blocks)
         self._blocks = []
+        self._blocks_size = 0
         if isinstance(self._current, GetRequestWithList):
             # A long GET-with-list reply: the blocks hold the list of results.
             reader = apdu.Reader(raw)
@@ -505,5 +1045,6 @@ class ClientAssociation:
 
     def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
+        self._deadline = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))

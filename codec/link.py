@@ -20,7 +20,7 @@ from typing import Protocol
 
 import attrs
 
-from codec.errors import LinkError, LocalProtocolError, ResponseTimeout
+from codec.errors import LinkError, LocalProtocolError, RemoteProtocolError, ResponseTimeout
 from codec.hdlc import (
     NEED_DATA,
     Frame,
@@ -34,6 +34,7 @@ from codec.hdlc_params import LinkParameters
 from codec.wrapper import WrapperFrame, WrapperScanner
 
 __all__ = [
+    "DEFAULT_MAX_APDU",
     "LLC_REQUEST",
     "LLC_RESPONSE",
     "ApduReceived",
@@ -49,6 +50,9 @@ __all__ = [
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
+#: Largest APDU the links accept from the meter unless told otherwise: the largest a wrapper PDU
+#: can carry. The association passes the client's negotiated max receive PDU size instead.
+DEFAULT_MAX_APDU = 0xFFFF
 #: First bytes of the APDUs a server sends: AARE, RLRE, GET/SET/ACTION responses,
 #: exception-response, confirmed-service-error, data-notification, event-notification,
 #: general-block-transfer, and the ciphered forms.
@@ -103,6 +107,8 @@ class Link(Protocol):
     """What the association needs from a transport link (HDLC or wrapper)."""
 
     state: LinkState
+    #: Largest APDU accepted from the meter (reassembled); a longer one is a protocol error.
+    max_apdu: int
 
     def connect(self, now: float) -> None: ...
     def disconnect(self, now: float) -> None: ...
@@ -152,6 +158,7 @@ class HdlcClientLink:
         timeout: float = 5.0,
         retries: int = 2,
         transparency: bool = False,
+        max_apdu: int = DEFAULT_MAX_APDU,
     ) -> None:
         self.client = client
         self.server = server
@@ -160,6 +167,9 @@ class HdlcClientLink:
         self.timeout = timeout
         self.retries = retries
         self.transparency = transparency
+        #: Largest reassembled reply (LLC header excluded); more is a protocol error. The
+        #: association sets it from the max receive PDU size it proposes.
+        self.max_apdu = max_apdu
         self.state = LinkState.DISCONNECTED
         self.scanner = FrameScanner(transparency=transparency)
         self._vs = 0  # N(S) of our next I-frame
@@ -169,6 +179,7 @@ class HdlcClientLink:
         self._pending: _Pending | None = None
         self._segments_out: list[bytes] = []  # further segments of an APDU being sent
         self._segments_in: list[bytes] = []  # segments of a reply being received
+        self._segments_in_size = 0
         self._busy_until: float | None = None
         self._now = 0.0
         self.frames_sent = 0
@@ -182,7 +193,7 @@ class HdlcClientLink:
         if self.state is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connect() while the link is {self.state.value}")
         self._vs = self._vr = 0
-        self._segments_in.clear()
+        self._clear_segments_in()
         self._segments_out.clear()
         self.state = LinkState.CONNECTING
         self._send(self._frame(FrameKind.SNRM, info=self.proposed.encode()), now, "UA to SNRM")
@@ -193,7 +204,7 @@ class HdlcClientLink:
             return
         self.state = LinkState.DISCONNECTING
         self._segments_out.clear()
-        self._segments_in.clear()
+        self._clear_segments_in()
         self._send(self._frame(FrameKind.DISC), now, "UA to DISC")
 
     def send_apdu(self, apdu: bytes, now: float) -> None:
@@ -205,7 +216,7 @@ class HdlcClientLink:
         data = LLC_REQUEST + apdu
         size = self.negotiated.max_info_tx
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
-        self._segments_in.clear()
+        self._clear_segments_in()
         self._segments_out = chunks[1:]
         self._send_i(chunks[0], segmented=len(chunks) > 1, now=now)
 
@@ -401,14 +412,32 @@ class HdlcClientLink:
             return
         self._vr = (self._vr + 1) % 8
         self._segments_in.append(frame.info)
+        self._segments_in_size += len(frame.info)
+        limit = self.max_apdu + len(LLC_RESPONSE)
+        if self._segments_in_size > limit:
+            # A meter that never clears the segmentation bit (or ignores the negotiated size)
+            # would otherwise grow this reply without end.
+            received, count = self._segments_in_size, len(self._segments_in)
+            self._clear_segments_in()
+            self._pending = None
+            self.state = LinkState.DISCONNECTED
+            raise RemoteProtocolError(
+                f"the meter's reply exceeds the negotiated maximum PDU size: {received} bytes "
+                f"in {count} segments, more than the {self.max_apdu} accepted",
+                code="link.reply_too_long",
+            )
         if frame.segmented:
             # Ask for the next segment.
             self._send(self._frame(FrameKind.RR, nr=self._vr), self._now, "segment")
             return
         self._pending = None
         data = b"".join(self._segments_in)
-        self._segments_in.clear()
+        self._clear_segments_in()
         self._events.append(ApduReceived(_strip_llc(data)))
+
+    def _clear_segments_in(self) -> None:
+        self._segments_in.clear()
+        self._segments_in_size = 0
 
     def _on_rr(self, frame: Frame) -> None:
         if self._segments_out and frame.nr == self._vs:
@@ -440,6 +469,7 @@ class WrapperClientLink:
         timeout: float = 5.0,
         retries: int = 1,
         max_payload: int = 0xFFFF,
+        max_apdu: int = DEFAULT_MAX_APDU,
     ) -> None:
         self.client_wport = client_wport
         self.server_wport = server_wport
@@ -448,6 +478,8 @@ class WrapperClientLink:
         self._last = b""
         self._retries_left = 0
         self.retransmissions = 0
+        #: Largest APDU accepted from the meter; a longer one is a protocol error.
+        self.max_apdu = max_apdu
         self.state = LinkState.DISCONNECTED
         self.negotiated = LinkParameters()
         self.scanner = WrapperScanner(
@@ -504,6 +536,14 @@ class WrapperClientLink:
         frame = self.scanner.next_frame()
         if isinstance(frame, NeedData):
             return NEED_DATA
+        if len(frame.payload) > self.max_apdu:
+            self._deadline = None
+            self.state = LinkState.DISCONNECTED
+            raise RemoteProtocolError(
+                f"the meter's reply exceeds the negotiated maximum PDU size: "
+                f"{len(frame.payload)} bytes, more than the {self.max_apdu} accepted",
+                code="link.reply_too_long",
+            )
         self._deadline = None
         return ApduReceived(frame.payload)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import trio
 
 from bridge.capture import PcapWriter, ProxySession, RecordingProxy
+from bridge.commands.argtypes import host as check_host
+from bridge.commands.argtypes import port, seconds
 
 EXIT_BAD_ARGS = 2
 EXIT_FAILED = 1
@@ -18,7 +20,11 @@ EXIT_FAILED = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options."""
     parser.add_argument(
-        "--listen", type=int, required=True, metavar="PORT", help="port for clients (0: any free)"
+        "--listen",
+        type=port(allow_zero=True),
+        required=True,
+        metavar="PORT",
+        help="port for clients (0: any free)",
     )
     parser.add_argument(
         "--meter", required=True, metavar="HOST:PORT", help="the meter to forward to"
@@ -27,11 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, metavar="FILE.pcap", help="the capture to write"
     )
     parser.add_argument(
-        "--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--listen-host",
+        type=check_host,
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds(high=3600),
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for the meter to accept a connection (default 5)",
@@ -42,25 +51,25 @@ def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT``; raises ValueError saying what is wrong."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text:
-        raise ValueError(f"{text!r} is not HOST:PORT")
+        raise ValueError(f"{text[:60]!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:4059")
+        raise ValueError(f"{text[:60]!r}: write an IPv6 address in brackets, as [::1]:4059")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port {port_text!r} is not a number from 1 to 65535")
+        raise ValueError(f"{text[:60]!r}: port {port_text[:20]!r} is not a number from 1 to 65535")
+    try:
+        host = check_host(host)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
     return host, int(port_text)
 
 
 def _check(args: argparse.Namespace) -> tuple[str, int]:
-    if not 0 <= args.listen <= 65535:
-        raise ValueError(f"--listen {args.listen}: a port is a number from 0 to 65535")
     try:
         meter = parse_host_port(args.meter)
     except ValueError as exc:
         raise ValueError(f"--meter {exc}") from None
-    if args.connect_timeout <= 0:
-        raise ValueError(f"--connect-timeout {args.connect_timeout:g}: must be more than 0")
     parent = args.out.parent
     if not parent.is_dir():
         raise ValueError(f"--out {args.out}: directory {parent} does not exist")

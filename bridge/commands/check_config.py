@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from bridge.config import BridgeConfig, ConfigError, config_to_dict, load_config
+from bridge.api_meters import load_effective_config
+from bridge.config import BridgeConfig, ConfigError, config_to_dict
 
 #: Exit status for a config that cannot be used (same as ``bridge.cli.EXIT_USAGE``).
 EXIT_BAD_CONFIG = 2
@@ -31,8 +32,9 @@ def summary(config: BridgeConfig) -> str:
     total = len(config.meters)
     enabled = len(config.enabled_meters)
     noun = "meter" if total == 1 else "meters"
+    api = f", {len(config.api_meters)} from the admin API" if config.api_meters else ""
     return (
-        f"OK: {total} {noun} ({enabled} enabled), publish mode {config.publish.mode}, "
+        f"OK: {total} {noun} ({enabled} enabled{api}), publish mode {config.publish.mode}, "
         f"broker {config.mqtt.address}{' (TLS)' if config.mqtt.tls else ''}"
     )
 
@@ -40,7 +42,7 @@ def summary(config: BridgeConfig) -> str:
 def run(args: argparse.Namespace) -> int:
     """Check ``args.config``; print the summary (or the JSON) or every error."""
     try:
-        config = load_config(args.config)
+        config = load_effective_config(args.config)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"{exc.source}: {line}", file=sys.stderr)

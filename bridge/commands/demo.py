@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from bridge.commands.argtypes import integer, log_level, port, seconds
 from bridge.demo import DEFAULT_FAULTS, DemoOptions, run_demo
 from bridge.logs import setup_logging
 from bridge.simulator.faults import FaultSpecError, parse_fault_spec
@@ -17,9 +18,14 @@ from bridge.simulator.faults import FaultSpecError, parse_fault_spec
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options."""
-    parser.add_argument("--meters", type=int, default=5, help="simulated meters (default 5)")
     parser.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between reads of a meter (default 2)"
+        "--meters", type=integer(1, 1000), default=5, help="simulated meters (default 5)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=seconds(high=86_400),
+        default=2.0,
+        help="seconds between reads of a meter (default 2)",
     )
     parser.add_argument(
         "--faults",
@@ -27,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"simulator fault spec (default {DEFAULT_FAULTS!r}; '' for none)",
     )
     parser.add_argument(
-        "--duration", type=float, help="stop after this many seconds (default: at Ctrl-C)"
+        "--duration",
+        type=seconds(high=365 * 86_400),
+        help="stop after this many seconds (default: at Ctrl-C)",
     )
     parser.add_argument("--data-dir", type=Path, help="where to keep the demo's files")
     parser.add_argument(
@@ -36,14 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="local broker: Mosquitto when installed, else amqtt (default auto)",
     )
-    parser.add_argument("--mqtt-port", type=int, help="broker port (default 1883 when free)")
+    parser.add_argument("--mqtt-port", type=port(), help="broker port (default 1883 when free)")
     parser.add_argument(
-        "--sim-port", type=int, default=4061, help="first meter port (default 4061; 0: any)"
+        "--sim-port",
+        type=port(allow_zero=True),
+        default=4061,
+        help="first meter port (default 4061; 0: any)",
     )
     parser.add_argument(
         "--no-live", action="store_true", help="print a status line every 5 s instead of a table"
     )
-    parser.add_argument("--log-level", default="warning", help="bridge log level (default warning)")
+    parser.add_argument(
+        "--log-level", type=log_level, default="warning", help="bridge log level (default warning)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

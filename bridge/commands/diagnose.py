@@ -18,7 +18,17 @@ from pathlib import Path
 import attrs
 import trio
 
+from bridge import meter_security
+from bridge.commands.argtypes import (
+    host,
+    integer,
+    password_file,
+    password_text,
+    port,
+    seconds,
+)
 from bridge.config import BridgeConfig, ConfigError, MeterConfig, load_config
+from bridge.counters import PersistentCounter, counter_path
 from bridge.diagnose import DiagnoseReport, diagnose_meter
 from bridge.diagnose_mqtt import TAKEOVER_WAIT_S, diagnose_mqtt
 from bridge.mqtt import MqttSettings
@@ -26,6 +36,7 @@ from bridge.poller import endpoint_for
 from bridge.service import mqtt_settings
 from bridge.session import MeterEndpoint
 from codec.client import RegisterSpec
+from codec.errors import EncodeError
 from codec.hdlc_params import LinkParameters
 
 EXIT_FAILED = 1
@@ -47,28 +58,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", "-c", type=Path, help="the bridge's config file")
     parser.add_argument("--meter", help="the configured meter to check (needs --config)")
-    parser.add_argument("--host", help="meter host name or address (instead of --meter)")
-    parser.add_argument("--port", type=int, help="meter TCP port")
+    parser.add_argument("--host", type=host, help="meter host name or address (instead of --meter)")
+    parser.add_argument("--port", type=port(), help="meter TCP port (1..65535)")
     parser.add_argument("--transport", choices=("hdlc", "wrapper"), default="hdlc")
-    parser.add_argument("--client-sap", type=int, default=1, help="client SAP (default 1)")
-    parser.add_argument("--server-logical", type=int, default=0, help="default 0")
-    parser.add_argument("--server-physical", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--client-sap", type=integer(1, 0x7F), default=1, help="client SAP, 1..127 (default 1)"
+    )
+    parser.add_argument(
+        "--server-logical", type=integer(0, 0x3FFF), default=0, help="0..16383 (default 0)"
+    )
+    parser.add_argument(
+        "--server-physical", type=integer(0, 0x3FFF), default=1, help="0..16383 (default 1)"
+    )
     parser.add_argument("--server-address-size", type=int, choices=(1, 2, 4))
     secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="LLS password (prefer --password-file)")
-    secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
+    secret.add_argument(
+        "--password", type=password_text, help="LLS password (prefer --password-file)"
+    )
+    secret.add_argument(
+        "--password-file", type=password_file, metavar="FILE", help="file holding the LLS password"
+    )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(high=3600),
         help="reply timeout, s (default: the meter's configured one, or "
         f"{_METER_TIMEOUT_S:g}; for the broker {_MQTT_TIMEOUT_S:g})",
     )
-    parser.add_argument("--retries", type=int, default=1, help="retransmissions (default 1)")
-    parser.add_argument("--max-info", type=int, default=128, help="HDLC max information field")
+    parser.add_argument(
+        "--retries", type=integer(0, 10), default=1, help="retransmissions, 0..10 (default 1)"
+    )
+    parser.add_argument(
+        "--max-info",
+        type=integer(32, 2030),
+        default=128,
+        help="HDLC max information field, 32..2030",
+    )
     parser.add_argument("--byte-stuffing", action="store_true", help="link uses 0x7D escapes")
     parser.add_argument(
         "--idle",
-        type=float,
+        type=seconds(high=86_400),
         metavar="S",
         help="leave the association idle S seconds, then use it again (inactivity timeout)",
     )
@@ -79,12 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--takeover-wait",
-        type=float,
+        type=seconds(high=3600, allow_low=True),
         default=TAKEOVER_WAIT_S,
         metavar="S",
         help=f"seconds our MQTT connection must stay up (default {TAKEOVER_WAIT_S:g})",
     )
     parser.add_argument("--no-mqtt", action="store_true", help="skip the broker side")
+    meter_security.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
 
@@ -95,18 +124,21 @@ class _Usage(ValueError):
 def _from_options(args: argparse.Namespace) -> MeterEndpoint:
     if args.port is None:
         raise _Usage("--host needs --port")
-    if not 0 < args.port < 65536:
-        raise _Usage(f"--port: {args.port} is not a TCP port")
-    password: bytes | None = None
-    if args.password_file is not None:
-        try:
-            password = args.password_file.read_text().rstrip("\r\n").encode()
-        except OSError as exc:
-            raise _Usage(f"--password-file: {exc.strerror or exc}: {args.password_file}") from None
-    elif args.password is not None:
-        password = args.password.encode()
+    # Both were read and checked by their argument types.
+    password: bytes | None = args.password_file or args.password
     timeout = args.timeout or _METER_TIMEOUT_S
-    return MeterEndpoint(
+    try:
+        options = meter_security.options_from_args(args, password)
+        security = None
+        if options is not None:
+            directory = args.counter_dir or meter_security.default_counter_dir()
+            title = options.system_title or meter_security.instance_system_title(directory)
+            counter = PersistentCounter(counter_path(directory, f"{args.host}_{args.port}", title))
+            security = options.client_settings(counter, system_title=title)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    endpoint = MeterEndpoint(
+        security=security,
         host=args.host,
         port=args.port,
         transport=args.transport,
@@ -121,6 +153,11 @@ def _from_options(args: argparse.Namespace) -> MeterEndpoint:
         link_parameters=LinkParameters(max_info_tx=args.max_info, max_info_rx=args.max_info),
         byte_stuffing=args.byte_stuffing,
     )
+    try:
+        endpoint.make_link()  # the addresses must fit their fields
+    except EncodeError as exc:
+        raise _Usage(str(exc)) from None
+    return endpoint
 
 
 def _registers(args: argparse.Namespace, meter: MeterConfig | None) -> list[RegisterSpec]:
@@ -158,6 +195,13 @@ def _plan(
             names = ", ".join(m.name for m in config.meters) or "none"
             raise _Usage(f"--meter: no meter {args.meter!r} in {args.config} (meters: {names})")
         endpoint = endpoint_for(meter)
+        if meter.security is not None and config is not None:
+            # The service's own counters (shared safely, see bridge.counters).
+            endpoint = attrs.evolve(
+                endpoint,
+                security=meter_security.client_settings_for(meter, config.bridge.data_dir),
+                frame_counter=meter.frame_counter,
+            )
         if args.timeout is not None:
             endpoint = attrs.evolve(endpoint, timeout=args.timeout, connect_timeout=args.timeout)
         endpoint = attrs.evolve(endpoint, retries=args.retries)

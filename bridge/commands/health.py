@@ -17,6 +17,7 @@ from typing import TextIO
 
 import trio
 
+from bridge.commands.argtypes import seconds
 from bridge.config import ConfigError, load_config
 from bridge.health import HealthReport, Verdict, evaluate, unreachable
 from bridge.status_socket import StatusUnavailable, query_status, socket_path
@@ -43,11 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)"
+        "--timeout",
+        type=seconds(high=3600),
+        default=5.0,
+        help="seconds to wait for the service (default 5)",
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=seconds(high=86_400, allow_low=True),
         default=0.0,
         metavar="S",
         help="ask again until healthy or S seconds have passed (for ExecStartPost)",

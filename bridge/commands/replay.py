@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from bridge.capture import ReplayResult, ReplayServer
+from bridge.commands.argtypes import host, integer, port, seconds
 from bridge.pcap import CaptureError, RecordedSession, read_sessions
 
 EXIT_BAD_ARGS = 2
@@ -19,13 +20,13 @@ EXIT_FAILED = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options."""
     parser.add_argument("pcap", type=Path, metavar="FILE.pcap", help="the capture to serve")
-    parser.add_argument("--port", type=int, help="port to serve on (0: any free)")
+    parser.add_argument("--port", type=port(allow_zero=True), help="port to serve on (0: any free)")
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+        "--host", type=host, default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
     )
     parser.add_argument(
         "--session",
-        type=int,
+        type=integer(0, 1_000_000),
         metavar="N",
         help="serve only session N (from 0) to every connection; default: session k to the k-th",
     )
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--speed",
-        type=float,
+        type=seconds(high=1000, allow_low=True),
         default=1.0,
         help="pace replies as recorded times this factor (default 1; 0: no pauses)",
     )
@@ -70,9 +71,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.port is None:
         print("replay: give --port (or --list)", file=sys.stderr)
-        return EXIT_BAD_ARGS
-    if not 0 <= args.port <= 65535:
-        print(f"replay: --port {args.port}: a port is a number from 0 to 65535", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
         server = ReplayServer(

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import trio
 
-from bridge.config import ConfigError, load_config
+from bridge.api_meters import load_effective_config
+from bridge.commands.argtypes import log_level
+from bridge.config import ConfigError
 from bridge.limits import raise_open_file_limit
 from bridge.lock import AlreadyRunning
 from bridge.logs import setup_logging
@@ -29,14 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", "-c", type=Path, required=True, help="the bridge's TOML config file"
     )
     parser.add_argument(
-        "--log-level", help="override [bridge].log_level (debug, info, warning, error)"
+        "--log-level",
+        type=log_level,
+        help="override [bridge].log_level (debug, info, warning, error)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config (refusing a bad one with exit code 2) and run until signalled."""
     try:
-        config = load_config(args.config)
+        config = load_effective_config(args.config)
     except ConfigError as exc:
         print(f"dlms-bridge: the config cannot be used:\n  {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             limit,
             enabled,
         )
-    service = BridgeService(config, config_path=args.config)
+    service = BridgeService(config, config_path=args.config, console=True)
     try:
         trio.run(service.run)
     except AlreadyRunning as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from bridge.commands.argtypes import integer, password_file, password_text, seconds
 from bridge.config import ConfigError, load_config
 from bridge.scan import (
     DEFAULT_PORTS,
@@ -51,13 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--concurrency",
-        type=int,
+        type=integer(1, MAX_CONCURRENCY),
         default=DEFAULT_CONCURRENCY,
         help=f"connections at a time (default {DEFAULT_CONCURRENCY}, at most {MAX_CONCURRENCY})",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(high=3600),
         default=DEFAULT_TIMEOUT_S,
         help=f"connect and reply timeout, s (default {DEFAULT_TIMEOUT_S:g})",
     )
@@ -65,9 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", "-c", type=Path, help="try the client SAP and password of this config's meters"
     )
     secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="LLS password to try (prefer --password-file)")
-    secret.add_argument("--password-file", type=Path, help="file holding the LLS password")
-    parser.add_argument("--client-sap", type=int, help="client SAP for the password (default 1)")
+    secret.add_argument(
+        "--password", type=password_text, help="LLS password to try (prefer --password-file)"
+    )
+    secret.add_argument(
+        "--password-file", type=password_file, metavar="FILE", help="file holding the LLS password"
+    )
+    parser.add_argument(
+        "--client-sap", type=integer(1, 0x7F), help="client SAP for the password (default 1)"
+    )
     parser.add_argument(
         "--config-out", type=Path, metavar="FILE", help="write [[meters]] tables for what was found"
     )
@@ -78,15 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _credentials(args: argparse.Namespace) -> Credentials | None:
     password: bytes | None = None
     client_sap = args.client_sap
-    if args.password_file is not None:
-        try:
-            password = args.password_file.read_text().rstrip("\r\n").encode()
-        except OSError as exc:
-            raise ScanError(
-                f"--password-file: {exc.strerror or exc}: {args.password_file}"
-            ) from None
-    elif args.password is not None:
-        password = args.password.encode()
+    if args.password_file is not None or args.password is not None:
+        # Both were read and checked by their argument types.
+        password = args.password_file or args.password
     elif args.config is not None:
         try:
             config = load_config(args.config)

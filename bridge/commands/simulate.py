@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import trio
 
+from bridge import meter_security
+from bridge.commands.argtypes import host, integer, port, seconds
 from bridge.limits import raise_open_file_limit
 from bridge.simulator import (
     MODELS,
@@ -28,19 +30,30 @@ from bridge.simulator import (
     SimulatorPorts,
     parse_fault_spec,
 )
+from bridge.simulator.meter import MeterSecurity
 from codec.hdlc_params import LinkParameters
 
 #: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
+#: Most meters one simulator process serves.
+MAX_METERS = 20_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's arguments."""
-    parser.add_argument("--meters", type=int, default=1, metavar="N", help="meters to serve (1)")
     parser.add_argument(
-        "--port", type=int, default=4061, metavar="P", help="port of meter 0; meter i on P+i (4061)"
+        "--meters", type=integer(1, MAX_METERS), default=1, metavar="N", help="meters to serve (1)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=port(allow_zero=True),
+        default=4061,
+        metavar="P",
+        help="port of meter 0; meter i on P+i (4061; 0: any free ports)",
+    )
+    parser.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on (127.0.0.1)"
+    )
     parser.add_argument("--transport", choices=TRANSPORTS, default="hdlc")
     parser.add_argument("--model", choices=sorted(MODELS), default="single-phase")
     parser.add_argument(
@@ -54,26 +67,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="faults, e.g. 'all:garbage=0.1;3-5:fcs=0.2,delay=1;7:refuse' (see the docs)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of values and faults (0)")
     parser.add_argument(
-        "--control-port", type=int, default=None, metavar="C", help="JSON-lines control port"
+        "--seed", type=integer(0, 2**63 - 1), default=0, help="seed of values and faults (0)"
+    )
+    parser.add_argument(
+        "--control-port",
+        type=port(allow_zero=True),
+        default=None,
+        metavar="C",
+        help="JSON-lines control port",
     )
     parser.add_argument(
         "--inactivity-timeout",
-        type=float,
+        type=seconds(high=86_400, allow_low=True),
         default=180.0,
         metavar="S",
         help="drop idle links after S seconds (180; 0 never)",
     )
     parser.add_argument(
         "--max-info",
-        type=int,
+        type=integer(32, 2030),
         default=128,
         metavar="BYTES",
         help="the meters' HDLC maximum information field length (128)",
     )
     parser.add_argument(
-        "--max-pdu", type=int, default=1024, metavar="BYTES", help="server max receive PDU (1024)"
+        "--max-pdu",
+        type=integer(64, 0xFFFF),
+        default=1024,
+        metavar="BYTES",
+        help="server max receive PDU (1024)",
     )
     parser.add_argument(
         "--profile-period",
@@ -86,6 +109,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--record",
         metavar="DIR",
         help="record every session as pcap, one file per meter (DIR/meter-0000.pcap, ...)",
+    )
+    meter_security.add_arguments(parser, meter_side=True)
+    parser.add_argument(
+        "--strict-counters",
+        action="store_true",
+        help="refuse a client invocation counter not above any seen before (as a real meter);"
+        " by default only within one association, so that test clients may restart at 1",
+    )
+
+
+def _meter_security(args: argparse.Namespace) -> tuple[bool, MeterSecurity | None]:
+    """(keep the LLS password, the security client SAP 1 must use); ValueError says why."""
+    secret = args.password.encode() if args.password else None
+    options = meter_security.options_from_args(args, secret, meter_side=True)
+    if options is None:
+        return True, None
+    if options.policy is None and options.mechanism_name in ("none", "lls"):
+        return options.mechanism_name == "lls", None
+    return True, MeterSecurity(
+        options.mechanism,
+        options.policy,
+        options.system_title or MeterSecurity().system_title,
+        options.keys,
+        options.secret,
+        strict_counters=args.strict_counters,
     )
 
 
@@ -122,6 +170,13 @@ def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
 def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
     """The start-up lines: one per port range, then the ready line."""
     kind = f"{config.transport}, {config.settings.model}"
+    sec = config.settings.security
+    if sec is not None:
+        policy = "no ciphering" if sec.policy is None else sec.policy.label
+        kind += (
+            f", client SAP 1: {meter_security.mechanism_name(sec.mechanism)} {policy},"
+            f" system title {sec.system_title.hex().upper()}"
+        )
     lines = []
     for first, last, low, high in port_ranges(ports.meters):
         meters = f"meter {first}" if first == last else f"meters {first}-{last}"
@@ -154,12 +209,19 @@ def run(args: argparse.Namespace) -> int:
             faults = parse_fault_spec(args.faults, args.meters)
         except FaultSpecError as exc:
             problem = f"--faults: {exc}"
+    keep_password, security = True, None
+    if problem is None:
+        try:
+            keep_password, security = _meter_security(args)
+        except ValueError as exc:
+            problem = str(exc)
     if problem is not None:
         print(f"dlms-bridge simulate: {problem}", file=sys.stderr)
         return EXIT_USAGE
     settings = MeterSettings(
         model=args.model,
-        password=args.password.encode() if args.password else None,
+        password=args.password.encode() if args.password and keep_password else None,
+        security=security,
         hdlc=LinkParameters(args.max_info, args.max_info, 1, 1),
         max_pdu=args.max_pdu,
         inactivity_timeout=args.inactivity_timeout,

@@ -18,16 +18,26 @@ Answers to what goes wrong:
   type-unmatched.
 
 A second AARQ on an open association replaces it (a client that lost the AARE can try again).
+
+With :class:`~bridge.simulator.meter.MeterSecurity` set, client SAP 1 must associate with that
+mechanism and policy: the AARQ's ciphered InitiateRequest is checked (tag, policy, counter above
+the last one seen from that client title), HLS needs the 4-pass (f(StoC) through
+reply_to_HLS_authentication on 0-0:40.0.0.255 before anything else is served), requests must
+arrive ciphered and responses leave ciphered with the meter's own counter. A request that does
+not decipher gets exception-response deciphering-error; a replayed counter
+invocation-counter-error with the counter expected.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from bridge.simulator.objects import AccessFailure, CosemObject
+from codec import hls, security
 from codec.acse import (
     AARE,
     AARQ,
@@ -38,9 +48,12 @@ from codec.acse import (
     AssociationResult,
     AuthenticationMechanism,
     Conformance,
+    InitiateRequest,
     InitiateResponse,
     ReleaseResponseReason,
     SourceDiagnostic,
+    decode_user_information,
+    encode_initiate_response,
 )
 from codec.apdu import (
     ActionRequestNormal,
@@ -67,17 +80,27 @@ from codec.apdu import (
     decode_apdu,
     encode_apdu,
 )
-from codec.axdr import encode_length
+from codec.axdr import Data, DataType, encode_length
 from codec.errors import DecodeError
 from codec.obis import Obis
+from codec.security import (
+    SecurityError,
+    SecurityKeys,
+    SecurityPolicy,
+    cipher_apdu,
+    decipher_apdu,
+    parse_ciphered,
+)
 
 if TYPE_CHECKING:
-    from bridge.simulator.meter import Meter
+    from bridge.simulator.meter import Meter, MeterSecurity
 
 __all__ = ["PUBLIC_CLIENT", "Association", "CosemServer", "RequestContext"]
 
 #: The public client SAP: associates without a password, may only read.
 PUBLIC_CLIENT = 16
+#: The management client SAP that must use the meter's security, when it has one.
+SECURED_CLIENT = 1
 _VAA_NAME_LN = 0x0007
 #: Bytes of a GET-response-with-datablock around its raw data (tag .. length prefix).
 _BLOCK_OVERHEAD = 2 + 1 + 1 + 4 + 1 + 3
@@ -97,6 +120,16 @@ def _decode_request(apdu: bytes) -> Any:
     return request
 
 
+@attrs.frozen(repr=False)
+class Ciphering:
+    """The ciphering of a secured association."""
+
+    policy: SecurityPolicy
+    keys: SecurityKeys
+    client_title: bytes
+    dedicated_key: bytes | None
+
+
 @attrs.frozen
 class Association:
     """What the AARQ/AARE exchange settled."""
@@ -105,6 +138,17 @@ class Association:
     conformance: Conformance
     client_max_pdu: int
     authenticated: bool
+    ciphering: Ciphering | None = None
+
+
+@attrs.frozen(repr=False)
+class _HlsPending:
+    """An HLS association waiting for the client's f(StoC)."""
+
+    mechanism: AuthenticationMechanism
+    client_title: bytes
+    ctos: bytes
+    stoc: bytes
 
 
 @attrs.define(eq=False, slots=True)
@@ -147,6 +191,11 @@ _UNKNOWN_SERVICE = _exception(
 _NOT_NEGOTIATED = _exception(
     StateError.SERVICE_NOT_ALLOWED, ExceptionServiceError.SERVICE_NOT_SUPPORTED
 )
+_DECIPHERING_ERROR = _exception(
+    StateError.SERVICE_NOT_ALLOWED, ExceptionServiceError.DECIPHERING_ERROR
+)
+#: Bytes a ciphered APDU adds around the plain one (tag, length, header, GCM tag).
+_CIPHER_OVERHEAD = 1 + 3 + 5 + security.TAG_LENGTH
 
 
 def _reject(
@@ -173,6 +222,8 @@ class CosemServer:
         self.meter = meter
         self.association: Association | None = None
         self._long_get: _LongGet | None = None
+        self._hls: _HlsPending | None = None
+        self._client_counter: int | None = None
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -189,24 +240,142 @@ class CosemServer:
             return _NOT_ASSOCIATED
         if len(apdu) > self.meter.settings.max_pdu:
             return _TOO_LONG
+        ciphering = association.ciphering
+        dedicated = general = False
+        if ciphering is not None:
+            if not security.is_ciphered(tag):
+                return _NOT_ASSOCIATED
+            try:
+                general = tag in (0xDB, 0xDC)
+                apdu, dedicated = self._decipher(ciphering, apdu)
+            except SecurityError as exc:
+                self.meter.counters.auth_failures += 1
+                if exc.code == "security.replay":
+                    expected = (self._client_counter or 0) + 1
+                    return encode_apdu(
+                        ExceptionResponse(
+                            StateError.SERVICE_NOT_ALLOWED,
+                            ExceptionServiceError.INVOCATION_COUNTER_ERROR,
+                            expected,
+                        )
+                    )
+                return _DECIPHERING_ERROR
+            except DecodeError:
+                return _DECIPHERING_ERROR
+        elif security.is_ciphered(tag):
+            return _UNKNOWN_SERVICE
         try:
             request = _decode_request(apdu)
         except DecodeError:
             return _UNKNOWN_SERVICE
-        service = self._SERVICES.get(type(request))
-        if service is None:
-            return _UNKNOWN_SERVICE
-        needed, handler = service
-        if not needed & association.conformance:
-            return _NOT_NEGOTIATED
-        return handler(
-            self, request, RequestContext(self.meter, wall, self.meter.time(wall), association)
+        if self._hls is not None:
+            reply = self._reply_to_hls(request, association)
+        else:
+            service = self._SERVICES.get(type(request))
+            if service is None:
+                return _UNKNOWN_SERVICE
+            needed, handler = service
+            if not needed & association.conformance:
+                return _NOT_NEGOTIATED
+            reply = handler(
+                self, request, RequestContext(self.meter, wall, self.meter.time(wall), association)
+            )
+        if ciphering is None or reply[:1] in (b"\xd8", b"\x0e"):
+            return reply
+        return cipher_apdu(
+            reply,
+            ciphering.policy,
+            self._security_settings().system_title,
+            self.meter.next_invocation_counter(),
+            ciphering.keys,
+            dedicated_key=ciphering.dedicated_key if dedicated else None,
+            general=general,
+        )
+
+    def _security_settings(self) -> MeterSecurity:
+        sec = self.meter.settings.security
+        assert sec is not None
+        return sec
+
+    def _decipher(self, ciphering: Ciphering, apdu: bytes) -> tuple[bytes, bool]:
+        parsed = parse_ciphered(apdu)
+        if parsed.header.policy != ciphering.policy:
+            raise SecurityError("policy mismatch", code="security.policy_mismatch")
+        _, plain = decipher_apdu(
+            parsed, ciphering.client_title, ciphering.keys, dedicated_key=ciphering.dedicated_key
+        )
+        self._check_client_counter(ciphering.client_title, parsed.header.invocation_counter)
+        return plain, parsed.dedicated
+
+    def _check_client_counter(self, title: bytes, counter: int, *, first: bool = False) -> None:
+        """Within an association the client's counter must go up; across associations too
+        when the meter is strict (a real meter is; a test meter read by tools that restart
+        their counter at 1 need not be)."""
+        sec = self.meter.settings.security
+        last = None if first else self._client_counter
+        if sec is not None and sec.strict_counters:
+            seen = self.meter.client_counters.get(title)
+            if seen is not None and (last is None or seen > last):
+                last = seen
+        if last is not None and counter <= last:
+            raise SecurityError("replayed counter", code="security.replay")
+        self._client_counter = counter
+        self.meter.client_counters[title] = max(counter, self.meter.client_counters.get(title, 0))
+
+    def _reply_to_hls(self, request: Any, association: Association) -> bytes:
+        """The 4th pass: check f(StoC), answer f(CtoS); nothing else is served before."""
+        pending = self._hls
+        assert pending is not None
+        if not (
+            isinstance(request, ActionRequestNormal)
+            and request.method.class_id == hls.ASSOCIATION_LN_CLASS
+            and request.method.obis == hls.ASSOCIATION_LN
+            and request.method.method_id == hls.REPLY_TO_HLS_AUTHENTICATION
+        ):
+            return _NOT_ASSOCIATED
+        sec = self._security_settings()
+        answer = request.parameters
+        client = hls.HlsParty(pending.mechanism, pending.client_title, sec.secret, sec.keys)
+        if not (
+            isinstance(answer, Data)
+            and answer.type == DataType.OCTET_STRING
+            and isinstance(answer.value, bytes)
+            and hls.verify(
+                client,
+                answer.value,
+                pending.stoc,
+                my_title=sec.system_title,
+                peer_challenge=pending.ctos,
+            )
+        ):
+            self.meter.counters.auth_failures += 1
+            self._hls = None
+            self.association = None
+            return encode_apdu(ActionResponseNormal(request.invoke, ActionResult.READ_WRITE_DENIED))
+        counter = (
+            self.meter.next_invocation_counter()
+            if pending.mechanism == AuthenticationMechanism.HIGH_GMAC
+            else 0
+        )
+        me = hls.HlsParty(pending.mechanism, sec.system_title, sec.secret, sec.keys)
+        proof = hls.respond(
+            me,
+            pending.ctos,
+            peer_title=pending.client_title,
+            my_challenge=pending.stoc,
+            invocation_counter=counter,
+        )
+        self._hls = None
+        self.meter.counters.associations += 1
+        return encode_apdu(
+            ActionResponseNormal(request.invoke, ActionResult.SUCCESS, Data.octet_string(proof))
         )
 
     def release(self) -> None:
         """The link or connection under the association went down."""
         self.association = None
         self._long_get = None
+        self._hls = None
 
     # -- ACSE ------------------------------------------------------------------------------------
 
@@ -219,6 +388,9 @@ class CosemServer:
             counters.refusals += 1
             return _reject(AcseServiceUser.NO_REASON_GIVEN)
         assert isinstance(aarq, AARQ)
+        secured = self.meter.settings.security
+        if secured is not None and client_sap == SECURED_CLIENT:
+            return self._associate_secured(aarq, client_sap, secured)
         if aarq.context != ApplicationContext.LOGICAL_NAME:
             counters.refusals += 1
             return _reject(AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
@@ -236,17 +408,14 @@ class CosemServer:
             counters.refusals += 1
             return _reject(AcseServiceUser.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED)
         initiate = aarq.initiate
-        if initiate.proposed_dlms_version < 6:
+        if initiate is None:
             counters.refusals += 1
-            return _initiate_error(InitiateError.DLMS_VERSION_TOO_LOW)
+            return _reject(AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
+        refusal = self._check_initiate(initiate)
+        if refusal is not None:
+            return refusal
         conformance = initiate.proposed_conformance & self.meter.settings.conformance
-        if not conformance:
-            counters.refusals += 1
-            return _initiate_error(InitiateError.INCOMPATIBLE_CONFORMANCE)
         client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
-        if client_max_pdu < 12:
-            counters.refusals += 1
-            return _initiate_error(InitiateError.PDU_SIZE_TOO_SHORT)
         if self.meter.faults.refuse_association():
             counters.refusals += 1
             return _reject(AcseServiceUser.NO_REASON_GIVEN, AssociationResult.REJECTED_TRANSIENT)
@@ -261,6 +430,133 @@ class CosemServer:
                     6, conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
                 ),
                 mechanism=AuthenticationMechanism.LOW if authenticated else None,
+            )
+        )
+
+    def _check_initiate(self, initiate: InitiateRequest) -> bytes | None:
+        """The AARE refusing ``initiate``, or None if it is acceptable."""
+        counters = self.meter.counters
+        if initiate.proposed_dlms_version < 6:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.DLMS_VERSION_TOO_LOW)
+        conformance = initiate.proposed_conformance & self.meter.settings.conformance
+        if not conformance:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.INCOMPATIBLE_CONFORMANCE)
+        client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
+        if client_max_pdu < 12:
+            counters.refusals += 1
+            return _initiate_error(InitiateError.PDU_SIZE_TOO_SHORT)
+        return None
+
+    def _associate_secured(self, aarq: AARQ, client_sap: int, sec: MeterSecurity) -> bytes:
+        """The AARQ of the secured client: mechanism, policy, ciphered initiate, challenge."""
+        counters = self.meter.counters
+        ciphered = sec.policy is not None
+        wanted_context = (
+            ApplicationContext.LOGICAL_NAME_CIPHERED
+            if ciphered
+            else ApplicationContext.LOGICAL_NAME
+        )
+        if aarq.context != wanted_context:
+            counters.refusals += 1
+            return _reject(AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
+        if aarq.mechanism != sec.mechanism:
+            counters.auth_failures += 1
+            if aarq.mechanism in (AuthenticationMechanism.NONE, AuthenticationMechanism.LOW):
+                return _reject(AcseServiceUser.AUTHENTICATION_REQUIRED)
+            return _reject(AcseServiceUser.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNISED)
+        ctos = aarq.password or b""
+        if sec.mechanism in hls.HLS_MECHANISMS and not 8 <= len(ctos) <= 64:
+            counters.auth_failures += 1
+            return _reject(AcseServiceUser.AUTHENTICATION_FAILURE)
+        if sec.mechanism == AuthenticationMechanism.LOW and ctos != self.meter.settings.password:
+            counters.auth_failures += 1
+            return _reject(AcseServiceUser.AUTHENTICATION_FAILURE)
+        client_title = aarq.calling_ap_title or b""
+        ciphering: Ciphering | None = None
+        initiate = aarq.initiate
+        if sec.policy is not None and sec.keys is not None:
+            if len(client_title) != security.SYSTEM_TITLE_LENGTH:
+                counters.refusals += 1
+                return _reject(AcseServiceUser.CALLING_AP_TITLE_NOT_RECOGNIZED)
+            if aarq.ciphered_initiate is None:
+                counters.refusals += 1
+                return _reject(AcseServiceUser.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED)
+            try:
+                parsed = parse_ciphered(aarq.ciphered_initiate)
+                if parsed.header.policy != sec.policy or parsed.dedicated:
+                    counters.refusals += 1
+                    return self._secured_refusal(sec, AcseServiceUser.NO_REASON_GIVEN)
+                _, plain = decipher_apdu(parsed, client_title, sec.keys)
+                self._check_client_counter(
+                    client_title, parsed.header.invocation_counter, first=True
+                )
+                user = decode_user_information(plain)
+            except SecurityError as exc:
+                counters.auth_failures += 1
+                if exc.code == "security.replay":
+                    return self._secured_refusal(sec, AcseServiceUser.NO_REASON_GIVEN)
+                return self._secured_refusal(sec, AcseServiceUser.AUTHENTICATION_FAILURE)
+            except DecodeError:
+                counters.refusals += 1
+                return _reject(AcseServiceUser.NO_REASON_GIVEN)
+            if not isinstance(user, InitiateRequest):
+                counters.refusals += 1
+                return _reject(AcseServiceUser.NO_REASON_GIVEN)
+            initiate = user
+            ciphering = Ciphering(sec.policy, sec.keys, client_title, user.dedicated_key)
+        if initiate is None:
+            counters.refusals += 1
+            return _reject(AcseServiceUser.NO_REASON_GIVEN)
+        refusal = self._check_initiate(initiate)
+        if refusal is not None:
+            return refusal
+        conformance = initiate.proposed_conformance & self.meter.settings.conformance
+        client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
+        self.association = Association(client_sap, conformance, client_max_pdu, True, ciphering)
+        response = InitiateResponse(6, conformance, self.meter.settings.max_pdu, _VAA_NAME_LN)
+        stoc: bytes | None = None
+        diagnostic = AcseServiceUser.NULL
+        if sec.mechanism in hls.HLS_MECHANISMS:
+            stoc = hls.make_challenge(os.urandom)
+            self._hls = _HlsPending(sec.mechanism, client_title, ctos, stoc)
+            diagnostic = AcseServiceUser.AUTHENTICATION_REQUIRED
+        else:
+            counters.associations += 1
+        return encode_apdu(
+            AARE(
+                AssociationResult.ACCEPTED,
+                SourceDiagnostic(value=diagnostic),
+                context=wanted_context,
+                initiate_response=None if ciphered else response,
+                mechanism=sec.mechanism,
+                responding_ap_title=sec.system_title,
+                authentication_value=stoc,
+                ciphered_initiate=self._cipher_user(sec, encode_initiate_response(response))
+                if ciphered
+                else None,
+            )
+        )
+
+    def _cipher_user(self, sec: MeterSecurity, plain: bytes) -> bytes:
+        assert sec.policy is not None and sec.keys is not None
+        return cipher_apdu(
+            plain, sec.policy, sec.system_title, self.meter.next_invocation_counter(), sec.keys
+        )
+
+    def _secured_refusal(self, sec: MeterSecurity, diagnostic: AcseServiceUser) -> bytes:
+        """A refusal whose ciphered confirmed-service-error lets the client check its keys."""
+        cse = ConfirmedServiceError(
+            ConfirmedService.INITIATE_ERROR, ServiceErrorType.INITIATE, InitiateError.OTHER
+        )
+        return encode_apdu(
+            AARE(
+                AssociationResult.REJECTED_PERMANENT,
+                SourceDiagnostic(value=diagnostic),
+                context=ApplicationContext.LOGICAL_NAME_CIPHERED,
+                responding_ap_title=sec.system_title,
+                ciphered_initiate=self._cipher_user(sec, encode_apdu(cse)),
             )
         )
 
@@ -333,6 +629,8 @@ class CosemServer:
     def _respond(self, invoke: InvokeId, header: bytes, raw: bytes, ctx: RequestContext) -> bytes:
         """``header + raw`` if it fits the client's PDU, else the first block of a long GET."""
         limit = ctx.association.client_max_pdu
+        if ctx.association.ciphering is not None:
+            limit -= _CIPHER_OVERHEAD
         if len(header) + len(raw) <= limit:
             return header + raw
         if (
@@ -369,7 +667,10 @@ class CosemServer:
             self._long_get = None
             result = DataAccessResult.DATA_BLOCK_NUMBER_INVALID
         else:
-            return self._next_block(long_get, ctx.association.client_max_pdu)
+            limit = ctx.association.client_max_pdu
+            if ctx.association.ciphering is not None:
+                limit -= _CIPHER_OVERHEAD
+            return self._next_block(long_get, limit)
         return encode_apdu(
             GetResponseWithDatablock(request.invoke, True, request.block_number, result)
         )

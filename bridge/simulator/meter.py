@@ -15,8 +15,9 @@ import attrs
 
 from bridge.simulator.faults import FaultState
 from bridge.simulator.physics import Physics
-from codec.acse import Conformance
+from codec.acse import AuthenticationMechanism, Conformance
 from codec.hdlc_params import LinkParameters
+from codec.security import SecurityKeys, SecurityPolicy
 
 if TYPE_CHECKING:
     from bridge.simulator.models import MeterModel
@@ -27,6 +28,7 @@ __all__ = [
     "METER_CONFORMANCE",
     "Counters",
     "Meter",
+    "MeterSecurity",
     "MeterSettings",
 ]
 
@@ -46,6 +48,27 @@ FLAGS_LOGICAL = 63
 #: Under the ``flags`` fault the energy register reads 0x7E7Dxxxx: its top bytes are the HDLC
 #: flag and escape bytes, so every energy value puts 7E 7D inside the frame.
 FLAGS_ENERGY_BASE = 0x7E7D_0000
+
+
+@attrs.frozen(repr=False)
+class MeterSecurity:
+    """What the management client (SAP 1) must use: mechanism, policy, keys; the meter's title.
+
+    ``policy`` None: no ciphering (HLS-MD5/SHA1/SHA256 over a plain association). ``secret`` is
+    the HLS secret of MD5/SHA1/SHA256.
+    """
+
+    mechanism: AuthenticationMechanism = AuthenticationMechanism.HIGH_GMAC
+    policy: SecurityPolicy | None = SecurityPolicy.AUTHENTICATED_ENCRYPTED
+    system_title: bytes = b"DBS\x00\x00\x00\x00\x01"
+    keys: SecurityKeys | None = None
+    secret: bytes | None = None
+    #: Refuse a client counter not above the last one seen in any association (a real meter
+    #: does); otherwise only within one association.
+    strict_counters: bool = True
+
+    def __repr__(self) -> str:
+        return f"MeterSecurity({self.mechanism.name}, <keys hidden>)"
 
 
 @attrs.frozen
@@ -69,6 +92,8 @@ class MeterSettings:
     inactivity_timeout: float = 180.0
     #: Days of 15-minute entries in the load profile buffer (its capacity in entries).
     profile_days: int = 10
+    #: High-level security and ciphering required from SAP 1 (``None``: LLS with ``password``).
+    security: MeterSecurity | None = None
     #: Seconds between load profile entries (the profile's capture_period).
     profile_period: int = 900
     #: Whether the load profile answers range access (selector 1); some meters offer only
@@ -122,6 +147,16 @@ class Meter:
     #: Encoded load profile rows by their clock time, and the flags fault they were made under.
     profile_rows: dict[int, tuple[bytes, ...]] = attrs.field(factory=dict)
     profile_flags: bool = False
+    #: The meter's own invocation counter (the next one it uses).
+    invocation_counter: int = 1
+    #: The last invocation counter seen from each client system title (replay protection).
+    client_counters: dict[bytes, int] = attrs.field(factory=dict)
+
+    def next_invocation_counter(self) -> int:
+        """The meter's next invocation counter."""
+        value = self.invocation_counter
+        self.invocation_counter += 1
+        return value
 
     @classmethod
     def create(cls, index: int, seed: int, settings: MeterSettings, model: MeterModel) -> Meter:

@@ -78,6 +78,8 @@ CLOCK = Obis(0, 0, 1, 0, 0, 255)
 LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 SERIAL_NUMBER = Obis(0, 0, 96, 1, 0, 255)
 CONSUMER_MESSAGE = Obis(0, 0, 96, 13, 0, 255)
+#: The invocation counter the meter expects next from the secured client (public to read).
+FRAME_COUNTER = Obis(0, 0, 43, 1, 0, 255)
 FIRMWARE_ID = Obis(1, 0, 0, 2, 0, 255)
 DISCONNECT_CONTROL = Obis(0, 0, 96, 3, 10, 255)
 #: The firmware identifier the simulated meters report.
@@ -258,6 +260,11 @@ def _ldn(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
 
 def _serial(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
     return encode_data(Data.visible_string(ctx.meter.serial))
+
+
+def _frame_counter(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
+    seen = ctx.meter.client_counters.values()
+    return encode_data(Data.double_long_unsigned(min(max(seen, default=0) + 1, 0xFFFFFFFF)))
 
 
 def _message(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
@@ -469,6 +476,7 @@ class MeterModel:
             _data_object(LOGICAL_DEVICE_NAME, _ldn),
             _data_object(SERIAL_NUMBER, _serial),
             _data_object(CONSUMER_MESSAGE, _message, _set_message),
+            _data_object(FRAME_COUNTER, _frame_counter),
             _data_object(FIRMWARE_ID, _firmware),
             _disconnect_control_object(),
             *(_register_object(spec) for spec in registers),

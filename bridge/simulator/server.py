@@ -173,7 +173,8 @@ class Simulator:
         if config.record_dir is not None:
             directory = Path(config.record_dir)
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                # The captures hold the password in clear: a new directory is the owner's only.
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 for meter in self.meters:
                     self._recorders[meter.index] = PcapWriter(
                         directory / f"meter-{meter.index:04d}.pcap"

@@ -889,7 +889,7 @@ def test_replay_cli_lists_and_rejects(tmp_path: Path, capsys: pytest.CaptureFixt
     code, _, err = _main(capsys, "replay", clean)
     assert code == 2 and "give --port" in err
     code, _, err = _main(capsys, "replay", clean, "--port", "70000")
-    assert code == 2 and "--port 70000" in err
+    assert code == 2 and "--port: '70000' is not a port" in err
 
 
 def test_capture_cli_rejects_bad_arguments(
@@ -900,10 +900,10 @@ def test_capture_cli_rejects_bad_arguments(
         (["--listen", "0", "--meter", "meter.example", "--out", out], "is not HOST:PORT"),
         (["--listen", "0", "--meter", "h:99999", "--out", out], "port '99999' is not a number"),
         (["--listen", "0", "--meter", "::1:4059", "--out", out], "IPv6 address in brackets"),
-        (["--listen", "70000", "--meter", "h:1", "--out", out], "--listen 70000"),
+        (["--listen", "70000", "--meter", "h:1", "--out", out], "--listen: '70000' is not a port"),
         (["--listen", "0", "--meter", "h:1", "--out", "/no/such/dir/x.pcap"], "does not exist"),
         (["--listen", "0", "--meter", "h:1", "--out", str(tmp_path)], "is a directory"),
-        (["--listen", "x", "--meter", "h:1", "--out", out], "invalid int value"),
+        (["--listen", "x", "--meter", "h:1", "--out", out], "--listen: 'x' is not a port"),
         (["--meter", "h:1", "--out", out], "required: --listen"),
     ]
     for args, message in cases:

@@ -71,3 +71,14 @@ def test_a_profile_key_must_be_an_obis_code() -> None:
 def test_a_profile_setting_of_the_wrong_type_is_named() -> None:
     found = errors(document({"profiles": [{"obis": "1-0:99.1.0", "chunk_hours": "x"}]}))
     assert found == ["defaults.profiles[0].chunk_hours: expected a number, got 'x'"]
+
+
+@pytest.mark.parametrize("key", ["backfill_hours", "chunk_hours"])
+def test_profile_hours_beyond_ten_years_are_refused(key: str) -> None:
+    # A date that far back is out of the calendar: accepted, it crashed every poller in `run`.
+    found = errors(document({"profiles": [{"obis": "1-0:99.1.0", key: 1e9}]}))
+    assert found == [
+        f"defaults.profiles[0].{key}: must be more than 0 and at most 87600 (10 years), "
+        "got 1000000000.0"
+    ]
+    config_from_dict(document({"profiles": [{"obis": "1-0:99.1.0", key: 87_600}]}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ async def test_demo_reads_and_delivers_everything(broker: str, tmp_path: Path) -
     out = result.stdout.decode()
     assert "mosquitto_sub -h 127.0.0.1" in out
     assert "dlms-bridge read --host 127.0.0.1" in out
+    # The operators' console is started too, and its URL printed.
+    assert re.search(r"Console: +http://127\.0\.0\.1:\d+/", out), out
     summary = json.loads(out.strip().splitlines()[-1])["summary"]
     assert summary["broker"] == broker
     assert summary["meters"] == 3

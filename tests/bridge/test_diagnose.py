@@ -225,6 +225,11 @@ async def test_bad_input_is_exit_2_with_one_line(capsys: Any) -> None:
     assert capsys.readouterr().err == "diagnose: --meter needs --config\n"
     assert cli.main(["diagnose"]) == 2
     assert "say which meter" in capsys.readouterr().err
+    for timeout in ("inf", "nan", "0"):
+        argv = ["diagnose", "--host", "127.0.0.1", "--port", "1", "--timeout", timeout]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--timeout" in err and err.count("\n") == 1
 
 
 # -- the broker side ---------------------------------------------------------------------------

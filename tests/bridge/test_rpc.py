@@ -162,6 +162,15 @@ async def test_gateway_rpc_methods_end_to_end(
             assert poller is not None and poller.interval_s == 0.7
             data = await gateway_rpc(sub, "m0", "read_profile", {"from": "yesterday"})
             assert data["error"]["code"] == "bad_params"
+            data = await gateway_rpc(
+                sub, "m0", "read_profile",
+                {"from": "2026-12-01T12:00+00:00", "to": "2026-12-01T11:00+00:00"},
+            )  # fmt: skip
+            assert data["error"] == {
+                "code": "bad_params",
+                "message": "to (2026-12-01T11:00:00+00:00) is before from "
+                "(2026-12-01T12:00:00+00:00)",
+            }
 
 
 async def test_sync_clock_refused_while_the_box_clock_is_not_synchronised(

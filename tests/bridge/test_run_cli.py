@@ -51,8 +51,13 @@ def write_config(
     publish: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     meter_extra: dict[str, dict[str, Any]] | None = None,
+    web: dict[str, Any] | None = None,
+    alarms: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a gateway-mode config: ``meters`` maps names to simulator ports."""
+    """Write a gateway-mode config: ``meters`` maps names to simulator ports.
+
+    The console listens on a free port (``[web] listen = "127.0.0.1:0"``) unless ``web`` says
+    otherwise, so that test bridges never compete for the default port."""
     sections: dict[str, dict[str, Any]] = {
         "bridge": {"name": "cli-test", "data_dir": str(data_dir), "log_level": "debug"},
         "mqtt": {
@@ -62,6 +67,8 @@ def write_config(
             "password": TOKEN_PASSWORD,
         },
         "publish": publish or {},
+        "web": {"listen": "127.0.0.1:0", **(web or {})},
+        "alarms": alarms or {},
         "defaults": {
             "password": "00000000",
             "registers": "field-meter",

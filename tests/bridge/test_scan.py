@@ -112,6 +112,14 @@ async def test_cli_refuses_a_slash_8_with_one_line() -> None:
     assert err.startswith("scan: 16777216 addresses is more than a /16") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("timeout", ["inf", "nan", "0", "-1"])
+async def test_cli_refuses_a_timeout_that_is_not_a_finite_positive_number(timeout: str) -> None:
+    with trio.fail_after(10):  # an infinite timeout would wait for ever on a silent listener
+        code, out, err = await run_cli("127.0.0.1", "--ports", "4059", "--timeout", timeout)
+    assert code == 2 and out == ""
+    assert "--timeout" in err and err.count("\n") == 1
+
+
 async def test_cli_refuses_a_name_that_does_not_resolve() -> None:
     code, out, err = await run_cli("127.0.0.1", "no-such-meter.invalid", "--ports", "4059")
     assert code == 2 and out == ""

@@ -108,9 +108,9 @@ def test_bad_fault_spec_exits_2_naming_the_part(capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--meters", "0"], "--meters must be at least 1"),
+        (["--meters", "0"], "--meters: 0 is out of range: 1..20000"),
         (["--port", "65000", "--meters", "1000"], "run past port 65535"),
-        (["--max-info", "8"], "--max-info must be 32..2030"),
+        (["--max-info", "8"], "--max-info: 8 is out of range: 32..2030"),
         (["--profile-period", "0"], "--profile-period must be 1..86400 seconds"),
     ],
 )

@@ -187,7 +187,10 @@ def test_aarq_with_protocol_version_and_ap_title() -> None:
         "BE10040E01000000065F1F0400007E1F04B0"
     )
     aarq = decode_apdu(bytes((0x60, len(body))) + body)
-    assert aarq == AARQ(initiate=InitiateRequest(Conformance(0x7E1F), 1200))
+    assert aarq == AARQ(
+        initiate=InitiateRequest(Conformance(0x7E1F), 1200),
+        calling_ap_title=bytes.fromhex("4D4D4D0000BC614E"),
+    )
 
 
 def test_aarq_with_inconsistent_authentication_still_decodes() -> None:
@@ -239,7 +242,6 @@ def test_initiate_request_optional_fields() -> None:
         ("6107A305A103020100", "acse.missing_field", "application-context-name"),
         ("610BA109060760857405080109", "acse.unknown_oid", "2.16.756.5.8.1.9"),
         ("610BA10906072A8648CE3D0201", "acse.unknown_oid", "1.2.840.10045.2.1"),
-        ("AARE_CIPHERED", "acse.ciphered_unsupported", "glo-initiate-response"),
         ("AARE_BAD_CONFORMANCE", "apdu.malformed", "conformance tag"),
         ("AARE_TRAILING", "acse.trailing_bytes", "unexpected bytes"),
         ("AARE_RESULT_7", "acse.bad_value", "association result 7"),
@@ -251,7 +253,6 @@ def test_initiate_request_optional_fields() -> None:
 )
 def test_structural_errors(hex_: str, code: str, text: str) -> None:
     special = {
-        "AARE_CIPHERED": AARE_HEX_ACCEPTED.replace("BE10040E08", "BE10040E28"),
         "AARE_BAD_CONFORMANCE": AARE_HEX_ACCEPTED.replace("5F1F04", "5F1E04"),
         "AARE_TRAILING": AARE_HEX_ACCEPTED + "00",
         "AARE_RESULT_7": AARE_HEX_ACCEPTED.replace("A203020100", "A203020107"),
@@ -496,3 +497,12 @@ def test_every_truncation_is_a_decode_error(apdu: object) -> None:
     for cut in range(len(raw)):
         with pytest.raises(DecodeError):
             decode_apdu(raw[:cut])
+
+
+def test_ciphered_user_information_is_kept_whole_for_deciphering() -> None:
+    raw = bytes.fromhex(AARE_HEX_ACCEPTED.replace("BE10040E08", "BE10040E28"))
+    aare = decode_apdu(raw)
+    assert isinstance(aare, AARE)
+    assert aare.initiate_response is None
+    assert aare.ciphered_initiate is not None and aare.ciphered_initiate[0] == 0x28
+    assert encode_apdu(aare) == raw

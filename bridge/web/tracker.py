@@ -1,0 +1,94 @@
+"""Monotonic per-meter totals from the live pollers, for metrics and alarm rules.
+
+A poller's counters start again from zero when it is restarted (a reload, a crash) and its link
+counters when it reconnects; the tracker adds up what each poller object counted so that the
+totals it reports only ever grow. Cycle latencies are taken from the poller's recent-latency
+window at each ``sync``; the console syncs every second, far more often than that window fills.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from bridge.poller import MeterPoller
+
+__all__ = ["LATENCY_BUCKETS", "MeterTotals", "Tracker"]
+
+#: Upper bounds (seconds) of the cycle latency histogram.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Poller counters that are summed.
+STAT_COUNTERS = (
+    "cycles",
+    "successes",
+    "failures",
+    "missed",
+    "readings",
+    "recovered_in_place",
+    "reassociations",
+    "reconnects",
+)
+#: Link counters that are summed.
+LINK_COUNTERS = ("resyncs", "bytes_discarded", "retransmissions", "bad_fcs", "stale_responses")
+
+
+@attrs.define(eq=False)
+class MeterTotals:
+    """What one meter did since the service started."""
+
+    counts: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(STAT_COUNTERS + LINK_COUNTERS, 0))
+    buckets: list[int] = attrs.Factory(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    _stats: Any = None
+    _stat_seen: dict[str, int] = attrs.Factory(dict)
+    _link_seen: dict[str, int] = attrs.Factory(dict)
+
+    def update(self, poller: MeterPoller) -> None:
+        """Add what ``poller`` counted since the last update."""
+        stats = poller.stats
+        if stats is not self._stats:
+            self._stats = stats
+            self._stat_seen = {}
+            self._link_seen = {}
+        new_successes = stats.successes - self._stat_seen.get("successes", 0)
+        for name in STAT_COUNTERS:
+            value = getattr(stats, name)
+            self.counts[name] += max(0, value - self._stat_seen.get(name, 0))
+            self._stat_seen[name] = value
+        for name in LINK_COUNTERS:
+            value = stats.link.get(name, 0)
+            seen = self._link_seen.get(name, 0)
+            # A new session starts its counters from zero.
+            self.counts[name] += value - seen if value >= seen else value
+            self._link_seen[name] = value
+        if new_successes > 0:
+            # Only the newest: no copy of the whole window per meter and second.
+            for seconds in itertools.islice(reversed(stats.latencies), new_successes):
+                self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                self.latency_sum += seconds
+                self.latency_count += 1
+
+
+class Tracker:
+    """Totals of every meter seen (removed meters keep theirs until forgotten)."""
+
+    def __init__(self) -> None:
+        self.meters: dict[str, MeterTotals] = {}
+
+    def update(self, name: str, poller: MeterPoller | None) -> MeterTotals:
+        """Update and return one meter's totals."""
+        totals = self.meters.setdefault(name, MeterTotals())
+        if poller is not None:
+            totals.update(poller)
+        return totals
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop meters not in ``keep`` (removed from the service)."""
+        for name in list(self.meters):
+            if name not in keep:
+                del self.meters[name]
