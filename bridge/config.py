@@ -61,6 +61,7 @@ from codec.obis import InvalidObis, Obis
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "INTERVAL_MAX_S",
     "PRESETS",
     "AlarmsConfig",
     "BridgeConfig",
@@ -98,6 +99,10 @@ PUBACK_ALARM_S = 10.0
 
 #: What :func:`masked` puts in place of a secret.
 MASK = "***"
+#: The longest poll interval of a meter (s): one day. The config file, the console API, the
+#: ``set_interval`` RPC and the ``interval_s`` shared attribute all hold to it (a longer one,
+#: such as 1e300, would silently stop polling the meter).
+INTERVAL_MAX_S = 86_400.0
 
 Transport = Literal["hdlc", "wrapper"]
 PublishMode = Literal["gateway", "device", "topic"]
@@ -689,6 +694,15 @@ def _positive(value: float) -> str | None:
     return f"must be a positive number, got {value}"
 
 
+def interval_problem(value: float) -> str | None:
+    """Why ``value`` (a number) cannot be a meter's ``interval_s``, or None if it can.
+    (It must also exceed the meter's ``timeout_s``; that is checked where both are known.)"""
+    problem = _positive(value)
+    if problem is None and value > INTERVAL_MAX_S:
+        problem = f"must be at most {INTERVAL_MAX_S:g} s (one day), got {value:g}"
+    return problem
+
+
 def _non_empty(value: str) -> str | None:
     # Never quote the value: it may be a token or a password.
     if not value.strip():
@@ -818,7 +832,6 @@ _CHECKS: dict[str, Check] = {
     **dict.fromkeys(
         (
             "summary_interval_s",
-            "interval_s",
             "timeout_s",
             "inactivity_timeout_s",
             "max_messages_per_s",
@@ -830,6 +843,7 @@ _CHECKS: dict[str, Check] = {
         _positive,
     ),
     **dict.fromkeys(("backfill_hours", "chunk_hours"), _profile_hours),
+    "interval_s": interval_problem,
     "check_s": lambda v: None if math.isfinite(v) and v >= 0 else f"must be >= 0, got {v}",
     "keepalive": _in_range(5, 65535),
     "reconnect_max_s": _between(1.0, 3600.0),

@@ -33,6 +33,7 @@ import attrs
 __all__ = [
     "DELIVERY_GRACE_MIN_S",
     "FRESH_INTERVALS",
+    "METRIC_KEYS",
     "Check",
     "HealthReport",
     "Verdict",
@@ -43,6 +44,8 @@ __all__ = [
 
 #: A meter is fresh while its last reading is at most this many intervals old.
 FRESH_INTERVALS = 2
+#: The metrics of a report (``--json`` always has each key, null when not known).
+METRIC_KEYS = ("outbox_rows", "meters_ok", "meters_stale", "mqtt_up", "mqtt_down", "alarms")
 #: Readings may wait this long (at least) for delivery before it is a warning.
 DELIVERY_GRACE_MIN_S = 120.0
 
@@ -80,12 +83,16 @@ class HealthReport:
     checks: tuple[Check, ...]
     service: str | None = None
     #: Numbers for monitoring graphs (the Nagios performance data): outbox rows, meters ok
-    #: and stale, broker connections up and down, active alarms.
+    #: and stale, broker connections up and down, active alarms (:data:`METRIC_KEYS`).
     metrics: dict[str, int] = attrs.field(factory=dict)
 
     def perfdata(self) -> str:
         """``name=value ...`` of :attr:`metrics` (empty when there are none)."""
         return " ".join(f"{k}={v}" for k, v in self.metrics.items())
+
+    def metrics_json(self) -> dict[str, int | None]:
+        """Every documented metric, None for those not known (the service unreachable)."""
+        return {key: self.metrics.get(key) for key in METRIC_KEYS}
 
     @property
     def verdict(self) -> Verdict:
@@ -113,7 +120,7 @@ class HealthReport:
             "service": self.service,
             "summary": self.summary(),
             "checks": [c.to_json() for c in self.checks],
-            "metrics": dict(self.metrics),
+            "metrics": self.metrics_json(),
         }
 
 

@@ -1,7 +1,8 @@
 """Settings changed at runtime (ThingsBoard shared attributes, the ``set_interval`` RPC), kept
 across restarts in ``overrides.json`` in the data directory.
 
-Per meter: ``interval_s`` (a number above the meter's ``timeout_s``) and ``enabled`` (true or
+Per meter: ``interval_s`` (a number above the meter's ``timeout_s``, at most
+:data:`~bridge.config.INTERVAL_MAX_S`) and ``enabled`` (true or
 false). They take precedence over the config file until changed again from ThingsBoard; removing
 the shared attribute there (ThingsBoard sends ``{"deleted": [...]}``) returns to the file's value.
 """
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from bridge.config import interval_problem
 from bridge.readings import dumps_compact
 
 __all__ = ["FILENAME", "KEYS", "RuntimeOverrides", "check_override"]
@@ -34,7 +36,8 @@ def check_override(key: str, value: Any, timeout_s: float) -> str | None:
             return f"interval_s must be a number of seconds, got {value!r}"
         if not math.isfinite(value) or value <= timeout_s:
             return f"interval_s must be more than the meter's timeout_s ({timeout_s:g}): {value}"
-        return None
+        problem = interval_problem(value)
+        return None if problem is None else f"interval_s {problem}"
     if key == "enabled":
         return None if isinstance(value, bool) else f"enabled must be true or false, got {value!r}"
     return f"unknown setting {key!r} (known: {', '.join(KEYS)})"

@@ -44,7 +44,7 @@ import attrs
 import trio
 
 from bridge import meter_security
-from bridge.config import MeterConfig
+from bridge.config import MeterConfig, interval_problem
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
@@ -245,7 +245,8 @@ class MeterPoller:
         return max(self.interval_s, CYCLE_BUDGET_TIMEOUTS * self.meter.timeout_s)
 
     def set_interval(self, interval_s: float) -> None:
-        """Poll every ``interval_s`` from now on (it must exceed the reply timeout)."""
+        """Poll every ``interval_s`` from now on (it must exceed the reply timeout and be at
+        most :data:`~bridge.config.INTERVAL_MAX_S`)."""
         if (
             isinstance(interval_s, bool)
             or not isinstance(interval_s, int | float)
@@ -255,6 +256,9 @@ class MeterPoller:
                 f"interval_s must be a number greater than the meter's timeout_s "
                 f"({self.meter.timeout_s:g}), got {interval_s!r}"
             )
+        problem = interval_problem(interval_s)
+        if problem is not None:
+            raise ValueError(f"interval_s {problem}")
         if interval_s != self.interval_s:
             self.interval_s = float(interval_s)
             self._rescheduled = True

@@ -349,10 +349,25 @@ class MeterSession:
                 )
 
     async def run(self, procedure: Procedure[T]) -> T:
-        """Run a client procedure to completion."""
+        """Run a client procedure to completion.
+
+        A request that failed while the association stays usable (the meter answered another
+        request but never this one) has its error thrown into the procedure, which may carry
+        on (the register client makes it an error of that register only).
+        """
         request = next(procedure)
         while True:
-            response = await self.request(request)
+            try:
+                response = await self.request(request)
+            except ProtocolError as exc:
+                association = self.association
+                if association is None or association.state is not AssociationState.READY:
+                    raise
+                try:
+                    request = procedure.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                continue
             try:
                 request = procedure.send(response)
             except StopIteration as done:

@@ -3,7 +3,9 @@
 :class:`ClientAssociation` opens the link, sends the AARQ and checks the AARE, then carries one
 confirmed xDLMS request at a time: it stamps each request with the next invoke-id, matches the
 reply by invoke-id (a late reply to an abandoned request is dropped, not mistaken for the current
-one), and fetches the remaining blocks of a long GET itself, so the caller always receives one
+one, and the reply timer of the current one runs on: when its reply never comes, that request
+alone is given up with :class:`~codec.errors.ResponseTimeout` and the association stays
+usable), and fetches the remaining blocks of a long GET itself, so the caller always receives one
 complete response. :meth:`ClientAssociation.release` sends RLRQ and then DISC.
 
 The states and what may happen in each are a table (:data:`TRANSITIONS`); anything else is a
@@ -266,6 +268,9 @@ class Lenient:
 
 Event = Associated | Response | Notification | Released | Closed | Lenient
 
+#: The states in which a reply from the meter is awaited.
+_AWAITING = frozenset({S.ASSOCIATING, S.AUTHENTICATING, S.WAITING, S.RELEASING})
+
 
 class ClientAssociation:
     """Sans-IO DLMS client association. See the module docstring.
@@ -287,6 +292,9 @@ class ClientAssociation:
         self._blocks: list[bytes] = []
         self._blocks_size = 0
         self._deadline: float | None = None  # the overall deadline of the open exchange
+        # Whether the meter answered the request in flight with another request's reply since
+        # the request (or its last GetRequestNext) went out: the link is known to work.
+        self._reply_dropped = False
         self._events: list[Event] = []
         self._now = 0.0
         self.requests = 0
@@ -424,9 +432,25 @@ class ClientAssociation:
             )
         try:
             self.link.handle_timer(now)
+        except ResponseTimeout:
+            if self._reply_dropped and self.state is S.WAITING:
+                # The meter works (it answered something else) but this request gets no
+                # reply: give up on it alone; a late reply to it is dropped as stale.
+                self._abandon_request()
+            else:
+                self.state = S.CLOSED
+            raise
         except ProtocolError:
             self.state = S.CLOSED
             raise
+
+    def _abandon_request(self) -> None:
+        self._reply_dropped = False
+        self._current = None
+        self._deadline = None
+        self._blocks = []
+        self._blocks_size = 0
+        self.state = S.READY
 
     def _start_deadline(self, now: float) -> None:
         timeout = self.settings.request_timeout
@@ -527,6 +551,7 @@ class ClientAssociation:
     def _send_xdlms(self, plain: bytes, now: float) -> None:
         if self._sec is not None and self._sec.ciphered:
             plain = self._cipher(plain)
+        self._reply_dropped = False
         self.link.send_apdu(plain, now)
 
     def _send_secured_aarq(self, sec: SecuritySettings) -> None:
@@ -811,7 +836,7 @@ class ClientAssociation:
         if not isinstance(decoded, ActionResponseNormal) or (
             self._hls_invoke is not None and decoded.invoke.invoke_id != self._hls_invoke.invoke_id
         ):
-            self.stale_responses += 1
+            self._drop_stale()
             return
         what = (
             "authentication key"
@@ -934,6 +959,7 @@ class ClientAssociation:
             self.link.disconnect(self._now)
         elif isinstance(decoded, DataNotification):
             self._events.append(Notification(decoded))
+            self._keep_waiting()  # a push is no reply
         elif state is S.WAITING:
             self._handle_response(decoded)
         elif state is S.AUTHENTICATING:
@@ -947,12 +973,12 @@ class ClientAssociation:
                 f"the meter refused the association: {error.message}", code=error.code
             )
         else:
-            self.stale_responses += 1
+            self._drop_stale()
 
     def _handle_response(self, decoded: Apdu) -> None:
         current = self._current
         if isinstance(decoded, (AARQ, AARE, RLRQ, RLRE)):
-            self.stale_responses += 1  # an ACSE APDU answers no GET/SET/ACTION
+            self._drop_stale()  # an ACSE APDU answers no GET/SET/ACTION
             return
         if self._sec is not None and isinstance(decoded, ExceptionResponse):
             self._security_exception(decoded)
@@ -962,7 +988,7 @@ class ClientAssociation:
             return
         invoke = getattr(decoded, "invoke", None)
         if invoke is None or current is None or invoke.invoke_id != current.invoke.invoke_id:
-            self.stale_responses += 1
+            self._drop_stale()
             return
         if isinstance(decoded, GetResponseWithDatablock) and isinstance(
             current, (GetRequestNormal, GetRequestWithList, GetRequestNext)
@@ -1042,6 +1068,19 @@ class ClientAssociation:
                 f"{first.message}",
             )
         )
+
+    def _drop_stale(self) -> None:
+        """A reply that answers nothing in flight (another invoke-id, a late answer to an
+        abandoned request): counted and dropped; the wait for the awaited one goes on."""
+        self.stale_responses += 1
+        self._keep_waiting()
+
+    def _keep_waiting(self) -> None:
+        """The APDU just received was not the awaited reply: the link's reply timer (which
+        the arrival stopped) runs on, so the request ends within its reply timeout."""
+        if self.state in _AWAITING:
+            self.link.reply_dropped()
+            self._reply_dropped = self.state is S.WAITING
 
     def _finish(self, response: XdlmsApdu) -> None:
         self._current = None

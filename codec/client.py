@@ -301,11 +301,23 @@ class DlmsClient:
                     results.extend(got[:bad])
                     chunk = chunk[bad:]
             for attribute in chunk:
-                response = yield GetRequestNormal(_PLACEHOLDER, attribute, None)
-                results.append(
-                    _check_response(response, GetResponseNormal, f"GET {attribute}").result
-                )
+                results.append((yield from self._get_one(attribute)))
         return results
+
+    def _get_one(
+        self, attribute: AttributeDescriptor
+    ) -> Procedure[Data | DataAccessResult | MalformedResult]:
+        """One GET of :meth:`get_many`: whatever goes wrong with it is its result.
+
+        A refusal (exception-response, service error, another response) or a request that got
+        no reply while the association stays usable (the driver throws its error in here)
+        fails this attribute only.
+        """
+        try:
+            response = yield GetRequestNormal(_PLACEHOLDER, attribute, None)
+            return _check_response(response, GetResponseNormal, f"GET {attribute}").result
+        except ProtocolError as exc:
+            return MalformedResult(exc.code, exc.message)
 
     def _get_list(
         self, chunk: Sequence[AttributeDescriptor]
@@ -322,10 +334,14 @@ class DlmsClient:
             # A new list (the same list again reuses the request, and so its encoding).
             request = GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
             self._list_request = request
-        response = yield request
+        try:
+            response = yield request
+        except ProtocolError:
+            response = None  # no reply to the list (the driver threw its error in here)
         if isinstance(response, GetResponseWithList) and len(response.results) == len(chunk):
             return list(response.results)
-        # Refused (exception-response, service error, a bare error, a short list): remember it.
+        # Refused (exception-response, service error, a bare error, a short list, no reply):
+        # remember it.
         self.list_refused = True
         return None
 

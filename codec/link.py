@@ -118,6 +118,7 @@ class Link(Protocol):
     def data_to_send(self) -> bytes: ...
     def next_deadline(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
+    def reply_dropped(self) -> None: ...
     def drain(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -137,6 +138,9 @@ class _Pending:
     deadline: float
     retries_left: int
     what: str
+    #: Whether the link is down when the wait ends with no answer (False: the meter answered
+    #: something else meanwhile, so the link itself is known to work).
+    fatal: bool = True
 
 
 class HdlcClientLink:
@@ -177,6 +181,8 @@ class HdlcClientLink:
         self._out = bytearray()
         self._events: list[Event] = []
         self._pending: _Pending | None = None
+        # The reply deadline of the last APDU delivered, kept for reply_dropped().
+        self._answered_deadline: float | None = None
         self._segments_out: list[bytes] = []  # further segments of an APDU being sent
         self._segments_in: list[bytes] = []  # segments of a reply being received
         self._segments_in_size = 0
@@ -279,6 +285,12 @@ class HdlcClientLink:
             return
         if pending.retries_left <= 0:
             self._pending = None
+            if not pending.fatal:
+                raise ResponseTimeout(
+                    f"no reply to the request within {self.timeout:g} s (the meter answered"
+                    " with a reply to another request)",
+                    code="link.timeout",
+                )
             self.state = LinkState.DISCONNECTED
             raise ResponseTimeout(
                 f"no {pending.what} from the meter within {self.timeout:g} s "
@@ -289,6 +301,18 @@ class HdlcClientLink:
         pending.retries_left -= 1
         pending.deadline = now + self.timeout
         self._emit(pending.raw)
+
+    def reply_dropped(self) -> None:
+        """The APDU just delivered answered nothing awaited (a stale reply): keep waiting for
+        the reply, until the reply timer that was running ends. Nothing is retransmitted (the
+        meter got the request); if nothing comes, :meth:`handle_timer` raises
+        :class:`~codec.errors.ResponseTimeout` and the link stays up."""
+        deadline, self._answered_deadline = self._answered_deadline, None
+        if deadline is None or self._pending is not None or self.state is not LinkState.CONNECTED:
+            return
+        # An RR polls the meter should it ask (after RR/RNR from it) what is awaited.
+        poll = self._frame(FrameKind.RR, nr=self._vr)
+        self._pending = _Pending(poll, deadline, 0, "reply", fatal=False)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -319,6 +343,7 @@ class HdlcClientLink:
     def _send(self, raw: bytes, now: float, what: str) -> None:
         self._emit(raw)
         self._pending = _Pending(raw, now + self.timeout, self.retries, what)
+        self._answered_deadline = None
         self._busy_until = None
 
     def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
@@ -430,6 +455,7 @@ class HdlcClientLink:
             # Ask for the next segment.
             self._send(self._frame(FrameKind.RR, nr=self._vr), self._now, "segment")
             return
+        self._answered_deadline = None if self._pending is None else self._pending.deadline
         self._pending = None
         data = b"".join(self._segments_in)
         self._clear_segments_in()
@@ -491,6 +517,9 @@ class WrapperClientLink:
         self._out = bytearray()
         self._events: list[Event] = []
         self._deadline: float | None = None
+        # The reply deadline of the last APDU delivered, kept for reply_dropped().
+        self._answered_deadline: float | None = None
+        self._stale_wait = False
         self.frames_sent = 0
 
     def connect(self, now: float) -> None:
@@ -513,6 +542,8 @@ class WrapperClientLink:
         self._out += self._last
         self.frames_sent += 1
         self._deadline = now + self.timeout
+        self._answered_deadline = None
+        self._stale_wait = False
         self._retries_left = self.retries
 
     def data_to_send(self) -> bytes:
@@ -544,17 +575,37 @@ class WrapperClientLink:
                 f"{len(frame.payload)} bytes, more than the {self.max_apdu} accepted",
                 code="link.reply_too_long",
             )
-        self._deadline = None
+        self._answered_deadline, self._deadline = self._deadline, None
         return ApduReceived(frame.payload)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called, or ``None``."""
         return self._deadline
 
+    def reply_dropped(self) -> None:
+        """The APDU just delivered answered nothing awaited (a stale reply): keep waiting for
+        the reply, until the reply timer that was running ends. Nothing more is retransmitted
+        (the meter got the request); if nothing comes, :meth:`handle_timer` raises
+        :class:`~codec.errors.ResponseTimeout`."""
+        deadline, self._answered_deadline = self._answered_deadline, None
+        if deadline is None or self._deadline is not None or self.state is not LinkState.CONNECTED:
+            return
+        self._deadline = deadline
+        self._retries_left = 0
+        self._stale_wait = True
+
     def handle_timer(self, now: float) -> None:
         """Send the request again, or give up on a reply that is overdue."""
         if self._deadline is None or now < self._deadline:
             return
+        if self._stale_wait:
+            self._deadline = None
+            self._stale_wait = False
+            raise ResponseTimeout(
+                f"no reply to the request within {self.timeout:g} s (the meter answered"
+                " with a reply to another request)",
+                code="link.timeout",
+            )
         if self._retries_left > 0:
             self._retries_left -= 1
             self.retransmissions += 1

@@ -259,7 +259,7 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
-    async def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+    async def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
         """The broker's log once it holds `text` (the broker writes its log asynchronously)."""
         with trio.move_on_after(timeout):
             while text not in (log := self.log_text()):
@@ -344,7 +344,7 @@ class Collector:
         return [m for m in self.messages if m.topic == topic]
 
     async def wait_for(
-        self, predicate: Callable[[list[Message]], bool], timeout: float = 10.0
+        self, predicate: Callable[[list[Message]], bool], timeout: float = 30.0
     ) -> list[Message]:
         """Poll until `predicate(messages)` holds; fails with the messages seen so far."""
         with trio.move_on_after(timeout):

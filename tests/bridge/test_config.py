@@ -385,6 +385,14 @@ ERROR_CASES = [
     (meter_config("interval_s = nan"), "meters[0].interval_s: must be a positive number, got nan"),
     (meter_config('interval_s = "15"'), "meters[0].interval_s: expected a number, got '15'"),
     (
+        meter_config("interval_s = 1e300"),
+        "meters[0].interval_s: must be at most 86400 s (one day), got 1e+300",
+    ),
+    (
+        meter_config(defaults="interval_s = 86401.5"),
+        "defaults.interval_s: must be at most 86400 s (one day), got 86401.5",
+    ),
+    (
         meter_config('transport = "tcp"'),
         "meters[0].transport: expected one of 'hdlc', 'wrapper', got 'tcp'",
     ),

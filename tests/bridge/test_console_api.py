@@ -143,6 +143,11 @@ async def test_api_end_to_end(
     assert same_address.status == 422 and same_address.json["errors"][0]["path"] == "host"
     bad_patch = await api.call("PATCH", "/api/v1/meters/m0", {"port": 70000})
     assert bad_patch.status == 422 and bad_patch.json["errors"][0]["path"] == "port"
+    endless = await api.call("PATCH", "/api/v1/meters/m0", {"interval_s": 1e300})
+    assert endless.status == 422, endless.text
+    assert endless.json["errors"] == [
+        {"path": "interval_s", "message": "must be at most 86400 s (one day), got 1e+300"}
+    ]
     assert (await api.call("PATCH", "/api/v1/meters/m0", {"name": "zz"})).status == 422
     bad_time = await api.get("/api/v1/meters/m0/history?since=yesterday")
     assert bad_time.status == 400 and bad_time.json["errors"][0]["path"] == "since"

@@ -93,3 +93,65 @@ async def test_run_keeps_delivering_the_voltage_next_to_odd_values(
     attributes = [strict(m.payload) for m in sub.on("v1/gateway/attributes")]
     assert {"m0": {"serial": SERIAL_TEXT}} in attributes
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# -- a register configured with the wrong interface class ----------------------------------------
+# gurux serves the serial number as a Data object (class 1). Asked for it as a Register (class 3,
+# the default), it answers the GET-with-list with a result list that does not decode, and the
+# single GET of the value with the invoke-id of an earlier request: no reply to that request ever
+# comes. That register fails on its own, within about one reply timeout; the voltage still comes.
+
+
+async def test_read_json_keeps_the_voltage_next_to_a_register_of_the_wrong_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with gurux_meter(monkeypatch) as port:
+        started = trio.current_time()
+        result = await cli(
+            "read", *read_args(port), "--json", "--timeout", "1", "--request-timeout", "30",
+            VOLTAGE, SERIAL,
+        )  # fmt: skip
+        elapsed = trio.current_time() - started
+    assert result.returncode == 5, result.stderr.decode()  # some register failed
+    voltage, serial = strict(result.stdout)["registers"]
+    assert voltage["value"] == pytest.approx(230.12) and voltage["unit"] == "V"
+    assert serial["key"] == SERIAL and "value" not in serial
+    assert serial["error_code"] == "link.timeout", serial
+    assert "no reply" in serial["error"]
+    # One reply timeout (1 s) for the odd register, not the request's overall deadline (30 s).
+    assert elapsed < 15, elapsed
+    assert f"{SERIAL}: no reply" in result.stderr.decode()
+
+
+async def test_run_delivers_the_voltage_every_cycle_next_to_a_register_of_the_wrong_class(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    registers = [{"key": "voltage", "obis": VOLTAGE}, {"key": "serial", "obis": SERIAL}]
+    with gurux_meter(monkeypatch) as port, trio.fail_after(40):
+        sub = collector(["v1/gateway/telemetry"])
+        config = bridge_config(
+            tmp_path / "data", mosquitto, (port,),
+            defaults={
+                "transport": "wrapper", "client_sap": 16, "server_logical": 1,
+                "password": PASSWORD.decode(), "interval_s": 1.0, "timeout_s": 0.3,
+                "registers": registers,
+            },
+        )  # fmt: skip
+        async with running(config):
+            await sub.wait_for(lambda ms: len(telemetry(sub)) >= 4, 30)
+    for message in sub.messages:
+        strict(message.payload)
+    readings = telemetry(sub)
+    stamps = [ts for _, ts, _ in readings]
+    assert all(950 <= b - a <= 1050 for a, b in itertools.pairwise(stamps)), stamps
+    for _, _, values in readings:
+        assert values["voltage"] == pytest.approx(230.12)
+        assert "serial" not in values
+        assert values["serial_error"].startswith("link.timeout: no reply"), values
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert not [r for r in caplog.records if "cycle_failed" in r.getMessage()]

@@ -409,6 +409,20 @@ def test_malformed_status_is_critical_not_a_traceback(
     assert "a status this program cannot read" in capsys.readouterr().out
 
 
+def test_json_names_every_documented_metric_even_when_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    documented = ["outbox_rows", "meters_ok", "meters_stale", "mqtt_up", "mqtt_down", "alarms"]
+    code = cli.main(["health", "--json", "--socket", str(tmp_path / "none.sock")])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 2 and "unreachable" in report["checks"][0]["detail"]
+    # The same keys as when the service answers, with no value: nothing is known.
+    assert report["metrics"] == dict.fromkeys(documented)
+    assert list(evaluate(_status(), NOW).to_json()["metrics"]) == documented
+    # The Nagios performance data leaves out what is unknown.
+    assert unreachable("x").perfdata() == ""
+
+
 def test_text_has_colour_only_when_asked() -> None:
     from bridge.commands.health import render
 

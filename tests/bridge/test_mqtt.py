@@ -358,14 +358,15 @@ async def test_cancel_does_not_wait_for_a_hanging_connect() -> None:
         port = listener.getsockname()[1]
         client = MqttClient(
             MqttSettings(
-                host="127.0.0.1", port=port, client_id="x", tls=TlsSettings(), connect_timeout=1
+                host="127.0.0.1", port=port, client_id="x", tls=TlsSettings(), connect_timeout=60
             )
         )
-        with trio.fail_after(5):
+        # Waiting for the connect's own deadline would take a minute; a cancel must not.
+        with trio.fail_after(90):
             async with trio.open_nursery() as nursery:
                 await nursery.start(client.run)
                 await trio.sleep(0.3)
                 start = time.monotonic()
                 nursery.cancel_scope.cancel()
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 10
         assert client.stats.connects == 0

@@ -20,7 +20,9 @@ from bridge.config import PRESETS, MeterConfig
 from bridge.poller import MeterPoller
 from bridge.readings import Reading
 from bridge.simulator.meter import MeterSettings
+from bridge.simulator.server import Simulator, SimulatorConfig
 from tests.bridge.memnet import MemoryMeters
+from tests.bridge.test_service import check_plausible
 
 FIELD_KEYS = {r.key for r in PRESETS["field-meter"]}
 
@@ -398,3 +400,73 @@ async def test_cancelled_in_the_middle_of_a_read_still_releases(
         assert len(sink.readings) == 1  # the interrupted read delivered nothing
         assert counters.releases == 1, counters
         assert poller.stats.state == "stopped"
+
+
+async def test_set_interval_holds_to_the_one_bound() -> None:
+    # An override kept from before the bound (or any caller) cannot stop the polling.
+    poller = MeterPoller(meter_config(1), Sink())
+    poller.set_interval(86_400)
+    assert poller.interval_s == 86_400
+    with pytest.raises(ValueError, match=r"interval_s must be at most 86400 s \(one day\)"):
+        poller.set_interval(1e300)
+    assert poller.interval_s == 86_400
+
+
+async def test_a_faulty_meter_recovers_while_the_others_keep_their_cadence(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """Four pollers side by side, as the service runs them; meter 1's line garbles, corrupts,
+    resets, drips and goes silent. The faulty meter keeps producing correct readings (it
+    recovers in place or by re-association/reconnection); the other three are read on their
+    0.5 s grid to the millisecond, every cycle, with values the simulator's model gives at
+    that very instant."""
+    faults = "1:garbage=0.3,fcs=0.15,reset=0.1,drip=0.002,silence=0.7@0.03"
+    # The meters' values follow the virtual clock, as the pollers' timestamps do (from an
+    # epoch where the simulated energy registers are well into their range).
+
+    def wall() -> float:
+        return 1_764_504_450.0 + trio.current_time()
+
+    sim = Simulator(SimulatorConfig(port=0, meters=4, seed=11, faults=faults), clock=wall)
+    sim.set_faults(faults)  # (the config's faults apply when serving TCP)
+    net = MemoryMeters(sim, nursery)
+    sinks = [Sink() for _ in range(4)]
+    pollers = [
+        MeterPoller(
+            meter_config(net.port(i), name=f"m{i}", interval_s=0.5, timeout_s=0.3),
+            sinks[i],
+            open_stream=net,
+            wall_clock=wall,
+            rng=random.Random(i),
+        )
+        for i in range(4)
+    ]
+    with trio.fail_after(120):
+        async with trio.open_nursery() as polling:
+            for poller in pollers:
+                polling.start_soon(poller.run)
+            start = wall()
+            await trio.sleep(30.2)
+            polling.cancel_scope.cancel()
+    injected = sim.meter(1).faults.injected
+    for fault in ("garbage", "fcs", "reset", "drip"):
+        assert injected.get(fault, 0) > 0, injected
+    bad = pollers[1].stats
+    assert bad.successes >= 30, bad  # it kept producing readings
+    assert bad.recovered_in_place >= 1, bad
+    assert bad.reassociations + bad.reconnects >= 1, bad
+    for i in (0, 2, 3):
+        good = pollers[i].stats
+        assert sim.meter(i).faults.injected == {}
+        assert (good.missed, good.failures) == (0, 0), (i, good)
+        assert (good.recovered_in_place, good.reconnects, good.reassociations) == (0, 0, 0)
+        ts = [r.ts_ms for r in sinks[i].readings]
+        assert len(ts) == good.successes == 61, (i, len(ts))  # cycles 0..60 in 30.2 s
+        assert all(abs(t - (start * 1000 + 500 * k)) <= 1 for k, t in enumerate(ts)), (i, ts)
+    # Whatever the faults did to the bytes, no corrupted value got through: every value is the
+    # model's at the moment the meter answered (at once for the good meters; within the
+    # faulty meter's slow or retried cycle for meter 1).
+    for i, sink in enumerate(sinks):
+        for reading in sink.readings:
+            window = 0.3 * 4 if i == 1 else 0.001
+            check_plausible(sim.meter(i), reading.ts_ms, dict(reading.values), window_s=window)

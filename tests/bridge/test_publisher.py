@@ -53,6 +53,14 @@ def fast(**overrides: object) -> PublisherSettings:
     return PublisherSettings(**values)  # type: ignore[arg-type]
 
 
+async def counted(publisher: Publisher, readings: int) -> None:
+    """Until the publisher's statistics count ``readings`` delivered: the outbox may be seen
+    empty (its counters follow the deleting thread) a moment before they do."""
+    with trio.fail_after(10):
+        while publisher.stats.published_readings < readings:
+            await trio.sleep(0.01)
+
+
 def row(i: int, reading: Reading) -> OutboxRow:
     return OutboxRow(id=i, reading=reading, size=len(reading.to_json()))
 
@@ -224,8 +232,9 @@ async def test_gateway_mode_end_to_end(
                 ("v1/gateway/connect", b'{"device":"meter A","type":"dlms-meter"}'),
                 ("v1/gateway/connect", b'{"device":"meter B","type":"dlms-meter"}'),
             ]
-            assert await publisher.flush(trio.current_time() + 5)
+            assert await publisher.flush(trio.current_time() + 30)
             assert box.depth() == (0, 0)
+            await counted(publisher, 3)
             assert publisher.stats.published_readings == 3
             assert publisher.stats.published_messages == 1
             assert publisher.stats.last_delivery_ts is not None
@@ -265,26 +274,28 @@ async def test_outage_loses_nothing_and_keeps_order(
             sent[meter].append(T0 + i)
             await writer.put(Reading(meter, T0 + i, {"i": i, "pad": "p" * 40}))
 
-    # Small messages at a modest pace, so that the outage lands in the middle of a flush.
-    settings = fast(max_payload_bytes=400, max_messages_per_s=100, max_in_flight=3)
+    # Small messages at a modest pace (the 300 readings take ~3 s), so that the outage lands
+    # in the middle of a flush however slow the machine.
+    settings = fast(max_payload_bytes=400, max_messages_per_s=20, max_in_flight=3)
     publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
-    with trio.fail_after(40):
+    with trio.fail_after(150):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await produce(0, 300)
             await nursery.start(publisher.run)
-            await sub.wait_for(lambda m: len(m) >= 10)
+            await sub.wait_for(lambda m: len(m) >= 10, 30)
             mosquitto.stop()
             await produce(300, 150)  # taken while the broker is away
             await trio.sleep(0.5)
             assert box.depth()[0] > 150
             mosquitto.start()
-            assert await publisher.flush(trio.current_time() + 20)
+            assert await publisher.flush(trio.current_time() + 90)
             got = telemetry_readings(
                 await sub.wait_for(
                     lambda m: all(
                         set(sent[k]) <= set(telemetry_readings(m).get(k, [])) for k in meters
-                    )
+                    ),
+                    30,
                 )
             )
             for meter in meters:
@@ -337,6 +348,7 @@ async def test_pacing_against_the_broker(
             elapsed = time.monotonic() - start
             nursery.cancel_scope.cancel()
     await sub.wait_for(lambda m: len(m) >= 25)
+    await counted(publisher, 25)
     assert publisher.stats.published_messages == 25
     assert 0.9 <= elapsed < 5, elapsed  # (25 - 5) / 20 = 1.0 s
     await box.aclose()

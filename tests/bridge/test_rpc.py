@@ -23,7 +23,7 @@ from bridge.simulator.meter import MeterSettings
 from bridge.simulator.models import FIRMWARE_VERSION
 from tests.bridge.conftest import METER_TOKENS
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
-from tests.bridge.test_service import bridge_config
+from tests.bridge.test_service import bridge_config, events
 
 _ids = itertools.count(1)
 
@@ -156,6 +156,11 @@ async def test_gateway_rpc_methods_end_to_end(
             assert data["error"]["code"] == "bad_params"
             data = await gateway_rpc(sub, "m0", "set_interval", {"interval_s": 0.1})
             assert data["error"]["code"] == "bad_params"  # not more than timeout_s (0.3)
+            data = await gateway_rpc(sub, "m1", "set_interval", {"interval_s": 1e300})
+            assert data["error"] == {
+                "code": "bad_params",
+                "message": "interval_s must be at most 86400 s (one day), got 1e+300",
+            }
             data = await gateway_rpc(sub, "m1", "set_interval", {"interval_s": 0.7})
             assert data == {"interval_s": 0.7}
             poller = service.meters["m1"].poller
@@ -236,6 +241,14 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
             await trio.sleep(2.0)
             fast = poller.stats.successes - start
             assert fast >= 4, fast  # 5 polls in 2 s instead of 2
+            # An interval beyond the bound (which would stop polling) is refused, and logged.
+            sub.publish(
+                "v1/gateway/attributes", json.dumps({"device": "m0", "data": {"interval_s": 1e300}})
+            )
+            while not events(caplog, "shared_attribute_refused"):
+                await trio.sleep(0.05)
+            assert "at most 86400 s" in events(caplog, "shared_attribute_refused")[0]["error"]
+            assert poller.interval_s == 0.4
             assert before <= 4
             # enabled = false stops the meter, and it stays off across a restart.
             sub.publish(

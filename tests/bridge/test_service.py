@@ -44,9 +44,10 @@ def bridge_config(
     publish: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     names: list[str] | None = None,
+    meter_extra: dict[str, dict[str, Any]] | None = None,
 ) -> BridgeConfig:
     """A gateway-mode config for meters m0..mN-1 (or ``names``) of the simulator, as a file
-    would give it."""
+    would give it; ``meter_extra`` adds settings to some meters' own tables."""
     names = names or [f"m{i}" for i in range(len(ports))]
     document: dict[str, Any] = {
         "bridge": {"name": "test", "data_dir": str(data_dir), **(bridge or {})},
@@ -66,7 +67,7 @@ def bridge_config(
             **(defaults or {}),
         },
         "meters": [
-            {"name": name, "host": "127.0.0.1", "port": port}
+            {"name": name, "host": "127.0.0.1", "port": port, **(meter_extra or {}).get(name, {})}
             for name, port in zip(names, ports, strict=True)
         ],
     }
@@ -155,6 +156,15 @@ def check_plausible(meter: Meter, ts_ms: int, values: dict[str, Any], window_s: 
         assert low <= value <= high, f"{key}={value} at ts {ts_ms}, model says {low}..{high}"
 
 
+def store_windows(caplog: pytest.LogCaptureFixture) -> dict[tuple[str, int], float]:
+    """(meter, ts) -> seconds from the reading's timestamp to its durable commit: the meter
+    computed the values somewhere in that window, however slow the machine was."""
+    return {
+        (f["meter"], f["ts"]): max(0.0, f["_created"] - f["ts"] / 1000)
+        for f in events(caplog, "reading_stored")
+    }
+
+
 # -- tests -------------------------------------------------------------------------------------
 
 
@@ -172,9 +182,10 @@ async def test_gateway_telemetry_format_values_and_timestamps(
         config = bridge_config(tmp_path / "data", mosquitto, ports)
         t_start = int(time.time() * 1000)
         async with running(config):
-            await trio.sleep(2.6)
+            while min(len(stored(caplog).get(m, [])) for m in ("m0", "m1")) < 6:
+                await trio.sleep(0.05)
         t_end = int(time.time() * 1000)
-        await wait_delivered(caplog, sub, 10)
+        await wait_delivered(caplog, sub, 30)
 
     messages = sub.messages
     topics = {m.topic for m in messages}
@@ -206,22 +217,26 @@ async def test_gateway_telemetry_format_values_and_timestamps(
     readings = telemetry(sub)
     taken = stored(caplog)
     assert {m for m, _, _ in readings} == {"m0", "m1"}
-    for index, name in enumerate(("m0", "m1")):
+    for name in ("m0", "m1"):
         mine = [(ts, values) for m, ts, values in readings if m == name]
         ts_list = [ts for ts, _ in mine]
-        # 2.6 s at 0.5 s: cycles 0..5, each taken once and delivered once.
-        assert len(ts_list) == len(taken[name]) == 6, ts_list
+        # Each reading taken was delivered once, in order. (The cadence itself is shown on
+        # the virtual clock, in test_poller.py.)
+        assert len(ts_list) == len(taken[name]) >= 6, ts_list
         assert sorted(ts_list) == sorted(taken[name])
         assert ts_list == sorted(ts_list) and len(set(ts_list)) == len(ts_list)
         assert all(t_start <= ts <= t_end for ts in ts_list), (t_start, ts_list, t_end)
+        # On the 0.5 s grid or later: never two readings within one interval.
         gaps = [b - a for a, b in itertools.pairwise(ts_list)]
-        assert all(450 <= g <= 550 for g in gaps), gaps
-        for ts, values in mine:
-            check_plausible(sim.meter(index), ts, values, window_s=0.25)
-    # Taken at read time: each reading was committed within moments of its timestamp.
+        assert all(g >= 250 for g in gaps), gaps
+    # Taken at read time: each value is the model's between the reading's timestamp and its
+    # commit (which comes after the timestamp, never before).
+    windows = store_windows(caplog)
     for f in events(caplog, "reading_stored"):
-        assert 0 <= f["_created"] * 1000 - f["ts"] < 500, f
+        assert f["_created"] * 1000 - f["ts"] >= 0, f
         assert f["values"] == len(FIELD_KEYS)
+    for meter, ts, values in readings:
+        check_plausible(sim.meter(int(meter[1:])), ts, values, window_s=windows[(meter, ts)] + 0.05)
 
 
 async def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
@@ -232,37 +247,45 @@ async def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="bridge")
-    with trio.fail_after(150):
+    with trio.fail_after(240):
         _sim, ports = await simulator(meters=3, seed=5)
         sub = collector(["v1/gateway/telemetry"])
-        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        # A deadline no loaded machine misses: the meters must never fail here.
+        config = bridge_config(
+            tmp_path / "data", mosquitto, ports, defaults={"interval_s": 0.5, "timeout_s": 0.45}
+        )
         async with running(config) as service:
-            started = trio.current_time()
-            await sub.wait_for(lambda ms: len({m for m, _, _ in telemetry(sub)}) == 3)
+            await sub.wait_for(lambda ms: len({m for m, _, _ in telemetry(sub)}) == 3, 30)
             mosquitto.stop()
             outage_start = trio.current_time()
+            stopped_at = time.time()
             await trio.sleep(30)
+            snapshot_at = time.time()
             during = service.snapshot()
             assert during["mqtt"]["None"]["connected"] is False
             backlog = during["outbox"]["rows"]
             mosquitto.start()
             restarted = trio.current_time()
-            await wait_delivered(caplog, sub, 75)
+            await wait_delivered(caplog, sub, 120)
             caught_up = trio.current_time()
             final = service.snapshot()
-            elapsed = trio.current_time() - started
         # Shutdown flushed what was taken after catching up.
-        await wait_delivered(caplog, sub, 15)
+        await wait_delivered(caplog, sub, 30)
 
     taken = stored(caplog)
     got = received(sub)
     assert not missing(taken, got)
     duplicates = check_order(got)
-    # The outage never touched polling: every meter read every cycle.
+    # The outage never touched polling: every meter went on being read, without a failure.
+    # (That a poller keeps its cadence is shown on the virtual clock, in test_poller.py.)
+    during_outage = [
+        f for f in events(caplog, "reading_stored") if stopped_at < f["_created"] < snapshot_at
+    ]
     for name, meter in final["meters"].items():
-        assert meter["missed"] == 0 and meter["failures"] == 0, (name, meter)
-        assert abs(meter["readings"] - (elapsed / 0.5 + 1)) <= 2, (name, meter, elapsed)
-    assert backlog >= 3 * 55, "readings of the 30 s outage waited in the outbox"
+        assert meter["failures"] == 0, (name, meter)
+        assert len([f for f in during_outage if f["meter"] == name]) >= 10, (name, meter)
+    # Every reading taken during the outage waited in the outbox.
+    assert backlog >= len(during_outage), (backlog, len(during_outage))
     # The backlog drained: at shutdown the flush found (nearly) nothing left and emptied it.
     assert [f["outbox_rows"] for f in events(caplog, "flushed")] == [0]
     print(
@@ -273,25 +296,49 @@ async def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(
     )
 
 
-async def test_faulty_meter_recovers_while_the_others_miss_nothing(
+async def test_faulty_meter_recovers_and_nothing_taken_is_lost_or_corrupted(
     tmp_path: Path,
     mosquitto: Mosquitto,
     collector: Callable[[list[str]], Collector],
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Real TCP and a real broker: meter 1's line garbles, corrupts, resets, drips and goes
+    silent. It recovers and keeps producing readings; the healthy meters next to it never
+    fail; every reading taken reaches the broker in order with the values the meter had.
+    (That the others keep their cadence to the millisecond is shown on the virtual clock in
+    test_poller.py; here the machine's speed decides the timing.)"""
     caplog.set_level(logging.DEBUG, logger="bridge")
     faults = "1:garbage=0.3,fcs=0.15,reset=0.1,drip=0.002,silence=0.7@0.03"
-    with trio.fail_after(40):
+    healthy = ("m0", "m2", "m3")
+    with trio.fail_after(120):
         sim, ports = await simulator(meters=4, seed=11, faults=faults)
         sub = collector(["v1/gateway/telemetry"])
-        config = bridge_config(tmp_path / "data", mosquitto, ports)
+        # The healthy meters get a deadline no loaded machine misses; meter 1 the tight one
+        # its silences must trip.
+        config = bridge_config(
+            tmp_path / "data", mosquitto, ports,
+            meter_extra={name: {"interval_s": 1.0, "timeout_s": 0.9} for name in healthy},
+        )  # fmt: skip
         async with running(config) as service:
-            started = trio.current_time()
-            await trio.sleep(10.2)
+
+            def recovered() -> bool:
+                injected = sim.meter(1).faults.injected
+                readings = service.snapshot()["meters"]
+                bad = readings["m1"]
+                return (
+                    all(injected.get(f, 0) > 0 for f in ("garbage", "fcs", "reset", "drip"))
+                    and bad["successes"] >= 10
+                    and bad["recovered_in_place"] >= 1
+                    and bad["reassociations"] + bad["reconnects"] >= 1
+                    and all(readings[name]["successes"] >= 5 for name in healthy)
+                )
+
+            with trio.move_on_after(90):
+                while not recovered():
+                    await trio.sleep(0.1)
             snapshot = service.snapshot()
-            elapsed = trio.current_time() - started
-        await wait_delivered(caplog, sub, 15)
+        await wait_delivered(caplog, sub, 30)
 
     injected = sim.meter(1).faults.injected
     for fault in ("garbage", "fcs", "reset", "drip"):
@@ -300,19 +347,26 @@ async def test_faulty_meter_recovers_while_the_others_miss_nothing(
     assert bad["successes"] >= 10, bad  # it kept producing readings
     assert bad["recovered_in_place"] >= 1, bad
     assert bad["reassociations"] + bad["reconnects"] >= 1, bad
-    expected = elapsed / 0.5 + 1
-    for name in ("m0", "m2", "m3"):
+    for name in healthy:
         good = snapshot["meters"][name]
-        assert good["missed"] == 0 and good["failures"] == 0, (name, good)
-        assert abs(good["readings"] - expected) <= 1, (name, good["readings"], expected)
-        assert good["recovered_in_place"] == 0 and good["reconnects"] == 0
+        assert good["successes"] >= 5 and good["failures"] == 0, (name, good)
+        assert good["recovered_in_place"] == 0 and good["reconnects"] == 0, (name, good)
     for i in (0, 2, 3):
         assert sim.meter(i).faults.injected == {}
-    # Whatever the faults did to the bytes, no corrupted value got through.
+    # Everything taken arrived, each meter's readings in the order taken.
+    taken = stored(caplog)
+    got = received(sub)
+    assert not missing(taken, got)
+    check_order(got)
+    assert len(taken["m1"]) >= 10
+    # Whatever the faults did to the bytes, no corrupted value got through: each value is the
+    # model's somewhere between the reading's timestamp and its commit.
+    windows = store_windows(caplog)
     for meter, ts, values in telemetry(sub):
-        index = int(meter[1:])
-        check_plausible(sim.meter(index), ts, values, window_s=2.0 if index == 1 else 0.25)
-    assert snapshot["alarms"] == {}
+        window = windows[(meter, ts)] + 0.05
+        check_plausible(sim.meter(int(meter[1:])), ts, values, window_s=window)
+    # No alarm but (perhaps) the faulty meter's own.
+    assert not [a for a in snapshot["alarms"] if not a.startswith("meter.m1.")], snapshot
     print(f"\nfaulty meter: {bad['successes']} readings, injected {injected}, counters {bad}")
 
 
@@ -323,7 +377,7 @@ async def test_wrong_token_gives_one_error_line_and_an_alarm(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         _sim, ports = await simulator(meters=1)
         config = bridge_config(
             tmp_path / "data",
@@ -333,10 +387,13 @@ async def test_wrong_token_gives_one_error_line_and_an_alarm(
         )
         # Nothing can be flushed at shutdown: do not wait the default 10 s for it.
         async with running(config, shutdown_flush_s=0.5) as service:
-            with trio.move_on_after(10):
+            with trio.move_on_after(30):
                 while "mqtt.auth_refused" not in service.snapshot()["alarms"]:
                     await trio.sleep(0.05)
             await trio.sleep(4)  # long enough for a retry loop to show itself
+            with trio.move_on_after(30):
+                while service.snapshot()["meters"]["m0"]["successes"] < 8:
+                    await trio.sleep(0.05)
             snapshot = service.snapshot()
     assert "mqtt.auth_refused" in snapshot["alarms"], snapshot["alarms"]
     assert snapshot["mqtt"]["None"]["connected"] is False
@@ -351,14 +408,45 @@ async def test_wrong_token_gives_one_error_line_and_an_alarm(
     assert snapshot["outbox"]["rows"] >= 8
 
 
+class SummaryProbe(logging.Handler):
+    """Notes, at the very moment each summary line is logged, every running poller's cycle
+    count: the summaries can then be checked against the pollers exactly, however slow the
+    machine (logging is synchronous, in the service's own thread)."""
+
+    def __init__(self, service: BridgeService) -> None:
+        super().__init__(logging.DEBUG)
+        self.service = service
+        #: Per summary: meter -> (poller id, cycles).
+        self.seen: list[dict[str, tuple[int, int]]] = []
+        #: Per summary: meter -> successes; readings published so far; Trio time.
+        self.successes: list[dict[str, int]] = []
+        self.published: list[int] = []
+        self.times: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if fields(record).get("event") != "summary":
+            return
+        pollers = {
+            name: r.poller for name, r in self.service.meters.items() if r.poller is not None
+        }
+        self.seen.append({name: (id(p), p.stats.cycles) for name, p in pollers.items()})
+        self.successes.append({name: p.stats.successes for name, p in pollers.items()})
+        publisher = self.service.publisher
+        self.published.append(publisher.stats.published_readings if publisher else 0)
+        self.times.append(trio.current_time())
+
+
 async def test_summary_line_reports_cycles_rates_outbox_and_latency(
     tmp_path: Path,
     mosquitto: Mosquitto,
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Each summary reports exactly what the pollers and the publisher did since the previous
+    one (checked against their counters at the moment the line is logged, so however slow
+    the machine is)."""
     caplog.set_level(logging.INFO, logger="bridge")
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         _sim, ports = await simulator(meters=2)
         config = bridge_config(
             tmp_path / "data",
@@ -367,20 +455,39 @@ async def test_summary_line_reports_cycles_rates_outbox_and_latency(
             bridge={"summary_interval_s": 1.0},
             defaults={"interval_s": 0.25, "timeout_s": 0.2},
         )
-        async with running(config):
-            await trio.sleep(3.5)
-    summaries = events(caplog, "summary")
-    assert len(summaries) == 3, summaries
-    for summary in summaries:
+        service_log = logging.getLogger("bridge.service")
+        async with running(config) as service:
+            probe = SummaryProbe(service)
+            service_log.addHandler(probe)
+            try:
+                # Until delivery has gone on for a whole summary interval.
+                while len(probe.published) < 3 or probe.published[-1] == probe.published[-2]:
+                    await trio.sleep(0.05)
+            finally:
+                service_log.removeHandler(probe)
+    # (A summary logged during the shutdown, after the probe left, is not checked.)
+    summaries = events(caplog, "summary")[: len(probe.seen)]
+    assert len(summaries) == len(probe.seen) >= 3, summaries
+    for i, summary in enumerate(summaries):
         assert summary["_level"] == logging.INFO
-        # 2 meters at 4 cycles/s over 1 s.
-        assert 6 <= summary["cycles"] <= 10, summary
-        assert summary["success_rate"] == 1.0
+        before = probe.seen[i - 1] if i else {}
+        cycles = sum(c - before.get(name, (0, 0))[1] for name, (_, c) in probe.seen[i].items())
+        done_before = probe.successes[i - 1] if i else {}
+        successes = sum(n - done_before.get(name, 0) for name, n in probe.successes[i].items())
+        assert (summary["cycles"], summary["readings"]) == (cycles, successes), (i, summary)
+        expected_rate = round(successes / cycles, 4) if cycles else None
+        assert summary["success_rate"] == expected_rate, summary
         assert isinstance(summary["outbox_rows"], int) and summary["outbox_rows"] >= 0
-        assert 0 < summary["latency_p50_ms"] <= summary["latency_p95_ms"] < 250
+        assert 0 < summary["latency_p50_ms"] <= summary["latency_p95_ms"], summary
         assert summary["meters"] == 2 and summary["alarms"] == 0
-    # Once delivery is going, the publish rate matches the reading rate (8/s).
-    assert any(6 <= s["published_per_s"] <= 10 for s in summaries[1:]), summaries
+        if i:
+            rate = (probe.published[i] - probe.published[i - 1]) / (
+                probe.times[i] - probe.times[i - 1]
+            )
+            assert summary["published_per_s"] == round(rate, 2), (summary, rate)
+    # The meters were read, and delivery went on within the last interval.
+    assert sum(s["readings"] for s in summaries) > 0
+    assert summaries[-1]["published_per_s"] > 0, summaries
     # The line itself, as an operator sees it.
     line = next(r for r in caplog.records if fields(r).get("event") == "summary")
     from bridge.logs import LogfmtFormatter
@@ -401,43 +508,67 @@ async def test_reload_in_process_and_summaries_across_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """reload() with a new config: a removed meter stops (released, gateway disconnect), an
-    added one starts, the others go on; the summaries around it count only live meters and
-    never go negative."""
+    added one starts, the others go on untouched; the summaries around it count only live
+    meters, each cycle exactly once, and never go negative."""
     caplog.set_level(logging.DEBUG, logger="bridge")
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         sim, ports = await simulator(meters=3)
         sub = collector(["v1/gateway/#"])
         options: dict[str, Any] = {
             "bridge": {"summary_interval_s": 0.5},
-            "defaults": {"interval_s": 0.1, "timeout_s": 0.08},
+            # A deadline no loaded machine misses: every cycle here must succeed.
+            "defaults": {"interval_s": 0.25, "timeout_s": 0.24},
         }
         first = bridge_config(tmp_path / "data", mosquitto, ports[:2], **options)
         second = bridge_config(tmp_path / "data", mosquitto, ports, **options)
         # m1 goes away, m2 arrives: m0 and m2 only.
         second = attrs.evolve(second, meters=(second.meters[0], second.meters[2]))
+        service_log = logging.getLogger("bridge.service")
         async with running(first) as service:
-            await trio.sleep(1.2)
-            assert await service.reload(second) is True
-            reloaded_at = time.time()
-            await trio.sleep(1.2)
-            snapshot = service.snapshot()
+            probe = SummaryProbe(service)
+            service_log.addHandler(probe)
+            try:
+                while len(probe.seen) < 3 or len(stored(caplog).get("m1", [])) < 3:
+                    await trio.sleep(0.05)
+                m0_poller = service.meters["m0"].poller
+                assert await service.reload(second) is True
+                reloaded_at = time.time()
+                assert service.meters["m0"].poller is m0_poller  # m0 untouched
+                before = len(probe.seen)
+                while (
+                    len(probe.seen) < before + 3
+                    or len([ts for ts in stored(caplog).get("m2", []) if ts > reloaded_at * 1000])
+                    < 3
+                ):
+                    await trio.sleep(0.05)
+                snapshot = service.snapshot()
+            finally:
+                service_log.removeHandler(probe)
+            seen = list(probe.seen)
+        await sub.wait_for(lambda ms: any(m.topic == "v1/gateway/disconnect" for m in ms), 30)
     assert sorted(snapshot["meters"]) == ["m0", "m2"]
     assert snapshot["reloads"] == 1
     assert sim.meter(1).counters.releases == 1
     assert sim.meter(0).counters.connections == 1  # m0 untouched
+    assert sim.meter(0).counters.associations == 1
     taken = stored(caplog)
     assert not [ts for ts in taken["m1"] if ts > reloaded_at * 1000]
-    assert len([ts for ts in taken["m2"] if ts > reloaded_at * 1000]) >= 10
-    m0 = sorted(taken["m0"])
-    assert max(b - a for a, b in itertools.pairwise(m0)) < 150, "m0 missed a cycle"
-    assert snapshot["meters"]["m0"]["missed"] == 0
-    summaries = events(caplog, "summary")
-    assert len(summaries) >= 4
-    for summary in summaries:
-        # 2 meters at 10 cycles/s over 0.5 s, before and after the reload.
-        assert 7 <= summary["cycles"] <= 13, summaries
-        assert summary["success_rate"] == 1.0
-    await sub.wait_for(lambda ms: any(m.topic == "v1/gateway/disconnect" for m in ms), 5)
+    # m0 was read on both sides of the reload, and never failed.
+    assert [ts for ts in taken["m0"] if ts > reloaded_at * 1000]
+    assert snapshot["meters"]["m0"]["failures"] == 0
+    summaries = events(caplog, "summary")[: len(seen)]
+    assert len(summaries) == len(seen) >= 6
+    for summary, running_then in zip(summaries, seen, strict=True):
+        assert summary["meters"] == 2 and len(running_then) == 2, (summary, running_then)
+        assert summary["cycles"] >= 0 and summary["readings"] == summary["cycles"], summary
+        assert summary["success_rate"] in (1.0, None), summary
+    # Each cycle counted once: the summaries add up to the cycles every poller had done at
+    # the last summary it was running for (m1's until the reload).
+    last: dict[int, int] = {}
+    for running_then in seen:
+        last.update(running_then.values())
+    assert sum(s["cycles"] for s in summaries) == sum(last.values()), (summaries, seen)
+    assert len(last) == 3  # m0's one poller, m1's and m2's
     disconnects = [json.loads(m.payload) for m in sub.on("v1/gateway/disconnect")]
     assert disconnects == [{"device": "m1"}]
 
@@ -451,22 +582,24 @@ async def test_failing_meter_raises_its_alarm_and_goes_offline_then_back(
     """The circuit of a meter that stops answering opens: its alarm is in the snapshot and
     ThingsBoard is told it is offline; when it answers again both are undone. The meter's name
     has dots, which must not be taken for alarm-name separators."""
-    with trio.fail_after(40):
+    with trio.fail_after(180):
         sim, ports = await simulator(meters=2)
         sub = collector(["v1/gateway/attributes"])
         config = bridge_config(
             tmp_path / "data", mosquitto, ports, names=["m0", "site.b.meter"],
-            defaults={"interval_s": 0.2, "timeout_s": 0.05},
+            defaults={"interval_s": 0.2, "timeout_s": 0.19},
+            # m0 must never fail: a deadline no loaded machine misses.
+            meter_extra={"m0": {"interval_s": 0.5, "timeout_s": 0.45}},
         )  # fmt: skip
         options = {"breaker_threshold": 3, "backoff_initial": 0.1, "backoff_max": 0.3}
         async with running(config, poller_options=options) as service:
             # Both come online (one attributes message each, or one for both).
             await sub.wait_for(
                 lambda ms: {k for m in ms for k in json.loads(m.payload)} >= {"m0", "site.b.meter"},
-                10,
+                30,
             )
             sim.set_faults("1:silence=1000")
-            with trio.move_on_after(15):
+            with trio.move_on_after(60):
                 while "meter.site.b.meter.failing" not in service.snapshot()["alarms"]:
                     await trio.sleep(0.05)
             snapshot = service.snapshot()
@@ -478,10 +611,10 @@ async def test_failing_meter_raises_its_alarm_and_goes_offline_then_back(
                 lambda ms: (
                     {"site.b.meter": {"online": False}} in [json.loads(m.payload) for m in ms]
                 ),
-                5,
+                30,
             )
             sim.clear_faults()
-            with trio.move_on_after(10):
+            with trio.move_on_after(60):
                 while service.snapshot()["alarms"]:
                     await trio.sleep(0.05)
             snapshot = service.snapshot()
@@ -493,7 +626,7 @@ async def test_failing_meter_raises_its_alarm_and_goes_offline_then_back(
                 lambda ms: (
                     [json.loads(m.payload) for m in ms][-1] == {"site.b.meter": {"online": True}}
                 ),
-                5,
+                30,
             )
     statuses = [json.loads(m.payload) for m in sub.messages]
     # Only the two meters' own names, never a fragment such as "site".
