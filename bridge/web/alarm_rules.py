@@ -141,7 +141,10 @@ class AlarmRules:
                     f"meter {name}: no reading {since} {silent_for:.0f} s "
                     f"(threshold {cfg.no_reading_intervals} intervals of {m.interval_s:g} s)"
                 )
-            if m.state == "failing" and "[association." in (m.last_error or ""):
+            # Between two attempts the poller goes through connecting and associating: the
+            # refusal stands until an association succeeds (it must not flap with each retry).
+            retrying = m.state in ("failing", "connecting", "associating")
+            if retrying and "[association." in (m.last_error or ""):
                 found[f"meter.{name}.refused"] = (
                     f"meter {name} refuses the association (wrong password or client "
                     f"address?): {m.last_error}"

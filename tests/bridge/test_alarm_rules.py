@@ -78,6 +78,29 @@ def test_success_rate_no_reading_and_refused() -> None:
     )
     assert "refuses the association" in refused["meter.a.refused"]
     assert "meter.a.no_reading" not in refused  # it read at 17
+    # The poller's next attempt passes through connecting and associating: no flapping.
+    for state in ("connecting", "associating"):
+        retrying = rules.evaluate(
+            facts(
+                17.5,
+                meters={
+                    "a": meter(17, 11, 8, state=state, last_error="refused [association.rejected]")
+                },
+            )
+        )
+        assert "meter.a.refused" in retrying, state
+    # Associated again: the refusal is over even before the cycle ends.
+    associated = rules.evaluate(
+        facts(
+            17.8,
+            meters={
+                "a": meter(
+                    17, 11, 8, state="associated", last_error="refused [association.rejected]"
+                )
+            },
+        )
+    )
+    assert "meter.a.refused" not in associated
     # An I/O failure is not a refusal.
     other = rules.evaluate(
         facts(18, meters={"a": meter(18, 12, 9, state="failing", last_error="timed out")})
