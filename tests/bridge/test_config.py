@@ -39,6 +39,7 @@ from bridge.config import (
     parse_config,
 )
 from codec.obis import Obis
+from tests.codec.conftest import load_vectors
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "bridge.example.toml"
@@ -164,7 +165,7 @@ def test_presets() -> None:
 
 
 def test_presets_agree_with_the_field_meter_facts() -> None:
-    facts = json.loads(Path("/work/shared/vectors/real-meter-frames.json").read_text())
+    facts = load_vectors()
     meter = facts["meter_in_the_field"]
     expected = [(r["key"], Obis.parse(r["obis"]), r["class"]) for r in meter["registers"]]
     assert [(r.key, r.obis, r.class_id) for r in PRESETS["field-meter"]] == expected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -44,9 +43,8 @@ from codec.apdu import (
 from codec.axdr import Data, DataType, encode_data
 from codec.errors import DataAccessError, DecodeError, EncodeError, ServiceError
 from codec.obis import Obis
+from tests.codec.conftest import load_vectors
 from tests.codec.strategies import data_values
-
-VECTORS = Path("/work/shared/vectors/real-meter-frames.json")
 
 
 def frame_info(name: str) -> bytes:
@@ -55,7 +53,7 @@ def frame_info(name: str) -> bytes:
     Parsed by hand here (format, two addresses ending in a byte with bit 0 set, control, HCS)
     so that these tests do not depend on the HDLC module.
     """
-    frames = {f["name"]: bytes.fromhex(f["hex"]) for f in json.loads(VECTORS.read_text())["frames"]}
+    frames = {f["name"]: bytes.fromhex(f["hex"]) for f in load_vectors()["frames"]}
     frame = frames[name]
     pos = 3  # flag and the two format bytes
     for _ in range(2):

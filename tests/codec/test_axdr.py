@@ -507,8 +507,8 @@ def test_type_predicates(value: Data) -> None:
 
 # --- real frames ---------------------------------------------------------------------------
 
-# Frames from /work/shared/vectors/real-meter-frames.json (meter pushes, captured by public
-# projects). The offsets are found from the LLC header e6 e7 00 that precedes every APDU.
+# Frames from the shared real-meter-frames.json, copied in tests/data (meter pushes, captured by
+# public projects). The offsets are found from the LLC header e6 e7 00 that precedes every APDU.
 KAIFA_PUSH = "7ea027010201105a87e6e7000f40000000090c07e4020f06011922ff8000000201060000157eea5e7e"
 AIDON_PUSH = (
     "7ea02a410883130413e6e7000f40000000000101020309060100010700ff060000067d02020f00161b1c057e"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -46,10 +44,9 @@ from codec.cosem import (
 from codec.cosem_time import CosemDateTime
 from codec.errors import DecodeError, EncodeError
 from codec.obis import Obis
+from tests.codec.conftest import load_vectors
 
-FIELD_METER = json.loads(Path("/work/shared/vectors/real-meter-frames.json").read_text())[
-    "meter_in_the_field"
-]
+FIELD_METER = load_vectors()["meter_in_the_field"]
 
 
 # -- attribute numbers ----------------------------------------------------------------------------
