@@ -293,10 +293,16 @@ class FaultState:
     silent_until: float = -math.inf
     #: Faults injected so far, by name.
     injected: dict[str, int] = attrs.field(factory=dict)
+    #: Whether any fault is set (``faults.active``, kept up to date by :meth:`apply`).
+    active: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.active = self.faults.active
 
     def apply(self, faults: Faults, now: float) -> None:
         """Replace the faults; a ``silence`` without probability starts now."""
         self.faults = faults
+        self.active = faults.active
         self.silent_until = -math.inf
         if faults.silence is not None and faults.silence[1] is None:
             self.silent_until = now + faults.silence[0]

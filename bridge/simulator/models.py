@@ -43,7 +43,7 @@ from bridge.simulator.objects import (
     Getter,
     Method,
     constant,
-    encode_number,
+    number_encoder,
 )
 from bridge.simulator.profile import (
     CAPTURE_PERIOD,
@@ -111,6 +111,12 @@ class ModelRegister:
     scaler: int
     unit: int
     quantity: Callable[[Meter, float], float]
+    #: ``encode`` as one function (made once).
+    encoder: Callable[[Meter, float], bytes] = attrs.field(init=False, eq=False, repr=False)
+
+    @encoder.default
+    def _make_encoder(self) -> Callable[[Meter, float], bytes]:
+        return number_encoder(self.dtype, self.quantity, 10.0**self.scaler)
 
     def raw(self, meter: Meter, t: float) -> float:
         """The unscaled value on the wire."""
@@ -118,7 +124,7 @@ class ModelRegister:
 
     def encode(self, meter: Meter, t: float) -> bytes:
         """The value attribute, encoded."""
-        return encode_number(self.dtype, self.raw(meter, t))
+        return self.encoder(meter, t)
 
 
 def _average_power(meter: Meter, t: float) -> float:
@@ -150,13 +156,25 @@ _PHASES_23 = (
 )
 
 
+def _constant(attribute_id: int, value: Data) -> Attribute:
+    """An attribute that never changes, for both the general and the steady-state GET."""
+    raw = encode_data(value)
+
+    def plain(meter: Meter, t: float) -> bytes:
+        return raw
+
+    return Attribute(attribute_id, constant(value), plain=plain)
+
+
 def _logical_name(obis: Obis) -> Attribute:
-    return Attribute(1, constant(Data.octet_string(obis.to_bytes())))
+    return _constant(1, Data.octet_string(obis.to_bytes()))
 
 
 def _register_object(spec: ModelRegister) -> CosemObject:
+    encoder = spec.encoder
+
     def value(ctx: RequestContext, access: SelectiveAccess | None) -> bytes:
-        return spec.encode(ctx.meter, ctx.now)
+        return encoder(ctx.meter, ctx.now)
 
     scaler_unit = ScalerUnit(spec.scaler, spec.unit).to_data()
     return CosemObject(
@@ -166,8 +184,8 @@ def _register_object(spec: ModelRegister) -> CosemObject:
         3,
         {
             1: _logical_name(spec.obis),
-            2: Attribute(2, value),
-            3: Attribute(3, constant(scaler_unit)),
+            2: Attribute(2, value, plain=encoder),
+            3: _constant(3, scaler_unit),
         },
         method_count=1,
     )
@@ -453,6 +471,8 @@ class MeterModel:
     objects: dict[tuple[int, Obis], CosemObject] = attrs.field(factory=dict)
     by_obis: dict[Obis, CosemObject] = attrs.field(factory=dict)
     object_list: bytes = b""
+    #: Steady-state GET-with-list plans by request bytes (see ``cosem_server.steady_plan``).
+    steady_plans: dict[bytes, object] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, name: str, phase_count: int, registers: tuple[ModelRegister, ...]) -> MeterModel:

@@ -26,6 +26,7 @@ from codec.obis import Obis
 
 if TYPE_CHECKING:
     from bridge.simulator.cosem_server import RequestContext
+    from bridge.simulator.meter import Meter
 
 __all__ = [
     "AccessFailure",
@@ -35,7 +36,9 @@ __all__ = [
     "Method",
     "Setter",
     "constant",
+    "PlainGetter",
     "encode_number",
+    "number_encoder",
 ]
 
 
@@ -50,6 +53,9 @@ class AccessFailure(Exception):
 Getter = Callable[["RequestContext", "SelectiveAccess | None"], bytes]
 Setter = Callable[["RequestContext", Data], None]
 Invoker = Callable[["RequestContext", "Data | None"], "Data | None"]
+#: A getter that needs only the meter and its clock's time (unix seconds), never fails and
+#: gives the same bytes as the attribute's ``get``: what the steady-state GET path calls.
+PlainGetter = Callable[["Meter", float], bytes]
 
 
 @attrs.frozen
@@ -60,6 +66,9 @@ class Attribute:
     get: Getter | None = None
     set: Setter | None = None
     selectors: tuple[int, ...] = ()
+    #: The same value as ``get`` without selective access, from the meter and its time alone
+    #: (None: the attribute needs the request context).
+    plain: PlainGetter | None = None
 
     @property
     def access_mode(self) -> AttributeAccessMode:
@@ -157,3 +166,24 @@ def encode_number(dtype: DataType, value: float) -> bytes:
         return fmt.pack(dtype, value)
     low, high = limits
     return fmt.pack(dtype, min(high, max(low, round(value))))
+
+
+def number_encoder(
+    dtype: DataType, quantity: Callable[[Meter, float], float], divisor: float
+) -> PlainGetter:
+    """``encode_number(dtype, quantity(meter, t) / divisor)`` as one function, lookups done once."""
+    pack = _NUMBER_FORMATS[dtype].pack
+    tag = int(dtype)
+    limits = _LIMITS.get(dtype)
+    if limits is None:
+
+        def encode_real(meter: Meter, t: float) -> bytes:
+            return pack(tag, quantity(meter, t) / divisor)
+
+        return encode_real
+    low, high = limits
+
+    def encode_integer(meter: Meter, t: float) -> bytes:
+        return pack(tag, min(high, max(low, round(quantity(meter, t) / divisor))))
+
+    return encode_integer

@@ -13,13 +13,12 @@ In-process use (tests, the demo)::
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -39,6 +38,7 @@ from bridge.simulator.faults import (
 )
 from bridge.simulator.meter import Meter, MeterSettings
 from bridge.simulator.models import get_model
+from bridge.simulator.reactor import RECEIVE_SIZE, Reactor
 from bridge.simulator.server_link import HdlcServerLink, ServerLink, WrapperServerLink
 
 __all__ = [
@@ -47,15 +47,16 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorError",
     "SimulatorPorts",
+    "open_listeners",
     "raise_open_file_limit",
 ]
 
 log = logging.getLogger("bridge.simulator")
 
 TRANSPORTS = ("hdlc", "wrapper")
-_RECEIVE_SIZE = 4096
-# accept() errors that mean "out of resources for now", worth waiting out (as trio does).
-_ACCEPT_BACKOFF_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_RECEIVE_SIZE = RECEIVE_SIZE
+#: Pending connections per meter's listening socket.
+_BACKLOG = 128
 
 
 class SimulatorError(Exception):
@@ -86,6 +87,40 @@ class SimulatorPorts:
     host: str
     meters: tuple[int, ...]
     control: int | None = None
+
+
+def open_listeners(
+    host: str, port: int, meters: int, indices: Sequence[int] | None = None
+) -> list[tuple[int, socket.socket]]:
+    """A listening socket for each meter (all, or ``indices``): meter i on ``port + i``, or on
+    an ephemeral port when ``port`` is 0. Raises :class:`SimulatorError` naming the meter and the
+    port that cannot be opened (the ones opened before are closed)."""
+    selected = range(meters) if indices is None else indices
+    opened: list[tuple[int, socket.socket]] = []
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise SimulatorError(f"cannot listen on {host}: {exc.strerror or exc}") from None
+    # Several addresses for the host: the first, as trio's listeners were used (one port each).
+    family, kind, proto, _, address = found[0]
+    for index in selected:
+        number = port + index if port else 0
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], number, *address[2:]))
+            sock.listen(_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            for _, other in opened:
+                other.close()
+            raise SimulatorError(
+                f"meter {index}: cannot listen on {host}:{number}: {exc.strerror or exc}"
+            ) from None
+        opened.append((index, sock))
+    return opened
 
 
 class _ConnectionReset(Exception):
@@ -161,31 +196,48 @@ class Simulator:
     # -- serving ---------------------------------------------------------------------------------
 
     async def serve(
-        self, *, task_status: trio.TaskStatus[SimulatorPorts] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listeners: Sequence[tuple[int, socket.socket]] | None = None,
+        task_status: trio.TaskStatus[SimulatorPorts] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen for every meter, report the ports via ``task_status``, serve until cancelled."""
+        """Listen for every meter, report the ports via ``task_status``, serve until cancelled.
+
+        ``listeners``: (meter index, listening socket) of the meters to serve, opened already
+        (a worker process serves part of the meters on sockets its parent opened); by default
+        every meter's port is opened here. The sockets are closed when serving ends.
+        """
         raise_open_file_limit()
         now = trio.current_time()
         for meter in self.meters:
             meter.faults.apply(self._initial_faults.for_meter(meter.index), now)
         config = self.config
-        listeners: list[trio.SocketListener] = []
+        opened: list[tuple[int, socket.socket]] = list(listeners or ())
+        served = [index for index, _ in opened] if listeners is not None else range(config.meters)
         if config.record_dir is not None:
             directory = Path(config.record_dir)
             try:
                 # The captures hold the password in clear: a new directory is the owner's only.
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                for meter in self.meters:
-                    self._recorders[meter.index] = PcapWriter(
-                        directory / f"meter-{meter.index:04d}.pcap"
-                    )
+                for index in served:
+                    self._recorders[index] = PcapWriter(directory / f"meter-{index:04d}.pcap")
             except OSError as exc:
                 self._close_recorders()
+                for _, sock in opened:
+                    sock.close()
                 raise SimulatorError(f"--record {config.record_dir}: {exc}") from None
         try:
-            for meter in self.meters:
-                port = config.port + meter.index if config.port else 0
-                listeners.append(await self._listen(port, meter.index))
+            if listeners is None:
+                opened = open_listeners(config.host, config.port, config.meters)
+            reactor = Reactor(
+                make_link=self._link,
+                handover=self._serve_socket,
+                clock=self.clock,
+                inactivity_timeout=config.settings.inactivity_timeout,
+                recording=bool(self._recorders),
+            )
+            for index, sock in opened:
+                reactor.add_listener(sock, self.meters[index])
             async with trio.open_nursery() as nursery:
                 control = None
                 if config.control_port is not None:
@@ -194,17 +246,14 @@ class Simulator:
                     control = await nursery.start(
                         serve_control, self, config.host, config.control_port
                     )
-                for meter, listener in zip(self.meters, listeners, strict=True):
-                    nursery.start_soon(self._accept_loop, meter, listener, nursery)
+                nursery.start_soon(reactor.run)
                 self.ports = SimulatorPorts(
-                    config.host,
-                    tuple(listener.socket.getsockname()[1] for listener in listeners),
-                    control,
+                    config.host, tuple(sock.getsockname()[1] for _, sock in opened), control
                 )
                 task_status.started(self.ports)
         finally:
-            for listener in listeners:
-                listener.socket.close()
+            for _, sock in opened:
+                sock.close()
             self._close_recorders()
 
     def _close_recorders(self) -> None:
@@ -212,33 +261,15 @@ class Simulator:
             writer.close()
         self._recorders.clear()
 
-    async def _listen(self, port: int, index: int) -> trio.SocketListener:
-        try:
-            found = await trio.open_tcp_listeners(port, host=self.config.host)
-        except OSError as exc:
-            raise SimulatorError(
-                f"meter {index}: cannot listen on {self.config.host}:{port}: {exc.strerror or exc}"
-            ) from None
-        for extra in found[1:]:  # several addresses for the host: keep the first, one port each
-            extra.socket.close()
-        return found[0]
-
-    async def _accept_loop(
-        self, meter: Meter, listener: trio.SocketListener, nursery: trio.Nursery
+    async def _serve_socket(
+        self, meter: Meter, sock: socket.socket, link: ServerLink | None
     ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_BACKOFF_ERRNOS:
-                    raise
-                log.warning("meter %d: accept failed (%s), retrying", meter.index, exc)
-                await trio.sleep(0.1)
-                continue
-            writer = self._recorders.get(meter.index)
-            if writer is not None:
-                stream = RecordingStream(stream, writer)  # type: ignore[assignment]
-            nursery.start_soon(self._serve_connection, meter, stream)
+        """A connection the reactor hands over: served in this task until it closes."""
+        stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        writer = self._recorders.get(meter.index)
+        if writer is not None:
+            stream = RecordingStream(stream, writer)  # type: ignore[assignment]
+        await self._serve_connection(meter, stream, link)
 
     def _link(self, meter: Meter) -> ServerLink:
         server = CosemServer(meter)
@@ -254,14 +285,18 @@ class Simulator:
         """
         await self._serve_connection(self.meter(index), stream)
 
-    async def _serve_connection(self, meter: Meter, stream: trio.abc.Stream) -> None:
+    async def _serve_connection(
+        self, meter: Meter, stream: trio.abc.Stream, link: ServerLink | None = None
+    ) -> None:
+        """Serve one connection; ``link``: the one it was served with so far (none: a new one)."""
         counters = meter.counters
-        counters.connections += 1
         faults = meter.faults
-        link = self._link(meter)
         timeout = meter.settings.inactivity_timeout or math.inf
         try:
-            await self._perform(stream, meter, faults.on_connect(link.sample_reply()))
+            if link is None:
+                counters.connections += 1
+                link = self._link(meter)
+                await self._perform(stream, meter, faults.on_connect(link.sample_reply()))
             while True:
                 with trio.move_on_after(timeout) as idle:
                     data = await stream.receive_some(_RECEIVE_SIZE)
@@ -273,7 +308,7 @@ class Simulator:
                 if not data:
                     return
                 counters.bytes_in += len(data)
-                active = faults.faults.active
+                active = faults.active
                 if active and faults.silenced(trio.current_time()):
                     continue
                 for reply in link.receive_data(bytes(data), self.clock()):
@@ -288,7 +323,8 @@ class Simulator:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
-            link.close()
+            if link is not None:
+                link.close()
             await trio.aclose_forcefully(stream)
 
     async def _perform(

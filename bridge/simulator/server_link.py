@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING
 
 from bridge.simulator.meter import FLAGS_LOGICAL
 from codec.errors import FrameError
-from codec.hdlc import NEED_DATA, Frame, FrameKind, FrameScanner, HdlcAddress, encode_frame
+from codec.hdlc import (
+    NEED_DATA,
+    Frame,
+    FrameKind,
+    FrameScanner,
+    HdlcAddress,
+    encode_frame,
+    fcs16,
+)
 from codec.hdlc_params import LinkParameters
 from codec.wrapper import WrapperFrame, WrapperScanner
 
@@ -35,7 +43,14 @@ if TYPE_CHECKING:
     from bridge.simulator.cosem_server import CosemServer
     from bridge.simulator.meter import Meter
 
-__all__ = ["LLC_REQUEST", "LLC_RESPONSE", "HdlcServerLink", "ServerLink", "WrapperServerLink"]
+__all__ = [
+    "LLC_REQUEST",
+    "LLC_RESPONSE",
+    "HdlcServerLink",
+    "ServerLink",
+    "WrapperServerLink",
+    "i_frame",
+]
 
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
@@ -48,6 +63,22 @@ _DISCONNECTED, _CONNECTED, _FRAME_REJECT = "disconnected", "connected", "frame-r
 #: What a "previous session" was being sent when it was cut off (the ``residual`` fault): a
 #: GET-with-list answer of three energy values.
 _PREVIOUS_ANSWER = bytes.fromhex("c403c10300060000dbe000060000dbe400060000dbe9")
+
+
+#: The longest frame the format field can describe (11 bits).
+_MAX_FRAME_LENGTH = 0x7FF
+
+
+def i_frame(addresses: bytes, control: int, info: bytes, *, segmented: bool = False) -> bytes:
+    """An I-frame: what ``encode_frame(FrameKind.I, ...)`` makes, from the address bytes
+    (destination then source, as on the wire) and the control byte; ``info`` not empty."""
+    length = 7 + len(addresses) + len(info)
+    if not info or length > _MAX_FRAME_LENGTH:
+        raise ValueError(f"no I-frame of {len(info)} information bytes")
+    head = bytes(((0xA8 if segmented else 0xA0) | (length >> 8), length & 0xFF))
+    head += addresses + bytes((control,))
+    body = head + fcs16(head).to_bytes(2, "little") + info
+    return b"\x7e" + body + fcs16(body).to_bytes(2, "little") + b"\x7e"
 
 
 def _address_parts(value: int, size: int) -> tuple[int, int]:
@@ -77,6 +108,7 @@ class HdlcServerLink:
         self._own_address = HdlcAddress.server(
             meter.settings.server_logical, meter.settings.server_physical
         )
+        self._addresses = self._peer_address.encode() + self._own_address.encode()
         self._rx_segments = bytearray()
         self._tx_segments: list[bytes] = []
         self._last_request_control = -1
@@ -182,6 +214,7 @@ class HdlcServerLink:
         self._peer = (frame.src, frame.src_size)
         self._peer_address = HdlcAddress(frame.src, frame.src_size)
         self._own_address = HdlcAddress(frame.dst, frame.dst_size)
+        self._addresses = self._peer_address.encode() + self._own_address.encode()
         self._rx_segments.clear()
         self._tx_segments = []
         self._last_request_control = -1
@@ -239,15 +272,8 @@ class HdlcServerLink:
     # -- building replies ------------------------------------------------------------------------
 
     def _information(self, info: bytes) -> bytes:
-        frame = encode_frame(
-            FrameKind.I,
-            self._peer_address,
-            self._own_address,
-            ns=self._vs,
-            nr=self._vr,
-            info=info,
-            segmented=bool(self._tx_segments),
-        )
+        control = (self._vr << 5) | 0x10 | (self._vs << 1)
+        frame = i_frame(self._addresses, control, info, segmented=bool(self._tx_segments))
         self._vs = (self._vs + 1) & 7
         return self._remember(frame)
 
