@@ -39,8 +39,14 @@ sys.path.insert(0, str(REPO))
 from bridge.simulator.server_link import LLC_REQUEST  # noqa: E402
 from codec.acse import AARQ, AuthenticationMechanism  # noqa: E402
 from codec.apdu import AttributeDescriptor, GetRequestWithList, InvokeId, encode_apdu  # noqa: E402
-from codec.hdlc import NEED_DATA, Frame, FrameKind, FrameScanner, HdlcAddress  # noqa: E402
-from codec.hdlc import encode_frame  # noqa: E402
+from codec.hdlc import (  # noqa: E402
+    NEED_DATA,
+    Frame,
+    FrameKind,
+    FrameScanner,
+    HdlcAddress,
+    encode_frame,
+)
 from codec.obis import Obis  # noqa: E402
 
 FIELD_REGISTERS = ("1-1:32.7.0", "1-1:31.7.0", "1-1:14.7.0", "1-1:1.7.0", "1-1:1.8.0")
@@ -97,7 +103,7 @@ def children(pid: int) -> list[int]:
 class Meter:
     """One meter's connection from the load generator."""
 
-    __slots__ = ("sock", "scanner", "state", "ns", "invoke", "sent_at", "due", "index")
+    __slots__ = ("due", "index", "invoke", "ns", "scanner", "sent_at", "sock", "state")
 
     def __init__(self, index: int, sock: socket.socket) -> None:
         self.index = index

@@ -34,9 +34,9 @@ __all__ = [
     "CosemObject",
     "Getter",
     "Method",
+    "PlainGetter",
     "Setter",
     "constant",
-    "PlainGetter",
     "encode_number",
     "number_encoder",
 ]

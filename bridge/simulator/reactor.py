@@ -140,7 +140,7 @@ class Reactor:
         def target() -> None:
             try:
                 self._serve()
-            except BaseException as exc:  # handed to the Trio side, raised there
+            except BaseException as exc:  # noqa: BLE001 (handed to the Trio side, raised there)
                 failure.append(exc)
             finally:
                 self._close_all()

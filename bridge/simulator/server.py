@@ -265,11 +265,12 @@ class Simulator:
         self, meter: Meter, sock: socket.socket, link: ServerLink | None
     ) -> None:
         """A connection the reactor hands over: served in this task until it closes."""
-        stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         writer = self._recorders.get(meter.index)
         if writer is not None:
-            stream = RecordingStream(stream, writer)  # type: ignore[assignment]
-        await self._serve_connection(meter, stream, link)
+            await self._serve_connection(meter, RecordingStream(stream, writer), link)
+        else:
+            await self._serve_connection(meter, stream, link)
 
     def _link(self, meter: Meter) -> ServerLink:
         server = CosemServer(meter)
