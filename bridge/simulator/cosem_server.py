@@ -273,6 +273,8 @@ class CosemServer:
         self._long_get: _LongGet | None = None
         self._hls: _HlsPending | None = None
         self._client_counter: int | None = None
+        #: The association known to have negotiated GET-with-list (see ``_steady``).
+        self._listing: Association | None = None
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -358,12 +360,12 @@ class CosemServer:
             if len(plans) >= _STEADY_PLANS_MAX:
                 plans.clear()
             plans[apdu] = plan
-        if (
-            plan is None
-            or len(apdu) > meter.settings.max_pdu
-            or not Conformance.MULTIPLE_REFERENCES & association.conformance
-        ):
+        if plan is None or len(apdu) > meter.settings.max_pdu:
             return None
+        if association is not self._listing:
+            if not Conformance.MULTIPLE_REFERENCES & association.conformance:
+                return None
+            self._listing = association  # negotiated GET-with-list (checked once)
         assert isinstance(plan, SteadyPlan)
         t = meter.time(wall)
         reply = plan.header + b"\x00".join([get(meter, t) for get in plan.getters])

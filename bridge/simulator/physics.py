@@ -29,12 +29,22 @@ class Wave:
 
     mean: float
     terms: tuple[tuple[float, float, float], ...]  # (amplitude, angular frequency, phase)
+    #: The last (t, value): a poll reads several registers at one instant, and current and
+    #: power both need the same power and voltage. One tuple, replaced whole (thread-safe).
+    _last: list[tuple[float, float]] = attrs.field(
+        factory=lambda: [(math.nan, 0.0)], eq=False, repr=False
+    )
 
     def at(self, t: float) -> float:
         """The value at ``t`` seconds after :data:`ENERGY_EPOCH`."""
+        last = self._last[0]
+        if last[0] == t:
+            return last[1]
         value = self.mean
+        sin = math.sin
         for amplitude, omega, phase in self.terms:
-            value += amplitude * math.sin(omega * t + phase)
+            value += amplitude * sin(omega * t + phase)
+        self._last[0] = (t, value)
         return value
 
     def integral(self, t: float) -> float:
