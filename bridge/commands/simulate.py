@@ -1,6 +1,8 @@
 """``dlms-bridge simulate``: serve simulated DLMS meters over TCP, with fault injection.
 
-One process serves ``--meters N`` meters on ports P, P+1, ... (``--port 0``: ephemeral ports).
+``--meters N`` meters are served on ports P, P+1, ... (``--port 0``: ephemeral ports), by one
+process or, with ``--workers`` (automatic from 1,000 meters on), by worker processes that each
+serve a share of the meters (see :mod:`bridge.simulator.workers`).
 It prints one line per range of consecutive ports, then a line starting with ``ready``, and
 serves until interrupted (Ctrl-C or SIGTERM). A bad ``--faults`` spec exits with status 2 and
 names the bad part. With ``--control-port``, faults can be changed and counters read while it
@@ -32,12 +34,22 @@ from bridge.simulator import (
     parse_fault_spec,
 )
 from bridge.simulator.meter import MeterSecurity
+from bridge.simulator.workers import AUTO_METERS_PER_WORKER, auto_workers, serve_in_workers
 from codec.hdlc_params import LinkParameters
 
 #: Exit status for bad arguments (same as ``bridge.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
-#: Most meters one simulator process serves.
+#: Most meters one simulator serves.
 MAX_METERS = 20_000
+#: Most worker processes.
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: ``auto`` or 1..MAX_WORKERS."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return integer(1, MAX_WORKERS)(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--host", type=host, default="127.0.0.1", help="address to listen on (127.0.0.1)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        metavar="N",
+        help="processes serving the meters, each a share (auto: one per"
+        f" {AUTO_METERS_PER_WORKER:,} meters, at most one per core)",
     )
     parser.add_argument("--transport", choices=TRANSPORTS, default="hdlc")
     parser.add_argument("--model", choices=sorted(MODELS), default="single-phase")
@@ -173,7 +193,7 @@ def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
             start = i
 
 
-def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
+def describe(config: SimulatorConfig, ports: SimulatorPorts, workers: int = 1) -> list[str]:
     """The start-up lines: one per port range, then the ready line."""
     kind = f"{config.transport}, {config.settings.model}"
     sec = config.settings.security
@@ -190,8 +210,10 @@ def describe(config: SimulatorConfig, ports: SimulatorPorts) -> list[str]:
         lines.append(f"{meters}: {ports.host} {where} ({kind})")
     control = "" if ports.control is None else f", control port {ports.control}"
     faults = f", faults {config.faults}" if str(config.faults) else ""
+    processes = f", {workers} worker processes" if workers > 1 else ""
     lines.append(
-        f"ready: {len(ports.meters)} meters on {ports.host}, seed {config.seed}{faults}{control}"
+        f"ready: {len(ports.meters)} meters on {ports.host}, seed {config.seed}{processes}"
+        f"{faults}{control}"
     )
     return lines
 
@@ -251,8 +273,17 @@ def run(args: argparse.Namespace) -> int:
             f"{args.meters} meters and their connections",
             file=sys.stderr,
         )
+    workers = args.workers if isinstance(args.workers, int) else auto_workers(args.meters)
+    workers = min(workers, args.meters)
     try:
         sim = Simulator(config)
+        if workers > 1:
+
+            def announce(ports: SimulatorPorts) -> None:
+                for line in describe(config, ports, workers):
+                    print(line, flush=True)
+
+            return serve_in_workers(sim, workers, announce)
         trio.run(_serve, sim, config)
     except BaseException as exc:  # sorted out below; anything unexpected is re-raised
         error = _expected(exc)

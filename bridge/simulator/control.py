@@ -16,6 +16,7 @@ The same operations are methods of :class:`~bridge.simulator.server.Simulator` f
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -25,7 +26,7 @@ from bridge.simulator.faults import FaultSpecError, MeterRange, parse_meter_rang
 if TYPE_CHECKING:
     from bridge.simulator.server import Simulator
 
-__all__ = ["handle_command", "serve_control"]
+__all__ = ["Answer", "handle_command", "serve_control", "serve_lines", "serve_stream"]
 
 _MAX_LINE = 64 * 1024
 
@@ -104,13 +105,17 @@ def handle_command(sim: Simulator, request: object) -> dict[str, Any]:
         return {"ok": False, "error": str(exc)}
 
 
-async def _serve_client(sim: Simulator, stream: trio.SocketStream) -> None:
+#: Answers one decoded request (the simulator's own, or the workers' supervisor's).
+Answer = Callable[[object], Awaitable[dict[str, Any]]]
+
+
+async def _serve_client(answer: Answer, stream: trio.abc.Stream) -> None:
     buffer = bytearray()
     async with stream:
         while True:
             try:
                 data = await stream.receive_some(4096)
-            except trio.BrokenResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
                 return
@@ -126,13 +131,44 @@ async def _serve_client(sim: Simulator, stream: trio.SocketStream) -> None:
                 try:
                     request = json.loads(line)
                 except ValueError as exc:
-                    answer: dict[str, Any] = {"ok": False, "error": f"not JSON: {exc}"}
+                    reply: dict[str, Any] = {"ok": False, "error": f"not JSON: {exc}"}
                 else:
-                    answer = handle_command(sim, request)
+                    reply = await answer(request)
                 try:
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+
+
+def _answer(sim: Simulator) -> Answer:
+    async def answer(request: object) -> dict[str, Any]:
+        return handle_command(sim, request)
+
+    return answer
+
+
+async def serve_stream(sim: Simulator, stream: trio.abc.Stream) -> None:
+    """Serve the control interface of ``sim`` over one stream until it closes."""
+    await _serve_client(_answer(sim), stream)
+
+
+async def serve_lines(
+    answer: Answer,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve JSON lines answered by ``answer`` on ``host:port``; reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    for extra in listeners[1:]:
+        extra.socket.close()
+    listener = listeners[0]
+    async with listener, trio.open_nursery() as nursery:
+        task_status.started(listener.socket.getsockname()[1])
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_serve_client, answer, stream)
 
 
 async def serve_control(
@@ -143,12 +179,4 @@ async def serve_control(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control interface on ``host:port``; reports the bound port when ready."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    for extra in listeners[1:]:
-        extra.socket.close()
-    listener = listeners[0]
-    async with listener, trio.open_nursery() as nursery:
-        task_status.started(listener.socket.getsockname()[1])
-        while True:
-            stream = await listener.accept()
-            nursery.start_soon(_serve_client, sim, stream)
+    await serve_lines(_answer(sim), host, port, task_status=task_status)
