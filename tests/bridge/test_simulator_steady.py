@@ -37,7 +37,7 @@ from codec.apdu import (
     encode_apdu,
 )
 from codec.axdr import Data
-from codec.hdlc import FrameKind, FrameScanner, HdlcAddress, decode_frame, encode_frame
+from codec.hdlc import FrameKind, FrameScanner, HdlcAddress, decode_frame, encode_frame, fcs16
 from codec.obis import Obis
 from tests.bridge.test_simulator_rawclient import TIMEOUT, RawClient, running, value_of
 
@@ -308,3 +308,114 @@ def test_scanner_sanity() -> None:
     assert (frame.kind, frame.ns, frame.nr) == (FrameKind.I, 1, 2)
     response = decode_apdu(frame.info[3:])
     assert isinstance(response, GetResponseWithList) and len(response.results) == 6
+
+
+class _GeneralLink(HdlcServerLink):
+    """The HDLC link with its steady-state path switched off."""
+
+    def _steady(self, data: bytes, wall: float) -> bytes | None:
+        return None
+
+
+_CLIENT, _SERVER = HdlcAddress.client(1), HdlcAddress.server(0, 1)
+_POLL = encode_apdu(
+    GetRequestWithList(
+        InvokeId(1), tuple((AttributeDescriptor(3, Obis.parse(o), 2), None) for o in REGISTERS)
+    )
+)
+_LONG = encode_apdu(
+    GetRequestWithList(
+        InvokeId(2),
+        tuple((AttributeDescriptor(3, Obis.parse(o), 2), None) for o in REGISTERS * 3),
+    )
+)
+_AARQ = encode_apdu(AARQ(mechanism=AuthenticationMechanism.LOW, password=b"00000000"))
+
+
+@st.composite
+def _session(draw: st.DrawFn) -> list[bytes]:
+    """What a client, right or wrong, sends: chunks of frames of every kind."""
+    frames = [
+        encode_frame(FrameKind.SNRM, _SERVER, _CLIENT),
+        encode_frame(FrameKind.I, _SERVER, _CLIENT, info=LLC_REQUEST + _AARQ),
+    ]
+    ns = nr = 1  # the client's V(S), and the I-frames it has had from the meter
+
+    def i_frame_(info: bytes, **kwargs: Any) -> bytes:
+        return encode_frame(FrameKind.I, _SERVER, _CLIENT, ns=ns, nr=nr, info=info, **kwargs)
+
+    for _ in range(draw(st.integers(1, 25))):
+        step = draw(st.integers(0, 13))
+        if step <= 5 or step == 12:  # the steady poll (or the AARQ), in sequence
+            frames.append(i_frame_(LLC_REQUEST + (_AARQ if step == 12 else _POLL)))
+            ns, nr = (ns + 1) & 7, (nr + 1) & 7
+        elif step == 13 and len(frames) > 2:  # the last frame again (its answer was lost)
+            frames.append(frames[-1])
+        elif step == 6:  # out of sequence, or P clear, or segmented
+            frames.append(
+                encode_frame(
+                    FrameKind.I,
+                    _SERVER,
+                    _CLIENT,
+                    ns=draw(st.integers(0, 7)),
+                    nr=draw(st.integers(0, 7)),
+                    poll_final=draw(st.booleans()),
+                    segmented=draw(st.booleans()),
+                    info=LLC_REQUEST + _POLL,
+                )
+            )
+        elif step == 7 and draw(st.booleans()):  # a corrupted byte
+            frame = bytearray(i_frame_(LLC_REQUEST + _POLL))
+            frame[draw(st.integers(1, len(frame) - 2))] ^= draw(st.integers(1, 255))
+            frames.append(bytes(frame))
+        elif step == 7:  # a bad HCS under a good FCS
+            frame = bytearray(i_frame_(LLC_REQUEST + _POLL))
+            frame[6] ^= 0x01
+            frame[-3:-1] = fcs16(bytes(frame[1:-3])).to_bytes(2, "little")
+            frames.append(bytes(frame))
+        elif step == 8 and draw(st.booleans()):  # longer than the negotiated information field
+            frames.append(i_frame_(LLC_REQUEST + _LONG))
+        elif step == 8:
+            frames.append(encode_frame(FrameKind.RR, _SERVER, _CLIENT, nr=draw(st.integers(0, 7))))
+        elif step == 9:
+            frames.append(encode_frame(FrameKind.DISC, _SERVER, _CLIENT))
+        elif step == 10:  # another server or client address, or no LLC header
+            other = draw(st.sampled_from((HdlcAddress.server(1, 1), HdlcAddress.server(0, 2))))
+            info = LLC_REQUEST + _POLL
+            frames.append(encode_frame(FrameKind.I, other, _CLIENT, ns=ns, nr=nr, info=info))
+            stranger = HdlcAddress.client(16)
+            frames.append(encode_frame(FrameKind.I, _SERVER, stranger, ns=ns, nr=nr, info=info))
+            frames.append(i_frame_(_POLL))
+        elif step == 11 and draw(st.booleans()):  # a request in two segments, in sequence
+            info = LLC_REQUEST + _POLL
+            cut = draw(st.integers(1, len(info) - 1))
+            first, second = draw(
+                st.sampled_from(((info[:cut], info[cut:]), (LLC_REQUEST, LLC_REQUEST + _POLL)))
+            )
+            frames.append(i_frame_(first, segmented=True))
+            ns = (ns + 1) & 7
+            frames.append(i_frame_(second))
+            ns, nr = (ns + 1) & 7, (nr + 1) & 7
+        else:
+            frames.append(encode_frame(FrameKind.SNRM, _SERVER, _CLIENT))
+            ns = nr = 0
+    stream = b"".join(frames)
+    if draw(st.booleans()):
+        return frames  # one frame per read, as a poller sends
+    cuts = sorted(draw(st.lists(st.integers(1, len(stream) - 1), max_size=8)))
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=_session(), flags=st.booleans())
+def test_the_link_steady_path_is_the_general_one(chunks: list[bytes], flags: bool) -> None:
+    """Any bytes, split anyhow: the same replies, counters and sequence state."""
+    results = []
+    for kind in (HdlcServerLink, _GeneralLink):
+        meter = Meter.create(1, 2, MeterSettings(), get_model("single-phase"))
+        if flags:
+            meter.faults.apply(meter.faults.faults.merged(type(meter.faults.faults)(flags=True)), 0)
+        link = kind(meter, CosemServer(meter))
+        out = [link.receive_data(chunk, WALL + n) for n, chunk in enumerate(chunks)]
+        results.append((out, meter.counters.as_dict(), link._vs, link._vr, link.state))
+    assert results[0] == results[1]
