@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log)
+    cwd = args.repo or REPO
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, env=env)
     try:
         assert proc.stdout is not None
         output = b""
@@ -274,6 +276,9 @@ def main() -> None:
     parser.add_argument("--workers", default=None, help="simulate --workers")
     parser.add_argument("--json", metavar="OUT", help="write the numbers here")
     parser.add_argument("--log", metavar="FILE", help="the simulator's stderr")
+    parser.add_argument(
+        "--repo", metavar="DIR", help="run the simulator of another checkout (before/after)"
+    )
     args = parser.parse_args()
     result = run(args)
     for key, value in result.items():

@@ -1,7 +1,10 @@
 """The Trio TCP server that hosts the simulated meters: one listening port per meter.
 
-This is the thin shell around the sans-IO parts: it accepts connections, feeds received bytes to
-the meter's link, and carries out the wire operations the fault layer makes of each reply.
+This is the thin shell around the sans-IO parts: it opens the listening sockets and hands them
+to the :class:`~bridge.simulator.reactor.Reactor` (one thread that accepts and serves every
+fault-free connection); a connection of a meter with faults (or any, when recording) is served
+by a task here, which feeds received bytes to the meter's link and carries out the wire
+operations the fault layer makes of each reply.
 
 In-process use (tests, the demo)::
 
