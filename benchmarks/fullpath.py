@@ -73,7 +73,9 @@ def _client() -> tuple[DlmsClient, list[RegisterSpec], list[RegisterReading]]:
     (scalers and values in one GET-with-list, as a session's first poll)."""
     client = DlmsClient(Negotiated(Conformance.GET | Conformance.MULTIPLE_REFERENCES, 1024, 6))
     specs = [RegisterSpec(ln) for ln in LOGICAL_NAMES]
-    scalers = [Data.structure([Data.integer(s), Data.enum(u)]) for s, u in zip(SCALERS, UNITS)]
+    scalers = [
+        Data.structure([Data.integer(s), Data.enum(u)]) for s, u in zip(SCALERS, UNITS, strict=True)
+    ]
     reply = decode_apdu(_apdu())
     assert isinstance(reply, GetResponseWithList)
     first = GetResponseWithList(InvokeId(), (*scalers, *reply.results))

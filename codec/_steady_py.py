@@ -103,9 +103,7 @@ class SteadyReading:
 class SteadyDecoder:
     """Decode the steady reply to one register list: see :class:`codec.steady.SteadyDecoder`."""
 
-    def __init__(
-        self, specs: Sequence[RegisterSpec], readings: Sequence[RegisterReading]
-    ) -> None:
+    def __init__(self, specs: Sequence[RegisterSpec], readings: Sequence[RegisterReading]) -> None:
         self._plans: tuple[RegisterPlan, ...] = build_plan(specs, readings)
         self.specs: tuple[RegisterSpec, ...] = tuple(specs)
         self.keys: tuple[str, ...] = tuple(p.key for p in self._plans)
@@ -117,9 +115,7 @@ class SteadyDecoder:
         start = 3 if len(info) >= 3 and bytes(info[:2]) in LLC_HEADERS else 0
         return self.decode(info, start, invoke_id)
 
-    def decode(
-        self, buf: _BytesLike, start: int = 0, invoke_id: int = -1
-    ) -> SteadyReading | None:
+    def decode(self, buf: _BytesLike, start: int = 0, invoke_id: int = -1) -> SteadyReading | None:
         """The reading of the GET.response in ``buf[start:]``, or None (see the public doc)."""
         end = len(buf)
         plans = self._plans
@@ -169,7 +165,7 @@ class SteadyDecoder:
                 if after > end:
                     return None
                 data = Data(t, fmt.unpack_from(buf, pos)[0])
-            elif tag == _OCTET_STRING or tag == _VISIBLE_STRING:
+            elif tag in (_OCTET_STRING, _VISIBLE_STRING):
                 if pos >= end or buf[pos] >= 0x80:  # a long-form length: the general path's
                     return None
                 after = pos + 1 + buf[pos]

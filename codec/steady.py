@@ -66,8 +66,7 @@ def implementations() -> dict[str, type[SteadyDecoder]]:
     """Each built implementation's :class:`SteadyDecoder` by name (``"python"``, ``"cython"``),
     for tests and benchmarks."""
     return {
-        name: module.SteadyDecoder  # type: ignore[misc]
-        for name, module in available_of(_steady_py, "_steady_c").items()
+        name: module.SteadyDecoder for name, module in available_of(_steady_py, "_steady_c").items()
     }
 
 

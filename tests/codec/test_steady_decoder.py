@@ -18,7 +18,6 @@ from codec import steady
 from codec.acse import Conformance
 from codec.apdu import (
     DataAccessResult,
-    ExceptionResponse,
     GetRequestNormal,
     GetRequestWithList,
     GetResponseNormal,
@@ -151,7 +150,7 @@ def check(
     return got[0]
 
 
-# -- the reply, as bytes ----------------------------------------------------------------------------
+# -- the reply, as bytes --------------------------------------------------------------------------
 
 _WIDTHS = {0: 0, 3: 1, 5: 4, 6: 4, 13: 1, 15: 1, 16: 2, 17: 1, 18: 2, 20: 8, 21: 8, 22: 1}
 _F32 = struct.Struct(">f")
@@ -208,7 +207,7 @@ def reply(invoke: int, results: Sequence[bytes]) -> bytes:
     return bytes((0xC4, 3, invoke, len(results))) + b"".join(results)
 
 
-# -- the registers ----------------------------------------------------------------------------------
+# -- the registers --------------------------------------------------------------------------------
 
 SCALERS = st.one_of(
     st.builds(
@@ -244,13 +243,11 @@ def registers(
         specs.append(spec)
         has_scaler = scaler_unit_attribute(class_id, spec.obis) is not None
         scalers.append(draw(SCALERS) if has_scaler else None)
-        first.append(
-            draw(simple_data_values() | st.sampled_from(list(DataAccessResult)))
-        )
+        first.append(draw(simple_data_values() | st.sampled_from(list(DataAccessResult))))
     return specs, scalers, first
 
 
-# -- properties -------------------------------------------------------------------------------------
+# -- properties -----------------------------------------------------------------------------------
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -328,9 +325,7 @@ def test_integers_scaled_as_the_general_path(signed: int, unsigned: int, scaler:
 
 
 @given(st.binary(max_size=40), st.integers(0, 40), st.binary(max_size=3))
-def test_garbage_is_equal_or_left_to_the_general_path(
-    noise: bytes, cut: int, patch: bytes
-) -> None:
+def test_garbage_is_equal_or_left_to_the_general_path(noise: bytes, cut: int, patch: bytes) -> None:
     client, readings = field_client()
     for buf in (
         noise,
@@ -341,7 +336,7 @@ def test_garbage_is_equal_or_left_to_the_general_path(
         check(client, FIELD_SPECS, readings, buf)
 
 
-# -- the API ----------------------------------------------------------------------------------------
+# -- the API ---------------------------------------------------------------------------------------
 
 
 def field_client() -> tuple[DlmsClient, list[RegisterReading]]:
