@@ -60,7 +60,20 @@ _SCALER_ERROR_CODE = "register.scaler_unit"
 
 
 class SteadyReading:
-    """One steady reply as the poller records it: see :class:`codec.steady.SteadyReading`."""
+    """One steady reply as the poller records it (the contract is in :mod:`codec.steady`).
+
+    Per telemetry key (:attr:`RegisterSpec.name`), in the registers' order:
+
+    - ``values``: each register read with a value: a JSON-safe value (``None`` for null-data,
+      and for a NaN, an infinity or an invalid bcd, which then have a ``quality`` flag);
+    - ``quality``: the flag of a value that is not entirely the meter's number (``"nan"``,
+      ``"+inf"``, ``"-inf"``, ``"invalid-bcd"``, ``"clock-invalid"``, ``"clock-doubtful"``);
+    - ``labels``: an enum value's name, or a date-time's clock status;
+    - ``errors``: ``(code, message)`` of each register without a value
+      (``("data-access.object-undefined", "object-undefined")``, ...).
+
+    ``invoke`` is the reply's Invoke-Id-And-Priority byte (the invoke-id is its low 4 bits).
+    """
 
     __slots__ = ("errors", "invoke", "labels", "quality", "values")
 
@@ -101,7 +114,16 @@ class SteadyReading:
 
 
 class SteadyDecoder:
-    """Decode the steady reply to one register list: see :class:`codec.steady.SteadyDecoder`."""
+    """The steady reply to one request for ``specs``, decoded straight to a
+    :class:`SteadyReading` (the contract is in :mod:`codec.steady`).
+
+    ``readings`` are the general path's readings of ``specs`` in this association (those of
+    the first read, or of any later one), one per register, in order: they hold the scalers and
+    units. :class:`ValueError` when they do not match ``specs``.
+
+    Attributes: ``specs``; ``keys``, the telemetry key of each register; ``units``, the unit
+    symbol (or None) by key.
+    """
 
     def __init__(self, specs: Sequence[RegisterSpec], readings: Sequence[RegisterReading]) -> None:
         self._plans: tuple[RegisterPlan, ...] = build_plan(specs, readings)
@@ -116,7 +138,10 @@ class SteadyDecoder:
         return self.decode(info, start, invoke_id)
 
     def decode(self, buf: _BytesLike, start: int = 0, invoke_id: int = -1) -> SteadyReading | None:
-        """The reading of the GET.response in ``buf[start:]``, or None (see the public doc)."""
+        """The reading of the GET.response in ``buf[start:]`` (an APDU that ends at the end of
+        ``buf``), or None when it is not the expected steady reply (then use the general path).
+
+        ``invoke_id`` (0 to 15), when given, must be the reply's invoke-id."""
         end = len(buf)
         plans = self._plans
         if start < 0 or end - start < 4 or buf[start] != 0xC4:

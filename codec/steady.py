@@ -37,8 +37,25 @@ a value of a register whose scaler_unit was unreadable is its error
 
 The decoder holds the scalers of one association: build a new one after re-associating (the
 general path reads the scalers again then), and one per request when the list is split over
-several requests (``max_list_items``). The Cython extension (``codec._steady_c``) is used when
-built, else the pure-Python twin (``codec._steady_py``); both give identical results.
+several requests (``max_list_items``). It may be built from the readings of any general read in
+the association, not only the first: a register whose first read failed has no known scaler
+here, so its value sends the reply to the general path, and a decoder rebuilt from that general
+read then takes it. It takes the plain APDU: with a ciphered association, decipher first.
+
+API (both implementations):
+
+- ``SteadyDecoder(specs, readings)``; attributes ``specs``, ``keys`` (telemetry key per
+  register), ``units`` (unit symbol or None by key);
+- ``decoder.decode(buf, start=0, invoke_id=-1) -> SteadyReading | None``: the APDU in
+  ``buf[start:]`` (bytes, bytearray or memoryview);
+- ``decoder.decode_info(info, invoke_id=-1) -> SteadyReading | None``: an HDLC information
+  field, its LLC header skipped as the link skips it;
+- ``SteadyReading``: ``invoke`` (the reply's invoke-id byte), ``values``, ``quality``,
+  ``labels``, ``errors`` (dicts by key; see the class), ``as_tuple()``, ``==``.
+
+The Cython extension (``codec._steady_c``) is used when built, else the pure-Python twin
+(``codec._steady_py``); both give identical results. ``DLMS_BRIDGE_NO_EXTENSIONS=1`` selects
+the twin, as for the HDLC hot path.
 """
 
 from __future__ import annotations

@@ -433,8 +433,17 @@ def test_flags_labels_and_errors(decoder_class: Any) -> None:
         "missing": ("data-access.object-undefined", "object-undefined"),
     }
     assert strict(reading) == strict(steady.reading_of(general(client, specs, buf) or [], 0xC1))
-    # The register whose first read failed: its scaler is unknown here, a value is not decoded.
-    assert decoder.decode(buf.replace(b"\x01\x04", b"\x00\x00")) is None
+    # The register whose first read failed: its scaler is unknown here, a value is not decoded;
+    # a decoder built from a later general read of the same association knows it.
+    back = buf.replace(b"\x01\x04", b"\x00\x00")
+    assert decoder.decode(back) is None
+    later = general(client, specs, back)
+    assert later is not None
+    rebuilt = decoder_class(specs, later).decode(back)
+    assert rebuilt is not None
+    assert rebuilt.values["missing"] is None
+    assert "missing" not in rebuilt.errors
+    assert strict(rebuilt) == strict(steady.reading_of(later, 0xC1))
 
 
 def test_one_register_is_a_get_response_normal(decoder_class: Any) -> None:
