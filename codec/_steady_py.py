@@ -6,8 +6,10 @@ its contract are documented in :mod:`codec.steady`.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
+from decimal import Decimal
 
 from codec._steady_shared import (
     CONVERT,
@@ -20,7 +22,7 @@ from codec._steady_shared import (
 from codec.apdu import DataAccessResult
 from codec.axdr import Data, DataType
 from codec.client import RegisterReading, RegisterSpec
-from codec.values import JsonValue
+from codec.values import JsonValue, Quality, float32_shortest
 
 __all__ = ["SteadyDecoder", "SteadyReading"]
 
@@ -40,18 +42,20 @@ _INTEGERS: dict[int, struct.Struct] = {
         (DataType.LONG64_UNSIGNED, ">Q"),
     )
 }
-#: Other fixed-size values: converted by the general conversion.
-_OTHER_FIXED: dict[int, tuple[DataType, struct.Struct]] = {
-    int(t): (t, struct.Struct(fmt))
-    for t, fmt in (
-        (DataType.BCD, ">B"),
-        (DataType.ENUM, ">B"),
-        (DataType.FLOAT32, ">f"),
-        (DataType.FLOAT64, ">d"),
-    )
+_FLOAT32 = int(DataType.FLOAT32)
+_FLOATS: dict[int, struct.Struct] = {
+    _FLOAT32: struct.Struct(">f"),
+    int(DataType.FLOAT64): struct.Struct(">d"),
 }
 _NULL = int(DataType.NULL_DATA)
 _BOOLEAN = int(DataType.BOOLEAN)
+_ENUM = int(DataType.ENUM)
+_BCD = int(DataType.BCD)
+_ONE_BYTE = frozenset((_BOOLEAN, _ENUM, _BCD))
+_NAN = Quality.NAN.value
+_POS_INF = Quality.POS_INF.value
+_NEG_INF = Quality.NEG_INF.value
+_INVALID_BCD = Quality.INVALID_BCD.value
 _OCTET_STRING = int(DataType.OCTET_STRING)
 _VISIBLE_STRING = int(DataType.VISIBLE_STRING)
 #: Data-Access-Result code -> its label (every code the general decoder accepts).
@@ -176,20 +180,20 @@ class SteadyDecoder:
                 return None
             tag = buf[pos + 1]
             pos += 2
-            number: int | None = None
-            data: Data | None = None
             integer = _INTEGERS.get(tag)
-            if integer is not None:
-                after = pos + integer.size
-                if after > end:
-                    return None
-                number = integer.unpack_from(buf, pos)[0]
-            elif tag in _OTHER_FIXED:
-                t, fmt = _OTHER_FIXED[tag]
+            real = _FLOATS.get(tag)
+            if integer is not None or real is not None:
+                fmt = integer if integer is not None else real
+                assert fmt is not None
                 after = pos + fmt.size
                 if after > end:
                     return None
-                data = Data(t, fmt.unpack_from(buf, pos)[0])
+                number = fmt.unpack_from(buf, pos)[0]
+            elif tag in _ONE_BYTE:
+                after = pos + 1
+                if after > end:
+                    return None
+                number = buf[pos]
             elif tag in (_OCTET_STRING, _VISIBLE_STRING):
                 if pos >= end or buf[pos] >= 0x80:  # a long-form length: the general path's
                     return None
@@ -197,18 +201,8 @@ class SteadyDecoder:
                 if after > end:
                     return None
                 raw = bytes(buf[pos + 1 : after])
-                if tag == _OCTET_STRING:
-                    data = Data(DataType.OCTET_STRING, raw)
-                else:
-                    data = Data(DataType.VISIBLE_STRING, raw.decode("latin-1"))
-            elif tag == _BOOLEAN:
-                after = pos + 1
-                if after > end:
-                    return None
-                data = Data(DataType.BOOLEAN, buf[pos] != 0)
             elif tag == _NULL:
                 after = pos
-                data = Data(DataType.NULL_DATA, None)
             else:
                 return None
             pos = after
@@ -217,25 +211,54 @@ class SteadyDecoder:
                     return None  # a value whose scaler is unknown here
                 errors[key] = (_SCALER_ERROR_CODE, plan.message)
                 continue
-            if number is not None:
-                scaler = plan.scaler
+            # The conversion of codec.values (DlmsClient._convert), by type.
+            scaler = plan.scaler
+            if integer is not None:
                 if not scaler:
                     values[key] = number
                 elif scaler > 0:
                     values[key] = number * 10**scaler
                 else:
                     values[key] = number / 10**-scaler
-                continue
-            assert data is not None
-            value, flag, label, error = convert_general(data, plan)
-            if error is not None:
-                errors[key] = error
-                continue
-            values[key] = value
-            if flag is not None:
-                quality[key] = flag
-            if label is not None:
-                labels[key] = label
+            elif real is not None:
+                if tag == _FLOAT32 and math.isfinite(number):
+                    number = float32_shortest(number)
+                if scaler and math.isfinite(number):
+                    number = float(Decimal(repr(number)).scaleb(scaler))
+                if math.isfinite(number):
+                    values[key] = number
+                else:
+                    values[key] = None
+                    quality[key] = (
+                        _NAN if math.isnan(number) else _POS_INF if number > 0 else _NEG_INF
+                    )
+            elif tag == _ENUM:
+                values[key] = number
+                names = plan.enum_names
+                if names is not None and number in names:
+                    labels[key] = names[number]
+            elif tag == _BCD:
+                if number >> 4 > 9 or number & 0x0F > 9:
+                    values[key] = None
+                    quality[key] = _INVALID_BCD
+                else:
+                    values[key] = (number >> 4) * 10 + (number & 0x0F)
+            elif tag == _BOOLEAN:
+                values[key] = number != 0
+            elif tag == _NULL:
+                values[key] = None
+            elif tag == _VISIBLE_STRING:
+                values[key] = raw.decode("latin-1")
+            else:
+                value, flag, label, error = convert_general(Data(DataType.OCTET_STRING, raw), plan)
+                if error is not None:
+                    errors[key] = error
+                    continue
+                values[key] = value
+                if flag is not None:
+                    quality[key] = flag
+                if label is not None:
+                    labels[key] = label
         if pos != end:
             return None
         return SteadyReading(invoke, values, quality, errors, labels)
