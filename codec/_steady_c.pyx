@@ -8,8 +8,9 @@ Integers, enums, bcd, booleans, null-data, visible-strings and floats are conver
 by the same arithmetic as :mod:`codec.values` (a negative scaler divides by ``10**-scaler`` as
 Python's correctly rounded int division does; float32 takes its shortest decimal and a scaled
 float goes through its decimal repr, both by CPython's own float formatting and parsing).
-Octet-strings, the rare divisions beyond exact doubles and everything else that needs more
-than that go through the general conversion itself.
+A division beyond exact doubles (a 64-bit integer above 2**53, a scaler below -22) is
+Python's own int division; octet-strings (text, hex or a COSEM date-time) go through the general
+conversion itself.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
