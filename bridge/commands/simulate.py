@@ -43,6 +43,16 @@ EXIT_USAGE = 2
 MAX_METERS = 20_000
 #: Most worker processes.
 MAX_WORKERS = 64
+#: ``--gather-ms auto``: requests gather this long (ms) from GATHER_FROM meters on, else 0.
+AUTO_GATHER_MS = 10.0
+GATHER_FROM = 100
+
+
+def _gather(text: str) -> float | str:
+    """``--gather-ms``: ``auto`` or 0..1000 milliseconds."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return float(integer(0, 1000)(text))
 
 
 def _workers(text: str) -> int | str:
@@ -74,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="processes serving the meters, each a share (auto: one per"
         f" {AUTO_METERS_PER_WORKER:,} meters, at most one per core)",
+    )
+    parser.add_argument(
+        "--gather-ms",
+        type=_gather,
+        default="auto",
+        metavar="MS",
+        help="let requests gather up to MS ms and answer them together, for less CPU per poll"
+        f" (auto: {AUTO_GATHER_MS:g} from {GATHER_FROM} meters on, else 0: answer at once)",
     )
     parser.add_argument("--transport", choices=TRANSPORTS, default="hdlc")
     parser.add_argument("--model", choices=sorted(MODELS), default="single-phase")
@@ -184,6 +202,13 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
+def gather_seconds(option: float | str, meters: int) -> float:
+    """The reactor's gathering time for ``--gather-ms`` (a number or ``auto``)."""
+    if isinstance(option, str):
+        return AUTO_GATHER_MS / 1000 if meters >= GATHER_FROM else 0.0
+    return option / 1000
+
+
 def port_ranges(ports: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
     """(first meter, last meter, first port, last port) for each run of consecutive ports."""
     start = 0
@@ -265,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         control_port=args.control_port,
         record_dir=args.record,
+        gather=gather_seconds(args.gather_ms, args.meters),
     )
     soft, _ = raise_open_file_limit()
     if soft < 2 * args.meters + 64:

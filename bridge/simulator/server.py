@@ -81,6 +81,9 @@ class SimulatorConfig:
     control_port: int | None = None
     #: Record every session as pcap, one file per meter (``meter-0000.pcap``...) in this directory.
     record_dir: str | None = None
+    #: Seconds the reactor lets requests gather between passes (see ``Reactor``); 0: answer each
+    #: request as soon as it arrives.
+    gather: float = 0.0
 
 
 @attrs.frozen
@@ -238,6 +241,7 @@ class Simulator:
                 clock=self.clock,
                 inactivity_timeout=config.settings.inactivity_timeout,
                 recording=bool(self._recorders),
+                gather=config.gather,
             )
             for index, sock in opened:
                 reactor.add_listener(sock, self.meters[index])

@@ -256,8 +256,10 @@ async def test_a_meter_with_faults_gets_new_connections_on_the_task_path() -> No
             assert sim.meter(0).faults.injected == {"fcs": 1}
 
 
-async def test_hundreds_of_connections_answer_the_bridge_poll_in_one_reactor() -> None:
-    """Every meter polled at once over TCP: the answers are the model's values, in order."""
+@pytest.mark.parametrize("gather", [0.0, 0.005])
+async def test_hundreds_of_connections_answer_the_bridge_poll_in_one_reactor(gather: float) -> None:
+    """Every meter polled at once over TCP, the reactor answering each request at once or
+    letting them gather: every answer arrives, complete and in order."""
     meters = 120
     poll = encode_apdu(
         GetRequestWithList(
@@ -265,7 +267,7 @@ async def test_hundreds_of_connections_answer_the_bridge_poll_in_one_reactor() -
         )
     )
     with trio.fail_after(TIMEOUT):
-        async with running(SimulatorConfig(meters=meters, port=0)) as (sim, ports):
+        async with running(SimulatorConfig(meters=meters, port=0, gather=gather)) as (sim, ports):
 
             async def poll_one(port: int, results: list[Any]) -> None:
                 client = await RawClient.open(port)

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from bridge.cli import main
+from bridge.commands.simulate import AUTO_GATHER_MS, gather_seconds
 from bridge.simulator.workers import auto_workers, shares
 from codec.acse import AssociationResult
 from tests.bridge.test_simulator_control import Control
@@ -44,6 +45,19 @@ def test_auto_workers_stay_one_for_small_runs() -> None:
 def test_bad_worker_counts_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--workers", value]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "soon", "nan"])
+def test_bad_gather_times_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--gather-ms", value]) == 2
+    assert "--gather-ms" in capsys.readouterr().err
+
+
+def test_requests_gather_only_in_large_runs_unless_told() -> None:
+    assert gather_seconds("auto", 99) == 0.0
+    assert gather_seconds("auto", 100) == AUTO_GATHER_MS / 1000
+    assert gather_seconds(0.0, 5000) == 0.0
+    assert gather_seconds(3.0, 1) == 0.003
 
 
 def _children(pid: int) -> list[int]:
