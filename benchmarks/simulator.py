@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--port", str(args.port), "--control-port", "0"]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.gather_ms is not None:
+        cmd += ["--gather-ms", str(args.gather_ms)]
     log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
     cwd = args.repo or REPO
     env = {**os.environ, "PYTHONPATH": str(cwd)}
@@ -233,6 +235,7 @@ def _load(args: argparse.Namespace, pid: int, ports: list[int]) -> dict[str, Any
     return {
         "meters": len(ports),
         "workers": args.workers,
+        "gather_ms": args.gather_ms,
         "interval_s": interval,
         "seconds": args.seconds,
         "polls": polls,
@@ -274,6 +277,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--port", type=int, default=0, help="port of meter 0 (0: any)")
     parser.add_argument("--workers", default=None, help="simulate --workers")
+    parser.add_argument("--gather-ms", default=None, help="simulate --gather-ms")
     parser.add_argument("--json", metavar="OUT", help="write the numbers here")
     parser.add_argument("--log", metavar="FILE", help="the simulator's stderr")
     parser.add_argument(
