@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from bridge.simulator.server import Simulator, SimulatorPorts, open_listeners
+from bridge.simulator.server import Simulator, SimulatorError, SimulatorPorts, open_listeners
 
 __all__ = ["AUTO_METERS_PER_WORKER", "auto_workers", "serve_in_workers", "shares"]
 
@@ -123,6 +123,9 @@ def _worker_process(
         trio.run(_work, sim, listeners, control)
     except KeyboardInterrupt:
         pass
+    except SimulatorError as exc:
+        print(f"dlms-bridge simulate: {exc}", file=sys.stderr)
+        status = 1
     except BaseException as exc:  # noqa: BLE001 (a worker reports and exits, never returns)
         print(f"dlms-bridge simulate: worker {os.getpid()}: {exc!r}", file=sys.stderr)
         status = 1
@@ -165,7 +168,10 @@ async def _supervise(
             worker.stream = trio.SocketStream(trio.socket.from_stdlib_socket(end))
         async with trio.open_nursery() as nursery:
             for worker in workers:
-                ready = json.loads(await worker.line())
+                try:
+                    ready = json.loads(await worker.line())
+                except (OSError, ValueError):
+                    return 1  # it could not start, and said why on stderr
                 assert ready.get("ready") is True, ready
             control = None
             if config.control_port is not None:
