@@ -960,8 +960,24 @@ class ClientAssociation:
                 raise
             # A malformed RLRE (some meters get its lengths wrong) still ends the association.
             decoded, trailing = RLRE(reason=None), b""
-        if isinstance(decoded, GetResponseWithList) and decoded.malformed:
-            self._tolerate_malformed(decoded)  # what follows the bad result was left unread
+        if isinstance(decoded, GetResponseWithList) and (decoded.malformed or any(trailing)):
+            # The list did not parse exactly: a result that does not decode, or bytes left
+            # after the last one (a trailing padding of zeros is the one thing tolerated). A
+            # value somewhere before was longer or shorter than it said, and the results after
+            # it were read from the wrong place, yet may have decoded: none of the results can
+            # be trusted, the caller reads them all again one by one.
+            if decoded.malformed:
+                first = next(r for r in decoded.results if isinstance(r, apdu.MalformedResult))
+                code, message = first.code, first.message
+            else:
+                self._tolerate_trailing(trailing, "the result list")
+                code = "apdu.list_misaligned"
+                message = f"{len(trailing)} bytes left after the result list"
+            decoded = GetResponseWithList(
+                decoded.invoke,
+                tuple(apdu.MalformedResult(code, message) for _ in decoded.results),
+            )
+            self._tolerate_malformed(decoded)
         elif trailing:
             self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
