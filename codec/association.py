@@ -17,6 +17,8 @@ every request goes out glo- (or ded-) ciphered with the next invocation counter,
 response is checked (tag, policy, the meter's counter strictly increasing) before it is decoded.
 With an HLS mechanism (:mod:`codec.hls`) the association is only reported open after the 4-pass
 exchange: f(StoC) sent with ``reply_to_HLS_authentication`` and the meter's f(CtoS) verified.
+The RLRQ of a ciphered association carries the InitiateRequest ciphered; the meter's RLRE is
+accepted plain or with a ciphered InitiateResponse (checked like any ciphered response).
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ class Lenient:
     """Something the meter got wrong that was tolerated (and counted), for a debug line.
 
     ``what`` is ``"trailing_bytes"`` (``data`` holds the bytes ignored after a complete APDU or
-    value) or ``"malformed_results"`` (results of a GET-with-list that did not decode).
+    value), ``"malformed_results"`` (results of a GET-with-list that did not decode) or
+    ``"unverified_release"`` (the ciphered InitiateResponse of an RLRE did not check: the
+    association is released all the same).
     """
 
     what: str
@@ -362,8 +366,14 @@ class ClientAssociation:
         """
         self._now = now
         if self.state is S.READY:
+            try:
+                rlrq = self._rlrq()
+            except ProtocolError:
+                # No counter left to protect the RLRQ with: drop the link instead.
+                self.abort(now)
+                return
             self._go(_Ev.RELEASE)
-            self.link.send_apdu(acse.encode_acse(RLRQ()), now)
+            self.link.send_apdu(acse.encode_acse(rlrq), now)
         elif self.state is S.IDLE:
             self.state = S.CLOSED
         elif self._meter_still_associated():
@@ -371,12 +381,35 @@ class ClientAssociation:
             # still holds it (and may allow no other). Release it properly.
             self.state = S.RELEASING
             try:
-                self.link.send_apdu(acse.encode_acse(RLRQ()), now)
-            except LocalProtocolError:
+                self.link.send_apdu(acse.encode_acse(self._rlrq()), now)
+            except ProtocolError:
                 self.state = S.UNLINKING
                 self.link.disconnect(now)
         else:
             self.abort(now)
+
+    def _rlrq(self) -> RLRQ:
+        """The RLRQ. On a ciphered association its user-information is the xDLMS
+        InitiateRequest proposed in the AARQ, ciphered with the global key and the next
+        invocation counter (Green Book, COSEM-RELEASE): the meter can tell the release comes
+        from the client it associated with, not from a third party."""
+        sec = self._sec
+        if sec is None or sec.policy is None or sec.keys is None:
+            return RLRQ()
+        s = self.settings
+        initiate = InitiateRequest(
+            proposed_conformance=s.conformance,
+            client_max_receive_pdu_size=s.max_pdu_size,
+            proposed_dlms_version=s.dlms_version,
+        )
+        ciphered = security.cipher_apdu(
+            acse.encode_initiate_request(initiate),
+            sec.policy,
+            sec.system_title,
+            self._next_counter(),
+            sec.keys,
+        )
+        return RLRQ(ciphered_initiate=ciphered)
 
     def _meter_still_associated(self) -> bool:
         return (
@@ -721,6 +754,47 @@ class ClientAssociation:
             code="association.security",
         )
 
+    def _secured_rlre(self, rlre: RLRE) -> RLRE:
+        """The RLRE with its ciphered InitiateResponse checked and deciphered.
+
+        The association ends either way: one that does not check (wrong tag, policy or replayed
+        counter) is reported as a :class:`Lenient` event and its user-information dropped.
+        """
+        ciphered = rlre.ciphered_initiate
+        assert ciphered is not None
+        sec = self._sec
+        try:
+            if sec is None or sec.policy is None or sec.keys is None:
+                raise SecurityError(
+                    "a ciphered RLRE on an unciphered association",
+                    code="security.policy_mismatch",
+                )
+            if self.server_system_title is None:
+                raise SecurityError(
+                    "a ciphered RLRE before the meter's system title is known",
+                    code="security.malformed",
+                )
+            parsed = security.parse_ciphered(ciphered)
+            if parsed.header.policy != sec.policy:
+                raise SecurityError(
+                    "the RLRE is protected otherwise than the association",
+                    code="security.policy_mismatch",
+                )
+            _, plain = security.decipher_apdu(parsed, self.server_system_title, sec.keys)
+            self._check_server_counter(parsed.header.invocation_counter)
+            user = acse.decode_user_information(plain)
+            if not isinstance(user, acse.InitiateResponse):
+                raise DecodeError(
+                    "the RLRE's ciphered user-information is not an InitiateResponse",
+                    code="acse.unexpected_user_information",
+                )
+        except (SecurityError, DecodeError) as exc:
+            self._events.append(
+                Lenient("unverified_release", f"the RLRE's ciphered user-information: {exc}")
+            )
+            return attrs.evolve(rlre, ciphered_initiate=None)
+        return attrs.evolve(rlre, initiate_response=user, ciphered_initiate=None)
+
     def _key_error(self, content: bytes) -> AssociationError:
         sec = self._sec
         assert sec is not None and sec.keys is not None and self.server_system_title is not None
@@ -954,6 +1028,8 @@ class ClientAssociation:
             self._deadline = None
             self._events.append(Associated(self.negotiated))
         elif isinstance(decoded, RLRE) and state is S.RELEASING:
+            if decoded.ciphered_initiate is not None:
+                decoded = self._secured_rlre(decoded)
             self._go(_Ev.RLRE)
             self._events.append(Released(decoded))
             self.link.disconnect(self._now)
