@@ -863,6 +863,20 @@ class ClientAssociation:
                 " authentication key or system title (AARE diagnostic authentication-failure)",
                 code="association.authentication_failure",
             )
+        if (
+            sec.ciphered
+            and aare.result == acse.AssociationResult.REJECTED_PERMANENT
+            and diag.value == acse.AcseServiceUser.NO_REASON_GIVEN
+            and cse is None
+        ):
+            # A meter that deciphered the AARQ answers ciphered (and says why); one that
+            # refuses a ciphered AARQ without a reason and unciphered most likely could not.
+            return AssociationError(
+                "the meter refused our ciphered AARQ without a reason and did not answer"
+                " ciphered: most likely it could not decipher it (wrong block cipher key,"
+                " authentication key or system title; AARE diagnostic no-reason-given)",
+                code="association.authentication_failure",
+            )
         return None
 
     def _start_hls(self, aare: AARE) -> None:
@@ -876,6 +890,14 @@ class ClientAssociation:
                 code="association.hls_failed",
             )
         self._stoc = stoc
+        peer_title = self._peer_title()
+        if sec.mechanism in _TITLED_MECHANISMS and not peer_title:
+            self.abort(self._now)
+            raise AssociationError(
+                f"{sec.mechanism.name} needs the meter's system title and its AARE names none:"
+                " configure the meter's system title",
+                code="association.wrong_system_title",
+            )
         party = hls.HlsParty(sec.mechanism, sec.system_title, sec.secret, sec.keys)
         counter = (
             self._next_counter() if sec.mechanism == acse.AuthenticationMechanism.HIGH_GMAC else 0
@@ -883,7 +905,7 @@ class ClientAssociation:
         answer = hls.respond(
             party,
             stoc,
-            peer_title=self.server_system_title or b"",
+            peer_title=peer_title,
             my_challenge=self._ctos,
             invocation_counter=counter,
         )
@@ -897,6 +919,13 @@ class ClientAssociation:
             Data.octet_string(answer),
         )
         self._send_xdlms(apdu.encode_apdu(action), self._now)
+
+    def _peer_title(self) -> bytes:
+        """The meter's system title: from its AARE, else as configured (some meters name it
+        only in a ciphered AARE, yet HLS-SHA256 and HLS-GMAC need it)."""
+        sec = self._sec
+        configured = None if sec is None else sec.server_system_title
+        return self.server_system_title or configured or b""
 
     def _finish_hls(self, decoded: Apdu) -> None:
         sec = self._sec
@@ -933,7 +962,7 @@ class ClientAssociation:
         answer = (
             data.value if isinstance(data, Data) and data.type == DataType.OCTET_STRING else None
         )
-        party = hls.HlsParty(sec.mechanism, self.server_system_title or b"", sec.secret, sec.keys)
+        party = hls.HlsParty(sec.mechanism, self._peer_title(), sec.secret, sec.keys)
         if not isinstance(answer, bytes) or not hls.verify(
             party,
             answer,
