@@ -568,7 +568,7 @@ class ClientAssociation:
         self.client_counter = counter
         return counter
 
-    def _cipher(self, plain: bytes) -> bytes:
+    def _cipher(self, plain: bytes, *, global_key: bool = False) -> bytes:
         sec = self._sec
         assert sec is not None and sec.policy is not None and sec.keys is not None
         return security.cipher_apdu(
@@ -577,13 +577,13 @@ class ClientAssociation:
             sec.system_title,
             self._next_counter(),
             sec.keys,
-            dedicated_key=self._dedicated_key,
+            dedicated_key=None if global_key else self._dedicated_key,
             general=sec.general_ciphering,
         )
 
-    def _send_xdlms(self, plain: bytes, now: float) -> None:
+    def _send_xdlms(self, plain: bytes, now: float, *, global_key: bool = False) -> None:
         if self._sec is not None and self._sec.ciphered:
-            plain = self._cipher(plain)
+            plain = self._cipher(plain, global_key=global_key)
         self._reply_dropped = False
         self.link.send_apdu(plain, now)
 
@@ -918,7 +918,10 @@ class ClientAssociation:
             ),
             Data.octet_string(answer),
         )
-        self._send_xdlms(apdu.encode_apdu(action), self._now)
+        # With the global key even when a dedicated key was agreed: the association is not
+        # established until this pass succeeds, and meters (gurux-based ones among them) only
+        # use the dedicated key once it is; the global key is valid throughout.
+        self._send_xdlms(apdu.encode_apdu(action), self._now, global_key=True)
 
     def _peer_title(self) -> bytes:
         """The meter's system title: from its AARE, else as configured (some meters name it

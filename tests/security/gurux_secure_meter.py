@@ -186,6 +186,8 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
         cipher.authenticationKey = bytearray(AK)
         cipher.invocationCounter = invocation_counter
         self.released: list[Released] = []
+        #: The tag of every APDU the meter received, in order.
+        self.request_tags: list[int] = []
         self.refused: list[int] = []
         registers = []
         for obis, value, scaler, unit in (
@@ -227,6 +229,8 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
             cipher.invocationCounter = counter
 
     def answer(self, frame: bytes) -> bytes | None:
+        """The reply to one wrapper PDU."""
+        self.request_tags.append(frame[8] if len(frame) > 8 else -1)
         reply = _Reply(frame)
         self.handleRequest(reply)
         return bytes(reply.reply) if reply.reply else None

@@ -158,6 +158,40 @@ async def test_our_client_reads_writes_and_acts_on_gurux_secure_meter(
         assert association.server_counter == meter.invocation_counter - 1
 
 
+@pytest.mark.parametrize(
+    ("changes", "tags"),
+    [
+        ({"dedicated_key": True}, {0xCB, 0xD0}),  # HLS action glo-, then ded-get
+        ({"general_ciphering": True}, {0xDB}),
+        ({"dedicated_key": True, "general_ciphering": True}, {0xDB, 0xDC}),
+    ],
+    ids=["ded", "general-glo", "general-ded"],
+)
+async def test_dedicated_key_and_general_ciphering(
+    monkeypatch: pytest.MonkeyPatch, changes: dict[str, object], tags: set[int]
+) -> None:
+    mechanism, policy = GMAC_AE
+    sec = attrs.evolve(security(mechanism, policy), **changes)  # type: ignore[misc]
+    with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, peer):
+        with trio.fail_after(TIMEOUT):
+            session = MeterSession(endpoint(port, sec))
+            await session.open()
+            (volts,) = await session.read_registers([RegisterSpec(Obis.parse(VOLTAGE))])
+            big = await session.get(AttributeDescriptor(1, Obis.parse(BIG), 2))
+            await session.release()
+            await session.aclose()
+    assert volts.value == pytest.approx(230.12)
+    assert big.value == BIG_VALUE
+    (meter,) = peer.meters
+    # AARQ, the ciphered requests, RLRQ.
+    assert meter.request_tags[0] == 0x60 and meter.request_tags[-1] == 0x62
+    assert set(meter.request_tags[1:-1]) == tags
+    assert meter.released[0].user_information_tag == 0x21
+
+
+GMAC_AE = (M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+
+
 async def _refusal(
     monkeypatch: pytest.MonkeyPatch,
     mechanism: M,
@@ -171,9 +205,6 @@ async def _refusal(
                 await session.open()
             await session.aclose()
     return info.value
-
-
-GMAC_AE = (M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
 
 
 @pytest.mark.parametrize(
