@@ -29,7 +29,8 @@ ends (pytest's monkeypatch) or lives in the peer's own subclasses:
    answers the same RLRE (reason normal, the InitiateResponse, ciphered on a ciphered
    association) with right lengths, and records what gurux's own parser deciphers of the RLRQ.
 7. After reply_to_HLS_authentication the server calls ``getAssociationStatus()`` and
-   ``settings.setConnected()``, which this release never defines. Both are supplied.
+   ``settings.setConnected()``, and a profile read with selective access calls
+   ``ValueEventArgs.getRowEndIndex()``: this release defines none of them. They are supplied.
 
 Peer limitations kept as they are (tests name them): the f(CtoS) of HLS-GMAC uses the same
 invocation counter as the ciphered action-response that carries it; the meter accepts any
@@ -39,6 +40,7 @@ client invocation counter; for HLS-SHA256 without ciphering the AARE names no sy
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import sys
 import threading
@@ -63,15 +65,19 @@ from gurux_dlms.enums import (
 from gurux_dlms.enums import DataType as GxDataType
 from gurux_dlms.enums.SourceDiagnostic import SourceDiagnostic as GxDiagnostic
 from gurux_dlms.GXByteBuffer import GXByteBuffer
+from gurux_dlms.GXDateTime import GXDateTime
 from gurux_dlms.GXDLMSSettings import GXDLMSSettings
 from gurux_dlms.GXSecure import GXSecure
 from gurux_dlms.objects import (
     GXDLMSAssociationLogicalName,
+    GXDLMSClock,
     GXDLMSData,
+    GXDLMSProfileGeneric,
     GXDLMSRegister,
 )
 from gurux_dlms.objects.enums import AssociationStatus
 from gurux_dlms.secure import GXDLMSSecureServer
+from gurux_dlms.ValueEventArgs import ValueEventArgs
 
 from codec.acse import AuthenticationMechanism
 from codec.obis import Obis
@@ -95,6 +101,10 @@ BIG = "0-0:96.99.9"
 BIG_VALUE = bytes(range(256)) * 8
 #: A writable octet string (SET).
 MESSAGE = "0-0:96.13.0"
+#: A load profile: the clock and the voltage every 15 minutes, longer than one APDU.
+PROFILE = "1-0:99.1.0"
+PROFILE_ROWS = 24
+PROFILE_START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 MECHANISMS = {
     AuthenticationMechanism.LOW: Authentication.LOW,
@@ -206,10 +216,20 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
         message = GXDLMSData(_dotted(MESSAGE))
         message.value = b"hello"
         message.setDataType(2, GxDataType.OCTET_STRING)
+        clock = GXDLMSClock()
+        profile = GXDLMSProfileGeneric(_dotted(PROFILE))
+        profile.addCaptureObject(clock, 2, 0)
+        profile.addCaptureObject(registers[0], 2, 0)
+        profile.capturePeriod = 900
+        profile.buffer = [
+            [GXDateTime(PROFILE_START + dt.timedelta(minutes=15 * i)), 23000 + i]
+            for i in range(PROFILE_ROWS)
+        ]
+        profile.entriesInUse = profile.profileEntries = PROFILE_ROWS
         association = _Association("0.0.40.0.0.255")
         association.authenticationMechanismName.mechanismId = self.mechanism
         association.secret = PASSWORD if mechanism == AuthenticationMechanism.LOW else SECRET
-        for item in (*registers, big, message, association):
+        for item in (*registers, big, message, clock, profile, association):
             self.items.append(item)
             association.objectList.append(item)
         self.initialize()
@@ -362,12 +382,16 @@ def patch_secure_server(monkeypatch: pytest.MonkeyPatch) -> None:
         return AesGcmParameter(0, *args) if len(args) == 3 else AesGcmParameter(*args)
 
     monkeypatch.setattr(_dlms_module, "AesGcmParameter", tagged)
-    # Bug 7: called after reply_to_HLS_authentication, never defined.
+    # Bug 7: called after reply_to_HLS_authentication and by a selective profile read, never
+    # defined.
     monkeypatch.setattr(
         GXDLMSSettings,
         "setConnected",
         lambda self, value: setattr(self, "connected", value),
         raising=False,
+    )
+    monkeypatch.setattr(
+        ValueEventArgs, "getRowEndIndex", lambda self: self.rowEndIndex, raising=False
     )
 
 

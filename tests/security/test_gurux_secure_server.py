@@ -7,6 +7,7 @@ gurux_dlms is GPL and is used here only as a test peer.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from codec.apdu import (
 from codec.association import SecuritySettings
 from codec.axdr import Data, DataType
 from codec.client import RegisterSpec
-from codec.errors import AssociationError
+from codec.errors import AssociationError, DecodeError, ResponseTimeout
 from codec.obis import Obis
 from codec.security import MemoryCounter, SecurityKeys
 from codec.security import SecurityPolicy as P
@@ -42,6 +43,9 @@ from tests.security.gurux_secure_meter import (
     METER_TITLE,
     PASSWORD,
     POLICIES,
+    PROFILE,
+    PROFILE_ROWS,
+    PROFILE_START,
     SECRET,
     VOLTAGE,
     gurux_secure_meter,
@@ -65,7 +69,7 @@ def security(mechanism: M, policy: P | None, **changes: object) -> SecuritySetti
     return attrs.evolve(settings, **changes)  # type: ignore[misc]
 
 
-def endpoint(port: int, sec: SecuritySettings) -> MeterEndpoint:
+def endpoint(port: int, sec: SecuritySettings, timeout: float = 2.0) -> MeterEndpoint:
     return MeterEndpoint(
         "127.0.0.1",
         port,
@@ -75,7 +79,7 @@ def endpoint(port: int, sec: SecuritySettings) -> MeterEndpoint:
         password=PASSWORD,
         security=sec,
         max_pdu_size=256,  # the big octet string then needs block transfer
-        timeout=2.0,
+        timeout=timeout,
     )
 
 
@@ -190,6 +194,73 @@ async def test_dedicated_key_and_general_ciphering(
 
 
 GMAC_AE = (M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+
+
+async def test_profile_read_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    mechanism, policy = GMAC_AE
+    with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, _):
+        with trio.fail_after(TIMEOUT):
+            session = MeterSession(endpoint(port, security(mechanism, policy)))
+            await session.open()
+            profile = await session.read_profile(Obis.parse(PROFILE))
+            blocks = session.stats()["blocks_received"]
+            await session.release()
+            await session.aclose()
+    assert len(profile.rows) == PROFILE_ROWS
+    assert profile.rows[0] == (PROFILE_START, pytest.approx(230.00))
+    assert profile.rows[-1] == (
+        PROFILE_START + dt.timedelta(minutes=15 * (PROFILE_ROWS - 1)),
+        pytest.approx(230.00 + (PROFILE_ROWS - 1) / 100),
+    )
+    assert blocks >= 2
+
+
+_RANGE_BUG = (
+    "gurux_dlms 1.0.203 GXDLMSProfileGeneric.__getProfileGenericData filters a range with"
+    " `tm >= start >= 0` (a datetime against an int: TypeError); the server then answers only"
+    " a reply to another request"
+)
+_ENTRIES_BUG = (
+    "gurux_dlms 1.0.203 GXDLMSProfileGeneric.getSelectedColumns returns all the columns wrapped"
+    " in one more list: every row is a structure that claims 1 element and holds none"
+)
+_HOUR = dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("selection", "rows", "error", "bug"),
+    [
+        (
+            {"start": PROFILE_START + _HOUR, "end": PROFILE_START + 2 * _HOUR},
+            5,
+            ResponseTimeout,
+            _RANGE_BUG,
+        ),
+        ({"from_entry": 3, "to_entry": 5}, 3, DecodeError, _ENTRIES_BUG),
+    ],
+    ids=["range-gurux-compares-a-datetime-with-0", "entries-gurux-wraps-the-columns-in-a-list"],
+)
+async def test_profile_read_with_selective_access(
+    monkeypatch: pytest.MonkeyPatch,
+    selection: dict[str, object],
+    rows: int,
+    error: type[Exception],
+    bug: str,
+) -> None:
+    """Expected to fail by the peer's bug named (only in that precise way: the client gives up
+    cleanly within its deadline); passes as soon as the peer answers."""
+    mechanism, policy = GMAC_AE
+    with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, _):
+        with trio.fail_after(TIMEOUT):
+            session = MeterSession(endpoint(port, security(mechanism, policy), timeout=0.5))
+            await session.open()
+            try:
+                profile = await session.read_profile(Obis.parse(PROFILE), **selection)
+            except error:
+                pytest.xfail(bug)
+            finally:
+                await session.aclose()
+    assert len(profile.rows) == rows
 
 
 async def _refusal(
