@@ -25,9 +25,11 @@ ends (pytest's monkeypatch) or lives in the peer's own subclasses:
    octet-string parameter and always fails; for HLS-SHA256 it would hash the secret alone
    instead of secret || titles || challenges (as the Green Book and gurux's own client do).
    The peer's association object does the same check with gurux's ``GXSecure.secure``.
-6. ``handleReleaseRequest`` encodes the RLRE with wrong lengths (and crashes on HDLC). The peer
-   answers the same RLRE (reason normal, the InitiateResponse, ciphered on a ciphered
-   association) with right lengths, and records what gurux's own parser deciphers of the RLRQ.
+6. ``handleReleaseRequest`` encodes the RLRE with wrong lengths (the RLRE's own is the
+   InitiateResponse's; user-information's is 1 short), and on HDLC its ``replyData.set(0,
+   LLC)`` (arguments swapped) writes no LLC header. The peer answers the same RLRE (reason
+   normal, the InitiateResponse, ciphered on a ciphered association) with right lengths (it is
+   served over the wrapper only), and records what gurux's own parser deciphers of the RLRQ.
 7. After reply_to_HLS_authentication the server calls ``getAssociationStatus()`` and
    ``settings.setConnected()``, and a profile read with selective access calls
    ``ValueEventArgs.getRowEndIndex()``: this release defines none of them. They are supplied.
@@ -141,6 +143,7 @@ class _Association(GXDLMSAssociationLogicalName):  # type: ignore[misc]
     """The current association with a reply_to_HLS_authentication that works (bug 5)."""
 
     def getAssociationStatus(self) -> int:
+        """Called by gurux's handleMethodRequest, never defined in this release (bug 7)."""
         return int(self.associationStatus)
 
     def invoke(self, settings: Any, e: Any) -> Any:
@@ -198,6 +201,7 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
         self.released: list[Released] = []
         #: The tag of every APDU the meter received, in order.
         self.request_tags: list[int] = []
+        #: The diagnostics of the AARQs this meter refused (gurux's SourceDiagnostic).
         self.refused: list[int] = []
         registers = []
         for obis, value, scaler, unit in (

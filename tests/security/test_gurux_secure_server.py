@@ -48,6 +48,7 @@ from tests.security.gurux_secure_meter import (
     PROFILE_START,
     SECRET,
     VOLTAGE,
+    SecurePeer,
     gurux_secure_meter,
 )
 
@@ -263,19 +264,26 @@ async def test_profile_read_with_selective_access(
     assert len(profile.rows) == rows
 
 
+#: What the peer's own mechanism and policy checks answer (gurux's SourceDiagnostic).
+REFUSED_BY_CHECKS = {
+    "association.policy_mismatch": [2],  # application-context-name-not-supported
+    "association.mechanism_not_supported": [11],  # authentication-mechanism-name-not-recognised
+}
+
+
 async def _refusal(
     monkeypatch: pytest.MonkeyPatch,
     mechanism: M,
     policy: P | None,
     sec: SecuritySettings,
-) -> AssociationError:
-    with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, _):
+) -> tuple[AssociationError, SecurePeer]:
+    with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, peer):
         with trio.fail_after(TIMEOUT):
             session = MeterSession(endpoint(port, sec))
             with pytest.raises(AssociationError) as info:
                 await session.open()
             await session.aclose()
-    return info.value
+    return info.value, peer
 
 
 @pytest.mark.parametrize(
@@ -351,8 +359,11 @@ async def test_refusals_are_named(
     words: str,
 ) -> None:
     sec = attrs.evolve(security(*meter), **client)  # type: ignore[misc]
-    error = await _refusal(monkeypatch, *meter, sec)
+    error, peer = await _refusal(monkeypatch, *meter, sec)
     assert error.code == code
+    # The peer refused in its own checks only where it says so in its AARE.
+    (gurux,) = peer.meters
+    assert gurux.refused == REFUSED_BY_CHECKS.get(code, [])
     assert words in str(error)
     assert AK.hex() not in str(error).lower() and EK.hex() not in str(error).lower()
 
