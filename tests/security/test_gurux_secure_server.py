@@ -400,6 +400,11 @@ async def test_read_cli_against_gurux_secure_meter(
         assert kinds[:2] == ["aarq", "aare"] and kinds[-2:] == ["rlrq", "rlre"]
         assert "glo-get-request" in kinds and "glo-get-response" in kinds
         assert not {"get-request-normal", "get-request-with-list"} & set(kinds)
+        # The release, ciphered both ways, deciphered in the trace.
+        rlrq, rlre = [i["apdu"] for i in trace if i.get("apdu", {}).get("kind") in ("rlrq", "rlre")]
+        assert rlrq["ciphered_user_information"]["content"]["kind"] == "initiate-request"
+        assert rlre["ciphered_user_information"]["kind"] == "glo-initiate-response"
+        assert rlre["ciphered_user_information"]["content"]["kind"] == "initiate-response"
         text = done.stderr.decode().lower() + done.stdout.decode().lower()
         assert AK.hex() not in text and EK.hex() not in text
     assert len(peer.meters) == 3
