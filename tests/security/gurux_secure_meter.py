@@ -36,8 +36,13 @@ ends (pytest's monkeypatch) or lives in the peer's own subclasses:
 
 Peer limitations kept as they are (tests name them): the f(CtoS) of HLS-GMAC uses the same
 invocation counter as the ciphered action-response that carries it; the meter accepts any
-client invocation counter; for HLS-SHA256 without ciphering the AARE names no system title
-(the client must know it from its configuration).
+client invocation counter (so "counter rejected" cannot be shown with it); for HLS-SHA256
+without ciphering the AARE names no system title (the client must know it from its
+configuration); profile reads with selective access fail inside gurux (see the tests). The peer
+is served over the wrapper only: gurux's HDLC server answers no SNRM in this release
+(``handleSnrmRequest`` calls ``settings.hdlc.update``, which ``GXHdlcSettings`` lacks, when an
+HDLC setup object is given, and reads ``self.hdlc.maxInfoTX`` from None when none is). HDLC is
+covered the other way round, by gurux's secure client against the simulator.
 """
 
 from __future__ import annotations
