@@ -306,6 +306,8 @@ class ClientAssociation:
         self.blocks_received = 0
         self.trailing_bytes = 0
         self.malformed_results = 0
+        #: RLREs whose ciphered InitiateResponse did not check (tolerated: released anyway).
+        self.unverified_releases = 0
         #: The meter's system title (from its AARE), with ciphering.
         self.server_system_title: bytes | None = None
         #: The last invocation counter the meter used, and the last we used.
@@ -502,6 +504,7 @@ class ClientAssociation:
             "blocks_received": self.blocks_received,
             "trailing_bytes": self.trailing_bytes,
             "malformed_results": self.malformed_results,
+            "unverified_releases": self.unverified_releases,
         }
 
     # -- events ------------------------------------------------------------------------------
@@ -789,6 +792,7 @@ class ClientAssociation:
                     code="acse.unexpected_user_information",
                 )
         except (SecurityError, DecodeError) as exc:
+            self.unverified_releases += 1
             self._events.append(
                 Lenient("unverified_release", f"the RLRE's ciphered user-information: {exc}")
             )

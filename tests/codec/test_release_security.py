@@ -205,6 +205,7 @@ def test_ciphered_rlre_that_does_not_check_is_reported_and_still_ends(how: str) 
     assert isinstance(released, Released)
     assert released.rlre.initiate_response is None and released.rlre.ciphered_initiate is None
     assert association.server_counter == 50  # nothing of the bad RLRE was believed
+    assert association.stats()["unverified_releases"] == 1
     assert association.state is AssociationState.CLOSED
 
 
