@@ -6,6 +6,8 @@ reported, the association ends all the same)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codec.acse import (
     AARE,
@@ -217,3 +219,24 @@ def test_no_counter_left_for_the_rlrq_drops_the_link_instead() -> None:
     assert association.data_to_send() == b""  # the wrapper has no DISC: the socket is closed
     events = drain_events(association)
     assert [type(e) for e in events] == [Closed]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_tampered_ciphered_rlre_still_releases_and_is_never_believed(data: st.DataObject) -> None:
+    """Any byte of a ciphered RLRE changed (but its tag): the association still ends, and the
+    InitiateResponse is taken only when it checks, i.e. unchanged."""
+    association = associated(P.AUTHENTICATED_ENCRYPTED)
+    release(association)
+    ciphered = cipher_apdu(
+        encode_initiate_response(RESPONSE), P.AUTHENTICATED_ENCRYPTED, METER_TITLE, 51, KEYS
+    )
+    rlre = bytearray(encode_acse(RLRE(ciphered_initiate=ciphered)))
+    index = data.draw(st.integers(1, len(rlre) - 1))
+    rlre[index] ^= data.draw(st.integers(1, 255))
+    association.receive_data(wrapped(bytes(rlre)), 1.0)
+    events = drain_events(association)
+    released = [e for e in events if isinstance(e, Released)]
+    assert len(released) == 1 and isinstance(events[-1], Closed)
+    assert released[0].rlre.initiate_response in (None, RESPONSE)
+    assert association.server_counter in (50, 51)
