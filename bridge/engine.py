@@ -87,6 +87,9 @@ class Handback:
     tick: int
     error: BaseException | None = None
     due: float = 0.0
+    #: The error ended a poll in flight (else it came between polls: a link closed by the
+    #: meter, a connection reset, and no cycle failed).
+    in_cycle: bool = False
 
 
 class EngineStopped(Exception):
@@ -267,7 +270,7 @@ class PollEngine:
             self._running = False
             for parked in list(self._parked.values()):
                 error = EngineStopped("the polling engine stopped") if parked.proc else None
-                self._hand_back(parked, Handback(parked.tick, error, parked.due))
+                self._hand_back(parked, Handback(parked.tick, error, parked.due, in_cycle=True))
             self._epoll.close()
             self._epoll = None
 
@@ -533,7 +536,7 @@ class PollEngine:
         proc, parked.proc = parked.proc, None
         if proc is not None:
             proc.close()
-        self._hand_back(parked, Handback(parked.tick, exc, parked.due))
+        self._hand_back(parked, Handback(parked.tick, exc, parked.due, in_cycle=proc is not None))
 
     def _hand_back(self, parked: _Parked, result: Handback) -> None:
         if parked.done.is_set():

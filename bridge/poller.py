@@ -278,6 +278,15 @@ class MeterPoller:
             await self._drop_association()
         else:
             raise exc  # a bug: this poller crashes and its supervisor restarts it
+        if not handback.in_cycle:
+            # Between polls (the meter closed the link or the connection): no cycle failed,
+            # the next one opens a new association.
+            if isinstance(exc, MeterIOError):
+                log_event(
+                    log, logging.INFO, "connection_lost",
+                    meter=self.meter.name, recovery="reconnect", error=_one_line(exc),
+                )  # fmt: skip
+            return
         if isinstance(exc, trio.TooSlowError):
             self._failed(exc)
             return

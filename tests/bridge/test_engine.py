@@ -285,3 +285,27 @@ async def test_engine_stopping_hands_every_meter_back(rig: Any, autojump_clock: 
             n.cancel_scope.cancel()
         assert len(r.sink.readings) >= taken + 10
         assert all(p.stats.failures <= 1 for p in pollers)
+
+
+async def test_a_meter_closing_an_idle_connection_between_polls_costs_no_cycle(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """The meter drops its idle connection 0.4 s after each poll (no keepalive configured):
+    the engine sees it between polls and hands the meter back without a failed cycle; every
+    poll is taken, on its grid, each on a new connection."""
+    from bridge.simulator.meter import MeterSettings
+
+    with trio.fail_after(30):
+        r = await rig(settings=MeterSettings(inactivity_timeout=0.4))
+        poller = r.poller(0, interval_s=1.0, timeout_s=0.3, inactivity_timeout_s=0)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 6)
+            n.cancel_scope.cancel()
+        assert (poller.stats.failures, poller.stats.missed) == (0, 0)
+        counters = r.net.sim.meter(0).counters
+        assert counters.inactivity_closes >= 4
+        assert counters.connections >= 5
+        ts = [x.ts_ms for x in of(r.sink, "m0")]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        assert all(abs(g - 1000) <= TICK_MS + 1 for g in gaps), gaps
