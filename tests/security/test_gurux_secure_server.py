@@ -254,7 +254,7 @@ async def test_profile_read_with_selective_access(
     mechanism, policy = GMAC_AE
     with gurux_secure_meter(monkeypatch, mechanism, policy) as (port, _):
         with trio.fail_after(TIMEOUT):
-            session = MeterSession(endpoint(port, security(mechanism, policy), timeout=0.5))
+            session = MeterSession(endpoint(port, security(mechanism, policy), timeout=1.0))
             await session.open()
             try:
                 profile = await session.read_profile(Obis.parse(PROFILE), **selection)
