@@ -181,6 +181,11 @@ class WorkerPool:
         owner = self._owners.get(meter)
         return owner[1] if owner is not None else None
 
+    def pending_requests(self, index: int) -> int:
+        """Requests sent to worker ``index`` and not answered yet."""
+        link = self._links[index]
+        return len(link.pending) if link is not None else 0
+
     def meter_names(self) -> list[str]:
         """Every meter the workers poll."""
         return list(self._owners)
