@@ -13,12 +13,17 @@ stop the meter's poller). Every request is answered once (worker -> service, on 
     P{"id": 7, "error": {"code": "timeout", "message": "...", "status": 504}}
 
 Per-meter statistics (worker -> service) go once a second, only for the meters whose counters
-changed, at most :data:`STATS_PER_LINE` meters per line::
+changed, at most :data:`STATS_PER_LINE` meters per line; a report looks at no more than
+:data:`METERS_PER_REPORT` meters (taken in turn), so that its cost is bounded whatever the fleet:
+with more meters each one is reported every few seconds::
 
-    S{"m0": {"g": 3, "cycles": 12, "successes": 12, "lat": [0.012], ...}, "m1": null}
+    S{"m0": {"g": 3, "f": [12, 12, 0, ...], "lat": [0.012], ...}, "m1": null}
 
 ``g`` numbers the poller object in the worker: a new one (a restart) starts its counters from
-zero, and then every field is sent. ``null`` means the meter is no longer polled there.
+zero. ``f`` holds the :data:`STAT_FIELDS` in their order (both ends run the same code), sent
+when any of them changed; ``link``, ``units``, ``interval_s``, ``crashes``, ``profiles`` and
+``clock`` only when they changed; ``lat`` the latencies of the reads since the last report.
+``null`` means the meter is no longer polled there.
 :class:`MeterReporter` builds these entries in the worker, :class:`RemoteMeter` keeps them in the
 service with the attributes the console reads from a local poller (``stats``, ``units``,
 ``interval_s``).
@@ -26,6 +31,9 @@ service with the attributes the console reads from a local poller (``stats``, ``
 
 from __future__ import annotations
 
+import itertools
+import operator
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +56,18 @@ __all__ = [
 OPS = ("rpc", "read_now", "set_interval", "enable")
 #: Meters per ``S`` line: a line stays far below the pipe's line limit.
 STATS_PER_LINE = 200
+#: Meters looked at per report (once a second), at most; the next report goes on from there.
+METERS_PER_REPORT = 1000
 #: Latencies sent per meter and report, at most (the newest).
 LATENCIES_PER_REPORT = 32
+#: Latencies the service keeps per worker meter for its p50/p95 (a local poller keeps 512): the
+#: service holds thousands of these, so they stay small.
+REMOTE_LATENCIES = 64
 #: The scalar counters and states of :class:`~bridge.poller.PollerStats` that are streamed.
 STAT_FIELDS = tuple(
     f.name for f in attrs.fields(PollerStats) if f.name not in ("latencies", "link")
 )
+_stat_values = operator.attrgetter(*STAT_FIELDS)
 
 
 class WorkerRequestError(Exception):
@@ -102,20 +116,28 @@ class _Sent:
 class MeterReporter:
     """The worker's side: the changes of each poller since the last report."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = METERS_PER_REPORT) -> None:
+        self.limit = limit
         self._sent: dict[str, _Sent] = {}
         self._generations = 0
+        self._cursor = 0
 
     def changes(
         self, pollers: dict[str, MeterPoller], crashes: dict[str, int]
     ) -> dict[str, dict[str, Any] | None]:
-        """Entries of the meters whose stats changed; ``None`` for meters no longer polled."""
+        """Entries of the meters whose stats changed (of at most ``limit`` meters, in turn);
+        ``None`` for meters no longer polled."""
         out: dict[str, dict[str, Any] | None] = {}
         for name in [n for n in self._sent if n not in pollers]:
             del self._sent[name]
             out[name] = None
-        for name, poller in pollers.items():
-            entry = self._entry(name, poller, crashes.get(name, 0))
+        names = list(pollers)
+        if len(names) > self.limit:
+            start = self._cursor % len(names)
+            names = (names[start:] + names[:start])[: self.limit]
+            self._cursor = start + self.limit
+        for name in names:
+            entry = self._entry(name, pollers[name], crashes.get(name, 0))
             if entry is not None:
                 out[name] = entry
         return out
@@ -127,24 +149,17 @@ class MeterReporter:
             sent = self._sent[name] = _Sent(poller, self._generations)
         stats = poller.stats
         entry: dict[str, Any] = {}
-        fields = tuple(getattr(stats, f) for f in STAT_FIELDS)
+        fields = _stat_values(stats)
         if fields != sent.fields:
-            if sent.fields:
-                entry.update(
-                    (f, v)
-                    for f, v, old in zip(STAT_FIELDS, fields, sent.fields, strict=True)
-                    if v != old
-                )
-            else:
-                entry.update(zip(STAT_FIELDS, fields, strict=True))
+            entry["f"] = fields
             sent.fields = fields
         if stats.link != sent.link:
             entry["link"] = dict(stats.link)
             sent.link = dict(stats.link)
         new = stats.successes - sent.successes
         if new > 0:
-            newest = list(stats.latencies)[-min(new, LATENCIES_PER_REPORT) :]
-            entry["lat"] = [round(x, 5) for x in newest]
+            newest = itertools.islice(reversed(stats.latencies), min(new, LATENCIES_PER_REPORT))
+            entry["lat"] = [round(x, 5) for x in newest][::-1]
         sent.successes = stats.successes
         if len(poller.units) != sent.units:
             entry["units"] = dict(poller.units)
@@ -190,7 +205,9 @@ class RemoteMeter:
 
     worker: int
     key: tuple[int, int]
-    stats: PollerStats = attrs.Factory(PollerStats)
+    stats: PollerStats = attrs.Factory(
+        lambda: PollerStats(latencies=deque(maxlen=REMOTE_LATENCIES))
+    )
     units: dict[str, str | None] = attrs.Factory(dict)
     interval_s: float = 0.0
     crashes: int = 0
@@ -200,9 +217,10 @@ class RemoteMeter:
     def update(self, entry: dict[str, Any]) -> None:
         """Apply one ``S`` entry (already known to be a dict)."""
         stats = self.stats
-        for name in STAT_FIELDS:
-            if name in entry:
-                setattr(stats, name, entry[name])
+        fields = entry.get("f")
+        if isinstance(fields, list) and len(fields) == len(STAT_FIELDS):
+            for name, value in zip(STAT_FIELDS, fields, strict=True):
+                setattr(stats, name, value)
         link = entry.get("link")
         if isinstance(link, dict):
             stats.link = {str(k): int(v) for k, v in link.items()}

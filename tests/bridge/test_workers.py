@@ -3,6 +3,7 @@ connection in the service; a crashed worker is restarted without touching the ot
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import Counter
@@ -11,8 +12,12 @@ from typing import Any
 
 import trio
 
+from bridge.config import config_from_dict
+from bridge.poller import MeterPoller
+from bridge.readings import dumps_compact
 from bridge.service import BridgeService
 from bridge.sharding import WORKER_SALT, bucket_of
+from bridge.worker_link import MeterReporter, RemoteMeter, chunks
 from bridge.workers import worker_count
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, telemetry
@@ -77,3 +82,68 @@ async def test_two_workers_poll_every_meter_and_a_killed_one_is_restarted_alone(
             assert counters.releases >= 1, (i, counters)
     finally:
         collector.stop()
+
+
+def _pollers(count: int) -> dict[str, MeterPoller]:
+    document = {
+        "bridge": {"name": "t", "data_dir": "unused"},
+        "mqtt": {"host": "127.0.0.1"},
+        "defaults": {"registers": "field-meter", "interval_s": 1.0, "timeout_s": 0.3},
+        "meters": [{"name": f"m{i}", "host": "127.0.0.1", "port": 4059 + i} for i in range(count)],
+    }
+
+    async def sink(_reading: Any) -> None:
+        raise AssertionError("not polled")
+
+    return {m.name: MeterPoller(m, sink) for m in config_from_dict(document).meters}
+
+
+def test_per_meter_stats_cross_as_changes_only_and_in_bounded_reports() -> None:
+    pollers = _pollers(5)
+    reporter = MeterReporter(limit=3)
+    remote: dict[str, RemoteMeter] = {}
+
+    def deliver(pid: int = 1) -> dict[str, Any]:
+        entries = reporter.changes(pollers, {"m1": 2})
+        # Across the pipe as the worker writes it.
+        for part in chunks(entries, size=2):
+            for name, entry in json.loads(dumps_compact(part)).items():
+                if entry is None:
+                    remote.pop(name, None)
+                    continue
+                key = (pid, entry["g"])
+                if name not in remote or remote[name].key != key:
+                    remote[name] = RemoteMeter(0, key)
+                remote[name].update(entry)
+        return entries
+
+    # At most 3 meters per report, in turn: every meter within two reports.
+    assert set(deliver()) == {"m0", "m1", "m2"}
+    assert set(deliver()) == {"m3", "m4"}  # m0 again too, but it has not changed
+    assert remote["m1"].crashes == 2 and remote["m0"].units == {}
+    assert deliver() == {} and deliver() == {}  # nothing changed: nothing sent
+    # A poll: counters, latencies, units and state come across.
+    poller = pollers["m4"]
+    stats = poller.stats
+    stats.cycles, stats.successes, stats.state = 3, 2, "ok"
+    stats.latencies.extend([0.02, 0.01])
+    stats.link = {"resyncs": 1}
+    poller.units["voltage_l1"] = "V"
+    while "m4" not in deliver():
+        pass
+    got = remote["m4"]
+    assert (got.stats.cycles, got.stats.successes, got.stats.state) == (3, 2, "ok")
+    assert list(got.stats.latencies) == [0.02, 0.01]
+    assert got.stats.link == {"resyncs": 1} and got.units == {"voltage_l1": "V"}
+    assert got.stats.as_dict()["latency_p50"] == 0.02
+    assert got.interval_s == 1.0
+    # A new poller object (a restart in the worker): a new stats object in the service, so
+    # that totals built on the old one are not counted twice.
+    before = got.stats
+    pollers["m4"] = _pollers(5)["m4"]
+    while "m4" not in deliver():
+        pass
+    assert remote["m4"].stats is not before and remote["m4"].stats.cycles == 0
+    # A meter no longer polled there (switched off) is dropped.
+    del pollers["m2"]
+    assert deliver()["m2"] is None and "m2" not in remote
