@@ -68,6 +68,8 @@ RESTART_BACKOFF_MAX_S = 60.0
 MAX_LINE = 1 << 20
 #: Requests waiting for one worker's answers, at most; more are refused ("busy") at once.
 MAX_PENDING_REQUESTS = 256
+#: The longest request sent to a worker (an RPC's params are a few hundred bytes).
+MAX_REQUEST = 64 * 1024
 #: How much longer than a request's own deadline the service waits for the worker's answer
 #: (the worker answers a request whose deadline passed itself; this covers a stuck worker).
 ANSWER_GRACE_S = 5.0
@@ -219,6 +221,11 @@ class WorkerPool:
         line = dumps_compact(
             {"id": request_id, "op": op, "meter": meter, "timeout": timeout, **body}
         )
+        if len(line) > MAX_REQUEST:
+            raise WorkerRequestError(
+                "bad_params", f"the request is too large ({len(line)} bytes, at most "
+                f"{MAX_REQUEST})", 413,
+            )  # fmt: skip
         pending = link.pending[request_id] = _Pending()
         try:
             try:
@@ -393,8 +400,10 @@ class WorkerPool:
                         503,
                     )
                 )
-            for name in [n for n, r in self.remote.items() if r.key[0] == proc.pid]:
-                del self.remote[name]
+            for remote in self.remote.values():
+                if remote.key[0] == proc.pid:
+                    # Shown as such until the restarted worker reports the meter again.
+                    remote.stats.state = "worker_restarting"
             totals.alive = False
             self._procs[index] = None
             if proc.returncode is None:

@@ -109,6 +109,10 @@ async def test_rpcs_to_meters_polled_in_workers_run_on_their_pollers(
             assert data["error"]["code"] == "unknown_method"
             data = await gateway_rpc(sub, name, "read", {"registers": ["1-1:99"]})
             assert data["error"]["code"] == "bad_params"
+            # A request too large for the pipe is refused in the service; the worker goes on.
+            data = await gateway_rpc(sub, name, "read", {"registers": ["x" * 70_000]})
+            assert data["error"]["code"] == "bad_params", data
+            assert "too large" in data["error"]["message"]
             data = await gateway_rpc(sub, "nope", "read")
             assert data["error"]["code"] == "unknown_device"
             assert name in data["error"]["message"]  # worker meters are listed as polled
@@ -214,6 +218,8 @@ async def test_a_worker_killed_during_an_rpc_answers_it_with_an_error_and_is_res
             assert trio.current_time() - killed < 5
             assert answers[0]["error"]["code"] == "worker_exited", answers
             assert pool.pending_requests(0) == 0
+            # Its meters are shown as such until the new worker reports them (after >= 1 s).
+            assert pool.remote[name].stats.state == "worker_restarting"
             # The worker is restarted alone, and its meters answer again.
             while not (victim.alive and victim.pid != victim_pid):
                 await trio.sleep(0.05)
@@ -222,3 +228,5 @@ async def test_a_worker_killed_during_an_rpc_answers_it_with_an_error_and_is_res
             sim.clear_faults()
             data = await gateway_rpc(sub, name, "read", timeout=30)
             assert data["units"]["voltage_l1"] == "V", data
+            remote = await _reported(pool, name, lambda r: r.key[0] == victim.pid)
+            assert remote.stats.state != "worker_restarting"
