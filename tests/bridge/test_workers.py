@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -147,3 +150,74 @@ def test_per_meter_stats_cross_as_changes_only_and_in_bounded_reports() -> None:
     # A meter no longer polled there (switched off) is dropped.
     del pollers["m2"]
     assert deliver()["m2"] is None and "m2" not in remote
+
+
+async def test_a_worker_answers_requests_on_its_pipes_and_stops_when_its_stdin_ends(
+    simulator: Any,
+) -> None:
+    """The worker process alone, driven as the service drives it: settings, then requests."""
+    sim, ports = await simulator(meters=1)
+    document = {
+        "bridge": {"name": "t", "data_dir": "unused"},
+        "mqtt": {"host": "127.0.0.1"},
+        "defaults": {
+            "password": "00000000",
+            "registers": "field-meter",
+            "interval_s": 0.5,
+            "timeout_s": 0.3,
+        },
+        "meters": [{"name": "m0", "host": "127.0.0.1", "port": ports[0]}],
+    }
+    meters = list(config_from_dict(document).meters)
+    payload = pickle.dumps(
+        {"meters": meters, "log_level": "warning", "poller_options": {}, "overrides": {}}
+    )
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge.worker", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    lines: list[bytes] = []
+    pending = b""
+
+    async def answer(request_id: int) -> dict[str, Any]:
+        nonlocal pending
+        while True:
+            for line in lines:
+                if line.startswith(b"P") and json.loads(line[1:])["id"] == request_id:
+                    body: dict[str, Any] = json.loads(line[1:])
+                    return body
+            assert proc.stdout is not None
+            chunk = await proc.stdout.receive_some(65536)
+            assert chunk, "the worker ended its stdout"
+            pending += chunk
+            *new, pending = pending.split(b"\n")
+            lines.extend(new)
+
+    try:
+        with trio.fail_after(30):
+            await proc.stdin.send_all(len(payload).to_bytes(8, "big") + payload)
+            requests = [
+                {"id": 1, "op": "rpc", "meter": "m0", "timeout": 10, "method": "read"},
+                {"id": 2, "op": "rpc", "meter": "m9", "timeout": 10, "method": "read"},
+                {"id": 3, "op": "reboot", "meter": "m0", "timeout": 10},
+                {"id": 4, "op": "set_interval", "meter": "m0", "timeout": 5, "interval_s": 0.1},
+            ]
+            await proc.stdin.send_all(
+                b"Qnot json\n"
+                + b"".join(b"Q" + dumps_compact(r).encode() + b"\n" for r in requests)
+            )
+            read = await answer(1)
+            assert read["result"]["units"]["voltage_l1"] == "V", read
+            assert (await answer(2))["error"]["code"] == "unknown_device"
+            assert (await answer(3))["error"]["code"] == "internal"
+            assert (await answer(4))["error"]["code"] == "bad_params"  # not above timeout_s
+            # The service is gone: its end of stdin closes, and the worker releases and exits.
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+        assert sim.meter(0).counters.releases == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
