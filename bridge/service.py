@@ -633,6 +633,12 @@ class BridgeService:
                 error=exc.message,
             )  # fmt: skip
 
+    def _polled_in_workers(self) -> int:
+        """Meters polled in the worker processes (those switched off left out)."""
+        if self.pool is None:
+            return 0
+        return sum(1 for name in self.pool.meter_names() if name not in self.paused)
+
     def polled(self, name: str) -> MeterPoller | RemoteMeter | None:
         """The poller of a meter: in this process, or as its worker process last reported it."""
         running = self.meters.get(name)
@@ -652,7 +658,7 @@ class BridgeService:
                 body = {
                     "bridge_name": self.config.bridge.name,
                     "bridge_version": _version(),
-                    "meters": len(self.meters),
+                    "meters": len(self.meters) + self._polled_in_workers(),
                     "meters_paused": len(self.paused),
                     "meters_online": sum(1 for v in self.online.values() if v),
                     "alarms": len(alarms),

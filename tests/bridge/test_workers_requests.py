@@ -137,7 +137,7 @@ async def test_shared_attributes_switch_a_worker_meter_off_and_on(
     simulator: Any,
 ) -> None:
     sim, ports = await simulator(meters=5)
-    sub = collector(["v1/gateway/#"])
+    sub = collector(["v1/gateway/#", "v1/devices/me/attributes"])
     cfg = _worker_config(tmp_path, mosquitto, ports, interval_s=1.0)
     with trio.fail_after(90):
         async with running(cfg) as service:
@@ -172,6 +172,12 @@ async def test_shared_attributes_switch_a_worker_meter_off_and_on(
             assert name in service.paused
             await _reported(pool, other, lambda r: r.stats.successes >= 1)
             assert name not in pool.remote
+            await sub.wait_for(
+                lambda _m: any(
+                    json.loads(m.payload)["meters"] == 4 for m in sub.on("v1/devices/me/attributes")
+                ),
+                timeout=15,
+            )
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": name, "data": {"enabled": True}})
             )
@@ -180,6 +186,9 @@ async def test_shared_attributes_switch_a_worker_meter_off_and_on(
             assert name not in service.paused
             data = await gateway_rpc(sub, name, "read")
             assert data["units"]["voltage_l1"] == "V"
+    # The gateway's own attributes count the meters polled in the workers, less the one off.
+    counts = [json.loads(m.payload)["meters"] for m in sub.on("v1/devices/me/attributes")]
+    assert counts[0] == 5 and 4 in counts, counts
 
 
 async def test_a_worker_killed_during_an_rpc_answers_it_with_an_error_and_is_restarted(
