@@ -219,8 +219,12 @@ class RemoteMeter:
         stats = self.stats
         fields = entry.get("f")
         if isinstance(fields, list) and len(fields) == len(STAT_FIELDS):
+            # A reading that came in since may have told a later success already.
+            last = stats.last_success_ms
             for name, value in zip(STAT_FIELDS, fields, strict=True):
                 setattr(stats, name, value)
+            if last is not None and (stats.last_success_ms or 0) < last:
+                stats.last_success_ms = last
         link = entry.get("link")
         if isinstance(link, dict):
             stats.link = {str(k): int(v) for k, v in link.items()}

@@ -458,4 +458,13 @@ class WorkerPool:
                 except (ValueError, TypeError, KeyError) as exc:
                     log_event(log, logging.ERROR, "worker_bad_line", worker=index, error=str(exc))
             if readings:
+                self._note_readings(readings)
                 await self.on_readings(readings)
+
+    def _note_readings(self, readings: list[Reading]) -> None:
+        """A reading says its meter answered, before the next stats report does (with many
+        meters per worker each one is reported only every few seconds)."""
+        for reading in readings:
+            remote = self.remote.get(reading.meter)
+            if remote is not None and reading.ts_ms > (remote.stats.last_success_ms or 0):
+                remote.stats.last_success_ms = reading.ts_ms

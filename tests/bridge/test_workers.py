@@ -17,11 +17,11 @@ import trio
 
 from bridge.config import config_from_dict
 from bridge.poller import MeterPoller
-from bridge.readings import dumps_compact
+from bridge.readings import Reading, dumps_compact
 from bridge.service import BridgeService
 from bridge.sharding import WORKER_SALT, bucket_of
 from bridge.worker_link import MeterReporter, RemoteMeter, chunks
-from bridge.workers import worker_count
+from bridge.workers import WorkerPool, worker_count
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, telemetry
 
@@ -221,3 +221,30 @@ async def test_a_worker_answers_requests_on_its_pipes_and_stops_when_its_stdin_e
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_a_worker_meters_last_success_follows_its_readings_between_stats_reports() -> None:
+    pollers = _pollers(2)
+    meters = [p.meter for p in pollers.values()]
+
+    async def readings(_r: list[Reading]) -> None:
+        raise AssertionError("not delivered here")
+
+    def alarm(_name: str, _active: bool, _message: str) -> None:
+        raise AssertionError("no alarm here")
+
+    pool = WorkerPool(1, meters, on_readings=readings, on_alarm=alarm, set_alarm=alarm)
+    reporter = MeterReporter()
+    pollers["m0"].stats.last_success_ms = 1_000
+    pool._stats(0, 42, json.loads(dumps_compact(reporter.changes(pollers, {}))))
+    assert pool.remote["m0"].stats.last_success_ms == 1_000
+    # A reading taken since: the meter answered, whatever the next report says.
+    pool._note_readings([Reading("m0", 5_000, {"v": 1.0})])
+    assert pool.remote["m0"].stats.last_success_ms == 5_000
+    pollers["m0"].stats.cycles += 1  # a report taken before that reading's poll was counted
+    pool._stats(0, 42, json.loads(dumps_compact(reporter.changes(pollers, {}))))
+    assert pool.remote["m0"].stats.cycles == 1
+    assert pool.remote["m0"].stats.last_success_ms == 5_000
+    # Reports of a meter the pool does not give that worker are ignored.
+    pool._stats(0, 42, {"elsewhere": {"g": 1, "f": []}})
+    assert "elsewhere" not in pool.remote
