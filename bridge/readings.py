@@ -167,6 +167,31 @@ class Reading:
         return encoded
 
     @classmethod
+    def taken(
+        cls,
+        meter: str,
+        ts_ms: int,
+        values: dict[str, Value],
+        *,
+        quality: dict[str, str],
+        errors: dict[str, RegisterError],
+        attributes: dict[str, Value],
+    ) -> Reading:
+        """The reading a poller built from values it has checked already (:func:`check_value`
+        on each, keys from the config): the mappings are frozen as the constructor does, the
+        validators are not run a second time. Anything else uses the constructor."""
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "meter", meter)
+        setattr_(self, "ts_ms", ts_ms)
+        setattr_(self, "values", MappingProxyType(values))
+        setattr_(self, "quality", MappingProxyType(quality))
+        setattr_(self, "errors", MappingProxyType(errors))
+        setattr_(self, "attributes", MappingProxyType(attributes))
+        setattr_(self, "_json", None)
+        return self
+
+    @classmethod
     def from_json(cls, data: bytes | str) -> Reading:
         """Parse the form written by `to_json`; `ValueError` names what is wrong."""
         return decode_reading(data)

@@ -18,12 +18,13 @@ import pickle
 import random
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from bridge.config import MeterConfig
+from bridge.engine import PollEngine
 from bridge.logs import log_event, setup_logging
 from bridge.poller import MeterPoller
 from bridge.readings import Reading, dumps_compact
@@ -93,6 +94,7 @@ class _Worker:
         self._requests = 0
         self._pollers_nursery: trio.Nursery | None = None
         self.stop = trio.Event()
+        self.engine = PollEngine(self.sink_batch)
 
     def _emit(self, line: bytes) -> None:
         self.pending.append(line)
@@ -104,6 +106,14 @@ class _Worker:
             await self._room.wait()
         # The outbox's own form: every field (values, quality, errors, attributes) crosses.
         self._emit(b"R" + reading.to_json() + b"\n")
+
+    async def sink_batch(self, readings: Sequence[Reading]) -> None:
+        while len(self.pending) >= MAX_PENDING:
+            self._room = trio.Event()
+            await self._room.wait()
+        for reading in readings:
+            self.pending.append(b"R" + reading.to_json() + b"\n")
+        self._wake.set()
 
     def on_alarm(self, name: str, active: bool, message: str) -> None:
         self._emit(b"A" + dumps_compact([name, active, message]).encode() + b"\n")
@@ -171,6 +181,7 @@ class _Worker:
                         self.sink,
                         on_alarm=self.on_alarm,
                         rng=random.Random(self._rng.random()),
+                        engine=self.engine,
                         **self.options,
                     )
                     interval = self.overrides.get(meter.name, {}).get("interval_s")
@@ -342,6 +353,7 @@ class _Worker:
                     try:
                         with pollers:
                             async with trio.open_nursery() as inner:
+                                await inner.start(self.engine.run)
                                 self._pollers_nursery = inner
                                 for meter in self.meters:
                                     self.start(meter)

@@ -4,6 +4,7 @@ no part in equality, hashing, repr or evolve."""
 from __future__ import annotations
 
 import attrs
+import pytest
 
 from bridge.readings import Reading, RegisterError, encode_reading
 
@@ -26,3 +27,22 @@ def test_to_json_is_made_once_and_equals_the_encoder() -> None:
     assert Reading.from_json(first) == reading
     later = attrs.evolve(reading, ts_ms=1_700_000_001_000)
     assert later.to_json() == encode_reading(later) != first
+
+
+def test_taken_builds_the_same_reading_as_the_constructor() -> None:
+    """The poller's shortcut (values checked already) gives a reading equal to the validated
+    constructor's, frozen the same way, with the same JSON."""
+    values = {"voltage": 230.1, "state": "on", "list": [1, "a", None], "nan": None}
+    quality = {"nan": "nan"}
+    errors = {"serial": RegisterError("data-access.object-undefined", "object-undefined")}
+    attributes = {"firmware": "1.2"}
+    fast = Reading.taken("m1", 1_700_000_000_000, dict(values), quality=dict(quality),
+                         errors=dict(errors), attributes=dict(attributes))  # fmt: skip
+    slow = Reading("m1", 1_700_000_000_000, values, quality=quality, errors=errors,
+                   attributes=attributes)  # fmt: skip
+    assert fast == slow
+    assert fast.to_json() == slow.to_json() == encode_reading(slow)
+    assert Reading.from_json(fast.to_json()) == slow
+    for mapping in (fast.values, fast.quality, fast.errors, fast.attributes):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1  # type: ignore[index]
