@@ -8,13 +8,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bridge import cli
+from bridge.status_socket import query_status, socket_path
 from tests.bridge.console_harness import console_config, start_console
 from tests.bridge.mosquitto import Mosquitto, free_port
 from tests.bridge.test_console_read_now import one_link_meter
@@ -62,6 +65,8 @@ async def test_meters_polled_in_workers_show_their_counters_and_are_read_now(
         data_dir=tmp_path / "data",
         bridge={"workers": 2},
         defaults={"interval_s": 1.0, "timeout_s": 0.5},
+        # m1 waits long for its replies: a read-now of it stays in progress for a while.
+        meter_extra={"m1": {"timeout_s": 3.0, "interval_s": 4.0}},
     )
     _process, api = await start_console(bridge_process, config, web_port)
     # Readings arrive (the history has them)...
@@ -125,3 +130,30 @@ async def test_meters_polled_in_workers_show_their_counters_and_are_read_now(
     assert checks["meter:m0"]["status"] == "ok", checks
     assert checks["meter:m1"]["status"] == "ok", checks
     assert "meter:dead" in checks
+    # A worker killed while a read-now of one of its meters is in progress: the read is
+    # answered (503), the worker restarted, and the meter read again.
+    status = await query_status(socket_path(tmp_path / "data"))
+    worker = status["workers"][status["meters"]["m1"]["worker"]]
+    sim.set_faults("1:delay=1.5")
+    reads: list[Any] = []
+
+    async def read_m1() -> None:
+        reads.append(await api.call("POST", "/api/v1/meters/m1/read"))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read_m1)
+        await trio.sleep(0.7)
+        os.kill(worker["pid"], signal.SIGKILL)
+    assert reads[0].status == 503, reads[0].text
+    assert "worker process" in reads[0].json["errors"][0]["message"]
+    sim.clear_faults()
+
+    def restarted(s: dict[str, Any]) -> bool:
+        pid = s["workers"][worker["index"]]["pid"]
+        return bool(pid != worker["pid"] and s["meters"].get("m1", {}).get("state") == "ok")
+
+    with trio.fail_after(20):
+        while not restarted(await query_status(socket_path(tmp_path / "data"))):
+            await trio.sleep(0.2)
+    read = await api.call("POST", "/api/v1/meters/m1/read")
+    assert read.status == 200 and read.json["values"]["voltage_l1"]["unit"] == "V", read.text
