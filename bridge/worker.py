@@ -31,7 +31,7 @@ from bridge.readings import Reading, dumps_compact
 from bridge.rpc import IN_WORKER, METHODS, RpcError, RpcRequest, fit_answer, run_on_poller
 from bridge.service import STAGGER_FROM_METERS, STAGGER_MAX_S
 from bridge.session import MeterSession
-from bridge.worker_link import OPS, MeterReporter, WorkerRequestError, chunks
+from bridge.worker_link import OPS, MeterReporter, WorkerRequestError, chunks, encode_stats
 from bridge.workers import MAX_LINE
 
 log = logging.getLogger("bridge.worker")
@@ -158,7 +158,7 @@ class _Worker:
         }
         self._emit(b"T" + dumps_compact(body).encode() + b"\n")
         for part in chunks(self._reporter.changes(self.pollers, self.crashes)):
-            self._emit(b"S" + dumps_compact(part).encode() + b"\n")
+            self._emit(b"S" + encode_stats(part) + b"\n")
 
     def start(self, meter: MeterConfig) -> None:
         """Start polling ``meter`` (unless it was switched off)."""

@@ -17,12 +17,13 @@ changed, at most :data:`STATS_PER_LINE` meters per line; a report looks at no mo
 :data:`METERS_PER_REPORT` meters (taken in turn), so that its cost is bounded whatever the fleet:
 with more meters each one is reported every few seconds::
 
-    S{"m0": {"g": 3, "f": [12, 12, 0, ...], "lat": [0.012], ...}, "m1": null}
+    S{"m0": {"g": 3, "f": [12, 12, 0, ...], "lat": [12034], ...}, "m1": null}
 
 ``g`` numbers the poller object in the worker: a new one (a restart) starts its counters from
 zero. ``f`` holds the :data:`STAT_FIELDS` in their order (both ends run the same code), sent
 when any of them changed; ``link``, ``units``, ``interval_s``, ``crashes``, ``profiles`` and
-``clock`` only when they changed; ``lat`` the latencies of the reads since the last report.
+``clock`` only when they changed; ``lat`` the latencies of the reads since the last report, in
+microseconds.
 ``null`` means the meter is no longer polled there.
 :class:`MeterReporter` builds these entries in the worker, :class:`RemoteMeter` keeps them in the
 service with the attributes the console reads from a local poller (``stats``, ``units``,
@@ -32,6 +33,7 @@ service with the attributes the console reads from a local poller (``stats``, ``
 from __future__ import annotations
 
 import itertools
+import json
 import operator
 from collections import deque
 from collections.abc import Iterable
@@ -50,6 +52,8 @@ __all__ = [
     "MeterReporter",
     "RemoteMeter",
     "WorkerRequestError",
+    "chunks",
+    "encode_stats",
 ]
 
 #: The requests a worker carries out.
@@ -159,7 +163,7 @@ class MeterReporter:
         new = stats.successes - sent.successes
         if new > 0:
             newest = itertools.islice(reversed(stats.latencies), min(new, LATENCIES_PER_REPORT))
-            entry["lat"] = [round(x, 5) for x in newest][::-1]
+            entry["lat"] = [int(x * 1e6) for x in newest][::-1]
         sent.successes = stats.successes
         if len(poller.units) != sent.units:
             entry["units"] = dict(poller.units)
@@ -183,6 +187,11 @@ class MeterReporter:
             return None
         entry["g"] = sent.generation
         return entry
+
+
+def encode_stats(part: dict[str, dict[str, Any] | None]) -> bytes:
+    """One ``S`` line's JSON (keys in any order: cheaper than the outbox's sorted form)."""
+    return json.dumps(part, separators=(",", ":"), allow_nan=False).encode()
 
 
 def chunks(
@@ -230,7 +239,7 @@ class RemoteMeter:
             stats.link = {str(k): int(v) for k, v in link.items()}
         latencies = entry.get("lat")
         if isinstance(latencies, list):
-            stats.latencies.extend(float(x) for x in latencies)
+            stats.latencies.extend(x / 1e6 for x in latencies)
         units = entry.get("units")
         if isinstance(units, dict):
             self.units = {str(k): (None if v is None else str(v)) for k, v in units.items()}

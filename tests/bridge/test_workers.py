@@ -20,7 +20,7 @@ from bridge.poller import MeterPoller
 from bridge.readings import Reading, dumps_compact
 from bridge.service import BridgeService
 from bridge.sharding import WORKER_SALT, bucket_of
-from bridge.worker_link import MeterReporter, RemoteMeter, chunks
+from bridge.worker_link import MeterReporter, RemoteMeter, chunks, encode_stats
 from bridge.workers import WorkerPool, worker_count
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, telemetry
@@ -110,7 +110,7 @@ def test_per_meter_stats_cross_as_changes_only_and_in_bounded_reports() -> None:
         entries = reporter.changes(pollers, {"m1": 2})
         # Across the pipe as the worker writes it.
         for part in chunks(entries, size=2):
-            for name, entry in json.loads(dumps_compact(part)).items():
+            for name, entry in json.loads(encode_stats(part)).items():
                 if entry is None:
                     remote.pop(name, None)
                     continue
