@@ -3,10 +3,12 @@ no part in equality, hashing, repr or evolve."""
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
-from bridge.readings import Reading, RegisterError, encode_reading
+from bridge.readings import Reading, RegisterError, dumps_compact, encode_reading
 
 
 def test_to_json_is_made_once_and_equals_the_encoder() -> None:
@@ -46,3 +48,23 @@ def test_taken_builds_the_same_reading_as_the_constructor() -> None:
     for mapping in (fast.values, fast.quality, fast.errors, fast.attributes):
         with pytest.raises(TypeError):
             mapping["x"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [
+        Reading("m1", 5, {"v": 1.5, "s": 'x"values":{', "l": [1, None]}),
+        Reading('m"1', 5, {"values": 2, "z": "}}"}),
+        Reading("m1", 5, {"v": None}, quality={"v": "nan"}),
+        Reading("m1", 5, {"v": None}),
+        Reading("m1", 5, {"v": 1}, errors={"w": RegisterError("c", "m")}),
+        Reading("m1", 5, {"v": 1}, attributes={"fw": "1"}),
+        Reading("m1", 5, {}),
+    ],
+)
+def test_values_json_from_the_stored_form_equals_the_encoder(reading: Reading) -> None:
+    """Telemetry taken from a stored reading's JSON (the publisher's path) is exactly what
+    encoding its telemetry gives, for plain readings and every other kind."""
+    stored = Reading.from_json(reading.to_json())
+    assert stored.values_json() == dumps_compact(reading.telemetry())
+    assert json.loads(stored.values_json()) == reading.telemetry()
