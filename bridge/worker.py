@@ -166,8 +166,9 @@ class _Worker:
             log_event(log, logging.INFO, "meter_paused", meter=meter.name, reason="enabled=false")
             return
         assert self._pollers_nursery is not None
-        if meter.name in self.scopes:
-            return
+        running = self.scopes.get(meter.name)
+        if running is not None and not running.cancel_called:
+            return  # polled already (a poller being stopped is replaced by a new one)
         scope = self.scopes[meter.name] = trio.CancelScope()
         self._pollers_nursery.start_soon(self.supervise, meter, scope)
 
@@ -247,6 +248,15 @@ class _Worker:
         except (ValueError, TypeError, KeyError) as exc:
             log_event(log, logging.ERROR, "bad_request", worker=self.index, error=str(exc))
             return
+        if request.get("op") in ("enable", "set_interval"):
+            # Settings apply at once, in the order they came (tasks may run in any order).
+            try:
+                result = self.setting(request)
+            except WorkerRequestError as exc:
+                self._reply(request_id, error=exc)
+            else:
+                self._reply(request_id, result=result)
+            return
         if self._requests >= MAX_REQUESTS:
             error = WorkerRequestError("busy", "too many requests in progress", 503)
             self._reply(request_id, error=error)
@@ -288,28 +298,37 @@ class _Worker:
             line = b'{"id":%d,"result":%s}' % (request_id, fitted)
         self._emit(b"P" + line + b"\n")
 
-    async def execute(self, request: dict[str, Any]) -> Any:
-        """Carry out one request (:data:`bridge.worker_link.OPS`)."""
+    def _meter_of(self, request: dict[str, Any]) -> MeterConfig:
         op, name = request.get("op"), request.get("meter")
-        meter = self.by_name.get(name) if isinstance(name, str) else None
         if op not in OPS:
             raise WorkerRequestError("internal", f"unknown request {op!r}", 500)
+        meter = self.by_name.get(name) if isinstance(name, str) else None
         if meter is None:
             raise WorkerRequestError("unknown_device", f"this worker does not poll {name!r}", 404)
-        if op == "enable":
+        return meter
+
+    def setting(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``enable`` or ``set_interval`` (kept for the meter's later pollers too)."""
+        meter = self._meter_of(request)
+        if request["op"] == "enable":
             return self._enable(meter, bool(request.get("enabled")))
-        if op == "set_interval":
-            value = request.get("interval_s")
-            self.overrides.setdefault(meter.name, {})["interval_s"] = value
-            poller = self.pollers.get(meter.name)
-            if poller is not None and value is not None:
-                try:
-                    poller.set_interval(value)
-                except ValueError as exc:
-                    raise WorkerRequestError("bad_params", str(exc), 422) from None
-            return {"interval_s": poller.interval_s if poller is not None else value}
+        value = request.get("interval_s")
+        self.overrides.setdefault(meter.name, {})["interval_s"] = value
         poller = self.pollers.get(meter.name)
-        if op == "read_now":
+        if poller is not None and value is not None:
+            try:
+                poller.set_interval(value)
+            except ValueError as exc:
+                raise WorkerRequestError("bad_params", str(exc), 422) from None
+        return {"interval_s": poller.interval_s if poller is not None else value}
+
+    async def execute(self, request: dict[str, Any]) -> Any:
+        """Carry out a request that talks to the meter (``rpc``, ``read_now``)."""
+        meter = self._meter_of(request)
+        if request["op"] not in ("rpc", "read_now"):
+            raise WorkerRequestError("internal", f"not a meter request: {request['op']!r}", 500)
+        poller = self.pollers.get(meter.name)
+        if request["op"] == "read_now":
             from bridge.web.admin import AdminError, read_now
 
             try:

@@ -213,10 +213,26 @@ async def test_a_worker_answers_requests_on_its_pipes_and_stops_when_its_stdin_e
             assert (await answer(2))["error"]["code"] == "unknown_device"
             assert (await answer(3))["error"]["code"] == "internal"
             assert (await answer(4))["error"]["code"] == "bad_params"  # not above timeout_s
+            # Switched off and at once on again: polled again (not left off by the old poller
+            # still releasing its association).
+            toggles = [
+                {"id": 5, "op": "enable", "meter": "m0", "timeout": 5, "enabled": False},
+                {"id": 6, "op": "enable", "meter": "m0", "timeout": 5, "enabled": True},
+            ]
+            await proc.stdin.send_all(
+                b"".join(b"Q" + dumps_compact(r).encode() + b"\n" for r in toggles)
+            )
+            assert (await answer(5))["result"] == {"enabled": False}
+            assert (await answer(6))["result"] == {"enabled": True}
+            request = {"id": 7, "op": "rpc", "meter": "m0", "timeout": 10, "method": "read"}
+            await proc.stdin.send_all(b"Q" + dumps_compact(request).encode() + b"\n")
+            seven = await answer(7)
+            assert "result" in seven, seven
+            assert seven["result"]["units"]["voltage_l1"] == "V", seven
             # The service is gone: its end of stdin closes, and the worker releases and exits.
             await proc.stdin.aclose()
             assert await proc.wait() == 0
-        assert sim.meter(0).counters.releases == 1
+        assert sim.meter(0).counters.releases == 2  # the switched-off poller's, the last one's
     finally:
         if proc.returncode is None:
             proc.kill()
