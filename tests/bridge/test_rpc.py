@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from bridge import service as service_module
 from bridge.config import BridgeConfig, config_from_dict
 from bridge.rpc import RpcRequest, fit_answer, parse_message
 from bridge.service import BridgeService
@@ -221,8 +222,11 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
     collector: Callable[[list[str]], Collector],
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
+    # The gateway's own attributes are compared every 5 s; a quicker look for the test.
+    monkeypatch.setattr(service_module, "GATEWAY_ATTRIBUTES_CHECK_S", 0.2)
     _sim, ports = await simulator(meters=1)
     sub = collector(["v1/gateway/#", "v1/devices/me/attributes"])
     cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
