@@ -308,6 +308,8 @@ def bridge_config(
         lines += [f"{k} = {v}" for k, v in RAISED_PUBLISH.items()]
     lines += [
         "",
+        *args.extra_config,
+        "",
         "[defaults]",
         'password = "00000000"',
         'registers = "field-meter"',
@@ -727,6 +729,14 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=0.0, help="stop the broker S seconds")
     parser.add_argument("--drain-limit", type=float, default=900.0, help="s to wait for a drain")
     parser.add_argument("--workers", type=int, default=None, help="[bridge] workers")
+    parser.add_argument(
+        "--extra-config",
+        action="append",
+        default=[],
+        metavar="TOML",
+        help="more lines for the bridge's config, before [defaults] (repeatable), "
+        'e.g. --extra-config "[web]" --extra-config "enabled = false"',
+    )
     parser.add_argument(
         "--shipped-publish",
         action="store_true",

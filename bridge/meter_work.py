@@ -257,8 +257,22 @@ class MeterWork:
     # -- the poller's side -------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Wake the poller from its pause."""
+        """Wake the poller from its pause (taking its meter back from the engine)."""
         self._wakeup.set()
+        engine = self.poller.engine
+        if engine is not None:
+            engine.release(self.poller)
+
+    def idle_before(self, at: float) -> bool:
+        """Whether there is no work to do before ``at`` (no request waiting, no profile
+        pending, the clock check not due)."""
+        if self._jobs or (self.meter.clock.check_s > 0 and self.clock_due is None):
+            return False  # requests waiting, or the clock checks not scheduled yet
+        now = trio.current_time()
+        generation = self.poller.generation
+        if any(state.pending(now, generation) for state in self.profiles):
+            return False
+        return self.wake_at() > at
 
     def new_pause(self) -> None:
         """A poll just ended: the next pause may read one profile range whatever its length."""

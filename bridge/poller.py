@@ -45,6 +45,7 @@ import trio
 
 from bridge import meter_security
 from bridge.config import MeterConfig, interval_problem
+from bridge.engine import EngineStopped, Handback, PollEngine, log_stored
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
@@ -167,6 +168,7 @@ class MeterPoller:
         open_stream: StreamFactory = open_tcp,
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
+        engine: PollEngine | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -197,6 +199,8 @@ class MeterPoller:
         #: Counts associations: profiles are read again after every new one (a gap).
         self.generation = 0
         self.sink_many = sink_many or self._sink_each
+        #: Serves the steady polls of this meter when set (see :mod:`bridge.engine`).
+        self.engine = engine
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -235,9 +239,56 @@ class MeterPoller:
                 tick += 1
                 await self.cycle(deadline=due + self.cycle_budget)
                 self.work.new_pause()
+                if self.engine is not None and self._may_park(start + tick * interval, interval):
+                    handback = await self.engine.serve(
+                        self, start=start, tick=tick, interval=interval, work_at=self.work.wake_at()
+                    )
+                    tick = handback.tick
+                    if handback.error is not None:
+                        await self._engine_failed(handback)
+                        self.work.new_pause()
         finally:
             self.stats.state = "stopped"
             await self._close(release=True)
+
+    def _may_park(self, next_due: float, interval: float) -> bool:
+        """Whether the next polls can be left to the engine: a kept association on a plain
+        socket, no other work before the next poll, no keepalive needed between polls."""
+        engine = self.engine
+        if engine is None or self._rescheduled or not engine.accepts(self):
+            return False
+        keepalive_every = self.meter.inactivity_timeout_s * 0.5
+        if keepalive_every > 0 and interval >= keepalive_every:
+            return False
+        return self.work.idle_before(next_due)
+
+    async def _engine_failed(self, handback: Handback) -> None:
+        """A cycle failed in the engine: recover as the general path does, and try that cycle
+        again within its budget (a timeout of the whole cycle is counted as failed)."""
+        exc = handback.error
+        assert exc is not None
+        if isinstance(exc, MeterIOError):
+            await self._close(release=False)
+        elif isinstance(exc, ProtocolError | trio.TooSlowError | EngineStopped):
+            if isinstance(exc, ProtocolError):
+                log_event(
+                    log, logging.INFO, "protocol_error",
+                    meter=self.meter.name, recovery="reassociate", error=_one_line(exc),
+                )  # fmt: skip
+            await self._drop_association()
+        else:
+            raise exc  # a bug: this poller crashes and its supervisor restarts it
+        if isinstance(exc, trio.TooSlowError):
+            self._failed(exc)
+            return
+        if isinstance(exc, AssociationError):
+            self._failed(exc)
+            return
+        deadline = handback.due + self.cycle_budget
+        if trio.current_time() < deadline:
+            await self.cycle(deadline=deadline)
+        else:
+            self._failed(exc)
 
     @property
     def cycle_budget(self) -> float:
@@ -326,6 +377,21 @@ class MeterPoller:
                 await self._drop_association()
             self._failed(exc)
             return False
+        reading = self.took(readings, started_ms, duration, in_place)
+        await self.sink(reading)
+        log_stored(reading)
+        return True
+
+    def took(
+        self,
+        readings: list[RegisterReading],
+        started_ms: int,
+        duration: float,
+        in_place: bool,
+        now: float | None = None,
+    ) -> Reading:
+        """Account for a successful poll (here or in the engine) and return its reading."""
+        stats = self.stats
         reading = self._reading(readings, started_ms)
         if len(self.units) < len(reading.values):
             self.units.update(
@@ -333,21 +399,13 @@ class MeterPoller:
                 for r in readings
                 if r.ok
             )
-        stats.register_errors += len(reading.errors)
-        for key, error in reading.errors.items():
-            log_event(
-                log, logging.WARNING, "register_error",
-                meter=self.meter.name, key=key, code=error.code, error=error.message,
-            )  # fmt: skip
-        await self.sink(reading)
-        log_event(
-            log,
-            logging.DEBUG,
-            "reading_stored",
-            meter=self.meter.name,
-            ts=started_ms,
-            values=len(reading.values),
-        )
+        if reading.errors:
+            stats.register_errors += len(reading.errors)
+            for key, error in reading.errors.items():
+                log_event(
+                    log, logging.WARNING, "register_error",
+                    meter=self.meter.name, key=key, code=error.code, error=error.message,
+                )  # fmt: skip
         stats.cycles += 1
         stats.readings += 1
         stats.successes += 1
@@ -355,8 +413,12 @@ class MeterPoller:
         stats.last_success_ms = started_ms
         if in_place:
             stats.recovered_in_place += 1
-        self._succeeded()
-        return True
+            self.stats.link = self._link_counters()
+        if now is not None:
+            self._last_activity = now
+        if stats.consecutive_failures or stats.state != "ok":
+            self._succeeded()
+        return reading
 
     def _reading(self, readings: list[RegisterReading], started_ms: int) -> Reading:
         """The reading of one cycle: a register whose value JSON cannot carry is an error of
@@ -376,10 +438,13 @@ class MeterPoller:
             values[key] = r.value
             if r.quality is not None:
                 quality[key] = r.quality.value
-        attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
-        for key in attributes:
-            quality.pop(key, None)
-        return Reading(
+        attributes: dict[str, Value] = {}
+        if self.attribute_keys:
+            attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
+            for key in attributes:
+                quality.pop(key, None)
+        # Every value was checked just above: no second validation.
+        return Reading.taken(
             self.meter.name,
             started_ms,
             values,

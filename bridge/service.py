@@ -39,6 +39,7 @@ from bridge.config import (
     MeterConfig,
     diff_meters,
 )
+from bridge.engine import PollEngine
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.meter_work import box_clock_synchronised
@@ -189,6 +190,8 @@ class BridgeService:
         #: Extra keyword arguments of every :class:`MeterPoller` (``breaker_threshold``,
         #: ``backoff_initial``, ``backoff_max``), e.g. for a demo that shows recovery quickly.
         self.poller_options = dict(poller_options or {})
+        #: Runs the steady polls of the meters polled in this process.
+        self.engine = PollEngine(self._sink_batch)
         #: How crashed pollers are restarted, and when a meter is put in the faulted state.
         self.supervision = supervision or SupervisionSettings()
         #: Start the operators' console (web server, alarm rules, local history) with the
@@ -400,6 +403,8 @@ class BridgeService:
         with scope:
             async with trio.open_nursery() as pollers:
                 self._pollers = pollers
+                # Serves the steady polls of every meter from one task (bridge.engine).
+                await pollers.start(self.engine.run)
                 task_status.started()
                 await trio.sleep_forever()
 
@@ -494,6 +499,7 @@ class BridgeService:
                         data_dir=self.config.bridge.data_dir,
                         sink_many=self._sink_many,
                         work_options=work_options,
+                        engine=self.engine,
                         **options,
                     )
                     interval = self.overrides.get(name, "interval_s")
@@ -624,7 +630,11 @@ class BridgeService:
         assert self.writer is not None
         await self.writer.put_many(readings)
 
-    async def _sink_from_workers(self, readings: list[Reading]) -> None:
+    async def _sink_batch(self, readings: Sequence[Reading]) -> None:
+        """Readings of the polling engine or of the worker processes: committed in one go."""
+        await self._sink_from_workers(readings)
+
+    async def _sink_from_workers(self, readings: Sequence[Reading]) -> None:
         """Readings from the worker processes: committed in one go."""
         assert self.writer is not None and self.publisher is not None
         await self.writer.put_many(readings)

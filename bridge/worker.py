@@ -14,11 +14,13 @@ import pickle
 import random
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from bridge.config import MeterConfig
+from bridge.engine import PollEngine
 from bridge.logs import log_event, setup_logging
 from bridge.poller import MeterPoller
 from bridge.readings import Reading, dumps_compact
@@ -43,9 +45,18 @@ class _Worker:
         self._room = trio.Event()
         self._rng = random.Random()
         self._reported: dict[str, int] = {}
+        self.engine = PollEngine(self.sink_batch)
 
     def _emit(self, line: bytes) -> None:
         self.pending.append(line)
+        self._wake.set()
+
+    async def sink_batch(self, readings: Sequence[Reading]) -> None:
+        while len(self.pending) >= MAX_PENDING:
+            self._room = trio.Event()
+            await self._room.wait()
+        for reading in readings:
+            self.pending.append(b"R" + reading.to_json() + b"\n")
         self._wake.set()
 
     async def sink(self, reading: Reading) -> None:
@@ -106,6 +117,7 @@ class _Worker:
                 self.sink,
                 on_alarm=self.on_alarm,
                 rng=random.Random(self._rng.random()),
+                engine=self.engine,
                 **self.options,
             )
             self.pollers[meter.name] = poller
@@ -136,6 +148,7 @@ class _Worker:
                     try:
                         with pollers:
                             async with trio.open_nursery() as inner:
+                                await inner.start(self.engine.run)
                                 for meter in self.meters:
                                     inner.start_soon(self.supervise, meter)
                     finally:

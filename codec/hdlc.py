@@ -164,23 +164,44 @@ def make_control(kind: FrameKind, *, ns: int = 0, nr: int = 0, poll_final: bool 
     return control | pf
 
 
+#: Encoded frame heads (format, addresses, control and, with an information field, the HCS)
+#: by what they depend on: a link sends the same few heads over and over.
+_HEADS: dict[tuple[bool, HdlcAddress, HdlcAddress, int, int], bytes] = {}
+_HEADS_MAX = 4096
+
+
 def _encode_body(
     segmented: bool, dst: HdlcAddress, src: HdlcAddress, control: int, info: bytes
 ) -> bytes:
+    key = (segmented, dst, src, control, len(info))
+    head = _HEADS.get(key)
+    if head is None:
+        head = _encode_head(segmented, dst, src, control, len(info))
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    body = head + info
+    return body + fcs16(body).to_bytes(2, "little")
+
+
+def _encode_head(
+    segmented: bool, dst: HdlcAddress, src: HdlcAddress, control: int, info_size: int
+) -> bytes:
+    """Format field, addresses, control, and the HCS when an information field follows."""
     header = dst.encode() + src.encode() + bytes((control,))
     length = 2 + len(header) + 2
-    if info:
-        length += 2 + len(info)
+    if info_size:
+        length += 2 + info_size
     if length > MAX_FRAME_LENGTH:
         raise EncodeError(
             f"HDLC frame of {length} bytes exceeds the format field's limit of {MAX_FRAME_LENGTH}; "
             "segment the information field"
         )
     fmt = bytes(((FORMAT_TYPE_3 << 4) | (0x08 if segmented else 0) | (length >> 8), length & 0xFF))
-    body = fmt + header
-    if info:
-        body += fcs16(body).to_bytes(2, "little") + info
-    return body + fcs16(body).to_bytes(2, "little")
+    head = fmt + header
+    if info_size:
+        head += fcs16(head).to_bytes(2, "little")
+    return head
 
 
 def encode_frame(

@@ -31,10 +31,16 @@ class MemoryMeters:
     #: Called with each new server-side stream; return False to hang up at once.
     accept: Callable[[int], bool] | None = None
     connects: list[tuple[int, float]] = attrs.Factory(list)
+    #: Connect over a socket pair (real file descriptors, as the polling engine needs)
+    #: instead of a memory stream pair.
+    sockets: bool = False
 
     @classmethod
-    def start(cls, nursery: trio.Nursery, **config: object) -> MemoryMeters:
-        return cls(Simulator(SimulatorConfig(port=0, **config)), nursery)  # type: ignore[arg-type]
+    def start(
+        cls, nursery: trio.Nursery, *, sockets: bool = False, **config: object
+    ) -> MemoryMeters:
+        sim = Simulator(SimulatorConfig(port=0, **config))  # type: ignore[arg-type]
+        return cls(sim, nursery, sockets=sockets)
 
     def port(self, index: int) -> int:
         return BASE_PORT + index
@@ -45,7 +51,13 @@ class MemoryMeters:
         await trio.sleep(0)  # a connect is a checkpoint, as it is over TCP
         if index in self.refusing:
             raise OSError(errno.ECONNREFUSED, "Connection refused")
-        client, server = trio.testing.memory_stream_pair()
+        client: trio.abc.Stream
+        server: trio.abc.Stream
+        if self.sockets:
+            a, b = trio.socket.socketpair()
+            client, server = trio.SocketStream(a), trio.SocketStream(b)
+        else:
+            client, server = trio.testing.memory_stream_pair()
         if self.accept is not None and not self.accept(index):
             await server.aclose()
         else:

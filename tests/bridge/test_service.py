@@ -499,7 +499,12 @@ async def test_summary_line_reports_cycles_rates_outbox_and_latency(
             rate = (probe.published[i] - probe.published[i - 1]) / (
                 probe.times[i] - probe.times[i - 1]
             )
-            assert summary["published_per_s"] == round(rate, 2), (summary, rate)
+            # The probe's clock is read when the line is logged, a moment after the summary
+            # read its own: the rates agree to within that moment.
+            assert summary["published_per_s"] == pytest.approx(rate, rel=0.02, abs=0.02), (
+                summary,
+                rate,
+            )
     # The meters were read, and delivery went on within the last interval.
     assert sum(s["readings"] for s in summaries) > 0
     assert summaries[-1]["published_per_s"] > 0, summaries

@@ -1,0 +1,558 @@
+"""The steady-state polling engine: the repeating polls of many meters driven from one task.
+
+A :class:`~bridge.poller.MeterPoller` does everything a meter needs (connecting, associating,
+recovery, RPCs, profiles, clock checks) in its own Trio task. Most of a meter's life, though, is
+one identical poll per interval on a kept association, and doing that in a task per meter costs
+more in the scheduler (a sleep, a cancel scope and a deadline per request, two task switches per
+reply) than the protocol work itself. So once a poller is in that steady state it *parks* in the
+engine (:meth:`PollEngine.serve`) and the engine runs its polls:
+
+- one task serves every parked meter: a heap of due times, one ``epoll`` set of the meters'
+  sockets (itself waited on through Trio), non-blocking ``os.write``/``os.read`` on the sockets;
+- the protocol work is the codec's, unchanged: the same :class:`~codec.association.
+  ClientAssociation` and :class:`~codec.client.DlmsClient` procedure the poller would use, so
+  retransmissions, resynchronisation, stale replies and ciphering behave exactly as in the
+  general path, and the poller takes the association back in a consistent state;
+- the cadence is the poller's: cycle *k* at ``start + k * interval``, a cycle that cannot start
+  within half an interval of its time is missed, one overall budget per cycle;
+- readings are handed to the sink in batches (one call per engine wake-up), never one by one.
+
+The engine hands a meter back to its poller (the poller's ``serve`` call returns a
+:class:`Handback`) at a rest point when the poller has other work (an RPC, a profile range, a
+clock check, a new interval: :meth:`PollEngine.release`), and at once on any error, with the
+error: the poller then recovers (re-associates or reconnects) and retries the cycle the general
+way. An error in one meter never touches another; an exception the engine does not expect is
+handed back to that meter's poller, which crashes and is restarted by its supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import os
+import select
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from bridge.logs import log_event
+from bridge.readings import Reading
+from bridge.session import MeterIOError
+from codec.apdu import Request, XdlmsApdu
+from codec.association import (
+    AssociationState,
+    ClientAssociation,
+    Closed,
+    Lenient,
+    Notification,
+    Response,
+)
+from codec.client import RegisterReading
+from codec.errors import LinkError, ProtocolError
+from codec.hdlc import NeedData
+
+if TYPE_CHECKING:
+    from bridge.poller import MeterPoller
+
+__all__ = ["EngineStopped", "Handback", "PollEngine", "log_stored"]
+
+log = logging.getLogger("bridge.engine")
+_poller_log = logging.getLogger("bridge.poller")
+
+#: Bytes read from a socket at once (a steady reply is well under 1 KiB).
+_RECEIVE_SIZE = 65536
+#: The engine's beat while requests are in flight: replies that arrived and polls that fell
+#: due within one tick are taken together (a poll starts at most this late).
+TICK_S = 0.005
+#: Readings taken but not yet handed to the sink, at most (then the engine waits for the sink:
+#: the same back-pressure a poller gets from awaiting its sink).
+MAX_PENDING_READINGS = 20_000
+
+
+@attrs.define
+class Handback:
+    """Why and where a parked poller got its meter back.
+
+    ``tick`` is the next cycle to run on the poller's cadence. With ``error``, the cycle
+    ``tick - 1`` (due at ``due``) failed in the engine with that exception and is the poller's
+    to recover and retry.
+    """
+
+    tick: int
+    error: BaseException | None = None
+    due: float = 0.0
+
+
+class EngineStopped(Exception):
+    """The engine stopped while a request of this meter was in flight."""
+
+
+class _Parked:
+    """One meter served by the engine."""
+
+    __slots__ = (
+        "association",
+        "budget",
+        "client",
+        "done",
+        "due",
+        "fd",
+        "in_place",
+        "interval",
+        "poller",
+        "proc",
+        "release",
+        "result",
+        "seq",
+        "start",
+        "started_ms",
+        "t0",
+        "tick",
+        "timer",
+        "work_at",
+    )
+
+    def __init__(self, poller: MeterPoller, fd: int, start: float, tick: int, interval: float):
+        session = poller.session
+        assert session is not None and session.association is not None
+        assert session.client is not None
+        self.poller = poller
+        self.association: ClientAssociation = session.association
+        self.client = session.client
+        self.fd = fd
+        self.start = start
+        self.tick = tick
+        self.interval = interval
+        self.due = start + tick * interval
+        self.done = trio.Event()
+        self.result: Handback | None = None
+        self.proc: Generator[Request, XdlmsApdu, list[RegisterReading]] | None = None
+        self.release = False
+        self.seq = 0  # bumped on every timer change: stale heap entries are skipped
+        self.timer = math.inf
+        self.budget = math.inf
+        self.started_ms = 0
+        self.t0 = 0.0
+        self.in_place = 0
+        #: Hand the meter back before the first poll due at or after this time (its poller has
+        #: work then).
+        self.work_at = math.inf
+
+
+def log_stored(reading: Reading) -> None:
+    """The DEBUG line saying a reading is durable (``event=reading_stored``)."""
+    if _poller_log.isEnabledFor(logging.DEBUG):
+        log_event(
+            _poller_log,
+            logging.DEBUG,
+            "reading_stored",
+            meter=reading.meter,
+            ts=reading.ts_ms,
+            values=len(reading.values),
+        )
+
+
+def _in_place_marker(association: ClientAssociation) -> int:
+    """A number that grows whenever the link recovered in place (retransmission, resync,
+    stale reply)."""
+    link = association.link
+    scanner = getattr(link, "scanner", None)
+    resyncs: int = scanner.resyncs if scanner is not None else 0
+    retransmissions: int = getattr(link, "retransmissions", 0)
+    return retransmissions + resyncs + association.stale_responses
+
+
+class PollEngine:
+    """Runs the steady polls of parked meters; see the module docstring.
+
+    ``sink_batch(readings)`` must return once the readings are durable (the outbox writer's
+    ``put_many`` and whatever the service does with a reading).
+    """
+
+    def __init__(
+        self,
+        sink_batch: Callable[[Sequence[Reading]], Awaitable[None]],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sink_batch = sink_batch
+        self.wall_clock = wall_clock
+        self._epoll: select.epoll | None = None
+        self._parked: dict[int, _Parked] = {}
+        self._due: list[tuple[float, int, _Parked]] = []
+        self._timers: list[tuple[float, int, int, _Parked]] = []
+        self._counter = itertools.count()
+        self._pending: list[Reading] = []
+        self._flush_wake = trio.Event()
+        self._room = trio.Event()
+        self._wait_scope: trio.CancelScope | None = None
+        self._running = False
+        #: Counters: polls done, meters handed back (and why), readings delivered.
+        self.polls = 0
+        self.handbacks = 0
+        self.errors = 0
+
+    # -- the pollers' side ---------------------------------------------------------------------
+
+    @property
+    def parked(self) -> int:
+        """Meters served by the engine now."""
+        return len(self._parked)
+
+    def accepts(self, poller: MeterPoller) -> bool:
+        """Whether the engine can serve this poller's meter now (a plain TCP socket)."""
+        session = poller.session
+        if not self._running or session is None or not session.is_open:
+            return False
+        stream = session.stream
+        return type(stream) is trio.SocketStream and stream.socket.fileno() >= 0
+
+    async def serve(
+        self, poller: MeterPoller, *, start: float, tick: int, interval: float, work_at: float
+    ) -> Handback:
+        """Poll ``poller``'s meter on its cadence (cycle ``tick`` next) until it is handed back.
+
+        Returns at a rest point when :meth:`release` is called or the cycle due at or after
+        ``work_at`` comes, and at once after an error.
+        """
+        session = poller.session
+        assert session is not None and session.stream is not None
+        assert type(session.stream) is trio.SocketStream
+        assert self._epoll is not None
+        fd = session.stream.socket.fileno()
+        parked = _Parked(poller, fd, start, tick, interval)
+        parked.work_at = work_at
+        self._parked[fd] = parked
+        self._epoll.register(fd, select.EPOLLIN)
+        self._schedule(parked)
+        try:
+            await parked.done.wait()
+        finally:
+            if not parked.done.is_set():
+                # The poller was cancelled (stopped, reloaded): the meter leaves the engine as
+                # it is; a request still in flight is the poller's release to finish.
+                self._remove(parked)
+                parked.done.set()
+        assert parked.result is not None
+        return parked.result
+
+    def release(self, poller: MeterPoller) -> None:
+        """Hand ``poller``'s meter back at the next rest point (now, if it is between polls)."""
+        for parked in self._parked.values():
+            if parked.poller is poller:
+                if parked.proc is None:
+                    self._hand_back(parked, Handback(parked.tick))
+                else:
+                    parked.release = True
+                return
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve parked meters until cancelled; they are all handed back on the way out."""
+        self._epoll = select.epoll()
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_forever)
+                task_status.started()
+                await self._loop()
+        finally:
+            self._running = False
+            for parked in list(self._parked.values()):
+                error = EngineStopped("the polling engine stopped") if parked.proc else None
+                self._hand_back(parked, Handback(parked.tick, error, parked.due))
+            self._epoll.close()
+            self._epoll = None
+
+    async def _loop(self) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        epoll_fd = epoll.fileno()
+        tick = TICK_S
+        while True:
+            now = trio.current_time()
+            ready = epoll.poll(0)
+            for fd, _events in ready:
+                parked = self._parked.get(fd)
+                if parked is not None:
+                    self._readable(parked, now)
+            self._start_due(now)
+            self._expire(now)
+            if self._pending:
+                self._flush_wake.set()
+                if len(self._pending) >= MAX_PENDING_READINGS:
+                    self._room = trio.Event()
+                    await self._room.wait()
+                    continue
+            next_due = self._due[0][0] if self._due else math.inf
+            if self._timers or next_due < now + tick:
+                # Requests in flight (or polls due): wake on the next tick and take everything
+                # that came meanwhile in one go. One wake-up then serves many meters, instead
+                # of one wake-up (and one cancelled wait) per reply.
+                await trio.sleep_until(now + tick)
+                continue
+            # Nothing in flight: sleep until the next poll, or until a meter sends something.
+            wake = math.ceil(next_due / tick) * tick if next_due < math.inf else math.inf
+            with trio.CancelScope(deadline=wake) as scope:
+                self._wait_scope = scope
+                await trio.lowlevel.wait_readable(epoll_fd)
+            self._wait_scope = None
+
+    def _wake_loop(self, at: float) -> None:
+        scope = self._wait_scope
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
+
+    async def _flush_forever(self) -> None:
+        while True:
+            if not self._pending:
+                self._flush_wake = trio.Event()
+                await self._flush_wake.wait()
+            batch, self._pending = self._pending, []
+            self._room.set()
+            await self.sink_batch(batch)
+            if _poller_log.isEnabledFor(logging.DEBUG):
+                for reading in batch:
+                    log_stored(reading)
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _schedule(self, parked: _Parked) -> None:
+        """Queue ``parked``'s next cycle (skipping the ones that can no longer start in time)."""
+        now = trio.current_time()
+        due = parked.start + parked.tick * parked.interval
+        if now - due > parked.interval / 2:
+            late = math.floor((now - due) / parked.interval + 0.5)
+            parked.poller.stats.missed += late
+            parked.tick += late
+            due = parked.start + parked.tick * parked.interval
+        parked.due = due
+        heapq.heappush(self._due, (due, next(self._counter), parked))
+        self._wake_loop(due)
+
+    def _set_timer(self, parked: _Parked, at: float) -> None:
+        parked.seq += 1
+        parked.timer = at
+        if at < math.inf:
+            heapq.heappush(self._timers, (at, next(self._counter), parked.seq, parked))
+            self._wake_loop(at)
+
+    def _start_due(self, now: float) -> None:
+        heap = self._due
+        while heap and heap[0][0] <= now:
+            due, _n, parked = heapq.heappop(heap)
+            if parked.done.is_set() or parked.due != due or parked.proc is not None:
+                continue
+            if parked.release or due >= parked.work_at:
+                self._hand_back(parked, Handback(parked.tick))
+                continue
+            if now - due > parked.interval / 2:  # the engine itself ran late
+                self._schedule(parked)
+                continue
+            self._start_poll(parked, now)
+
+    def _expire(self, now: float) -> None:
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            _at, _n, seq, parked = heapq.heappop(heap)
+            if parked.done.is_set() or seq != parked.seq or parked.proc is None:
+                continue
+            if now >= parked.budget:
+                self._fail(parked, trio.TooSlowError())
+                continue
+            try:
+                parked.association.handle_timer(now)
+            except ProtocolError as exc:
+                if not self._throw(parked, exc, now):
+                    continue
+            except Exception as exc:  # noqa: BLE001 - handed to that meter's poller, which raises it
+                self._fail(parked, exc)
+                continue
+            self._pump(parked, now)
+
+    # -- one poll ------------------------------------------------------------------------------
+
+    def _start_poll(self, parked: _Parked, now: float) -> None:
+        poller = parked.poller
+        parked.tick += 1
+        parked.budget = parked.due + poller.cycle_budget
+        parked.started_ms = int(self.wall_clock() * 1000)
+        parked.t0 = now
+        parked.in_place = _in_place_marker(parked.association)
+        try:
+            proc = parked.client.read_registers(poller.specs)
+            parked.proc = proc
+            self._request(parked, next(proc), now)
+        except Exception as exc:  # noqa: BLE001 - handed to that meter's poller
+            self._fail(parked, exc)
+            return
+        self._pump(parked, now)
+
+    def _request(self, parked: _Parked, request: Request, now: float) -> None:
+        association = parked.association
+        association.drain()
+        association.request(request, now)
+
+    def _send(self, parked: _Parked, data: bytes) -> None:
+        try:
+            sent = os.write(parked.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise MeterIOError(
+                f"connection to {parked.poller.endpoint.label} broke: {exc}"
+            ) from None
+        session = parked.poller.session
+        if session is not None:
+            session.bytes_sent += sent
+        if sent < len(data):
+            # A request always fits an idle socket's buffer: a meter that does not take it
+            # has stopped reading, and part of a frame may have gone.
+            raise MeterIOError(
+                f"{parked.poller.endpoint.label} stopped reading: {len(data)} bytes could not "
+                "be sent at once"
+            )
+
+    def _readable(self, parked: _Parked, now: float) -> None:
+        try:
+            data = os.read(parked.fd, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            label = parked.poller.endpoint.label
+            self._fail(parked, MeterIOError(f"connection to {label} broke: {exc}"))
+            return
+        if not data:
+            label = parked.poller.endpoint.label
+            self._fail(parked, MeterIOError(f"{label} closed the connection"))
+            return
+        session = parked.poller.session
+        if session is not None:
+            session.bytes_received += len(data)
+        parked.association.receive_data(data, now)
+        self._pump(parked, now)
+
+    def _throw(self, parked: _Parked, exc: ProtocolError, now: float) -> bool:
+        """A request failed: as :meth:`MeterSession.run`, the procedure may carry on when the
+        association stays usable. Returns True when the exchange goes on."""
+        proc = parked.proc
+        if proc is None or parked.association.state is not AssociationState.READY:
+            self._fail(parked, exc)
+            return False
+        try:
+            request = proc.throw(exc)
+        except StopIteration as stop:
+            self._complete(parked, stop.value, now)
+            return False
+        except Exception as error:  # noqa: BLE001 - handed to that meter's poller
+            self._fail(parked, error)
+            return False
+        try:
+            self._request(parked, request, now)
+        except Exception as error:  # noqa: BLE001 - handed to that meter's poller
+            self._fail(parked, error)
+            return False
+        return True
+
+    def _pump(self, parked: _Parked, now: float) -> None:
+        """Take the association's events until it needs data (or the poll is over)."""
+        association = parked.association
+        try:
+            while True:
+                try:
+                    event = association.next_event()
+                except ProtocolError as exc:
+                    if not self._throw(parked, exc, now):
+                        return
+                    continue
+                out = association.data_to_send()
+                if out:
+                    self._send(parked, out)
+                if isinstance(event, NeedData):
+                    if parked.proc is not None:
+                        deadline = association.next_deadline()
+                        at = parked.budget if deadline is None else min(deadline, parked.budget)
+                        if at != parked.timer:
+                            self._set_timer(parked, at)
+                    return
+                if isinstance(event, Response):
+                    proc = parked.proc
+                    if proc is None:
+                        continue  # no request open: nothing to answer (never expected)
+                    try:
+                        request = proc.send(event.apdu)
+                    except StopIteration as stop:
+                        self._complete(parked, stop.value, now)
+                        return
+                    self._request(parked, request, now)
+                    continue
+                if isinstance(event, (Notification, Lenient)):
+                    if isinstance(event, Lenient):
+                        log.debug("%s: %s", parked.poller.endpoint.label, event.detail)
+                    continue
+                if isinstance(event, Closed):
+                    session = parked.poller.session
+                    if session is not None:
+                        session.client = None  # as MeterSession.request does
+                    self._fail(
+                        parked,
+                        LinkError(
+                            f"the meter closed the link ({event.reason})", code="link.closed"
+                        ),
+                    )
+                    return
+                # Anything else (a late RLRE, say) is the general path's to handle.
+                self._fail(parked, LinkError(f"unexpected {type(event).__name__}"))
+                return
+        except Exception as exc:  # noqa: BLE001 - handed to that meter's poller
+            self._fail(parked, exc)
+
+    def _complete(self, parked: _Parked, readings: list[RegisterReading], now: float) -> None:
+        """A poll ended with its readings."""
+        parked.proc = None
+        self._set_timer(parked, math.inf)
+        poller = parked.poller
+        in_place = _in_place_marker(parked.association) != parked.in_place
+        reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)
+        self._pending.append(reading)
+        self.polls += 1
+        if parked.release:
+            self._hand_back(parked, Handback(parked.tick))
+        else:
+            self._schedule(parked)
+
+    def _fail(self, parked: _Parked, exc: BaseException) -> None:
+        self.errors += 1
+        proc, parked.proc = parked.proc, None
+        if proc is not None:
+            proc.close()
+        self._hand_back(parked, Handback(parked.tick, exc, parked.due))
+
+    def _hand_back(self, parked: _Parked, result: Handback) -> None:
+        if parked.done.is_set():
+            return
+        self._remove(parked)
+        self.handbacks += 1
+        parked.result = result
+        parked.done.set()
+        if result.error is not None and not isinstance(result.error, EngineStopped):
+            log_event(
+                log, logging.DEBUG, "engine_handback",
+                meter=parked.poller.meter.name, error=str(result.error) or type(result.error),
+            )  # fmt: skip
+
+    def _remove(self, parked: _Parked) -> None:
+        if self._parked.get(parked.fd) is parked:
+            del self._parked[parked.fd]
+            if self._epoll is not None:
+                # A socket closed already has left the set by itself (the kernel drops it).
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(parked.fd)
+        parked.seq += 1

@@ -1,0 +1,287 @@
+"""The polling engine (bridge.engine): pollers park their steady polls in it and take them back
+for other work and for recovery. Real simulator code over socket pairs (the engine needs real
+file descriptors), on Trio's virtual clock: every duration is virtual, so cadence assertions are
+exact to the engine's tick."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+from bridge.engine import TICK_S, PollEngine
+from bridge.poller import MeterPoller
+from bridge.readings import Reading
+from bridge.session import MeterSession
+from codec.apdu import AttributeDescriptor
+from codec.obis import Obis
+from tests.bridge.memnet import MemoryMeters
+from tests.bridge.test_poller import FIELD_KEYS, Sink, meter_config, virtual_ms
+
+TICK_MS = TICK_S * 1000
+
+
+@attrs.define(eq=False)
+class EngineSink:
+    """The engine's batch sink, feeding the same :class:`Sink` as the pollers' own cycles."""
+
+    sink: Sink
+    batches: list[int] = attrs.Factory(list)
+
+    async def __call__(self, readings: Sequence[Reading]) -> None:
+        self.batches.append(len(readings))
+        for reading in readings:
+            await self.sink(reading)
+
+
+@attrs.define(eq=False)
+class Rig:
+    net: MemoryMeters
+    engine: PollEngine
+    sink: Sink
+    nursery: trio.Nursery
+
+    def poller(self, index: int, **overrides: Any) -> MeterPoller:
+        overrides.setdefault("name", f"m{index}")
+        options = {
+            k: overrides.pop(k) for k in ("backoff_initial", "backoff_max") if k in overrides
+        }
+        return MeterPoller(
+            meter_config(self.net.port(index), **overrides),
+            self.sink,
+            open_stream=self.net,
+            wall_clock=virtual_ms,
+            engine=self.engine,
+            **options,
+        )
+
+
+@pytest.fixture
+async def rig(nursery: trio.Nursery) -> Any:
+    async def make(**config: Any) -> Rig:
+        net = MemoryMeters.start(nursery, sockets=True, **config)
+        sink = Sink()
+        engine = PollEngine(EngineSink(sink), wall_clock=virtual_ms)
+        await nursery.start(engine.run)
+        return Rig(net, engine, sink, nursery)
+
+    return make
+
+
+def of(sink: Sink, meter: str) -> list[Reading]:
+    return [r for r in sink.readings if r.meter == meter]
+
+
+async def wait_for(sink: Sink, meter: str, count: int) -> None:
+    while len(of(sink, meter)) < count:
+        await trio.sleep(0.01)
+
+
+async def test_steady_polls_run_in_the_engine_on_a_drift_free_grid(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """Replies 50 ms late, 0.2 s interval: the polls after the first are the engine's, each
+    cycle starts on the grid (within one engine tick), nothing is missed or failed, and the
+    association is released (RLRQ) when the poller stops."""
+    with trio.fail_after(30):
+        r = await rig()
+        r.net.sim.set_faults("0:delay=0.05")
+        poller = r.poller(0, interval_s=0.2, timeout_s=0.15)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 21)
+            assert r.engine.parked == 1
+            n.cancel_scope.cancel()
+        ts = [x.ts_ms for x in of(r.sink, "m0")]
+        base = ts[1] - 200
+        errors = [t - (base + 200 * k) for k, t in enumerate(ts) if k >= 1]
+        assert all(0 <= e <= TICK_MS + 1 for e in errors), errors
+        assert all(set(x.values) == FIELD_KEYS for x in r.sink.readings)
+        stats = poller.stats
+        assert (stats.missed, stats.failures) == (0, 0)
+        assert stats.successes == stats.readings == len(r.sink.readings)
+        assert r.engine.polls >= 19  # every poll after the first association's
+        assert min(stats.latencies) >= 0.05 - 1e-9
+        counters = r.net.sim.meter(0).counters
+        assert (counters.releases, counters.connections) == (1, 1)
+        assert r.engine.parked == 0
+
+
+async def test_one_task_serves_many_meters_and_batches_their_readings(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """Twenty meters at the same 0.5 s interval: their polls are taken in shared engine
+    wake-ups, so the sink gets batches of several readings, and every meter is on its grid."""
+    with trio.fail_after(60):
+        r = await rig(meters=20)
+        pollers = [r.poller(i, interval_s=0.5, timeout_s=0.2) for i in range(20)]
+        async with trio.open_nursery() as n:
+            for p in pollers:
+                n.start_soon(p.run)
+            for i in range(20):
+                await wait_for(r.sink, f"m{i}", 8)
+            assert r.engine.parked == 20
+            n.cancel_scope.cancel()
+        assert max(r.engine.sink_batch.batches) > 1  # type: ignore[attr-defined]
+        for i, p in enumerate(pollers):
+            ts = [x.ts_ms for x in of(r.sink, f"m{i}")]
+            gaps = [b - a for a, b in itertools.pairwise(ts[1:])]
+            assert all(abs(g - 500) <= TICK_MS + 1 for g in gaps), (i, gaps)
+            assert (p.stats.missed, p.stats.failures) == (0, 0)
+
+
+async def test_a_faulty_meter_recovers_without_disturbing_its_neighbours(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """Meter 1's line corrupts frames, injects garbage and drops replies while it is in the
+    engine: it recovers (in place, or handed back to its poller to re-associate) and keeps
+    delivering; meters 0 and 2 are read every cycle on their grid."""
+    with trio.fail_after(60):
+        r = await rig(meters=3)
+        pollers = [r.poller(i, interval_s=0.2, timeout_s=0.15) for i in range(3)]
+        async with trio.open_nursery() as n:
+            for p in pollers:
+                n.start_soon(p.run)
+            for i in range(3):
+                await wait_for(r.sink, f"m{i}", 3)
+            r.net.sim.set_faults("1:fcs=0.3,garbage=0.3,chunks=0.5,silence=0.4@0.05")
+            await trio.sleep(6)
+            r.net.sim.clear_faults()
+            await trio.sleep(1)
+            n.cancel_scope.cancel()
+        faulty = pollers[1].stats
+        assert faulty.recovered_in_place + faulty.reassociations > 0
+        assert r.engine.errors > 0 or faulty.recovered_in_place > 0
+        assert len(of(r.sink, "m1")) >= 10  # of 35 cycles, despite every kind of fault
+        for i in (0, 2):
+            ts = [x.ts_ms for x in of(r.sink, f"m{i}")]
+            gaps = [b - a for a, b in itertools.pairwise(ts[1:])]
+            assert all(abs(g - 200) <= TICK_MS + 1 for g in gaps), (i, gaps)
+            assert (pollers[i].stats.missed, pollers[i].stats.failures) == (0, 0)
+
+
+async def test_a_reset_connection_is_reopened_by_the_poller_and_polling_returns_to_the_engine(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    with trio.fail_after(30):
+        r = await rig()
+        poller = r.poller(0, interval_s=0.2, backoff_initial=0.2, backoff_max=0.2)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 3)
+            assert r.engine.parked == 1
+            r.net.sim.set_faults("0:reset=1")
+            while poller.stats.failures < 2:
+                await trio.sleep(0.01)
+            r.net.sim.clear_faults()
+            taken = len(r.sink.readings)
+            await wait_for(r.sink, "m0", taken + 5)
+            assert r.engine.parked == 1
+            n.cancel_scope.cancel()
+        assert poller.stats.reconnects >= 2
+        assert poller.stats.consecutive_failures == 0
+
+
+async def test_work_between_polls_takes_the_meter_back_and_it_parks_again(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """An RPC-like request submitted while the meter is in the engine is served by the poller
+    between two polls, on the same association; then the engine polls the meter again."""
+    with trio.fail_after(30):
+        r = await rig()
+        poller = r.poller(0, interval_s=0.5)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 3)
+            assert r.engine.parked == 1
+            polls = r.engine.polls
+
+            async def read_clock(session: MeterSession) -> Any:
+                return await session.get(AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2))
+
+            value = await poller.submit(read_clock, timeout=5)
+            assert value.value is not None
+            taken = len(r.sink.readings)
+            await wait_for(r.sink, "m0", taken + 3)
+            assert r.engine.parked == 1
+            assert r.engine.polls > polls
+            n.cancel_scope.cancel()
+        assert poller.stats.requests == 1
+        assert r.net.sim.meter(0).counters.connections == 1
+        assert poller.stats.failures == 0
+
+
+async def test_a_new_interval_applies_at_once_while_in_the_engine(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    with trio.fail_after(30):
+        r = await rig()
+        poller = r.poller(0, interval_s=0.5)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 3)
+            poller.set_interval(0.2)
+            taken = len(r.sink.readings)
+            await wait_for(r.sink, "m0", taken + 8)
+            n.cancel_scope.cancel()
+        ts = [x.ts_ms for x in of(r.sink, "m0")][taken + 1 :]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        assert all(abs(g - 200) <= TICK_MS + 1 for g in gaps), gaps
+
+
+async def test_cancelled_while_a_request_is_in_the_engine_still_releases(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    with trio.fail_after(30):
+        r = await rig()
+        poller = r.poller(0, interval_s=1.0, timeout_s=0.5)
+        counters = r.net.sim.meter(0).counters
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 2)
+            r.net.sim.set_faults("0:delay=0.2")
+            requests = counters.requests
+            while counters.requests == requests:
+                await trio.sleep(0.005)
+            n.cancel_scope.cancel()
+        assert len(r.sink.readings) == 2
+        assert counters.releases == 1, counters
+        assert poller.stats.state == "stopped"
+        assert r.engine.parked == 0
+
+
+async def test_engine_stopping_hands_every_meter_back(rig: Any, autojump_clock: MockClock) -> None:
+    """The pollers keep polling (the general way) when the engine is gone."""
+    with trio.fail_after(30):
+        r = await rig(meters=2)
+        # A second engine the test can stop (the rig's own runs until the test ends).
+        second = PollEngine(EngineSink(r.sink), wall_clock=virtual_ms)
+        r.engine = second
+        engine_scope = trio.CancelScope()
+
+        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with engine_scope:
+                await second.run(task_status=task_status)
+
+        async with trio.open_nursery() as n:
+            await n.start(engine_run)
+            pollers = [r.poller(i, interval_s=0.2) for i in range(2)]
+            for p in pollers:
+                n.start_soon(p.run)
+            for i in range(2):
+                await wait_for(r.sink, f"m{i}", 3)
+            assert second.parked == 2
+            engine_scope.cancel()
+            taken = len(r.sink.readings)
+            for i in range(2):
+                await wait_for(r.sink, f"m{i}", len(of(r.sink, f"m{i}")) + 5)
+            assert second.parked == 0
+            assert not second.accepts(pollers[0])
+            n.cancel_scope.cancel()
+        assert len(r.sink.readings) >= taken + 10
+        assert all(p.stats.failures <= 1 for p in pollers)
