@@ -12,28 +12,46 @@ if TYPE_CHECKING:
     from bridge.service import BridgeService
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+async def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    state: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` (and ``state()``, what was
+    seen instead) after ``timeout`` seconds."""
     with trio.move_on_after(timeout):
         while not predicate():
             await trio.sleep(0.02)
         return
-    raise AssertionError(f"not within {timeout:g} s: {what}")
+    seen = f" ({state()})" if state is not None else ""
+    raise AssertionError(f"not within {timeout:g} s: {what}{seen}")
 
 
 async def all_delivered(
     service: BridgeService, received: Callable[[], int], before: int = 0, timeout: float = 10
 ) -> None:
-    """Wait until every reading ``service`` took has been published and has reached the
-    subscriber: ``received()`` counts the readings it got, ``before`` of them before the
-    service started."""
-    writer, publisher = service.writer, service.publisher
-    assert writer is not None and publisher is not None
+    """Wait until what ``service`` published has reached the subscriber (``received()``
+    counts the readings it got, ``before`` of them before the service started); while the
+    service runs, until its outbox is empty too: every reading it took (and any left from
+    before) was published. After a stop, a reading taken during the stop may be left in the
+    outbox for the next start."""
+    writer, publisher, outbox = service.writer, service.publisher, service.outbox
+    assert writer is not None and publisher is not None and outbox is not None
+    stopped = service._stop.is_set()
+
+    def done() -> bool:
+        published = publisher.stats.published_readings
+        if not stopped and (outbox.depth()[0] or published < writer.stats.readings):
+            return False
+        return received() - before >= published
+
     await wait_until(
-        lambda: (
-            publisher.stats.published_readings >= writer.stats.readings
-            and received() - before >= writer.stats.readings
-        ),
+        done,
         timeout,
-        "every reading taken delivered",
+        "every reading taken delivered" if not stopped else "every reading published received",
+        lambda: (
+            f"taken {writer.stats.readings}, published {publisher.stats.published_readings}, "
+            f"received {received() - before}"
+        ),
     )
