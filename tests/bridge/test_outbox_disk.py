@@ -209,8 +209,13 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
             # Polling goes on while the disk is full: every meter takes several more readings
             # (none would come if a poller waited for the disk).
             await _wait(
-                lambda: all(
-                    m["successes"] - before[n] >= 4 for n, m in service.snapshot()["meters"].items()
+                lambda: (
+                    all(
+                        m["successes"] - before[n] >= 4
+                        for n, m in service.snapshot()["meters"].items()
+                    )
+                    # A poll is counted a moment before its reading is handed over.
+                    and service.snapshot()["outbox"]["spill_rows"] >= 3 * 4
                 ),
                 10.0,
             )

@@ -404,10 +404,16 @@ async def test_wrong_token_gives_one_error_line_and_an_alarm(
             await wait_until(
                 lambda: "mqtt.auth_refused" in service.snapshot()["alarms"], 30, "the alarm"
             )
-            # Long enough for a retry loop to show itself: 8 more polls (4 s) meanwhile.
+            # Long enough for a retry loop to show itself: 8 more polls (4 s) meanwhile, their
+            # readings in the outbox (a poll is counted a moment before its reading is stored).
             polls = service.snapshot()["meters"]["m0"]["successes"]
             await wait_until(
-                lambda: service.snapshot()["meters"]["m0"]["successes"] >= polls + 8, 30, "polls"
+                lambda: (
+                    service.snapshot()["meters"]["m0"]["successes"] >= polls + 8
+                    and service.snapshot()["outbox"]["rows"] >= polls + 8
+                ),
+                30,
+                "8 more polls stored",
             )
             snapshot = service.snapshot()
     assert "mqtt.auth_refused" in snapshot["alarms"], snapshot["alarms"]
