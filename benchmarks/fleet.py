@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -119,9 +120,11 @@ def free_port() -> int:
 
 def free_port_range(count: int) -> int:
     """A base port with ``count`` free ports after it."""
-    for base in range(21000, 60000 - count, 997):
+    # From a random start: two runs on one machine should not race for the same range.
+    start = 21000 + random.randrange(0, 997) * 31
+    for base in [*range(start, 60000 - count, 997), *range(21000, start, 997)]:
         ok = True
-        for port in (base, base + count // 2, base + count - 1):
+        for port in range(base, base + count):
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))

@@ -376,6 +376,9 @@ class WebConfig:
     #: Local history (``<data_dir>/history.sqlite``): kept this long, and at most this many values.
     history_max_age_s: float = 7 * 86400.0
     history_max_rows: int = 2_000_000
+    #: At most one value per meter and key this often in the local history (0: every value).
+    #: A fleet polled every second would otherwise fill the row bound within minutes.
+    history_step_s: float = 10.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -562,6 +565,7 @@ class _WebSection:
     token_env: str | None = None
     history_max_age_s: float = _WEB_DEFAULTS.history_max_age_s
     history_max_rows: int = _WEB_DEFAULTS.history_max_rows
+    history_step_s: float = _WEB_DEFAULTS.history_step_s
 
 
 _ALARMS_DEFAULTS = AlarmsConfig()
@@ -854,6 +858,7 @@ _CHECKS: dict[str, Check] = {
     "window_s": _positive,
     "resyncs_per_hour_max": _positive,
     "history_max_rows": _in_range(1000, 2**40),
+    "history_step_s": _between(0.0, 86400.0),
     "no_reading_intervals": _in_range(1, 1_000_000),
     **dict.fromkeys(("publish_ratio_min", "success_rate_min", "outbox_high_fraction"), _fraction),
     "max_payload_bytes": _in_range(256, 268_435_455),  # MQTT's own limit
@@ -1333,6 +1338,7 @@ class _Resolver:
             token=self.secret(section, "token", "web"),
             history_max_age_s=section.history_max_age_s,
             history_max_rows=section.history_max_rows,
+            history_step_s=section.history_step_s,
         )
 
     def alarms(self, section: _AlarmsSection) -> AlarmsConfig:

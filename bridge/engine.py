@@ -52,10 +52,12 @@ from codec.association import (
     Lenient,
     Notification,
     Response,
+    SteadyResponse,
 )
 from codec.client import RegisterReading
 from codec.errors import LinkError, ProtocolError
 from codec.hdlc import NeedData
+from codec.steady import SteadyDecoder, SteadyReading
 
 if TYPE_CHECKING:
     from bridge.poller import MeterPoller
@@ -87,6 +89,9 @@ class Handback:
     tick: int
     error: BaseException | None = None
     due: float = 0.0
+    #: The error ended a poll in flight (else it came between polls: a link closed by the
+    #: meter, a connection reset, and no cycle failed).
+    in_cycle: bool = False
 
 
 class EngineStopped(Exception):
@@ -99,7 +104,9 @@ class _Parked:
     __slots__ = (
         "association",
         "budget",
+        "busy",
         "client",
+        "decoder",
         "done",
         "due",
         "fd",
@@ -108,6 +115,7 @@ class _Parked:
         "poller",
         "proc",
         "release",
+        "request",
         "result",
         "seq",
         "start",
@@ -132,7 +140,14 @@ class _Parked:
         self.due = start + tick * interval
         self.done = trio.Event()
         self.result: Handback | None = None
+        #: A poll is in flight.
+        self.busy = False
+        #: The general client procedure of the poll in flight (None for a steady poll).
         self.proc: Generator[Request, XdlmsApdu, list[RegisterReading]] | None = None
+        #: Decodes the steady reply straight to values (made after the first general poll).
+        self.decoder: SteadyDecoder | None = None
+        #: The request of the steady poll (the client's own, made once per association).
+        self.request: Request | None = None
         self.release = False
         self.seq = 0  # bumped on every timer change: stale heap entries are skipped
         self.timer = math.inf
@@ -195,6 +210,8 @@ class PollEngine:
         self._running = False
         #: Counters: polls done, meters handed back (and why), readings delivered.
         self.polls = 0
+        #: Of them, taken by the steady decoder (the others the general way).
+        self.steady_polls = 0
         self.handbacks = 0
         self.errors = 0
 
@@ -246,7 +263,7 @@ class PollEngine:
         """Hand ``poller``'s meter back at the next rest point (now, if it is between polls)."""
         for parked in self._parked.values():
             if parked.poller is poller:
-                if parked.proc is None:
+                if not parked.busy:
                     self._hand_back(parked, Handback(parked.tick))
                 else:
                     parked.release = True
@@ -266,8 +283,8 @@ class PollEngine:
         finally:
             self._running = False
             for parked in list(self._parked.values()):
-                error = EngineStopped("the polling engine stopped") if parked.proc else None
-                self._hand_back(parked, Handback(parked.tick, error, parked.due))
+                error = EngineStopped("the polling engine stopped") if parked.busy else None
+                self._hand_back(parked, Handback(parked.tick, error, parked.due, in_cycle=True))
             self._epoll.close()
             self._epoll = None
 
@@ -348,7 +365,7 @@ class PollEngine:
         heap = self._due
         while heap and heap[0][0] <= now:
             due, _n, parked = heapq.heappop(heap)
-            if parked.done.is_set() or parked.due != due or parked.proc is not None:
+            if parked.done.is_set() or parked.due != due or parked.busy:
                 continue
             if parked.release or due >= parked.work_at:
                 self._hand_back(parked, Handback(parked.tick))
@@ -362,7 +379,7 @@ class PollEngine:
         heap = self._timers
         while heap and heap[0][0] <= now:
             _at, _n, seq, parked = heapq.heappop(heap)
-            if parked.done.is_set() or seq != parked.seq or parked.proc is None:
+            if parked.done.is_set() or seq != parked.seq or not parked.busy:
                 continue
             if now >= parked.budget:
                 self._fail(parked, trio.TooSlowError())
@@ -386,14 +403,28 @@ class PollEngine:
         parked.started_ms = int(self.wall_clock() * 1000)
         parked.t0 = now
         parked.in_place = _in_place_marker(parked.association)
+        parked.busy = True
         try:
-            proc = parked.client.read_registers(poller.specs)
-            parked.proc = proc
-            self._request(parked, next(proc), now)
+            decoder, request = parked.decoder, parked.request
+            if decoder is not None and request is not None:
+                # The steady poll: the reply is decoded straight to values by the decoder,
+                # or (anything unexpected) the general way (see _general).
+                association = parked.association
+                association.drain()
+                association.request(request, now, steady=decoder)
+            else:
+                proc = self._general(parked)
+                self._request(parked, next(proc), now)
         except Exception as exc:  # noqa: BLE001 - handed to that meter's poller
             self._fail(parked, exc)
             return
         self._pump(parked, now)
+
+    def _general(self, parked: _Parked) -> Generator[Request, XdlmsApdu, list[RegisterReading]]:
+        """The client's procedure for this poll (its first request not sent yet)."""
+        proc = parked.client.read_registers(parked.poller.specs)
+        parked.proc = proc
+        return proc
 
     def _request(self, parked: _Parked, request: Request, now: float) -> None:
         association = parked.association
@@ -443,10 +474,15 @@ class PollEngine:
         """A request failed: as :meth:`MeterSession.run`, the procedure may carry on when the
         association stays usable. Returns True when the exchange goes on."""
         proc = parked.proc
-        if proc is None or parked.association.state is not AssociationState.READY:
+        if not parked.busy or parked.association.state is not AssociationState.READY:
             self._fail(parked, exc)
             return False
         try:
+            if proc is None:
+                # A steady poll: the general procedure takes over (its first request is the
+                # one that failed).
+                proc = self._general(parked)
+                next(proc)
             request = proc.throw(exc)
         except StopIteration as stop:
             self._complete(parked, stop.value, now)
@@ -476,16 +512,24 @@ class PollEngine:
                 if out:
                     self._send(parked, out)
                 if isinstance(event, NeedData):
-                    if parked.proc is not None:
+                    if parked.busy:
                         deadline = association.next_deadline()
                         at = parked.budget if deadline is None else min(deadline, parked.budget)
                         if at != parked.timer:
                             self._set_timer(parked, at)
                     return
+                if isinstance(event, SteadyResponse):
+                    self._complete_steady(parked, event.reading, now)
+                    return
                 if isinstance(event, Response):
+                    if not parked.busy:
+                        continue  # no request open: nothing to answer (never expected)
                     proc = parked.proc
                     if proc is None:
-                        continue  # no request open: nothing to answer (never expected)
+                        # A steady poll answered otherwise (an error, a block transfer, a
+                        # value of another type): the general procedure takes the reply.
+                        proc = self._general(parked)
+                        next(proc)
                     try:
                         request = proc.send(event.apdu)
                     except StopIteration as stop:
@@ -515,12 +559,34 @@ class PollEngine:
             self._fail(parked, exc)
 
     def _complete(self, parked: _Parked, readings: list[RegisterReading], now: float) -> None:
-        """A poll ended with its readings."""
+        """A poll ended with its readings (the general way)."""
         parked.proc = None
-        self._set_timer(parked, math.inf)
         poller = parked.poller
+        parked.request = parked.client.steady_request(poller.specs)
+        # The next polls take the steady path when there is one (a decoder made again after
+        # every general read, so that a register whose first read failed is taken once it
+        # answers).
+        parked.decoder = (
+            SteadyDecoder(poller.specs, readings) if parked.request is not None else None
+        )
         in_place = _in_place_marker(parked.association) != parked.in_place
         reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)
+        self._done(parked, reading)
+
+    def _complete_steady(self, parked: _Parked, steady: SteadyReading, now: float) -> None:
+        """A steady poll ended with its values."""
+        self.steady_polls += 1
+        decoder = parked.decoder
+        assert decoder is not None
+        in_place = _in_place_marker(parked.association) != parked.in_place
+        reading = parked.poller.took_steady(
+            steady, decoder.units, parked.started_ms, now - parked.t0, in_place, now
+        )
+        self._done(parked, reading)
+
+    def _done(self, parked: _Parked, reading: Reading) -> None:
+        parked.busy = False
+        self._set_timer(parked, math.inf)
         self._pending.append(reading)
         self.polls += 1
         if parked.release:
@@ -530,10 +596,11 @@ class PollEngine:
 
     def _fail(self, parked: _Parked, exc: BaseException) -> None:
         self.errors += 1
+        busy, parked.busy = parked.busy, False
         proc, parked.proc = parked.proc, None
         if proc is not None:
             proc.close()
-        self._hand_back(parked, Handback(parked.tick, exc, parked.due))
+        self._hand_back(parked, Handback(parked.tick, exc, parked.due, in_cycle=busy))
 
     def _hand_back(self, parked: _Parked, result: Handback) -> None:
         if parked.done.is_set():

@@ -55,6 +55,7 @@ from codec.client import RegisterReading, RegisterSpec
 from codec.errors import AssociationError, DataAccessError, ProtocolError
 from codec.hdlc_params import LinkParameters
 from codec.obis import Obis
+from codec.steady import SteadyReading
 
 __all__ = ["MeterPoller", "PollerStats", "endpoint_for"]
 
@@ -278,6 +279,15 @@ class MeterPoller:
             await self._drop_association()
         else:
             raise exc  # a bug: this poller crashes and its supervisor restarts it
+        if not handback.in_cycle:
+            # Between polls (the meter closed the link or the connection): no cycle failed,
+            # the next one opens a new association.
+            if isinstance(exc, MeterIOError):
+                log_event(
+                    log, logging.INFO, "connection_lost",
+                    meter=self.meter.name, recovery="reconnect", error=_one_line(exc),
+                )  # fmt: skip
+            return
         if isinstance(exc, trio.TooSlowError):
             self._failed(exc)
             return
@@ -391,7 +401,6 @@ class MeterPoller:
         now: float | None = None,
     ) -> Reading:
         """Account for a successful poll (here or in the engine) and return its reading."""
-        stats = self.stats
         reading = self._reading(readings, started_ms)
         if len(self.units) < len(reading.values):
             self.units.update(
@@ -399,6 +408,48 @@ class MeterPoller:
                 for r in readings
                 if r.ok
             )
+        self._account(reading, duration, in_place, now)
+        return reading
+
+    def took_steady(
+        self,
+        steady: SteadyReading,
+        units: Mapping[str, str | None],
+        started_ms: int,
+        duration: float,
+        in_place: bool,
+        now: float,
+    ) -> Reading:
+        """:meth:`took` for a reply the engine decoded straight to values
+        (:class:`codec.steady.SteadyDecoder`: JSON-safe values, as the general path gives)."""
+        values: dict[str, Value] = steady.values
+        quality = steady.quality
+        errors = {k: RegisterError(code, message) for k, (code, message) in steady.errors.items()}
+        attributes: dict[str, Value] = {}
+        if self.attribute_keys:
+            values = dict(values)
+            quality = dict(quality)
+            attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
+            for key in attributes:
+                quality.pop(key, None)
+        reading = Reading.taken(
+            self.meter.name,
+            started_ms,
+            values,
+            quality=quality,
+            errors=errors,
+            attributes=attributes,
+        )
+        if len(self.units) < len(reading.values):
+            self.units.update((k, units.get(k)) for k in reading.values)
+        self._account(reading, duration, in_place, now)
+        return reading
+
+    def _account(
+        self, reading: Reading, duration: float, in_place: bool, now: float | None
+    ) -> None:
+        stats = self.stats
+        started_ms = reading.ts_ms
         if reading.errors:
             stats.register_errors += len(reading.errors)
             for key, error in reading.errors.items():
@@ -418,7 +469,6 @@ class MeterPoller:
             self._last_activity = now
         if stats.consecutive_failures or stats.state != "ok":
             self._succeeded()
-        return reading
 
     def _reading(self, readings: list[RegisterReading], started_ms: int) -> Reading:
         """The reading of one cycle: a register whose value JSON cannot carry is an error of

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import os
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -59,6 +60,9 @@ from codec.errors import (
 from codec.hdlc import NEED_DATA, NeedData
 from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
 from codec.link import Event as LinkEvent
+
+if TYPE_CHECKING:
+    from codec._steady_py import SteadyDecoder, SteadyReading
 from codec.security import (
     InvocationCounterSource,
     MemoryCounter,
@@ -79,6 +83,7 @@ __all__ = [
     "Released",
     "Response",
     "SecuritySettings",
+    "SteadyResponse",
 ]
 
 #: Block transfers longer than this many blocks are refused as hostile.
@@ -266,7 +271,15 @@ class Lenient:
     data: bytes = b""
 
 
-Event = Associated | Response | Notification | Released | Closed | Lenient
+@attrs.frozen
+class SteadyResponse:
+    """The reply to a request sent with a steady decoder (:meth:`ClientAssociation.request`),
+    decoded by it straight to register values (:mod:`codec.steady`)."""
+
+    reading: SteadyReading
+
+
+Event = Associated | Response | SteadyResponse | Notification | Released | Closed | Lenient
 
 #: The states in which a reply from the meter is awaited.
 _AWAITING = frozenset({S.ASSOCIATING, S.AUTHENTICATING, S.WAITING, S.RELEASING})
@@ -314,6 +327,8 @@ class ClientAssociation:
         self._stoc = b""
         self._dedicated_key: bytes | None = None
         self._hls_invoke: InvokeId | None = None
+        #: Decodes the reply to the request in flight when it has the steady shape.
+        self._steady: SteadyDecoder | None = None
 
     # -- the table ---------------------------------------------------------------------------
 
@@ -335,13 +350,18 @@ class ClientAssociation:
         self._start_deadline(now)
         self.link.connect(now)
 
-    def request(self, request: Request, now: float) -> InvokeId:
+    def request(
+        self, request: Request, now: float, *, steady: SteadyDecoder | None = None
+    ) -> InvokeId:
         """Send a confirmed GET/SET/ACTION request; its invoke-id is assigned here.
 
         ``request`` is any request APDU from :mod:`codec.apdu`; its ``invoke`` field is replaced.
-        Returns the invoke-id used.
+        Returns the invoke-id used. With ``steady``, a reply of the steady shape (see
+        :mod:`codec.steady`) is decoded by it and comes as :class:`SteadyResponse`; any other
+        reply comes as usual.
         """
         self._go(_Ev.REQUEST)
+        self._steady = steady
         self._now = now
         self._invoke_id = self._invoke_id % 15 + 1
         invoke = InvokeId(self._invoke_id, confirmed=True, high_priority=True)
@@ -919,6 +939,20 @@ class ClientAssociation:
                 "security policy mismatch: the meter answered without ciphering",
                 code="security.policy_mismatch",
             )
+        steady = self._steady
+        if steady is not None:
+            current = self._current
+            if state is S.WAITING and current is not None:
+                # Anything else than the steady reply to this request (a stale reply, an
+                # error, a block transfer) is decoded and handled the general way below.
+                reading = steady.decode(data, 0, current.invoke.invoke_id)
+                if reading is not None:
+                    self._steady = None
+                    self._current = None
+                    self._deadline = None
+                    self._go(_Ev.RESPONSE)
+                    self._events.append(SteadyResponse(reading))
+                    return
         try:
             decoded, trailing = apdu.decode_apdu_lenient(data)
         except DecodeError:
@@ -1084,6 +1118,7 @@ class ClientAssociation:
 
     def _finish(self, response: XdlmsApdu) -> None:
         self._current = None
+        self._steady = None
         self._deadline = None
         self._go(_Ev.RESPONSE)
         self._events.append(Response(response))

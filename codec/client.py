@@ -245,6 +245,7 @@ class DlmsClient:
         #: scaler is known) and of :meth:`_get_list` (its last request): built once, reused.
         self._plan: _ReadPlan | None = None
         self._list_request: GetRequestWithList | None = None
+        self._single_request: GetRequestNormal | None = None
 
     # -- primitives --------------------------------------------------------------------------
 
@@ -384,6 +385,33 @@ class DlmsClient:
             self._convert(spec, result, how)
             for spec, result, how in zip(specs, results[n_scalers:], conversions, strict=True)
         ]
+
+    def steady_request(self, specs: Sequence[RegisterSpec]) -> Request | None:
+        """The one request a steady-state :meth:`read_registers` of ``specs`` sends now (the
+        scalers read, the same list as before), or None when it is not that simple (the plan
+        not made yet, or the list taking more than one request). Its reply is the one
+        :class:`codec.steady.SteadyDecoder` takes."""
+        plan = self._plan
+        if plan is None or plan.specs != tuple(specs):
+            return None
+        wanted = plan.wanted
+        if len(wanted) == 1:
+            request = self._single_request
+            if request is None or request.attribute != wanted[0]:
+                request = GetRequestNormal(_PLACEHOLDER, wanted[0], None)
+                self._single_request = request
+            return request
+        use_list = self.negotiated.multiple_references and not self.list_refused
+        listed = self._list_request
+        if (
+            not use_list
+            or len(wanted) > self.max_list_items
+            or listed is None
+            or len(listed.items) != len(wanted)
+            or any(item[0] != a for item, a in zip(listed.items, wanted, strict=True))
+        ):
+            return None
+        return listed
 
     def _reading(
         self, spec: RegisterSpec, result: Data | DataAccessResult | MalformedResult

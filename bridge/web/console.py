@@ -54,7 +54,10 @@ class Console:
         self.tracker = Tracker()
         self.hub = EventHub()
         self.history = HistoryStore(
-            data_dir, max_age_s=cfg.web.history_max_age_s, max_rows=cfg.web.history_max_rows
+            data_dir,
+            max_age_s=cfg.web.history_max_age_s,
+            max_rows=cfg.web.history_max_rows,
+            step_s=cfg.web.history_step_s,
         )
         longest = max((m.interval_s for m in cfg.meters), default=15.0)
         self.alarms = AlarmStore(data_dir, grace_s=min(600.0, max(30.0, 6 * longest)))

@@ -38,10 +38,20 @@ _WAL_CHECKPOINT_PAGES = 64
 class HistoryStore:
     """Numeric values by meter, key and time (ms since the epoch)."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, max_age_s: float, max_rows: int):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        max_age_s: float,
+        max_rows: int,
+        step_s: float = 0.0,
+    ):
         self.path = Path(data_dir) / FILENAME
         self.max_age_s = max_age_s
         self.max_rows = max_rows
+        #: A meter's values are kept at most this often (0: every reading).
+        self.step_ms = int(step_s * 1000)
+        self._kept_ms: dict[str, int] = {}
         self.dropped = 0
         self._pending: deque[tuple[str, str, int, float]] = deque()
         self._db: sqlite3.Connection | None = None
@@ -72,7 +82,13 @@ class HistoryStore:
             self._db = None
 
     def add(self, reading: Reading) -> None:
-        """Queue the numeric values of a reading (booleans and strings are not charted)."""
+        """Queue the numeric values of a reading (booleans and strings are not charted), at
+        most one reading of a meter per step."""
+        if self.step_ms:
+            kept = self._kept_ms.get(reading.meter)
+            if kept is not None and kept <= reading.ts_ms < kept + self.step_ms:
+                return
+            self._kept_ms[reading.meter] = reading.ts_ms
         for key, value in reading.values.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 v = float(value)

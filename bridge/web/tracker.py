@@ -47,31 +47,47 @@ class MeterTotals:
     _stats: Any = None
     _stat_seen: dict[str, int] = attrs.Factory(dict)
     _link_seen: dict[str, int] = attrs.Factory(dict)
+    _link: Any = None
 
     def update(self, poller: MeterPoller) -> None:
         """Add what ``poller`` counted since the last update."""
         stats = poller.stats
+        seen = self._stat_seen
         if stats is not self._stats:
             self._stats = stats
-            self._stat_seen = {}
+            seen = self._stat_seen = {}
             self._link_seen = {}
-        new_successes = stats.successes - self._stat_seen.get("successes", 0)
+            self._link = None
+        counts = self.counts
+        new_successes = stats.successes - seen.get("successes", 0)
         for name in STAT_COUNTERS:
             value = getattr(stats, name)
-            self.counts[name] += max(0, value - self._stat_seen.get(name, 0))
-            self._stat_seen[name] = value
-        for name in LINK_COUNTERS:
-            value = stats.link.get(name, 0)
-            seen = self._link_seen.get(name, 0)
-            # A new session starts its counters from zero.
-            self.counts[name] += value - seen if value >= seen else value
-            self._link_seen[name] = value
+            before = seen.get(name, 0)
+            if value != before:
+                counts[name] += max(0, value - before)
+                seen[name] = value
+        link = stats.link
+        if link is not self._link:
+            # The link counters are a new dict whenever the poller takes them again.
+            self._link = link
+            link_seen = self._link_seen
+            for name in LINK_COUNTERS:
+                value = link.get(name, 0)
+                before = link_seen.get(name, 0)
+                # A new session starts its counters from zero.
+                counts[name] += value - before if value >= before else value
+                link_seen[name] = value
         if new_successes > 0:
             # Only the newest: no copy of the whole window per meter and second.
+            buckets = self.buckets
+            total = 0.0
+            taken = 0
             for seconds in itertools.islice(reversed(stats.latencies), new_successes):
-                self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                self.latency_sum += seconds
-                self.latency_count += 1
+                buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                total += seconds
+                taken += 1
+            self.latency_sum += total
+            self.latency_count += taken
 
 
 class Tracker:

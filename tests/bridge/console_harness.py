@@ -103,7 +103,8 @@ def console_config(
 ) -> tuple[Path, int]:
     """A gateway-mode config (see ``write_config``) with ``[web]`` on a free port."""
     port = free_port()
-    web = {"listen": f"127.0.0.1:{port}", **(web or {})}
+    # Every reading charted: the tests look at the history of a few seconds.
+    web = {"listen": f"127.0.0.1:{port}", "history_step_s": 0, **(web or {})}
     write_config(path, broker, meters, data_dir=data_dir, web=web, alarms=alarms, **kwargs)
     return path, port
 

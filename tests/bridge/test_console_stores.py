@@ -221,3 +221,27 @@ async def test_history_journal_stays_small(tmp_path: Path) -> None:
         assert wal.stat().st_size <= WAL_SIZE_LIMIT + 64 * 1024, wal.stat().st_size
     finally:
         store.close()
+
+
+async def test_history_keeps_one_reading_per_meter_and_step(tmp_path: Path) -> None:
+    """``history_step_s``: a meter read every second keeps one reading per 10 s; each meter
+    has its own step; a step of 0 keeps them all."""
+    store = HistoryStore(tmp_path, max_age_s=3600, max_rows=100_000, step_s=10)
+    every = HistoryStore(tmp_path / "all", max_age_s=3600, max_rows=100_000)
+    for s in (store, every):
+        s.open()
+    try:
+        now = 10_000_000_000
+        for i in range(60):
+            for meter in ("a", "b"):
+                reading = Reading(meter, now + i * 1000 + (500 if meter == "b" else 0), {"v": i})
+                store.add(reading)
+                every.add(reading)
+        a = (await store.query("a", 0, now + 10**6, "v"))["series"]["v"]
+        assert [p[1] for p in a] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+        b = (await store.query("b", 0, now + 10**6, "v"))["series"]["v"]
+        assert len(b) == 6
+        assert len((await every.query("a", 0, now + 10**6, "v"))["series"]["v"]) == 60
+    finally:
+        for s in (store, every):
+            s.close()

@@ -106,6 +106,8 @@ async def test_steady_polls_run_in_the_engine_on_a_drift_free_grid(
         assert (stats.missed, stats.failures) == (0, 0)
         assert stats.successes == stats.readings == len(r.sink.readings)
         assert r.engine.polls >= 19  # every poll after the first association's
+        # All but the engine's first poll decoded straight to values (codec.steady).
+        assert r.engine.steady_polls == r.engine.polls - 1
         assert min(stats.latencies) >= 0.05 - 1e-9
         counters = r.net.sim.meter(0).counters
         assert (counters.releases, counters.connections) == (1, 1)
@@ -285,3 +287,59 @@ async def test_engine_stopping_hands_every_meter_back(rig: Any, autojump_clock: 
             n.cancel_scope.cancel()
         assert len(r.sink.readings) >= taken + 10
         assert all(p.stats.failures <= 1 for p in pollers)
+
+
+async def test_a_meter_closing_an_idle_connection_between_polls_costs_no_cycle(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """The meter drops its idle connection 0.4 s after each poll (no keepalive configured):
+    the engine sees it between polls and hands the meter back without a failed cycle; every
+    poll is taken, on its grid, each on a new connection."""
+    from bridge.simulator.meter import MeterSettings
+
+    with trio.fail_after(30):
+        r = await rig(settings=MeterSettings(inactivity_timeout=0.4))
+        poller = r.poller(0, interval_s=1.0, timeout_s=0.3, inactivity_timeout_s=0)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 6)
+            n.cancel_scope.cancel()
+        assert (poller.stats.failures, poller.stats.missed) == (0, 0)
+        counters = r.net.sim.meter(0).counters
+        assert counters.inactivity_closes >= 4
+        assert counters.connections >= 5
+        ts = [x.ts_ms for x in of(r.sink, "m0")]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        assert all(abs(g - 1000) <= TICK_MS + 1 for g in gaps), gaps
+
+
+async def test_steady_readings_equal_the_general_paths_for_every_kind_of_register(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """A meter whose list has a register it does not have (an error of that register), an
+    enum, a text and an attribute: the readings the engine decodes straight to values are the
+    ones the general path gives for the same replies (same keys, errors, attributes)."""
+    from bridge.config import RegisterConfig
+
+    registers = (
+        *meter_config(0).registers,
+        RegisterConfig(key="missing", obis=Obis.parse("1.0.99.99.0.255"), class_id=3),
+    )
+    with trio.fail_after(30):
+        r = await rig()
+        poller = r.poller(0, interval_s=0.2, registers=registers)
+        async with trio.open_nursery() as n:
+            n.start_soon(poller.run)
+            await wait_for(r.sink, "m0", 12)
+            n.cancel_scope.cancel()
+        assert r.engine.steady_polls >= 8
+        first, *rest = of(r.sink, "m0")  # the first: the poller's own, general read
+        for reading in rest:
+            assert set(reading.values) == set(first.values) == FIELD_KEYS
+            assert dict(reading.errors) == dict(first.errors)
+            assert set(reading.errors) == {"missing"}
+            assert dict(reading.quality) == dict(first.quality)
+        assert poller.units == {
+            "voltage_l1": "V", "current_l1": "A", "frequency": "Hz",
+            "active_power": "W", "active_energy": "Wh",
+        }  # fmt: skip

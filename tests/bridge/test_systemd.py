@@ -204,8 +204,9 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_runtime_needs_no_writable_executable_memory() -> None:
     """What MemoryDenyWriteExecute=yes forbids, checked with the kernel's own MDWE switch."""
     modules = ["trio", "paho.mqtt.client", "sqlite3", "ssl", "bridge.config", "bridge.logs"]
-    if importlib.util.find_spec("codec._hdlc_c") is not None:
-        modules.append("codec._hdlc_c")
+    for extension in ("codec._hdlc_c", "codec._steady_c"):
+        if importlib.util.find_spec(extension) is not None:
+            modules.append(extension)
     code = f"""
 import ctypes, mmap, sys
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1

@@ -10,15 +10,21 @@ from typing import Any
 
 import pytest
 
+from codec import steady
 from codec._speedups import available
 
 IMPLEMENTATIONS = available()
 
-if os.environ.get("DLMS_BRIDGE_REQUIRE_EXTENSION") and "cython" not in IMPLEMENTATIONS:
-    raise pytest.UsageError(
-        "DLMS_BRIDGE_REQUIRE_EXTENSION is set but the Cython extension codec._hdlc_c is not "
-        "built: run `pip install -e .` (or `python setup.py build_ext --inplace`)"
-    )
+if os.environ.get("DLMS_BRIDGE_REQUIRE_EXTENSION"):
+    for _name, _built in (
+        ("codec._hdlc_c", "cython" in IMPLEMENTATIONS),
+        ("codec._steady_c", "cython" in steady.implementations()),
+    ):
+        if not _built:
+            raise pytest.UsageError(
+                f"DLMS_BRIDGE_REQUIRE_EXTENSION is set but the Cython extension {_name} is not "
+                "built: run `pip install -e .` (or `python setup.py build_ext --inplace`)"
+            )
 
 #: The project's shared vectors (../shared from the project root), and the copy kept in tests/data
 #: so that a checkout without ../shared still runs every vector test.

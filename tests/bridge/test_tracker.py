@@ -1,0 +1,47 @@
+"""The console's monotonic per-meter totals (bridge.web.tracker)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from bridge.poller import PollerStats
+from bridge.web.tracker import LATENCY_BUCKETS, Tracker
+
+
+def poller(stats: PollerStats) -> Any:
+    return SimpleNamespace(stats=stats)
+
+
+def test_totals_only_grow_across_restarts_and_reconnects() -> None:
+    tracker = Tracker()
+    stats = PollerStats()
+    p = poller(stats)
+    stats.cycles, stats.successes = 3, 2
+    stats.latencies.extend([0.005, 0.2])
+    stats.link = {"resyncs": 1, "retransmissions": 2}
+    totals = tracker.update("m", p)
+    assert (totals.counts["cycles"], totals.counts["successes"]) == (3, 2)
+    assert (totals.counts["resyncs"], totals.counts["retransmissions"]) == (1, 2)
+    assert totals.latency_count == 2 and abs(totals.latency_sum - 0.205) < 1e-9
+    assert totals.buckets[0] == 1 and totals.buckets[LATENCY_BUCKETS.index(0.25)] == 1
+    # Nothing new: nothing added (the same link dict is not counted twice).
+    tracker.update("m", p)
+    assert totals.counts["cycles"] == 3 and totals.counts["resyncs"] == 1
+    # More polls; the link counters taken again (a new dict), then a reconnect (from zero).
+    stats.cycles, stats.successes = 5, 4
+    stats.latencies.extend([0.03, 0.04])
+    stats.link = {"resyncs": 3, "retransmissions": 2}
+    tracker.update("m", p)
+    assert (totals.counts["cycles"], totals.counts["resyncs"]) == (5, 3)
+    assert totals.latency_count == 4
+    stats.link = {"resyncs": 1}
+    tracker.update("m", p)
+    assert totals.counts["resyncs"] == 4 and totals.counts["retransmissions"] == 2
+    # A restarted poller (new stats) counts from zero again.
+    fresh = PollerStats()
+    fresh.cycles = fresh.successes = 1
+    fresh.latencies.append(0.001)
+    tracker.update("m", poller(fresh))
+    assert (totals.counts["cycles"], totals.counts["successes"]) == (6, 5)
+    assert totals.latency_count == 5
