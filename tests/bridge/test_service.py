@@ -404,13 +404,16 @@ async def test_wrong_token_gives_one_error_line_and_an_alarm(
             await wait_until(
                 lambda: "mqtt.auth_refused" in service.snapshot()["alarms"], 30, "the alarm"
             )
+
             # Long enough for a retry loop to show itself: 8 more polls (4 s) meanwhile, their
             # readings in the outbox (a poll is counted a moment before its reading is stored).
-            polls = service.snapshot()["meters"]["m0"]["successes"]
+            def polls() -> int:  # 0 until the meter's poller has started
+                return int(service.snapshot()["meters"]["m0"].get("successes", 0))
+
+            before = polls()
             await wait_until(
                 lambda: (
-                    service.snapshot()["meters"]["m0"]["successes"] >= polls + 8
-                    and service.snapshot()["outbox"]["rows"] >= polls + 8
+                    polls() >= before + 8 and service.snapshot()["outbox"]["rows"] >= before + 8
                 ),
                 30,
                 "8 more polls stored",
