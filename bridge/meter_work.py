@@ -590,7 +590,11 @@ class MeterWork:
             entries=len(fresh), first=fresh[0][0], last=last,
         )  # fmt: skip
         try:
-            await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
+            if self.marks.path is None:
+                # Kept in memory only: nothing to write, no worker thread to wait for.
+                self.marks.set(self.meter.name, obis, last)
+            else:
+                await trio.to_thread.run_sync(self.marks.set, self.meter.name, obis, last)
         except OSError as exc:
             # The entries are committed; only a restart would send them again.
             log_event(

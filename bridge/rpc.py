@@ -27,7 +27,10 @@ Methods (``params`` in brackets):
 ==================  =============================================================================
 
 Requests that talk to the meter run between its polls on its one association
-(:meth:`bridge.poller.MeterPoller.submit`).
+(:meth:`bridge.poller.MeterPoller.submit`). With ``[bridge] workers`` the meter's poller runs in
+a worker process: the request is sent there (:meth:`bridge.workers.WorkerPool.request`) and run
+by the same code on that poller (:func:`run_on_poller`); ``set_interval`` and the shared
+attributes are kept by the service and passed on to the worker.
 
 Shared attributes (``v1/gateway/attributes`` ``{"device": "<meter>", "data": {...}}``, or
 ``v1/devices/me/attributes`` in device mode): ``interval_s`` and ``enabled`` are applied to the
@@ -44,7 +47,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -61,6 +64,7 @@ from bridge.profiles import (
 )
 from bridge.readings import dumps_compact
 from bridge.session import MeterIOError, MeterSession
+from bridge.worker_link import WorkerRequestError
 from codec.apdu import AttributeDescriptor, MethodDescriptor
 from codec.axdr import Data
 from codec.client import RegisterSpec
@@ -69,6 +73,7 @@ from codec.errors import DataAccessError, ProtocolError
 from codec.obis import InvalidObis, Obis
 
 if TYPE_CHECKING:
+    from bridge.poller import MeterPoller
     from bridge.service import BridgeService
 
 __all__ = [
@@ -78,9 +83,12 @@ __all__ = [
     "GATEWAY_RPC",
     "METHODS",
     "RpcError",
+    "RpcHost",
     "RpcRequest",
     "RpcServer",
     "parse_message",
+    "request_timeout",
+    "run_on_poller",
 ]
 
 log = logging.getLogger("bridge.rpc")
@@ -287,10 +295,55 @@ def _time(value: Any, what: str) -> _dt.datetime:
 
 # -- the methods ----------------------------------------------------------------------------------
 
-Method = Callable[["RpcServer", MeterConfig, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+class RpcHost(Protocol):
+    """What the methods need from where they run: the service (:class:`RpcServer`), or the
+    worker process that polls the meter."""
+
+    def wall_clock(self, meter: MeterConfig) -> Callable[[], float]:
+        """The wall clock the meter's poller uses."""
+
+    def clock_synchronised(self) -> bool:
+        """Whether the box's clock is synchronised (``sync_clock`` refuses otherwise)."""
+
+    async def on_meter(
+        self, meter: MeterConfig, fn: Callable[[MeterSession], Awaitable[Any]]
+    ) -> Any:
+        """Run ``fn`` on the meter's association, between its polls."""
+
+    async def apply_override(self, meter: str, key: str, value: Any) -> None:
+        """Change a runtime setting of the meter (:mod:`bridge.overrides`)."""
 
 
-async def _read(server: RpcServer, meter: MeterConfig, params: dict[str, Any]) -> dict[str, Any]:
+Method = Callable[[RpcHost, MeterConfig, dict[str, Any]], Awaitable[dict[str, Any]]]
+#: The methods a worker process carries out for its meters (``set_interval`` is the service's:
+#: it keeps the setting, then tells the worker).
+IN_WORKER = frozenset(
+    {"read", "read_profile", "get_clock", "sync_clock", "disconnect", "reconnect"}
+)
+
+
+def request_timeout(meter: MeterConfig) -> float:
+    """How long a request may wait for the meter's poller and run on its association."""
+    return max(10.0, 6 * meter.timeout_s)
+
+
+async def run_on_poller(
+    poller: MeterPoller, meter: MeterConfig, fn: Callable[[MeterSession], Awaitable[Any]]
+) -> Any:
+    """Run ``fn`` between the polls of ``poller``; the meter's failures as :class:`RpcError`."""
+    try:
+        return await poller.submit(fn, request_timeout(meter))
+    except RequestFailed as exc:
+        raise RpcError(exc.code, str(exc)) from None
+    except MeterIOError as exc:
+        raise RpcError("unreachable", str(exc)) from None
+    except ProtocolError as exc:
+        code = getattr(exc, "code", None) or "protocol_error"
+        raise RpcError(str(code), exc.message) from None
+
+
+async def _read(server: RpcHost, meter: MeterConfig, params: dict[str, Any]) -> dict[str, Any]:
     specs = register_specs(meter, params)
 
     async def run(session: MeterSession) -> dict[str, Any]:
@@ -309,7 +362,7 @@ async def _read(server: RpcServer, meter: MeterConfig, params: dict[str, Any]) -
 
 
 async def _read_profile(
-    server: RpcServer, meter: MeterConfig, params: dict[str, Any]
+    server: RpcHost, meter: MeterConfig, params: dict[str, Any]
 ) -> dict[str, Any]:
     if "obis" in params:
         obis = _obis(params["obis"], "obis")
@@ -351,9 +404,7 @@ async def _read_profile(
     return result
 
 
-async def _get_clock(
-    server: RpcServer, meter: MeterConfig, params: dict[str, Any]
-) -> dict[str, Any]:
+async def _get_clock(server: RpcHost, meter: MeterConfig, params: dict[str, Any]) -> dict[str, Any]:
     wall = server.wall_clock(meter)
 
     async def run(session: MeterSession) -> dict[str, Any]:
@@ -364,13 +415,13 @@ async def _get_clock(
 
 
 async def _sync_clock(
-    server: RpcServer, meter: MeterConfig, params: dict[str, Any]
+    server: RpcHost, meter: MeterConfig, params: dict[str, Any]
 ) -> dict[str, Any]:
     threshold = params.get("threshold_s", meter.clock.sync_threshold_s)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
         raise RpcError("bad_params", f"threshold_s must be a number >= 0, got {threshold!r}")
     wall = server.wall_clock(meter)
-    synchronised = server.service.clock_synchronised
+    synchronised = server.clock_synchronised
 
     async def run(session: MeterSession) -> dict[str, Any]:
         return await sync_clock(
@@ -382,19 +433,17 @@ async def _sync_clock(
 
 
 async def _set_interval(
-    server: RpcServer, meter: MeterConfig, params: dict[str, Any]
+    server: RpcHost, meter: MeterConfig, params: dict[str, Any]
 ) -> dict[str, Any]:
     value = params.get("interval_s")
     if value is None:
         raise RpcError("bad_params", "interval_s is required")
-    await server.service.apply_override(meter.name, "interval_s", value)
+    await server.apply_override(meter.name, "interval_s", value)
     return {"interval_s": value}
 
 
 def _relay(method_id: int) -> Method:
-    async def switch(
-        server: RpcServer, meter: MeterConfig, params: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def switch(server: RpcHost, meter: MeterConfig, params: dict[str, Any]) -> dict[str, Any]:
         if not meter.allow_control:
             raise RpcError(
                 "not_allowed",
@@ -596,14 +645,51 @@ class RpcServer:
                 "unknown_method",
                 f"unknown method {request.method!r} (known: {', '.join(METHODS)})",
             )
-        return await method(self, meter, _params(request))
+        params = _params(request)
+        pool = self.service.pool
+        if pool is not None and request.method in IN_WORKER and pool.owns(meter.name):
+            return await self._in_worker(meter, request.method, params)
+        return await method(self, meter, params)
+
+    async def _in_worker(
+        self, meter: MeterConfig, method: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Carry out a request in the worker process that polls the meter."""
+        pool = self.service.pool
+        assert pool is not None
+        # The box's clock is the same for the worker: asked here, as the service would.
+        synchronised = self.clock_synchronised() if method == "sync_clock" else True
+        body = {"method": method, "params": params, "synchronised": synchronised}
+        try:
+            result = await pool.request(meter.name, "rpc", body, request_timeout(meter))
+        except WorkerRequestError as exc:
+            raise RpcError(exc.code, exc.message) from None
+        if not isinstance(result, dict):
+            raise RpcError("internal", "the worker process answered with something else")
+        return result
 
     def _meter(self, name: str) -> MeterConfig:
         running = self.service.meters.get(name)
-        if running is None:
-            known = ", ".join(sorted(self.service.meters)) or "none"
-            raise RpcError("unknown_device", f"no meter {name!r} is polled (polled: {known})")
-        return running.meter
+        if running is not None:
+            return running.meter
+        pool = self.service.pool
+        if pool is not None and name not in self.service.paused:
+            config = pool.meter_config(name)
+            if config is not None:
+                return config
+        polled = set(self.service.meters)
+        if pool is not None:
+            polled.update(n for n in pool.meter_names() if n not in self.service.paused)
+        known = ", ".join(sorted(polled)) or "none"
+        raise RpcError("unknown_device", f"no meter {name!r} is polled (polled: {known})")
+
+    def clock_synchronised(self) -> bool:
+        """Whether the box's clock is synchronised (the service's check)."""
+        return self.service.clock_synchronised()
+
+    async def apply_override(self, meter: str, key: str, value: Any) -> None:
+        """Change and keep a runtime setting (:meth:`BridgeService.apply_override`)."""
+        await self.service.apply_override(meter, key, value)
 
     async def on_meter(
         self, meter: MeterConfig, fn: Callable[[MeterSession], Awaitable[Any]]
@@ -613,16 +699,7 @@ class RpcServer:
         poller = running.poller if running is not None else None
         if poller is None:
             raise RpcError("unavailable", f"meter {meter.name} is not being polled right now")
-        timeout = max(10.0, 6 * meter.timeout_s)
-        try:
-            return await poller.submit(fn, timeout)
-        except RequestFailed as exc:
-            raise RpcError(exc.code, str(exc)) from None
-        except MeterIOError as exc:
-            raise RpcError("unreachable", str(exc)) from None
-        except ProtocolError as exc:
-            code = getattr(exc, "code", None) or "protocol_error"
-            raise RpcError(str(code), exc.message) from None
+        return await run_on_poller(poller, meter, fn)
 
     async def _shared(self, message: SharedAttributes) -> None:
         overrides = self.service.overrides

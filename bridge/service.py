@@ -63,6 +63,7 @@ from bridge.rpc import (
 from bridge.sharding import SHARD_SALT, split
 from bridge.status_socket import serve_status, socket_path
 from bridge.supervision import CrashTracker, SupervisionSettings
+from bridge.worker_link import RemoteMeter, WorkerRequestError
 from bridge.workers import WorkerPool, worker_count
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ GATEWAY_ATTRIBUTES_CHECK_S = 5.0
 #: STAGGER_MAX_S seconds).
 STAGGER_FROM_METERS = 100
 STAGGER_MAX_S = 60.0
+#: How long a worker may take to apply a changed setting (it is kept by the service anyway).
+WORKER_SETTING_S = 5.0
 
 
 def mqtt_settings(config: BridgeConfig, *, meter: MeterConfig | None = None) -> MqttSettings:
@@ -336,7 +339,11 @@ class BridgeService:
                     log_level=cfg.bridge.log_level,
                     # The data directory: where secured meters keep their invocation counters.
                     poller_options={**self.poller_options, "data_dir": cfg.bridge.data_dir},
+                    overrides=self._worker_overrides,
                 )
+                self.paused = {
+                    m.name for m in own if self.overrides.get(m.name, "enabled") is False
+                }
                 await nursery.start(self._keep_alive, "workers", self.pool.run)
             else:
                 for meter in own:
@@ -591,7 +598,9 @@ class BridgeService:
             raise RpcError("storage", message) from None
         if not quiet:
             log_event(log, logging.INFO, "override", meter=meter, key=key, value=value)
-        if key == "interval_s":
+        if self.pool is not None and self.pool.owns(meter):
+            await self._override_in_worker(meter, key, value, config)
+        elif key == "interval_s":
             running = self.meters.get(meter)
             if running is not None and running.poller is not None:
                 running.poller.set_interval(value if value is not None else config.interval_s)
@@ -601,6 +610,47 @@ class BridgeService:
                 self.paused.add(meter)
             elif value is not False and meter not in self.meters:
                 await self._start_meter(config)
+
+    def _worker_overrides(self, meters: Sequence[MeterConfig]) -> dict[str, dict[str, Any]]:
+        """The runtime settings of the meters a worker starts with."""
+        out = {m.name: dict(self.overrides.values.get(m.name, {})) for m in meters}
+        return {name: settings for name, settings in out.items() if settings}
+
+    async def _override_in_worker(
+        self, meter: str, key: str, value: Any, config: MeterConfig
+    ) -> None:
+        """Pass a changed setting on to the worker that polls the meter (kept already: a worker
+        that is restarting starts with it)."""
+        assert self.pool is not None
+        if key == "interval_s":
+            interval = value if value is not None else config.interval_s
+            op, body = "set_interval", {"interval_s": interval}
+        else:
+            op, body = "enable", {"enabled": value is not False}
+            if value is False:
+                self.paused.add(meter)
+            else:
+                self.paused.discard(meter)
+        try:
+            await self.pool.request(meter, op, body, WORKER_SETTING_S)
+        except WorkerRequestError as exc:
+            log_event(
+                log, logging.WARNING, "override_not_applied", meter=meter, key=key,
+                error=exc.message,
+            )  # fmt: skip
+
+    def _polled_in_workers(self) -> int:
+        """Meters polled in the worker processes (those switched off left out)."""
+        if self.pool is None:
+            return 0
+        return sum(1 for name in self.pool.meter_names() if name not in self.paused)
+
+    def polled(self, name: str) -> MeterPoller | RemoteMeter | None:
+        """The poller of a meter: in this process, or as its worker process last reported it."""
+        running = self.meters.get(name)
+        if running is not None:
+            return running.poller
+        return self.pool.remote.get(name) if self.pool is not None else None
 
     async def _gateway_attributes(self) -> None:
         """Publish the gateway's own attributes (on its own device) when they change."""
@@ -614,7 +664,7 @@ class BridgeService:
                 body = {
                     "bridge_name": self.config.bridge.name,
                     "bridge_version": _version(),
-                    "meters": len(self.meters),
+                    "meters": len(self.meters) + self._polled_in_workers(),
                     "meters_paused": len(self.paused),
                     "meters_online": sum(1 for v in self.online.values() if v),
                     "alarms": len(alarms),
@@ -805,6 +855,19 @@ class BridgeService:
             if running.tracker.faulted:
                 meters[name]["state"] = "faulted"
                 meters[name]["fault"] = running.tracker.last
+        for name, remote in self.pool.remote.items() if self.pool is not None else ():
+            config = self.pool.meter_config(name) if self.pool is not None else None
+            meters[name] = {
+                "address": config.address if config is not None else None,
+                "crashes": remote.crashes,
+                "online": self.online.get(name, False),
+                **remote.stats.as_dict(),
+                "faulted": False,
+                "interval_s": remote.interval_s,
+                "profiles": remote.profiles,
+                "clock": remote.clock,
+                "worker": remote.worker,
+            }
         publisher = self.publisher
         return {
             "name": self.config.bridge.name,

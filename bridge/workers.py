@@ -8,15 +8,25 @@ across restarts and reloads) and streams what it takes to the service over a pip
 
 - ``R{reading}`` a reading in the outbox's JSON form (the service commits it to the outbox);
 - ``A[name, active, message]`` a meter alarm raised or cleared;
-- ``T{...}`` the worker's poll counters and recent latencies, once a second.
+- ``T{...}`` the worker's poll counters and recent latencies, once a second;
+- ``S{...}`` per-meter counters and states, once a second, only for the meters that changed
+  (:mod:`bridge.worker_link`); the console serves them as it serves its own pollers';
+- ``P{...}`` the answer to a request.
+
+The service sends requests the other way, on the worker's stdin (``Q{...}``: a ThingsBoard RPC,
+the console's read-now, a new interval, a meter switched on or off), each with an id and a
+deadline, for the poller that owns the meter to carry out between its polls. Every request is
+answered: by the worker, or with an error when its deadline passes or the worker exits first.
 
 A worker that exits unexpectedly is started again (with backoff, alarm ``worker.<i>.crashed``)
 without touching the others. On a reload only the workers whose share of the meters changed are
-restarted. The meters are sent to a worker on its stdin (pickled: parent to its own child).
+restarted. The meters are sent to a worker on its stdin (pickled: parent to its own child, after
+its length as 8 bytes), followed by the requests.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -34,10 +44,17 @@ import trio
 
 from bridge.config import MeterConfig
 from bridge.logs import log_event
-from bridge.readings import Reading
+from bridge.readings import Reading, dumps_compact
 from bridge.sharding import WORKER_SALT, split
+from bridge.worker_link import RemoteMeter, WorkerRequestError
 
-__all__ = ["METERS_PER_AUTO_WORKER", "WorkerPool", "WorkerTotals", "worker_count"]
+__all__ = [
+    "METERS_PER_AUTO_WORKER",
+    "WorkerPool",
+    "WorkerRequestError",
+    "WorkerTotals",
+    "worker_count",
+]
 
 log = logging.getLogger("bridge.workers")
 
@@ -49,6 +66,13 @@ RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 60.0
 #: The longest line a worker may send (a reading of many registers is a few KiB).
 MAX_LINE = 1 << 20
+#: Requests waiting for one worker's answers, at most; more are refused ("busy") at once.
+MAX_PENDING_REQUESTS = 256
+#: The longest request sent to a worker (an RPC's params are a few hundred bytes).
+MAX_REQUEST = 64 * 1024
+#: How much longer than a request's own deadline the service waits for the worker's answer
+#: (the worker answers a request whose deadline passed itself; this covers a stuck worker).
+ANSWER_GRACE_S = 5.0
 
 
 def worker_count(workers: int, meters: int, cores: int | None = None) -> int:
@@ -79,11 +103,36 @@ class WorkerTotals:
         return attrs.asdict(self, filter=lambda a, _v: a.name != "latencies")
 
 
+@attrs.define(eq=False)
+class _Pending:
+    """A request sent to a worker, waiting for its answer."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: WorkerRequestError | None = None
+
+    def answer(self, result: Any = None, error: WorkerRequestError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+@attrs.define(eq=False)
+class _Link:
+    """The request side of one running worker process: its stdin queue and pending requests."""
+
+    pid: int
+    send: trio.MemorySendChannel[bytes]
+    pending: dict[int, _Pending] = attrs.Factory(dict)
+
+
 class WorkerPool:
     """Runs ``count`` worker processes for ``meters`` and feeds what they take to ``on_readings``.
 
     ``on_readings(readings)`` must return once they are durable (the outbox writer);
     ``on_alarm(name, active, message)`` receives the meters' alarms; ``set_alarm`` the pool's own.
+    ``overrides(meters)`` gives, when a worker starts, the runtime settings of its meters
+    (``{name: {"interval_s": ..., "enabled": ...}}``, :mod:`bridge.overrides`).
     """
 
     def __init__(
@@ -96,6 +145,7 @@ class WorkerPool:
         set_alarm: Callable[[str, bool, str], None],
         log_level: str = "info",
         poller_options: dict[str, Any] | None = None,
+        overrides: Callable[[Sequence[MeterConfig]], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.count = count
         self.on_readings = on_readings
@@ -103,15 +153,132 @@ class WorkerPool:
         self.set_alarm = set_alarm
         self.log_level = log_level
         self.poller_options = dict(poller_options or {})
+        self.overrides = overrides
         self.totals = [WorkerTotals(i) for i in range(count)]
-        self.shares: list[list[MeterConfig]] = self.assign(meters)
+        #: Meter name -> what its worker last reported of it (the console's per-meter view).
+        self.remote: dict[str, RemoteMeter] = {}
+        self.shares: list[list[MeterConfig]] = []
+        self._owners: dict[str, tuple[int, MeterConfig]] = {}
+        self._set_shares(self.assign(meters))
         self._procs: list[trio.Process | None] = [None] * count
+        self._links: list[_Link | None] = [None] * count
+        self._ids = itertools.count(1)
         self._stopping = False
         self._done = [trio.Event() for _ in range(count)]
 
     def assign(self, meters: Sequence[MeterConfig]) -> list[list[MeterConfig]]:
         """Each worker's meters (rendezvous hashing on the name)."""
         return [split(meters, self.count, i, salt=WORKER_SALT) for i in range(self.count)]
+
+    def _set_shares(self, shares: list[list[MeterConfig]]) -> None:
+        self.shares = shares
+        self._owners = {m.name: (i, m) for i, share in enumerate(shares) for m in share}
+
+    def owns(self, meter: str) -> bool:
+        """True when ``meter`` is polled by one of the workers."""
+        return meter in self._owners
+
+    def meter_config(self, meter: str) -> MeterConfig | None:
+        """The config of a meter polled by a worker (None for any other)."""
+        owner = self._owners.get(meter)
+        return owner[1] if owner is not None else None
+
+    def pending_requests(self, index: int) -> int:
+        """Requests sent to worker ``index`` and not answered yet."""
+        link = self._links[index]
+        return len(link.pending) if link is not None else 0
+
+    def meter_names(self) -> list[str]:
+        """Every meter the workers poll."""
+        return list(self._owners)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def request(self, meter: str, op: str, body: dict[str, Any], timeout: float) -> Any:
+        """Have the worker that polls ``meter`` carry out ``op``; its result.
+
+        ``timeout`` is the request's own deadline, sent with it (the worker answers "timeout"
+        when it passes); the service waits :data:`ANSWER_GRACE_S` more. Raises
+        :class:`WorkerRequestError`: the worker's error, or ``unavailable`` (the worker is not
+        running), ``busy``, ``timeout``, ``worker_exited`` (it exited before answering).
+        """
+        owner = self._owners.get(meter)
+        if owner is None:
+            raise WorkerRequestError("unknown_device", f"no worker polls meter {meter!r}", 404)
+        index = owner[0]
+        link = self._links[index]
+        if link is None:
+            raise WorkerRequestError(
+                "unavailable",
+                f"the worker process of meter {meter} is not running (restarting); try again",
+                503,
+            )
+        if len(link.pending) >= MAX_PENDING_REQUESTS:
+            raise WorkerRequestError(
+                "busy", f"worker {index} has {len(link.pending)} requests in progress", 503
+            )
+        request_id = next(self._ids)
+        line = dumps_compact(
+            {"id": request_id, "op": op, "meter": meter, "timeout": timeout, **body}
+        )
+        if len(line) > MAX_REQUEST:
+            raise WorkerRequestError(
+                "bad_params", f"the request is too large ({len(line)} bytes, at most "
+                f"{MAX_REQUEST})", 413,
+            )  # fmt: skip
+        pending = link.pending[request_id] = _Pending()
+        try:
+            try:
+                link.send.send_nowait(b"Q" + line.encode() + b"\n")
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                raise WorkerRequestError(
+                    "busy", f"worker {index} is not taking requests right now", 503
+                ) from None
+            with trio.move_on_after(timeout + ANSWER_GRACE_S):
+                await pending.done.wait()
+        finally:
+            link.pending.pop(request_id, None)
+        if not pending.done.is_set():
+            raise WorkerRequestError(
+                "timeout",
+                f"worker {index} did not answer the request for meter {meter} within "
+                f"{timeout + ANSWER_GRACE_S:g} s",
+                504,
+            )
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _answer(self, index: int, body: Any) -> None:
+        link = self._links[index]
+        if link is None or not isinstance(body, dict):
+            return
+        request_id = body.get("id")
+        pending = link.pending.get(request_id) if isinstance(request_id, int) else None
+        if pending is None:
+            return  # given up already (its deadline passed)
+        if "error" in body:
+            pending.answer(error=WorkerRequestError.from_json(body["error"]))
+        else:
+            pending.answer(result=body.get("result"))
+
+    def _stats(self, index: int, pid: int, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        for name, entry in body.items():
+            owner = self._owners.get(name)
+            if owner is None or owner[0] != index:
+                continue  # a meter moved away by a reload: its new worker reports it
+            if entry is None:
+                self.remote.pop(name, None)
+                continue
+            if not isinstance(entry, dict):
+                continue
+            key = (pid, int(entry.get("g", 0)))
+            remote = self.remote.get(name)
+            if remote is None or remote.key != key:
+                remote = self.remote[name] = RemoteMeter(index, key, interval_s=owner[1].interval_s)
+            remote.update(entry)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -136,7 +303,9 @@ class WorkerPool:
         """A reload: restart the workers whose share changed; returns their indices."""
         shares = self.assign(meters)
         changed = [i for i in range(self.count) if shares[i] != self.shares[i]]
-        self.shares = shares
+        self._set_shares(shares)
+        for name in [n for n in self.remote if n not in self._owners]:
+            del self.remote[name]
         for index in changed:
             proc = self._procs[index]
             if proc is not None and proc.returncode is None:
@@ -184,8 +353,14 @@ class WorkerPool:
 
     async def _run_once(self, index: int, share: list[MeterConfig]) -> int:
         totals = self.totals[index]
+        overrides = self.overrides(share) if self.overrides is not None else {}
         payload = pickle.dumps(
-            {"meters": share, "log_level": self.log_level, "poller_options": self.poller_options}
+            {
+                "meters": share,
+                "log_level": self.log_level,
+                "poller_options": self.poller_options,
+                "overrides": overrides,
+            }
         )
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "bridge.worker", str(index)],
@@ -198,26 +373,57 @@ class WorkerPool:
         log_event(
             log, logging.INFO, "worker_started", worker=index, pid=proc.pid, meters=len(share)
         )
+        send, receive = trio.open_memory_channel[bytes](MAX_PENDING_REQUESTS)
+        link = _Link(proc.pid, send)
         try:
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                await proc.stdin.send_all(payload)
+                await proc.stdin.send_all(len(payload).to_bytes(8, "big") + payload)
             except trio.BrokenResourceError:
                 pass  # it died at once; its exit code says why
-            await proc.stdin.aclose()
-            await self._read(index, proc.stdout)
+            self._links[index] = link
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, proc.stdin, receive)
+                await self._read(index, proc.pid, proc.stdout)
+                nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
                 code = await proc.wait()
             return code
         finally:
+            self._links[index] = None
+            send.close()
+            for pending in link.pending.values():
+                pending.answer(
+                    error=WorkerRequestError(
+                        "worker_exited",
+                        f"worker process {index} exited before answering (it is restarted)",
+                        503,
+                    )
+                )
+            for remote in self.remote.values():
+                if remote.key[0] == proc.pid:
+                    # Shown as such until the restarted worker reports the meter again.
+                    remote.stats.state = "worker_restarting"
             totals.alive = False
             self._procs[index] = None
             if proc.returncode is None:
                 proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
+            if proc.stdin is not None:
+                with trio.CancelScope(shield=True):
+                    await proc.stdin.aclose()
 
-    async def _read(self, index: int, stdout: trio.abc.ReceiveStream) -> None:
+    @staticmethod
+    async def _write(stdin: trio.abc.SendStream, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Send the queued requests to the worker, in order."""
+        try:
+            async for line in receive:
+                await stdin.send_all(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the worker is gone; its requests are answered when its stdout ends
+
+    async def _read(self, index: int, pid: int, stdout: trio.abc.ReceiveStream) -> None:
         totals = self.totals[index]
         pending = b""
         while True:
@@ -245,7 +451,20 @@ class WorkerPool:
                         totals.failures = int(report["failures"])
                         totals.missed = int(report["missed"])
                         totals.latencies.extend(float(x) for x in report["latencies"])
+                    elif kind == b"S":
+                        self._stats(index, pid, json.loads(body))
+                    elif kind == b"P":
+                        self._answer(index, json.loads(body))
                 except (ValueError, TypeError, KeyError) as exc:
                     log_event(log, logging.ERROR, "worker_bad_line", worker=index, error=str(exc))
             if readings:
+                self._note_readings(readings)
                 await self.on_readings(readings)
+
+    def _note_readings(self, readings: list[Reading]) -> None:
+        """A reading says its meter answered, before the next stats report does (with many
+        meters per worker each one is reported only every few seconds)."""
+        for reading in readings:
+            remote = self.remote.get(reading.meter)
+            if remote is not None and reading.ts_ms > (remote.stats.last_success_ms or 0):
+                remote.stats.last_success_ms = reading.ts_ms

@@ -264,18 +264,29 @@ class AARE:
 
 @attrs.frozen
 class RLRQ:
-    """A-RELEASE request (``reason`` None: the optional field is absent)."""
+    """A-RELEASE request (``reason`` None: the optional field is absent).
+
+    When the association was established with ciphering, the user-information carries the
+    xDLMS InitiateRequest ciphered (``ciphered_initiate``: the glo-/ded-initiate-request APDU)
+    instead of a plain ``initiate``.
+    """
 
     reason: ReleaseRequestReason | None = ReleaseRequestReason.NORMAL
     initiate: InitiateRequest | None = None
+    ciphered_initiate: bytes | None = None
 
 
 @attrs.frozen
 class RLRE:
-    """A-RELEASE response (``reason`` None: the optional field is absent)."""
+    """A-RELEASE response (``reason`` None: the optional field is absent).
+
+    A meter releasing a ciphered association may answer the InitiateResponse ciphered
+    (``ciphered_initiate``: the glo-/ded-initiate-response APDU); many answer a plain RLRE.
+    """
 
     reason: ReleaseResponseReason | None = ReleaseResponseReason.NORMAL
     initiate_response: InitiateResponse | None = None
+    ciphered_initiate: bytes | None = None
 
 
 AcseApdu = AARQ | AARE | RLRQ | RLRE
@@ -805,8 +816,16 @@ def _decode_release(ber: _Ber, what: str) -> tuple[int | None, _UserInfo | None,
     return reason, user, reason_at
 
 
+#: The ciphered initiate APDUs an RLRQ / RLRE may carry in its user-information.
+_CIPHERED_RELEASE_REQUEST_TAGS = frozenset({0x21, 0x41})
+_CIPHERED_RELEASE_RESPONSE_TAGS = frozenset({0x28, 0x48})
+
+
 def _decode_rlrq(ber: _Ber) -> RLRQ:
     reason, user, at = _decode_release(ber, "RLRQ")
+    ciphered: bytes | None = None
+    if isinstance(user, bytes) and user[0] in _CIPHERED_RELEASE_REQUEST_TAGS:
+        ciphered, user = user, None
     if user is not None and not isinstance(user, InitiateRequest):
         raise ber.fail(
             "RLRQ user-information is not an InitiateRequest",
@@ -814,13 +833,16 @@ def _decode_rlrq(ber: _Ber) -> RLRQ:
             "acse.unexpected_user_information",
         )
     try:
-        return RLRQ(None if reason is None else ReleaseRequestReason(reason), user)
+        return RLRQ(None if reason is None else ReleaseRequestReason(reason), user, ciphered)
     except ValueError:
         raise ber.fail(f"unknown RLRQ reason {reason}", at, "acse.bad_value") from None
 
 
 def _decode_rlre(ber: _Ber) -> RLRE:
     reason, user, at = _decode_release(ber, "RLRE")
+    ciphered: bytes | None = None
+    if isinstance(user, bytes) and user[0] in _CIPHERED_RELEASE_RESPONSE_TAGS:
+        ciphered, user = user, None
     if user is not None and not isinstance(user, InitiateResponse):
         raise ber.fail(
             "RLRE user-information is not an InitiateResponse",
@@ -828,7 +850,7 @@ def _decode_rlre(ber: _Ber) -> RLRE:
             "acse.unexpected_user_information",
         )
     try:
-        return RLRE(None if reason is None else ReleaseResponseReason(reason), user)
+        return RLRE(None if reason is None else ReleaseResponseReason(reason), user, ciphered)
     except ValueError:
         raise ber.fail(f"unknown RLRE reason {reason}", at, "acse.bad_value") from None
 
@@ -844,19 +866,16 @@ def encode_acse(apdu: AcseApdu) -> bytes:
         if isinstance(apdu, AARE):
             return _encode_aare(apdu)
         if isinstance(apdu, RLRQ):
-            return _encode_release(
-                Tag.RLRQ,
-                apdu.reason,
-                None if apdu.initiate is None else encode_initiate_request(apdu.initiate),
-            )
+            # The ciphered InitiateRequest, when present, is carried instead of the plain one.
+            user = apdu.ciphered_initiate
+            if user is None and apdu.initiate is not None:
+                user = encode_initiate_request(apdu.initiate)
+            return _encode_release(Tag.RLRQ, apdu.reason, user)
         if isinstance(apdu, RLRE):
-            return _encode_release(
-                Tag.RLRE,
-                apdu.reason,
-                None
-                if apdu.initiate_response is None
-                else encode_initiate_response(apdu.initiate_response),
-            )
+            user = apdu.ciphered_initiate
+            if user is None and apdu.initiate_response is not None:
+                user = encode_initiate_response(apdu.initiate_response)
+            return _encode_release(Tag.RLRE, apdu.reason, user)
     except ValueError as exc:  # an enum field given a value that is not a member
         raise EncodeError(
             f"cannot encode {type(apdu).__name__}: {exc}", code="acse.bad_value"
@@ -1053,6 +1072,7 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
             "initiate_request": None
             if apdu.initiate is None
             else _describe_initiate_request(apdu.initiate),
+            **_describe_security(None, apdu.ciphered_initiate),
         }
     return {
         "kind": "rlre",
@@ -1060,6 +1080,7 @@ def describe_acse(apdu: AcseApdu) -> dict[str, object]:
         "initiate_response": None
         if apdu.initiate_response is None
         else _describe_initiate_response(apdu.initiate_response),
+        **_describe_security(None, apdu.ciphered_initiate),
     }
 
 

@@ -17,6 +17,8 @@ every request goes out glo- (or ded-) ciphered with the next invocation counter,
 response is checked (tag, policy, the meter's counter strictly increasing) before it is decoded.
 With an HLS mechanism (:mod:`codec.hls`) the association is only reported open after the 4-pass
 exchange: f(StoC) sent with ``reply_to_HLS_authentication`` and the meter's f(CtoS) verified.
+The RLRQ of a ciphered association carries the InitiateRequest ciphered; the meter's RLRE is
+accepted plain or with a ciphered InitiateResponse (checked like any ciphered response).
 """
 
 from __future__ import annotations
@@ -263,7 +265,9 @@ class Lenient:
     """Something the meter got wrong that was tolerated (and counted), for a debug line.
 
     ``what`` is ``"trailing_bytes"`` (``data`` holds the bytes ignored after a complete APDU or
-    value) or ``"malformed_results"`` (results of a GET-with-list that did not decode).
+    value), ``"malformed_results"`` (results of a GET-with-list that did not decode) or
+    ``"unverified_release"`` (the ciphered InitiateResponse of an RLRE did not check: the
+    association is released all the same).
     """
 
     what: str
@@ -315,6 +319,8 @@ class ClientAssociation:
         self.blocks_received = 0
         self.trailing_bytes = 0
         self.malformed_results = 0
+        #: RLREs whose ciphered InitiateResponse did not check (tolerated: released anyway).
+        self.unverified_releases = 0
         #: The meter's system title (from its AARE), with ciphering.
         self.server_system_title: bytes | None = None
         #: The last invocation counter the meter used, and the last we used.
@@ -382,8 +388,14 @@ class ClientAssociation:
         """
         self._now = now
         if self.state is S.READY:
+            try:
+                rlrq = self._rlrq()
+            except ProtocolError:
+                # No counter left to protect the RLRQ with: drop the link instead.
+                self.abort(now)
+                return
             self._go(_Ev.RELEASE)
-            self.link.send_apdu(acse.encode_acse(RLRQ()), now)
+            self.link.send_apdu(acse.encode_acse(rlrq), now)
         elif self.state is S.IDLE:
             self.state = S.CLOSED
         elif self._meter_still_associated():
@@ -391,12 +403,35 @@ class ClientAssociation:
             # still holds it (and may allow no other). Release it properly.
             self.state = S.RELEASING
             try:
-                self.link.send_apdu(acse.encode_acse(RLRQ()), now)
-            except LocalProtocolError:
+                self.link.send_apdu(acse.encode_acse(self._rlrq()), now)
+            except ProtocolError:
                 self.state = S.UNLINKING
                 self.link.disconnect(now)
         else:
             self.abort(now)
+
+    def _rlrq(self) -> RLRQ:
+        """The RLRQ. On a ciphered association its user-information is the xDLMS
+        InitiateRequest proposed in the AARQ, ciphered with the global key and the next
+        invocation counter (Green Book, COSEM-RELEASE): the meter can tell the release comes
+        from the client it associated with, not from a third party."""
+        sec = self._sec
+        if sec is None or sec.policy is None or sec.keys is None:
+            return RLRQ()
+        s = self.settings
+        initiate = InitiateRequest(
+            proposed_conformance=s.conformance,
+            client_max_receive_pdu_size=s.max_pdu_size,
+            proposed_dlms_version=s.dlms_version,
+        )
+        ciphered = security.cipher_apdu(
+            acse.encode_initiate_request(initiate),
+            sec.policy,
+            sec.system_title,
+            self._next_counter(),
+            sec.keys,
+        )
+        return RLRQ(ciphered_initiate=ciphered)
 
     def _meter_still_associated(self) -> bool:
         return (
@@ -489,6 +524,7 @@ class ClientAssociation:
             "blocks_received": self.blocks_received,
             "trailing_bytes": self.trailing_bytes,
             "malformed_results": self.malformed_results,
+            "unverified_releases": self.unverified_releases,
         }
 
     # -- events ------------------------------------------------------------------------------
@@ -555,7 +591,7 @@ class ClientAssociation:
         self.client_counter = counter
         return counter
 
-    def _cipher(self, plain: bytes) -> bytes:
+    def _cipher(self, plain: bytes, *, global_key: bool = False) -> bytes:
         sec = self._sec
         assert sec is not None and sec.policy is not None and sec.keys is not None
         return security.cipher_apdu(
@@ -564,13 +600,13 @@ class ClientAssociation:
             sec.system_title,
             self._next_counter(),
             sec.keys,
-            dedicated_key=self._dedicated_key,
+            dedicated_key=None if global_key else self._dedicated_key,
             general=sec.general_ciphering,
         )
 
-    def _send_xdlms(self, plain: bytes, now: float) -> None:
+    def _send_xdlms(self, plain: bytes, now: float, *, global_key: bool = False) -> None:
         if self._sec is not None and self._sec.ciphered:
-            plain = self._cipher(plain)
+            plain = self._cipher(plain, global_key=global_key)
         self._reply_dropped = False
         self.link.send_apdu(plain, now)
 
@@ -741,6 +777,48 @@ class ClientAssociation:
             code="association.security",
         )
 
+    def _secured_rlre(self, rlre: RLRE) -> RLRE:
+        """The RLRE with its ciphered InitiateResponse checked and deciphered.
+
+        The association ends either way: one that does not check (wrong tag, policy or replayed
+        counter) is reported as a :class:`Lenient` event and its user-information dropped.
+        """
+        ciphered = rlre.ciphered_initiate
+        assert ciphered is not None
+        sec = self._sec
+        try:
+            if sec is None or sec.policy is None or sec.keys is None:
+                raise SecurityError(
+                    "a ciphered RLRE on an unciphered association",
+                    code="security.policy_mismatch",
+                )
+            if self.server_system_title is None:
+                raise SecurityError(
+                    "a ciphered RLRE before the meter's system title is known",
+                    code="security.malformed",
+                )
+            parsed = security.parse_ciphered(ciphered)
+            if parsed.header.policy != sec.policy:
+                raise SecurityError(
+                    "the RLRE is protected otherwise than the association",
+                    code="security.policy_mismatch",
+                )
+            _, plain = security.decipher_apdu(parsed, self.server_system_title, sec.keys)
+            self._check_server_counter(parsed.header.invocation_counter)
+            user = acse.decode_user_information(plain)
+            if not isinstance(user, acse.InitiateResponse):
+                raise DecodeError(
+                    "the RLRE's ciphered user-information is not an InitiateResponse",
+                    code="acse.unexpected_user_information",
+                )
+        except (SecurityError, DecodeError) as exc:
+            self.unverified_releases += 1
+            self._events.append(
+                Lenient("unverified_release", f"the RLRE's ciphered user-information: {exc}")
+            )
+            return attrs.evolve(rlre, ciphered_initiate=None)
+        return attrs.evolve(rlre, initiate_response=user, ciphered_initiate=None)
+
     def _key_error(self, content: bytes) -> AssociationError:
         sec = self._sec
         assert sec is not None and sec.keys is not None and self.server_system_title is not None
@@ -809,6 +887,20 @@ class ClientAssociation:
                 " authentication key or system title (AARE diagnostic authentication-failure)",
                 code="association.authentication_failure",
             )
+        if (
+            sec.ciphered
+            and aare.result == acse.AssociationResult.REJECTED_PERMANENT
+            and diag.value == acse.AcseServiceUser.NO_REASON_GIVEN
+            and cse is None
+        ):
+            # A meter that deciphered the AARQ answers ciphered (and says why); one that
+            # refuses a ciphered AARQ without a reason and unciphered most likely could not.
+            return AssociationError(
+                "the meter refused our ciphered AARQ without a reason and did not answer"
+                " ciphered: most likely it could not decipher it (wrong block cipher key,"
+                " authentication key or system title; AARE diagnostic no-reason-given)",
+                code="association.authentication_failure",
+            )
         return None
 
     def _start_hls(self, aare: AARE) -> None:
@@ -822,6 +914,14 @@ class ClientAssociation:
                 code="association.hls_failed",
             )
         self._stoc = stoc
+        peer_title = self._peer_title()
+        if sec.mechanism in _TITLED_MECHANISMS and not peer_title:
+            self.abort(self._now)
+            raise AssociationError(
+                f"{sec.mechanism.name} needs the meter's system title and its AARE names none:"
+                " configure the meter's system title",
+                code="association.wrong_system_title",
+            )
         party = hls.HlsParty(sec.mechanism, sec.system_title, sec.secret, sec.keys)
         counter = (
             self._next_counter() if sec.mechanism == acse.AuthenticationMechanism.HIGH_GMAC else 0
@@ -829,7 +929,7 @@ class ClientAssociation:
         answer = hls.respond(
             party,
             stoc,
-            peer_title=self.server_system_title or b"",
+            peer_title=peer_title,
             my_challenge=self._ctos,
             invocation_counter=counter,
         )
@@ -842,7 +942,17 @@ class ClientAssociation:
             ),
             Data.octet_string(answer),
         )
-        self._send_xdlms(apdu.encode_apdu(action), self._now)
+        # With the global key even when a dedicated key was agreed: the association is not
+        # established until this pass succeeds, and meters (gurux-based ones among them) only
+        # use the dedicated key once it is; the global key is valid throughout.
+        self._send_xdlms(apdu.encode_apdu(action), self._now, global_key=True)
+
+    def _peer_title(self) -> bytes:
+        """The meter's system title: from its AARE, else as configured (some meters name it
+        only in a ciphered AARE, yet HLS-SHA256 and HLS-GMAC need it)."""
+        sec = self._sec
+        configured = None if sec is None else sec.server_system_title
+        return self.server_system_title or configured or b""
 
     def _finish_hls(self, decoded: Apdu) -> None:
         sec = self._sec
@@ -879,7 +989,7 @@ class ClientAssociation:
         answer = (
             data.value if isinstance(data, Data) and data.type == DataType.OCTET_STRING else None
         )
-        party = hls.HlsParty(sec.mechanism, self.server_system_title or b"", sec.secret, sec.keys)
+        party = hls.HlsParty(sec.mechanism, self._peer_title(), sec.secret, sec.keys)
         if not isinstance(answer, bytes) or not hls.verify(
             party,
             answer,
@@ -960,8 +1070,24 @@ class ClientAssociation:
                 raise
             # A malformed RLRE (some meters get its lengths wrong) still ends the association.
             decoded, trailing = RLRE(reason=None), b""
-        if isinstance(decoded, GetResponseWithList) and decoded.malformed:
-            self._tolerate_malformed(decoded)  # what follows the bad result was left unread
+        if isinstance(decoded, GetResponseWithList) and (decoded.malformed or any(trailing)):
+            # The list did not parse exactly: a result that does not decode, or bytes left
+            # after the last one (a trailing padding of zeros is the one thing tolerated). A
+            # value somewhere before was longer or shorter than it said, and the results after
+            # it were read from the wrong place, yet may have decoded: none of the results can
+            # be trusted, the caller reads them all again one by one.
+            if decoded.malformed:
+                first = next(r for r in decoded.results if isinstance(r, apdu.MalformedResult))
+                code, message = first.code, first.message
+            else:
+                self._tolerate_trailing(trailing, "the result list")
+                code = "apdu.list_misaligned"
+                message = f"{len(trailing)} bytes left after the result list"
+            decoded = GetResponseWithList(
+                decoded.invoke,
+                tuple(apdu.MalformedResult(code, message) for _ in decoded.results),
+            )
+            self._tolerate_malformed(decoded)
         elif trailing:
             self._tolerate_trailing(trailing, f"the {type(decoded).__name__}")
         if isinstance(decoded, AARE) and state is S.ASSOCIATING:
@@ -988,6 +1114,8 @@ class ClientAssociation:
             self._deadline = None
             self._events.append(Associated(self.negotiated))
         elif isinstance(decoded, RLRE) and state is S.RELEASING:
+            if decoded.ciphered_initiate is not None:
+                decoded = self._secured_rlre(decoded)
             self._go(_Ev.RLRE)
             self._events.append(Released(decoded))
             self.link.disconnect(self._now)

@@ -25,7 +25,9 @@ the last one seen from that client title), HLS needs the 4-pass (f(StoC) through
 reply_to_HLS_authentication on 0-0:40.0.0.255 before anything else is served), requests must
 arrive ciphered and responses leave ciphered with the meter's own counter. A request that does
 not decipher gets exception-response deciphering-error; a replayed counter
-invocation-counter-error with the counter expected.
+invocation-counter-error with the counter expected. An RLRQ carrying a ciphered InitiateRequest
+releases the association only when it deciphers (answered with a ciphered InitiateResponse;
+otherwise RLRE not-finished and the association stays); a plain RLRQ is accepted as well.
 """
 
 from __future__ import annotations
@@ -647,15 +649,55 @@ class CosemServer:
             rlrq = decode_apdu(apdu)
         except DecodeError:
             rlrq = None
-        if self.association is not None:
+        association = self.association
+        ciphering = None if association is None else association.ciphering
+        if (
+            isinstance(rlrq, RLRQ)
+            and rlrq.ciphered_initiate is not None
+            and association is not None
+            and ciphering is not None
+        ):
+            return self._release_ciphered(rlrq.ciphered_initiate, association, ciphering)
+        if association is not None:
             self.meter.counters.releases += 1
         response = None
-        if isinstance(rlrq, RLRQ) and rlrq.initiate is not None and self.association is not None:
+        if isinstance(rlrq, RLRQ) and rlrq.initiate is not None and association is not None:
             response = InitiateResponse(
-                6, self.association.conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
+                6, association.conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
             )
         self.release()
         return encode_apdu(RLRE(ReleaseResponseReason.NORMAL, response))
+
+    def _release_ciphered(
+        self, ciphered: bytes, association: Association, ciphering: Ciphering
+    ) -> bytes:
+        """An RLRQ with a ciphered InitiateRequest: released only when it deciphers with the
+        association's keys and a fresh counter (a third party cannot release it), answered
+        with a ciphered InitiateResponse; otherwise the association stays (not-finished)."""
+        try:
+            parsed = parse_ciphered(ciphered)
+            if parsed.header.policy != ciphering.policy or parsed.dedicated:
+                raise SecurityError("policy mismatch", code="security.policy_mismatch")
+            _, plain = decipher_apdu(parsed, ciphering.client_title, ciphering.keys)
+            self._check_client_counter(ciphering.client_title, parsed.header.invocation_counter)
+            user = decode_user_information(plain)
+            if not isinstance(user, InitiateRequest):
+                raise DecodeError("not an InitiateRequest", code="acse.unexpected_user_information")
+        except (SecurityError, DecodeError):
+            self.meter.counters.auth_failures += 1
+            return encode_apdu(RLRE(ReleaseResponseReason.NOT_FINISHED))
+        self.meter.counters.releases += 1
+        response = InitiateResponse(
+            6, association.conformance, self.meter.settings.max_pdu, _VAA_NAME_LN
+        )
+        reply = RLRE(
+            ReleaseResponseReason.NORMAL,
+            ciphered_initiate=self._cipher_user(
+                self._security_settings(), encode_initiate_response(response)
+            ),
+        )
+        self.release()
+        return encode_apdu(reply)
 
     # -- GET -------------------------------------------------------------------------------------
 

@@ -16,13 +16,22 @@ from bridge.config import BridgeConfig, ConfigError, MeterConfig, config_from_di
 from bridge.meter_work import RequestFailed
 from bridge.poller import MeterPoller, secured_endpoint_for
 from bridge.session import MeterIOError, MeterSession
+from bridge.worker_link import WorkerRequestError
 from codec.client import RegisterReading, RegisterSpec
 from codec.errors import ProtocolError
 
 if TYPE_CHECKING:
     from bridge.web.console import Console
+    from bridge.workers import WorkerPool
 
-__all__ = ["AdminError", "add_meter", "delete_meter", "patch_meter", "read_now"]
+__all__ = [
+    "AdminError",
+    "add_meter",
+    "delete_meter",
+    "patch_meter",
+    "read_now",
+    "read_now_in_worker",
+]
 
 #: A read-now may take this many reply timeouts (connect, associate, read, release).
 READ_NOW_TIMEOUTS = 6
@@ -218,6 +227,19 @@ async def read_now(
         },
         "errors": {r.spec.name: r.error for r in readings if not r.ok},
     }
+
+
+async def read_now_in_worker(pool: WorkerPool, meter: MeterConfig) -> dict[str, Any]:
+    """:func:`read_now` by the meter's poller in the worker process that polls it; the same
+    answer, and the same errors (503 also while the worker restarts)."""
+    timeout = max(READ_NOW_QUEUE_S, READ_NOW_TIMEOUTS * meter.timeout_s)
+    try:
+        result = await pool.request(meter.name, "read_now", {}, timeout)
+    except WorkerRequestError as exc:
+        raise _error(exc.status, "", exc.message) from None
+    if not isinstance(result, dict):
+        raise _error(502, "", "the worker process answered with something other than an object")
+    return result
 
 
 async def _read_alone(

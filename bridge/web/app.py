@@ -16,7 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bridge.web.admin import AdminError, add_meter, delete_meter, patch_meter, read_now
+from bridge.web.admin import (
+    AdminError,
+    add_meter,
+    delete_meter,
+    patch_meter,
+    read_now,
+    read_now_in_worker,
+)
 from bridge.web.events import sse_stream
 from bridge.web.metrics import CONTENT_TYPE, render_metrics
 from bridge.web.openapi import openapi_document
@@ -177,6 +184,12 @@ def make_app(console: Console) -> Starlette:
         meter = meter_or_404(request.path_params["name"])
         running = service.meters.get(meter.name)
         poller = running.poller if running is not None else None
+        pool = service.pool
+        if poller is None and pool is not None and meter.name not in service.paused:
+            config = pool.meter_config(meter.name)
+            if config is not None:
+                # Polled in a worker process: read by its poller there.
+                return _json(await read_now_in_worker(pool, config))
         return _json(await read_now(meter, service.config.bridge.data_dir, poller))
 
     async def history(request: Request) -> Response:

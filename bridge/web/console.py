@@ -149,8 +149,7 @@ class Console:
         self.last[reading.meter] = reading
         self.history.add(reading)
         if self.hub.subscribers:
-            running = self.service.meters.get(reading.meter)
-            poller = running.poller if running is not None else None
+            poller = self.service.polled(reading.meter)
             self.hub.publish(
                 "reading",
                 {
@@ -162,10 +161,17 @@ class Console:
             )
 
     def sync_totals(self) -> None:
-        """Bring the monotonic per-meter totals up to date."""
-        for name, running in self.service.meters.items():
+        """Bring the monotonic per-meter totals up to date (meters polled in worker processes
+        from what their workers last reported)."""
+        service = self.service
+        for name, running in service.meters.items():
             self.tracker.update(name, running.poller)
-        self.tracker.forget(set(self.service.meters))
+        keep = set(service.meters)
+        if service.pool is not None:
+            for name in service.pool.meter_names():
+                self.tracker.update(name, service.pool.remote.get(name))
+                keep.add(name)
+        self.tracker.forget(keep)
 
     def oldest_unsent_age_s(self) -> float | None:
         """Age of the oldest reading still in the outbox (None when it is empty)."""
@@ -199,13 +205,21 @@ class Console:
             self.hub.publish("alarm", {"change": change.kind, **change.alarm})
         if changes or not self._attributes_sent:
             self._publish_alarm_attributes(changes)
-        for name, running in service.meters.items():
-            state = running.poller.stats.state if running.poller is not None else "starting"
+        states = {
+            name: running.poller.stats.state if running.poller is not None else "starting"
+            for name, running in service.meters.items()
+        }
+        if service.pool is not None:
+            for name in service.pool.meter_names():
+                remote = service.pool.remote.get(name)
+                if name not in service.paused:
+                    states[name] = remote.stats.state if remote is not None else "starting"
+        for name, state in states.items():
             if self._states.get(name) != state:
                 self._states[name] = state
                 self.hub.publish("state", {"meter": name, "state": state})
         for name in list(self._states):
-            if name not in service.meters:
+            if name not in states:
                 del self._states[name]
                 self.hub.publish("state", {"meter": name, "state": "removed"})
         # Meters polled in worker processes have no poller here, but their readings come in.
@@ -245,13 +259,19 @@ class Console:
         """What the alarm rules look at, read from the live service."""
         service = self.service
         meters = {}
-        for name, running in service.meters.items():
+        configs = {name: running.meter for name, running in service.meters.items()}
+        if service.pool is not None:
+            for name in service.pool.meter_names():
+                config = service.pool.meter_config(name)
+                if config is not None and name not in service.paused:
+                    configs[name] = config
+        for name, config in configs.items():
             totals = self.tracker.meters.get(name)
             counts = totals.counts if totals is not None else {}
-            poller = running.poller
+            poller = service.polled(name)
             last = self.last.get(name)
             meters[name] = MeterFacts(
-                interval_s=running.meter.interval_s,
+                interval_s=config.interval_s,
                 cycles=counts.get("cycles", 0),
                 successes=counts.get("successes", 0),
                 resyncs=counts.get("resyncs", 0),

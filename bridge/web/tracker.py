@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 if TYPE_CHECKING:
-    from bridge.poller import MeterPoller
+    from bridge.poller import PollerStats
 
 __all__ = ["LATENCY_BUCKETS", "MeterTotals", "Tracker"]
 
@@ -36,6 +36,14 @@ STAT_COUNTERS = (
 LINK_COUNTERS = ("resyncs", "bytes_discarded", "retransmissions", "bad_fcs", "stale_responses")
 
 
+class HasStats(Protocol):
+    """A poller, here or in a worker process (:class:`bridge.worker_link.RemoteMeter`)."""
+
+    @property
+    def stats(self) -> PollerStats:
+        """Its counters (a new object when the poller was restarted)."""
+
+
 @attrs.define(eq=False)
 class MeterTotals:
     """What one meter did since the service started."""
@@ -49,7 +57,7 @@ class MeterTotals:
     _link_seen: dict[str, int] = attrs.Factory(dict)
     _link: Any = None
 
-    def update(self, poller: MeterPoller) -> None:
+    def update(self, poller: HasStats) -> None:
         """Add what ``poller`` counted since the last update."""
         stats = poller.stats
         seen = self._stat_seen
@@ -96,7 +104,7 @@ class Tracker:
     def __init__(self) -> None:
         self.meters: dict[str, MeterTotals] = {}
 
-    def update(self, name: str, poller: MeterPoller | None) -> MeterTotals:
+    def update(self, name: str, poller: HasStats | None) -> MeterTotals:
         """Update and return one meter's totals."""
         totals = self.meters.setdefault(name, MeterTotals())
         if poller is not None:

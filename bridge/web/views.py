@@ -50,8 +50,7 @@ def meter_view(
     if alarms is None:
         alarms = service.all_alarms()
     name = meter.name
-    running = service.meters.get(name)
-    poller = running.poller if running is not None else None
+    poller = service.polled(name)
     totals = console.tracker.meters.get(name)
     counts = totals.counts if totals is not None else {}
     reading = console.last.get(name)
@@ -59,8 +58,6 @@ def meter_view(
     stats = poller.stats.as_dict() if poller is not None else {}
     if not meter.enabled:
         state = "disabled"
-    elif running is None and service.pool is not None:
-        state = "in-worker"  # polled in a worker process: its counters stay there
     elif poller is None:
         state = "starting"
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -147,14 +147,18 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
     def notifyConnected(self, *args: object) -> None: ...
 
 
-def _serve(listener: socket.socket, stop: threading.Event) -> None:
+def _serve(
+    listener: socket.socket, stop: threading.Event, factory: Callable[[], Any] = GuruxMeter
+) -> None:
+    """Answer one connection at a time with a fresh meter from ``factory`` (its ``answer``
+    takes one complete wrapper PDU)."""
     listener.settimeout(0.2)
     while not stop.is_set():
         try:
             conn, _ = listener.accept()
         except TimeoutError:
             continue
-        meter = GuruxMeter()
+        meter = factory()
         with conn:
             conn.settimeout(0.2)
             buffer = b""
@@ -178,10 +182,8 @@ def _serve(listener: socket.socket, stop: threading.Event) -> None:
                         conn.sendall(reply)
 
 
-@contextmanager
-def gurux_meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """Serve a gurux meter on a loopback port (yielded) until the block ends."""
-    # Members the server code of this gurux release calls but never defines.
+def patch_missing_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members the server code of this gurux release calls but never defines."""
     monkeypatch.setattr(ValueEventArgs, "isSkipMaxPduSize", False, raising=False)
     monkeypatch.setattr(ValueEventArgs, "__iter__", lambda self: iter((self,)), raising=False)
     monkeypatch.setattr(
@@ -191,6 +193,12 @@ def gurux_meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
         GXDLMSLongTransaction, "setData", lambda self, data: setattr(self, "data", data),
         raising=False,
     )  # fmt: skip
+
+
+@contextmanager
+def gurux_meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Serve a gurux meter on a loopback port (yielded) until the block ends."""
+    patch_missing_members(monkeypatch)
     GuruxMeter()  # fails here, not in the thread, if gurux refuses the objects
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()

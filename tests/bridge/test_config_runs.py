@@ -22,6 +22,7 @@ from bridge.config import load_config
 from bridge.service import BridgeService, mqtt_settings
 from tests.bridge.conftest import GATEWAY_TOKEN
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Mosquitto
+from tests.bridge.waiting import wait_until
 
 SECRET = "s3cr3t-\u0007-value"
 
@@ -236,7 +237,16 @@ async def test_every_config_check_config_accepts_runs(
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
-                await trio.sleep(1.6)
+                # The meters on the simulator are read twice (the others may fail meanwhile).
+                local = [m.name for m in config.meters if m.host == "127.0.0.1"]
+                await wait_until(
+                    lambda service=service, local=local: all(
+                        service.snapshot()["meters"].get(name, {}).get("successes", 0) >= 2
+                        for name in local
+                    ),
+                    20,
+                    f"{case}: two readings of every meter on the simulator",
+                )
                 snapshot = service.snapshot()
                 service.stop()
         for name, meter in snapshot["meters"].items():

@@ -218,9 +218,14 @@ async def test_dashboard_in_headless_chromium(
     await run(lambda: browser.save_screenshot(str(tmp_path / "dashboard-charts.png")))
     # A phone-sized view stays readable (no horizontal overflow of the page itself).
     await run(lambda: browser.set_window_size(390, 844))
-    await trio.sleep(0.5)
-    width = await run(lambda: browser.execute_script("return document.body.scrollWidth"))
-    assert width <= 400
+    await _until(
+        lambda: browser.execute_script("return window.innerWidth") <= 400, 10, "the phone size"
+    )
+    await _until(
+        lambda: browser.execute_script("return document.body.scrollWidth") <= 400,
+        10,
+        "no horizontal overflow at the phone size",
+    )
     await run(lambda: browser.save_screenshot(str(tmp_path / "dashboard-phone.png")))
 
     logs = await run(lambda: browser.get_log("browser"))

@@ -80,9 +80,8 @@ async def test_publish_returns_after_puback(
                 done.set()
 
             nursery.start_soon(one)
-            await trio.sleep(0.5)
+            await wait_until(lambda: client.pending_publishes == 1, 5)
             assert not done.is_set()
-            assert client.pending_publishes == 1
             mosquitto.resume()
             with trio.fail_after(5):
                 await done.wait()

@@ -18,6 +18,7 @@ import attrs
 import pytest
 import trio
 
+from bridge import mqtt as mqtt_module
 from bridge.config import PRESETS, config_from_dict
 from bridge.mqtt import ALARM_PUBACK_WITHHELD, MqttClient, MqttSettings
 from bridge.outbox import AsyncOutbox, OutboxWriter
@@ -115,9 +116,11 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> float:
 
 
 async def test_withheld_pubacks_raise_an_alarm_and_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="bridge")
+    # The client's housekeeping tick (keepalive, PUBACK watch), 1 s, made quicker.
+    monkeypatch.setattr(mqtt_module, "_MISC_INTERVAL", 0.2)
     broker = SilentBroker()
     box = await AsyncOutbox.open(tmp_path)
     await box.append([Reading("m1", T0 + i, {"v": i}) for i in range(3)])
@@ -136,7 +139,18 @@ async def test_withheld_pubacks_raise_an_alarm_and_one_warning(
         first = trio.current_time()
         took = await _until(lambda: ALARM_PUBACK_WITHHELD in publisher.alarms, 6)
         raised_after = trio.current_time() - first
-        await trio.sleep(2.5)  # it stays one alarm and one line while the broker keeps silent
+        # It stays one alarm and one line while the broker keeps silent: five more checks.
+        client = publisher.clients[None]
+        checks = 0
+        check = client._check_pubacks
+
+        def counted(conn: Any) -> None:
+            nonlocal checks
+            checks += 1
+            check(conn)
+
+        monkeypatch.setattr(client, "_check_pubacks", counted)
+        await _until(lambda: checks >= 5, 10)
         message = publisher.alarm_messages()[ALARM_PUBACK_WITHHELD]
         broker.released.set()
         await _until(lambda: ALARM_PUBACK_WITHHELD not in publisher.alarms, 5)
@@ -290,7 +304,8 @@ async def test_default_pacing_keeps_up_in_topic_mode_with_five_meters_at_1_s(
     assert mqtt_settings(config).backoff_max == 30.0
     with trio.fail_after(60):
         async with running(config) as service:
-            await trio.sleep(13.5)
+            # 13 rounds of the five meters: more than two alarm windows.
+            await _until(lambda: _rounds(caplog) >= 13, 30)
             snapshot = service.snapshot()
             rows_at_end = snapshot["outbox"]["rows"]
         await _until(lambda: _topic_readings(sub) >= _stored_count(caplog), 10)
@@ -308,6 +323,12 @@ async def test_default_pacing_keeps_up_in_topic_mode_with_five_meters_at_1_s(
 
 def _topic_readings(sub: Collector) -> int:
     return sum(len(json.loads(m.payload)) for m in sub.messages if m.topic.endswith("/telemetry"))
+
+
+def _rounds(caplog: pytest.LogCaptureFixture) -> int:
+    """Readings taken by the meter that took the fewest (0 until each took one)."""
+    taken = stored(caplog)
+    return min((len(v) for v in taken.values()), default=0) if len(taken) == 5 else 0
 
 
 def _stored_count(caplog: pytest.LogCaptureFixture) -> int:

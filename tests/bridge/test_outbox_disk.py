@@ -27,6 +27,7 @@ from bridge.outbox import (
     OutboxWriter,
 )
 from bridge.readings import Reading
+from bridge.web import console as console_module
 from tests.bridge.delivery import check_order, missing, received
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, events, running, stored, wait_delivered
@@ -51,7 +52,25 @@ class Alarms:
         self.calls.append((name, active, message))
 
 
-async def _wait(predicate: Callable[[], bool], timeout: float) -> float:
+def _failed_retries(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "spilled readings failed" in r.getMessage()]
+
+
+class CallCounter:
+    """Counts the calls of ``obj.<name>`` from now on (the method still runs)."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.calls = 0
+        method = getattr(obj, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return await method(*args, **kwargs)
+
+        setattr(obj, name, counted)
+
+
+async def _wait(predicate: Callable[[], object], timeout: float) -> float:
     """Seconds until `predicate` holds (fails the test after `timeout`)."""
     start = trio.current_time()
     with trio.fail_after(timeout):
@@ -83,7 +102,8 @@ async def test_writer_spills_while_the_disk_is_full_and_writes_everything_after(
             assert results == [None] * 49
             assert not writer.writable and writer.alarms == {ALARM_WRITE_FAILED}
             assert writer.spill_depth()[0] == 50
-            await trio.sleep(1.0)  # several retries fail meanwhile
+            # Several retries fail meanwhile (one every 0.2 s).
+            await _wait(lambda: len(_failed_retries(caplog)) >= 3, 5.0)
             assert writer.spill_depth()[0] == 50 and box.depth()[0] == n
             assert [(n, a) for n, a, _ in alarms.calls] == [(ALARM_WRITE_FAILED, True)]
             assert "cannot write" in alarms.calls[0][2]
@@ -186,7 +206,19 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
             filler = fill(data)
             await _wait(lambda: "outbox.write_failed" in service.all_alarms(), 3.0)
             before = {n: m["successes"] for n, m in service.snapshot()["meters"].items()}
-            await trio.sleep(4.0)
+            # Polling goes on while the disk is full: every meter takes several more readings
+            # (none would come if a poller waited for the disk).
+            await _wait(
+                lambda: (
+                    all(
+                        m["successes"] - before[n] >= 4
+                        for n, m in service.snapshot()["meters"].items()
+                    )
+                    # A poll is counted a moment before its reading is handed over.
+                    and service.snapshot()["outbox"]["spill_rows"] >= 3 * 4
+                ),
+                10.0,
+            )
             during = service.snapshot()
             status = service._status_line()
             verdict = evaluate(await service.status(), time.time())
@@ -195,13 +227,13 @@ async def test_service_keeps_polling_through_a_full_disk_and_recovers(
             await wait_delivered(caplog, sub, 10)
             after = service.snapshot()
 
-    # Polling went on at full rate while the disk was full: 4 s at 0.5 s per meter.
+    # Polling went on while the disk was full, and what it took waits in the spill.
     for name, meter in during["meters"].items():
-        assert meter["successes"] - before[name] >= 7, (name, meter)
+        assert meter["successes"] - before[name] >= 4, (name, meter)
         assert meter["crashes"] == 0 and meter["state"] == "ok", (name, meter)
         assert meter["online"] is True
     outbox = during["outbox"]
-    assert outbox["writable"] is False and outbox["spill_rows"] >= 3 * 7, outbox
+    assert outbox["writable"] is False and outbox["spill_rows"] >= 3 * 4, outbox
     assert "cannot be written (disk full" in outbox["problem"]
     assert "OUTBOX CANNOT WRITE" in status
     # `dlms-bridge health` names it in its outbox check, not "OK".
@@ -316,10 +348,13 @@ async def test_console_stores_on_a_full_disk_log_one_line_per_episode(
     collector: Callable[[list[str]], Collector],
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The console's alarm and history stores share the data directory: a full disk gives one
     error line per episode (no traceback each tick), and the console goes on afterwards."""
     caplog.set_level(logging.DEBUG, logger="bridge")
+    # The console's tick, shortened: several failed attempts of the alarm store in a second.
+    monkeypatch.setattr(console_module, "TICK_S", 0.2)
     with small_tmpfs(tmp_path / "data") as data, trio.fail_after(60):
         _sim, ports = await simulator(meters=2, seed=3)
         sub = collector(["v1/gateway/telemetry"])
@@ -329,12 +364,20 @@ async def test_console_stores_on_a_full_disk_log_one_line_per_episode(
             await sub.wait_for(lambda ms: len(received(sub)) == 2)
             filler = fill(data)
             await _wait(lambda: "outbox.write_failed" in service.all_alarms(), 3.0)
-            await trio.sleep(4.0)
+            # Both stores fail to write (the history store flushes every 2 s).
+            await _wait(lambda: events(caplog, "alarm_store_write_failed"), 10.0)
+            await _wait(lambda: events(caplog, "history_write_failed"), 10.0)
+            ticks = CallCounter(service.console, "tick")
+            await _wait(lambda: ticks.calls >= 3, 10.0)
             filler.unlink()
             await _wait(lambda: "outbox.write_failed" not in service.all_alarms(), 5.0)
-            await trio.sleep(2.0)
+            # The console goes on: each store writes again and says after how many failures.
+            await _wait(lambda: events(caplog, "alarm_store_write_failed_ended"), 10.0)
+            await _wait(lambda: events(caplog, "history_write_failed_ended"), 10.0)
             await wait_delivered(caplog, sub, 10)
-
+    # Several failed ticks of the alarm store, one error line.
+    (ended,) = events(caplog, "alarm_store_write_failed_ended")
+    assert ended["failures"] >= 3, ended
     assert not [r.getMessage() for r in caplog.records if r.exc_info]
     web_errors = [
         r.getMessage()

@@ -412,6 +412,30 @@ async def test_set_interval_holds_to_the_one_bound() -> None:
     assert poller.interval_s == 86_400
 
 
+async def test_set_interval_starts_a_new_cadence_at_once(
+    meters: Any, autojump_clock: MockClock
+) -> None:
+    """Polls every second; at 2.5 s the interval becomes 0.4 s (a ThingsBoard shared
+    attribute): the pause in progress is cut short, the next poll comes at once and the
+    following ones 400 ms apart, on the new grid."""
+    with trio.fail_after(20):
+        net = meters()
+        sink = Sink()
+        poller = poller_for(net, meter_config(net.port(0), interval_s=1.0, timeout_s=0.3), sink)
+
+        async def change_then_wait() -> None:
+            await trio.sleep(2.5)
+            poller.set_interval(0.4)
+            await sink.wait_for(9)
+
+        start = trio.current_time()
+        await run_for(poller, change_then_wait)
+    times = [round((t - start) * 1000) for t in sink.times]
+    assert times[:3] == [0, 1000, 2000], times
+    assert times[3:9] == [2500 + 400 * k for k in range(6)], times
+    assert (poller.stats.missed, poller.stats.failures) == (0, 0)
+
+
 async def test_a_faulty_meter_recovers_while_the_others_keep_their_cadence(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:

@@ -34,6 +34,26 @@ def profile_ts(sub: Collector) -> list[int]:
     return out
 
 
+def polls_received(sub: Collector) -> int:
+    """Poll readings (without the profile's energy column) of m0 received."""
+    return sum(
+        1
+        for message in sub.on("v1/gateway/telemetry")
+        for entry in json.loads(message.payload).get("m0", [])
+        if ENERGY not in entry["values"]
+    )
+
+
+def stored_polls(*processes: Any) -> int:
+    """Poll readings of m0 the processes took (their ``reading_stored`` lines)."""
+    return sum(len(p.stored().get("m0", [])) for p in processes)
+
+
+async def more_polls(process: Any, polls: int) -> None:
+    target = stored_polls(process) + polls
+    await process.wait_for(lambda: stored_polls(process) >= target, 10, f"{polls} more polls")
+
+
 def with_profiles(path: Path) -> Path:
     text = path.read_text().replace(
         "[defaults]\n",
@@ -63,15 +83,21 @@ async def test_kill_9_during_backfill_resends_at_most_one_range(
         assert await first.wait_exit() == -signal.SIGKILL
         second = await bridge_process(config)
         await sub.wait_for(lambda _m: len(set(profile_ts(sub))) >= 96, timeout=40)
-        await trio.sleep(1.0)
+        await more_polls(second, 2)
         second.signal(signal.SIGTERM)
         assert await second.wait_exit() == 0
+        await sub.wait_for(lambda _m: polls_received(sub) >= stored_polls(first, second), 10)
         delivered_before_restart = len(profile_ts(sub))
         third = await bridge_process(config)
-        await third.wait_event("associated")
-        await trio.sleep(2.0)
+        # The clean restart reads the profile (a new association), then polls on.
+        await third.wait_event("profile_read")
+        await more_polls(third, 2)
         third.signal(signal.SIGTERM)
         assert await third.wait_exit() == 0
+        # Everything it took reached the broker and the subscriber (the outbox is sent in
+        # order: profile entries taken before these polls, too).
+        total = stored_polls(first, second, third)
+        await sub.wait_for(lambda _m: polls_received(sub) >= total, 10)
     after = time.time()
     ts = profile_ts(sub)
     first_quarter = (math.floor((before - 86400) / 900) + 1) * 900_000

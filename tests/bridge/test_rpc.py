@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from bridge import service as service_module
 from bridge.config import BridgeConfig, config_from_dict
 from bridge.rpc import RpcRequest, fit_answer, parse_message
 from bridge.service import BridgeService
@@ -24,6 +25,7 @@ from bridge.simulator.models import FIRMWARE_VERSION
 from tests.bridge.conftest import METER_TOKENS
 from tests.bridge.mosquitto import TOKEN_PASSWORD, Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, events
+from tests.bridge.waiting import all_delivered, wait_until
 
 _ids = itertools.count(1)
 
@@ -220,8 +222,11 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
     collector: Callable[[list[str]], Collector],
     simulator: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
+    # The gateway's own attributes are compared every 5 s; a quicker look for the test.
+    monkeypatch.setattr(service_module, "GATEWAY_ATTRIBUTES_CHECK_S", 0.2)
     _sim, ports = await simulator(meters=1)
     sub = collector(["v1/gateway/#", "v1/devices/me/attributes"])
     cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
@@ -230,17 +235,15 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
         async with running(cfg) as service:
             poller = service.meters["m0"].poller
             assert poller is not None
-            await trio.sleep(2.5)
-            before = poller.stats.successes
+            await wait_until(lambda: poller.stats.successes >= 1, 10, "a first poll")
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": "m0", "data": {"interval_s": 0.4}})
             )
-            while poller.interval_s != 0.4:
-                await trio.sleep(0.05)
+            await wait_until(lambda: poller.interval_s == 0.4, 10, "the new interval applied")
+            # Polling goes on at the new cadence (its timing is checked exactly on the virtual
+            # clock: test_poller.py, test_set_interval_starts_a_new_cadence_at_once).
             start = poller.stats.successes
-            await trio.sleep(2.0)
-            fast = poller.stats.successes - start
-            assert fast >= 4, fast  # 5 polls in 2 s instead of 2
+            await wait_until(lambda: poller.stats.successes >= start + 3, 10, "3 more polls")
             # An interval beyond the bound (which would stop polling) is refused, and logged.
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": "m0", "data": {"interval_s": 1e300}})
@@ -249,7 +252,6 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
                 await trio.sleep(0.05)
             assert "at most 86400 s" in events(caplog, "shared_attribute_refused")[0]["error"]
             assert poller.interval_s == 0.4
-            assert before <= 4
             # enabled = false stops the meter, and it stays off across a restart.
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": "m0", "data": {"enabled": False}})
@@ -258,7 +260,7 @@ async def test_shared_attributes_change_the_cadence_and_are_kept_across_restarts
                 await trio.sleep(0.05)
             assert "m0" in service.paused
         async with running(cfg) as service:
-            await trio.sleep(0.5)
+            # Switched off from the start (running() waits for the broker's connection).
             assert "m0" not in service.meters and "m0" in service.paused
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": "m0", "data": {"enabled": True}})
@@ -398,12 +400,21 @@ async def test_event_log_entries_follow_a_remote_disconnect(
                     out.append((entry["ts"], entry["values"]["event_code"]))
         return out
 
+    def received() -> int:
+        return sum(len(json.loads(m.payload).get("m0", [])) for m in sub.on("v1/gateway/telemetry"))
+
     with trio.fail_after(30):
-        async with running(config_from_dict(document)):
+        async with running(config_from_dict(document)) as service:
             assert await gateway_rpc(sub, "m0", "disconnect") == {"output_state": False}
             assert await gateway_rpc(sub, "m0", "reconnect") == {"output_state": True}
             await sub.wait_for(lambda _m: len(events()) >= 2, timeout=10)
-            await trio.sleep(1.5)
+            # Two more reads of the event log (one a second) and their delivery: an event
+            # read twice would be delivered twice by then.
+            poller = service.meters["m0"].poller
+            assert poller is not None
+            reads = poller.work.profiles[0].reads + 2
+            await wait_until(lambda: poller.work.profiles[0].reads >= reads, 10, "2 more reads")
+            await all_delivered(service, received)
     recorded = [(t * 1000, code) for t, code in sim.meter(0).events]
     assert events() == recorded
     assert [code for _, code in recorded] == [60, 61]

@@ -386,7 +386,14 @@ async def test_kill_9_in_the_middle_of_a_backlog_flush_loses_nothing(
         first = await bridge_process(slow)
         await first.wait_event("running")
         await sub.wait_for(lambda _m: sum(map(len, received(sub).values())) >= 12, timeout=20)
-        await trio.sleep(1.0)
+        # A backlog builds up (taken faster than delivered) before the kill.
+        await first.wait_for(
+            lambda: (
+                sum(map(len, first.stored().values())) - sum(map(len, received(sub).values())) >= 40
+            ),
+            20,
+            "a backlog of 40 readings",
+        )
         first.proc.kill()  # SIGKILL: no shutdown, no flush, in the middle of a delivery
         assert await first.wait_exit() == -signal.SIGKILL
         taken_first = first.stored()

@@ -17,6 +17,7 @@ from codec.security import SecurityPolicy as P
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_run_cli import bridge_process, write_config  # noqa: F401 (fixture)
 from tests.bridge.test_service import bridge_config, running, stored, wait_delivered
+from tests.bridge.waiting import wait_until
 from tests.security.test_secured_simulator import AK, EK, meter_settings
 
 
@@ -45,9 +46,27 @@ async def test_service_reads_secured_meters_across_a_restart(
                 "authentication_key": AK.hex(),
             },
         )
-        for _ in range(2):  # the second run starts above every counter the first reserved
+        meters = [sim.meter(index) for index in (0, 1)]
+        for run in range(2):  # the second run starts above every counter the first reserved
+            base = [m.counters.requests for m in meters]
             async with running(config):
-                await trio.sleep(1.3 if workers == 1 else 5.0)
+                # Each meter associated (AARQ, HLS action) and polled twice in this run.
+                await wait_until(
+                    lambda run=run, base=base: all(
+                        m.counters.associations >= run + 1 and m.counters.requests >= b + 4
+                        for m, b in zip(meters, base, strict=True)
+                    ),
+                    30,
+                    "both meters associated and polled twice",
+                )
+                if workers == 1:
+                    await wait_until(
+                        lambda run=run: all(
+                            len(stored(caplog).get(m, [])) >= 2 * (run + 1) for m in ("m0", "m1")
+                        ),
+                        10,
+                        "two readings of each meter stored",
+                    )
         await wait_delivered(caplog, sub, 10)
     if workers == 1:  # worker processes log in their own process
         taken = stored(caplog)

@@ -4,6 +4,7 @@ are not disturbed."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from bridge.poller import MeterPoller
 from bridge.supervision import CrashTracker, SupervisionSettings, crash_summary
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, events, running, telemetry
+from tests.bridge.waiting import wait_until
 
 
 def boom(n: int = 1) -> RuntimeError:
@@ -63,9 +65,11 @@ async def test_a_poller_that_keeps_crashing_is_faulted_and_the_others_go_on(
 ) -> None:
     caplog.set_level(logging.INFO)
     original = MeterPoller.run
+    starts: list[float] = []  # Trio times the bad meter's poller was started
 
     async def run(self: MeterPoller, **kwargs: Any) -> None:
         if self.meter.name == "bad":
+            starts.append(trio.current_time())
             await trio.sleep(0.01)
             raise TypeError("unsupported operand type(s) for *: 'list' and 'int'")
         await original(self, **kwargs)
@@ -78,26 +82,28 @@ async def test_a_poller_that_keeps_crashing_is_faulted_and_the_others_go_on(
             tmp_path / "data", mosquitto, ports, names=["good", "bad"],
             bridge={"summary_interval_s": 0.5}, defaults={"interval_s": 0.2, "timeout_s": 0.1},
         )  # fmt: skip
-        supervision = SupervisionSettings(backoff_s=0.05, backoff_max_s=0.1, faulted_retry_s=3.0)
+        supervision = SupervisionSettings(backoff_s=0.05, backoff_max_s=0.1, faulted_retry_s=1.0)
         async with running(config, supervision=supervision) as service:
-            with trio.move_on_after(10):
-                while "meter.bad.faulted" not in service.snapshot()["alarms"]:
-                    await trio.sleep(0.02)
+            await wait_until(
+                lambda: "meter.bad.faulted" in service.snapshot()["alarms"], 10, "bad faulted"
+            )
             alarm = service.snapshot()["alarms"].get("meter.bad.faulted", "")
             assert "crashed 3 times in a row" in alarm, service.snapshot()["alarms"]
             assert "TypeError: unsupported operand" in alarm
-            assert "retried every 3 s" in alarm
-            # The slow cadence: no fourth crash within the next 2 s.
-            await trio.sleep(2.0)
+            assert "retried every 1 s" in alarm
             snapshot = service.snapshot()["meters"]
-            assert snapshot["bad"]["crashes"] == 3
             assert snapshot["bad"]["state"] == "faulted"
             assert snapshot["bad"]["faulted"] is True
             assert snapshot["good"]["faulted"] is False
-            # ... and after it, one more attempt.
-            await trio.sleep(2.0)
-            assert service.snapshot()["meters"]["bad"]["crashes"] == 4
+            # The slow cadence: one more attempt, and not before the faulted retry period.
+            await wait_until(lambda: len(starts) >= 4, 10, "a fourth start of the bad poller")
+            assert service.snapshot()["meters"]["bad"]["crashes"] >= 3
             await sub.wait_for(lambda ms: len(telemetry(sub)) >= 10, 10)
+    # After the third identical crash the poller is started again only at the faulted
+    # cadence (the short backoff would be 0.1 s at most). Trio's sleep never returns early:
+    # this lower bound does not depend on the machine's speed.
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[2] >= 1.0, gaps
     assert {meter for meter, _, _ in telemetry(sub)} == {"good"}
     summaries = events(caplog, "summary")
     assert summaries and summaries[-1]["meters_faulted"] == 1

@@ -43,7 +43,15 @@ def test_event_payloads_are_typed(event: type) -> None:
 
 def test_association_events_are_a_closed_union() -> None:
     names = {t.__name__ for t in typing.get_args(association.Event)}
-    assert names == {"Associated", "Response", "Notification", "Released", "Closed", "Lenient"}
+    assert names == {
+        "Associated",
+        "Response",
+        "SteadyResponse",
+        "Notification",
+        "Released",
+        "Closed",
+        "Lenient",
+    }
     assert association.ClientAssociation.next_event.__annotations__["return"] == (
         "Event | NeedData"
     )

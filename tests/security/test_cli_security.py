@@ -62,6 +62,13 @@ async def test_read_hls_gmac_twice_with_ciphered_requests(
     assert initiate["content"]["kind"] == "initiate-request"
     request = next(i["apdu"] for i in trace if i.get("apdu", {}).get("kind") == "glo-get-request")
     assert request["content"]["kind"] in ("get-request-normal", "get-request-with-list")
+    # The release is ciphered both ways, and deciphered in the trace.
+    assert kinds[-2:] == ["rlrq", "rlre"]
+    rlrq, rlre = [i["apdu"] for i in trace if i.get("apdu", {}).get("kind") in ("rlrq", "rlre")]
+    assert rlrq["ciphered_user_information"]["kind"] == "glo-initiate-request"
+    assert rlrq["ciphered_user_information"]["content"]["kind"] == "initiate-request"
+    assert rlre["ciphered_user_information"]["kind"] == "glo-initiate-response"
+    assert rlre["ciphered_user_information"]["content"]["kind"] == "initiate-response"
     text = done.stderr.decode().lower() + done.stdout.decode().lower()
     assert EK.hex() not in text and AK.hex() not in text
     assert sim.meter(0).counters.associations == 2

@@ -25,6 +25,7 @@ from gurux_dlms.secure import GXDLMSSecureClient
 
 from bridge.simulator import SimulatorConfig
 from bridge.simulator.cosem_server import CosemServer
+from codec.acse import RLRE, RLRQ, ReleaseResponseReason, decode_acse
 from codec.acse import AuthenticationMechanism as M
 from codec.security import SecurityPolicy as P
 from tests.bridge.test_simulator_interop import GuruxSession
@@ -244,3 +245,53 @@ async def test_gurux_secure_client_with_a_dedicated_key(monkeypatch: pytest.Monk
     assert objects == len(sim.meter(0).model.objects)
     # gurux sends its HLS action glo-ciphered, then its GETs ded-ciphered.
     assert 0xCB in tags and 0xD0 in tags
+
+
+def _read_and_release_protected(port: int, transport: str) -> float:
+    session = SecureGuruxSession(port, transport, M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED)
+    session.client.useProtectedRelease = True  # the RLRQ carries the ciphered InitiateRequest
+    session.open()
+    register = GXDLMSRegister("1.1.32.7.0.255")
+    session.read(register, 3)
+    session.read(register, 2)
+    session.close()
+    return float(register.value)
+
+
+@pytest.mark.parametrize("transport", ["hdlc", "wrapper"])
+async def test_gurux_protected_release_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    """gurux's ciphered RLRQ (useProtectedRelease) releases the simulator's association: it
+    deciphers with the association's keys and a fresh counter, and is answered ciphered."""
+    rlrqs: list[bytes] = []
+    replies: list[bytes] = []
+    handle = CosemServer.handle
+
+    def spy(self: CosemServer, apdu: bytes, client_sap: int, wall: float) -> bytes | None:
+        reply = handle(self, apdu, client_sap, wall)
+        if apdu[:1] == b"\x62":
+            rlrqs.append(apdu)
+            replies.append(reply or b"")
+        return reply
+
+    monkeypatch.setattr(CosemServer, "handle", spy)
+    with trio.fail_after(TIMEOUT):
+        config = SimulatorConfig(
+            port=0,
+            transport=transport,
+            settings=meter_settings(M.HIGH_GMAC, P.AUTHENTICATED_ENCRYPTED),
+        )
+        async with running(config) as (sim, ports):
+            volts = await trio.to_thread.run_sync(
+                _read_and_release_protected, ports.meters[0], transport
+            )
+    assert 110 < volts < 130
+    (rlrq,) = rlrqs
+    decoded = decode_acse(rlrq)
+    assert isinstance(decoded, RLRQ) and decoded.ciphered_initiate is not None
+    assert decoded.ciphered_initiate[0] == 0x21  # glo-initiate-request, from gurux
+    rlre = decode_acse(replies[0])
+    assert isinstance(rlre, RLRE) and rlre.reason == ReleaseResponseReason.NORMAL
+    assert rlre.ciphered_initiate is not None  # answered ciphered
+    assert sim.meter(0).counters.releases == 1

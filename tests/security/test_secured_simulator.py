@@ -117,13 +117,14 @@ async def test_secured_reads_list_blocks_set_action_profile(
             )
             assert 11 <= len(profile.rows) <= 12
             assert session.association is not None
-            used = session.association.client_counter
             await session.release()
+            used = session.association.client_counter
             await session.aclose()
         assert meter.counters.associations == 1
         assert meter.counters.blocks >= 3
+        assert meter.counters.releases == 1
         if policy is not None:
-            # Every request was ciphered with a fresh counter, seen by the meter.
+            # Every request, the RLRQ last, was ciphered with a fresh counter, seen by the meter.
             assert meter.client_counters[CLIENT_TITLE] == used
             assert used is not None and used > 100 + 5
 
