@@ -135,10 +135,11 @@ class Reactor:
 
     # -- the Trio side ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; then stop the thread and close every connection it holds.
 
-        An error in the reactor thread is raised here.
+        Reports through ``task_status`` once the thread runs. An error in the reactor thread is
+        raised here.
         """
         self._token = trio.lowlevel.current_trio_token()
         finished = trio.Event()
@@ -162,6 +163,7 @@ class Reactor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 thread.start()
+                task_status.started()
                 try:
                     await finished.wait()
                 finally:

@@ -253,7 +253,7 @@ class Simulator:
                     control = await nursery.start(
                         serve_control, self, config.host, config.control_port
                     )
-                nursery.start_soon(reactor.run)
+                await nursery.start(reactor.run)
                 self.ports = SimulatorPorts(
                     config.host, tuple(sock.getsockname()[1] for _, sock in opened), control
                 )

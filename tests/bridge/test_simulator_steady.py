@@ -37,7 +37,15 @@ from codec.apdu import (
     encode_apdu,
 )
 from codec.axdr import Data
-from codec.hdlc import FrameKind, FrameScanner, HdlcAddress, decode_frame, encode_frame, fcs16
+from codec.hdlc import (
+    NEED_DATA,
+    FrameKind,
+    FrameScanner,
+    HdlcAddress,
+    decode_frame,
+    encode_frame,
+    fcs16,
+)
 from codec.obis import Obis
 from tests.bridge.test_simulator_rawclient import TIMEOUT, RawClient, running, value_of
 
@@ -421,3 +429,68 @@ def test_the_link_steady_path_is_the_general_one(chunks: list[bytes], flags: boo
         out = [link.receive_data(chunk, WALL + n) for n, chunk in enumerate(chunks)]
         results.append((out, meter.counters.as_dict(), link._vs, link._vr, link.state))
     assert results[0] == results[1]
+
+
+async def test_a_client_that_stops_reading_stalls_only_its_own_connection() -> None:
+    """The reactor stops reading a connection whose replies the peer does not take (as
+    ``send_all`` would): what it holds stays bounded, the other meters are served meanwhile,
+    and every reply arrives, in order, once the client reads again."""
+    import socket
+    import time
+
+    poll = encode_apdu(
+        GetRequestWithList(
+            InvokeId(1), tuple((AttributeDescriptor(3, Obis.parse(o), 2), None) for o in REGISTERS)
+        )
+    )
+    with trio.fail_after(TIMEOUT * 3):
+        async with running(SimulatorConfig(meters=2, port=0)) as (sim, ports):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", ports.meters[0]))
+            scanner = FrameScanner()
+
+            def frame() -> Any:
+                while (got := scanner.next_frame()) is NEED_DATA:
+                    data = sock.recv(65536)
+                    assert data, "the meter closed the connection"
+                    scanner.receive_data(data)
+                return got
+
+            sock.sendall(encode_frame(FrameKind.SNRM, _SERVER, _CLIENT))
+            assert frame().kind is FrameKind.UA
+            sock.sendall(encode_frame(FrameKind.I, _SERVER, _CLIENT, info=LLC_REQUEST + _AARQ))
+            assert frame().kind is FrameKind.I
+            sock.setblocking(False)
+            sent, ns, stuck, pending = 0, 1, 0, b""
+            while stuck < 10 and sent < 200_000:
+                if not pending:
+                    info = LLC_REQUEST + poll
+                    pending = encode_frame(FrameKind.I, _SERVER, _CLIENT, ns=ns, nr=ns, info=info)
+                    sent += 1
+                    ns = (ns + 1) & 7
+                try:
+                    pending = pending[sock.send(pending) :]
+                except BlockingIOError:
+                    stuck += 1
+                    time.sleep(0.05)
+                    continue
+                stuck = 0
+            assert sent < 200_000, "the meter kept reading a client that does not read"
+            # The other meter is served meanwhile.
+            other = await RawClient.open(ports.meters[1])
+            await other.connect()
+            await other.associate()
+            assert 5_900 < value_of(await other.get(3, "1-1:14.7.0", 2)) < 6_100
+            await other.aclose()
+            sock.setblocking(True)
+            sock.settimeout(TIMEOUT)
+            expected_nr = 2
+            for n in range(sent):
+                if n == sent - 1 and pending:
+                    sock.sendall(pending)  # the rest of the last request, now that it reads
+                reply = frame()
+                assert (reply.kind, reply.nr) == (FrameKind.I, expected_nr)
+                expected_nr = (expected_nr + 1) & 7
+            assert sim.meter(0).counters.requests == sent + 1
+            sock.close()
