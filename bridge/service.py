@@ -16,6 +16,7 @@ Web and operations tasks (dashboard, admin API, metrics) join the same nursery t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -979,13 +980,16 @@ class BridgeService:
                 base = previous.get(name)
                 if base is not None and base[0] is stats:
                     cycles += stats.cycles - base[1]
-                    successes += stats.successes - base[2]
+                    new = stats.successes - base[2]
                     missed += stats.missed - base[3]
                 else:
                     cycles += stats.cycles
-                    successes += stats.successes
+                    new = stats.successes
                     missed += stats.missed
-                latencies.extend(stats.latencies)
+                successes += new
+                # The latencies of this interval's polls (the newest of the window).
+                if new > 0:
+                    latencies.extend(itertools.islice(reversed(stats.latencies), new))
             for totals in self.pool.totals if self.pool is not None else ():
                 key = f"worker.{totals.index}.{totals.pid}"
                 current[key] = (totals, totals.cycles, totals.successes, totals.missed)

@@ -106,7 +106,9 @@ class Tracker:
 
     def update(self, name: str, poller: HasStats | None) -> MeterTotals:
         """Update and return one meter's totals."""
-        totals = self.meters.setdefault(name, MeterTotals())
+        totals = self.meters.get(name)
+        if totals is None:
+            totals = self.meters[name] = MeterTotals()
         if poller is not None:
             totals.update(poller)
         return totals
