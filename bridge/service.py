@@ -675,7 +675,10 @@ class BridgeService:
                 if last != (client.generation, payload):
                     publisher.send(None, "v1/devices/me/attributes", payload.encode())
                     last = (client.generation, payload)
-            await trio.sleep(GATEWAY_ATTRIBUTES_CHECK_S)
+                await trio.sleep(GATEWAY_ATTRIBUTES_CHECK_S)
+            else:
+                # Not connected (yet): published as soon as the connection is up.
+                await trio.sleep(GATEWAY_ATTRIBUTES_CHECK_S / 25)
 
     async def _sink_many(self, readings: Sequence[Reading]) -> None:
         assert self.writer is not None
