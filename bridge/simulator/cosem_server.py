@@ -356,6 +356,8 @@ class CosemServer:
         that path makes on such a request is made here or when the plan is made."""
         meter = self.meter
         plans = meter.model.steady_plans
+        if type(apdu) is not bytes:
+            apdu = bytes(apdu)  # a bytearray or memoryview from the stream: the key is bytes
         plan = plans.get(apdu, _UNPLANNED)
         if plan is _UNPLANNED:
             plan = steady_plan(meter.model, apdu)
