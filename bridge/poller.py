@@ -387,8 +387,11 @@ class MeterPoller:
                 await self._drop_association()
             self._failed(exc)
             return False
-        reading = self.took(readings, started_ms, duration, in_place)
+        reading = self._with_units(readings, started_ms)
         await self.sink(reading)
+        # Counted once durable, as the engine's polls are counted once taken (their batch is
+        # committed right after).
+        self._account(reading, duration, in_place, None)
         log_stored(reading)
         return True
 
@@ -401,6 +404,12 @@ class MeterPoller:
         now: float | None = None,
     ) -> Reading:
         """Account for a successful poll (here or in the engine) and return its reading."""
+        reading = self._with_units(readings, started_ms)
+        self._account(reading, duration, in_place, now)
+        return reading
+
+    def _with_units(self, readings: list[RegisterReading], started_ms: int) -> Reading:
+        """The reading of a general read; the units of its registers noted."""
         reading = self._reading(readings, started_ms)
         if len(self.units) < len(reading.values):
             self.units.update(
@@ -408,7 +417,6 @@ class MeterPoller:
                 for r in readings
                 if r.ok
             )
-        self._account(reading, duration, in_place, now)
         return reading
 
     def took_steady(
