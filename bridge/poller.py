@@ -433,21 +433,9 @@ class MeterPoller:
         values: dict[str, Value] = steady.values
         quality = steady.quality
         errors = {k: RegisterError(code, message) for k, (code, message) in steady.errors.items()}
-        attributes: dict[str, Value] = {}
         if self.attribute_keys:
-            values = dict(values)
-            quality = dict(quality)
-            attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
-            for key in attributes:
-                quality.pop(key, None)
-        reading = Reading.taken(
-            self.meter.name,
-            started_ms,
-            values,
-            quality=quality,
-            errors=errors,
-            attributes=attributes,
-        )
+            values, quality = dict(values), dict(quality)  # the decoder's own dicts kept as is
+        reading = self._new_reading(started_ms, values, quality, errors)
         if len(self.units) < len(reading.values):
             self.units.update((k, units.get(k)) for k in reading.values)
         self._account(reading, duration, in_place, now)
@@ -496,12 +484,23 @@ class MeterPoller:
             values[key] = r.value
             if r.quality is not None:
                 quality[key] = r.quality.value
+        # Every value was checked just above: no second validation.
+        return self._new_reading(started_ms, values, quality, errors)
+
+    def _new_reading(
+        self,
+        started_ms: int,
+        values: dict[str, Value],
+        quality: dict[str, str],
+        errors: dict[str, RegisterError],
+    ) -> Reading:
+        """A reading of checked values; the configured ``attributes`` moved out of ``values``
+        (and ``quality``), which are changed in place."""
         attributes: dict[str, Value] = {}
         if self.attribute_keys:
             attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
             for key in attributes:
                 quality.pop(key, None)
-        # Every value was checked just above: no second validation.
         return Reading.taken(
             self.meter.name,
             started_ms,

@@ -316,8 +316,8 @@ async def test_a_meter_closing_an_idle_connection_between_polls_costs_no_cycle(
 async def test_steady_readings_equal_the_general_paths_for_every_kind_of_register(
     rig: Any, autojump_clock: MockClock
 ) -> None:
-    """A meter whose list has a register it does not have (an error of that register), an
-    enum, a text and an attribute: the readings the engine decodes straight to values are the
+    """A meter whose list has a register it does not have (an error of that register) and a
+    device attribute (its serial, a text): the readings the engine decodes straight to values are the
     ones the general path gives for the same replies (same keys, errors, attributes)."""
     from bridge.config import RegisterConfig
 
@@ -327,7 +327,8 @@ async def test_steady_readings_equal_the_general_paths_for_every_kind_of_registe
     )
     with trio.fail_after(30):
         r = await rig()
-        poller = r.poller(0, interval_s=0.2, registers=registers)
+        serial = RegisterConfig(key="serial", obis=Obis.parse("0.0.96.1.0.255"), class_id=1)
+        poller = r.poller(0, interval_s=0.2, registers=registers, attributes=(serial,))
         async with trio.open_nursery() as n:
             n.start_soon(poller.run)
             await wait_for(r.sink, "m0", 12)
@@ -339,7 +340,9 @@ async def test_steady_readings_equal_the_general_paths_for_every_kind_of_registe
             assert dict(reading.errors) == dict(first.errors)
             assert set(reading.errors) == {"missing"}
             assert dict(reading.quality) == dict(first.quality)
-        assert poller.units == {
+            assert set(reading.attributes) == {"serial"}
+            assert reading.attributes == first.attributes
+        assert {k: v for k, v in poller.units.items() if k in FIELD_KEYS} == {
             "voltage_l1": "V", "current_l1": "A", "frequency": "Hz",
             "active_power": "W", "active_energy": "Wh",
         }  # fmt: skip
