@@ -317,8 +317,8 @@ async def test_steady_readings_equal_the_general_paths_for_every_kind_of_registe
     rig: Any, autojump_clock: MockClock
 ) -> None:
     """A meter whose list has a register it does not have (an error of that register) and a
-    device attribute (its serial, a text): the readings the engine decodes straight to values are the
-    ones the general path gives for the same replies (same keys, errors, attributes)."""
+    device attribute (its serial, a text): the readings the engine decodes straight to values
+    are the ones the general path gives for the same replies (same keys, errors, attributes)."""
     from bridge.config import RegisterConfig
 
     registers = (
