@@ -998,6 +998,10 @@ class BridgeService:
                 current[key] = (totals, totals.cycles, totals.successes, totals.missed)
                 base = previous.get(key)
                 b = base[1:] if base is not None else (0, 0, 0)
+                if totals.cycles < b[0]:
+                    # Fewer than before: the worker's pollers are stopping (their counters
+                    # leave its sums). Nothing new to count from it this time.
+                    b = (totals.cycles, totals.successes, totals.missed)
                 cycles += totals.cycles - b[0]
                 successes += totals.successes - b[1]
                 missed += totals.missed - b[2]
