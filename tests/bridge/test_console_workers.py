@@ -101,7 +101,8 @@ async def test_meters_polled_in_workers_show_their_counters_and_are_read_now(
         "values of m0 and m1",
     )
     states = {m["name"]: m["state"] for m in listing["meters"]}
-    assert states["m0"] == "ok" and states["dead"] == "failing", states
+    # The unreachable meter keeps trying (with backoff): "connecting" while it tries again.
+    assert states["m0"] == "ok" and states["dead"] in {"failing", "connecting"}, states
     # Read now: through m0's own poller in its worker (no second association), with units.
     for _ in range(3):
         read = await api.call("POST", "/api/v1/meters/m0/read")
