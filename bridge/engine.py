@@ -72,6 +72,8 @@ _RECEIVE_SIZE = 65536
 #: The engine's beat while requests are in flight: replies that arrived and polls that fell
 #: due within one tick are taken together (a poll starts at most this late).
 TICK_S = 0.005
+#: How long a batch of readings may take to reach the sink once the engine is stopping.
+COMMIT_LIMIT_S = 10.0
 #: Readings taken but not yet handed to the sink, at most (then the engine waits for the sink:
 #: the same back-pressure a poller gets from awaiting its sink).
 MAX_PENDING_READINGS = 20_000
@@ -285,6 +287,16 @@ class PollEngine:
             for parked in list(self._parked.values()):
                 error = EngineStopped("the polling engine stopped") if parked.busy else None
                 self._hand_back(parked, Handback(parked.tick, error, parked.due, in_cycle=True))
+            # Readings taken in the last moments are committed before the engine goes.
+            pending, self._pending = self._pending, []
+            if pending:
+                try:
+                    await self._commit(pending)
+                except Exception as exc:  # noqa: BLE001 - the sink is gone (shutdown): say so
+                    log_event(
+                        log, logging.ERROR, "engine_readings_not_committed",
+                        readings=len(pending), error=str(exc) or type(exc).__name__,
+                    )  # fmt: skip
             self._epoll.close()
             self._epoll = None
 
@@ -327,6 +339,17 @@ class PollEngine:
         if scope is not None and at < scope.deadline:
             scope.deadline = at
 
+    async def _commit(self, batch: list[Reading]) -> None:
+        """Hand ``batch`` to the sink; not cut short by a shutdown (taken is kept), only by
+        :data:`COMMIT_LIMIT_S`."""
+        with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_LIMIT_S) as scope:
+            await self.sink_batch(batch)
+        if scope.cancelled_caught:
+            log_event(
+                log, logging.ERROR, "engine_commit_timeout",
+                readings=len(batch), limit_s=COMMIT_LIMIT_S,
+            )  # fmt: skip
+
     async def _flush_forever(self) -> None:
         while True:
             if not self._pending:
@@ -334,7 +357,7 @@ class PollEngine:
                 await self._flush_wake.wait()
             batch, self._pending = self._pending, []
             self._room.set()
-            await self.sink_batch(batch)
+            await self._commit(batch)
             if _poller_log.isEnabledFor(logging.DEBUG):
                 for reading in batch:
                     log_stored(reading)

@@ -346,3 +346,43 @@ async def test_steady_readings_equal_the_general_paths_for_every_kind_of_registe
             "voltage_l1": "V", "current_l1": "A", "frequency": "Hz",
             "active_power": "W", "active_energy": "Wh",
         }  # fmt: skip
+
+
+async def test_readings_taken_when_the_engine_stops_are_all_committed(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """The sink (the outbox) is slow when the engine is stopped: the batch being committed
+    finishes, and the readings taken meanwhile are committed too; none is lost."""
+    with trio.fail_after(30):
+        r = await rig()
+        committed: list[Reading] = []
+        stalls = [0]
+
+        async def slow_sink(readings: Sequence[Reading]) -> None:
+            if stalls[0] < 1 and len(committed) >= 3:
+                stalls[0] += 1
+                await trio.sleep(1.0)  # a slow commit; polls go on meanwhile
+            committed.extend(readings)
+
+        engine = PollEngine(slow_sink, wall_clock=virtual_ms)
+        r.engine = engine
+        engine_scope = trio.CancelScope()
+
+        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with engine_scope:
+                await engine.run(task_status=task_status)
+
+        async with trio.open_nursery() as n:
+            await n.start(engine_run)
+            poller = r.poller(0, interval_s=0.1)
+            n.start_soon(poller.run)
+            while stalls[0] == 0:
+                await trio.sleep(0.01)
+            await trio.sleep(0.5)  # five more polls taken while the commit is stalled
+            engine_scope.cancel()
+            await trio.sleep(2)
+            taken = engine.polls
+            n.cancel_scope.cancel()
+        engine_readings = [x for x in committed]
+        assert taken >= 8
+        assert len(engine_readings) == taken, (len(engine_readings), taken)
