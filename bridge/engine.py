@@ -290,13 +290,7 @@ class PollEngine:
             # Readings taken in the last moments are committed before the engine goes.
             pending, self._pending = self._pending, []
             if pending:
-                try:
-                    await self._commit(pending)
-                except Exception as exc:  # noqa: BLE001 - the sink is gone (shutdown): say so
-                    log_event(
-                        log, logging.ERROR, "engine_readings_not_committed",
-                        readings=len(pending), error=str(exc) or type(exc).__name__,
-                    )  # fmt: skip
+                await self._commit(pending)
             self._epoll.close()
             self._epoll = None
 
@@ -342,8 +336,18 @@ class PollEngine:
     async def _commit(self, batch: list[Reading]) -> None:
         """Hand ``batch`` to the sink; not cut short by a shutdown (taken is kept), only by
         :data:`COMMIT_LIMIT_S`."""
-        with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_LIMIT_S) as scope:
-            await self.sink_batch(batch)
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_LIMIT_S) as scope:
+                await self.sink_batch(batch)
+        except Exception as exc:
+            if trio.current_effective_deadline() != -math.inf:
+                raise  # not stopping: the sink's failure is the engine's
+            # Stopping, and the sink is gone already (the outbox writer stopped first).
+            log_event(
+                log, logging.ERROR, "engine_readings_not_committed",
+                readings=len(batch), error=str(exc) or type(exc).__name__,
+            )  # fmt: skip
+            return
         if scope.cancelled_caught:
             log_event(
                 log, logging.ERROR, "engine_commit_timeout",
