@@ -210,6 +210,10 @@ class PollEngine:
         self._room = trio.Event()
         self._wait_scope: trio.CancelScope | None = None
         self._running = False
+        #: Set once :meth:`run` has handed every meter back and committed what it took.
+        self.stopped = trio.Event()
+        #: :meth:`run` has started (and will set :attr:`stopped`).
+        self.started = False
         #: Counters: polls done, meters handed back (and why), readings delivered.
         self.polls = 0
         #: Of them, taken by the steady decoder (the others the general way).
@@ -277,6 +281,7 @@ class PollEngine:
         """Serve parked meters until cancelled; they are all handed back on the way out."""
         self._epoll = select.epoll()
         self._running = True
+        self.started = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_forever)
@@ -293,6 +298,7 @@ class PollEngine:
                 await self._commit(pending)
             self._epoll.close()
             self._epoll = None
+            self.stopped.set()
 
     async def _loop(self) -> None:
         epoll = self._epoll

@@ -40,7 +40,7 @@ from bridge.config import (
     MeterConfig,
     diff_meters,
 )
-from bridge.engine import PollEngine
+from bridge.engine import COMMIT_LIMIT_S, PollEngine
 from bridge.lock import InstanceLock
 from bridge.logs import log_event
 from bridge.meter_work import box_clock_synchronised
@@ -372,6 +372,10 @@ class BridgeService:
                 for running in list(self.meters.values()):
                     await running.done.wait()
             pollers_scope.cancel()
+            if self.engine.started:
+                # The polling engine commits the readings it took in its last moments.
+                with trio.move_on_after(COMMIT_LIMIT_S):
+                    await self.engine.stopped.wait()
             assert self.publisher is not None and self.outbox is not None
             deadline = trio.current_time() + self.shutdown_flush_s
             if not any(c.connected for c in self.publisher.clients.values()):
