@@ -218,7 +218,6 @@ class PollEngine:
         self.polls = 0
         #: Of them, taken by the steady decoder (the others the general way).
         self.steady_polls = 0
-        self.handbacks = 0
         self.errors = 0
 
     # -- the pollers' side ---------------------------------------------------------------------
@@ -639,7 +638,6 @@ class PollEngine:
         if parked.done.is_set():
             return
         self._remove(parked)
-        self.handbacks += 1
         parked.result = result
         parked.done.set()
         if result.error is not None and not isinstance(result.error, EngineStopped):
