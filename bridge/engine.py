@@ -214,7 +214,7 @@ class PollEngine:
         self.stopped = trio.Event()
         #: :meth:`run` has started (and will set :attr:`stopped`).
         self.started = False
-        #: Counters: polls done, meters handed back (and why), readings delivered.
+        #: Counters: polls done, and polls that ended in an error (the meter handed back).
         self.polls = 0
         #: Of them, taken by the steady decoder (the others the general way).
         self.steady_polls = 0
