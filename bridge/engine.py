@@ -15,7 +15,10 @@ engine (:meth:`PollEngine.serve`) and the engine runs its polls:
   general path, and the poller takes the association back in a consistent state;
 - the cadence is the poller's: cycle *k* at ``start + k * interval``, a cycle that cannot start
   within half an interval of its time is missed, one overall budget per cycle;
-- readings are handed to the sink in batches (one call per engine wake-up), never one by one.
+- readings are handed to the sink in batches, never one by one: while polls go on, at most every
+  :data:`HAND_OVER_S` (and at once when the engine goes idle); a sink that can take them without
+  waiting (``sink_nowait``, a worker process's pipe) is called from the loop itself, else a
+  task of the engine awaits ``sink_batch`` (the outbox).
 
 The engine hands a meter back to its poller (the poller's ``serve`` call returns a
 :class:`Handback`) at a rest point when the poller has other work (an RPC, a profile range, a
@@ -74,6 +77,9 @@ _RECEIVE_SIZE = 65536
 TICK_S = 0.005
 #: How long a batch of readings may take to reach the sink once the engine is stopping.
 COMMIT_LIMIT_S = 10.0
+#: While polls are in flight, readings are handed to the sink at most this often (one hand-over
+#: per tick would cost a task switch, a commit and a wake-up of the reader per tick).
+HAND_OVER_S = 0.02
 #: Readings taken but not yet handed to the sink, at most (then the engine waits for the sink:
 #: the same back-pressure a poller gets from awaiting its sink).
 MAX_PENDING_READINGS = 20_000
@@ -189,16 +195,20 @@ class PollEngine:
     """Runs the steady polls of parked meters; see the module docstring.
 
     ``sink_batch(readings)`` must return once the readings are durable (the outbox writer's
-    ``put_many`` and whatever the service does with a reading).
+    ``put_many`` and whatever the service does with a reading). ``sink_nowait(readings)``, when
+    given, takes them without waiting and returns True, or returns False (having taken none)
+    when it cannot now: the engine then awaits ``sink_batch`` with them.
     """
 
     def __init__(
         self,
         sink_batch: Callable[[Sequence[Reading]], Awaitable[None]],
         *,
+        sink_nowait: Callable[[Sequence[Reading]], bool] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.sink_batch = sink_batch
+        self.sink_nowait = sink_nowait
         self.wall_clock = wall_clock
         self._epoll: select.epoll | None = None
         self._parked: dict[int, _Parked] = {}
@@ -207,6 +217,10 @@ class PollEngine:
         self._counter = itertools.count()
         self._pending: list[Reading] = []
         self._flush_wake = trio.Event()
+        #: A batch is being awaited by the flush task (a later one must wait for it: order).
+        self._committing = False
+        #: When readings were last handed over (trio time).
+        self._handed_at = -math.inf
         self._room = trio.Event()
         self._wait_scope: trio.CancelScope | None = None
         self._running = False
@@ -313,14 +327,20 @@ class PollEngine:
                     self._readable(parked, now)
             self._start_due(now)
             self._expire(now)
-            if self._pending:
-                self._flush_wake.set()
+            next_due = self._due[0][0] if self._due else math.inf
+            busy = bool(self._timers) or next_due < now + tick
+            pending = self._pending
+            if pending and (
+                not busy
+                or now - self._handed_at >= HAND_OVER_S
+                or len(pending) >= MAX_PENDING_READINGS
+            ):
+                self._hand_over(now)
                 if len(self._pending) >= MAX_PENDING_READINGS:
                     self._room = trio.Event()
                     await self._room.wait()
                     continue
-            next_due = self._due[0][0] if self._due else math.inf
-            if self._timers or next_due < now + tick:
+            if busy:
                 # Requests in flight (or polls due): wake on the next tick and take everything
                 # that came meanwhile in one go. One wake-up then serves many meters, instead
                 # of one wake-up (and one cancelled wait) per reply.
@@ -332,6 +352,18 @@ class PollEngine:
                 self._wait_scope = scope
                 await trio.lowlevel.wait_readable(epoll_fd)
             self._wait_scope = None
+
+    def _hand_over(self, now: float) -> None:
+        """Hand the readings taken to the sink: at once when it takes them without waiting,
+        else through the flush task."""
+        self._handed_at = now
+        if self.sink_nowait is not None and not self._committing:
+            batch = self._pending
+            if self.sink_nowait(batch):
+                self._pending = []
+                self._log_stored(batch)
+                return
+        self._flush_wake.set()
 
     def _wake_loop(self, at: float) -> None:
         scope = self._wait_scope
@@ -366,10 +398,18 @@ class PollEngine:
                 await self._flush_wake.wait()
             batch, self._pending = self._pending, []
             self._room.set()
-            await self._commit(batch)
-            if _poller_log.isEnabledFor(logging.DEBUG):
-                for reading in batch:
-                    log_stored(reading)
+            self._committing = True
+            try:
+                await self._commit(batch)
+            finally:
+                self._committing = False
+            self._log_stored(batch)
+
+    @staticmethod
+    def _log_stored(batch: list[Reading]) -> None:
+        if _poller_log.isEnabledFor(logging.DEBUG):
+            for reading in batch:
+                log_stored(reading)
 
     # -- scheduling ----------------------------------------------------------------------------
 

@@ -94,11 +94,38 @@ class _Worker:
         self._requests = 0
         self._pollers_nursery: trio.Nursery | None = None
         self.stop = trio.Event()
-        self.engine = PollEngine(self.sink_batch)
+        self.engine = PollEngine(self.sink_batch, sink_nowait=self.sink_nowait)
+        #: The pipe to the service (stdout), once running; written at once when it can be.
+        self._out_fd = -1
+        #: The flush task is writing (a write now would overtake its data).
+        self._sending = False
 
     def _emit(self, line: bytes) -> None:
         self.pending.append(line)
         self._wake.set()
+
+    def _write_now(self) -> None:
+        """Write what is pending to the pipe at once, without waiting; what the pipe does not
+        take now is left to the flush task."""
+        if self._sending or self._out_fd < 0:
+            self._wake.set()
+            return
+        data = b"".join(self.pending)
+        try:
+            sent = os.write(self._out_fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The service is gone: the flush task meets the same error and ends the worker.
+            self.pending = [data]
+            self._wake.set()
+            return
+        self._room.set()
+        if sent < len(data):
+            self.pending = [data[sent:]]
+            self._wake.set()
+        else:
+            self.pending = []
 
     async def sink(self, reading: Reading) -> None:
         while len(self.pending) >= MAX_PENDING:
@@ -115,6 +142,15 @@ class _Worker:
             self.pending.append(b"R" + reading.to_json() + b"\n")
         self._wake.set()
 
+    def sink_nowait(self, readings: Sequence[Reading]) -> bool:
+        """The engine's readings, written to the pipe at once (False: too much is pending,
+        the engine awaits :meth:`sink_batch`)."""
+        if len(self.pending) >= MAX_PENDING:
+            return False
+        self.pending.extend([b"R%s\n" % reading.to_json() for reading in readings])
+        self._write_now()
+        return True
+
     def on_alarm(self, name: str, active: bool, message: str) -> None:
         self._emit(b"A" + dumps_compact([name, active, message]).encode() + b"\n")
 
@@ -129,7 +165,11 @@ class _Worker:
         data, self.pending = b"".join(self.pending), []
         self._room.set()
         if data:
-            await out.send_all(data)
+            self._sending = True
+            try:
+                await out.send_all(data)
+            finally:
+                self._sending = False
 
     async def report_forever(self) -> None:
         while True:
@@ -359,6 +399,7 @@ class _Worker:
 
     async def run(self) -> None:
         out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+        self._out_fd = out.fileno()
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flush_forever, out)
@@ -403,8 +444,13 @@ class _Worker:
                 await stopped.wait()
             self.report()
             with trio.move_on_after(RELEASE_S):
-                await self.flush(out)
+                # The flush task writes what is left (a second writer would collide with a
+                # write of its in progress).
+                while self.pending or self._sending:
+                    self._wake.set()
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+        self._out_fd = -1
         await out.aclose()
 
 
