@@ -137,7 +137,7 @@ def main() -> None:
             spy = subprocess.Popen(
                 ["py-spy", "record", "-p", str(worker.pid), "-d", str(int(args.seconds)),
                  "-r", "250", "-f", "raw", "-o", str(args.profile)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )  # fmt: skip
         r0, w0, t0 = dict(counts), cpu(worker.pid), time.monotonic()
         s0 = cpu(sim.pid)[0]

@@ -11,6 +11,7 @@ release their associations, the last lines are flushed, the process exits 0.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -44,6 +45,60 @@ RELEASE_S = 5.0
 MAX_REQUESTS = 64
 #: The longest answer sent back (a profile's entries are cut to fit, as for ThingsBoard).
 MAX_ANSWER = MAX_LINE // 2
+
+
+class ReadingLines:
+    """The ``R`` lines of readings, byte for byte ``b"R" + reading.to_json() + b"\\n"``.
+
+    A plain reading of numbers (the steady state's: no quality flag, error or attribute, every
+    value an ``int`` or a finite ``float``) is written from parts made once per meter and per
+    key set, without building the JSON object again; anything else is serialised as the
+    outbox does (:meth:`~bridge.readings.Reading.to_json`).
+    """
+
+    #: Key sets and meter names kept at most (each a few dozen bytes); then started afresh.
+    MAX_KEPT = 4096
+
+    def __init__(self) -> None:
+        #: The values' keys in the order they come -> (in sorted order, ``"key":`` for each).
+        self._layouts: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        #: Meter name -> ``R{"meter":"<name>","ts":``.
+        self._heads: dict[str, str] = {}
+
+    def line(self, reading: Reading) -> bytes:
+        """The ``R`` line of ``reading``, newline included."""
+        if reading.quality or reading.errors or reading.attributes:
+            return b"R%s\n" % reading.to_json()
+        values = reading.values
+        keys = tuple(values)
+        layout = self._layouts.get(keys)
+        if layout is None:
+            layout = self._layout(keys)
+        parts = []
+        for key, name in zip(*layout, strict=True):
+            value = values[key]
+            kind = type(value)
+            if kind is float:
+                if value - value != 0.0:  # NaN or infinite: to_json refuses it, as it must
+                    return b"R%s\n" % reading.to_json()
+                parts.append(name + float.__repr__(value))  # type: ignore[arg-type]
+            elif kind is int:
+                parts.append(name + int.__repr__(value))  # type: ignore[arg-type]
+            else:
+                return b"R%s\n" % reading.to_json()
+        head = self._heads.get(reading.meter)
+        if head is None:
+            if len(self._heads) >= self.MAX_KEPT:
+                self._heads.clear()
+            head = self._heads[reading.meter] = f'R{{"meter":{dumps_compact(reading.meter)},"ts":'
+        return f'{head}{reading.ts_ms},"values":{{{",".join(parts)}}}}}\n'.encode()
+
+    def _layout(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if len(self._layouts) >= self.MAX_KEPT:
+            self._layouts.clear()
+        order = tuple(sorted(keys))
+        layout = self._layouts[keys] = (order, tuple(f"{dumps_compact(k)}:" for k in order))
+        return layout
 
 
 class _PollerHost:
@@ -97,6 +152,7 @@ class _Worker:
         self.engine = PollEngine(self.sink_batch, sink_nowait=self.sink_nowait)
         #: The pipe to the service (stdout), once running; written at once when it can be.
         self._out_fd = -1
+        self._lines = ReadingLines()
         #: The flush task is writing (a write now would overtake its data).
         self._sending = False
 
@@ -132,14 +188,14 @@ class _Worker:
             self._room = trio.Event()
             await self._room.wait()
         # The outbox's own form: every field (values, quality, errors, attributes) crosses.
-        self._emit(b"R" + reading.to_json() + b"\n")
+        self._emit(self._lines.line(reading))
 
     async def sink_batch(self, readings: Sequence[Reading]) -> None:
         while len(self.pending) >= MAX_PENDING:
             self._room = trio.Event()
             await self._room.wait()
-        for reading in readings:
-            self.pending.append(b"R" + reading.to_json() + b"\n")
+        line = self._lines.line
+        self.pending.extend([line(reading) for reading in readings])
         self._wake.set()
 
     def sink_nowait(self, readings: Sequence[Reading]) -> bool:
@@ -147,7 +203,8 @@ class _Worker:
         the engine awaits :meth:`sink_batch`)."""
         if len(self.pending) >= MAX_PENDING:
             return False
-        self.pending.extend([b"R%s\n" % reading.to_json() for reading in readings])
+        line = self._lines.line
+        self.pending.extend([line(reading) for reading in readings])
         self._write_now()
         return True
 
@@ -179,16 +236,23 @@ class _Worker:
     def report(self) -> None:
         cycles = successes = failures = missed = 0
         latencies: list[float] = []
+        reported = self._reported
         for name, poller in self.pollers.items():
             s = poller.stats
             cycles += s.cycles
-            successes += s.successes
+            done = s.successes
+            successes += done
             failures += s.failures
             missed += s.missed
-            new = s.successes - self._reported.get(name, 0)
-            self._reported[name] = s.successes
+            new = done - reported.get(name, 0)
             if new > 0:
-                latencies.extend(list(s.latencies)[-min(new, 4) :])
+                reported[name] = done
+                # The newest (at most 4), oldest first; the window itself is not copied.
+                newest = list(itertools.islice(reversed(s.latencies), min(new, 4)))
+                newest.reverse()
+                latencies += newest
+            elif new < 0:
+                reported[name] = done  # a new poller (restarted) counts from zero
         body = {
             "cycles": cycles,
             "successes": successes,

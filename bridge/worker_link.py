@@ -21,9 +21,10 @@ with more meters each one is reported every few seconds::
 
 ``g`` numbers the poller object in the worker: a new one (a restart) starts its counters from
 zero. ``f`` holds the :data:`STAT_FIELDS` in their order (both ends run the same code), sent
-when any of them changed; ``link``, ``units``, ``interval_s``, ``crashes``, ``profiles`` and
-``clock`` only when they changed; ``lat`` the latencies of the reads since the last report, in
-microseconds.
+when any of them changed; when only the counters a successful poll moves changed (the steady
+state), ``c`` holds just those, the :data:`POLL_FIELDS` in their order; ``link``, ``units``,
+``interval_s``, ``crashes``, ``profiles`` and ``clock`` only when they changed; ``lat`` the
+latencies of the reads since the last report, in microseconds.
 ``null`` means the meter is no longer polled there.
 :class:`MeterReporter` builds these entries in the worker, :class:`RemoteMeter` keeps them in the
 service with the attributes the console reads from a local poller (``stats``, ``units``,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OPS",
+    "POLL_FIELDS",
     "STATS_PER_LINE",
     "MeterReporter",
     "RemoteMeter",
@@ -72,6 +74,10 @@ STAT_FIELDS = tuple(
     f.name for f in attrs.fields(PollerStats) if f.name not in ("latencies", "link")
 )
 _stat_values = operator.attrgetter(*STAT_FIELDS)
+#: The counters a successful poll moves (sent alone, as ``c``, when nothing else changed).
+POLL_FIELDS = ("cycles", "successes", "readings", "last_success_ms")
+_poll_values = operator.attrgetter(*POLL_FIELDS)
+_other_values = operator.attrgetter(*(f for f in STAT_FIELDS if f not in POLL_FIELDS))
 
 
 class WorkerRequestError(Exception):
@@ -107,7 +113,9 @@ class _Sent:
 
     poller: object
     generation: int
-    fields: tuple[Any, ...] = ()
+    #: The :data:`POLL_FIELDS`, and the other :data:`STAT_FIELDS`, as last sent.
+    polled: tuple[Any, ...] = ()
+    others: tuple[Any, ...] = ()
     link: dict[str, int] = attrs.Factory(dict)
     successes: int = 0
     units: int = -1
@@ -153,10 +161,16 @@ class MeterReporter:
             sent = self._sent[name] = _Sent(poller, self._generations)
         stats = poller.stats
         entry: dict[str, Any] = {}
-        fields = _stat_values(stats)
-        if fields != sent.fields:
-            entry["f"] = fields
-            sent.fields = fields
+        others = _other_values(stats)
+        if others != sent.others:
+            entry["f"] = _stat_values(stats)
+            sent.others = others
+            sent.polled = _poll_values(stats)
+        else:
+            polled = _poll_values(stats)
+            if polled != sent.polled:
+                entry["c"] = polled
+                sent.polled = polled
         if stats.link != sent.link:
             entry["link"] = dict(stats.link)
             sent.link = dict(stats.link)
@@ -237,6 +251,12 @@ class RemoteMeter:
         link = entry.get("link")
         if isinstance(link, dict):
             stats.link = {str(k): int(v) for k, v in link.items()}
+        polled = entry.get("c")
+        if isinstance(polled, list) and len(polled) == len(POLL_FIELDS):
+            last = stats.last_success_ms
+            stats.cycles, stats.successes, stats.readings, stats.last_success_ms = polled
+            if last is not None and (stats.last_success_ms or 0) < last:
+                stats.last_success_ms = last
         latencies = entry.get("lat")
         if isinstance(latencies, list):
             stats.latencies.extend(x / 1e6 for x in latencies)
