@@ -449,10 +449,16 @@ class PollEngine:
 
     def _expire(self, now: float) -> None:
         heap = self._timers
-        while heap and heap[0][0] <= now:
-            _at, _n, seq, parked = heapq.heappop(heap)
+        while heap:
+            at, _n, seq, parked = heap[0]
             if parked.done.is_set() or seq != parked.seq or not parked.busy:
+                # A timer of a poll that is over: dropped now, so that a heap that is not
+                # empty means a poll in flight (the loop ticks only then).
+                heapq.heappop(heap)
                 continue
+            if at > now:
+                break
+            heapq.heappop(heap)
             if now >= parked.budget:
                 self._fail(parked, trio.TooSlowError())
                 continue

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from bridge.engine import TICK_S, PollEngine
+from bridge.engine import HAND_OVER_S, TICK_S, PollEngine
 from bridge.poller import MeterPoller
 from bridge.readings import Reading
 from bridge.session import MeterSession
@@ -386,3 +386,97 @@ async def test_readings_taken_when_the_engine_stops_are_all_committed(
         engine_readings = [x for x in committed]
         assert taken >= 8
         assert len(engine_readings) == taken, (len(engine_readings), taken)
+
+
+async def test_readings_are_handed_over_every_few_ticks_and_at_once_by_a_sink_that_can(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """Polls always in flight (replies 45 ms late, every 50 ms): the readings go to
+    the sink at most every HAND_OVER_S, none later than HAND_OVER_S + a tick after its reply;
+    a sink that cannot take them at once (every third call) gets them through ``sink_batch``
+    instead; every reading arrives exactly once and each meter's in order."""
+    with trio.fail_after(30):
+        r = await rig(meters=3)
+        r.net.sim.set_faults("0:delay=0.045;1:delay=0.045;2:delay=0.045")
+        arrived: list[tuple[str, int, float, str]] = []  # meter, ts, when, which way
+        calls: list[float] = []
+
+        def sink_nowait(readings: Sequence[Reading]) -> bool:
+            calls.append(trio.current_time())
+            if len(calls) % 3 == 0:
+                return False
+            arrived.extend((x.meter, x.ts_ms, trio.current_time(), "nowait") for x in readings)
+            return True
+
+        async def sink_batch(readings: Sequence[Reading]) -> None:
+            await trio.sleep(0.003)  # a commit takes a while; polls go on meanwhile
+            arrived.extend((x.meter, x.ts_ms, trio.current_time(), "batch") for x in readings)
+
+        engine = PollEngine(sink_batch, sink_nowait=sink_nowait, wall_clock=virtual_ms)
+        r.engine = engine
+        engine_scope = trio.CancelScope()
+
+        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with engine_scope:
+                await engine.run(task_status=task_status)
+
+        async with trio.open_nursery() as n:
+            await n.start(engine_run)
+            pollers = [r.poller(i, interval_s=0.05, timeout_s=0.049) for i in range(3)]
+            for p in pollers:
+                n.start_soon(p.run)
+            while engine.polls < 120:
+                await trio.sleep(0.01)
+            engine_scope.cancel()
+            await trio.sleep(0.5)
+            n.cancel_scope.cancel()
+        assert engine.steady_polls > 100
+        # The engine's readings: each once, each meter's in order, whichever way they went.
+        mine = arrived[len(arrived) - engine.polls :]
+        assert {way for *_, way in mine} == {"nowait", "batch"}
+        for i in range(3):
+            ts = [t for m, t, *_ in arrived if m == f"m{i}"]
+            assert ts == sorted(set(ts)), i
+        # Handed over at most every HAND_OVER_S (several ticks) while polls are in flight...
+        assert HAND_OVER_S >= 3 * TICK_S
+        gaps = [b - a for a, b in itertools.pairwise(calls[1:-1])]
+        assert min(gaps) >= HAND_OVER_S - 1e-9, gaps
+        # ... and never long after the reply came (taken at ts + 45 ms, within a tick).
+        for _m, ts, when, way in mine:
+            if way == "nowait":
+                assert when - (ts / 1000 + 0.045) <= HAND_OVER_S + 2 * TICK_S + 1e-6, (ts, when)
+
+
+async def test_an_engine_going_idle_hands_its_readings_over_at_once(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """Two meters polled together, the second answering 10 ms after the first: the first
+    reading is handed over at once, the second too although the last hand-over was only 10 ms
+    before, since nothing is in flight any more (no waiting for the next poll a second later)."""
+    with trio.fail_after(30):
+        r = await rig(meters=2)
+        r.net.sim.set_faults("1:delay=0.01")
+        handed: list[tuple[str, int, float]] = []
+
+        def sink_nowait(readings: Sequence[Reading]) -> bool:
+            handed.extend((x.meter, x.ts_ms, trio.current_time()) for x in readings)
+            return True
+
+        async def sink_batch(_readings: Sequence[Reading]) -> None:
+            raise AssertionError("a sink that takes readings at once is never awaited")
+
+        engine = PollEngine(sink_batch, sink_nowait=sink_nowait, wall_clock=virtual_ms)
+        r.engine = engine
+        await r.nursery.start(engine.run)
+        pollers = [r.poller(i, interval_s=1.0, timeout_s=0.3) for i in range(2)]
+        async with trio.open_nursery() as n:
+            for p in pollers:
+                n.start_soon(p.run)
+            while engine.polls < 10:
+                await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+        assert len(handed) == engine.polls
+        m1 = [(ts, when) for m, ts, when in handed if m == "m1"]
+        assert len(m1) >= 4
+        for ts, when in m1:
+            assert when - (ts / 1000 + 0.01) <= TICK_S + 1e-6, (ts, when)

@@ -1,0 +1,131 @@
+"""What a worker process writes to the service: reading lines made from cached parts must be the
+outbox's own serialisation byte for byte, and stats reports of polls in the steady state carry
+only the poll counters, yet leave the service with the worker's exact counters."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.readings import Reading, RegisterError, encode_reading
+from bridge.worker import ReadingLines
+from bridge.worker_link import STAT_FIELDS, MeterReporter, RemoteMeter, chunks, encode_stats
+from tests.bridge.test_workers import _pollers
+
+names = st.text(min_size=1, max_size=12).filter(lambda s: s.strip() == s and s.isprintable())
+numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1e300, -1e-300, 5e-324, 230.1, 0.1 + 0.2]),
+)
+scalars = st.one_of(numbers, st.none(), st.booleans(), st.text(max_size=8))
+values = st.dictionaries(names, st.one_of(numbers, scalars, st.lists(numbers, max_size=3)))
+
+
+@st.composite
+def readings(draw: st.DrawFn) -> Reading:
+    plain = draw(st.booleans())
+    vals = draw(st.dictionaries(names, numbers, max_size=8) if plain else values)
+    keys = list(vals)
+    quality = {} if plain or not keys else {keys[0]: "nan"} if draw(st.booleans()) else {}
+    errors = {} if plain or not draw(st.booleans()) else {"e": RegisterError("x.y", "bad ü")}
+    attributes = {} if plain or not draw(st.booleans()) else {"serial": "SN-1"}
+    return Reading.taken(
+        draw(names),
+        draw(st.integers(min_value=0, max_value=2**45)),
+        vals,
+        quality=quality,
+        errors=errors,
+        attributes=attributes,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(readings(), min_size=1, max_size=6))
+def test_reading_lines_are_the_outbox_form_byte_for_byte(batch: list[Reading]) -> None:
+    lines = ReadingLines()
+    for _ in range(2):  # made, then from the cached parts
+        for reading in batch:
+            assert lines.line(reading) == b"R" + encode_reading(reading) + b"\n"
+
+
+def test_reading_lines_refuse_what_json_cannot_carry_as_the_outbox_does() -> None:
+    """A non-finite float never becomes a line: the outbox's serialisation refuses it."""
+    lines = ReadingLines()
+    ok = Reading.taken("m", 1, {"v": 1.0}, quality={}, errors={}, attributes={})
+    assert lines.line(ok) == b'R{"meter":"m","ts":1,"values":{"v":1.0}}\n'
+    for bad in (math.inf, -math.inf, math.nan):
+        reading = Reading.taken("m", 1, {"v": bad}, quality={}, errors={}, attributes={})
+        try:
+            lines.line(reading)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} was written")
+
+
+def test_reading_lines_keep_a_bounded_cache() -> None:
+    lines = ReadingLines()
+    for i in range(ReadingLines.MAX_KEPT + 10):
+        reading = Reading.taken(f"m{i}", i, {f"k{i}": i}, quality={}, errors={}, attributes={})
+        assert lines.line(reading) == b"R" + encode_reading(reading) + b"\n"
+    assert len(lines._heads) <= ReadingLines.MAX_KEPT
+    assert len(lines._layouts) <= ReadingLines.MAX_KEPT
+
+
+def _deliver(
+    reporter: MeterReporter, pollers: Any, remote: dict[str, RemoteMeter]
+) -> dict[str, Any]:
+    entries = reporter.changes(pollers, {})
+    sent: dict[str, Any] = {}
+    for part in chunks(entries, size=3):
+        for name, entry in json.loads(encode_stats(part)).items():
+            sent[name] = entry
+            key = (1, entry["g"])
+            if name not in remote or remote[name].key != key:
+                remote[name] = RemoteMeter(0, key)
+            remote[name].update(entry)
+    return sent
+
+
+def test_steady_polls_report_only_their_counters_and_the_service_keeps_exact_stats() -> None:
+    pollers = _pollers(4)
+    reporter = MeterReporter()
+    remote: dict[str, RemoteMeter] = {}
+    first = _deliver(reporter, pollers, remote)
+    assert all("f" in e for e in first.values())
+    rng = random.Random(7)
+    for step in range(60):
+        for poller in pollers.values():
+            stats = poller.stats
+            if rng.random() < 0.7:  # a successful poll
+                stats.cycles += 1
+                stats.successes += 1
+                stats.readings += 1
+                stats.last_success_ms = 1_000 * (step + 1)
+                stats.latencies.append(0.01 + step / 1000)
+            if rng.random() < 0.1:  # anything else
+                stats.failures += 1
+                stats.state = rng.choice(["ok", "failing", "circuit_open"])
+                stats.last_error = f"error {step}"
+        sent = _deliver(reporter, pollers, remote)
+        for entry in sent.values():
+            # A report carries either every field or only the poll counters.
+            assert ("f" in entry) != ("c" in entry) or set(entry) <= {"g", "lat"}
+        for name, poller in pollers.items():
+            mine = {f: getattr(poller.stats, f) for f in STAT_FIELDS}
+            theirs = {f: getattr(remote[name].stats, f) for f in STAT_FIELDS}
+            assert mine == theirs, (step, name)
+    # In the steady state proper (polls only), only the counters cross.
+    for poller in pollers.values():
+        poller.stats.cycles += 1
+        poller.stats.successes += 1
+        poller.stats.readings += 1
+        poller.stats.latencies.append(0.5)
+    sent = _deliver(reporter, pollers, remote)
+    assert sent and all(set(e) == {"g", "c", "lat"} for e in sent.values()), sent
+    assert all(list(r.stats.latencies)[-1] == 0.5 for r in remote.values())
