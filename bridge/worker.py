@@ -20,7 +20,7 @@ import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -79,11 +79,12 @@ class ReadingLines:
             value = values[key]
             kind = type(value)
             if kind is float:
-                if value - value != 0.0:  # NaN or infinite: to_json refuses it, as it must
+                number = cast(float, value)
+                if number - number != 0.0:  # NaN or infinite: to_json refuses it, as it must
                     return b"R%s\n" % reading.to_json()
-                parts.append(name + float.__repr__(value))  # type: ignore[arg-type]
+                parts.append(name + float.__repr__(number))
             elif kind is int:
-                parts.append(name + int.__repr__(value))  # type: ignore[arg-type]
+                parts.append(name + int.__repr__(cast(int, value)))
             else:
                 return b"R%s\n" % reading.to_json()
         head = self._heads.get(reading.meter)
