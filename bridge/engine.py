@@ -47,6 +47,7 @@ import trio
 from bridge.logs import log_event
 from bridge.readings import Reading
 from bridge.session import MeterIOError
+from bridge.wake_timer import WakeTimer
 from codec.apdu import Request, XdlmsApdu
 from codec.association import (
     AssociationState,
@@ -168,6 +169,13 @@ class _Parked:
         self.work_at = math.inf
 
 
+def _on_system_clock() -> bool:
+    """Whether Trio runs on its own (real) clock: then a ``timerfd`` can stand for its
+    deadlines; a virtual clock (the tests') keeps Trio's."""
+    clock = type(trio.lowlevel.current_clock())
+    return clock.__name__ == "SystemClock" and clock.__module__.startswith("trio.")
+
+
 def log_stored(reading: Reading) -> None:
     """The DEBUG line saying a reading is durable (``event=reading_stored``)."""
     if _poller_log.isEnabledFor(logging.DEBUG):
@@ -223,6 +231,11 @@ class PollEngine:
         self._handed_at = -math.inf
         self._room = trio.Event()
         self._wait_scope: trio.CancelScope | None = None
+        #: The engine's wake-ups on the system clock (else Trio's deadlines, as on the virtual
+        #: clock of the tests); see :mod:`bridge.wake_timer`.
+        self._timer: WakeTimer | None = None
+        #: When the timer fires while the loop waits for the meters' sockets (else infinity).
+        self._timer_at = math.inf
         self._running = False
         #: Set once :meth:`run` has handed every meter back and committed what it took.
         self.stopped = trio.Event()
@@ -233,6 +246,8 @@ class PollEngine:
         #: Of them, taken by the steady decoder (the others the general way).
         self.steady_polls = 0
         self.errors = 0
+        #: Wake-ups by the engine's timer (on the system clock).
+        self.timer_wakes = 0
 
     # -- the pollers' side ---------------------------------------------------------------------
 
@@ -293,6 +308,10 @@ class PollEngine:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve parked meters until cancelled; they are all handed back on the way out."""
         self._epoll = select.epoll()
+        if _on_system_clock():
+            self._timer = WakeTimer.open()
+            if self._timer is not None:
+                self._epoll.register(self._timer.fileno(), select.EPOLLIN)
         self._running = True
         self.started = True
         try:
@@ -311,6 +330,10 @@ class PollEngine:
                 await self._commit(pending)
             self._epoll.close()
             self._epoll = None
+            if self._timer is not None:
+                trio.lowlevel.notify_closing(self._timer.fileno())
+                self._timer.close()
+                self._timer = None
             self.stopped.set()
 
     async def _loop(self) -> None:
@@ -318,7 +341,10 @@ class PollEngine:
         assert epoll is not None
         epoll_fd = epoll.fileno()
         tick = TICK_S
+        timer = self._timer
         while True:
+            if timer is not None and timer.clear():
+                self.timer_wakes += 1
             now = trio.current_time()
             ready = epoll.poll(0)
             for fd, _events in ready:
@@ -344,14 +370,27 @@ class PollEngine:
                 # Requests in flight (or polls due): wake on the next tick and take everything
                 # that came meanwhile in one go. One wake-up then serves many meters, instead
                 # of one wake-up (and one cancelled wait) per reply.
-                await trio.sleep_until(now + tick)
+                if timer is None:
+                    await trio.sleep_until(now + tick)
+                else:
+                    timer.set(now + tick - trio.current_time())
+                    await trio.lowlevel.wait_readable(timer.fileno())
                 continue
             # Nothing in flight: sleep until the next poll, or until a meter sends something.
             wake = math.ceil(next_due / tick) * tick if next_due < math.inf else math.inf
-            with trio.CancelScope(deadline=wake) as scope:
-                self._wait_scope = scope
-                await trio.lowlevel.wait_readable(epoll_fd)
-            self._wait_scope = None
+            if timer is None:
+                with trio.CancelScope(deadline=wake) as scope:
+                    self._wait_scope = scope
+                    await trio.lowlevel.wait_readable(epoll_fd)
+                self._wait_scope = None
+            else:
+                # The timer is in the epoll set too: whichever comes first.
+                self._timer_at = wake
+                timer.set(wake - trio.current_time())
+                try:
+                    await trio.lowlevel.wait_readable(epoll_fd)
+                finally:
+                    self._timer_at = math.inf
 
     def _hand_over(self, now: float) -> None:
         """Hand the readings taken to the sink: at once when it takes them without waiting,
@@ -369,6 +408,9 @@ class PollEngine:
         scope = self._wait_scope
         if scope is not None and at < scope.deadline:
             scope.deadline = at
+        elif at < self._timer_at and self._timer is not None:
+            self._timer_at = at
+            self._timer.set(at - trio.current_time())
 
     async def _commit(self, batch: list[Reading]) -> None:
         """Hand ``batch`` to the sink; not cut short by a shutdown (taken is kept), only by

@@ -480,3 +480,25 @@ async def test_an_engine_going_idle_hands_its_readings_over_at_once(
         assert len(m1) >= 4
         for ts, when in m1:
             assert when - (ts / 1000 + 0.01) <= TICK_S + 1e-6, (ts, when)
+
+
+@pytest.mark.slow
+async def test_on_the_system_clock_the_engine_wakes_by_its_timer(rig: Any) -> None:
+    """Real time (so marked slow): the engine's ticks and waits come from its timerfd, and the
+    steady polls run as on the virtual clock (each meter read every cycle)."""
+    with trio.fail_after(60):
+        r = await rig(meters=3)
+        assert r.engine._timer is not None
+        pollers = [r.poller(i, interval_s=0.3, timeout_s=0.25) for i in range(3)]
+        async with trio.open_nursery() as n:
+            for p in pollers:
+                n.start_soon(p.run)
+            for i in range(3):
+                await wait_for(r.sink, f"m{i}", 8)
+            n.cancel_scope.cancel()
+        assert r.engine.steady_polls >= 15
+        assert r.engine.timer_wakes >= 10  # the ticks while polls were in flight at least
+        for i, p in enumerate(pollers):
+            assert p.stats.failures == 0, i
+            ts = [x.ts_ms for x in of(r.sink, f"m{i}")]
+            assert len(ts) >= 8
