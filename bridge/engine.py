@@ -234,8 +234,9 @@ class PollEngine:
         #: The engine's wake-ups on the system clock (else Trio's deadlines, as on the virtual
         #: clock of the tests); see :mod:`bridge.wake_timer`.
         self._timer: WakeTimer | None = None
-        #: When the timer fires while the loop waits for the meters' sockets (else infinity).
-        self._timer_at = math.inf
+        #: When the timer fires while the loop waits for the meters' sockets (None: the loop
+        #: is not waiting so; it sets the timer itself before it waits).
+        self._timer_at: float | None = None
         self._running = False
         #: Set once :meth:`run` has handed every meter back and committed what it took.
         self.stopped = trio.Event()
@@ -390,7 +391,7 @@ class PollEngine:
                 try:
                     await trio.lowlevel.wait_readable(epoll_fd)
                 finally:
-                    self._timer_at = math.inf
+                    self._timer_at = None
 
     def _hand_over(self, now: float) -> None:
         """Hand the readings taken to the sink: at once when it takes them without waiting,
@@ -408,7 +409,7 @@ class PollEngine:
         scope = self._wait_scope
         if scope is not None and at < scope.deadline:
             scope.deadline = at
-        elif at < self._timer_at and self._timer is not None:
+        elif self._timer_at is not None and at < self._timer_at and self._timer is not None:
             self._timer_at = at
             self._timer.set(at - trio.current_time())
 
