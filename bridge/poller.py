@@ -36,7 +36,6 @@ import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +45,7 @@ import trio
 from bridge import meter_security
 from bridge.config import MeterConfig, interval_problem
 from bridge.engine import EngineStopped, Handback, PollEngine, log_stored
+from bridge.latency import LatencyWindow
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
@@ -68,6 +68,9 @@ CLOCK_TIME = AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2)
 #: A cycle may take this many reply timeouts even when that is longer than the interval: enough
 #: for a reply that needed retransmissions, or for a quick re-association and a second try.
 CYCLE_BUDGET_TIMEOUTS = 4
+#: The jitter of the pollers given no generator of their own: one for all (a ``Random`` holds
+#: 2.5 KB of state, a lot to keep per meter).
+_JITTER = random.Random()
 
 
 def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
@@ -104,6 +107,26 @@ def secured_endpoint_for(meter: MeterConfig, data_dir: str | None) -> MeterEndpo
     return attrs.evolve(endpoint, security=security, frame_counter=meter.frame_counter)
 
 
+#: Register lists shared by the pollers of meters that read the same registers (most of a
+#: fleet): by (obis, class, attribute, key) of each. Bounded; emptied when full.
+_SPECS: dict[tuple[tuple[Obis, int, int, str], ...], tuple[RegisterSpec, ...]] = {}
+_SPECS_MAX = 1024
+
+
+def specs_for(meter: MeterConfig) -> tuple[RegisterSpec, ...]:
+    """What a poll of ``meter`` reads: its registers, then its attributes (one tuple for all
+    meters with the same list)."""
+    key = tuple(
+        (r.obis, r.class_id, r.attribute, r.key) for r in (*meter.registers, *meter.attributes)
+    )
+    specs = _SPECS.get(key)
+    if specs is None:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        specs = _SPECS[key] = tuple(RegisterSpec(*k) for k in key)
+    return specs
+
+
 @attrs.define(eq=False)
 class PollerStats:
     """What one poller did; read by the summary, the metrics and the dashboard."""
@@ -128,8 +151,8 @@ class PollerStats:
     state: str = "starting"
     last_error: str | None = None
     last_success_ms: int | None = None
-    #: Durations of the last successful reads, seconds.
-    latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=512))
+    #: Durations of the last successful reads (512), seconds.
+    latencies: LatencyWindow = attrs.field(factory=LatencyWindow)
     link: dict[str, int] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,14 +200,11 @@ class MeterPoller:
         self.breaker_threshold = breaker_threshold
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.rng = rng or random.Random()
+        self.rng = rng or _JITTER
         self.wall_clock = wall_clock
         self.open_stream = open_stream
         self.endpoint = secured_endpoint_for(meter, data_dir)
-        self.specs = [
-            RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
-            for r in (*meter.registers, *meter.attributes)
-        ]
+        self.specs = specs_for(meter)
         self.attribute_keys = frozenset(r.key for r in meter.attributes)
         self.stats = PollerStats()
         #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.

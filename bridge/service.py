@@ -461,7 +461,7 @@ class BridgeService:
         running = _Running(
             meter,
             trio.CancelScope(),
-            tracker=CrashTracker(self.supervision, random.Random(self._rng.random())),
+            tracker=CrashTracker(self.supervision, self._rng),
         )
         self.meters[meter.name] = running
         # start_soon, not start: waiting for each of thousands of tasks to report in, while
@@ -507,7 +507,7 @@ class BridgeService:
                         running.meter,
                         self._sink,
                         on_alarm=self._on_meter_alarm,
-                        rng=random.Random(self._rng.random()),
+                        rng=self._rng,  # one for all: a Random is 2.5 KB of state
                         data_dir=self.config.bridge.data_dir,
                         sink_many=self._sink_many,
                         work_options=work_options,

@@ -40,12 +40,16 @@ def crash_summary(exc: BaseException) -> str:
     return text
 
 
+_JITTER = random.Random()
+
+
 @attrs.define
 class CrashTracker:
     """The crash history of one meter's poller."""
 
     settings: SupervisionSettings = attrs.field(factory=SupervisionSettings)
-    rng: random.Random = attrs.field(factory=random.Random)
+    #: The jitter (shared by default: a ``Random`` holds 2.5 KB of state).
+    rng: random.Random = attrs.field(factory=lambda: _JITTER)
     crashes: int = 0
     identical: int = 0
     last: str | None = None

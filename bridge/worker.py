@@ -181,7 +181,7 @@ class _Worker:
                         meter,
                         self.sink,
                         on_alarm=self.on_alarm,
-                        rng=random.Random(self._rng.random()),
+                        rng=self._rng,  # one for all: a Random is 2.5 KB of state
                         engine=self.engine,
                         **self.options,
                     )

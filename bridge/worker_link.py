@@ -35,12 +35,12 @@ from __future__ import annotations
 import itertools
 import json
 import operator
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from bridge.latency import LatencyWindow
 from bridge.poller import PollerStats
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ class RemoteMeter:
     worker: int
     key: tuple[int, int]
     stats: PollerStats = attrs.Factory(
-        lambda: PollerStats(latencies=deque(maxlen=REMOTE_LATENCIES))
+        lambda: PollerStats(latencies=LatencyWindow(maxlen=REMOTE_LATENCIES))
     )
     units: dict[str, str | None] = attrs.Factory(dict)
     interval_s: float = 0.0

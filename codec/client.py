@@ -114,8 +114,38 @@ class RegisterSpec:
 
     @property
     def descriptor(self) -> AttributeDescriptor:
-        """The attribute holding the value."""
-        return AttributeDescriptor(self.class_id, self.obis, self.attribute)
+        """The attribute holding the value (one object for all equal specs)."""
+        key = (self.class_id, self.obis, self.attribute)
+        found = _DESCRIPTORS.get(key)
+        if found is None:
+            if len(_DESCRIPTORS) >= _SHARED_MAX:
+                _DESCRIPTORS.clear()
+            found = _DESCRIPTORS[key] = AttributeDescriptor(*key)
+        return found
+
+
+#: Immutable parts of the steady requests that thousands of meters reading the same registers
+#: share instead of holding one copy each: descriptors, and the item tuples of GET-with-list
+#: requests (whose encodings :mod:`codec.apdu` keeps by the tuple's identity). Bounded; emptied
+#: when full.
+_SHARED_MAX = 1024
+_DESCRIPTORS: dict[tuple[int, Obis, int], AttributeDescriptor] = {}
+_LIST_ITEMS: dict[
+    tuple[AttributeDescriptor, ...], tuple[tuple[AttributeDescriptor, SelectiveAccess | None], ...]
+] = {}
+
+
+def _list_items(
+    chunk: Sequence[AttributeDescriptor],
+) -> tuple[tuple[AttributeDescriptor, SelectiveAccess | None], ...]:
+    """The items of a GET-with-list of ``chunk`` (no selective access), shared."""
+    key = tuple(chunk)
+    found = _LIST_ITEMS.get(key)
+    if found is None:
+        if len(_LIST_ITEMS) >= _SHARED_MAX:
+            _LIST_ITEMS.clear()
+        found = _LIST_ITEMS[key] = tuple((a, None) for a in key)
+    return found
 
 
 @attrs.frozen
@@ -333,7 +363,7 @@ class DlmsClient:
             )
         ):
             # A new list (the same list again reuses the request, and so its encoding).
-            request = GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
+            request = GetRequestWithList(_PLACEHOLDER, _list_items(chunk))
             self._list_request = request
         try:
             response = yield request

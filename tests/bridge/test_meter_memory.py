@@ -1,0 +1,96 @@
+"""What a poller keeps per meter: shared where meters are alike, made only when used.
+
+A fleet of thousands of pollers in one process pays every per-meter object thousands of times;
+these tests pin that the state which can be shared is (register lists, request items,
+descriptors, the jitter generator) and that the pause's wake-up event exists only while the
+poller sleeps, without changing what ``poke`` does (virtual clock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio.testing import MockClock
+
+from bridge.config import PRESETS, MeterConfig, RegisterConfig
+from bridge.poller import MeterPoller, specs_for
+from bridge.readings import Reading
+from codec.client import RegisterSpec, _list_items
+from codec.obis import Obis
+
+
+def meter(name: str, **overrides: Any) -> MeterConfig:
+    settings: dict[str, Any] = {
+        "name": name,
+        "host": "127.0.0.1",
+        "port": 4059,
+        "password": "00000000",
+        "registers": PRESETS["field-meter"],
+        "interval_s": 1.0,
+        "timeout_s": 0.5,
+    }
+    settings.update(overrides)
+    return MeterConfig(**settings)
+
+
+async def discard(_reading: Reading) -> None:
+    pass
+
+
+def test_meters_reading_the_same_registers_share_one_list() -> None:
+    a, b = meter("a"), meter("b")
+    other = meter("c", registers=(RegisterConfig(key="x", obis=Obis.parse("1-1:1.8.0")),))
+    assert specs_for(a) is specs_for(b)
+    assert specs_for(a) is not specs_for(other)
+    assert [s.name for s in specs_for(a)] == [r.key for r in PRESETS["field-meter"]]
+    assert [s.name for s in specs_for(other)] == ["x"]
+    assert MeterPoller(a, discard).specs is MeterPoller(b, discard).specs
+
+
+def test_equal_specs_share_their_descriptor_and_request_items() -> None:
+    obis = Obis.parse("1-1:32.7.0")
+    one, two = RegisterSpec(obis, 3, 2, "v"), RegisterSpec(obis, 3, 2, "v")
+    assert one.descriptor is two.descriptor
+    assert one.descriptor != RegisterSpec(obis, 3, 3, "v").descriptor
+    items = _list_items([one.descriptor, RegisterSpec("1-1:1.8.0").descriptor])
+    assert items is _list_items([two.descriptor, RegisterSpec("1-1:1.8.0").descriptor])
+    assert items == ((one.descriptor, None), (RegisterSpec("1-1:1.8.0").descriptor, None))
+
+
+def test_pollers_without_a_generator_share_one() -> None:
+    assert MeterPoller(meter("a"), discard).rng is MeterPoller(meter("b"), discard).rng
+
+
+async def test_a_poke_before_the_pause_ends_the_next_pause_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    work = MeterPoller(meter("a"), discard).work
+    assert work._wakeup is None
+    work.poke()
+    t0 = trio.current_time()
+    await work.sleep_until(t0 + 10)
+    assert trio.current_time() == t0
+    # Taken by that pause: the next one sleeps its time.
+    await work.sleep_until(t0 + 10)
+    assert trio.current_time() == t0 + 10
+    assert work._wakeup is None
+
+
+async def test_a_poke_during_the_pause_wakes_the_poller(autojump_clock: MockClock) -> None:
+    work = MeterPoller(meter("a"), discard).work
+    t0 = trio.current_time()
+    woke: list[float] = []
+
+    async def pause() -> None:
+        await work.sleep_until(t0 + 10)
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pause)
+        await trio.sleep(3)
+        assert work._wakeup is not None  # made for the pause
+        work.poke()
+    assert woke == [t0 + 3]
+    assert work._wakeup is None
+    assert not work._poked
