@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
-
-import attrs
 
 if TYPE_CHECKING:
     from bridge.poller import PollerStats
@@ -44,47 +44,82 @@ class HasStats(Protocol):
         """Its counters (a new object when the poller was restarted)."""
 
 
-@attrs.define(eq=False)
-class MeterTotals:
-    """What one meter did since the service started."""
+#: Every summed counter, in the order of :attr:`MeterTotals.counts`.
+COUNTERS = STAT_COUNTERS + LINK_COUNTERS
+_INDEX = {name: i for i, name in enumerate(COUNTERS)}
+_LINK_BASE = len(STAT_COUNTERS)
 
-    counts: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(STAT_COUNTERS + LINK_COUNTERS, 0))
-    buckets: list[int] = attrs.Factory(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
-    latency_count: int = 0
-    _stats: Any = None
-    _stat_seen: dict[str, int] = attrs.Factory(dict)
-    _link_seen: dict[str, int] = attrs.Factory(dict)
-    _link: Any = None
+
+class Counts(Mapping[str, int]):
+    """A meter's totals by counter name (a read-only view of :class:`MeterTotals`' array)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: array[int]) -> None:
+        self._values = values
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[_INDEX[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COUNTERS)
+
+    def __len__(self) -> int:
+        return len(COUNTERS)
+
+
+class MeterTotals:
+    """What one meter did since the service started.
+
+    Kept in arrays of 8-byte integers (a service holds one per meter: a dict per counter set
+    cost about 2 KB a meter): the totals, the last values seen of the poller's counters and of
+    its link counters, the latency histogram.
+    """
+
+    __slots__ = ("_link", "_seen", "_stats", "_totals", "buckets", "latency_count", "latency_sum")
+
+    def __init__(self) -> None:
+        self._totals = array("q", bytes(8 * len(COUNTERS)))
+        #: The poller's counters (then its link's) as last seen; zeros for a new poller.
+        self._seen = array("q", bytes(8 * len(COUNTERS)))
+        #: Counts per latency bucket (the last one: above every bound).
+        self.buckets = array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1)))
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self._stats: Any = None
+        self._link: Any = None
+
+    @property
+    def counts(self) -> Counts:
+        """The totals by counter name (:data:`COUNTERS`)."""
+        return Counts(self._totals)
 
     def update(self, poller: HasStats) -> None:
         """Add what ``poller`` counted since the last update."""
         stats = poller.stats
-        seen = self._stat_seen
+        totals, seen = self._totals, self._seen
         if stats is not self._stats:
             self._stats = stats
-            seen = self._stat_seen = {}
-            self._link_seen = {}
             self._link = None
-        counts = self.counts
-        new_successes = stats.successes - seen.get("successes", 0)
-        for name in STAT_COUNTERS:
+            for i in range(len(seen)):
+                seen[i] = 0
+        new_successes = stats.successes - seen[_INDEX["successes"]]
+        for i, name in enumerate(STAT_COUNTERS):
             value = getattr(stats, name)
-            before = seen.get(name, 0)
+            before = seen[i]
             if value != before:
-                counts[name] += max(0, value - before)
-                seen[name] = value
+                totals[i] += max(0, value - before)
+                seen[i] = value
         link = stats.link
         if link is not self._link:
             # The link counters are a new dict whenever the poller takes them again.
             self._link = link
-            link_seen = self._link_seen
-            for name in LINK_COUNTERS:
+            for i, name in enumerate(LINK_COUNTERS, _LINK_BASE):
                 value = link.get(name, 0)
-                before = link_seen.get(name, 0)
+                before = seen[i]
                 # A new session starts its counters from zero.
-                counts[name] += value - before if value >= before else value
-                link_seen[name] = value
+                totals[i] += value - before if value >= before else value
+                seen[i] = value
         if new_successes > 0:
             # Only the newest: no copy of the whole window per meter and second.
             buckets = self.buckets
