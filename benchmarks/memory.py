@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet import (  # noqa: E402 - the fleet benchmark's helpers, from its directory
+from fleet import (
     REPO,
     Broker,
     Collector,
@@ -46,7 +46,7 @@ from fleet import (  # noqa: E402 - the fleet benchmark's helpers, from its dire
 )
 
 #: Dumps this process's allocations and objects on SIGUSR2 (only with BRIDGE_MEMORY_PROBE set).
-PROBE = '''\
+PROBE = """\
 import os
 
 _DIR = os.environ.get("BRIDGE_MEMORY_PROBE")
@@ -77,7 +77,7 @@ if _DIR:
         os.replace(path + ".tmp", path)
 
     signal.signal(signal.SIGUSR2, _dump)
-'''
+"""
 
 
 def status_kib(pid: int) -> dict[str, int]:
@@ -91,6 +91,33 @@ def status_kib(pid: int) -> dict[str, int]:
         key, _, value = line.partition(":")
         if key in ("VmRSS", "RssAnon"):
             out[key] = int(value.split()[0])
+    return out
+
+
+def mappings_kib(pid: int) -> dict[str, int]:
+    """RSS of ``pid`` by kind of mapping, KiB: ``heap`` (malloc's: SQLite, large Python
+    objects), ``anon`` (other anonymous memory: Python's object arenas, big buffers), ``file``
+    (the interpreter, extensions, SQLite files), ``stack``."""
+    out = {"heap": 0, "anon": 0, "file": 0, "stack": 0}
+    kind = "anon"
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name.startswith("[stack"):
+                kind = "stack"
+            elif name.startswith("/"):
+                kind = "file"
+            else:
+                kind = "anon"
+        elif line.startswith("Rss:"):
+            out[kind] += int(line.split()[1])
     return out
 
 
@@ -156,7 +183,7 @@ def measure(
                 if i:
                     time.sleep(1.0)
                 for role, pid in pids.items():
-                    samples[role].append(status_kib(pid))
+                    samples[role].append({**status_kib(pid), **mappings_kib(pid)})
             result: dict[str, Any] = {
                 "meters": meters,
                 "meters_delivered": delivered,
@@ -166,6 +193,13 @@ def measure(
                 },
                 "anon_kib": {
                     r: int(statistics.median(s.get("RssAnon", 0) for s in v))
+                    for r, v in samples.items()
+                },
+                "maps_kib": {
+                    r: {
+                        k: int(statistics.median(s.get(k, 0) for s in v))
+                        for k in ("heap", "anon", "file", "stack")
+                    }
                     for r, v in samples.items()
                 },
                 "summary": {
@@ -209,10 +243,16 @@ def slope(lo: dict[str, Any], hi: dict[str, Any], key: str) -> dict[str, dict[st
         if role not in lo[key]:
             continue
         per = (hi[key][role] - lo[key][role]) / dn
-        out[role] = {"kib_per_meter": round(per, 2), "base_kib": round(lo[key][role] - per * lo["meters"])}
+        out[role] = {
+            "kib_per_meter": round(per, 2),
+            "base_kib": round(lo[key][role] - per * lo["meters"]),
+        }
     total_lo, total_hi = sum(lo[key].values()), sum(hi[key].values())
     per = (total_hi - total_lo) / dn
-    out["total"] = {"kib_per_meter": round(per, 2), "base_kib": round(total_lo - per * lo["meters"])}
+    out["total"] = {
+        "kib_per_meter": round(per, 2),
+        "base_kib": round(total_lo - per * lo["meters"]),
+    }
     return out
 
 
@@ -285,6 +325,10 @@ def report(runs: list[dict[str, Any]], slopes: dict[str, Any], parts: dict[str, 
             + f"{s.get('kib_per_meter', 0):>11.2f}{s.get('base_kib', 0):>10,}"
             + f"{a.get('kib_per_meter', 0):>12.2f}"
         )  # fmt: skip
+    print("\nKiB per extra meter by kind of mapping (heap: malloc, anon: Python's arenas):")
+    for role in runs[-1]["maps_kib"]:
+        kinds = slopes["maps"].get(role, {})
+        print(f"{role:<12}" + "".join(f"{k:>6} {v:6.2f}" for k, v in kinds.items()))
     for run in runs:
         if run["errors"]:
             print(f"errors at {run['meters']}: {run['errors']}")
@@ -294,15 +338,21 @@ def report(runs: list[dict[str, Any]], slopes: dict[str, Any], parts: dict[str, 
             f"{body['tracked_objects_per_meter']} GC-tracked objects per meter"
         )
         for row in body["sites"]:
-            print(f"  {row['bytes_per_meter']:>8,} B {row['blocks_per_meter']:>7} blocks  {row['site']}")
-        print("  objects per meter: " + ", ".join(f"{t['type']} {t['per_meter']}" for t in body["types"]))
+            size, blocks = row["bytes_per_meter"], row["blocks_per_meter"]
+            print(f"  {size:>8,} B {blocks:>7} blocks  {row['site']}")
+        print(
+            "  objects per meter: "
+            + ", ".join(f"{t['type']} {t['per_meter']}" for t in body["types"])
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", default="200,2000", help="fleet sizes N1,N2[,N3] (200,2000)")
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval, s (1)")
-    parser.add_argument("--warmup", type=float, default=8.0, help="s after every meter delivered (8)")
+    parser.add_argument(
+        "--warmup", type=float, default=8.0, help="s after every meter delivered (8)"
+    )
     parser.add_argument("--samples", type=int, default=3, help="RSS samples, 1 s apart (3)")
     parser.add_argument(
         "--workers",
@@ -340,7 +390,22 @@ def main() -> None:
         finally:
             broker.stop()
     lo, hi = runs[0], runs[-1]
-    slopes = {"rss": slope(lo, hi, "rss_kib"), "anon": slope(lo, hi, "anon_kib")}
+    slopes: dict[str, Any] = {
+        "rss": slope(lo, hi, "rss_kib"),
+        "anon": slope(lo, hi, "anon_kib"),
+        "maps": {
+            role: {
+                kind: round(
+                    (hi["maps_kib"][role][kind] - lo["maps_kib"][role][kind])
+                    / (hi["meters"] - lo["meters"]),
+                    2,
+                )
+                for kind in hi["maps_kib"][role]
+            }
+            for role in hi["maps_kib"]
+            if role in lo["maps_kib"]
+        },
+    }
     parts = breakdown(lo, hi, args.top) if args.breakdown else {}
     report(runs, slopes, parts)
     if args.json:
