@@ -162,3 +162,29 @@ def test_meters_that_appear_after_the_first_look_are_judged_too() -> None:
     )
     late = rules.evaluate(facts(35, meters={"late": attrs.evolve(meter(35, 35, 35), resyncs=5)}))
     assert "meter.late.resyncs" in late
+
+
+def test_each_meter_is_judged_against_its_own_counters_when_the_meters_change() -> None:
+    # The samples keep every meter's counters by position: a meter removed, one added or the
+    # order changed must never make a meter judged on another's counters.
+    rules = AlarmRules(CFG)
+    start = {"a": meter(0, 100, 100), "b": meter(0, 0, 0), "c": meter(0, 50, 50)}
+    assert rules.evaluate(facts(0, meters=start)) == {}
+    # 3 s later (the next sample: every window_s / 20 s) "a" is gone and the others swapped.
+    later = {"c": meter(3, 50, 50), "b": meter(3, 0, 0), "d": meter(3, 0, 0)}
+    assert rules.evaluate(facts(3, meters=later)) == {}
+    # Against the first sample: "b" had 10 cycles and none succeeded, "c" 10 and all did;
+    # "d", unknown then, counts from zero.
+    now = {"c": meter(6, 60, 60), "b": meter(6, 10, 0), "d": meter(6, 4, 4)}
+    active = rules.evaluate(facts(6, meters=now))
+    assert set(active) == {"meter.b.success_low"}
+    assert "0 of 10 cycles" in active["meter.b.success_low"]
+    # Five minutes on, with the same meters throughout: still judged by their own counters.
+    for t in range(9, 300, 3):
+        same = {
+            "c": meter(t, 60 + t, 60 + t),
+            "b": meter(t, 10 + t, 0),
+            "d": meter(t, 4 + t, 4 + t // 2),
+        }
+        active = rules.evaluate(facts(t, meters=same))
+    assert set(active) == {"meter.b.success_low", "meter.d.success_low"}
