@@ -57,7 +57,7 @@ from codec.association import (
 from codec.client import RegisterReading
 from codec.errors import LinkError, ProtocolError
 from codec.hdlc import NeedData
-from codec.steady import SteadyDecoder, SteadyReading
+from codec.steady import SteadyDecoder, SteadyReading, shared_decoder
 
 if TYPE_CHECKING:
     from bridge.poller import MeterPoller
@@ -599,7 +599,7 @@ class PollEngine:
         # every general read, so that a register whose first read failed is taken once it
         # answers).
         parked.decoder = (
-            SteadyDecoder(poller.specs, readings) if parked.request is not None else None
+            shared_decoder(poller.specs, readings) if parked.request is not None else None
         )
         in_place = _in_place_marker(parked.association) != parked.in_place
         reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)

@@ -406,10 +406,19 @@ class DlmsClient:
         results = yield from self.get_many(wanted)
         for key, result in zip(scaler_keys, results[:n_scalers], strict=True):
             self.scalers[key] = _scaler_or_error(result, key)
-        conversions = tuple(self._conversion(spec) for spec in specs)
         # Every scaler of these registers is known now (or known to be unreadable) and stays
-        # so for the association: later reads of the same list reuse all of it.
-        self._plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+        # so for the association: later reads of the same list reuse all of it. (One plan for
+        # all the associations reading the same registers with the same scalers.)
+        plan_key = (specs, tuple(self.scalers.get((s.class_id, s.obis)) for s in specs))
+        plan = _PLANS.get(plan_key)
+        if plan is None:
+            conversions = tuple(self._conversion(spec) for spec in specs)
+            plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+            if len(_PLANS) >= _SHARED_MAX:
+                _PLANS.clear()
+            _PLANS[plan_key] = plan
+        self._plan = plan
+        conversions = plan.conversions
         self._list_request = None  # the next request is built from the plan's own descriptors
         return [
             self._convert(spec, result, how)
@@ -609,6 +618,12 @@ class _ReadPlan:
     conversions: tuple[_Conversion, ...]
 
 
+#: Read plans by registers and scalers, and the scaler_units met, shared by the associations
+#: (bounded like the descriptors: emptied when full).
+_PLANS: dict[tuple[tuple[RegisterSpec, ...], tuple[ScalerUnit | str | None, ...]], _ReadPlan] = {}
+_SCALERS: dict[ScalerUnit, ScalerUnit] = {}
+
+
 def _is_date_time_column(columns: tuple[CaptureObject, ...], index: int) -> bool:
     if index >= len(columns):
         return False
@@ -635,6 +650,10 @@ def _scaler_or_error(
     if isinstance(result, MalformedResult):
         return result.message
     try:
-        return ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
+        scaler = ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
     except ProtocolError as exc:
         return exc.message
+    # Meters of a fleet report the same few: one object each.
+    if len(_SCALERS) >= _SHARED_MAX:
+        _SCALERS.clear()
+    return _SCALERS.setdefault(scaler, scaler)

@@ -94,3 +94,28 @@ async def test_a_poke_during_the_pause_wakes_the_poller(autojump_clock: MockCloc
     assert woke == [t0 + 3]
     assert work._wakeup is None
     assert not work._poked
+
+
+def test_clients_and_decoders_of_alike_meters_share_their_plan() -> None:
+    from codec.axdr import Data
+    from codec.steady import SteadyDecoder, shared_decoder
+    from tests.codec.test_steady_decoder import APDU, FIELD_SCALERS, FIELD_SPECS, first_read
+
+    values = [Data.long_unsigned(23000 + i) for i in range(5)]
+    one, readings_one = first_read(FIELD_SPECS, FIELD_SCALERS, values)
+    two, readings_two = first_read(FIELD_SPECS, FIELD_SCALERS, values)
+    assert one._plan is two._plan
+    assert one.scalers[(3, FIELD_SPECS[0].obis)] is two.scalers[(3, FIELD_SPECS[0].obis)]
+    decoder = shared_decoder(FIELD_SPECS, readings_one)
+    assert shared_decoder(FIELD_SPECS, readings_two) is decoder
+    # It decodes exactly as a decoder of its own would.
+    own = SteadyDecoder(FIELD_SPECS, readings_two)
+    assert decoder.decode(APDU) == own.decode(APDU) is not None
+    # Another scaler (for the first register): another plan, another decoder.
+    other_scalers = (Data.structure([Data.integer(-1), Data.enum(35)]), *FIELD_SCALERS[1:])
+    three, readings_three = first_read(FIELD_SPECS, other_scalers, values)
+    assert three._plan is not one._plan
+    other = shared_decoder(FIELD_SPECS, readings_three)
+    assert other is not decoder
+    assert other.decode(APDU) != decoder.decode(APDU)
+    assert other.decode(APDU) == SteadyDecoder(FIELD_SPECS, readings_three).decode(APDU)
