@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bridge.logs import log_event
-from bridge.readings import Reading
+from bridge.readings import Reading, Value
 from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
 from bridge.web.alarms import AlarmChange, AlarmStore
 from bridge.web.auth import Auth, is_loopback, load_or_create_token
@@ -29,7 +29,7 @@ from bridge.web.tracker import Tracker
 if TYPE_CHECKING:
     from bridge.service import BridgeService
 
-__all__ = ["Console"]
+__all__ = ["Console", "LastReading"]
 
 log = logging.getLogger("bridge.web")
 
@@ -41,6 +41,39 @@ HISTORY_PRUNE_S = 300.0
 ALARM_LISTEN = "web.listen_failed"
 #: The alarm raised when the console stopped on an error (the bridge goes on without it).
 ALARM_FAILED = "web.console_failed"
+
+
+#: Key lists of the last readings, shared (bounded: emptied when full).
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_KEYS_MAX = 1024
+
+
+class LastReading:
+    """What the console keeps of a meter's newest reading: its time and values.
+
+    One per meter, so kept small: the values in a tuple beside a tuple of their keys shared by
+    the meters reporting the same keys (a :class:`~bridge.readings.Reading` as decoded from a
+    worker's line held a kilobyte and more: its own key strings, and four dicts).
+    """
+
+    __slots__ = ("_keys", "_values", "ts_ms")
+
+    def __init__(self, reading: Reading) -> None:
+        values = reading.values
+        keys = tuple(values)
+        shared = _KEYS.get(keys)
+        if shared is None:
+            if len(_KEYS) >= _KEYS_MAX:
+                _KEYS.clear()
+            shared = _KEYS[keys] = keys
+        self._keys = shared
+        self._values = tuple(values.values())
+        self.ts_ms = reading.ts_ms
+
+    @property
+    def values(self) -> dict[str, Value]:
+        """The values by key, in the reading's order."""
+        return dict(zip(self._keys, self._values, strict=True))
 
 
 class Console:
@@ -64,7 +97,7 @@ class Console:
         self.rules = AlarmRules(cfg.alarms)
         self._rule_alarms: dict[str, str] = {}
         #: meter -> its last reading (time in ms and values).
-        self.last: dict[str, Reading] = {}
+        self.last: dict[str, LastReading] = {}
         self.url: str | None = None
         self.listening = trio.Event()
         self.admin_lock = trio.Lock()
@@ -146,7 +179,7 @@ class Console:
     # -- following the service ---------------------------------------------------------------
 
     def _on_reading(self, reading: Reading) -> None:
-        self.last[reading.meter] = reading
+        self.last[reading.meter] = LastReading(reading)
         self.history.add(reading)
         if self.hub.subscribers:
             poller = self.service.polled(reading.meter)

@@ -76,7 +76,7 @@ class MeterTotals:
     its link counters, the latency histogram.
     """
 
-    __slots__ = ("_link", "_seen", "_stats", "_totals", "buckets", "latency_count", "latency_sum")
+    __slots__ = ("_latency_us", "_link", "_seen", "_stats", "_totals", "buckets", "latency_count")
 
     def __init__(self) -> None:
         self._totals = array("q", bytes(8 * len(COUNTERS)))
@@ -84,10 +84,17 @@ class MeterTotals:
         self._seen = array("q", bytes(8 * len(COUNTERS)))
         #: Counts per latency bucket (the last one: above every bound).
         self.buckets = array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1)))
-        self.latency_sum = 0.0
+        #: The latencies' sum, in whole microseconds (as the poller keeps them): a sum of
+        #: floats would show its rounding (0.007796000000000001).
+        self._latency_us = 0
         self.latency_count = 0
         self._stats: Any = None
         self._link: Any = None
+
+    @property
+    def latency_sum(self) -> float:
+        """The sum of the latencies counted, seconds."""
+        return self._latency_us / 1e6
 
     @property
     def counts(self) -> Counts:
@@ -123,13 +130,13 @@ class MeterTotals:
         if new_successes > 0:
             # Only the newest: no copy of the whole window per meter and second.
             buckets = self.buckets
-            total = 0.0
+            total = 0
             taken = 0
             for seconds in itertools.islice(reversed(stats.latencies), new_successes):
                 buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                total += seconds
+                total += round(seconds * 1e6)
                 taken += 1
-            self.latency_sum += total
+            self._latency_us += total
             self.latency_count += taken
 
 

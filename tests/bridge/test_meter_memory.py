@@ -119,3 +119,27 @@ def test_clients_and_decoders_of_alike_meters_share_their_plan() -> None:
     assert other is not decoder
     assert other.decode(APDU) != decoder.decode(APDU)
     assert other.decode(APDU) == SteadyDecoder(FIELD_SPECS, readings_three).decode(APDU)
+
+
+def test_the_console_keeps_a_compact_last_reading() -> None:
+    from bridge.web.console import LastReading
+
+    none: dict[str, Any] = {"quality": {}, "errors": {}, "attributes": {}}
+    one = Reading.taken(
+        "m1", 1_700_000_000_123, {"voltage": 230.1, "energy": 12345, "on": True}, **none
+    )
+    # As the service gets them from a worker: decoded from JSON, every key a string of its own.
+    one = Reading.from_json(one.to_json())
+    two = Reading.from_json(
+        Reading.taken(
+            "m2", 1_700_000_001_000, {"voltage": 229.5, "energy": 7, "on": False}, **none
+        ).to_json()
+    )
+    a, b = LastReading(one), LastReading(two)
+    assert a.ts_ms == 1_700_000_000_123 and b.ts_ms == 1_700_000_001_000
+    assert a.values == {"voltage": 230.1, "energy": 12345, "on": True}
+    assert list(b.values.items()) == list(two.values.items())
+    assert b.values == {"voltage": 229.5, "energy": 7, "on": False}
+    assert a._keys is b._keys  # one key tuple for the meters reporting the same keys
+    other = LastReading(Reading.taken("m3", 1, {"current": 1.5}, **none))
+    assert other.values == {"current": 1.5} and other._keys is not a._keys

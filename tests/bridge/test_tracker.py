@@ -64,3 +64,16 @@ def test_counts_read_as_a_mapping_of_every_counter() -> None:
     fresh.link = {"bytes_discarded": 5}
     tracker.update("m", poller(fresh))
     assert totals.counts["bytes_discarded"] == 45
+
+
+def test_the_latency_sum_is_exact_in_microseconds() -> None:
+    tracker = Tracker()
+    stats = PollerStats()
+    durations = [0.004217, 0.2, 0.1]
+    stats.successes = len(durations)
+    stats.latencies.extend(durations)
+    totals = tracker.update("m", poller(stats))
+    assert totals.latency_count == 3
+    # Summed as floats (newest first) this is 0.30421700000000007; the metrics show the sum.
+    assert 0.1 + 0.2 + 0.004217 != 0.304217
+    assert repr(totals.latency_sum) == "0.304217"
