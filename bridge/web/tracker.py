@@ -68,22 +68,23 @@ class Counts(Mapping[str, int]):
         return len(COUNTERS)
 
 
+_SEEN = len(COUNTERS)
+_BUCKETS = 2 * len(COUNTERS)
+_SIZE = _BUCKETS + len(LATENCY_BUCKETS) + 1
+
+
 class MeterTotals:
     """What one meter did since the service started.
 
-    Kept in arrays of 8-byte integers (a service holds one per meter: a dict per counter set
-    cost about 2 KB a meter): the totals, the last values seen of the poller's counters and of
-    its link counters, the latency histogram.
+    Kept in one array of 8-byte integers (a service holds one per meter: dicts cost about
+    2 KB a meter): the totals of :data:`COUNTERS`, then the last values seen of the poller's
+    counters and of its link counters, then the latency histogram.
     """
 
-    __slots__ = ("_latency_us", "_link", "_seen", "_stats", "_totals", "buckets", "latency_count")
+    __slots__ = ("_data", "_latency_us", "_link", "_stats", "latency_count")
 
     def __init__(self) -> None:
-        self._totals = array("q", bytes(8 * len(COUNTERS)))
-        #: The poller's counters (then its link's) as last seen; zeros for a new poller.
-        self._seen = array("q", bytes(8 * len(COUNTERS)))
-        #: Counts per latency bucket (the last one: above every bound).
-        self.buckets = array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1)))
+        self._data = array("q", bytes(8 * _SIZE))
         #: The latencies' sum, in whole microseconds (as the poller keeps them): a sum of
         #: floats would show its rounding (0.007796000000000001).
         self._latency_us = 0
@@ -99,41 +100,46 @@ class MeterTotals:
     @property
     def counts(self) -> Counts:
         """The totals by counter name (:data:`COUNTERS`)."""
-        return Counts(self._totals)
+        return Counts(self._data)
+
+    @property
+    def buckets(self) -> array[int]:
+        """Counts per latency bucket of :data:`LATENCY_BUCKETS` (the last: above them all)."""
+        return self._data[_BUCKETS:]
 
     def update(self, poller: HasStats) -> None:
         """Add what ``poller`` counted since the last update."""
         stats = poller.stats
-        totals, seen = self._totals, self._seen
+        data = self._data
         if stats is not self._stats:
+            # A new poller: its counters (and its link's) start from zero.
             self._stats = stats
             self._link = None
-            for i in range(len(seen)):
-                seen[i] = 0
-        new_successes = stats.successes - seen[_INDEX["successes"]]
+            for i in range(_SEEN, _BUCKETS):
+                data[i] = 0
+        new_successes = stats.successes - data[_SEEN + _INDEX["successes"]]
         for i, name in enumerate(STAT_COUNTERS):
             value = getattr(stats, name)
-            before = seen[i]
+            before = data[_SEEN + i]
             if value != before:
-                totals[i] += max(0, value - before)
-                seen[i] = value
+                data[i] += max(0, value - before)
+                data[_SEEN + i] = value
         link = stats.link
         if link is not self._link:
             # The link counters are a new dict whenever the poller takes them again.
             self._link = link
             for i, name in enumerate(LINK_COUNTERS, _LINK_BASE):
                 value = link.get(name, 0)
-                before = seen[i]
+                before = data[_SEEN + i]
                 # A new session starts its counters from zero.
-                totals[i] += value - before if value >= before else value
-                seen[i] = value
+                data[i] += value - before if value >= before else value
+                data[_SEEN + i] = value
         if new_successes > 0:
             # Only the newest: no copy of the whole window per meter and second.
-            buckets = self.buckets
             total = 0
             taken = 0
             for seconds in itertools.islice(reversed(stats.latencies), new_successes):
-                buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                data[_BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
                 total += round(seconds * 1e6)
                 taken += 1
             self._latency_us += total
