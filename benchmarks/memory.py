@@ -21,6 +21,7 @@ runs in about a minute and a half. ``--json OUT`` writes the numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -325,11 +326,24 @@ def report(runs: list[dict[str, Any]], slopes: dict[str, Any], parts: dict[str, 
             + f"{s.get('kib_per_meter', 0):>11.2f}{s.get('base_kib', 0):>10,}"
             + f"{a.get('kib_per_meter', 0):>12.2f}"
         )  # fmt: skip
+    if len(runs) > 2:
+        for step in slopes["steps"]:
+            parts = ", ".join(
+                f"{role} {v['kib_per_meter']:.2f}"
+                for role, v in step.items()
+                if isinstance(v, dict)
+            )
+            print(f"KiB per meter from {step['from']} to {step['to']}: {parts}")
     print("\nKiB per extra meter by kind of mapping (heap: malloc, anon: Python's arenas):")
     for role in runs[-1]["maps_kib"]:
         kinds = slopes["maps"].get(role, {})
         print(f"{role:<12}" + "".join(f"{k:>6} {v:6.2f}" for k, v in kinds.items()))
     for run in runs:
+        if run["meters_delivered"] < run["meters"]:
+            print(
+                f"NOT VALID: only {run['meters_delivered']} of {run['meters']} meters delivered "
+                "(a port taken, the machine overloaded): run again"
+            )
         if run["errors"]:
             print(f"errors at {run['meters']}: {run['errors']}")
     for group, body in parts.items():
@@ -392,6 +406,11 @@ def main() -> None:
     lo, hi = runs[0], runs[-1]
     slopes: dict[str, Any] = {
         "rss": slope(lo, hi, "rss_kib"),
+        # Between each size and the next (with three sizes or more: is it a straight line?).
+        "steps": [
+            {"from": a["meters"], "to": b["meters"], **slope(a, b, "rss_kib")}
+            for a, b in itertools.pairwise(runs)
+        ],
         "anon": slope(lo, hi, "anon_kib"),
         "maps": {
             role: {
