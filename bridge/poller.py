@@ -36,7 +36,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -127,6 +127,26 @@ def specs_for(meter: MeterConfig) -> tuple[RegisterSpec, ...]:
     return specs
 
 
+_NO_KEYS: frozenset[str] = frozenset()
+#: Unit tables shared by the pollers whose meters report the same units (bounded: emptied
+#: when full).
+_UNITS: dict[tuple[tuple[str, str | None], ...], dict[str, str | None]] = {}
+
+
+def _shared_units(
+    known: dict[str, str | None], new: Iterable[tuple[str, str | None]]
+) -> dict[str, str | None]:
+    """``known`` with ``new`` added, as one dict for all the pollers with the same table."""
+    merged = {**known, **dict(new)}
+    key = tuple(merged.items())
+    found = _UNITS.get(key)
+    if found is None:
+        if len(_UNITS) >= _SPECS_MAX:
+            _UNITS.clear()
+        found = _UNITS[key] = merged
+    return found
+
+
 @attrs.define(eq=False)
 class PollerStats:
     """What one poller did; read by the summary, the metrics and the dashboard."""
@@ -205,9 +225,10 @@ class MeterPoller:
         self.open_stream = open_stream
         self.endpoint = secured_endpoint_for(meter, data_dir)
         self.specs = specs_for(meter)
-        self.attribute_keys = frozenset(r.key for r in meter.attributes)
+        self.attribute_keys = frozenset(r.key for r in meter.attributes) or _NO_KEYS
         self.stats = PollerStats()
-        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.
+        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them. Read-only:
+        #: replaced when it grows, and shared by the pollers of meters with the same units.
         self.units: dict[str, str | None] = {}
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
@@ -432,10 +453,13 @@ class MeterPoller:
         """The reading of a general read; the units of its registers noted."""
         reading = self._reading(readings, started_ms)
         if len(self.units) < len(reading.values):
-            self.units.update(
-                (r.spec.name, r.unit.symbol if r.unit is not None else None)
-                for r in readings
-                if r.ok
+            self.units = _shared_units(
+                self.units,
+                (
+                    (r.spec.name, r.unit.symbol if r.unit is not None else None)
+                    for r in readings
+                    if r.ok
+                ),
             )
         return reading
 
@@ -457,7 +481,7 @@ class MeterPoller:
             values, quality = dict(values), dict(quality)  # the decoder's own dicts kept as is
         reading = self._new_reading(started_ms, values, quality, errors)
         if len(self.units) < len(reading.values):
-            self.units.update((k, units.get(k)) for k in reading.values)
+            self.units = _shared_units(self.units, ((k, units.get(k)) for k in reading.values))
         self._account(reading, duration, in_place, now)
         return reading
 

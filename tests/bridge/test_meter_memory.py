@@ -143,3 +143,24 @@ def test_the_console_keeps_a_compact_last_reading() -> None:
     assert a._keys is b._keys  # one key tuple for the meters reporting the same keys
     other = LastReading(Reading.taken("m3", 1, {"current": 1.5}, **none))
     assert other.values == {"current": 1.5} and other._keys is not a._keys
+
+
+def test_pollers_with_the_same_units_share_the_table() -> None:
+    from codec.client import RegisterReading
+    from codec.units import unit_for
+
+    volts = unit_for(35)
+    a, b = MeterPoller(meter("a"), discard), MeterPoller(meter("b"), discard)
+    assert a.units is not b.units  # each its own (empty) table to begin with
+    for poller in (a, b):
+        readings = [
+            RegisterReading(spec, value=1.5, unit=volts if i == 0 else None)
+            for i, spec in enumerate(poller.specs)
+        ]
+        poller.took(readings, 1_700_000_000_000, 0.01, False)
+    first_key = a.specs[0].name
+    assert a.units == {s.name: ("V" if s.name == first_key else None) for s in a.specs}
+    assert a.units is b.units
+    other = MeterPoller(meter("c"), discard)
+    other.took([RegisterReading(s, value=1) for s in other.specs], 1, 0.01, False)
+    assert other.units is not a.units and other.units[first_key] is None
