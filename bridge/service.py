@@ -16,6 +16,7 @@ Web and operations tasks (dashboard, admin API, metrics) join the same nursery t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from bridge import __version__, systemd
+from bridge import __version__, heap, systemd
 from bridge.api_meters import load_effective_config
 from bridge.config import (
     DEFAULT_TOPIC,
@@ -186,8 +187,12 @@ class BridgeService:
         poller_options: Mapping[str, Any] | None = None,
         supervision: SupervisionSettings | None = None,
         console: bool = False,
+        manage_heap: bool = False,
     ) -> None:
         self.config = config
+        #: Tune the cycle collector and freeze the settled heap (`bridge.heap`): for a process
+        #: that is the service (`dlms-bridge run`), not for one that only embeds it.
+        self.manage_heap = manage_heap
         self.config_path = config_path
         self.handle_signals = handle_signals
         self.shutdown_flush_s = shutdown_flush_s
@@ -250,6 +255,8 @@ class BridgeService:
         cfg = self.config
         lock = InstanceLock(cfg.bridge.data_dir)
         lock.acquire()
+        if self.manage_heap:
+            heap.tune_collector()
         try:
             self.outbox = await AsyncOutbox.open(
                 cfg.bridge.data_dir,
@@ -351,6 +358,8 @@ class BridgeService:
                     await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
+            if self.manage_heap:
+                nursery.start_soon(functools.partial(heap.settle, self._settled, where="service"))
             self._ready.set()
             task_status.started()
             self._notify(ready=True, status=self._status_line())
@@ -644,6 +653,18 @@ class BridgeService:
                 error=exc.message,
             )  # fmt: skip
 
+    def _settled(self) -> bool:
+        """Every meter polled (in this process or a worker) has tried its first cycle."""
+        if self.pool is not None:
+            names = [n for n in self.pool.meter_names() if n not in self.paused]
+            remote = self.pool.remote
+            return all(n in remote and remote[n].stats.cycles > 0 for n in names)
+        return all(
+            r.poller is not None and r.poller.stats.cycles > 0
+            for name, r in self.meters.items()
+            if name not in self.paused
+        )
+
     def _polled_in_workers(self) -> int:
         """Meters polled in the worker processes (those switched off left out)."""
         if self.pool is None:
@@ -794,6 +815,9 @@ class BridgeService:
             if self.pool is None:
                 await self._start_meter(meter)
         self.reloads += 1
+        if self.manage_heap and (added or removed or changed):
+            # The replaced meters' objects were frozen with the rest: let them be collected.
+            heap.refreeze()
         log_event(
             log, logging.INFO, "reloaded",
             added=len(added), removed=len(removed), changed=len(changed), meters=len(self.meters),

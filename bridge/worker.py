@@ -11,6 +11,7 @@ release their associations, the last lines are flushed, the process exits 0.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import trio
 
+from bridge import heap
 from bridge.config import MeterConfig
 from bridge.engine import PollEngine
 from bridge.logs import log_event, setup_logging
@@ -159,6 +161,16 @@ class _Worker:
         self._emit(b"T" + dumps_compact(body).encode() + b"\n")
         for part in chunks(self._reporter.changes(self.pollers, self.crashes)):
             self._emit(b"S" + encode_stats(part) + b"\n")
+
+    def _settled(self) -> bool:
+        """Every meter this worker polls has tried its first cycle."""
+        for meter in self.meters:
+            if self.overrides.get(meter.name, {}).get("enabled") is False:
+                continue
+            poller = self.pollers.get(meter.name)
+            if poller is None or poller.stats.cycles == 0:
+                return False
+        return True
 
     def start(self, meter: MeterConfig) -> None:
         """Start polling ``meter`` (unless it was switched off)."""
@@ -393,6 +405,9 @@ class _Worker:
                 await started.wait()
                 nursery.start_soon(self.read_requests, stdin, nursery)
                 nursery.start_soon(until_signal)
+                nursery.start_soon(
+                    functools.partial(heap.settle, self._settled, where=f"worker {self.index}")
+                )
                 log_event(log, logging.INFO, "worker_running", worker=self.index,
                           meters=len(self.meters))  # fmt: skip
                 await self.stop.wait()
@@ -425,6 +440,7 @@ def main() -> None:
     size = int.from_bytes(_read_exactly(fd, 8), "big")
     payload = pickle.loads(_read_exactly(fd, size))
     setup_logging(payload["log_level"], stream=sys.stderr)
+    heap.tune_collector()
     worker = _Worker(index, payload["meters"], payload["poller_options"], payload.get("overrides"))
     trio.run(worker.run)
 
