@@ -250,12 +250,43 @@ def encode_reading(reading: Reading) -> bytes:
     return dumps_compact(obj).encode("utf-8")
 
 
+_PLAIN_KEYS = frozenset(("meter", "ts", "values"))
+_PLAIN_TYPES = frozenset((int, str, bool, type(None)))
+
+
+def _plain_reading(obj: dict[str, Any]) -> Reading | None:
+    """The reading of a plain serialised form (meter, ts and scalar values only - what nearly
+    every poll stores) when it passes the same checks as the constructor's; None for anything
+    else, which the constructor then checks and reports."""
+    if obj.keys() != _PLAIN_KEYS:
+        return None
+    meter, ts_ms, values = obj["meter"], obj["ts"], obj["values"]
+    if type(meter) is not str or not meter or type(ts_ms) is not int or ts_ms < 0:
+        return None
+    if type(values) is not dict:
+        return None
+    for key, value in values.items():
+        # JSON object keys are strings; a float may be NaN or infinite (json takes those).
+        kind = type(value)
+        if not key or (
+            kind not in _PLAIN_TYPES and (kind is not float or not math.isfinite(value))
+        ):
+            return None
+    return Reading.taken(meter, ts_ms, values, quality={}, errors={}, attributes={})
+
+
 def decode_reading(data: bytes | str) -> Reading:
     """Parse a reading serialised by `encode_reading`."""
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"reading JSON is not valid JSON: {exc}") from exc
+    if type(obj) is dict:
+        plain = _plain_reading(obj)
+        if plain is not None:
+            if isinstance(data, bytes):
+                object.__setattr__(plain, "_json", data)
+            return plain
     if not isinstance(obj, dict):
         raise ValueError(f"reading JSON must be an object, got {type(obj).__name__}")
     missing = {"meter", "ts", "values"} - obj.keys()
