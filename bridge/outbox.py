@@ -538,11 +538,27 @@ class AsyncOutbox:
 
 
 @attrs.define(eq=False)
+class _Ticket:
+    """What one `put` or `put_many` waits for: all its readings settled (one event a call,
+    not one a reading)."""
+
+    remaining: int
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
 class _Put:
     reading: Reading
-    done: trio.Event = attrs.Factory(trio.Event)
+    ticket: _Ticket
     row_id: int | None = None
     error: BaseException | None = None
+
+    def settle(self) -> None:
+        """This reading is committed, spilled or failed (``row_id``, ``error`` set before)."""
+        ticket = self.ticket
+        ticket.remaining -= 1
+        if ticket.remaining <= 0:
+            ticket.done.set()
 
 
 @attrs.define(eq=False)
@@ -675,10 +691,10 @@ class OutboxWriter:
         if self._spilling is not None:
             self._to_spill(reading, payload)
             return None
-        item = _Put(reading)
+        item = _Put(reading, _Ticket(1))
         self._queue.append(item)
         self._wakeup.set()
-        await item.done.wait()
+        await item.ticket.done.wait()
         if item.error is not None:
             raise OutboxError(
                 f"reading of meter {reading.meter!r} was not stored: {item.error}"
@@ -703,14 +719,16 @@ class OutboxWriter:
             for reading, payload in zip(readings, payloads, strict=True):
                 self._to_spill(reading, payload)
             return [None] * len(readings)
+        ticket = _Ticket(len(readings))
         for reading in readings:
-            item = _Put(reading)
+            item = _Put(reading, ticket)
             self._queue.append(item)
             items.append(item)
         self._wakeup.set()
+        if items:
+            await ticket.done.wait()
         ids: list[int | None] = []
         for item in items:
-            await item.done.wait()
             if item.error is not None:
                 raise OutboxError(
                     f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
@@ -744,7 +762,7 @@ class OutboxWriter:
             stranded, self._queue = self._queue, []
             for item in stranded:
                 item.error = OutboxError("the outbox writer stopped before committing it")
-                item.done.set()
+                item.settle()
             if self._spill:
                 # One last try, so that a disk freed just before a stop loses nothing.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -773,7 +791,7 @@ class OutboxWriter:
             self._start_episode(str(exc))
             for item in batch:
                 self._to_spill(item.reading)
-                item.done.set()
+                item.settle()
             return
         except ValueError as exc:
             self._refuse(batch, exc)
@@ -784,19 +802,19 @@ class OutboxWriter:
             # not be committed, so report failure rather than claim success.
             for item in batch:
                 item.error = OutboxError(f"outbox write interrupted ({type(exc).__name__})")
-                item.done.set()
+                item.settle()
             raise
         self._committed(len(batch))
         for item, row_id in zip(batch, ids, strict=True):
             item.row_id = row_id
-            item.done.set()
+            item.settle()
 
     def _refuse(self, batch: list[_Put], exc: Exception) -> None:
         self.stats.failures += 1
         log.error("outbox write of %d readings failed: %s", len(batch), exc)
         for item in batch:
             item.error = exc
-            item.done.set()
+            item.settle()
 
     def _committed(self, count: int) -> None:
         self.stats.readings += count
@@ -847,7 +865,7 @@ class OutboxWriter:
         queued, self._queue = self._queue, []
         for item in queued:
             self._to_spill(item.reading)
-            item.done.set()
+            item.settle()
         while self._spill:
             entries = list(itertools.islice(self._spill, self.max_batch))
             last_seq = entries[-1][0]
