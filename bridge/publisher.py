@@ -91,6 +91,10 @@ GATEWAY_TELEMETRY = "v1/gateway/telemetry"
 GATEWAY_ATTRIBUTES = "v1/gateway/attributes"
 DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
+#: The gateway's alarm attributes name and detail at most this many alarms (``alarms`` is the
+#: count of all): a fleet-wide outage raises one alarm a meter, and a list of thousands in one
+#: attribute message, sent again on each change, would be megabytes.
+MAX_ALARMS_PUBLISHED = 100
 
 _RETRY_DELAY = 1.0
 #: While telemetry keeps the pacer busy, one gateway ``connect`` may go after this many

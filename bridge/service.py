@@ -50,7 +50,13 @@ from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, Outbo
 from bridge.overrides import RuntimeOverrides, check_override
 from bridge.poller import MeterPoller
 from bridge.profiles import HighWaterMarks
-from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
+from bridge.publisher import (
+    MAX_ALARMS_PUBLISHED,
+    PayloadShape,
+    Publisher,
+    PublisherSettings,
+    PublishMode,
+)
 from bridge.readings import Reading, dumps_compact
 from bridge.rpc import (
     DEVICE_ATTRIBUTES,
@@ -704,7 +710,7 @@ class BridgeService:
                     "meters_paused": len(self.paused),
                     "meters_online": sum(1 for v in self.online.values() if v),
                     "alarms": len(alarms),
-                    "alarm_names": ",".join(sorted(alarms)),
+                    "alarm_names": ",".join(sorted(alarms)[:MAX_ALARMS_PUBLISHED]),
                 }
                 payload = dumps_compact(body)
                 if last != (client.generation, payload):

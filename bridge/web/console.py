@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bridge.logs import log_event
+from bridge.publisher import MAX_ALARMS_PUBLISHED
 from bridge.readings import Reading
 from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
 from bridge.web.alarms import AlarmChange, AlarmStore
@@ -323,7 +324,7 @@ class Console:
         self._attributes_sent = True
         active = self.alarms.listing()["active"]
         # The service publishes the count and the names ("alarms", "alarm_names"); these are
-        # the details from the store.
+        # the details from the store, of the newest MAX_ALARMS_PUBLISHED.
         publisher.publish_gateway_attributes(
             {
                 "alarm_details": [
@@ -333,7 +334,7 @@ class Console:
                         "since": a["raised_ms"],
                         "acked": a["acked"],
                     }
-                    for a in active
+                    for a in active[:MAX_ALARMS_PUBLISHED]
                 ],
             }
         )
