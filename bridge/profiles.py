@@ -21,7 +21,12 @@ key; status columns (0-0:96.10.x) are published as ``status`` unless named other
 
 The high-water marks live in ``profiles.json`` in the data directory, written (atomically,
 fsynced) after the entries are committed: a clean restart never sends an entry twice; a crash
-between the commit and the write re-sends at most that last range (at-least-once).
+between the commit and the write re-sends at most that last range (at-least-once). The service
+process is the file's only writer: a meter polled in a worker process (``[bridge] workers``)
+sends each new mark to the service after its entries, on the same pipe, and the service records
+it once the entries before it are in the outbox (:meth:`HighWaterMarks.advance`); a worker
+starts from the marks of its meters the service hands it. So a meter keeps its mark when it
+moves between workers, or between a worker and the service.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +145,30 @@ class HighWaterMarks:
             self.marks.setdefault(meter, {})[str(profile)] = ts_ms
             if self.path is not None:
                 self._write(Path(self.path), dumps_compact(self.marks).encode())
+
+    def advance(self, marks: Iterable[tuple[str, str, int]]) -> bool:
+        """Record the marks a worker process sent (``(meter, obis, ts_ms)``), each only if newer
+        than the one held, and write the file once (blocking: call it from a worker thread).
+
+        A mark moves forward only: an older one (from a worker that stopped after the meter
+        moved to another) never takes the place of a newer. Returns whether any changed.
+        Raises :class:`OSError` when the file cannot be written (the marks are kept in memory).
+        """
+        with self._lock:
+            changed = False
+            for meter, obis, ts_ms in marks:
+                profiles = self.marks.setdefault(meter, {})
+                if ts_ms > profiles.get(obis, -1):
+                    profiles[obis] = ts_ms
+                    changed = True
+            if changed and self.path is not None:
+                self._write(Path(self.path), dumps_compact(self.marks).encode())
+            return changed
+
+    def of(self, meters: Iterable[str]) -> dict[str, dict[str, int]]:
+        """A copy of the marks of ``meters`` (what a worker process starts from)."""
+        with self._lock:
+            return {m: dict(self.marks[m]) for m in meters if m in self.marks}
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
