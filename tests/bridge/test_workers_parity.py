@@ -275,6 +275,42 @@ async def test_a_worker_faults_a_poller_that_keeps_crashing_and_clears_it_once_h
         nursery.cancel_scope.cancel()
 
 
+async def test_a_restarted_worker_keeps_a_faulted_meter_faulted(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: MockClock
+) -> None:
+    """The pool hands a faulted meter's crash history to its worker's next process: the same
+    crash again keeps it faulted, retried at the slow cadence (as across the service's own
+    restarts of a poller)."""
+    (meter,) = _meters("bad")
+    starts: list[float] = []
+
+    async def run(self: MeterPoller, **_kwargs: Any) -> None:
+        starts.append(trio.current_time())
+        raise TypeError("unsupported operand type(s) for *: 'list' and 'int'")
+
+    monkeypatch.setattr(MeterPoller, "run", run)
+    settings = SupervisionSettings(backoff_s=1, backoff_max_s=2, fault_after=3, faulted_retry_s=60)
+    pool = WorkerPool(1, [meter], on_readings=_no_readings, on_alarm=_no_alarm, set_alarm=_no_alarm)
+    for pid in (1, 2):  # the worker process, then the one started after it exited
+        worker = _Worker(0, [meter], {}, supervision=settings, faults=pool._faults([meter]))
+        async with trio.open_nursery() as nursery:
+            worker._pollers_nursery = nursery
+            worker.start(meter)
+            await trio.sleep(10)
+            worker.report()
+            alarms = [json.loads(line[1:]) for line in worker.pending if line[:1] == b"A"]
+            for line in worker.pending:
+                if line[:1] == b"S":
+                    pool._stats(0, pid, json.loads(line[1:]))
+            nursery.cancel_scope.cancel()
+        assert pool.remote["bad"].fault is not None
+    # The second process: one crash, the identical one, and the meter is faulted at once.
+    assert len(starts) == 4
+    assert [a[:2] for a in alarms] == [["meter.bad.faulted", True]]
+    assert "crashed 4 times in a row" in alarms[0][2]
+    assert pool.remote["bad"].crashes == 4
+
+
 async def test_a_worker_meter_that_keeps_crashing_is_faulted_in_the_status_and_summary(
     tmp_path: Path,
     mosquitto: Mosquitto,
