@@ -137,20 +137,23 @@ class _Worker:
         #: The worker's share of the box-wide backfill slots (``backfill_share``).
         self.backfill_limiter = trio.CapacityLimiter(max(1, backfill_slots))
         self.supervision = supervision or SupervisionSettings()
-        #: Per meter: its crash history (kept across its pollers) and when its poller started.
+        #: Per meter that crashed: its crash history (kept across its pollers); the meters
+        #: faulted now; when each meter's poller started.
         self.trackers: dict[str, CrashTracker] = {}
+        self.faulted: set[str] = set()
         self.started: dict[str, float] = {}
         for name, fault in (faults or {}).items():
             # Faulted before this worker started (a restart): it stays so, retried slowly.
             self.crashes[name] = int(fault.get("crashes", 0))
             self.trackers[name] = CrashTracker(
                 self.supervision,
-                random.Random(self._rng.random()),
+                self._rng,
                 crashes=self.crashes[name],
                 identical=self.supervision.fault_after,
                 last=str(fault.get("fault")),
                 faulted=True,
             )
+            self.faulted.add(name)
 
     def _emit(self, line: bytes) -> None:
         self.pending.append(line)
@@ -214,7 +217,7 @@ class _Worker:
         }
         self._emit(b"T" + dumps_compact(body).encode() + b"\n")
         self.check_faulted()
-        faults = {n: t.last or "" for n, t in self.trackers.items() if t.faulted}
+        faults = {n: self.trackers[n].last or "" for n in self.faulted}
         for part in chunks(self._reporter.changes(self.pollers, self.crashes, faults)):
             self._emit(b"S" + encode_stats(part) + b"\n")
 
@@ -222,12 +225,12 @@ class _Worker:
         """Clear the faulted state of meters whose poller has run healthy long enough (as the
         service does for its own, ``BridgeService._check_faulted``)."""
         now = trio.current_time()
-        for name, tracker in self.trackers.items():
+        for name in list(self.faulted):
+            tracker = self.trackers[name]
             started = self.started.get(name)
-            if not tracker.faulted or started is None:
-                continue
-            if now - started >= tracker.settings.healthy_after_s:
+            if started is not None and now - started >= tracker.settings.healthy_after_s:
                 tracker.reset()
+                self.faulted.discard(name)
                 message = f"the poller of meter {name} runs again without crashing"
                 self.on_alarm(faulted_alarm(name), False, message)
                 self.on_alarm(crashed_alarm(name), False, message)
@@ -276,11 +279,6 @@ class _Worker:
         """Run one meter's poller; a crash (a bug) is logged and the poller started again,
         until the same crash keeps coming back (:mod:`bridge.supervision`)."""
         name = meter.name
-        tracker = self.trackers.get(name)
-        if tracker is None:
-            tracker = self.trackers[name] = CrashTracker(
-                self.supervision, random.Random(self._rng.random())
-            )
         try:
             with scope:
                 while True:
@@ -295,7 +293,7 @@ class _Worker:
                                 key="interval_s", error=str(exc),
                             )  # fmt: skip
                     self.pollers[name] = poller
-                    first = tracker.crashes == 0 and len(self.meters) >= STAGGER_FROM_METERS
+                    first = name not in self.trackers and len(self.meters) >= STAGGER_FROM_METERS
                     start_delay = (
                         self._rng.random() * min(meter.interval_s, STAGGER_MAX_S) if first else 0
                     )
@@ -303,17 +301,25 @@ class _Worker:
                     try:
                         await poller.run(start_delay=start_delay)
                     except Exception as exc:
+                        tracker = self.trackers.get(name)
+                        if tracker is None:
+                            # Made at the first crash: most meters never need one.
+                            tracker = CrashTracker(self.supervision, self._rng)
+                            self.trackers[name] = tracker
                         if trio.current_time() - self.started[name] >= (
                             tracker.settings.healthy_after_s
                         ):
                             tracker.reset()
                         delay = tracker.crashed(exc)
                         self.crashes[name] = tracker.crashes
+                        if not tracker.faulted:
+                            self.faulted.discard(name)
                         log.exception(
                             "worker=%d meter=%s event=poller_crashed crashes=%d identical=%d",
                             self.index, name, tracker.crashes, tracker.identical,
                         )  # fmt: skip
                         if tracker.faulted:
+                            self.faulted.add(name)
                             poller.stats.state = "faulted"
                             self.on_alarm(faulted_alarm(name), True, faulted_message(name, tracker))
                         else:
