@@ -103,6 +103,8 @@ async def run_until_caught_up(
     async with running(config, clock) as service:
         assert (service.pool.count if service.pool is not None else 1) == workers
         assert (service.meters == {}) == (workers > 1)  # polled in the workers, or here
+        if service.pool is not None:  # one backfill slot each: two box-wide, as in the service
+            assert service.pool.backfill_slots == 1 == backfill_share(BACKFILL_SLOTS, workers)
         marks = service.marks
         assert marks is not None
         await wait_until(
