@@ -269,10 +269,12 @@ class Message:
 
     @property
     def datapoints(self) -> int:
-        return sum(len(row.reading.telemetry()) for row in self.rows)
+        return sum(row.reading.datapoints() for row in self.rows)
 
 
+@functools.lru_cache(maxsize=65536)
 def _key(text: str) -> str:
+    """A meter name as a JSON string (made once per name: every message repeats them)."""
     return json.dumps(text, ensure_ascii=False)
 
 

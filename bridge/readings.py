@@ -215,6 +215,12 @@ class Reading:
         """The attributes as ThingsBoard takes them (no null values)."""
         return {k: v for k, v in self.attributes.items() if v is not None}
 
+    def datapoints(self) -> int:
+        """How many values `telemetry` holds (what ThingsBoard counts as data points)."""
+        if not self.quality and not self.errors and None not in self.values.values():
+            return len(self.values)
+        return len(self.telemetry())
+
     def telemetry(self) -> dict[str, Value]:
         """The values as ThingsBoard telemetry, which takes no JSON null: a null value is left
         out; its quality flag goes under ``<key>_quality`` and each register error under

@@ -243,6 +243,9 @@ class BridgeService:
         self.overrides = RuntimeOverrides(None)
         #: Meters switched off with the ``enabled`` shared attribute.
         self.paused: set[str] = set()
+        self._own_cache: (
+            tuple[BridgeConfig, tuple[int, int] | None, tuple[MeterConfig, ...]] | None
+        ) = None
         self.rpc = RpcServer(self)
         #: Where the status socket is served (None until running, or if it could not be made).
         self.status_socket: Path | None = None
@@ -462,13 +465,20 @@ class BridgeService:
     # -- meters ------------------------------------------------------------------------------
 
     def own_meters(self, config: BridgeConfig) -> list[MeterConfig]:
-        """The enabled meters this bridge polls: all of them, or its ``shard``'s share."""
-        enabled = [m for m in config.meters if m.enabled]
+        """The enabled meters this bridge polls: all of them, or its ``shard``'s share (worked
+        out once per configuration: the console asks every second)."""
         shard = self.config.bridge.shard
+        cached = self._own_cache
+        if cached is not None and cached[0] is config and cached[1] == shard:
+            return list(cached[2])
+        enabled = [m for m in config.meters if m.enabled]
         if shard is None:
-            return enabled
-        k, n = shard
-        return split(enabled, n, k - 1, salt=SHARD_SALT)
+            own = enabled
+        else:
+            k, n = shard
+            own = split(enabled, n, k - 1, salt=SHARD_SALT)
+        self._own_cache = (config, shard, tuple(own))
+        return list(own)
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None

@@ -61,6 +61,8 @@ def test_taken_builds_the_same_reading_as_the_constructor() -> None:
         Reading("m1", 5, {"v": None}),
         Reading("m1", 5, {"v": 1}, errors={"w": RegisterError("c", "m")}),
         Reading("m1", 5, {"v": 1}, attributes={"fw": "1"}),
+        Reading("m1", 5, {"v": None, "v_quality": 1, "w": 2}, quality={"v": "nan"}),
+        Reading("m1", 5, {"v": 1, "w_error": 3}, errors={"w": RegisterError("c", "m")}),
         Reading("m1", 5, {}),
     ],
 )
@@ -70,6 +72,7 @@ def test_values_json_from_the_stored_form_equals_the_encoder(reading: Reading) -
     stored = Reading.from_json(reading.to_json())
     assert stored.values_json() == dumps_compact(reading.telemetry())
     assert json.loads(stored.values_json()) == reading.telemetry()
+    assert stored.datapoints() == reading.datapoints() == len(reading.telemetry())
 
 
 _json_scalars = st.one_of(
