@@ -78,6 +78,9 @@ MAX_LINE = 1 << 20
 MAX_PENDING_REQUESTS = 256
 #: The longest request sent to a worker (an RPC's params are a few hundred bytes).
 MAX_REQUEST = 64 * 1024
+#: The profile marks the workers send are written to disk (one file for every meter) at most
+#: this often; a crash of the service re-sends at most the entries of that long (at-least-once).
+MARKS_WRITE_S = 1.0
 #: How much longer than a request's own deadline the service waits for the worker's answer
 #: (the worker answers a request whose deadline passed itself; this covers a stuck worker).
 ANSWER_GRACE_S = 5.0
@@ -190,6 +193,8 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._stopping = False
         self._done = [trio.Event() for _ in range(count)]
+        #: Marks recorded in memory and not written yet; set when there are.
+        self._marks_dirty = trio.Event()
 
     def assign(self, meters: Sequence[MeterConfig]) -> list[list[MeterConfig]]:
         """Each worker's meters (rendezvous hashing on the name)."""
@@ -312,6 +317,7 @@ class WorkerPool:
         async with trio.open_nursery() as nursery:
             for index in range(self.count):
                 nursery.start_soon(self._supervise, index)
+            nursery.start_soon(self._write_marks)
             task_status.started()
 
     async def stop(self, timeout: float) -> None:
@@ -323,6 +329,9 @@ class WorkerPool:
         with trio.move_on_after(timeout):
             for done in self._done:
                 await done.wait()
+        # The marks of the last entries the workers sent (their readings are in the outbox).
+        with trio.move_on_after(timeout):
+            await self.flush_marks()
 
     def update(self, meters: Sequence[MeterConfig]) -> list[int]:
         """A reload: restart the workers whose share changed; returns their indices."""
@@ -386,13 +395,31 @@ class WorkerPool:
                 out[meter.name] = {"crashes": remote.crashes, "fault": remote.fault}
         return out
 
-    async def _save_marks(self, index: int, marks: list[tuple[str, str, int]]) -> None:
-        """Record the marks a worker sent (the readings before them are in the outbox)."""
+    def _save_marks(self, marks: list[tuple[str, str, int]]) -> None:
+        """Record the marks a worker sent (the readings before them are in the outbox); they
+        are written by :meth:`_write_marks`, at most every :data:`MARKS_WRITE_S`."""
+        if self.marks.advance(marks):
+            self._marks_dirty.set()
+
+    async def _write_marks(self) -> None:
+        """Write the marks the workers sent, coalesced: rewriting the whole file for every range
+        of every meter would cost the service's loop more than the marks are worth."""
+        while True:
+            await self._marks_dirty.wait()
+            await self.flush_marks()
+            await trio.sleep(MARKS_WRITE_S)
+
+    async def flush_marks(self) -> None:
+        """Write the marks recorded since the last write, if any."""
+        if not self._marks_dirty.is_set():
+            return
+        self._marks_dirty = trio.Event()
         try:
-            await trio.to_thread.run_sync(self.marks.advance, marks)
+            await trio.to_thread.run_sync(self.marks.save)
         except OSError as exc:
             # The entries are committed; only a restart would send them again.
-            log_event(log, logging.ERROR, "profile_mark_unsaved", worker=index, error=str(exc))
+            self._marks_dirty.set()
+            log_event(log, logging.ERROR, "profile_mark_unsaved", error=str(exc))
 
     async def _run_once(self, index: int, share: list[MeterConfig]) -> int:
         totals = self.totals[index]
@@ -515,7 +542,7 @@ class WorkerPool:
                 await self.on_readings(readings)
             if marks:
                 # After the readings they follow are durable: never a mark ahead of its entries.
-                await self._save_marks(index, marks)
+                self._save_marks(marks)
 
     def _note_readings(self, readings: list[Reading]) -> None:
         """A reading says its meter answered, before the next stats report does (with many

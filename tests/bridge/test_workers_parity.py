@@ -113,6 +113,13 @@ async def run_until_caught_up(
             f"every meter's mark at {last}",
             lambda: str(marks.marks),
         )
+        # On disk while running too (written within a second of being recorded).
+        data_dir = Path(config.bridge.data_dir)
+        await wait_until(
+            lambda: all(HighWaterMarks(data_dir).get(n, obis) == last for n in NAMES),
+            5,
+            "the marks written to disk",
+        )
         await all_delivered(service, lambda: received(sub), before)
     await all_delivered(service, lambda: received(sub), before)
 
@@ -199,6 +206,8 @@ def test_the_service_records_a_worker_mark_only_forward(tmp_path: Path) -> None:
     assert marks.advance([("m0", LOAD_PROFILE, 2_000), ("m1", LOAD_PROFILE, 5_000)])
     # A worker that stopped after its meter moved may send an older mark last: kept out.
     assert not marks.advance([("m0", LOAD_PROFILE, 1_000)])
+    assert HighWaterMarks(tmp_path).marks == {}  # in memory until written
+    marks.save()
     reopened = HighWaterMarks(tmp_path)
     assert (reopened.get("m0", obis), reopened.get("m1", obis)) == (2_000, 5_000)
     assert reopened.of(["m1", "m9"]) == {"m1": {LOAD_PROFILE: 5_000}}
