@@ -213,6 +213,45 @@ def test_the_service_records_a_worker_mark_only_forward(tmp_path: Path) -> None:
     assert reopened.of(["m1", "m9"]) == {"m1": {LOAD_PROFILE: 5_000}}
 
 
+async def test_the_service_writes_the_workers_marks_coalesced_and_at_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: MockClock
+) -> None:
+    obis = Obis.parse(LOAD_PROFILE)
+    marks = HighWaterMarks(tmp_path)
+    writes: list[int | None] = []
+    save = marks.save
+
+    def counted() -> None:
+        writes.append(marks.get("m0", obis))
+        save()
+
+    monkeypatch.setattr(marks, "save", counted)
+
+    async def inline(fn: Callable[[], None], *_args: Any, **_kwargs: Any) -> None:
+        fn()  # the write in the loop's own thread: the virtual clock waits for it
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+    pool = WorkerPool(
+        1, _meters("m0"), on_readings=_no_readings, on_alarm=_no_alarm, set_alarm=_no_alarm,
+        marks=marks,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool._write_marks)
+        for ts in range(1, 21):  # twenty ranges' marks within a second
+            pool._save_marks([("m0", LOAD_PROFILE, ts)])
+            await trio.sleep(0.05)
+        await trio.sleep(2)
+        # Once a (virtual) second at most over these three seconds.
+        assert writes[-1] == 20 and len(writes) <= 4, writes
+        assert HighWaterMarks(tmp_path).get("m0", obis) == 20
+        nursery.cancel_scope.cancel()
+    # The last marks, sent as the workers stop: written by the stop, not a second later.
+    pool._save_marks([("m0", LOAD_PROFILE, 21)])
+    pool._done[0].set()  # no worker process here
+    await pool.stop(5)
+    assert HighWaterMarks(tmp_path).get("m0", obis) == 21
+
+
 # -- crashes ---------------------------------------------------------------------------------
 
 
