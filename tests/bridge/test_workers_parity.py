@@ -133,7 +133,9 @@ async def start_simulator(nursery: trio.Nursery, clock: SettableClock) -> tuple[
 
 
 @pytest.mark.parametrize(
-    "order", [(2, 2, 1), (1, 2)], ids=["worker-worker-service", "service-worker"]
+    "order",
+    [(2, 2), (2, 1), (1, 2)],
+    ids=["worker-restarted", "worker-to-service", "service-to-worker"],
 )
 async def test_profiles_continue_after_a_restart_and_a_move_between_worker_and_service(
     order: tuple[int, ...],
