@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 import logging
 import math
 import time
@@ -69,7 +68,7 @@ import trio
 from bridge.config import DEFAULT_TOPIC, PublishConfig
 from bridge.mqtt import Delivery, MqttClient, MqttSettings, PublishError
 from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
-from bridge.readings import Reading, dumps_compact
+from bridge.readings import Reading, dumps_compact, json_string
 
 __all__ = [
     "ALARM_FALLING_BEHIND",
@@ -272,52 +271,45 @@ class Message:
         return sum(row.reading.datapoints() for row in self.rows)
 
 
-@functools.lru_cache(maxsize=65536)
-def _key(text: str) -> str:
-    """A meter name as a JSON string (made once per name: every message repeats them)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _entry(reading: Reading) -> str:
+def _entry(reading: Reading) -> bytes:
     # ThingsBoard's documented order: ts first, then values.
-    return f'{{"ts":{reading.ts_ms},"values":{reading.values_json()}}}'
+    return b'{"ts":%d,"values":%b}' % (reading.ts_ms, reading.values_json_bytes())
 
 
 def gateway_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The gateway telemetry message for the longest prefix of `rows` within `max_bytes`
     (at least one row); returns the message and how many rows it took."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[bytes]] = {}
     size = 2  # the braces
     taken = 0
     for row in rows:
         entry = _entry(row.reading)
         meter = row.reading.meter
         if meter in groups:
-            extra = len(entry.encode()) + 1
+            extra = len(entry) + 1
         else:
-            extra = len(_key(meter).encode()) + 3 + len(entry.encode()) + (1 if groups else 0)
+            extra = len(json_string(meter)) + 3 + len(entry) + (1 if groups else 0)
         if taken and size + extra > max_bytes:
             break
         groups.setdefault(meter, []).append(entry)
         size += extra
         taken += 1
-    body = ",".join(f"{_key(m)}:[{','.join(entries)}]" for m, entries in groups.items())
-    payload = f"{{{body}}}".encode()
-    return Message(GATEWAY_TELEMETRY, payload, tuple(rows[:taken])), taken
+    body = b",".join(b"%b:[%b]" % (json_string(m), b",".join(e)) for m, e in groups.items())
+    return Message(GATEWAY_TELEMETRY, b"{%b}" % body, tuple(rows[:taken])), taken
 
 
 def device_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The device API telemetry array for the longest prefix of `rows` within `max_bytes`."""
-    entries: list[str] = []
+    entries: list[bytes] = []
     size = 2
     for row in rows:
         entry = _entry(row.reading)
-        extra = len(entry.encode()) + (1 if entries else 0)
+        extra = len(entry) + (1 if entries else 0)
         if entries and size + extra > max_bytes:
             break
         entries.append(entry)
         size += extra
-    payload = f"[{','.join(entries)}]".encode()
+    payload = b"[%b]" % b",".join(entries)
     return Message(DEVICE_TELEMETRY, payload, tuple(rows[: len(entries)])), len(entries)
 
 

@@ -15,6 +15,7 @@ when not empty, so a plain reading is ``{"meter":..,"ts":..,"values":{..}}``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -198,6 +199,10 @@ class Reading:
 
     def values_json(self) -> str:
         """The telemetry object (:meth:`telemetry`) in the same compact, sorted form."""
+        return self.values_json_bytes().decode("utf-8")
+
+    def values_json_bytes(self) -> bytes:
+        """`values_json` as UTF-8 bytes (what a message carries)."""
         encoded = self._json
         if (
             encoded is not None
@@ -206,10 +211,10 @@ class Reading:
         ):
             # A plain reading: its telemetry is its "values" object, the last key of the
             # serialised form, taken as it stands there (no second encoding).
-            head = f'{{"meter":{dumps_compact(self.meter)},"ts":{self.ts_ms},"values":'.encode()
+            head = b'{"meter":%b,"ts":%d,"values":' % (json_string(self.meter), self.ts_ms)
             if encoded.startswith(head) and encoded.endswith(b"}}"):
-                return encoded[len(head) : -1].decode("utf-8")
-        return dumps_compact(self.telemetry())
+                return encoded[len(head) : -1]
+        return dumps_compact(self.telemetry()).encode("utf-8")
 
     def attributes_json(self) -> dict[str, Value]:
         """The attributes as ThingsBoard takes them (no null values)."""
@@ -231,6 +236,13 @@ class Reading:
         for key, error in self.errors.items():
             out[f"{key}_error"] = f"{error.code}: {error.message}"
         return out
+
+
+@functools.lru_cache(maxsize=65536)
+def json_string(text: str) -> bytes:
+    """``text`` as a JSON string in UTF-8, as `dumps_compact` writes it (made once per text:
+    meter names recur in every reading and message)."""
+    return json.dumps(text, ensure_ascii=False).encode("utf-8")
 
 
 def dumps_compact(obj: object) -> str:
