@@ -70,9 +70,16 @@ from bridge.rpc import (
 )
 from bridge.sharding import SHARD_SALT, split
 from bridge.status_socket import serve_status, socket_path
-from bridge.supervision import CrashTracker, SupervisionSettings
+from bridge.supervision import (
+    CrashTracker,
+    SupervisionSettings,
+    crashed_alarm,
+    crashed_message,
+    faulted_alarm,
+    faulted_message,
+)
 from bridge.worker_link import RemoteMeter, WorkerRequestError
-from bridge.workers import WorkerPool, worker_count
+from bridge.workers import WorkerPool, backfill_share, worker_count
 
 if TYPE_CHECKING:
     from bridge.web import Console
@@ -84,7 +91,8 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
-#: Meters that may read a profile range at the same moment (backfill pacing, box-wide).
+#: Meters that may read a profile range at the same moment (backfill pacing, box-wide); each
+#: worker process gets an even share (`bridge.workers.backfill_share`).
 BACKFILL_SLOTS = 2
 #: How often the gateway's own attributes are compared with what was last published.
 GATEWAY_ATTRIBUTES_CHECK_S = 5.0
@@ -357,6 +365,9 @@ class BridgeService:
                     # The data directory: where secured meters keep their invocation counters.
                     poller_options={**self.poller_options, "data_dir": cfg.bridge.data_dir},
                     overrides=self._worker_overrides,
+                    marks=self.marks,
+                    supervision=self.supervision,
+                    backfill_slots=backfill_share(BACKFILL_SLOTS, count),
                 )
                 self.paused = {
                     m.name for m in own if self.overrides.get(m.name, "enabled") is False
@@ -567,17 +578,12 @@ class BridgeService:
                         if tracker.faulted:
                             poller.stats.state = "faulted"
                             self._set_alarm(
-                                _faulted_alarm(name), True,
-                                f"meter {name} is faulted: its poller crashed {tracker.identical} "
-                                f"times in a row with {tracker.last}; retried every "
-                                f"{tracker.settings.faulted_retry_s:g} s",
-                            )  # fmt: skip
+                                faulted_alarm(name), True, faulted_message(name, tracker)
+                            )
                         else:
                             self._set_alarm(
-                                _crashed_alarm(name), True,
-                                f"the poller of meter {name} crashed {running.crashes} time(s); "
-                                "restarting it (see the traceback in the log)",
-                            )  # fmt: skip
+                                crashed_alarm(name), True, crashed_message(name, running.crashes)
+                            )
                         await trio.sleep(delay)
         finally:
             running.done.set()
@@ -594,10 +600,13 @@ class BridgeService:
             if now - running.started >= tracker.settings.healthy_after_s:
                 tracker.reset()
                 message = f"the poller of meter {name} runs again without crashing"
-                self._set_alarm(_faulted_alarm(name), False, message)
-                self._set_alarm(_crashed_alarm(name), False, message)
+                self._set_alarm(faulted_alarm(name), False, message)
+                self._set_alarm(crashed_alarm(name), False, message)
             else:
                 faulted += 1
+        # Meters polled in worker processes: their worker keeps the state (and its alarms).
+        if self.pool is not None:
+            faulted += sum(1 for remote in self.pool.remote.values() if remote.fault is not None)
         return faulted
 
     async def _sink(self, reading: Reading) -> None:
@@ -844,8 +853,8 @@ class BridgeService:
     def _clear_meter_alarms(self, meter: str) -> None:
         for name in (
             _failing_alarm(meter),
-            _crashed_alarm(meter),
-            _faulted_alarm(meter),
+            crashed_alarm(meter),
+            faulted_alarm(meter),
             f"meter.{meter}.clock_drift",
         ):
             self._set_alarm(name, False, f"meter {meter} removed")
@@ -910,12 +919,15 @@ class BridgeService:
                 "crashes": remote.crashes,
                 "online": self.online.get(name, False),
                 **remote.stats.as_dict(),
-                "faulted": False,
+                "faulted": remote.fault is not None,
                 "interval_s": remote.interval_s,
                 "profiles": remote.profiles,
                 "clock": remote.clock,
                 "worker": remote.worker,
             }
+            if remote.fault is not None:
+                meters[name]["state"] = "faulted"
+                meters[name]["fault"] = remote.fault
         publisher = self.publisher
         return {
             "name": self.config.bridge.name,
@@ -1093,16 +1105,6 @@ def _version() -> str:
 def _failing_alarm(meter: str) -> str:
     """The alarm a meter's poller raises while its circuit is open."""
     return f"meter.{meter}.failing"
-
-
-def _crashed_alarm(meter: str) -> str:
-    """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
-    return f"meter.{meter}.crashed"
-
-
-def _faulted_alarm(meter: str) -> str:
-    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
-    return f"meter.{meter}.faulted"
 
 
 def _ratio(part: float, whole: float) -> float | None:
