@@ -68,6 +68,11 @@ CLOCK_TIME = AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2)
 #: A cycle may take this many reply timeouts even when that is longer than the interval: enough
 #: for a reply that needed retransmissions, or for a quick re-association and a second try.
 CYCLE_BUDGET_TIMEOUTS = 4
+#: Connections a process opens at the same moment (TCP connect, link set-up, association),
+#: at most: after a start or an outage thousands of meters reconnect at once, and opening them
+#: all together starved the event loop until their own timeouts fired (a storm that fed
+#: itself). A wait for a slot counts in the cycle's budget like any other step.
+OPENING_SLOTS = 256
 
 
 def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
@@ -170,6 +175,7 @@ class MeterPoller:
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
         engine: PollEngine | None = None,
+        openings: trio.CapacityLimiter | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -202,6 +208,9 @@ class MeterPoller:
         self.sink_many = sink_many or self._sink_each
         #: Serves the steady polls of this meter when set (see :mod:`bridge.engine`).
         self.engine = engine
+        #: Shared by the pollers of a process: connections being opened at once (see
+        #: `OPENING_SLOTS`).
+        self.openings = openings
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -559,6 +568,13 @@ class MeterPoller:
     async def _ensure_session(self) -> None:
         if self.session is not None and self.session.is_open:
             return
+        if self.openings is None:
+            await self._open_session()
+            return
+        async with self.openings:
+            await self._open_session()
+
+    async def _open_session(self) -> None:
         # A live connection whose association was dropped (level 2) is re-associated.
         reassociate = self.session is not None and self._connected
         if self.session is None or not self._connected:

@@ -48,7 +48,7 @@ from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
 from bridge.overrides import RuntimeOverrides, check_override
-from bridge.poller import MeterPoller
+from bridge.poller import OPENING_SLOTS, MeterPoller
 from bridge.profiles import HighWaterMarks
 from bridge.publisher import (
     MAX_ALARMS_PUBLISHED,
@@ -215,6 +215,8 @@ class BridgeService:
         self.poller_options = dict(poller_options or {})
         #: Runs the steady polls of the meters polled in this process.
         self.engine = PollEngine(self._sink_batch)
+        #: Connections being opened at once by the pollers of this process, at most.
+        self.openings = trio.CapacityLimiter(OPENING_SLOTS)
         #: How crashed pollers are restarted, and when a meter is put in the faulted state.
         self.supervision = supervision or SupervisionSettings()
         #: Start the operators' console (web server, alarm rules, local history) with the
@@ -548,6 +550,7 @@ class BridgeService:
                         sink_many=self._sink_many,
                         work_options=work_options,
                         engine=self.engine,
+                        openings=self.openings,
                         **options,
                     )
                     interval = self.overrides.get(name, "interval_s")

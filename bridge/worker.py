@@ -32,7 +32,7 @@ from bridge import heap
 from bridge.config import MeterConfig
 from bridge.engine import PollEngine
 from bridge.logs import log_event, setup_logging
-from bridge.poller import MeterPoller
+from bridge.poller import OPENING_SLOTS, MeterPoller
 from bridge.profiles import HighWaterMarks
 from bridge.readings import Reading, dumps_compact
 from bridge.rpc import IN_WORKER, METHODS, RpcError, RpcRequest, fit_answer, run_on_poller
@@ -133,6 +133,8 @@ class _Worker:
         self._pollers_nursery: trio.Nursery | None = None
         self.stop = trio.Event()
         self.engine = PollEngine(self.sink_batch)
+        #: Connections being opened at once by this worker's pollers, at most.
+        self.openings = trio.CapacityLimiter(OPENING_SLOTS)
         self.marks = _RelayedMarks(marks or {}, self._emit)
         #: The worker's share of the box-wide backfill slots (``backfill_share``).
         self.backfill_limiter = trio.CapacityLimiter(max(1, backfill_slots))
@@ -272,6 +274,7 @@ class _Worker:
             rng=random.Random(self._rng.random()),
             engine=self.engine,
             work_options=work_options,
+            openings=self.openings,
             **options,
         )
 
