@@ -211,6 +211,7 @@ class MeterPoller:
         #: Shared by the pollers of a process: connections being opened at once (see
         #: `OPENING_SLOTS`).
         self.openings = openings
+        self._slot_wait_cut = False
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -386,10 +387,17 @@ class MeterPoller:
             stats.failures += 1
             return False
         budget = deadline if deadline is not None else trio.current_time() + self.cycle_budget
+        self._slot_wait_cut = False
         try:
             with trio.fail_at(budget):
                 readings, started_ms, duration, in_place = await self._read_with_recovery()
         except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+            if self._slot_wait_cut:
+                # The cycle's time went waiting for a turn to open the connection: the
+                # bridge's own limit, not the meter's failure - missed, and no backoff.
+                self._slot_wait_cut = False
+                stats.missed += 1
+                return False
             if isinstance(exc, trio.TooSlowError):
                 # Cut off in the middle of an exchange: the association still waits for that
                 # reply and would refuse the next request. Start the next cycle from a new one.
@@ -571,8 +579,15 @@ class MeterPoller:
         if self.openings is None:
             await self._open_session()
             return
-        async with self.openings:
+        try:
+            await self.openings.acquire()
+        except trio.Cancelled:
+            self._slot_wait_cut = True  # the cycle's time ran out before its turn came
+            raise
+        try:
             await self._open_session()
+        finally:
+            self.openings.release()
 
     async def _open_session(self) -> None:
         # A live connection whose association was dropped (level 2) is re-associated.
