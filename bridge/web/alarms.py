@@ -200,6 +200,17 @@ class AlarmStore:
             "recent": [r for r in rows if not r["active"]],
         }
 
+    def newest_active(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` active alarms, newest first."""
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM alarms WHERE cleared_ms IS NULL"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        ]
+
     def active(self) -> dict[str, int]:
         """Active alarm names -> ids."""
         return dict(self._active)

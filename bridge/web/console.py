@@ -322,7 +322,7 @@ class Console:
         if publisher is None:
             return
         self._attributes_sent = True
-        active = self.alarms.listing()["active"]
+        active = self.alarms.newest_active(MAX_ALARMS_PUBLISHED)
         # The service publishes the count and the names ("alarms", "alarm_names"); these are
         # the details from the store, of the newest MAX_ALARMS_PUBLISHED.
         publisher.publish_gateway_attributes(
@@ -334,7 +334,7 @@ class Console:
                         "since": a["raised_ms"],
                         "acked": a["acked"],
                     }
-                    for a in active[:MAX_ALARMS_PUBLISHED]
+                    for a in active
                 ],
             }
         )

@@ -272,3 +272,15 @@ def test_alarm_store_writes_a_fleet_of_alarms_in_one_transaction(tmp_path: Path)
     assert kinds.count("cleared") == 1999 and kinds.count("raised") == 1
     assert {a["name"] for a in store.listing()["active"]} == {"meter.m0.failing", "outbox.high"}
     store.close()
+
+
+def test_alarm_store_lists_the_newest_active_alarms(tmp_path: Path) -> None:
+    store = AlarmStore(tmp_path, grace_s=0.0)
+    store.open()
+    store.sync({"a": "1"})
+    store.sync({"a": "1", "b": "2"})
+    store.sync({"a": "1", "b": "2", "c": "3"})
+    store.sync({"b": "2", "c": "3"})  # a cleared
+    assert [a["name"] for a in store.newest_active(5)] == ["c", "b"]
+    assert [a["name"] for a in store.newest_active(1)] == ["c"]
+    store.close()
