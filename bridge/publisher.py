@@ -771,6 +771,9 @@ class Publisher:
         """Deliver from the oldest stored row on, until the connection changes or a message
         fails (`lane.failure`); the caller then starts over."""
         cursor = 0
+        # The outbox's `appended` event when a look found nothing after `cursor`: while it is
+        # still the current one, nothing was stored since and the outbox need not be asked.
+        empty_since: trio.Event | None = None
         async with trio.open_nursery() as in_flight:
             # Failures of in-flight messages cancel this scope; nothing is raised across the
             # nursery, so no exception groups to unpick.
@@ -785,9 +788,13 @@ class Publisher:
                         # Far too much delivered and not deleted: wait for the outbox.
                         await trio.sleep(_RETRY_DELAY)
                         continue
-                    rows = await self.outbox.peek(
-                        self.settings.batch_rows, meter=lane.meter, after_id=cursor
-                    )
+                    if empty_since is appended and not appended.is_set():
+                        rows = []
+                    else:
+                        rows = await self.outbox.peek(
+                            self.settings.batch_rows, meter=lane.meter, after_id=cursor
+                        )
+                        empty_since = appended if not rows else None
                 except (PublishError, OutboxError) as exc:
                     self._fail(lane, in_flight, exc)
                     break
