@@ -9,8 +9,9 @@
   ``sync_threshold_s`` and ``sync_max_s`` is corrected, but only while the box's own clock is
   synchronised (:func:`box_clock_synchronised`).
 - **Profiles** (:mod:`bridge.profiles`): one range per pause between polls at least, more while
-  the pause lasts; at most ``backfill_slots`` meters of the service read a range at the same
-  moment, so that a fleet catching up after an outage leaves CPU and the outbox to live polling.
+  the pause lasts; at most ``BACKFILL_SLOTS`` meters of the box read a range at the same moment
+  (the ``limiter``: the service's, or each worker process's share of it), so that a fleet
+  catching up after an outage leaves CPU and the outbox to live polling.
 """
 
 from __future__ import annotations

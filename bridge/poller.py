@@ -71,6 +71,11 @@ CYCLE_BUDGET_TIMEOUTS = 4
 #: The jitter of the pollers given no generator of their own: one for all (a ``Random`` holds
 #: 2.5 KB of state, a lot to keep per meter).
 _JITTER = random.Random()
+#: Connections a process opens at the same moment (TCP connect, link set-up, association),
+#: at most: after a start or an outage thousands of meters reconnect at once, and opening them
+#: all together starved the event loop until their own timeouts fired (a storm that fed
+#: itself). A wait for a slot counts in the cycle's budget like any other step.
+OPENING_SLOTS = 256
 
 
 def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
@@ -213,6 +218,7 @@ class MeterPoller:
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
         engine: PollEngine | None = None,
+        openings: trio.CapacityLimiter | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -243,6 +249,10 @@ class MeterPoller:
         self.sink_many = sink_many or self._sink_each
         #: Serves the steady polls of this meter when set (see :mod:`bridge.engine`).
         self.engine = engine
+        #: Shared by the pollers of a process: connections being opened at once (see
+        #: `OPENING_SLOTS`).
+        self.openings = openings
+        self._slot_wait_cut = False
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -418,10 +428,17 @@ class MeterPoller:
             stats.failures += 1
             return False
         budget = deadline if deadline is not None else trio.current_time() + self.cycle_budget
+        self._slot_wait_cut = False
         try:
             with trio.fail_at(budget):
                 readings, started_ms, duration, in_place = await self._read_with_recovery()
         except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+            if self._slot_wait_cut:
+                # The cycle's time went waiting for a turn to open the connection: the
+                # bridge's own limit, not the meter's failure - missed, and no backoff.
+                self._slot_wait_cut = False
+                stats.missed += 1
+                return False
             if isinstance(exc, trio.TooSlowError):
                 # Cut off in the middle of an exchange: the association still waits for that
                 # reply and would refuse the next request. Start the next cycle from a new one.
@@ -603,6 +620,20 @@ class MeterPoller:
     async def _ensure_session(self) -> None:
         if self.session is not None and self.session.is_open:
             return
+        if self.openings is None:
+            await self._open_session()
+            return
+        try:
+            await self.openings.acquire()
+        except trio.Cancelled:
+            self._slot_wait_cut = True  # the cycle's time ran out before its turn came
+            raise
+        try:
+            await self._open_session()
+        finally:
+            self.openings.release()
+
+    async def _open_session(self) -> None:
         # A live connection whose association was dropped (level 2) is re-associated.
         reassociate = self.session is not None and self._connected
         if self.session is None or not self._connected:

@@ -15,7 +15,15 @@ import traceback
 
 import attrs
 
-__all__ = ["CrashTracker", "SupervisionSettings", "crash_summary"]
+__all__ = [
+    "CrashTracker",
+    "SupervisionSettings",
+    "crash_summary",
+    "crashed_alarm",
+    "crashed_message",
+    "faulted_alarm",
+    "faulted_message",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -77,3 +85,29 @@ class CrashTracker:
         self.last = None
         self.faulted = False
         self._delay = None
+
+
+def crashed_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
+    return f"meter.{meter}.crashed"
+
+
+def faulted_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
+    return f"meter.{meter}.faulted"
+
+
+def crashed_message(meter: str, crashes: int) -> str:
+    """The message of :func:`crashed_alarm` (in the service and in a worker process alike)."""
+    return (
+        f"the poller of meter {meter} crashed {crashes} time(s); restarting it (see the "
+        "traceback in the log)"
+    )
+
+
+def faulted_message(meter: str, tracker: CrashTracker) -> str:
+    """The message of :func:`faulted_alarm` (in the service and in a worker process alike)."""
+    return (
+        f"meter {meter} is faulted: its poller crashed {tracker.identical} times in a row with "
+        f"{tracker.last}; retried every {tracker.settings.faulted_retry_s:g} s"
+    )

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             limit,
             enabled,
         )
-    service = BridgeService(config, config_path=args.config, console=True)
+    service = BridgeService(config, config_path=args.config, console=True, manage_heap=True)
     try:
         trio.run(service.run)
     except AlreadyRunning as exc:

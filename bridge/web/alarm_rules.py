@@ -31,6 +31,11 @@ __all__ = ["AlarmRules", "Facts", "MeterFacts"]
 #: Rates are not judged on fewer events than these.
 MIN_READINGS = 5
 MIN_CYCLES = 3
+#: A meter that has not been read since the bridge started is reported after its intervals
+#: without a reading, but not before the fleet had time to open its connections: a second per
+#: this many meters (50 s for 5,000; they take turns). One that cannot be reached at all
+#: raises `failing` sooner.
+START_METERS_PER_S = 100
 #: Samples kept per window.
 SAMPLES_PER_WINDOW = 20
 
@@ -128,6 +133,7 @@ class AlarmRules:
                 f"published (threshold {cfg.publish_ratio_min:.0%})"
             )
 
+        start_grace = len(facts.meters) / START_METERS_PER_S
         for name, m in facts.meters.items():
             first = self._first_seen.setdefault(name, now)
             b = base.meter(name)
@@ -148,12 +154,18 @@ class AlarmRules:
                 )
             if m.last_reading_s is not None:
                 silent_for, since = facts.wall - m.last_reading_s, "for"
+                limit = cfg.no_reading_intervals * m.interval_s
             else:
                 silent_for, since = now - first, "since it started,"
-            if silent_for > cfg.no_reading_intervals * m.interval_s:
+                limit = max(cfg.no_reading_intervals * m.interval_s, start_grace)
+            if silent_for > limit:
+                threshold = (
+                    f"{cfg.no_reading_intervals} intervals of {m.interval_s:g} s"
+                    if limit == cfg.no_reading_intervals * m.interval_s
+                    else f"{limit:g} s after the start"
+                )
                 found[f"meter.{name}.no_reading"] = (
-                    f"meter {name}: no reading {since} {silent_for:.0f} s "
-                    f"(threshold {cfg.no_reading_intervals} intervals of {m.interval_s:g} s)"
+                    f"meter {name}: no reading {since} {silent_for:.0f} s (threshold {threshold})"
                 )
             # Between two attempts the poller goes through connecting and associating: the
             # refusal stands until an association succeeds (it must not flap with each retry).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from bridge.config import AlarmsConfig
-from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
+from bridge.web.alarm_rules import START_METERS_PER_S, AlarmRules, Facts, MeterFacts
 
 CFG = AlarmsConfig(
     window_s=60.0,
@@ -111,12 +111,23 @@ def test_success_rate_no_reading_and_refused() -> None:
 
 
 def test_a_meter_that_never_read() -> None:
+    """Never read since the start: after its intervals without a reading, but in a large fleet
+    not before the fleet had time to open its connections (a second per 100 meters)."""
     rules = AlarmRules(CFG)
     never = MeterFacts(interval_s=2.0)
     assert rules.evaluate(facts(100, meters={"b": never})) == {}
     assert rules.evaluate(facts(110, meters={"b": never})) == {}
     active = rules.evaluate(facts(110.5, meters={"b": never}))
     assert "since it started" in active["meter.b.no_reading"]
+    assert "threshold 5 intervals of 2 s" in active["meter.b.no_reading"]
+    # 3,000 meters never read: 30 s.
+    rules = AlarmRules(CFG)
+    fleet = {f"m{i}": never for i in range(30 * START_METERS_PER_S)}
+    assert rules.evaluate(facts(100, meters=fleet)) == {}
+    assert rules.evaluate(facts(130, meters=fleet)) == {}
+    active = rules.evaluate(facts(130.5, meters=fleet))
+    assert len(active) == len(fleet)
+    assert "threshold 30 s after the start" in active["meter.m0.no_reading"]
 
 
 def test_resyncs_per_hour_over_the_window() -> None:
