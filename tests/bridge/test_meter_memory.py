@@ -8,6 +8,7 @@ poller sleeps, without changing what ``poke`` does (virtual clock).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -164,3 +165,23 @@ def test_pollers_with_the_same_units_share_the_table() -> None:
     other = MeterPoller(meter("c"), discard)
     other.took([RegisterReading(s, value=1) for s in other.specs], 1, 0.01, False)
     assert other.units is not a.units and other.units[first_key] is None
+
+
+def test_meters_with_the_same_clock_settings_and_host_share_them(tmp_path: Path) -> None:
+    from bridge.config import ClockConfig, parse_config
+
+    meters = "".join(
+        f'[[meters]]\nname = "m{i}"\nhost = "10.0.0.{7 if i < 3 else 8}"\nport = {3000 + i}\n'
+        for i in range(4)
+    )
+    text = (
+        '[mqtt]\nhost = "broker.local"\n\n[defaults]\nregisters = "field-meter"\n\n'
+        f"[defaults.clock]\ncheck_s = 600\n\n{meters}"
+        '[[meters]]\nname = "own"\nhost = "10.0.0.9"\nport = 4000\n'
+        "clock = { check_s = 60 }\n"
+    )
+    config = parse_config(text, env={}, base_dir=tmp_path)
+    m0, m1, m2, m3, own = config.meters
+    assert m0.clock == ClockConfig(check_s=600) and m0.clock is m3.clock
+    assert own.clock.check_s == 60 and own.clock is not m0.clock
+    assert m0.host is m1.host is m2.host and m0.host == "10.0.0.7" and m3.host == "10.0.0.8"
