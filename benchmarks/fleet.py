@@ -333,30 +333,41 @@ def bridge_config(
     path.write_text("\n".join(lines) + "\n")
 
 
+def grid_phase(offsets: list[float], step: float) -> float:
+    """The phase of a meter's grid: where its readings' offsets (mod ``step``) start, taken
+    after the largest empty stretch of the circle. (A minimum over offsets folded into
+    [-step/2, step/2) breaks when the phase is near the fold: one reading 200 ms late then
+    wraps round and makes every other one look 800 ms late.)"""
+    points = sorted(off % step for off in offsets)
+    best_gap, phase = -1.0, points[0]
+    previous = points[-1] - step
+    for point in points:
+        if point - previous > best_gap:
+            best_gap, phase = point - previous, point
+        previous = point
+    return phase
+
+
 def grid_stats(
     readings: dict[str, list[int]], t0: float, t1: float, interval: float
 ) -> dict[str, Any]:
-    """Place every reading on its meter's grid: polls and missed slots in [t0, t1), start delay."""
+    """Place every reading on its meter's grid: polls and missed slots in [t0, t1), start delay
+    (how long after its meter's grid slot a reading was taken)."""
     step = interval * 1000
     lo, hi = t0 * 1000, t1 * 1000
     polls = missed = expected = 0
     delays: list[float] = []
     for ts_list in readings.values():
-        if not ts_list:
+        measured = [ts for ts in ts_list if lo <= ts < hi]
+        if not measured:
             continue
-        ref = ts_list[0]
-        offsets = [((ts - ref + step / 2) % step) - step / 2 for ts in ts_list]
-        # The grid: the phase of the meter's earliest reading on time, among those measured.
-        # (Not the warm-up's: one reading more than half an interval late - a start under
-        # load - wraps round and would make every other one look late.)
-        measured = [off for ts, off in zip(ts_list, offsets, strict=True) if lo <= ts < hi]
-        phase = min(measured or offsets)
-        origin = ref + phase
+        # The grid: from the readings measured (not the warm-up's, which may be off-grid).
+        origin = grid_phase(measured, step)
         slots = set()
-        for ts, off in zip(ts_list, offsets, strict=True):
-            if lo <= ts < hi:
-                slots.add(round((ts - origin) / step))
-                delays.append(max(0.0, off - phase))
+        for ts in measured:
+            delay = (ts - origin) % step
+            delays.append(delay)
+            slots.add(round((ts - delay - origin) / step))
         first = math.ceil((lo - origin) / step)
         last = math.ceil((hi - origin) / step)
         expected += last - first
@@ -454,6 +465,9 @@ def run_bridge(
             snapshot = {m: sorted(v) for m, v in collector.readings.items()}
             messages = [(n, size) for t, n, size in collector.arrivals if t0 <= t < t1]
         grid = grid_stats(snapshot, t0, t1, args.interval)
+        if args.readings:
+            # Every delivered reading's time per meter, and the window: when were polls late?
+            args.readings.write_text(json.dumps({"t0": t0, "t1": t1, "readings": snapshot}))
         summaries = tail.between(t0, t1)
         taken = sum(int(f.get("readings", 0)) for f in summaries)
         p50s = [
@@ -769,6 +783,9 @@ def main() -> None:
         help=f"most meters (threads) the gurux reference reads ({GURUX_MAX_THREADS})",
     )
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument(
+        "--readings", type=Path, help="write every delivered reading's time (per meter) here"
+    )
     parser.add_argument("--work", type=Path, help="keep configs and logs in this directory")
     parser.add_argument("--png", type=Path, help="plot (default: next to --json)")
     parser.add_argument(

@@ -37,6 +37,7 @@ import os
 import re
 import socket
 import string
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -1090,6 +1091,8 @@ class _Resolver:
     errors: list[str] = attrs.Factory(list)
     #: Where each secret came from, by (section path, field): for messages, never the value.
     sources: dict[tuple[str, str], str] = attrs.Factory(dict)
+    #: Equal clock settings as one object (a fleet's meters mostly have the same; frozen).
+    clocks: dict[ClockConfig, ClockConfig] = attrs.Factory(dict)
 
     def error(self, path: str, message: str) -> None:
         line = f"{path}: {message}"
@@ -1519,11 +1522,12 @@ class _Resolver:
             profiles = self.profiles(raw_profiles, origin("profiles"))
         raw_clock = pick("clock")
         clock = ClockConfig() if raw_clock is None else self.clock(raw_clock, origin("clock"))
+        clock = self.clocks.setdefault(clock, clock)
         if port is None:
             return None
         return MeterConfig(
             name=raw.name or "",
-            host=raw.host or "",
+            host=sys.intern(raw.host or ""),  # many meters behind one gateway address
             port=port,
             enabled=raw.enabled,
             transport=transport,

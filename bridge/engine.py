@@ -61,7 +61,7 @@ from codec.association import (
 from codec.client import RegisterReading
 from codec.errors import LinkError, ProtocolError
 from codec.hdlc import NeedData
-from codec.steady import SteadyDecoder, SteadyReading
+from codec.steady import SteadyDecoder, SteadyReading, shared_decoder
 
 if TYPE_CHECKING:
     from bridge.poller import MeterPoller
@@ -76,7 +76,8 @@ _RECEIVE_SIZE = 65536
 #: The engine's beat while requests are in flight: replies that arrived and polls that fell
 #: due within one tick are taken together (a poll starts at most this late).
 TICK_S = 0.005
-#: How long a batch of readings may take to reach the sink once the engine is stopping.
+#: How long a batch of readings may take to reach the sink once the engine is stopping (while
+#: running there is no limit: a slow sink holds the engine back, and nothing taken is lost).
 COMMIT_LIMIT_S = 10.0
 #: While polls are in flight, readings are handed to the sink at most this often (one hand-over
 #: per tick would cost a task switch, a commit and a wake-up of the reader per tick).
@@ -240,6 +241,8 @@ class PollEngine:
         self._running = False
         #: Set once :meth:`run` has handed every meter back and committed what it took.
         self.stopped = trio.Event()
+        #: The shield of the batch being handed to the sink (given a deadline once stopping).
+        self._commit_scope: trio.CancelScope | None = None
         #: :meth:`run` has started (and will set :attr:`stopped`).
         self.started = False
         #: Counters: polls done, and polls that ended in an error (the meter handed back).
@@ -319,7 +322,11 @@ class PollEngine:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_forever)
                 task_status.started()
-                await self._loop()
+                try:
+                    await self._loop()
+                finally:
+                    # Stopping: the batch being committed gets COMMIT_LIMIT_S at most.
+                    self._limit_commit()
         finally:
             self._running = False
             for parked in list(self._parked.values()):
@@ -328,7 +335,7 @@ class PollEngine:
             # Readings taken in the last moments are committed before the engine goes.
             pending, self._pending = self._pending, []
             if pending:
-                await self._commit(pending)
+                await self._commit(pending, limit_s=COMMIT_LIMIT_S)
             self._epoll.close()
             self._epoll = None
             if self._timer is not None:
@@ -413,12 +420,19 @@ class PollEngine:
             self._timer_at = at
             self._timer.set(at - trio.current_time())
 
-    async def _commit(self, batch: list[Reading]) -> None:
-        """Hand ``batch`` to the sink; not cut short by a shutdown (taken is kept), only by
-        :data:`COMMIT_LIMIT_S`."""
+    async def _commit(self, batch: list[Reading], *, limit_s: float | None = None) -> None:
+        """Hand ``batch`` to the sink. Running, it waits as long as the sink takes (a slow
+        outbox holds the engine back through `MAX_PENDING_READINGS`; nothing taken is dropped);
+        stopping, not cut short by the cancellation, only by :data:`COMMIT_LIMIT_S`."""
         try:
-            with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_LIMIT_S) as scope:
-                await self.sink_batch(batch)
+            with trio.CancelScope(shield=True) as scope:
+                if limit_s is not None:
+                    scope.deadline = trio.current_time() + limit_s
+                self._commit_scope = scope
+                try:
+                    await self.sink_batch(batch)
+                finally:
+                    self._commit_scope = None
         except Exception as exc:
             if trio.current_effective_deadline() != -math.inf:
                 raise  # not stopping: the sink's failure is the engine's
@@ -433,6 +447,11 @@ class PollEngine:
                 log, logging.ERROR, "engine_commit_timeout",
                 readings=len(batch), limit_s=COMMIT_LIMIT_S,
             )  # fmt: skip
+
+    def _limit_commit(self) -> None:
+        scope = self._commit_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, trio.current_time() + COMMIT_LIMIT_S)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -688,7 +707,7 @@ class PollEngine:
         # every general read, so that a register whose first read failed is taken once it
         # answers).
         parked.decoder = (
-            SteadyDecoder(poller.specs, readings) if parked.request is not None else None
+            shared_decoder(poller.specs, readings) if parked.request is not None else None
         )
         in_place = _in_place_marker(parked.association) != parked.in_place
         reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)

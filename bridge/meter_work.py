@@ -9,8 +9,9 @@
   ``sync_threshold_s`` and ``sync_max_s`` is corrected, but only while the box's own clock is
   synchronised (:func:`box_clock_synchronised`).
 - **Profiles** (:mod:`bridge.profiles`): one range per pause between polls at least, more while
-  the pause lasts; at most ``backfill_slots`` meters of the service read a range at the same
-  moment, so that a fleet catching up after an outage leaves CPU and the outbox to live polling.
+  the pause lasts; at most ``BACKFILL_SLOTS`` meters of the box read a range at the same moment
+  (the ``limiter``: the service's, or each worker process's share of it), so that a fleet
+  catching up after an outage leaves CPU and the outbox to live polling.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import datetime as _dt
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +227,9 @@ class _Job:
 # -- the work ------------------------------------------------------------------------------------
 
 
+_NO_MARKS = HighWaterMarks(None)
+
+
 class MeterWork:
     """The between-polls work of one poller; see the module docstring."""
 
@@ -240,7 +243,10 @@ class MeterWork:
     ) -> None:
         self.poller = poller
         self.meter = poller.meter
-        self.marks = marks if marks is not None else HighWaterMarks(None)
+        if marks is None:
+            # In memory only; a meter without profiles writes none: one for all of them.
+            marks = HighWaterMarks(None) if poller.meter.profiles else _NO_MARKS
+        self.marks = marks
         self.limiter = limiter
         self.synchronised = synchronised
         self.profiles = [
@@ -250,15 +256,23 @@ class MeterWork:
         #: Trio time of the next clock check (set when the poller starts).
         self.clock_due: float | None = None
         self.last_clock: ClockReading | None = None
-        self._jobs: deque[_Job] = deque()
-        self._wakeup = trio.Event()
+        #: Requests waiting (at most MAX_QUEUED_REQUESTS: a list, lighter than a deque).
+        self._jobs: list[_Job] = []
+        #: Set while the poller sleeps in :meth:`sleep_until` (made then: most meters are
+        #: parked in the engine most of the time and never need one).
+        self._wakeup: trio.Event | None = None
+        #: :meth:`poke` came while the poller was not sleeping: its next sleep returns at once.
+        self._poked = False
         self._may_read_range = True
 
     # -- the poller's side -------------------------------------------------------------------
 
     def poke(self) -> None:
         """Wake the poller from its pause (taking its meter back from the engine)."""
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
+        else:
+            self._poked = True
         engine = self.poller.engine
         if engine is not None:
             engine.release(self.poller)
@@ -298,9 +312,16 @@ class MeterWork:
         """Sleep until ``wake`` or until a request arrives (or :meth:`poke`)."""
         if self._jobs:
             return
-        with trio.move_on_at(wake):
-            await self._wakeup.wait()
-        self._wakeup = trio.Event()
+        if self._poked:
+            self._poked = False
+            await trio.lowlevel.checkpoint()
+            return
+        self._wakeup = wakeup = trio.Event()
+        try:
+            with trio.move_on_at(wake):
+                await wakeup.wait()
+        finally:
+            self._wakeup = None
 
     async def run(self, *, until: float) -> None:
         """Do what is due, leaving the poll due at ``until`` its time."""
@@ -359,7 +380,7 @@ class MeterWork:
 
     async def _run_jobs(self) -> None:
         while self._jobs:
-            job = self._jobs.popleft()
+            job = self._jobs.pop(0)
             if job.abandoned:
                 continue
             try:

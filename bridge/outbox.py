@@ -65,6 +65,9 @@ _IDS_PER_STATEMENT = 500
 # The overflow alarm clears once the outbox is back under this fraction of both bounds.
 _ALARM_CLEAR_FRACTION = 0.9
 _WAL_CHECKPOINT_PAGES = 256
+#: Readings kept in memory by row id after they are committed, so that the publisher's read
+#: of rows it is about to send (moments later, as a rule) does not parse their JSON again.
+RECENT_READINGS = 4096
 _WAL_SIZE_LIMIT = 1024 * 1024
 
 Synchronous = Literal["full", "normal"]
@@ -138,6 +141,9 @@ class Outbox:
         self.dropped_rows = 0
         self.corrupt_rows = 0
         self.overflow = False
+        #: Row id -> the reading committed under it, the newest `RECENT_READINGS` (row ids are
+        #: never reused, so an entry can only ever stand for its own row).
+        self._recent: dict[int, Reading] = {}
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = self._open()
@@ -304,7 +310,15 @@ class Outbox:
                     self.dropped_rows,
                 )
             self.overflow = True
-        return list(range(last - len(payloads) + 1, last + 1))
+        ids = list(range(last - len(payloads) + 1, last + 1))
+        recent = self._recent
+        for row_id, reading in zip(
+            ids[-RECENT_READINGS:], readings[-RECENT_READINGS:], strict=True
+        ):
+            recent[row_id] = reading
+        for _ in range(len(recent) - RECENT_READINGS):
+            del recent[next(iter(recent))]
+        return ids
 
     def _drop_oldest(self, conn: sqlite3.Connection, rows: int, nbytes: int) -> tuple[int, int]:
         excess_rows = self.rows + rows - self.max_rows
@@ -356,10 +370,16 @@ class Outbox:
         out: list[OutboxRow] = []
         corrupt: list[int] = []
         total = 0
+        recent = self._recent
         for row_id, payload in cur:
             size = len(payload)
             if out and limit_bytes is not None and total + size > limit_bytes:
                 break
+            reading = recent.get(row_id)
+            if reading is not None:
+                out.append(OutboxRow(id=int(row_id), reading=reading, size=size))
+                total += size
+                continue
             try:
                 reading = Reading.from_json(payload)
             except ValueError as exc:
@@ -398,6 +418,9 @@ class Outbox:
                 self._meta_add(counter, deleted)
         self.rows -= deleted
         self.bytes -= freed
+        recent = self._recent
+        for row_id in ids:
+            recent.pop(row_id, None)
         if (
             self.overflow
             and self.rows < self.max_rows * _ALARM_CLEAR_FRACTION
@@ -538,11 +561,27 @@ class AsyncOutbox:
 
 
 @attrs.define(eq=False)
+class _Ticket:
+    """What one `put` or `put_many` waits for: all its readings settled (one event a call,
+    not one a reading)."""
+
+    remaining: int
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
 class _Put:
     reading: Reading
-    done: trio.Event = attrs.Factory(trio.Event)
+    ticket: _Ticket
     row_id: int | None = None
     error: BaseException | None = None
+
+    def settle(self) -> None:
+        """This reading is committed, spilled or failed (``row_id``, ``error`` set before)."""
+        ticket = self.ticket
+        ticket.remaining -= 1
+        if ticket.remaining <= 0:
+            ticket.done.set()
 
 
 @attrs.define(eq=False)
@@ -675,10 +714,10 @@ class OutboxWriter:
         if self._spilling is not None:
             self._to_spill(reading, payload)
             return None
-        item = _Put(reading)
+        item = _Put(reading, _Ticket(1))
         self._queue.append(item)
         self._wakeup.set()
-        await item.done.wait()
+        await item.ticket.done.wait()
         if item.error is not None:
             raise OutboxError(
                 f"reading of meter {reading.meter!r} was not stored: {item.error}"
@@ -703,14 +742,16 @@ class OutboxWriter:
             for reading, payload in zip(readings, payloads, strict=True):
                 self._to_spill(reading, payload)
             return [None] * len(readings)
+        ticket = _Ticket(len(readings))
         for reading in readings:
-            item = _Put(reading)
+            item = _Put(reading, ticket)
             self._queue.append(item)
             items.append(item)
         self._wakeup.set()
+        if items:
+            await ticket.done.wait()
         ids: list[int | None] = []
         for item in items:
-            await item.done.wait()
             if item.error is not None:
                 raise OutboxError(
                     f"reading of meter {item.reading.meter!r} was not stored: {item.error}"
@@ -744,7 +785,7 @@ class OutboxWriter:
             stranded, self._queue = self._queue, []
             for item in stranded:
                 item.error = OutboxError("the outbox writer stopped before committing it")
-                item.done.set()
+                item.settle()
             if self._spill:
                 # One last try, so that a disk freed just before a stop loses nothing.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -773,7 +814,7 @@ class OutboxWriter:
             self._start_episode(str(exc))
             for item in batch:
                 self._to_spill(item.reading)
-                item.done.set()
+                item.settle()
             return
         except ValueError as exc:
             self._refuse(batch, exc)
@@ -784,19 +825,19 @@ class OutboxWriter:
             # not be committed, so report failure rather than claim success.
             for item in batch:
                 item.error = OutboxError(f"outbox write interrupted ({type(exc).__name__})")
-                item.done.set()
+                item.settle()
             raise
         self._committed(len(batch))
         for item, row_id in zip(batch, ids, strict=True):
             item.row_id = row_id
-            item.done.set()
+            item.settle()
 
     def _refuse(self, batch: list[_Put], exc: Exception) -> None:
         self.stats.failures += 1
         log.error("outbox write of %d readings failed: %s", len(batch), exc)
         for item in batch:
             item.error = exc
-            item.done.set()
+            item.settle()
 
     def _committed(self, count: int) -> None:
         self.stats.readings += count
@@ -847,7 +888,7 @@ class OutboxWriter:
         queued, self._queue = self._queue, []
         for item in queued:
             self._to_spill(item.reading)
-            item.done.set()
+            item.settle()
         while self._spill:
             entries = list(itertools.islice(self._spill, self.max_batch))
             last_seq = entries[-1][0]

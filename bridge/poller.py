@@ -36,8 +36,7 @@ import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -46,6 +45,7 @@ import trio
 from bridge import meter_security
 from bridge.config import MeterConfig, interval_problem
 from bridge.engine import EngineStopped, Handback, PollEngine, log_stored
+from bridge.latency import LatencyWindow
 from bridge.logs import log_event
 from bridge.meter_work import MeterWork
 from bridge.readings import Reading, RegisterError, Value, check_value
@@ -68,6 +68,14 @@ CLOCK_TIME = AttributeDescriptor(8, Obis(0, 0, 1, 0, 0, 255), 2)
 #: A cycle may take this many reply timeouts even when that is longer than the interval: enough
 #: for a reply that needed retransmissions, or for a quick re-association and a second try.
 CYCLE_BUDGET_TIMEOUTS = 4
+#: The jitter of the pollers given no generator of their own: one for all (a ``Random`` holds
+#: 2.5 KB of state, a lot to keep per meter).
+_JITTER = random.Random()
+#: Connections a process opens at the same moment (TCP connect, link set-up, association),
+#: at most: after a start or an outage thousands of meters reconnect at once, and opening them
+#: all together starved the event loop until their own timeouts fired (a storm that fed
+#: itself). A wait for a slot counts in the cycle's budget like any other step.
+OPENING_SLOTS = 256
 
 
 def endpoint_for(meter: MeterConfig) -> MeterEndpoint:
@@ -104,6 +112,46 @@ def secured_endpoint_for(meter: MeterConfig, data_dir: str | None) -> MeterEndpo
     return attrs.evolve(endpoint, security=security, frame_counter=meter.frame_counter)
 
 
+#: Register lists shared by the pollers of meters that read the same registers (most of a
+#: fleet): by (obis, class, attribute, key) of each. Bounded; emptied when full.
+_SPECS: dict[tuple[tuple[Obis, int, int, str], ...], tuple[RegisterSpec, ...]] = {}
+_SPECS_MAX = 1024
+
+
+def specs_for(meter: MeterConfig) -> tuple[RegisterSpec, ...]:
+    """What a poll of ``meter`` reads: its registers, then its attributes (one tuple for all
+    meters with the same list)."""
+    key = tuple(
+        (r.obis, r.class_id, r.attribute, r.key) for r in (*meter.registers, *meter.attributes)
+    )
+    specs = _SPECS.get(key)
+    if specs is None:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        specs = _SPECS[key] = tuple(RegisterSpec(*k) for k in key)
+    return specs
+
+
+_NO_KEYS: frozenset[str] = frozenset()
+#: Unit tables shared by the pollers whose meters report the same units (bounded: emptied
+#: when full).
+_UNITS: dict[tuple[tuple[str, str | None], ...], dict[str, str | None]] = {}
+
+
+def _shared_units(
+    known: dict[str, str | None], new: Iterable[tuple[str, str | None]]
+) -> dict[str, str | None]:
+    """``known`` with ``new`` added, as one dict for all the pollers with the same table."""
+    merged = {**known, **dict(new)}
+    key = tuple(merged.items())
+    found = _UNITS.get(key)
+    if found is None:
+        if len(_UNITS) >= _SPECS_MAX:
+            _UNITS.clear()
+        found = _UNITS[key] = merged
+    return found
+
+
 @attrs.define(eq=False)
 class PollerStats:
     """What one poller did; read by the summary, the metrics and the dashboard."""
@@ -128,8 +176,8 @@ class PollerStats:
     state: str = "starting"
     last_error: str | None = None
     last_success_ms: int | None = None
-    #: Durations of the last successful reads, seconds.
-    latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=512))
+    #: Durations of the last successful reads (512), seconds.
+    latencies: LatencyWindow = attrs.field(factory=LatencyWindow)
     link: dict[str, int] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -170,6 +218,7 @@ class MeterPoller:
         sink_many: Callable[[Sequence[Reading]], Awaitable[None]] | None = None,
         work_options: Mapping[str, Any] | None = None,
         engine: PollEngine | None = None,
+        openings: trio.CapacityLimiter | None = None,
     ) -> None:
         self.meter = meter
         self.sink = sink
@@ -177,17 +226,15 @@ class MeterPoller:
         self.breaker_threshold = breaker_threshold
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.rng = rng or random.Random()
+        self.rng = rng or _JITTER
         self.wall_clock = wall_clock
         self.open_stream = open_stream
         self.endpoint = secured_endpoint_for(meter, data_dir)
-        self.specs = [
-            RegisterSpec(r.obis, r.class_id, r.attribute, r.key)
-            for r in (*meter.registers, *meter.attributes)
-        ]
-        self.attribute_keys = frozenset(r.key for r in meter.attributes)
+        self.specs = specs_for(meter)
+        self.attribute_keys = frozenset(r.key for r in meter.attributes) or _NO_KEYS
         self.stats = PollerStats()
-        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them.
+        #: Telemetry key -> unit symbol (None: no unit), as the meter reported them. Read-only:
+        #: replaced when it grows, and shared by the pollers of meters with the same units.
         self.units: dict[str, str | None] = {}
         self.session: MeterSession | None = None
         self._connected = False  # TCP is up (the association may not be)
@@ -202,6 +249,10 @@ class MeterPoller:
         self.sink_many = sink_many or self._sink_each
         #: Serves the steady polls of this meter when set (see :mod:`bridge.engine`).
         self.engine = engine
+        #: Shared by the pollers of a process: connections being opened at once (see
+        #: `OPENING_SLOTS`).
+        self.openings = openings
+        self._slot_wait_cut = False
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -377,10 +428,17 @@ class MeterPoller:
             stats.failures += 1
             return False
         budget = deadline if deadline is not None else trio.current_time() + self.cycle_budget
+        self._slot_wait_cut = False
         try:
             with trio.fail_at(budget):
                 readings, started_ms, duration, in_place = await self._read_with_recovery()
         except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
+            if self._slot_wait_cut:
+                # The cycle's time went waiting for a turn to open the connection: the
+                # bridge's own limit, not the meter's failure - missed, and no backoff.
+                self._slot_wait_cut = False
+                stats.missed += 1
+                return False
             if isinstance(exc, trio.TooSlowError):
                 # Cut off in the middle of an exchange: the association still waits for that
                 # reply and would refuse the next request. Start the next cycle from a new one.
@@ -412,10 +470,13 @@ class MeterPoller:
         """The reading of a general read; the units of its registers noted."""
         reading = self._reading(readings, started_ms)
         if len(self.units) < len(reading.values):
-            self.units.update(
-                (r.spec.name, r.unit.symbol if r.unit is not None else None)
-                for r in readings
-                if r.ok
+            self.units = _shared_units(
+                self.units,
+                (
+                    (r.spec.name, r.unit.symbol if r.unit is not None else None)
+                    for r in readings
+                    if r.ok
+                ),
             )
         return reading
 
@@ -437,7 +498,7 @@ class MeterPoller:
             values, quality = dict(values), dict(quality)  # the decoder's own dicts kept as is
         reading = self._new_reading(started_ms, values, quality, errors)
         if len(self.units) < len(reading.values):
-            self.units.update((k, units.get(k)) for k in reading.values)
+            self.units = _shared_units(self.units, ((k, units.get(k)) for k in reading.values))
         self._account(reading, duration, in_place, now)
         return reading
 
@@ -559,6 +620,20 @@ class MeterPoller:
     async def _ensure_session(self) -> None:
         if self.session is not None and self.session.is_open:
             return
+        if self.openings is None:
+            await self._open_session()
+            return
+        try:
+            await self.openings.acquire()
+        except trio.Cancelled:
+            self._slot_wait_cut = True  # the cycle's time ran out before its turn came
+            raise
+        try:
+            await self._open_session()
+        finally:
+            self.openings.release()
+
+    async def _open_session(self) -> None:
         # A live connection whose association was dropped (level 2) is re-associated.
         reassociate = self.session is not None and self._connected
         if self.session is None or not self._connected:

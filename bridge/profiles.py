@@ -21,7 +21,12 @@ key; status columns (0-0:96.10.x) are published as ``status`` unless named other
 
 The high-water marks live in ``profiles.json`` in the data directory, written (atomically,
 fsynced) after the entries are committed: a clean restart never sends an entry twice; a crash
-between the commit and the write re-sends at most that last range (at-least-once).
+between the commit and the write re-sends at most that last range (at-least-once). The service
+process is the file's only writer: a meter polled in a worker process (``[bridge] workers``)
+sends each new mark to the service after its entries, on the same pipe, and the service records
+it once the entries before it are in the outbox (:meth:`HighWaterMarks.advance`); a worker
+starts from the marks of its meters the service hands it. So a meter keeps its mark when it
+moves between workers, or between a worker and the service.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +91,10 @@ class HighWaterMarks:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) / FILENAME if path is not None and Path(path).is_dir() else path
         self.marks: dict[str, dict[str, int]] = {}
-        # Pollers write their marks from worker threads: one write at a time.
+        # Pollers write their marks from worker threads: one write at a time (``_writing``, held
+        # from taking the marks' JSON to the rename, so the file never goes back to older
+        # marks); ``_lock`` guards the marks themselves, and is held only briefly.
+        self._writing = threading.Lock()
         self._lock = threading.Lock()
         if self.path is not None:
             self.marks = self._load(Path(self.path))
@@ -136,10 +144,44 @@ class HighWaterMarks:
         """Record a new mark and write the file (blocking: call it from a worker thread).
 
         Raises :class:`OSError` when the file cannot be written (the mark is kept in memory)."""
-        with self._lock:
-            self.marks.setdefault(meter, {})[str(profile)] = ts_ms
+        with self._writing:
+            with self._lock:
+                self.marks.setdefault(meter, {})[str(profile)] = ts_ms
+                data = dumps_compact(self.marks).encode() if self.path is not None else b""
             if self.path is not None:
-                self._write(Path(self.path), dumps_compact(self.marks).encode())
+                self._write(Path(self.path), data)
+
+    def advance(self, marks: Iterable[tuple[str, str, int]]) -> bool:
+        """Record, in memory, the marks a worker process sent (``(meter, obis, ts_ms)``), each
+        only if newer than the one held; :meth:`save` writes them. Returns whether any changed.
+
+        A mark moves forward only: an older one (from a worker that stopped after the meter
+        moved to another) never takes the place of a newer.
+        """
+        changed = False
+        with self._lock:
+            for meter, obis, ts_ms in marks:
+                profiles = self.marks.setdefault(meter, {})
+                if ts_ms > profiles.get(obis, -1):
+                    profiles[obis] = ts_ms
+                    changed = True
+        return changed
+
+    def save(self) -> None:
+        """Write the file with the marks held now (blocking: call it from a worker thread).
+
+        Raises :class:`OSError` when it cannot be written."""
+        if self.path is None:
+            return
+        with self._writing:
+            with self._lock:
+                data = dumps_compact(self.marks).encode()
+            self._write(Path(self.path), data)
+
+    def of(self, meters: Iterable[str]) -> dict[str, dict[str, int]]:
+        """A copy of the marks of ``meters`` (what a worker process starts from)."""
+        with self._lock:
+            return {m: dict(self.marks[m]) for m in meters if m in self.marks}
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 import logging
 import math
 import time
@@ -69,7 +68,7 @@ import trio
 from bridge.config import DEFAULT_TOPIC, PublishConfig
 from bridge.mqtt import Delivery, MqttClient, MqttSettings, PublishError
 from bridge.outbox import AsyncOutbox, OutboxError, OutboxRow
-from bridge.readings import Reading, dumps_compact
+from bridge.readings import Reading, dumps_compact, json_string
 
 __all__ = [
     "ALARM_FALLING_BEHIND",
@@ -92,6 +91,10 @@ GATEWAY_TELEMETRY = "v1/gateway/telemetry"
 GATEWAY_ATTRIBUTES = "v1/gateway/attributes"
 DEVICE_TELEMETRY = "v1/devices/me/telemetry"
 DEVICE_ATTRIBUTES = "v1/devices/me/attributes"
+#: The gateway's alarm attributes name and detail at most this many alarms (``alarms`` is the
+#: count of all): a fleet-wide outage raises one alarm a meter, and a list of thousands in one
+#: attribute message, sent again on each change, would be megabytes.
+MAX_ALARMS_PUBLISHED = 100
 
 _RETRY_DELAY = 1.0
 #: While telemetry keeps the pacer busy, one gateway ``connect`` may go after this many
@@ -269,53 +272,48 @@ class Message:
 
     @property
     def datapoints(self) -> int:
-        return sum(len(row.reading.telemetry()) for row in self.rows)
+        return sum(row.reading.datapoints() for row in self.rows)
 
 
-def _key(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _entry(reading: Reading) -> str:
+def _entry(reading: Reading) -> bytes:
     # ThingsBoard's documented order: ts first, then values.
-    return f'{{"ts":{reading.ts_ms},"values":{reading.values_json()}}}'
+    return b'{"ts":%d,"values":%b}' % (reading.ts_ms, reading.values_json_bytes())
 
 
 def gateway_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The gateway telemetry message for the longest prefix of `rows` within `max_bytes`
     (at least one row); returns the message and how many rows it took."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[bytes]] = {}
     size = 2  # the braces
     taken = 0
     for row in rows:
         entry = _entry(row.reading)
         meter = row.reading.meter
         if meter in groups:
-            extra = len(entry.encode()) + 1
+            extra = len(entry) + 1
         else:
-            extra = len(_key(meter).encode()) + 3 + len(entry.encode()) + (1 if groups else 0)
+            extra = len(json_string(meter)) + 3 + len(entry) + (1 if groups else 0)
         if taken and size + extra > max_bytes:
             break
         groups.setdefault(meter, []).append(entry)
         size += extra
         taken += 1
-    body = ",".join(f"{_key(m)}:[{','.join(entries)}]" for m, entries in groups.items())
-    payload = f"{{{body}}}".encode()
-    return Message(GATEWAY_TELEMETRY, payload, tuple(rows[:taken])), taken
+    body = b",".join(b"%b:[%b]" % (json_string(m), b",".join(e)) for m, e in groups.items())
+    return Message(GATEWAY_TELEMETRY, b"{%b}" % body, tuple(rows[:taken])), taken
 
 
 def device_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The device API telemetry array for the longest prefix of `rows` within `max_bytes`."""
-    entries: list[str] = []
+    entries: list[bytes] = []
     size = 2
     for row in rows:
         entry = _entry(row.reading)
-        extra = len(entry.encode()) + (1 if entries else 0)
+        extra = len(entry) + (1 if entries else 0)
         if entries and size + extra > max_bytes:
             break
         entries.append(entry)
         size += extra
-    payload = f"[{','.join(entries)}]".encode()
+    payload = b"[%b]" % b",".join(entries)
     return Message(DEVICE_TELEMETRY, payload, tuple(rows[: len(entries)])), len(entries)
 
 
@@ -773,6 +771,9 @@ class Publisher:
         """Deliver from the oldest stored row on, until the connection changes or a message
         fails (`lane.failure`); the caller then starts over."""
         cursor = 0
+        # The outbox's `appended` event when a look found nothing after `cursor`: while it is
+        # still the current one, nothing was stored since and the outbox need not be asked.
+        empty_since: trio.Event | None = None
         async with trio.open_nursery() as in_flight:
             # Failures of in-flight messages cancel this scope; nothing is raised across the
             # nursery, so no exception groups to unpick.
@@ -787,9 +788,13 @@ class Publisher:
                         # Far too much delivered and not deleted: wait for the outbox.
                         await trio.sleep(_RETRY_DELAY)
                         continue
-                    rows = await self.outbox.peek(
-                        self.settings.batch_rows, meter=lane.meter, after_id=cursor
-                    )
+                    if empty_since is appended and not appended.is_set():
+                        rows = []
+                    else:
+                        rows = await self.outbox.peek(
+                            self.settings.batch_rows, meter=lane.meter, after_id=cursor
+                        )
+                        empty_since = appended if not rows else None
                 except (PublishError, OutboxError) as exc:
                     self._fail(lane, in_flight, exc)
                     break

@@ -15,6 +15,7 @@ when not empty, so a plain reading is ``{"meter":..,"ts":..,"values":{..}}``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -198,6 +199,10 @@ class Reading:
 
     def values_json(self) -> str:
         """The telemetry object (:meth:`telemetry`) in the same compact, sorted form."""
+        return self.values_json_bytes().decode("utf-8")
+
+    def values_json_bytes(self) -> bytes:
+        """`values_json` as UTF-8 bytes (what a message carries)."""
         encoded = self._json
         if (
             encoded is not None
@@ -206,14 +211,20 @@ class Reading:
         ):
             # A plain reading: its telemetry is its "values" object, the last key of the
             # serialised form, taken as it stands there (no second encoding).
-            head = f'{{"meter":{dumps_compact(self.meter)},"ts":{self.ts_ms},"values":'.encode()
+            head = b'{"meter":%b,"ts":%d,"values":' % (json_string(self.meter), self.ts_ms)
             if encoded.startswith(head) and encoded.endswith(b"}}"):
-                return encoded[len(head) : -1].decode("utf-8")
-        return dumps_compact(self.telemetry())
+                return encoded[len(head) : -1]
+        return dumps_compact(self.telemetry()).encode("utf-8")
 
     def attributes_json(self) -> dict[str, Value]:
         """The attributes as ThingsBoard takes them (no null values)."""
         return {k: v for k, v in self.attributes.items() if v is not None}
+
+    def datapoints(self) -> int:
+        """How many values `telemetry` holds (what ThingsBoard counts as data points)."""
+        if not self.quality and not self.errors and None not in self.values.values():
+            return len(self.values)
+        return len(self.telemetry())
 
     def telemetry(self) -> dict[str, Value]:
         """The values as ThingsBoard telemetry, which takes no JSON null: a null value is left
@@ -225,6 +236,13 @@ class Reading:
         for key, error in self.errors.items():
             out[f"{key}_error"] = f"{error.code}: {error.message}"
         return out
+
+
+@functools.lru_cache(maxsize=65536)
+def json_string(text: str) -> bytes:
+    """``text`` as a JSON string in UTF-8, as `dumps_compact` writes it (made once per text:
+    meter names recur in every reading and message)."""
+    return json.dumps(text, ensure_ascii=False).encode("utf-8")
 
 
 def dumps_compact(obj: object) -> str:
@@ -250,12 +268,43 @@ def encode_reading(reading: Reading) -> bytes:
     return dumps_compact(obj).encode("utf-8")
 
 
+_PLAIN_KEYS = frozenset(("meter", "ts", "values"))
+_PLAIN_TYPES = frozenset((int, str, bool, type(None)))
+
+
+def _plain_reading(obj: dict[str, Any]) -> Reading | None:
+    """The reading of a plain serialised form (meter, ts and scalar values only - what nearly
+    every poll stores) when it passes the same checks as the constructor's; None for anything
+    else, which the constructor then checks and reports."""
+    if obj.keys() != _PLAIN_KEYS:
+        return None
+    meter, ts_ms, values = obj["meter"], obj["ts"], obj["values"]
+    if type(meter) is not str or not meter or type(ts_ms) is not int or ts_ms < 0:
+        return None
+    if type(values) is not dict:
+        return None
+    for key, value in values.items():
+        # JSON object keys are strings; a float may be NaN or infinite (json takes those).
+        kind = type(value)
+        if not key or (
+            kind not in _PLAIN_TYPES and (kind is not float or not math.isfinite(value))
+        ):
+            return None
+    return Reading.taken(meter, ts_ms, values, quality={}, errors={}, attributes={})
+
+
 def decode_reading(data: bytes | str) -> Reading:
     """Parse a reading serialised by `encode_reading`."""
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"reading JSON is not valid JSON: {exc}") from exc
+    if type(obj) is dict:
+        plain = _plain_reading(obj)
+        if plain is not None:
+            if isinstance(data, bytes):
+                object.__setattr__(plain, "_json", data)
+            return plain
     if not isinstance(obj, dict):
         raise ValueError(f"reading JSON must be an object, got {type(obj).__name__}")
     missing = {"meter", "ts", "values"} - obj.keys()

@@ -16,6 +16,7 @@ Web and operations tasks (dashboard, admin API, metrics) join the same nursery t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from bridge import __version__, systemd
+from bridge import __version__, heap, systemd
 from bridge.api_meters import load_effective_config
 from bridge.config import (
     DEFAULT_TOPIC,
@@ -47,9 +48,15 @@ from bridge.meter_work import box_clock_synchronised
 from bridge.mqtt import MqttSettings, TlsSettings
 from bridge.outbox import DEFAULT_SPILL_RETRY_S, AsyncOutbox, OutboxError, OutboxWriter
 from bridge.overrides import RuntimeOverrides, check_override
-from bridge.poller import MeterPoller
+from bridge.poller import OPENING_SLOTS, MeterPoller
 from bridge.profiles import HighWaterMarks
-from bridge.publisher import PayloadShape, Publisher, PublisherSettings, PublishMode
+from bridge.publisher import (
+    MAX_ALARMS_PUBLISHED,
+    PayloadShape,
+    Publisher,
+    PublisherSettings,
+    PublishMode,
+)
 from bridge.readings import Reading, dumps_compact
 from bridge.rpc import (
     DEVICE_ATTRIBUTES,
@@ -63,9 +70,16 @@ from bridge.rpc import (
 )
 from bridge.sharding import SHARD_SALT, split
 from bridge.status_socket import serve_status, socket_path
-from bridge.supervision import CrashTracker, SupervisionSettings
+from bridge.supervision import (
+    CrashTracker,
+    SupervisionSettings,
+    crashed_alarm,
+    crashed_message,
+    faulted_alarm,
+    faulted_message,
+)
 from bridge.worker_link import RemoteMeter, WorkerRequestError
-from bridge.workers import WorkerPool, worker_count
+from bridge.workers import WorkerPool, backfill_share, worker_count
 
 if TYPE_CHECKING:
     from bridge.web import Console
@@ -77,7 +91,8 @@ log = logging.getLogger("bridge.service")
 #: How long shutdown may spend releasing associations and flushing to the broker.
 SHUTDOWN_RELEASE_S = 5.0
 SHUTDOWN_FLUSH_S = 10.0
-#: Meters that may read a profile range at the same moment (backfill pacing, box-wide).
+#: Meters that may read a profile range at the same moment (backfill pacing, box-wide); each
+#: worker process gets an even share (`bridge.workers.backfill_share`).
 BACKFILL_SLOTS = 2
 #: How often the gateway's own attributes are compared with what was last published.
 GATEWAY_ATTRIBUTES_CHECK_S = 5.0
@@ -186,8 +201,12 @@ class BridgeService:
         poller_options: Mapping[str, Any] | None = None,
         supervision: SupervisionSettings | None = None,
         console: bool = False,
+        manage_heap: bool = False,
     ) -> None:
         self.config = config
+        #: Tune the cycle collector and freeze the settled heap (`bridge.heap`): for a process
+        #: that is the service (`dlms-bridge run`), not for one that only embeds it.
+        self.manage_heap = manage_heap
         self.config_path = config_path
         self.handle_signals = handle_signals
         self.shutdown_flush_s = shutdown_flush_s
@@ -196,6 +215,8 @@ class BridgeService:
         self.poller_options = dict(poller_options or {})
         #: Runs the steady polls of the meters polled in this process.
         self.engine = PollEngine(self._sink_batch)
+        #: Connections being opened at once by the pollers of this process, at most.
+        self.openings = trio.CapacityLimiter(OPENING_SLOTS)
         #: How crashed pollers are restarted, and when a meter is put in the faulted state.
         self.supervision = supervision or SupervisionSettings()
         #: Start the operators' console (web server, alarm rules, local history) with the
@@ -230,6 +251,9 @@ class BridgeService:
         self.overrides = RuntimeOverrides(None)
         #: Meters switched off with the ``enabled`` shared attribute.
         self.paused: set[str] = set()
+        self._own_cache: (
+            tuple[BridgeConfig, tuple[int, int] | None, tuple[MeterConfig, ...]] | None
+        ) = None
         self.rpc = RpcServer(self)
         #: Where the status socket is served (None until running, or if it could not be made).
         self.status_socket: Path | None = None
@@ -250,6 +274,8 @@ class BridgeService:
         cfg = self.config
         lock = InstanceLock(cfg.bridge.data_dir)
         lock.acquire()
+        if self.manage_heap:
+            heap.tune_collector()
         try:
             self.outbox = await AsyncOutbox.open(
                 cfg.bridge.data_dir,
@@ -341,6 +367,9 @@ class BridgeService:
                     # The data directory: where secured meters keep their invocation counters.
                     poller_options={**self.poller_options, "data_dir": cfg.bridge.data_dir},
                     overrides=self._worker_overrides,
+                    marks=self.marks,
+                    supervision=self.supervision,
+                    backfill_slots=backfill_share(BACKFILL_SLOTS, count),
                 )
                 self.paused = {
                     m.name for m in own if self.overrides.get(m.name, "enabled") is False
@@ -351,6 +380,8 @@ class BridgeService:
                     await self._start_meter(meter)
             nursery.start_soon(self._summaries)
             nursery.start_soon(self._watchdog)
+            if self.manage_heap:
+                nursery.start_soon(functools.partial(heap.settle, self._settled, where="service"))
             self._ready.set()
             task_status.started()
             self._notify(ready=True, status=self._status_line())
@@ -442,13 +473,20 @@ class BridgeService:
     # -- meters ------------------------------------------------------------------------------
 
     def own_meters(self, config: BridgeConfig) -> list[MeterConfig]:
-        """The enabled meters this bridge polls: all of them, or its ``shard``'s share."""
-        enabled = [m for m in config.meters if m.enabled]
+        """The enabled meters this bridge polls: all of them, or its ``shard``'s share (worked
+        out once per configuration: the console asks every second)."""
         shard = self.config.bridge.shard
+        cached = self._own_cache
+        if cached is not None and cached[0] is config and cached[1] == shard:
+            return list(cached[2])
+        enabled = [m for m in config.meters if m.enabled]
         if shard is None:
-            return enabled
-        k, n = shard
-        return split(enabled, n, k - 1, salt=SHARD_SALT)
+            own = enabled
+        else:
+            k, n = shard
+            own = split(enabled, n, k - 1, salt=SHARD_SALT)
+        self._own_cache = (config, shard, tuple(own))
+        return list(own)
 
     async def _start_meter(self, meter: MeterConfig) -> None:
         assert self._pollers is not None
@@ -461,7 +499,7 @@ class BridgeService:
         running = _Running(
             meter,
             trio.CancelScope(),
-            tracker=CrashTracker(self.supervision, random.Random(self._rng.random())),
+            tracker=CrashTracker(self.supervision, self._rng),
         )
         self.meters[meter.name] = running
         # start_soon, not start: waiting for each of thousands of tasks to report in, while
@@ -507,11 +545,12 @@ class BridgeService:
                         running.meter,
                         self._sink,
                         on_alarm=self._on_meter_alarm,
-                        rng=random.Random(self._rng.random()),
+                        rng=self._rng,  # one for all: a Random is 2.5 KB of state
                         data_dir=self.config.bridge.data_dir,
                         sink_many=self._sink_many,
                         work_options=work_options,
                         engine=self.engine,
+                        openings=self.openings,
                         **options,
                     )
                     interval = self.overrides.get(name, "interval_s")
@@ -542,17 +581,12 @@ class BridgeService:
                         if tracker.faulted:
                             poller.stats.state = "faulted"
                             self._set_alarm(
-                                _faulted_alarm(name), True,
-                                f"meter {name} is faulted: its poller crashed {tracker.identical} "
-                                f"times in a row with {tracker.last}; retried every "
-                                f"{tracker.settings.faulted_retry_s:g} s",
-                            )  # fmt: skip
+                                faulted_alarm(name), True, faulted_message(name, tracker)
+                            )
                         else:
                             self._set_alarm(
-                                _crashed_alarm(name), True,
-                                f"the poller of meter {name} crashed {running.crashes} time(s); "
-                                "restarting it (see the traceback in the log)",
-                            )  # fmt: skip
+                                crashed_alarm(name), True, crashed_message(name, running.crashes)
+                            )
                         await trio.sleep(delay)
         finally:
             running.done.set()
@@ -569,10 +603,13 @@ class BridgeService:
             if now - running.started >= tracker.settings.healthy_after_s:
                 tracker.reset()
                 message = f"the poller of meter {name} runs again without crashing"
-                self._set_alarm(_faulted_alarm(name), False, message)
-                self._set_alarm(_crashed_alarm(name), False, message)
+                self._set_alarm(faulted_alarm(name), False, message)
+                self._set_alarm(crashed_alarm(name), False, message)
             else:
                 faulted += 1
+        # Meters polled in worker processes: their worker keeps the state (and its alarms).
+        if self.pool is not None:
+            faulted += sum(1 for remote in self.pool.remote.values() if remote.fault is not None)
         return faulted
 
     async def _sink(self, reading: Reading) -> None:
@@ -644,6 +681,18 @@ class BridgeService:
                 error=exc.message,
             )  # fmt: skip
 
+    def _settled(self) -> bool:
+        """Every meter polled (in this process or a worker) has tried its first cycle."""
+        if self.pool is not None:
+            names = [n for n in self.pool.meter_names() if n not in self.paused]
+            remote = self.pool.remote
+            return all(n in remote and remote[n].stats.cycles > 0 for n in names)
+        return all(
+            r.poller is not None and r.poller.stats.cycles > 0
+            for name, r in self.meters.items()
+            if name not in self.paused
+        )
+
     def _polled_in_workers(self) -> int:
         """Meters polled in the worker processes (those switched off left out)."""
         if self.pool is None:
@@ -673,7 +722,7 @@ class BridgeService:
                     "meters_paused": len(self.paused),
                     "meters_online": sum(1 for v in self.online.values() if v),
                     "alarms": len(alarms),
-                    "alarm_names": ",".join(sorted(alarms)),
+                    "alarm_names": ",".join(sorted(alarms)[:MAX_ALARMS_PUBLISHED]),
                 }
                 payload = dumps_compact(body)
                 if last != (client.generation, payload):
@@ -794,6 +843,9 @@ class BridgeService:
             if self.pool is None:
                 await self._start_meter(meter)
         self.reloads += 1
+        if self.manage_heap and (added or removed or changed):
+            # The replaced meters' objects were frozen with the rest: let them be collected.
+            heap.refreeze()
         log_event(
             log, logging.INFO, "reloaded",
             added=len(added), removed=len(removed), changed=len(changed), meters=len(self.meters),
@@ -804,8 +856,8 @@ class BridgeService:
     def _clear_meter_alarms(self, meter: str) -> None:
         for name in (
             _failing_alarm(meter),
-            _crashed_alarm(meter),
-            _faulted_alarm(meter),
+            crashed_alarm(meter),
+            faulted_alarm(meter),
             f"meter.{meter}.clock_drift",
         ):
             self._set_alarm(name, False, f"meter {meter} removed")
@@ -870,12 +922,15 @@ class BridgeService:
                 "crashes": remote.crashes,
                 "online": self.online.get(name, False),
                 **remote.stats.as_dict(),
-                "faulted": False,
+                "faulted": remote.fault is not None,
                 "interval_s": remote.interval_s,
                 "profiles": remote.profiles,
                 "clock": remote.clock,
                 "worker": remote.worker,
             }
+            if remote.fault is not None:
+                meters[name]["state"] = "faulted"
+                meters[name]["fault"] = remote.fault
         publisher = self.publisher
         return {
             "name": self.config.bridge.name,
@@ -1053,16 +1108,6 @@ def _version() -> str:
 def _failing_alarm(meter: str) -> str:
     """The alarm a meter's poller raises while its circuit is open."""
     return f"meter.{meter}.failing"
-
-
-def _crashed_alarm(meter: str) -> str:
-    """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
-    return f"meter.{meter}.crashed"
-
-
-def _faulted_alarm(meter: str) -> str:
-    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
-    return f"meter.{meter}.faulted"
 
 
 def _ratio(part: float, whole: float) -> float | None:

@@ -15,7 +15,15 @@ import traceback
 
 import attrs
 
-__all__ = ["CrashTracker", "SupervisionSettings", "crash_summary"]
+__all__ = [
+    "CrashTracker",
+    "SupervisionSettings",
+    "crash_summary",
+    "crashed_alarm",
+    "crashed_message",
+    "faulted_alarm",
+    "faulted_message",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -40,12 +48,16 @@ def crash_summary(exc: BaseException) -> str:
     return text
 
 
+_JITTER = random.Random()
+
+
 @attrs.define
 class CrashTracker:
     """The crash history of one meter's poller."""
 
     settings: SupervisionSettings = attrs.field(factory=SupervisionSettings)
-    rng: random.Random = attrs.field(factory=random.Random)
+    #: The jitter (shared by default: a ``Random`` holds 2.5 KB of state).
+    rng: random.Random = attrs.field(factory=lambda: _JITTER)
     crashes: int = 0
     identical: int = 0
     last: str | None = None
@@ -73,3 +85,29 @@ class CrashTracker:
         self.last = None
         self.faulted = False
         self._delay = None
+
+
+def crashed_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller crashed (a bug) and was restarted."""
+    return f"meter.{meter}.crashed"
+
+
+def faulted_alarm(meter: str) -> str:
+    """The alarm raised when a meter's poller keeps crashing the same way (a bug)."""
+    return f"meter.{meter}.faulted"
+
+
+def crashed_message(meter: str, crashes: int) -> str:
+    """The message of :func:`crashed_alarm` (in the service and in a worker process alike)."""
+    return (
+        f"the poller of meter {meter} crashed {crashes} time(s); restarting it (see the "
+        "traceback in the log)"
+    )
+
+
+def faulted_message(meter: str, tracker: CrashTracker) -> str:
+    """The message of :func:`faulted_alarm` (in the service and in a worker process alike)."""
+    return (
+        f"meter {meter} is faulted: its poller crashed {tracker.identical} times in a row with "
+        f"{tracker.last}; retried every {tracker.settings.faulted_retry_s:g} s"
+    )

@@ -1,8 +1,12 @@
 """One worker process of :mod:`bridge.workers`: ``python -m bridge.worker INDEX``.
 
 Reads its meters (pickled, after their length as 8 bytes) from stdin, polls them with one
-:class:`~bridge.poller.MeterPoller` task each (a crashed poller is restarted, as in the service),
-and writes what they take to stdout as lines (see :mod:`bridge.workers`). Then it reads requests
+:class:`~bridge.poller.MeterPoller` task each, and writes what they take to stdout as lines (see
+:mod:`bridge.workers`). As in the service: a crashed poller is restarted by the same policy
+(:mod:`bridge.supervision`: the same crash again and again makes the meter ``faulted``, reported
+in its stats and by its alarm); profiles start from the marks the service handed over and each
+new mark goes back to the service after its entries (``M`` lines); at most the worker's share of
+the box-wide backfill slots read a profile range at the same moment. Then it reads requests
 from stdin (:mod:`bridge.worker_link`) and answers each on stdout: an RPC or a read-now is run by
 the meter's poller between its polls, exactly as in the service. Logs go to stderr with
 ``worker=INDEX``. SIGTERM or SIGINT, or the end of stdin (the service is gone): the pollers
@@ -11,6 +15,7 @@ release their associations, the last lines are flushed, the process exits 0.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -24,22 +29,32 @@ from typing import Any, cast
 
 import trio
 
+from bridge import heap
 from bridge.config import MeterConfig
 from bridge.engine import PollEngine
 from bridge.logs import log_event, setup_logging
-from bridge.poller import MeterPoller
+from bridge.poller import OPENING_SLOTS, MeterPoller
+from bridge.profiles import HighWaterMarks
 from bridge.readings import Reading, dumps_compact
 from bridge.rpc import IN_WORKER, METHODS, RpcError, RpcRequest, fit_answer, run_on_poller
 from bridge.service import STAGGER_FROM_METERS, STAGGER_MAX_S
 from bridge.session import MeterSession
+from bridge.supervision import (
+    CrashTracker,
+    SupervisionSettings,
+    crashed_alarm,
+    crashed_message,
+    faulted_alarm,
+    faulted_message,
+)
 from bridge.worker_link import OPS, MeterReporter, WorkerRequestError, chunks, encode_stats
 from bridge.workers import MAX_LINE
+from codec.obis import Obis
 
 log = logging.getLogger("bridge.worker")
 
 #: Lines held while the service is slow to take them; the pollers wait beyond this.
 MAX_PENDING = 20_000
-CRASH_BACKOFF_S = 5.0
 RELEASE_S = 5.0
 #: Requests being carried out at once, at most; more are answered "busy" at once.
 MAX_REQUESTS = 64
@@ -124,6 +139,24 @@ class _PollerHost:
         raise RpcError("internal", "runtime settings are kept by the service, not a worker")
 
 
+class _RelayedMarks(HighWaterMarks):
+    """The profile marks of a worker's meters: kept by the service, which writes them to disk.
+
+    Starts from what the service handed over; each new mark is sent to the service (an ``M``
+    line) after the readings of its entries, so that the service records it only once they are
+    in its outbox.
+    """
+
+    def __init__(self, marks: dict[str, dict[str, int]], emit: Callable[[bytes], None]) -> None:
+        super().__init__(None)
+        self.marks = {meter: dict(profiles) for meter, profiles in marks.items()}
+        self._send = emit
+
+    def set(self, meter: str, profile: Obis, ts_ms: int) -> None:
+        super().set(meter, profile, ts_ms)
+        self._send(b"M" + dumps_compact([meter, str(profile), ts_ms]).encode() + b"\n")
+
+
 class _Worker:
     def __init__(
         self,
@@ -131,6 +164,11 @@ class _Worker:
         meters: list[MeterConfig],
         options: dict[str, Any],
         overrides: dict[str, dict[str, Any]] | None = None,
+        *,
+        marks: dict[str, dict[str, int]] | None = None,
+        faults: dict[str, dict[str, Any]] | None = None,
+        supervision: SupervisionSettings | None = None,
+        backfill_slots: int = 1,
     ) -> None:
         self.index = index
         self.meters = meters
@@ -156,6 +194,29 @@ class _Worker:
         self._lines = ReadingLines()
         #: The flush task is writing (a write now would overtake its data).
         self._sending = False
+        #: Connections being opened at once by this worker's pollers, at most.
+        self.openings = trio.CapacityLimiter(OPENING_SLOTS)
+        self.marks = _RelayedMarks(marks or {}, self._emit)
+        #: The worker's share of the box-wide backfill slots (``backfill_share``).
+        self.backfill_limiter = trio.CapacityLimiter(max(1, backfill_slots))
+        self.supervision = supervision or SupervisionSettings()
+        #: Per meter that crashed: its crash history (kept across its pollers); the meters
+        #: faulted now; when each meter's poller started.
+        self.trackers: dict[str, CrashTracker] = {}
+        self.faulted: set[str] = set()
+        self.started: dict[str, float] = {}
+        for name, fault in (faults or {}).items():
+            # Faulted before this worker started (a restart): it stays so, retried slowly.
+            self.crashes[name] = int(fault.get("crashes", 0))
+            self.trackers[name] = CrashTracker(
+                self.supervision,
+                self._rng,
+                crashes=self.crashes[name],
+                identical=self.supervision.fault_after,
+                last=str(fault.get("fault")),
+                faulted=True,
+            )
+            self.faulted.add(name)
 
     def _emit(self, line: bytes) -> None:
         self.pending.append(line)
@@ -262,8 +323,34 @@ class _Worker:
             "latencies": [round(x, 5) for x in latencies[-2048:]],
         }
         self._emit(b"T" + dumps_compact(body).encode() + b"\n")
-        for part in chunks(self._reporter.changes(self.pollers, self.crashes)):
+        self.check_faulted()
+        faults = {n: self.trackers[n].last or "" for n in self.faulted}
+        for part in chunks(self._reporter.changes(self.pollers, self.crashes, faults)):
             self._emit(b"S" + encode_stats(part) + b"\n")
+
+    def check_faulted(self) -> None:
+        """Clear the faulted state of meters whose poller has run healthy long enough (as the
+        service does for its own, ``BridgeService._check_faulted``)."""
+        now = trio.current_time()
+        for name in list(self.faulted):
+            tracker = self.trackers[name]
+            started = self.started.get(name)
+            if started is not None and now - started >= tracker.settings.healthy_after_s:
+                tracker.reset()
+                self.faulted.discard(name)
+                message = f"the poller of meter {name} runs again without crashing"
+                self.on_alarm(faulted_alarm(name), False, message)
+                self.on_alarm(crashed_alarm(name), False, message)
+
+    def _settled(self) -> bool:
+        """Every meter this worker polls has tried its first cycle."""
+        for meter in self.meters:
+            if self.overrides.get(meter.name, {}).get("enabled") is False:
+                continue
+            poller = self.pollers.get(meter.name)
+            if poller is None or poller.stats.cycles == 0:
+                return False
+        return True
 
     def start(self, meter: MeterConfig) -> None:
         """Start polling ``meter`` (unless it was switched off)."""
@@ -277,51 +364,82 @@ class _Worker:
         scope = self.scopes[meter.name] = trio.CancelScope()
         self._pollers_nursery.start_soon(self.supervise, meter, scope)
 
+    def new_poller(self, meter: MeterConfig) -> MeterPoller:
+        """A poller for ``meter`` with the worker's marks and backfill slots."""
+        options = dict(self.options)
+        work_options = {
+            "marks": self.marks,
+            "limiter": self.backfill_limiter,
+            **options.pop("work_options", {}),
+        }
+        return MeterPoller(
+            meter,
+            self.sink,
+            on_alarm=self.on_alarm,
+            rng=self._rng,  # one for all: a Random is 2.5 KB of state
+            engine=self.engine,
+            work_options=work_options,
+            openings=self.openings,
+            **options,
+        )
+
     async def supervise(self, meter: MeterConfig, scope: trio.CancelScope) -> None:
-        delay = CRASH_BACKOFF_S
+        """Run one meter's poller; a crash (a bug) is logged and the poller started again,
+        until the same crash keeps coming back (:mod:`bridge.supervision`)."""
+        name = meter.name
         try:
             with scope:
                 while True:
-                    poller = MeterPoller(
-                        meter,
-                        self.sink,
-                        on_alarm=self.on_alarm,
-                        rng=random.Random(self._rng.random()),
-                        engine=self.engine,
-                        **self.options,
-                    )
-                    interval = self.overrides.get(meter.name, {}).get("interval_s")
+                    poller = self.new_poller(meter)
+                    interval = self.overrides.get(name, {}).get("interval_s")
                     if interval is not None:
                         try:
                             poller.set_interval(interval)
                         except ValueError as exc:
                             log_event(
-                                log, logging.WARNING, "override_ignored", meter=meter.name,
+                                log, logging.WARNING, "override_ignored", meter=name,
                                 key="interval_s", error=str(exc),
                             )  # fmt: skip
-                    self.pollers[meter.name] = poller
-                    first = delay == CRASH_BACKOFF_S and len(self.meters) >= STAGGER_FROM_METERS
+                    self.pollers[name] = poller
+                    first = name not in self.trackers and len(self.meters) >= STAGGER_FROM_METERS
                     start_delay = (
                         self._rng.random() * min(meter.interval_s, STAGGER_MAX_S) if first else 0
                     )
+                    self.started[name] = trio.current_time()
                     try:
                         await poller.run(start_delay=start_delay)
-                    except Exception:
+                    except Exception as exc:
+                        tracker = self.trackers.get(name)
+                        if tracker is None:
+                            # Made at the first crash: most meters never need one.
+                            tracker = CrashTracker(self.supervision, self._rng)
+                            self.trackers[name] = tracker
+                        if trio.current_time() - self.started[name] >= (
+                            tracker.settings.healthy_after_s
+                        ):
+                            tracker.reset()
+                        delay = tracker.crashed(exc)
+                        self.crashes[name] = tracker.crashes
+                        if not tracker.faulted:
+                            self.faulted.discard(name)
                         log.exception(
-                            "worker=%d meter=%s event=poller_crashed", self.index, meter.name
-                        )
-                        self.crashes[meter.name] = self.crashes.get(meter.name, 0) + 1
-                        self.on_alarm(
-                            f"meter.{meter.name}.crashed",
-                            True,
-                            f"the poller of meter {meter.name} crashed; restarting it",
-                        )
-                        await trio.sleep(delay * (0.5 + self._rng.random()))
-                        delay = min(300.0, delay * 2)
+                            "worker=%d meter=%s event=poller_crashed crashes=%d identical=%d",
+                            self.index, name, tracker.crashes, tracker.identical,
+                        )  # fmt: skip
+                        if tracker.faulted:
+                            self.faulted.add(name)
+                            poller.stats.state = "faulted"
+                            self.on_alarm(faulted_alarm(name), True, faulted_message(name, tracker))
+                        else:
+                            self.on_alarm(
+                                crashed_alarm(name), True, crashed_message(name, tracker.crashes)
+                            )
+                        await trio.sleep(delay)
         finally:
-            if self.scopes.get(meter.name) is scope:
-                del self.scopes[meter.name]
-                self.pollers.pop(meter.name, None)
+            if self.scopes.get(name) is scope:
+                del self.scopes[name]
+                self.pollers.pop(name, None)
+                self.started.pop(name, None)
 
     # -- requests from the service ---------------------------------------------------------------
 
@@ -499,6 +617,9 @@ class _Worker:
                 await started.wait()
                 nursery.start_soon(self.read_requests, stdin, nursery)
                 nursery.start_soon(until_signal)
+                nursery.start_soon(
+                    functools.partial(heap.settle, self._settled, where=f"worker {self.index}")
+                )
                 log_event(log, logging.INFO, "worker_running", worker=self.index,
                           meters=len(self.meters))  # fmt: skip
                 await self.stop.wait()
@@ -536,7 +657,17 @@ def main() -> None:
     size = int.from_bytes(_read_exactly(fd, 8), "big")
     payload = pickle.loads(_read_exactly(fd, size))
     setup_logging(payload["log_level"], stream=sys.stderr)
-    worker = _Worker(index, payload["meters"], payload["poller_options"], payload.get("overrides"))
+    heap.tune_collector()
+    worker = _Worker(
+        index,
+        payload["meters"],
+        payload["poller_options"],
+        payload.get("overrides"),
+        marks=payload.get("marks"),
+        faults=payload.get("faults"),
+        supervision=payload.get("supervision"),
+        backfill_slots=payload.get("backfill_slots", 1),
+    )
     trio.run(worker.run)
 
 

@@ -23,8 +23,9 @@ with more meters each one is reported every few seconds::
 zero. ``f`` holds the :data:`STAT_FIELDS` in their order (both ends run the same code), sent
 when any of them changed; when only the counters a successful poll moves changed (the steady
 state), ``c`` holds just those, the :data:`POLL_FIELDS` in their order; ``link``, ``units``,
-``interval_s``, ``crashes``, ``profiles`` and ``clock`` only when they changed; ``lat`` the
-latencies of the reads since the last report, in microseconds.
+``interval_s``, ``crashes``, ``profiles``, ``clock`` and ``fault`` (the crash summary while the
+meter is faulted, :mod:`bridge.supervision`; null once it is not) only when they changed;
+``lat`` the latencies of the reads since the last report, in microseconds.
 ``null`` means the meter is no longer polled there.
 :class:`MeterReporter` builds these entries in the worker, :class:`RemoteMeter` keeps them in the
 service with the attributes the console reads from a local poller (``stats``, ``units``,
@@ -36,12 +37,12 @@ from __future__ import annotations
 import itertools
 import json
 import operator
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from bridge.latency import LatencyWindow
 from bridge.poller import PollerStats
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class _Sent:
     crashes: int = -1
     profiles: list[dict[str, Any]] | None = None
     clock: object = None
+    fault: str | None = None
 
 
 class MeterReporter:
@@ -135,10 +137,14 @@ class MeterReporter:
         self._cursor = 0
 
     def changes(
-        self, pollers: dict[str, MeterPoller], crashes: dict[str, int]
+        self,
+        pollers: dict[str, MeterPoller],
+        crashes: dict[str, int],
+        faults: dict[str, str] | None = None,
     ) -> dict[str, dict[str, Any] | None]:
         """Entries of the meters whose stats changed (of at most ``limit`` meters, in turn);
-        ``None`` for meters no longer polled."""
+        ``None`` for meters no longer polled. ``faults``: the faulted meters' crash summaries."""
+        faults = faults or {}
         out: dict[str, dict[str, Any] | None] = {}
         for name in [n for n in self._sent if n not in pollers]:
             del self._sent[name]
@@ -149,12 +155,14 @@ class MeterReporter:
             names = (names[start:] + names[:start])[: self.limit]
             self._cursor = start + self.limit
         for name in names:
-            entry = self._entry(name, pollers[name], crashes.get(name, 0))
+            entry = self._entry(name, pollers[name], crashes.get(name, 0), faults.get(name))
             if entry is not None:
                 out[name] = entry
         return out
 
-    def _entry(self, name: str, poller: MeterPoller, crashes: int) -> dict[str, Any] | None:
+    def _entry(
+        self, name: str, poller: MeterPoller, crashes: int, fault: str | None = None
+    ) -> dict[str, Any] | None:
         sent = self._sent.get(name)
         if sent is None or sent.poller is not poller:
             self._generations += 1
@@ -188,6 +196,9 @@ class MeterReporter:
         if crashes != sent.crashes:
             entry["crashes"] = crashes
             sent.crashes = crashes
+        if fault != sent.fault:
+            entry["fault"] = fault
+            sent.fault = fault
         work = poller.work
         if work.profiles:
             profiles = [p.as_dict() for p in work.profiles]
@@ -229,13 +240,15 @@ class RemoteMeter:
     worker: int
     key: tuple[int, int]
     stats: PollerStats = attrs.Factory(
-        lambda: PollerStats(latencies=deque(maxlen=REMOTE_LATENCIES))
+        lambda: PollerStats(latencies=LatencyWindow(maxlen=REMOTE_LATENCIES))
     )
     units: dict[str, str | None] = attrs.Factory(dict)
     interval_s: float = 0.0
     crashes: int = 0
     profiles: list[dict[str, Any]] = attrs.Factory(list)
     clock: dict[str, Any] | None = None
+    #: While the meter is faulted (:mod:`bridge.supervision`): the crash that keeps coming back.
+    fault: str | None = None
 
     def update(self, entry: dict[str, Any]) -> None:
         """Apply one ``S`` entry (already known to be a dict)."""
@@ -273,3 +286,6 @@ class RemoteMeter:
         if "clock" in entry:
             clock = entry["clock"]
             self.clock = clock if isinstance(clock, dict) else None
+        if "fault" in entry:
+            fault = entry["fault"]
+            self.fault = str(fault) if fault is not None else None

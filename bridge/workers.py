@@ -10,7 +10,10 @@ across restarts and reloads) and streams what it takes to the service over a pip
 - ``A[name, active, message]`` a meter alarm raised or cleared;
 - ``T{...}`` the worker's poll counters and recent latencies, once a second;
 - ``S{...}`` per-meter counters and states, once a second, only for the meters that changed
-  (:mod:`bridge.worker_link`); the console serves them as it serves its own pollers';
+  (:mod:`bridge.worker_link`), a meter's ``faulted`` state among them; the console serves them
+  as it serves its own pollers';
+- ``M[meter, obis, ts_ms]`` a profile's new high-water mark, after the readings of its entries:
+  the service records it (``profiles.json``) once the readings before it are in the outbox;
 - ``P{...}`` the answer to a request.
 
 The service sends requests the other way, on the worker's stdin (``Q{...}``: a ThingsBoard RPC,
@@ -21,7 +24,9 @@ answered: by the worker, or with an error when its deadline passes or the worker
 A worker that exits unexpectedly is started again (with backoff, alarm ``worker.<i>.crashed``)
 without touching the others. On a reload only the workers whose share of the meters changed are
 restarted. The meters are sent to a worker on its stdin (pickled: parent to its own child, after
-its length as 8 bytes), followed by the requests.
+its length as 8 bytes), with their profile high-water marks, their crash history when they are
+faulted, the restart policy of crashed pollers and the worker's share of the box-wide backfill
+slots, followed by the requests.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ import trio
 
 from bridge.config import MeterConfig
 from bridge.logs import log_event
+from bridge.profiles import HighWaterMarks
 from bridge.readings import Reading, dumps_compact
 from bridge.sharding import WORKER_SALT, split
+from bridge.supervision import SupervisionSettings
 from bridge.worker_link import RemoteMeter, WorkerRequestError
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "WorkerPool",
     "WorkerRequestError",
     "WorkerTotals",
+    "backfill_share",
     "worker_count",
 ]
 
@@ -70,6 +78,9 @@ MAX_LINE = 1 << 20
 MAX_PENDING_REQUESTS = 256
 #: The longest request sent to a worker (an RPC's params are a few hundred bytes).
 MAX_REQUEST = 64 * 1024
+#: The profile marks the workers send are written to disk (one file for every meter) at most
+#: this often; a crash of the service re-sends at most the entries of that long (at-least-once).
+MARKS_WRITE_S = 1.0
 #: How much longer than a request's own deadline the service waits for the worker's answer
 #: (the worker answers a request whose deadline passed itself; this covers a stuck worker).
 ANSWER_GRACE_S = 5.0
@@ -81,6 +92,13 @@ def worker_count(workers: int, meters: int, cores: int | None = None) -> int:
         return max(1, min(workers, meters))
     cores = cores if cores is not None else (os.cpu_count() or 1)
     return max(1, min(cores, math.ceil(meters / METERS_PER_AUTO_WORKER)))
+
+
+def backfill_share(slots: int, workers: int) -> int:
+    """How many of the box's ``slots`` backfill slots each of ``workers`` processes gets: an
+    even share, rounded up (so at most ``slots`` box-wide while there are no more workers than
+    slots; one per worker beyond that, or a worker's meters could never catch up)."""
+    return max(1, math.ceil(slots / max(1, workers)))
 
 
 @attrs.define(eq=False)
@@ -133,6 +151,10 @@ class WorkerPool:
     ``on_alarm(name, active, message)`` receives the meters' alarms; ``set_alarm`` the pool's own.
     ``overrides(meters)`` gives, when a worker starts, the runtime settings of its meters
     (``{name: {"interval_s": ..., "enabled": ...}}``, :mod:`bridge.overrides`).
+    ``marks`` are the profile high-water marks (the service's, in the data directory): a worker
+    starts from its meters' marks and sends the new ones back (``M`` lines, recorded here).
+    ``supervision`` is the restart policy of crashed pollers; ``backfill_slots`` how many of a
+    worker's meters may read a profile range at the same moment.
     """
 
     def __init__(
@@ -146,6 +168,9 @@ class WorkerPool:
         log_level: str = "info",
         poller_options: dict[str, Any] | None = None,
         overrides: Callable[[Sequence[MeterConfig]], dict[str, dict[str, Any]]] | None = None,
+        marks: HighWaterMarks | None = None,
+        supervision: SupervisionSettings | None = None,
+        backfill_slots: int = 1,
     ) -> None:
         self.count = count
         self.on_readings = on_readings
@@ -154,6 +179,9 @@ class WorkerPool:
         self.log_level = log_level
         self.poller_options = dict(poller_options or {})
         self.overrides = overrides
+        self.marks = marks if marks is not None else HighWaterMarks(None)
+        self.supervision = supervision or SupervisionSettings()
+        self.backfill_slots = backfill_slots
         self.totals = [WorkerTotals(i) for i in range(count)]
         #: Meter name -> what its worker last reported of it (the console's per-meter view).
         self.remote: dict[str, RemoteMeter] = {}
@@ -165,6 +193,8 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._stopping = False
         self._done = [trio.Event() for _ in range(count)]
+        #: Marks recorded in memory and not written yet; set when there are.
+        self._marks_dirty = trio.Event()
 
     def assign(self, meters: Sequence[MeterConfig]) -> list[list[MeterConfig]]:
         """Each worker's meters (rendezvous hashing on the name)."""
@@ -287,6 +317,7 @@ class WorkerPool:
         async with trio.open_nursery() as nursery:
             for index in range(self.count):
                 nursery.start_soon(self._supervise, index)
+            nursery.start_soon(self._write_marks)
             task_status.started()
 
     async def stop(self, timeout: float) -> None:
@@ -298,6 +329,9 @@ class WorkerPool:
         with trio.move_on_after(timeout):
             for done in self._done:
                 await done.wait()
+        # The marks of the last entries the workers sent (their readings are in the outbox).
+        with trio.move_on_after(timeout):
+            await self.flush_marks()
 
     def update(self, meters: Sequence[MeterConfig]) -> list[int]:
         """A reload: restart the workers whose share changed; returns their indices."""
@@ -351,6 +385,42 @@ class WorkerPool:
         finally:
             self._done[index].set()
 
+    def _faults(self, share: list[MeterConfig]) -> dict[str, dict[str, Any]]:
+        """The crash history of the faulted meters of ``share``: a restarted worker keeps them
+        faulted (and retried at the slow cadence), as the service keeps its own."""
+        out = {}
+        for meter in share:
+            remote = self.remote.get(meter.name)
+            if remote is not None and remote.fault is not None:
+                out[meter.name] = {"crashes": remote.crashes, "fault": remote.fault}
+        return out
+
+    def _save_marks(self, marks: list[tuple[str, str, int]]) -> None:
+        """Record the marks a worker sent (the readings before them are in the outbox); they
+        are written by :meth:`_write_marks`, at most every :data:`MARKS_WRITE_S`."""
+        if self.marks.advance(marks):
+            self._marks_dirty.set()
+
+    async def _write_marks(self) -> None:
+        """Write the marks the workers sent, coalesced: rewriting the whole file for every range
+        of every meter would cost the service's loop more than the marks are worth."""
+        while True:
+            await self._marks_dirty.wait()
+            await self.flush_marks()
+            await trio.sleep(MARKS_WRITE_S)
+
+    async def flush_marks(self) -> None:
+        """Write the marks recorded since the last write, if any."""
+        if not self._marks_dirty.is_set():
+            return
+        self._marks_dirty = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self.marks.save)
+        except OSError as exc:
+            # The entries are committed; only a restart would send them again.
+            self._marks_dirty.set()
+            log_event(log, logging.ERROR, "profile_mark_unsaved", error=str(exc))
+
     async def _run_once(self, index: int, share: list[MeterConfig]) -> int:
         totals = self.totals[index]
         overrides = self.overrides(share) if self.overrides is not None else {}
@@ -360,6 +430,10 @@ class WorkerPool:
                 "log_level": self.log_level,
                 "poller_options": self.poller_options,
                 "overrides": overrides,
+                "marks": self.marks.of(m.name for m in share),
+                "faults": self._faults(share),
+                "supervision": self.supervision,
+                "backfill_slots": self.backfill_slots,
             }
         )
         proc = await trio.lowlevel.open_process(
@@ -436,6 +510,7 @@ class WorkerPool:
                 log_event(log, logging.ERROR, "worker_line_too_long", worker=index)
                 return
             readings: list[Reading] = []
+            marks: list[tuple[str, str, int]] = []
             for line in lines:
                 kind, body = line[:1], line[1:]
                 try:
@@ -455,11 +530,19 @@ class WorkerPool:
                         self._stats(index, pid, json.loads(body))
                     elif kind == b"P":
                         self._answer(index, json.loads(body))
+                    elif kind == b"M":
+                        meter, obis, ts_ms = json.loads(body)
+                        if not isinstance(ts_ms, int) or isinstance(ts_ms, bool) or ts_ms < 0:
+                            raise ValueError(f"mark {ts_ms!r} is not a time in ms")
+                        marks.append((str(meter), str(obis), ts_ms))
                 except (ValueError, TypeError, KeyError) as exc:
                     log_event(log, logging.ERROR, "worker_bad_line", worker=index, error=str(exc))
             if readings:
                 self._note_readings(readings)
                 await self.on_readings(readings)
+            if marks:
+                # After the readings they follow are durable: never a mark ahead of its entries.
+                self._save_marks(marks)
 
     def _note_readings(self, readings: list[Reading]) -> None:
         """A reading says its meter answered, before the next stats report does (with many

@@ -114,8 +114,38 @@ class RegisterSpec:
 
     @property
     def descriptor(self) -> AttributeDescriptor:
-        """The attribute holding the value."""
-        return AttributeDescriptor(self.class_id, self.obis, self.attribute)
+        """The attribute holding the value (one object for all equal specs)."""
+        key = (self.class_id, self.obis, self.attribute)
+        found = _DESCRIPTORS.get(key)
+        if found is None:
+            if len(_DESCRIPTORS) >= _SHARED_MAX:
+                _DESCRIPTORS.clear()
+            found = _DESCRIPTORS[key] = AttributeDescriptor(*key)
+        return found
+
+
+#: Immutable parts of the steady requests that thousands of meters reading the same registers
+#: share instead of holding one copy each: descriptors, and the item tuples of GET-with-list
+#: requests (whose encodings :mod:`codec.apdu` keeps by the tuple's identity). Bounded; emptied
+#: when full.
+_SHARED_MAX = 1024
+_DESCRIPTORS: dict[tuple[int, Obis, int], AttributeDescriptor] = {}
+_LIST_ITEMS: dict[
+    tuple[AttributeDescriptor, ...], tuple[tuple[AttributeDescriptor, SelectiveAccess | None], ...]
+] = {}
+
+
+def _list_items(
+    chunk: Sequence[AttributeDescriptor],
+) -> tuple[tuple[AttributeDescriptor, SelectiveAccess | None], ...]:
+    """The items of a GET-with-list of ``chunk`` (no selective access), shared."""
+    key = tuple(chunk)
+    found = _LIST_ITEMS.get(key)
+    if found is None:
+        if len(_LIST_ITEMS) >= _SHARED_MAX:
+            _LIST_ITEMS.clear()
+        found = _LIST_ITEMS[key] = tuple((a, None) for a in key)
+    return found
 
 
 @attrs.frozen
@@ -333,7 +363,7 @@ class DlmsClient:
             )
         ):
             # A new list (the same list again reuses the request, and so its encoding).
-            request = GetRequestWithList(_PLACEHOLDER, tuple((a, None) for a in chunk))
+            request = GetRequestWithList(_PLACEHOLDER, _list_items(chunk))
             self._list_request = request
         try:
             response = yield request
@@ -376,10 +406,19 @@ class DlmsClient:
         results = yield from self.get_many(wanted)
         for key, result in zip(scaler_keys, results[:n_scalers], strict=True):
             self.scalers[key] = _scaler_or_error(result, key)
-        conversions = tuple(self._conversion(spec) for spec in specs)
         # Every scaler of these registers is known now (or known to be unreadable) and stays
-        # so for the association: later reads of the same list reuse all of it.
-        self._plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+        # so for the association: later reads of the same list reuse all of it. (One plan for
+        # all the associations reading the same registers with the same scalers.)
+        plan_key = (specs, tuple(self.scalers.get((s.class_id, s.obis)) for s in specs))
+        plan = _PLANS.get(plan_key)
+        if plan is None:
+            conversions = tuple(self._conversion(spec) for spec in specs)
+            plan = _ReadPlan(specs, tuple(spec.descriptor for spec in specs), conversions)
+            if len(_PLANS) >= _SHARED_MAX:
+                _PLANS.clear()
+            _PLANS[plan_key] = plan
+        self._plan = plan
+        conversions = plan.conversions
         self._list_request = None  # the next request is built from the plan's own descriptors
         return [
             self._convert(spec, result, how)
@@ -579,6 +618,12 @@ class _ReadPlan:
     conversions: tuple[_Conversion, ...]
 
 
+#: Read plans by registers and scalers, and the scaler_units met, shared by the associations
+#: (bounded like the descriptors: emptied when full).
+_PLANS: dict[tuple[tuple[RegisterSpec, ...], tuple[ScalerUnit | str | None, ...]], _ReadPlan] = {}
+_SCALERS: dict[ScalerUnit, ScalerUnit] = {}
+
+
 def _is_date_time_column(columns: tuple[CaptureObject, ...], index: int) -> bool:
     if index >= len(columns):
         return False
@@ -605,6 +650,10 @@ def _scaler_or_error(
     if isinstance(result, MalformedResult):
         return result.message
     try:
-        return ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
+        scaler = ScalerUnit.from_data(result, f"{key[1]} scaler_unit")
     except ProtocolError as exc:
         return exc.message
+    # Meters of a fleet report the same few: one object each.
+    if len(_SCALERS) >= _SHARED_MAX:
+        _SCALERS.clear()
+    return _SCALERS.setdefault(scaler, scaler)

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 
 from codec import _steady_py
 from codec._speedups import available_of, select
-from codec.client import RegisterReading
+from codec.client import RegisterReading, RegisterSpec
 from codec.values import JsonValue
 
 #: Which implementation is in use: ``"cython"`` or ``"python"``.
@@ -76,7 +76,51 @@ else:
     SteadyDecoder = _impl.SteadyDecoder
     SteadyReading = _impl.SteadyReading
 
-__all__ = ["IMPLEMENTATION", "SteadyDecoder", "SteadyReading", "implementations", "reading_of"]
+__all__ = [
+    "IMPLEMENTATION",
+    "SteadyDecoder",
+    "SteadyReading",
+    "implementations",
+    "reading_of",
+    "shared_decoder",
+]
+
+#: Decoders by what they are built from (bounded: emptied when full).
+_DECODERS: dict[tuple[object, ...], SteadyDecoder] = {}
+_DECODERS_MAX = 1024
+
+
+def shared_decoder(
+    specs: Sequence[RegisterSpec], readings: Sequence[RegisterReading]
+) -> SteadyDecoder:
+    """``SteadyDecoder(specs, readings)``, one object for all the associations whose decoders
+    would be equal (a decoder never changes once built: the same registers, and per register
+    the same outcome, scaler, unit and error message of the first read).
+
+    A fleet of meters of one model reading the same registers then holds one decoder instead
+    of one per meter. Raises as :class:`SteadyDecoder` does."""
+    # What build_plan takes from each reading, and nothing else.
+    key = (
+        tuple(specs),
+        tuple(
+            (
+                r.spec,
+                r.ok,
+                r.scaler,
+                r.unit.symbol if r.unit is not None else None,
+                r.error if r.error_code == "register.scaler_unit" else None,
+                r.error_code == "register.scaler_unit",
+            )
+            for r in readings
+        ),
+    )
+    found = _DECODERS.get(key)
+    if found is None:
+        found = SteadyDecoder(specs, readings)
+        if len(_DECODERS) >= _DECODERS_MAX:
+            _DECODERS.clear()
+        _DECODERS[key] = found
+    return found
 
 
 def implementations() -> dict[str, type[SteadyDecoder]]:

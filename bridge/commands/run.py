@@ -13,7 +13,7 @@ import trio
 from bridge.api_meters import load_effective_config
 from bridge.commands.argtypes import log_level
 from bridge.config import ConfigError
-from bridge.limits import raise_open_file_limit
+from bridge.limits import limit_malloc_arenas, raise_open_file_limit
 from bridge.lock import AlreadyRunning
 from bridge.logs import setup_logging
 from bridge.outbox import OutboxError
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     os.umask(0o077)
     setup_logging(args.log_level or config.bridge.log_level)
     limit, _ = raise_open_file_limit()
+    limit_malloc_arenas()  # before the first thread, and for the worker processes
     enabled = sum(m.enabled for m in config.meters)
     if limit < enabled + 64:
         log.warning(
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             limit,
             enabled,
         )
-    service = BridgeService(config, config_path=args.config, console=True)
+    service = BridgeService(config, config_path=args.config, console=True, manage_heap=True)
     try:
         trio.run(service.run)
     except AlreadyRunning as exc:

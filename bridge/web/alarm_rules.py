@@ -18,6 +18,7 @@ the console collects from the service) and returns the alarms that should be act
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Mapping
 
@@ -30,6 +31,11 @@ __all__ = ["AlarmRules", "Facts", "MeterFacts"]
 #: Rates are not judged on fewer events than these.
 MIN_READINGS = 5
 MIN_CYCLES = 3
+#: A meter that has not been read since the bridge started is reported after its intervals
+#: without a reading, but not before the fleet had time to open its connections: a second per
+#: this many meters (50 s for 5,000; they take turns). One that cannot be reached at all
+#: raises `failing` sooner.
+START_METERS_PER_S = 100
 #: Samples kept per window.
 SAMPLES_PER_WINDOW = 20
 
@@ -65,10 +71,23 @@ class Facts:
 
 @attrs.frozen
 class _Sample:
+    """The counters at one moment. A window holds about 20 of them, each with every meter's:
+    kept as three 8-byte integers a meter (cycles, successes, resyncs) in one array, at the
+    position ``index`` gives (one index shared by the samples of the same meters)."""
+
     at: float
     taken: int
     published: int
-    meters: dict[str, tuple[int, int, int]]  # cycles, successes, resyncs
+    index: Mapping[str, int]
+    counters: array[int]
+
+    def meter(self, name: str) -> tuple[int, int, int] | None:
+        """The meter's (cycles, successes, resyncs) then; None if it was not there."""
+        i = self.index.get(name)
+        if i is None:
+            return None
+        c, at = self.counters, 3 * i
+        return c[at], c[at + 1], c[at + 2]
 
 
 class AlarmRules:
@@ -90,14 +109,14 @@ class AlarmRules:
         cfg = self.config
         now = facts.now
         if not self._samples or now - self._samples[-1].at >= self._every:
-            self._samples.append(
-                _Sample(
-                    now,
-                    facts.taken,
-                    facts.published,
-                    {n: (m.cycles, m.successes, m.resyncs) for n, m in facts.meters.items()},
-                )
+            meters = facts.meters
+            index = self._samples[-1].index if self._samples else {}
+            if len(index) != len(meters) or any(a != b for a, b in zip(index, meters, strict=True)):
+                index = {name: i for i, name in enumerate(meters)}
+            counters = array(
+                "q", (n for m in meters.values() for n in (m.cycles, m.successes, m.resyncs))
             )
+            self._samples.append(_Sample(now, facts.taken, facts.published, index, counters))
         while len(self._samples) > 1 and self._samples[1].at <= now - cfg.window_s:
             self._samples.popleft()
         base = self._samples[0]
@@ -114,9 +133,10 @@ class AlarmRules:
                 f"published (threshold {cfg.publish_ratio_min:.0%})"
             )
 
+        start_grace = len(facts.meters) / START_METERS_PER_S
         for name, m in facts.meters.items():
             first = self._first_seen.setdefault(name, now)
-            b = base.meters.get(name)
+            b = base.meter(name)
             # A meter newer than the oldest sample counts from zero, since it appeared.
             m_span = span if b is not None else now - first
             b = b if b is not None else (0, 0, 0)
@@ -134,12 +154,18 @@ class AlarmRules:
                 )
             if m.last_reading_s is not None:
                 silent_for, since = facts.wall - m.last_reading_s, "for"
+                limit = cfg.no_reading_intervals * m.interval_s
             else:
                 silent_for, since = now - first, "since it started,"
-            if silent_for > cfg.no_reading_intervals * m.interval_s:
+                limit = max(cfg.no_reading_intervals * m.interval_s, start_grace)
+            if silent_for > limit:
+                threshold = (
+                    f"{cfg.no_reading_intervals} intervals of {m.interval_s:g} s"
+                    if limit == cfg.no_reading_intervals * m.interval_s
+                    else f"{limit:g} s after the start"
+                )
                 found[f"meter.{name}.no_reading"] = (
-                    f"meter {name}: no reading {since} {silent_for:.0f} s "
-                    f"(threshold {cfg.no_reading_intervals} intervals of {m.interval_s:g} s)"
+                    f"meter {name}: no reading {since} {silent_for:.0f} s (threshold {threshold})"
                 )
             # Between two attempts the poller goes through connecting and associating: the
             # refusal stands until an association succeeds (it must not flap with each retry).

@@ -104,7 +104,26 @@ class AlarmStore:
         return None if row is None else _row(row)
 
     def sync(self, current: Mapping[str, str]) -> list[AlarmChange]:
-        """Follow the service's active alarms (name -> message); returns what changed."""
+        """Follow the service's active alarms (name -> message); returns what changed.
+
+        One transaction (one write to disk) however many alarms changed: a fleet-wide outage
+        raises thousands at once, and a commit each took seconds of the event loop. If it
+        fails, nothing is written and the store stays as it was (the next sync tries again).
+        """
+        db = self.db
+        kept = (dict(self._active), dict(self._messages), dict(self._restored))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            changes = self._sync(current)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._active, self._messages, self._restored = kept
+            raise
+        return changes
+
+    def _sync(self, current: Mapping[str, str]) -> list[AlarmChange]:
         changes: list[AlarmChange] = []
         now = _now_ms()
         mono = time.monotonic()
@@ -180,6 +199,17 @@ class AlarmStore:
             "active": [r for r in rows if r["active"]],
             "recent": [r for r in rows if not r["active"]],
         }
+
+    def newest_active(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` active alarms, newest first."""
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM alarms WHERE cleared_ms IS NULL"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        ]
 
     def active(self) -> dict[str, int]:
         """Active alarm names -> ids."""

@@ -9,6 +9,7 @@ service starts it in its own nursery (:meth:`BridgeService.start_extra`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bridge.logs import log_event
-from bridge.readings import Reading
+from bridge.publisher import MAX_ALARMS_PUBLISHED
+from bridge.readings import Reading, Value
 from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
 from bridge.web.alarms import AlarmChange, AlarmStore
 from bridge.web.auth import Auth, is_loopback, load_or_create_token
@@ -29,18 +31,60 @@ from bridge.web.tracker import Tracker
 if TYPE_CHECKING:
     from bridge.service import BridgeService
 
-__all__ = ["Console"]
+__all__ = ["Console", "LastReading"]
 
 log = logging.getLogger("bridge.web")
 
 #: How often the console follows the service (totals, alarm rules, states, alarm store).
 TICK_S = 1.0
+#: The alarm rules look at every meter; in a large fleet they run less often than every tick,
+#: once per this many meters' worth of seconds (2 s at 2,000 meters, 5 s at 5,000; each round
+#: costs some 15-35 us per meter). Their windows are minutes long: the delay is small beside them.
+RULES_METERS_PER_S = 1000
 HISTORY_FLUSH_S = 2.0
 HISTORY_PRUNE_S = 300.0
 #: The alarm raised when the web server cannot listen.
 ALARM_LISTEN = "web.listen_failed"
 #: The alarm raised when the console stopped on an error (the bridge goes on without it).
 ALARM_FAILED = "web.console_failed"
+
+
+#: Key lists of the last readings, shared (bounded: emptied when full).
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_KEYS_MAX = 1024
+
+
+class LastReading:
+    """What the console keeps of a meter's newest reading: its time and values.
+
+    One per meter, so kept small: the values in a tuple beside a tuple of their keys shared by
+    the meters reporting the same keys (a :class:`~bridge.readings.Reading` as decoded from a
+    worker's line held a kilobyte and more: its own key strings, and four dicts).
+    """
+
+    __slots__ = ("_keys", "_values", "ts_ms")
+
+    def __init__(self, reading: Reading) -> None:
+        values = reading.values
+        keys = tuple(values)
+        shared = _KEYS.get(keys)
+        if shared is None:
+            if len(_KEYS) >= _KEYS_MAX:
+                _KEYS.clear()
+            shared = _KEYS[keys] = keys
+        self._keys = shared
+        self._values = tuple(values.values())
+        self.ts_ms = reading.ts_ms
+
+    @property
+    def values(self) -> dict[str, Value]:
+        """The values by key, in the reading's order."""
+        return dict(zip(self._keys, self._values, strict=True))
+
+
+def rules_every_s(meters: int) -> float:
+    """How often the alarm rules run with this many meters (at least every tick)."""
+    return max(TICK_S, meters / RULES_METERS_PER_S)
 
 
 class Console:
@@ -63,8 +107,9 @@ class Console:
         self.alarms = AlarmStore(data_dir, grace_s=min(600.0, max(30.0, 6 * longest)))
         self.rules = AlarmRules(cfg.alarms)
         self._rule_alarms: dict[str, str] = {}
+        self._rules_due = -math.inf
         #: meter -> its last reading (time in ms and values).
-        self.last: dict[str, Reading] = {}
+        self.last: dict[str, LastReading] = {}
         self.url: str | None = None
         self.listening = trio.Event()
         self.admin_lock = trio.Lock()
@@ -146,7 +191,7 @@ class Console:
     # -- following the service ---------------------------------------------------------------
 
     def _on_reading(self, reading: Reading) -> None:
-        self.last[reading.meter] = reading
+        self.last[reading.meter] = LastReading(reading)
         self.history.add(reading)
         if self.hub.subscribers:
             poller = self.service.polled(reading.meter)
@@ -198,8 +243,11 @@ class Console:
     async def tick(self) -> None:
         """One round: totals, alarm rules, alarm store, meter states, the outbox's oldest row."""
         service = self.service
-        self.sync_totals()
-        self._apply_rules()
+        now = trio.current_time()
+        if now >= self._rules_due:
+            self.sync_totals()
+            self._apply_rules()
+            self._rules_due = now + rules_every_s(len(self.last))
         changes = self.alarms.sync(self._described(service.all_alarms()))
         for change in changes:
             self.hub.publish("alarm", {"change": change.kind, **change.alarm})
@@ -307,9 +355,9 @@ class Console:
         if publisher is None:
             return
         self._attributes_sent = True
-        active = self.alarms.listing()["active"]
+        active = self.alarms.newest_active(MAX_ALARMS_PUBLISHED)
         # The service publishes the count and the names ("alarms", "alarm_names"); these are
-        # the details from the store.
+        # the details from the store, of the newest MAX_ALARMS_PUBLISHED.
         publisher.publish_gateway_attributes(
             {
                 "alarm_details": [

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
-
-import attrs
 
 if TYPE_CHECKING:
     from bridge.poller import PollerStats
@@ -44,57 +44,105 @@ class HasStats(Protocol):
         """Its counters (a new object when the poller was restarted)."""
 
 
-@attrs.define(eq=False)
-class MeterTotals:
-    """What one meter did since the service started."""
+#: Every summed counter, in the order of :attr:`MeterTotals.counts`.
+COUNTERS = STAT_COUNTERS + LINK_COUNTERS
+_INDEX = {name: i for i, name in enumerate(COUNTERS)}
+_LINK_BASE = len(STAT_COUNTERS)
 
-    counts: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(STAT_COUNTERS + LINK_COUNTERS, 0))
-    buckets: list[int] = attrs.Factory(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
-    latency_count: int = 0
-    _stats: Any = None
-    _stat_seen: dict[str, int] = attrs.Factory(dict)
-    _link_seen: dict[str, int] = attrs.Factory(dict)
-    _link: Any = None
+
+class Counts(Mapping[str, int]):
+    """A meter's totals by counter name (a read-only view of :class:`MeterTotals`' array)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: array[int]) -> None:
+        self._values = values
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[_INDEX[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COUNTERS)
+
+    def __len__(self) -> int:
+        return len(COUNTERS)
+
+
+_SEEN = len(COUNTERS)
+_BUCKETS = 2 * len(COUNTERS)
+_SIZE = _BUCKETS + len(LATENCY_BUCKETS) + 1
+
+
+class MeterTotals:
+    """What one meter did since the service started.
+
+    Kept in one array of 8-byte integers (a service holds one per meter: dicts cost about
+    2 KB a meter): the totals of :data:`COUNTERS`, then the last values seen of the poller's
+    counters and of its link counters, then the latency histogram.
+    """
+
+    __slots__ = ("_data", "_latency_us", "_link", "_stats", "latency_count")
+
+    def __init__(self) -> None:
+        self._data = array("q", bytes(8 * _SIZE))
+        #: The latencies' sum, in whole microseconds (as the poller keeps them): a sum of
+        #: floats would show its rounding (0.007796000000000001).
+        self._latency_us = 0
+        self.latency_count = 0
+        self._stats: Any = None
+        self._link: Any = None
+
+    @property
+    def latency_sum(self) -> float:
+        """The sum of the latencies counted, seconds."""
+        return self._latency_us / 1e6
+
+    @property
+    def counts(self) -> Counts:
+        """The totals by counter name (:data:`COUNTERS`)."""
+        return Counts(self._data)
+
+    @property
+    def buckets(self) -> array[int]:
+        """Counts per latency bucket of :data:`LATENCY_BUCKETS` (the last: above them all)."""
+        return self._data[_BUCKETS:]
 
     def update(self, poller: HasStats) -> None:
         """Add what ``poller`` counted since the last update."""
         stats = poller.stats
-        seen = self._stat_seen
+        data = self._data
         if stats is not self._stats:
+            # A new poller: its counters (and its link's) start from zero.
             self._stats = stats
-            seen = self._stat_seen = {}
-            self._link_seen = {}
             self._link = None
-        counts = self.counts
-        new_successes = stats.successes - seen.get("successes", 0)
-        for name in STAT_COUNTERS:
+            for i in range(_SEEN, _BUCKETS):
+                data[i] = 0
+        new_successes = stats.successes - data[_SEEN + _INDEX["successes"]]
+        for i, name in enumerate(STAT_COUNTERS):
             value = getattr(stats, name)
-            before = seen.get(name, 0)
+            before = data[_SEEN + i]
             if value != before:
-                counts[name] += max(0, value - before)
-                seen[name] = value
+                data[i] += max(0, value - before)
+                data[_SEEN + i] = value
         link = stats.link
         if link is not self._link:
             # The link counters are a new dict whenever the poller takes them again.
             self._link = link
-            link_seen = self._link_seen
-            for name in LINK_COUNTERS:
+            for i, name in enumerate(LINK_COUNTERS, _LINK_BASE):
                 value = link.get(name, 0)
-                before = link_seen.get(name, 0)
+                before = data[_SEEN + i]
                 # A new session starts its counters from zero.
-                counts[name] += value - before if value >= before else value
-                link_seen[name] = value
+                data[i] += value - before if value >= before else value
+                data[_SEEN + i] = value
         if new_successes > 0:
             # Only the newest: no copy of the whole window per meter and second.
-            buckets = self.buckets
-            total = 0.0
+            total = 0
             taken = 0
             for seconds in itertools.islice(reversed(stats.latencies), new_successes):
-                buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                total += seconds
+                data[_BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                total += round(seconds * 1e6)
                 taken += 1
-            self.latency_sum += total
+            self._latency_us += total
             self.latency_count += taken
 
 

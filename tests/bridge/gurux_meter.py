@@ -20,7 +20,7 @@ import pytest
 gurux_dlms = pytest.importorskip("gurux_dlms")
 
 from gurux_dlms import GXDLMSServer  # noqa: E402
-from gurux_dlms.enums import AccessMode, Authentication, InterfaceType, MethodAccessMode  # noqa: E402
+from gurux_dlms.enums import Authentication, InterfaceType  # noqa: E402
 from gurux_dlms.enums import DataType as GxDataType  # noqa: E402
 from gurux_dlms.enums.SourceDiagnostic import SourceDiagnostic as GxDiagnostic  # noqa: E402
 from gurux_dlms.GXDLMSLNParameters import GXDLMSLNParameters  # noqa: E402
@@ -33,6 +33,7 @@ from gurux_dlms.objects import (  # noqa: E402
 from gurux_dlms.ValueEventArgs import ValueEventArgs  # noqa: E402
 
 from codec.obis import Obis  # noqa: E402
+from tests.gurux_server import ServerCallbacks  # noqa: E402
 
 PASSWORD = b"12345678"
 SERIAL = "0-0:96.1.0"
@@ -72,7 +73,7 @@ class _Reply:
         self.count = count
 
 
-class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
+class GuruxMeter(ServerCallbacks, GXDLMSServer):  # type: ignore[misc]
     """A gurux LN server with LLS over the wrapper."""
 
     def __init__(self) -> None:
@@ -109,42 +110,10 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
         self.handleRequest(reply)
         return bytes(reply.reply) if reply.reply else None
 
-    def isTarget(self, server_address: int, client_address: int) -> bool:
-        return True
-
     def onValidateAuthentication(self, authentication: int, password: bytes) -> int:
         if authentication == Authentication.NONE or bytes(password or b"") == PASSWORD:
             return GxDiagnostic.NONE
         return GxDiagnostic.AUTHENTICATION_FAILURE
-
-    def onGetAttributeAccess(self, arg: object) -> int:
-        return AccessMode.READ_WRITE
-
-    def onGetMethodAccess(self, arg: object) -> int:
-        return MethodAccessMode.ACCESS
-
-    def onFindObject(self, object_type: int, sn: int, ln: str) -> None:
-        return None
-
-    def getTransaction(self) -> object:
-        return self.transaction
-
-    def setTransaction(self, transaction: object) -> None:
-        self.transaction = transaction
-
-    def onPreGet(self, args: object) -> None: ...
-    def onPostGet(self, args: object) -> None: ...
-    def onPreRead(self, args: object = None) -> None: ...
-    def onPostRead(self, args: object = None) -> None: ...
-    def onPreWrite(self, args: object) -> None: ...
-    def onPostWrite(self, args: object) -> None: ...
-    def onPreAction(self, args: object) -> None: ...
-    def onPostAction(self, args: object) -> None: ...
-    def onConnected(self, info: object) -> None: ...
-    def onInvalidConnection(self, info: object) -> None: ...
-    def onDisconnected(self, info: object) -> None: ...
-    def notifyRead(self) -> None: ...
-    def notifyConnected(self, *args: object) -> None: ...
 
 
 def _serve(

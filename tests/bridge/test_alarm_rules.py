@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 
 from bridge.config import AlarmsConfig
-from bridge.web.alarm_rules import AlarmRules, Facts, MeterFacts
+from bridge.web.alarm_rules import START_METERS_PER_S, AlarmRules, Facts, MeterFacts
 
 CFG = AlarmsConfig(
     window_s=60.0,
@@ -111,12 +111,23 @@ def test_success_rate_no_reading_and_refused() -> None:
 
 
 def test_a_meter_that_never_read() -> None:
+    """Never read since the start: after its intervals without a reading, but in a large fleet
+    not before the fleet had time to open its connections (a second per 100 meters)."""
     rules = AlarmRules(CFG)
     never = MeterFacts(interval_s=2.0)
     assert rules.evaluate(facts(100, meters={"b": never})) == {}
     assert rules.evaluate(facts(110, meters={"b": never})) == {}
     active = rules.evaluate(facts(110.5, meters={"b": never}))
     assert "since it started" in active["meter.b.no_reading"]
+    assert "threshold 5 intervals of 2 s" in active["meter.b.no_reading"]
+    # 3,000 meters never read: 30 s.
+    rules = AlarmRules(CFG)
+    fleet = {f"m{i}": never for i in range(30 * START_METERS_PER_S)}
+    assert rules.evaluate(facts(100, meters=fleet)) == {}
+    assert rules.evaluate(facts(130, meters=fleet)) == {}
+    active = rules.evaluate(facts(130.5, meters=fleet))
+    assert len(active) == len(fleet)
+    assert "threshold 30 s after the start" in active["meter.m0.no_reading"]
 
 
 def test_resyncs_per_hour_over_the_window() -> None:
@@ -162,3 +173,29 @@ def test_meters_that_appear_after_the_first_look_are_judged_too() -> None:
     )
     late = rules.evaluate(facts(35, meters={"late": attrs.evolve(meter(35, 35, 35), resyncs=5)}))
     assert "meter.late.resyncs" in late
+
+
+def test_each_meter_is_judged_against_its_own_counters_when_the_meters_change() -> None:
+    # The samples keep every meter's counters by position: a meter removed, one added or the
+    # order changed must never make a meter judged on another's counters.
+    rules = AlarmRules(CFG)
+    start = {"a": meter(0, 100, 100), "b": meter(0, 0, 0), "c": meter(0, 50, 50)}
+    assert rules.evaluate(facts(0, meters=start)) == {}
+    # 3 s later (the next sample: every window_s / 20 s) "a" is gone and the others swapped.
+    later = {"c": meter(3, 50, 50), "b": meter(3, 0, 0), "d": meter(3, 0, 0)}
+    assert rules.evaluate(facts(3, meters=later)) == {}
+    # Against the first sample: "b" had 10 cycles and none succeeded, "c" 10 and all did;
+    # "d", unknown then, counts from zero.
+    now = {"c": meter(6, 60, 60), "b": meter(6, 10, 0), "d": meter(6, 4, 4)}
+    active = rules.evaluate(facts(6, meters=now))
+    assert set(active) == {"meter.b.success_low"}
+    assert "0 of 10 cycles" in active["meter.b.success_low"]
+    # Five minutes on, with the same meters throughout: still judged by their own counters.
+    for t in range(9, 300, 3):
+        same = {
+            "c": meter(t, 60 + t, 60 + t),
+            "b": meter(t, 10 + t, 0),
+            "d": meter(t, 4 + t, 4 + t // 2),
+        }
+        active = rules.evaluate(facts(t, meters=same))
+    assert set(active) == {"meter.b.success_low", "meter.d.success_low"}

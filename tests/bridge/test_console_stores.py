@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,41 @@ async def test_history_keeps_one_reading_per_meter_and_step(tmp_path: Path) -> N
     finally:
         for s in (store, every):
             s.close()
+
+
+def test_alarm_store_writes_a_fleet_of_alarms_in_one_transaction(tmp_path: Path) -> None:
+    """Thousands of alarms raised at once (a fleet-wide outage) are one commit; a sync that
+    fails half-way writes nothing and leaves the store as it was."""
+    store = AlarmStore(tmp_path, grace_s=0.0)
+    store.open()
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    raised = {f"meter.m{i}.failing": f"m{i} fails" for i in range(2000)}
+    assert len(store.sync(raised)) == 2000
+    assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1
+
+    # The 1,500th message cannot be stored: nothing of this sync is.
+    broken: dict[str, object] = {f"meter.n{i}.failing": f"n{i} fails" for i in range(1500)}
+    broken["meter.bad.failing"] = ["not", "text"]
+    with pytest.raises(sqlite3.Error):
+        store.sync({**raised, **broken})  # type: ignore[dict-item]
+    assert len(store.listing()["active"]) == 2000
+    assert set(store.active()) == set(raised)
+    # The store goes on: the next sync clears what is gone and raises what is new.
+    changes = store.sync({"meter.m0.failing": "m0 fails", "outbox.high": "full"})
+    kinds = [c.kind for c in changes]
+    assert kinds.count("cleared") == 1999 and kinds.count("raised") == 1
+    assert {a["name"] for a in store.listing()["active"]} == {"meter.m0.failing", "outbox.high"}
+    store.close()
+
+
+def test_alarm_store_lists_the_newest_active_alarms(tmp_path: Path) -> None:
+    store = AlarmStore(tmp_path, grace_s=0.0)
+    store.open()
+    store.sync({"a": "1"})
+    store.sync({"a": "1", "b": "2"})
+    store.sync({"a": "1", "b": "2", "c": "3"})
+    store.sync({"b": "2", "c": "3"})  # a cleared
+    assert [a["name"] for a in store.newest_active(5)] == ["c", "b"]
+    assert [a["name"] for a in store.newest_active(1)] == ["c"]
+    store.close()

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from bridge.engine import HAND_OVER_S, TICK_S, PollEngine
+from bridge.engine import COMMIT_LIMIT_S, HAND_OVER_S, TICK_S, PollEngine
 from bridge.poller import MeterPoller
 from bridge.readings import Reading
 from bridge.session import MeterSession
@@ -386,6 +386,38 @@ async def test_readings_taken_when_the_engine_stops_are_all_committed(
         engine_readings = [x for x in committed]
         assert taken >= 8
         assert len(engine_readings) == taken, (len(engine_readings), taken)
+
+
+async def test_a_sink_slower_than_the_stop_limit_loses_nothing_while_running(
+    rig: Any, autojump_clock: MockClock
+) -> None:
+    """The outbox (or a worker's pipe to the service) stalls for a minute while the engine
+    runs: the engine waits for it - nothing taken is dropped - and polls on afterwards."""
+    with trio.fail_after(300):
+        r = await rig()
+        committed: list[Reading] = []
+        stalled = [False]
+
+        async def stalling_sink(readings: Sequence[Reading]) -> None:
+            if not stalled[0] and len(committed) >= 3:
+                stalled[0] = True
+                await trio.sleep(6 * COMMIT_LIMIT_S)
+            committed.extend(readings)
+
+        engine = PollEngine(stalling_sink, wall_clock=virtual_ms)
+        r.engine = engine
+        async with trio.open_nursery() as n:
+            await n.start(engine.run)
+            poller = r.poller(0, interval_s=0.5)
+            n.start_soon(poller.run)
+            while not stalled[0]:
+                await trio.sleep(0.01)
+            await trio.sleep(6 * COMMIT_LIMIT_S + 5)
+            taken = engine.polls
+            n.cancel_scope.cancel()
+        assert taken > 6 * COMMIT_LIMIT_S / 0.5  # polling went on
+        assert len(committed) == taken
+        assert len({x.ts_ms for x in committed}) == len(committed)
 
 
 async def test_readings_are_handed_over_every_few_ticks_and_at_once_by_a_sink_that_can(

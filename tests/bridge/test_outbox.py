@@ -16,6 +16,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge import outbox as outbox_module
 from bridge.outbox import FILENAME, AsyncOutbox, Outbox, OutboxError, OutboxWriter
 from bridge.readings import Reading
 
@@ -205,6 +206,46 @@ def test_unreadable_row_is_removed_and_counted(tmp_path: Path) -> None:
         assert [r.reading for r in box.peek(10)] == [reading(2)]
         assert box.corrupt_rows == 1
         assert box.depth()[0] == 1
+
+
+def test_recent_readings_are_peeked_without_parsing_and_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows committed moments ago come back as the very readings committed (no JSON parsed);
+    older ones, and every row after a reopen, are parsed from the file - and equal."""
+    monkeypatch.setattr(outbox_module, "RECENT_READINGS", 10)
+    parsed: list[bytes] = []
+    real = Reading.from_json
+    monkeypatch.setattr(Reading, "from_json", lambda data: parsed.append(data) or real(data))
+    taken = [reading(i) for i in range(25)]
+    with Outbox(tmp_path) as box:
+        box.append(taken[:5])
+        box.append(taken[5:25])
+        assert len(box._recent) == 10  # the bound
+        rows = box.peek(100)
+        assert [r.reading for r in rows] == taken
+        assert len(parsed) == 15  # only the 15 rows no longer held were parsed
+        assert all(rows[i].reading is taken[i] for i in range(15, 25))
+        box.delete([r.id for r in rows[20:]])
+        assert len(box._recent) == 5  # deleted rows are let go
+    parsed.clear()
+    with Outbox(tmp_path) as box:
+        assert [r.reading for r in box.peek(100)] == taken[:20]
+        assert len(parsed) == 20
+
+
+def test_a_corrupt_row_is_found_even_when_its_reading_was_recent(tmp_path: Path) -> None:
+    """A row spoiled on disk after a reopen is still detected (the memory starts empty)."""
+    with Outbox(tmp_path) as box:
+        box.append([reading(1), reading(2)])
+        assert [r.reading for r in box.peek(10)] == [reading(1), reading(2)]
+    conn = sqlite3.connect(tmp_path / FILENAME)
+    conn.execute("UPDATE outbox SET payload = x'7b7b' WHERE ts_ms = ?", (reading(2).ts_ms,))
+    conn.commit()
+    conn.close()
+    with Outbox(tmp_path) as box:
+        assert [r.reading for r in box.peek(10)] == [reading(1)]
+        assert box.corrupt_rows == 1
 
 
 def test_synchronous_setting(tmp_path: Path) -> None:

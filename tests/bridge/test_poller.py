@@ -494,3 +494,74 @@ async def test_a_faulty_meter_recovers_while_the_others_keep_their_cadence(
         for reading in sink.readings:
             window = 0.3 * 4 if i == 1 else 0.001
             check_plausible(sim.meter(i), reading.ts_ms, dict(reading.values), window_s=window)
+
+
+async def test_a_fleet_opening_at_once_takes_turns_for_the_opening_slots(
+    meters: Any, autojump_clock: MockClock
+) -> None:
+    """Twelve meters start together with three opening slots: at most three connections are
+    being opened at any moment (connect and association, each slow here), every meter is
+    read, and no cycle fails for having waited its turn within its budget."""
+    with trio.fail_after(60):
+        net = meters(meters=12, faults="all:delay=0.02")
+        openings = trio.CapacityLimiter(3)
+        most = [0]
+
+        async def counting(endpoint: Any) -> trio.abc.Stream:
+            # Called inside the poller's slot: how many are opening now, this one included.
+            most[0] = max(most[0], openings.borrowed_tokens)
+            return await net(endpoint)
+
+        sinks = [Sink() for _ in range(12)]
+        pollers = [
+            MeterPoller(
+                meter_config(net.port(i), name=f"m{i}", interval_s=1.0, timeout_s=0.5),
+                sinks[i],
+                open_stream=counting,
+                wall_clock=virtual_ms,
+                openings=openings,
+            )
+            for i in range(12)
+        ]
+        async with trio.open_nursery() as nursery:
+            for poller in pollers:
+                nursery.start_soon(poller.run)
+            for sink in sinks:
+                await sink.wait_for(3)
+            nursery.cancel_scope.cancel()
+        assert most[0] == 3
+        assert openings.borrowed_tokens == 0
+        assert all(p.stats.failures == 0 for p in pollers)
+
+
+async def test_a_cycle_whose_time_goes_waiting_for_an_opening_slot_is_missed_not_failed(
+    meters: Any, autojump_clock: MockClock
+) -> None:
+    """Every slot is held (a storm of openings): the meter's cycles find no turn within their
+    budget. That is the bridge's limit, not the meter's fault: missed cycles, no failure, no
+    backoff - and once a slot frees, the meter is read at its next cycle."""
+    with trio.fail_after(60):
+        net = meters(meters=1)
+        openings = trio.CapacityLimiter(1)
+        sink = Sink()
+        poller = MeterPoller(
+            meter_config(net.port(0), interval_s=1.0, timeout_s=0.5),
+            sink,
+            open_stream=net,
+            wall_clock=virtual_ms,
+            openings=openings,
+        )
+        holder = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await openings.acquire_on_behalf_of(holder)
+            nursery.start_soon(poller.run)
+            await trio.sleep(10.5)
+            assert sink.readings == []
+            assert poller.stats.failures == 0
+            assert poller.stats.missed >= 8
+            openings.release_on_behalf_of(holder)
+            released = trio.current_time()
+            await sink.wait_for(1)
+            assert trio.current_time() - released <= 1.0 + 0.1
+            nursery.cancel_scope.cancel()
+        assert poller.stats.failures == 0

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -483,6 +484,14 @@ async def test_announcements_never_hold_telemetry_back(
     await box.append([Reading(m, T0, {"energy": i}) for i, m in enumerate(meters)])
     settings = PublisherSettings(max_messages_per_s=10.0, max_bytes_per_s=10e6, burst_s=1.0)
     publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    peeks = [0]
+    peek = box.peek
+
+    async def counted_peek(*args: Any, **kwargs: Any) -> Any:
+        peeks[0] += 1
+        return await peek(*args, **kwargs)
+
+    box.peek = counted_peek  # type: ignore[method-assign]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(publisher.run)
@@ -515,6 +524,9 @@ async def test_announcements_never_hold_telemetry_back(
             )
             announced = [json.loads(x.payload)["device"] for x in sub.on("v1/gateway/connect")]
             assert sorted(announced) == meters  # each once
+            # The outbox is asked again only when something was stored or sent since it last
+            # had nothing: not at each of the 60 announcements' turns.
+            assert peeks[0] <= 25, peeks[0]
             await publisher.disconnect()
             nursery.cancel_scope.cancel()
     await box.aclose()

@@ -7,6 +7,8 @@ import json
 
 import attrs
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bridge.readings import Reading, RegisterError, dumps_compact, encode_reading
 
@@ -59,6 +61,8 @@ def test_taken_builds_the_same_reading_as_the_constructor() -> None:
         Reading("m1", 5, {"v": None}),
         Reading("m1", 5, {"v": 1}, errors={"w": RegisterError("c", "m")}),
         Reading("m1", 5, {"v": 1}, attributes={"fw": "1"}),
+        Reading("m1", 5, {"v": None, "v_quality": 1, "w": 2}, quality={"v": "nan"}),
+        Reading("m1", 5, {"v": 1, "w_error": 3}, errors={"w": RegisterError("c", "m")}),
         Reading("m1", 5, {}),
     ],
 )
@@ -68,3 +72,80 @@ def test_values_json_from_the_stored_form_equals_the_encoder(reading: Reading) -
     stored = Reading.from_json(reading.to_json())
     assert stored.values_json() == dumps_compact(reading.telemetry())
     assert json.loads(stored.values_json()) == reading.telemetry()
+    assert stored.datapoints() == reading.datapoints() == len(reading.telemetry())
+
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+
+
+def _decoded_by_constructor(obj: object) -> Reading | str:
+    """What the validated constructor makes of a decoded object (the slow path), or why not."""
+    try:
+        if not isinstance(obj, dict) or not {"meter", "ts", "values"} <= obj.keys():
+            return "shape"
+        if obj.keys() - {"meter", "ts", "values", "quality", "errors", "attributes"}:
+            return "shape"
+        if not isinstance(obj["values"], dict):
+            return "shape"
+        return Reading(
+            meter=obj["meter"],
+            ts_ms=obj["ts"],
+            values=obj["values"],
+            quality=obj.get("quality", {}),
+            errors=obj.get("errors", {}),
+            attributes=obj.get("attributes", {}),
+        )
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__
+
+
+@given(
+    meter=st.sampled_from(["m1", "m1", "m1", "", 7, None]),
+    ts=st.sampled_from([1_700_000_000_000, 1_700_000_000_000, 0, -1, 1.5, True, None]),
+    values=st.one_of(
+        st.dictionaries(st.text(max_size=3), _json_values, max_size=4),
+        st.dictionaries(st.text(max_size=3), _json_scalars, max_size=4),
+        _json_values,
+    ),
+    extra=st.sampled_from([None, None, None, "quality", "bogus"]),
+)
+@example(meter="m1", ts=5, values={"a": float("nan")}, extra=None)
+@example(meter="m1", ts=5, values={"a": 1.5, "b": float("-inf")}, extra=None)
+@example(meter="m1", ts=5, values={"": 1}, extra=None)
+@example(meter="m1", ts=5, values={"a": [1, 2]}, extra=None)
+@example(meter="m1", ts=True, values={"a": 1}, extra=None)
+@example(meter="", ts=5, values={"a": 1}, extra=None)
+@settings(max_examples=300)
+def test_decoding_a_plain_form_checks_as_the_constructor_does(
+    meter: object, ts: object, values: object, extra: str | None
+) -> None:
+    """The plain form's shortcut (meter, ts and scalar values) accepts exactly what the
+    constructor accepts and gives an equal reading; anything else takes the full path."""
+    obj: dict[str, object] = {"meter": meter, "ts": ts, "values": values}
+    if extra is not None:
+        obj[extra] = {}
+    data = json.dumps(obj, allow_nan=True).encode()
+    expected = _decoded_by_constructor(json.loads(data))
+    try:
+        got: Reading | str = Reading.from_json(data)
+    except ValueError:
+        got = "rejected"
+    if isinstance(expected, Reading):
+        assert isinstance(got, Reading)
+        assert got == expected
+        assert encode_reading(got) == encode_reading(expected)
+    else:
+        assert got == "rejected"

@@ -18,6 +18,7 @@ import trio
 
 from bridge import service as service_module
 from bridge.config import BridgeConfig, config_from_dict
+from bridge.publisher import MAX_ALARMS_PUBLISHED
 from bridge.rpc import RpcRequest, fit_answer, parse_message
 from bridge.service import BridgeService
 from bridge.simulator.meter import MeterSettings
@@ -463,3 +464,32 @@ async def test_read_profile_from_a_meter_without_range_access(
                 sub, "m0", "read_profile", {"from": hour * 1000, "to": (hour + 1800) * 1000}
             )
     assert [e["ts"] for e in data["entries"]] == [hour * 1000 + k * 900_000 for k in range(3)]
+
+
+async def test_the_gateway_names_at_most_a_hundred_alarms_and_counts_them_all(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    simulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fleet-wide outage raises one alarm a meter: the gateway's attributes carry the count
+    of all and the names of at most MAX_ALARMS_PUBLISHED (not a message of megabytes)."""
+    monkeypatch.setattr(service_module, "GATEWAY_ATTRIBUTES_CHECK_S", 0.2)
+    _sim, ports = await simulator(meters=1)
+    sub = collector(["v1/devices/me/attributes"])
+    cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
+    many = MAX_ALARMS_PUBLISHED + 50
+    with trio.fail_after(60):
+        async with running(cfg) as service:
+            for i in range(many):
+                service._set_alarm(f"meter.x{i:04d}.failing", True, "down")
+
+            def published() -> list[dict[str, Any]]:
+                bodies = [json.loads(m.payload) for m in sub.on("v1/devices/me/attributes")]
+                return [b for b in bodies if b.get("alarms") == many]
+
+            await wait_until(lambda: bool(published()), 20, "the alarms published")
+    names = published()[-1]["alarm_names"].split(",")
+    assert len(names) == MAX_ALARMS_PUBLISHED
+    assert names == sorted(f"meter.x{i:04d}.failing" for i in range(many))[:MAX_ALARMS_PUBLISHED]

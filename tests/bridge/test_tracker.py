@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bridge.poller import PollerStats
-from bridge.web.tracker import LATENCY_BUCKETS, Tracker
+from bridge.web.tracker import COUNTERS, LATENCY_BUCKETS, Tracker
 
 
 def poller(stats: PollerStats) -> Any:
@@ -45,3 +45,35 @@ def test_totals_only_grow_across_restarts_and_reconnects() -> None:
     tracker.update("m", poller(fresh))
     assert (totals.counts["cycles"], totals.counts["successes"]) == (6, 5)
     assert totals.latency_count == 5
+
+
+def test_counts_read_as_a_mapping_of_every_counter() -> None:
+    tracker = Tracker()
+    stats = PollerStats()
+    stats.cycles, stats.failures, stats.reconnects = 7, 2, 1
+    stats.link = {"bytes_discarded": 40}
+    totals = tracker.update("m", poller(stats))
+    counts = dict(totals.counts)
+    assert set(counts) == set(COUNTERS) and len(totals.counts) == len(COUNTERS)
+    assert counts["cycles"] == 7 and counts["failures"] == 2 and counts["reconnects"] == 1
+    assert counts["bytes_discarded"] == 40 and counts["successes"] == 0
+    assert totals.counts.get("missed", -1) == 0
+    assert totals.counts.get("no_such_counter") is None
+    # A restarted poller whose link was never taken: its link counters start from zero.
+    fresh = PollerStats()
+    fresh.link = {"bytes_discarded": 5}
+    tracker.update("m", poller(fresh))
+    assert totals.counts["bytes_discarded"] == 45
+
+
+def test_the_latency_sum_is_exact_in_microseconds() -> None:
+    tracker = Tracker()
+    stats = PollerStats()
+    durations = [0.004217, 0.2, 0.1]
+    stats.successes = len(durations)
+    stats.latencies.extend(durations)
+    totals = tracker.update("m", poller(stats))
+    assert totals.latency_count == 3
+    # Summed as floats (newest first) this is 0.30421700000000007; the metrics show the sum.
+    assert 0.1 + 0.2 + 0.004217 != 0.304217
+    assert repr(totals.latency_sum) == "0.304217"

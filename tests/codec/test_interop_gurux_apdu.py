@@ -77,7 +77,7 @@ from gurux_dlms import (  # noqa: E402
     GXReplyData,
 )
 from gurux_dlms.ConfirmedServiceError import ConfirmedServiceError as GxConfirmedService  # noqa: E402
-from gurux_dlms.enums import AccessMode, Authentication, Command, InterfaceType, MethodAccessMode  # noqa: E402
+from gurux_dlms.enums import Authentication, Command, InterfaceType  # noqa: E402
 from gurux_dlms.enums import DataType as GxDataType  # noqa: E402
 from gurux_dlms.enums.SourceDiagnostic import SourceDiagnostic as GxDiagnostic  # noqa: E402
 from gurux_dlms.GXDLMS import GXDLMS  # noqa: E402
@@ -89,6 +89,8 @@ from gurux_dlms.objects import (  # noqa: E402
     GXDLMSRegister,
 )
 from gurux_dlms.ValueEventArgs import ValueEventArgs  # noqa: E402
+
+from tests.gurux_server import ServerCallbacks  # noqa: E402
 
 pytestmark = pytest.mark.interop
 
@@ -149,7 +151,7 @@ class _ServerReply:
         self.count = count
 
 
-class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
+class GuruxMeter(ServerCallbacks, GXDLMSServer):  # type: ignore[misc]
     """A gurux LN server over the wrapper with a voltage register, a big data object and LLS."""
 
     def __init__(self) -> None:
@@ -179,8 +181,6 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
         return decode_apdu(unwrap(reply.reply, SERVER_ADDRESS, CLIENT_ADDRESS))
 
     # The callbacks gurux requires; everything is readable, writable and invocable.
-    def isTarget(self, server_address: int, client_address: int) -> bool:
-        return True
 
     def onValidateAuthentication(self, authentication: int, password: bytes) -> int:
         if authentication == Authentication.NONE:
@@ -188,35 +188,6 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]
         if bytes(password or b"") == PASSWORD:
             return GxDiagnostic.NONE
         return GxDiagnostic.AUTHENTICATION_FAILURE
-
-    def onGetAttributeAccess(self, arg: object) -> int:
-        return AccessMode.READ_WRITE
-
-    def onGetMethodAccess(self, arg: object) -> int:
-        return MethodAccessMode.ACCESS
-
-    def onFindObject(self, object_type: int, sn: int, ln: str) -> None:
-        return None
-
-    def getTransaction(self) -> object:
-        return self.transaction
-
-    def setTransaction(self, transaction: object) -> None:
-        self.transaction = transaction
-
-    def onPreGet(self, args: object) -> None: ...
-    def onPostGet(self, args: object) -> None: ...
-    def onPreRead(self, args: object = None) -> None: ...
-    def onPostRead(self, args: object = None) -> None: ...
-    def onPreWrite(self, args: object) -> None: ...
-    def onPostWrite(self, args: object) -> None: ...
-    def onPreAction(self, args: object) -> None: ...
-    def onPostAction(self, args: object) -> None: ...
-    def onConnected(self, info: object) -> None: ...
-    def onInvalidConnection(self, info: object) -> None: ...
-    def onDisconnected(self, info: object) -> None: ...
-    def notifyRead(self) -> None: ...
-    def notifyConnected(self, *args: object) -> None: ...
 
 
 @pytest.fixture

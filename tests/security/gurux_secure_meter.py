@@ -63,10 +63,8 @@ pytest.importorskip("gurux_dlms")
 from gurux_dlms._GXAPDU import _GXAPDU
 from gurux_dlms.AesGcmParameter import AesGcmParameter
 from gurux_dlms.enums import (
-    AccessMode,
     Authentication,
     InterfaceType,
-    MethodAccessMode,
     Security,
 )
 from gurux_dlms.enums import DataType as GxDataType
@@ -90,6 +88,7 @@ from codec.acse import AuthenticationMechanism
 from codec.obis import Obis
 from codec.security import SecurityPolicy
 from tests.bridge.gurux_meter import _Reply, _serve, patch_missing_members
+from tests.gurux_server import ServerCallbacks
 
 # The module, not the class of the same name that the package exports.
 _dlms_module = sys.modules["gurux_dlms.GXDLMS"]
@@ -184,7 +183,7 @@ class _Association(GXDLMSAssociationLogicalName):  # type: ignore[misc]
         return GXSecure.secure(settings, cipher, counter, ctos, mine)
 
 
-class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
+class GuruxSecureMeter(ServerCallbacks, GXDLMSSecureServer):  # type: ignore[misc]
     """A gurux LN meter whose management client must use ``mechanism`` and ``policy``."""
 
     def __init__(
@@ -290,9 +289,6 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
             return Released(tag, None, f"{type(exc).__name__}: {exc}")
         return Released(tag, int(self.settings.cipher.security))
 
-    def isTarget(self, server_address: int, client_address: int) -> bool:
-        return True
-
     def onValidateAuthentication(self, authentication: int, password: Any) -> int:
         """A real meter's management client: its mechanism and policy, nothing else."""
         diagnostic = GxDiagnostic.NONE
@@ -305,35 +301,6 @@ class GuruxSecureMeter(GXDLMSSecureServer):  # type: ignore[misc]
         if diagnostic != GxDiagnostic.NONE:
             self.refused.append(int(diagnostic))
         return diagnostic
-
-    def onGetAttributeAccess(self, arg: object) -> int:
-        return AccessMode.READ_WRITE
-
-    def onGetMethodAccess(self, arg: object) -> int:
-        return MethodAccessMode.ACCESS
-
-    def onFindObject(self, object_type: int, sn: int, ln: str) -> None:
-        return None
-
-    def getTransaction(self) -> object:
-        return self.transaction
-
-    def setTransaction(self, transaction: object) -> None:
-        self.transaction = transaction
-
-    def onPreGet(self, args: object) -> None: ...
-    def onPostGet(self, args: object) -> None: ...
-    def onPreRead(self, args: object = None) -> None: ...
-    def onPostRead(self, args: object = None) -> None: ...
-    def onPreWrite(self, args: object) -> None: ...
-    def onPostWrite(self, args: object) -> None: ...
-    def onPreAction(self, args: object) -> None: ...
-    def onPostAction(self, args: object) -> None: ...
-    def onConnected(self, info: object) -> None: ...
-    def onInvalidConnection(self, info: object) -> None: ...
-    def onDisconnected(self, info: object) -> None: ...
-    def notifyRead(self) -> None: ...
-    def notifyConnected(self, *args: object) -> None: ...
 
 
 class _AareBuffer(GXByteBuffer):  # type: ignore[misc]
