@@ -6,14 +6,17 @@ answered, also when the worker is killed while the request is in progress."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from bridge.config import config_from_dict
@@ -149,9 +152,19 @@ async def test_shared_attributes_switch_a_worker_meter_off_and_on(
                 "v1/gateway/attributes", json.dumps({"device": name, "data": {"interval_s": 0.4}})
             )
             remote = await _reported(pool, name, lambda r: r.interval_s == 0.4)
-            start = remote.stats.successes
-            await trio.sleep(2.0)
-            assert remote.stats.successes - start >= 3  # ~5 polls in 2 s instead of 2
+            changed_ms = time.time() * 1000
+
+            def polled_since() -> list[int]:
+                """The times of the meter's readings taken after the change, as delivered."""
+                out = []
+                for m in sub.on("v1/gateway/telemetry"):
+                    out += [e["ts"] for e in json.loads(m.payload).get(name, [])]
+                return sorted(t for t in out if t > changed_ms)
+
+            await sub.wait_for(lambda _m: len(polled_since()) >= 5, timeout=30)
+            # On the new cadence: readings 0.4 s apart (the grid's times, not the machine's).
+            steps = [b - a for a, b in itertools.pairwise(polled_since())]
+            assert statistics.median(steps) == pytest.approx(400, abs=60), steps
             sub.publish(
                 "v1/gateway/attributes", json.dumps({"device": name, "data": {"enabled": False}})
             )
