@@ -71,8 +71,8 @@ CYCLE_BUDGET_TIMEOUTS = 4
 #: The jitter of the pollers given no generator of their own: one for all (a ``Random`` holds
 #: 2.5 KB of state, a lot to keep per meter).
 _JITTER = random.Random()
-#: Connections a process opens at the same moment (TCP connect, link set-up, association),
-#: at most: after a start or an outage thousands of meters reconnect at once, and opening them
+#: Connections a process opens at the same moment (TCP connect, link set-up, association, and
+#: the read of the cycle that opened it), at most: after a start or an outage thousands of meters reconnect at once, and opening them
 #: all together starved the event loop until their own timeouts fired (a storm that fed
 #: itself). A wait for a slot counts in the cycle's budget like any other step.
 OPENING_SLOTS = 256
@@ -253,6 +253,7 @@ class MeterPoller:
         #: `OPENING_SLOTS`).
         self.openings = openings
         self._slot_wait_cut = False
+        self._slot_held = False
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -431,7 +432,10 @@ class MeterPoller:
         self._slot_wait_cut = False
         try:
             with trio.fail_at(budget):
-                readings, started_ms, duration, in_place = await self._read_with_recovery()
+                try:
+                    readings, started_ms, duration, in_place = await self._read_with_recovery()
+                finally:
+                    self._release_slot()
         except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
             if self._slot_wait_cut:
                 # The cycle's time went waiting for a turn to open the connection: the
@@ -579,7 +583,7 @@ class MeterPoller:
             # inactivity timeout, a NAT or firewall forgetting it): that is no reason to fail.
             reused = self.session is not None and self._connected
             try:
-                await self._ensure_session()
+                await self._ensure_session(hold=True)
                 assert self.session is not None
                 before = self._link_counters()
                 started_ms = int(self.wall_clock() * 1000)
@@ -617,20 +621,31 @@ class MeterPoller:
     def _link_counters(self) -> dict[str, int]:
         return self.session.stats() if self.session is not None else {}
 
-    async def _ensure_session(self) -> None:
+    async def _ensure_session(self, *, hold: bool = False) -> None:
+        """An open association. With ``hold``, an opening slot taken for it is kept until
+        `_release_slot` (the end of the cycle: its first read is part of the opening's work)."""
         if self.session is not None and self.session.is_open:
             return
         if self.openings is None:
             await self._open_session()
             return
-        try:
-            await self.openings.acquire()
-        except trio.Cancelled:
-            self._slot_wait_cut = True  # the cycle's time ran out before its turn came
-            raise
+        if not self._slot_held:
+            try:
+                await self.openings.acquire()
+            except trio.Cancelled:
+                self._slot_wait_cut = True  # the cycle's time ran out before its turn came
+                raise
+            self._slot_held = True
         try:
             await self._open_session()
         finally:
+            if not hold:
+                self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._slot_held:
+            self._slot_held = False
+            assert self.openings is not None
             self.openings.release()
 
     async def _open_session(self) -> None:
