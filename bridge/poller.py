@@ -72,9 +72,10 @@ CYCLE_BUDGET_TIMEOUTS = 4
 #: 2.5 KB of state, a lot to keep per meter).
 _JITTER = random.Random()
 #: Connections a process opens at the same moment (TCP connect, link set-up, association, and
-#: the read of the cycle that opened it), at most: after a start or an outage thousands of meters reconnect at once, and opening them
-#: all together starved the event loop until their own timeouts fired (a storm that fed
-#: itself). A wait for a slot counts in the cycle's budget like any other step.
+#: the read of the cycle that opened it), at most: after a start or an outage thousands of
+#: meters reconnect at once, and opening them all together starved the event loop until their
+#: own timeouts fired (a storm that fed itself). A wait for a slot counts in the cycle's budget
+#: like any other step.
 OPENING_SLOTS = 256
 
 
