@@ -255,6 +255,8 @@ class MeterPoller:
         self.openings = openings
         self._slot_wait_cut = False
         self._slot_held = False
+        #: The running cycle's overall deadline (see `_ensure_session`).
+        self._cycle_scope: trio.CancelScope | None = None
         self.work = MeterWork(self, **dict(work_options or {}))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -432,10 +434,11 @@ class MeterPoller:
         budget = deadline if deadline is not None else trio.current_time() + self.cycle_budget
         self._slot_wait_cut = False
         try:
-            with trio.fail_at(budget):
+            with trio.fail_at(budget) as self._cycle_scope:
                 try:
                     readings, started_ms, duration, in_place = await self._read_with_recovery()
                 finally:
+                    self._cycle_scope = None
                     self._release_slot()
         except (ProtocolError, MeterIOError, trio.TooSlowError) as exc:
             if self._slot_wait_cut:
@@ -637,6 +640,11 @@ class MeterPoller:
                 self._slot_wait_cut = True  # the cycle's time ran out before its turn came
                 raise
             self._slot_held = True
+            scope = self._cycle_scope
+            if scope is not None:
+                # The wait for the turn was bounded by the cycle's budget; what the turn is for
+                # (opening, and the cycle's read) gets a whole budget from now.
+                scope.deadline = max(scope.deadline, trio.current_time() + self.cycle_budget)
         try:
             await self._open_session()
         finally:

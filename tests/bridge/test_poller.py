@@ -565,3 +565,34 @@ async def test_a_cycle_whose_time_goes_waiting_for_an_opening_slot_is_missed_not
             assert trio.current_time() - released <= 1.0 + 0.1
             nursery.cancel_scope.cancel()
         assert poller.stats.failures == 0
+
+
+async def test_a_turn_to_open_given_late_in_a_cycle_still_gets_a_whole_budget(
+    meters: Any, autojump_clock: MockClock
+) -> None:
+    """The slot comes free just before the waiting cycle's budget ends: the opening and the
+    read it is for get a whole budget from then (the wait was bounded, not the work)."""
+    with trio.fail_after(60):
+        net = meters(meters=1, faults="all:delay=0.02")
+        net.sim.set_faults("all:delay=0.02")  # each reply 20 ms late: the work takes time
+        openings = trio.CapacityLimiter(1)
+        sink = Sink()
+        poller = MeterPoller(
+            meter_config(net.port(0), interval_s=10.0, timeout_s=0.5),
+            sink,
+            open_stream=net,
+            wall_clock=virtual_ms,
+            openings=openings,
+        )
+        holder = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await openings.acquire_on_behalf_of(holder)
+            start = trio.current_time()
+            nursery.start_soon(poller.run)
+            await trio.sleep(poller.cycle_budget - 0.01)
+            openings.release_on_behalf_of(holder)
+            await sink.wait_for(1)
+            assert trio.current_time() - start < poller.cycle_budget + 1.0
+            nursery.cancel_scope.cancel()
+        assert poller.stats.failures == 0
+        assert poller.stats.missed == 0
