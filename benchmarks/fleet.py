@@ -39,9 +39,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -333,7 +335,7 @@ def bridge_config(
     path.write_text("\n".join(lines) + "\n")
 
 
-def grid_phase(offsets: list[float], step: float) -> float:
+def grid_phase(offsets: Sequence[float], step: float) -> float:
     """The phase of a meter's grid: where its readings' offsets (mod ``step``) start, taken
     after the largest empty stretch of the circle. (A minimum over offsets folded into
     [-step/2, step/2) breaks when the phase is near the fold: one reading 200 ms late then
@@ -397,9 +399,33 @@ def progress(label: str, seconds: float, report: Any) -> None:
     print(file=sys.stderr)
 
 
-def run_bridge(
-    args: argparse.Namespace, meters: int, work: Path, broker: Broker, base_port: int
-) -> dict[str, Any]:
+@attrs.frozen
+class RunningBridge:
+    """A bridge started by `running_bridge`, every meter delivered once."""
+
+    process: subprocess.Popen[bytes]
+    collector: Collector
+    tail: LogTail
+    log_path: Path
+    #: Meters that delivered within the wait (all of them unless the bridge fell behind).
+    delivered: int
+
+
+@contextlib.contextmanager
+def running_bridge(
+    args: argparse.Namespace,
+    meters: int,
+    work: Path,
+    broker: Broker,
+    base_port: int,
+    *,
+    env: dict[str, str] | None = None,
+    python_args: tuple[str, ...] = (),
+    name: str = "fleet",
+) -> Iterator[RunningBridge]:
+    """`dlms-bridge run` for N meters as its own process (config and log in ``work``), yielded
+    once it is running and every meter delivered a reading (or the wait for that ran out);
+    stopped on the way out."""
     data_dir = work / f"data-{meters}"
     data_dir.mkdir()
     cfg = work / f"bridge-{meters}.toml"
@@ -410,23 +436,21 @@ def run_bridge(
     collector = Collector(broker.port)
     log_path = work / f"bridge-{meters}.log"
     log_file = log_path.open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     bridge = subprocess.Popen(
-        [sys.executable, *profile, "-m", "bridge.cli", "run", "-c", str(cfg)],
-        cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        [sys.executable, *python_args, "-m", "bridge.cli", "run", "-c", str(cfg)],
+        cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+        env=env if env is not None else {**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     tail = LogTail(log_path)
     tail.start()
-    result: dict[str, Any] = {"meters": meters, "interval_s": args.interval}
     try:
         deadline = time.monotonic() + 60 + meters / 50
         while tail.running_at is None:
             if bridge.poll() is not None:
                 tail_text = log_path.read_text(errors="replace")[-2000:]
-                raise SystemExit(f"fleet: the bridge exited ({bridge.returncode}):\n{tail_text}")
+                raise SystemExit(f"{name}: the bridge exited ({bridge.returncode}):\n{tail_text}")
             if time.monotonic() > deadline:
-                raise SystemExit(f"fleet: the bridge did not start; see {log_path}")
+                raise SystemExit(f"{name}: the bridge did not start; see {log_path}")
             time.sleep(0.1)
         # Warm-up starts once every meter has delivered (workers and associations are up).
         deadline = time.monotonic() + 60 + meters / 50
@@ -435,87 +459,104 @@ def run_bridge(
                   file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(0.5)
         print(file=sys.stderr)
-        warmup = args.warmup if args.warmup is not None else max(5.0, meters / 400)
-
-        def status() -> str:
-            rows = tail.last("outbox_rows")
-            rate = tail.last("published_per_s")
-            sent = collector.messages
-            return f"outbox {rows and int(rows)} rows, published {rate}/s, {sent} msgs   "
-
-        progress(f"{meters} meters warm-up", warmup, status)
-        pids = process_tree(bridge.pid)
-        sim_pids = process_tree(args.simulator_pid)
-        c0, s0, t0 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
-        k0 = cpu_seconds(pids, system_only=True)
-        progress(f"{meters} meters measuring", args.seconds, status)
-        pids = process_tree(bridge.pid)
-        c1, s1, t1 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
-        k1 = cpu_seconds(pids, system_only=True)
-        rss = rss_kib(pids)
-        # Let what was taken in the window reach the broker (the grace is not measured).
-        grace_end = time.monotonic() + max(10.0, 3 * args.interval)
-        while time.monotonic() < grace_end:
-            with collector.lock:
-                newest = min((max(v) for v in collector.readings.values()), default=0)
-            if newest >= t1 * 1000:
-                break
-            time.sleep(0.2)
-        with collector.lock:
-            snapshot = {m: sorted(v) for m, v in collector.readings.items()}
-            messages = [(n, size) for t, n, size in collector.arrivals if t0 <= t < t1]
-        grid = grid_stats(snapshot, t0, t1, args.interval)
-        if args.readings:
-            # Every delivered reading's time per meter, and the window: when were polls late?
-            args.readings.write_text(json.dumps({"t0": t0, "t1": t1, "readings": snapshot}))
-        summaries = tail.between(t0, t1)
-        taken = sum(int(f.get("readings", 0)) for f in summaries)
-        p50s = [
-            float(f["latency_p50_ms"])
-            for f in summaries
-            if f.get("latency_p50_ms") not in (None, "None")
-        ]
-        p99s = [
-            float(f["latency_p99_ms"])
-            for f in summaries
-            if f.get("latency_p99_ms") not in (None, "None")
-        ]
-        polls = grid["polls"]
-        cpu = c1 - c0
-        elapsed = t1 - t0
-        result.update(
-            seconds=round(elapsed, 2),
-            polls=polls,
-            expected=grid["expected"],
-            missed=grid["missed"],
-            missed_by_bridge=sum(int(f.get("missed", 0)) for f in summaries),
-            polls_per_s=round(polls / elapsed, 1),
-            start_delay_p50_ms=grid["start_delay_p50_ms"],
-            start_delay_p99_ms=grid["start_delay_p99_ms"],
-            latency_p50_ms=quantile(p50s, 0.5),
-            latency_p99_ms=max(p99s) if p99s else None,
-            cpu_us_per_poll=round(cpu / polls * 1e6, 1) if polls else None,
-            # The kernel's part (sockets, epoll, fsync) of the bridge's CPU per poll.
-            system_cpu_us_per_poll=round((k1 - k0) / polls * 1e6, 1) if polls else None,
-            bridge_cpu_percent=round(100 * cpu / elapsed, 1),
-            bridge_processes=len(pids),
-            simulator_cpu_us_per_poll=round((s1 - s0) / polls * 1e6, 1) if polls else None,
-            rss_kib=rss,
-            rss_kib_per_meter=round(rss / meters, 1),
-            taken=taken,
-            delivered=polls,
-            mqtt_messages_per_s=round(len(messages) / elapsed, 1),
-            mqtt_bytes_per_s=round(sum(size for _n, size in messages) / elapsed),
-            bridge_polls_per_cpu_s=round(polls / cpu, 1) if cpu else None,
-            errors=tail.errors[:5],
-        )
-        if args.outage:
-            result["outage"] = outage(args, broker, collector, tail, meters)
+        yield RunningBridge(bridge, collector, tail, log_path, len(collector.readings))
     finally:
         stop(bridge, 30)
         tail.stop()
         collector.close()
         log_file.close()
+
+
+def run_bridge(
+    args: argparse.Namespace, meters: int, work: Path, broker: Broker, base_port: int
+) -> dict[str, Any]:
+    profile = ("-m", "cProfile", "-o", str(args.profile)) if args.profile else ()
+    with running_bridge(args, meters, work, broker, base_port, python_args=profile) as running:
+        return measure_bridge(args, meters, broker, running)
+
+
+def measure_bridge(
+    args: argparse.Namespace, meters: int, broker: Broker, running: RunningBridge
+) -> dict[str, Any]:
+    """The measured window of a running bridge (and the outage, with ``--outage``)."""
+    bridge, collector, tail = running.process, running.collector, running.tail
+    result: dict[str, Any] = {"meters": meters, "interval_s": args.interval}
+    warmup = args.warmup if args.warmup is not None else max(5.0, meters / 400)
+
+    def status() -> str:
+        rows = tail.last("outbox_rows")
+        rate = tail.last("published_per_s")
+        sent = collector.messages
+        return f"outbox {rows and int(rows)} rows, published {rate}/s, {sent} msgs   "
+
+    progress(f"{meters} meters warm-up", warmup, status)
+    pids = process_tree(bridge.pid)
+    sim_pids = process_tree(args.simulator_pid)
+    c0, s0, t0 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
+    k0 = cpu_seconds(pids, system_only=True)
+    progress(f"{meters} meters measuring", args.seconds, status)
+    pids = process_tree(bridge.pid)
+    c1, s1, t1 = cpu_seconds(pids), cpu_seconds(sim_pids), time.time()
+    k1 = cpu_seconds(pids, system_only=True)
+    rss = rss_kib(pids)
+    # Let what was taken in the window reach the broker (the grace is not measured).
+    grace_end = time.monotonic() + max(10.0, 3 * args.interval)
+    while time.monotonic() < grace_end:
+        with collector.lock:
+            newest = min((max(v) for v in collector.readings.values()), default=0)
+        if newest >= t1 * 1000:
+            break
+        time.sleep(0.2)
+    with collector.lock:
+        snapshot = {m: sorted(v) for m, v in collector.readings.items()}
+        messages = [(n, size) for t, n, size in collector.arrivals if t0 <= t < t1]
+    grid = grid_stats(snapshot, t0, t1, args.interval)
+    if args.readings:
+        # Every delivered reading's time per meter, and the window: when were polls late?
+        args.readings.write_text(json.dumps({"t0": t0, "t1": t1, "readings": snapshot}))
+    summaries = tail.between(t0, t1)
+    taken = sum(int(f.get("readings", 0)) for f in summaries)
+    p50s = [
+        float(f["latency_p50_ms"])
+        for f in summaries
+        if f.get("latency_p50_ms") not in (None, "None")
+    ]
+    p99s = [
+        float(f["latency_p99_ms"])
+        for f in summaries
+        if f.get("latency_p99_ms") not in (None, "None")
+    ]
+    polls = grid["polls"]
+    cpu = c1 - c0
+    elapsed = t1 - t0
+    result.update(
+        seconds=round(elapsed, 2),
+        polls=polls,
+        expected=grid["expected"],
+        missed=grid["missed"],
+        missed_by_bridge=sum(int(f.get("missed", 0)) for f in summaries),
+        polls_per_s=round(polls / elapsed, 1),
+        start_delay_p50_ms=grid["start_delay_p50_ms"],
+        start_delay_p99_ms=grid["start_delay_p99_ms"],
+        latency_p50_ms=quantile(p50s, 0.5),
+        latency_p99_ms=max(p99s) if p99s else None,
+        cpu_us_per_poll=round(cpu / polls * 1e6, 1) if polls else None,
+        # The kernel's part (sockets, epoll, fsync) of the bridge's CPU per poll.
+        system_cpu_us_per_poll=round((k1 - k0) / polls * 1e6, 1) if polls else None,
+        bridge_cpu_percent=round(100 * cpu / elapsed, 1),
+        bridge_processes=len(pids),
+        simulator_cpu_us_per_poll=round((s1 - s0) / polls * 1e6, 1) if polls else None,
+        rss_kib=rss,
+        rss_kib_per_meter=round(rss / meters, 1),
+        taken=taken,
+        delivered=polls,
+        mqtt_messages_per_s=round(len(messages) / elapsed, 1),
+        mqtt_bytes_per_s=round(sum(size for _n, size in messages) / elapsed),
+        bridge_polls_per_cpu_s=round(polls / cpu, 1) if cpu else None,
+        errors=tail.errors[:5],
+    )
+    if args.outage:
+        result["outage"] = outage(args, broker, collector, tail, meters)
     return result
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,16 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet import (
-    REPO,
-    Broker,
-    Collector,
-    LogTail,
-    bridge_config,
-    process_tree,
-    simulator,
-    stop,
-)
+from fleet import REPO, Broker, process_tree, running_bridge, simulator
 
 #: Dumps this process's allocations and objects on SIGUSR2 (only with BRIDGE_MEMORY_PROBE set).
 PROBE = """\
@@ -140,45 +130,18 @@ def measure(
 ) -> dict[str, Any]:
     """One fleet size: the RSS of each of the bridge's processes once it is steady."""
     with simulator(meters, work) as (base, _sim):
-        data_dir = work / f"data-{meters}"
-        data_dir.mkdir()
-        cfg = work / f"bridge-{meters}.toml"
-        bridge_config(
-            cfg, data_dir=data_dir, broker_port=broker.port, base_port=base, args=args,
-            meters=meters,
-        )  # fmt: skip
-        collector = Collector(broker.port)
-        log_path = work / f"bridge-{meters}.log"
-        log_file = log_path.open("wb")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         dumps = work / f"dumps-{meters}"
         if probe is not None:
             dumps.mkdir()
             env["PYTHONPATH"] = f"{probe}{os.pathsep}{REPO}"
             env["BRIDGE_MEMORY_PROBE"] = str(dumps)
-        bridge = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(cfg)],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        tail = LogTail(log_path)
-        tail.start()
-        try:
-            deadline = time.monotonic() + 60 + meters / 50
-            while tail.running_at is None:
-                if bridge.poll() is not None or time.monotonic() > deadline:
-                    text = log_path.read_text(errors="replace")[-2000:]
-                    raise SystemExit(f"memory: the bridge did not start:\n{text}")
-                time.sleep(0.1)
-            deadline = time.monotonic() + 60 + meters / 50
-            while len(collector.readings) < meters and time.monotonic() < deadline:
-                print(f"\r  {meters} meters: {len(collector.readings)} delivered", end="",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                time.sleep(0.5)
-            delivered = len(collector.readings)
-            print(f"\r  {meters} meters: {delivered} delivered, warm-up {args.warmup:g} s",
+        with running_bridge(args, meters, work, broker, base, env=env, name="memory") as bridge:
+            tail = bridge.tail
+            print(f"  {meters} meters: {bridge.delivered} delivered, warm-up {args.warmup:g} s",
                   file=sys.stderr)  # fmt: skip
             time.sleep(args.warmup)
-            pids = roles(bridge.pid)
+            pids = roles(bridge.process.pid)
             samples: dict[str, list[dict[str, int]]] = {role: [] for role in pids}
             for i in range(args.samples):
                 if i:
@@ -187,7 +150,7 @@ def measure(
                     samples[role].append({**status_kib(pid), **mappings_kib(pid)})
             result: dict[str, Any] = {
                 "meters": meters,
-                "meters_delivered": delivered,
+                "meters_delivered": bridge.delivered,
                 "rss_kib": {
                     r: int(statistics.median(s.get("VmRSS", 0) for s in v))
                     for r, v in samples.items()
@@ -212,13 +175,8 @@ def measure(
                 "errors": tail.errors[:5],
             }
             if probe is not None:
-                result["dumps"] = collect_dumps(pids, dumps)
+                result["dumps"] = collect_dumps(pids, dumps)  # from the running processes
             return result
-        finally:
-            stop(bridge, 30)
-            tail.stop()
-            collector.close()
-            log_file.close()
 
 
 def collect_dumps(pids: dict[str, int], directory: Path) -> dict[str, Any]:

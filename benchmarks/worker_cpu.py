@@ -22,6 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet import process_tree
+
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -44,21 +48,8 @@ def _cmdline(pid: int) -> str:
 
 def _bridge_processes(fleet_pid: int) -> dict[int, str]:
     """The bridge's processes under this fleet run: pid -> role."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
     out: dict[int, str] = {}
-    todo = [fleet_pid]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, ()))
+    for pid in process_tree(fleet_pid):
         cmd = _cmdline(pid)
         if "bridge.cli run" in cmd:
             out[pid] = "supervisor"
