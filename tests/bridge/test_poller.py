@@ -534,6 +534,14 @@ async def test_a_fleet_opening_at_once_takes_turns_for_the_opening_slots(
         assert all(p.stats.failures == 0 for p in pollers)
 
 
+async def _held_slot() -> tuple[trio.CapacityLimiter, object]:
+    """One opening slot, held by someone else (release it with ``release_on_behalf_of``)."""
+    openings = trio.CapacityLimiter(1)
+    holder = object()
+    await openings.acquire_on_behalf_of(holder)
+    return openings, holder
+
+
 async def test_a_cycle_whose_time_goes_waiting_for_an_opening_slot_is_missed_not_failed(
     meters: Any, autojump_clock: MockClock
 ) -> None:
@@ -542,18 +550,11 @@ async def test_a_cycle_whose_time_goes_waiting_for_an_opening_slot_is_missed_not
     backoff - and once a slot frees, the meter is read at its next cycle."""
     with trio.fail_after(60):
         net = meters(meters=1)
-        openings = trio.CapacityLimiter(1)
+        openings, holder = await _held_slot()
         sink = Sink()
-        poller = MeterPoller(
-            meter_config(net.port(0), interval_s=1.0, timeout_s=0.5),
-            sink,
-            open_stream=net,
-            wall_clock=virtual_ms,
-            openings=openings,
-        )
-        holder = trio.Event()
+        config = meter_config(net.port(0), interval_s=1.0, timeout_s=0.5)
+        poller = poller_for(net, config, sink, openings=openings)
         async with trio.open_nursery() as nursery:
-            await openings.acquire_on_behalf_of(holder)
             nursery.start_soon(poller.run)
             await trio.sleep(10.5)
             assert sink.readings == []
@@ -575,18 +576,11 @@ async def test_a_turn_to_open_given_late_in_a_cycle_still_gets_a_whole_budget(
     with trio.fail_after(60):
         net = meters(meters=1, faults="all:delay=0.02")
         net.sim.set_faults("all:delay=0.02")  # each reply 20 ms late: the work takes time
-        openings = trio.CapacityLimiter(1)
+        openings, holder = await _held_slot()
         sink = Sink()
-        poller = MeterPoller(
-            meter_config(net.port(0), interval_s=10.0, timeout_s=0.5),
-            sink,
-            open_stream=net,
-            wall_clock=virtual_ms,
-            openings=openings,
-        )
-        holder = trio.Event()
+        config = meter_config(net.port(0), interval_s=10.0, timeout_s=0.5)
+        poller = poller_for(net, config, sink, openings=openings)
         async with trio.open_nursery() as nursery:
-            await openings.acquire_on_behalf_of(holder)
             start = trio.current_time()
             nursery.start_soon(poller.run)
             await trio.sleep(poller.cycle_budget - 0.01)
