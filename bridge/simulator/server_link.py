@@ -172,6 +172,11 @@ class HdlcServerLink:
         self._vr = (self._vr + 1) & 7
         self._last_request_control = data[3 + k]
         self._tx_segments = []
+        return self._answer(info, wall)
+
+    def _answer(self, info: bytes, wall: float) -> bytes | None:
+        """The reply to a request's LLC-headed information field: its first segment (the others
+        wait for RRs), or a supervisory frame when the server has nothing to say."""
         response = self.server.handle(info[3:], self._peer_address.value, wall)
         if response is None:
             return self._remember(self._supervisory())
@@ -300,13 +305,7 @@ class HdlcServerLink:
         if not info.startswith(LLC_REQUEST):
             self.meter.counters.link_errors += 1
             return self._remember(self._supervisory())
-        response = self.server.handle(info[3:], self._peer_address.value, wall)
-        if response is None:
-            return self._remember(self._supervisory())
-        payload = LLC_RESPONSE + response
-        size = self.params.max_info_tx
-        self._tx_segments = [payload[i : i + size] for i in range(size, len(payload), size)]
-        return self._information(payload[:size])
+        return self._answer(info, wall)
 
     def _rr(self, frame: Frame) -> bytes | None:
         nr = frame.nr
