@@ -82,6 +82,19 @@ async def wait_for(sink: Sink, meter: str, count: int) -> None:
         await trio.sleep(0.01)
 
 
+async def start_stoppable(nursery: trio.Nursery, engine: PollEngine) -> trio.CancelScope:
+    """Run ``engine`` in ``nursery`` under a scope of its own: cancel it to stop the engine
+    alone (as the service stops it), with the pollers going on."""
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await engine.run(task_status=task_status)
+
+    await nursery.start(run)
+    return scope
+
+
 async def test_steady_polls_run_in_the_engine_on_a_drift_free_grid(
     rig: Any, autojump_clock: MockClock
 ) -> None:
@@ -264,14 +277,8 @@ async def test_engine_stopping_hands_every_meter_back(rig: Any, autojump_clock: 
         # A second engine the test can stop (the rig's own runs until the test ends).
         second = PollEngine(EngineSink(r.sink), wall_clock=virtual_ms)
         r.engine = second
-        engine_scope = trio.CancelScope()
-
-        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with engine_scope:
-                await second.run(task_status=task_status)
-
         async with trio.open_nursery() as n:
-            await n.start(engine_run)
+            engine_scope = await start_stoppable(n, second)
             pollers = [r.poller(i, interval_s=0.2) for i in range(2)]
             for p in pollers:
                 n.start_soon(p.run)
@@ -366,14 +373,8 @@ async def test_readings_taken_when_the_engine_stops_are_all_committed(
 
         engine = PollEngine(slow_sink, wall_clock=virtual_ms)
         r.engine = engine
-        engine_scope = trio.CancelScope()
-
-        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with engine_scope:
-                await engine.run(task_status=task_status)
-
         async with trio.open_nursery() as n:
-            await n.start(engine_run)
+            engine_scope = await start_stoppable(n, engine)
             poller = r.poller(0, interval_s=0.1)
             n.start_soon(poller.run)
             while stalls[0] == 0:
@@ -446,14 +447,8 @@ async def test_readings_are_handed_over_every_few_ticks_and_at_once_by_a_sink_th
 
         engine = PollEngine(sink_batch, sink_nowait=sink_nowait, wall_clock=virtual_ms)
         r.engine = engine
-        engine_scope = trio.CancelScope()
-
-        async def engine_run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with engine_scope:
-                await engine.run(task_status=task_status)
-
         async with trio.open_nursery() as n:
-            await n.start(engine_run)
+            engine_scope = await start_stoppable(n, engine)
             pollers = [r.poller(i, interval_s=0.05, timeout_s=0.049) for i in range(3)]
             for p in pollers:
                 n.start_soon(p.run)
