@@ -427,6 +427,8 @@ def running_bridge(
     once it is running and every meter delivered a reading (or the wait for that ran out);
     stopped on the way out."""
     data_dir = work / f"data-{meters}"
+    # A --work directory used before: this run starts from an empty outbox all the same.
+    shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir()
     cfg = work / f"bridge-{meters}.toml"
     bridge_config(

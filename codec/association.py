@@ -287,6 +287,9 @@ Event = Associated | Response | SteadyResponse | Notification | Released | Close
 
 #: The states in which a reply from the meter is awaited.
 _AWAITING = frozenset({S.ASSOCIATING, S.AUTHENTICATING, S.WAITING, S.RELEASING})
+#: The invoke-ids a request goes with (1..15, confirmed, high priority; 0 unused), and their bytes.
+_INVOKES = tuple(InvokeId(n) for n in range(16))
+_INVOKE_BYTES = tuple(bytes([invoke.to_byte()]) for invoke in _INVOKES)
 
 
 class ClientAssociation:
@@ -306,6 +309,9 @@ class ClientAssociation:
         self.negotiated: Negotiated | None = None
         self._invoke_id = 0
         self._current: Request | None = None  # the request awaiting its response
+        self._current_invoke = 0  # and the invoke-id it went with
+        #: The last request sent, and its encoding (reused while the same request repeats).
+        self._encoded: tuple[Request, bytes] | None = None
         self._blocks: list[bytes] = []
         self._blocks_size = 0
         self._deadline: float | None = None  # the overall deadline of the open exchange
@@ -370,14 +376,25 @@ class ClientAssociation:
         self._steady = steady
         self._now = now
         self._invoke_id = self._invoke_id % 15 + 1
-        invoke = InvokeId(self._invoke_id, confirmed=True, high_priority=True)
-        request = attrs.evolve(request, invoke=invoke)
+        invoke = _INVOKES[self._invoke_id]
+        encoded = self._encoded
+        if encoded is not None and encoded[0] is request:
+            # The same request as the last one (a steady poll): its encoding differs only in
+            # the invoke-id-and-priority byte, the third of every GET/SET/ACTION request.
+            body = encoded[1]
+            plain = body[:2] + _INVOKE_BYTES[self._invoke_id] + body[3:]
+        else:
+            plain = apdu.encode_apdu(attrs.evolve(request, invoke=invoke))
+            self._encoded = (request, plain)
+        # The request as given (its invoke field not replaced): the reply is matched against
+        # the invoke-id kept beside it.
         self._current = request
+        self._current_invoke = self._invoke_id
         self._blocks = []
         self._blocks_size = 0
         self._start_deadline(now)
         self.requests += 1
-        self._send_xdlms(apdu.encode_apdu(request), now)
+        self._send_xdlms(plain, now)
         return invoke
 
     def release(self, now: float) -> None:
@@ -1055,7 +1072,7 @@ class ClientAssociation:
             if state is S.WAITING and current is not None:
                 # Anything else than the steady reply to this request (a stale reply, an
                 # error, a block transfer) is decoded and handled the general way below.
-                reading = steady.decode(data, 0, current.invoke.invoke_id)
+                reading = steady.decode(data, 0, self._current_invoke)
                 if reading is not None:
                     self._steady = None
                     self._current = None
@@ -1149,7 +1166,7 @@ class ClientAssociation:
             self._finish(decoded)
             return
         invoke = getattr(decoded, "invoke", None)
-        if invoke is None or current is None or invoke.invoke_id != current.invoke.invoke_id:
+        if invoke is None or current is None or invoke.invoke_id != self._current_invoke:
             self._drop_stale()
             return
         if isinstance(decoded, GetResponseWithDatablock) and isinstance(

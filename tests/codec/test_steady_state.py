@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -172,3 +173,36 @@ def test_get_normal_requests_are_not_affected() -> None:
     assert encode_apdu(GetRequestNormal(InvokeId(3), attribute, None)).hex() == (
         "c001c3000301010108 00ff0200".replace(" ", "")
     )
+
+
+def test_a_repeated_request_goes_out_as_its_fresh_encoding_with_the_next_invoke_id() -> None:
+    """The association encodes a request once and then only changes its invoke-id byte: what
+    goes on the wire must be exactly the fresh encoding with the invoke-id of each request,
+    and each reply must still be matched to its own request."""
+    from codec.apdu import decode_apdu
+    from codec.link import WrapperClientLink
+    from tests.codec.test_association import Wire
+
+    wire = Wire(transport="wrapper")
+    wire.open()
+    attribute = AttributeDescriptor(3, Obis(1, 1, 32, 7, 0, 255), 2)
+    other = AttributeDescriptor(3, Obis(1, 1, 1, 8, 0, 255), 2)
+    same = GetRequestWithList(InvokeId(), ((attribute, None), (other, None)))
+    single = GetRequestNormal(InvokeId(), attribute, None)
+    link = wire.assoc.link
+    assert isinstance(link, WrapperClientLink)
+    # Twenty requests: the invoke-id wraps from 15 to 1; another request in between is encoded
+    # afresh and the repeated one goes on right after it.
+    for n in range(20):
+        request = single if n == 7 else same
+        invoke = wire.assoc.request(request, wire.now)
+        out = wire.assoc.data_to_send()
+        apdu_bytes = out[8:]  # the wrapper header
+        assert apdu_bytes == encode_apdu(attrs.evolve(request, invoke=invoke))
+        assert invoke.invoke_id == n % 15 + 1
+        assert decode_apdu(apdu_bytes) == attrs.evolve(request, invoke=invoke)
+        replies = wire.server.receive_data(out, 0.0)
+        wire.assoc.receive_data(b"".join(replies), wire.now)
+        event = wire.next_event()
+        assert event.apdu.invoke == invoke
+        assert isinstance(event.apdu, GetResponseWithList if request is same else GetResponseNormal)
