@@ -641,6 +641,12 @@ class MeterPoller:
                 raise
             self._slot_held = True
             scope = self._cycle_scope
+            if scope is not None and scope.cancel_called:
+                # The turn came as the cycle's time ran out (handed over in the same round of
+                # the event loop as the budget expired): too late to extend, so the cycle is
+                # missed like one whose wait was cut short - not failed, no backoff.
+                self._slot_wait_cut = True
+                await trio.lowlevel.checkpoint()  # the cancellation, delivered here
             if scope is not None:
                 # The wait for the turn was bounded by the cycle's budget; what the turn is for
                 # (opening, and the cycle's read) gets a whole budget from now.
@@ -750,7 +756,10 @@ class MeterPoller:
         self._failures_in_a_row += 1
         message = _one_line(exc)
         if isinstance(exc, trio.TooSlowError):
-            message = "the cycle ran out of time"
+            # Where the time went: an operator tells a meter that connects slowly from one that
+            # answers slowly.
+            step = _SLOW_STEPS.get(stats.state, "reading")
+            message = f"the cycle ran out of time ({step})"
         stats.last_error = message
         stats.state = "failing"
         delay = min(self.backoff_max, self.backoff_initial * 2 ** (self._failures_in_a_row - 1))
@@ -770,6 +779,10 @@ class MeterPoller:
             log_event(log, logging.ERROR, "circuit_open", meter=self.meter.name, message=alarm)
             if self.on_alarm is not None:
                 self.on_alarm(f"meter.{self.meter.name}.failing", True, alarm)
+
+
+#: What a cycle was doing when its time ran out, by the poller's state then.
+_SLOW_STEPS = {"connecting": "connecting", "associating": "associating"}
 
 
 def _one_line(exc: BaseException) -> str:

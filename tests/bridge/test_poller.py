@@ -590,3 +590,31 @@ async def test_a_turn_to_open_given_late_in_a_cycle_still_gets_a_whole_budget(
             nursery.cancel_scope.cancel()
         assert poller.stats.failures == 0
         assert poller.stats.missed == 0
+
+
+async def test_a_turn_handed_over_as_the_budget_expires_is_a_missed_cycle(
+    meters: Any, autojump_clock: MockClock
+) -> None:
+    """The slot is handed to the waiting cycle in the same round of the event loop in which its
+    budget runs out (a loop busy with a fleet's start: the clock moves on while the round
+    runs). The cycle cannot be given more time any more; it is missed, not failed, with no
+    backoff - and the meter is read at its next cycle."""
+    with trio.fail_after(60):
+        net = meters(meters=1)
+        openings, holder = await _held_slot()
+        sink = Sink()
+        config = meter_config(net.port(0), interval_s=10.0, timeout_s=0.5)
+        poller = poller_for(net, config, sink, openings=openings)
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(poller.run)
+            await trio.sleep(poller.cycle_budget - 0.01)
+            # The turn goes to the poller, and the round it runs in outlasts its budget.
+            openings.release_on_behalf_of(holder)
+            autojump_clock.jump(0.05)
+            await sink.wait_for(1)
+            assert trio.current_time() - start >= config.interval_s
+            nursery.cancel_scope.cancel()
+        assert poller.stats.failures == 0
+        assert poller.stats.missed == 1
+        assert poller.stats.last_error is None
