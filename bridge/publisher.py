@@ -5,7 +5,9 @@ Formats (`PublishMode`):
 - ``gateway``: the ThingsBoard gateway MQTT API over one connection (the gateway device's
   token). ``v1/gateway/connect`` ``{"device": "<meter>"}`` announces each meter once per
   connection, at low priority: only while no telemetry waits (ThingsBoard creates the device
-  from its telemetry; the announcement matters only for RPC and attribute updates);
+  from its telemetry; the announcement matters only for RPC and attribute updates), at QoS 0
+  (every meter is announced again after a reconnection, so one lost with a connection is
+  sent again; a PUBACK apiece cost a fleet's start more than the announcements themselves);
   ``v1/gateway/telemetry`` carries many readings of many meters per message,
   ``{"<meter>": [{"ts": ms, "values": {...}}, ...], ...}``;
   ``v1/gateway/disconnect`` ``{"device": "<meter>"}`` is sent when a meter is removed; the
@@ -100,6 +102,10 @@ _RETRY_DELAY = 1.0
 #: While telemetry keeps the pacer busy, one gateway ``connect`` may go after this many
 #: telemetry messages, so announcements cannot starve (telemetry keeps >= 90% of the pace).
 ANNOUNCE_EVERY = 10
+#: Announcements sent back to back, at most, while no telemetry waits and the pacer has room.
+ANNOUNCE_BURST = 64
+#: The QoS of gateway ``connect`` messages (see the module docstring).
+ANNOUNCE_QOS = 0
 #: The configuration's defaults are the publisher's (one home for each default).
 _CONFIG = PublishConfig()
 #: Seconds of outbox growth (while connected) before ``publisher.falling_behind``, by default.
@@ -269,6 +275,8 @@ class Message:
     requeue: bool = False
     # Why these rows can never be delivered (they are then removed, loudly).
     problem: str | None = None
+    # The QoS it goes with (None: the connection's). QoS 0 is for control messages only.
+    qos: int | None = None
 
     @property
     def datapoints(self) -> int:
@@ -899,9 +907,19 @@ class Publisher:
                 with trio.move_on_after(wait):
                     await _wait_any(self.outbox.appended, lane.wake, lane.client)
                 return True
-            announcement = self._next_announcement(lane)
-            if announcement is not None:
+            # A burst while the pacer has room and no telemetry arrives: one round of the
+            # delivery loop per announcement cost more than the announcement.
+            appended = self.outbox.appended
+            for _ in range(ANNOUNCE_BURST):
+                announcement = self._next_announcement(lane)
+                if announcement is None:
+                    break
                 await self._send(lane, announcement, in_flight)
+                if not lane.to_announce or appended.is_set() or lane.wake.is_set():
+                    break
+                upcoming = self._connect_message(next(iter(lane.to_announce)))
+                if lane.pacer.delay(len(upcoming.payload)) > 0:
+                    break
             return True
         return False
 
@@ -941,7 +959,7 @@ class Publisher:
         body: dict[str, object] = {"device": meter}
         if self.settings.device_type is not None:
             body["type"] = self.settings.device_type
-        return Message(GATEWAY_CONNECT, dumps_compact(body).encode())
+        return Message(GATEWAY_CONNECT, dumps_compact(body).encode(), qos=ANNOUNCE_QOS)
 
     def _status_messages(self, lane: _Lane) -> list[Message]:
         s = self.settings
@@ -992,6 +1010,17 @@ class Publisher:
             return
         if message.problem is not None:
             await self._drop_undeliverable(message, message.problem)
+            return
+        if message.qos == 0 and not message.rows:
+            # A control message at QoS 0: nothing to wait for, no window slot to hold.
+            await lane.pacer.acquire(len(message.payload), 0)
+            try:
+                lane.client.start_publish(message.topic, message.payload, 0, retain=message.retain)
+            except BaseException:
+                if message.requeue:
+                    lane.control.insert(0, message)
+                raise
+            self.stats.control_messages += 1
             return
         await lane.window.acquire()
         try:

@@ -272,6 +272,8 @@ class Mosquitto:
 class Message:
     topic: str
     payload: bytes
+    #: The QoS it was delivered with (the lower of the publisher's and the subscription's).
+    qos: int = 1
 
 
 class Collector:
@@ -317,7 +319,7 @@ class Collector:
 
     def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            self._messages.append(Message(msg.topic, bytes(msg.payload)))
+            self._messages.append(Message(msg.topic, bytes(msg.payload), msg.qos))
 
     def start(self, timeout: float = 5.0) -> Collector:
         self._client.connect(self.broker.host, self.broker.port, keepalive=10)

@@ -16,6 +16,7 @@ import trio.testing
 from bridge.mqtt import MqttSettings
 from bridge.outbox import AsyncOutbox, OutboxRow, OutboxWriter
 from bridge.publisher import (
+    ANNOUNCE_BURST,
     Pacer,
     PayloadShape,
     Publisher,
@@ -524,9 +525,47 @@ async def test_announcements_never_hold_telemetry_back(
             )
             announced = [json.loads(x.payload)["device"] for x in sub.on("v1/gateway/connect")]
             assert sorted(announced) == meters  # each once
+            # At QoS 0 (re-sent after any reconnection), telemetry at the connection's QoS 1.
+            assert {x.qos for x in sub.on("v1/gateway/connect")} == {0}
+            assert {x.qos for x in sub.on("v1/gateway/telemetry")} == {1}
             # The outbox is asked again only when something was stored or sent since it last
             # had nothing: not at each of the 60 announcements' turns.
             assert peeks[0] <= 25, peeks[0]
+            await publisher.disconnect()
+            nursery.cancel_scope.cancel()
+    await box.aclose()
+
+
+async def test_a_fleet_is_announced_in_bursts(
+    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+) -> None:
+    """A fleet's start: hundreds of meters to announce and nothing else to send. They go in
+    bursts while the pacer has room, not one round of the delivery loop each (each round
+    asks for control messages, deletes and the outbox: a fleet's start cost more in rounds
+    than in announcements)."""
+    sub = collector(["v1/gateway/#"])
+    box = await AsyncOutbox.open(tmp_path)
+    meters = [f"m{i:03d}" for i in range(4 * ANNOUNCE_BURST)]
+    await box.append([Reading(m, T0, {"energy": i}) for i, m in enumerate(meters)])
+    settings = PublisherSettings(max_messages_per_s=1e6, max_bytes_per_s=1e9, burst_s=1.0)
+    publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
+    rounds = [0]
+    status_messages = publisher._status_messages
+
+    def counted(*args: Any) -> Any:
+        rounds[0] += 1
+        return status_messages(*args)
+
+    publisher._status_messages = counted  # type: ignore[method-assign]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            await sub.wait_for(
+                lambda m: sum(x.topic == "v1/gateway/connect" for x in m) == len(meters)
+            )
+            announced = [json.loads(x.payload)["device"] for x in sub.on("v1/gateway/connect")]
+            assert sorted(announced) == meters
+            assert rounds[0] <= len(meters) // ANNOUNCE_BURST + 10, rounds[0]
             await publisher.disconnect()
             nursery.cancel_scope.cancel()
     await box.aclose()
