@@ -104,6 +104,8 @@ _RETRY_DELAY = 1.0
 ANNOUNCE_EVERY = 10
 #: Announcements sent back to back, at most, while no telemetry waits and the pacer has room.
 ANNOUNCE_BURST = 64
+#: While the pacer limits them, announcements wait for room for this many at once.
+ANNOUNCE_WAIT_FOR = 16
 #: The QoS of gateway ``connect`` messages (see the module docstring).
 ANNOUNCE_QOS = 0
 #: The configuration's defaults are the publisher's (one home for each default).
@@ -231,10 +233,11 @@ class Pacer:
         #: Seconds waited, by the limit that made us wait: messages, bytes, datapoints.
         self.waited_by: dict[str, float] = {"messages": 0.0, "bytes": 0.0, "datapoints": 0.0}
 
-    def delay(self, nbytes: int) -> float:
-        """Seconds until one message of `nbytes` may go (0: now)."""
+    def delay(self, nbytes: int, count: int = 1) -> float:
+        """Seconds until `count` messages of `nbytes` each may go (0: now); a count beyond
+        what the buckets hold waits for full buckets."""
         now = trio.current_time()
-        return max(self.messages.delay(1, now), self.bytes.delay(nbytes, now))
+        return max(self.messages.delay(count, now), self.bytes.delay(nbytes * count, now))
 
     async def acquire(self, nbytes: int, datapoints: int = 0) -> None:
         """Wait until one message of `nbytes` (carrying `datapoints` values) may go."""
@@ -902,7 +905,10 @@ class Publisher:
             if meter in lane.announced:
                 lane.to_announce.pop(meter)
                 continue
-            wait = lane.pacer.delay(len(self._connect_message(meter).payload))
+            # Room for a few at once (when the pacer is what limits them, a wake-up for each
+            # would cost more than the announcement).
+            count = min(len(lane.to_announce), ANNOUNCE_WAIT_FOR)
+            wait = lane.pacer.delay(len(self._connect_message(meter).payload), count)
             if wait > 0:
                 with trio.move_on_after(wait):
                     await _wait_any(self.outbox.appended, lane.wake, lane.client)

@@ -536,18 +536,22 @@ async def test_announcements_never_hold_telemetry_back(
     await box.aclose()
 
 
+@pytest.mark.parametrize("rate", [1e6, 100.0], ids=["unpaced", "paced"])
 async def test_a_fleet_is_announced_in_bursts(
-    tmp_path: Path, mosquitto: Mosquitto, collector: Callable[[list[str]], Collector]
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector: Callable[[list[str]], Collector],
+    rate: float,
 ) -> None:
     """A fleet's start: hundreds of meters to announce and nothing else to send. They go in
-    bursts while the pacer has room, not one round of the delivery loop each (each round
-    asks for control messages, deletes and the outbox: a fleet's start cost more in rounds
-    than in announcements)."""
+    bursts while the pacer has room, and (paced) after waits for room for several, not one
+    round of the delivery loop each (each round asks for control messages, deletes and the
+    outbox: a fleet's start cost more in rounds than in announcements)."""
     sub = collector(["v1/gateway/#"])
     box = await AsyncOutbox.open(tmp_path)
     meters = [f"m{i:03d}" for i in range(4 * ANNOUNCE_BURST)]
     await box.append([Reading(m, T0, {"energy": i}) for i, m in enumerate(meters)])
-    settings = PublisherSettings(max_messages_per_s=1e6, max_bytes_per_s=1e9, burst_s=1.0)
+    settings = PublisherSettings(max_messages_per_s=rate, max_bytes_per_s=1e9, burst_s=1.0)
     publisher = Publisher(box, settings, mqtt=mqtt_for(mosquitto))
     rounds = [0]
     status_messages = publisher._status_messages
@@ -565,7 +569,9 @@ async def test_a_fleet_is_announced_in_bursts(
             )
             announced = [json.loads(x.payload)["device"] for x in sub.on("v1/gateway/connect")]
             assert sorted(announced) == meters
-            assert rounds[0] <= len(meters) // ANNOUNCE_BURST + 10, rounds[0]
+            # Unpaced: bursts of ANNOUNCE_BURST; paced at 100/s: the bucket's 100, then waits
+            # for room for 16 (without them, a round for each of the other 156).
+            assert rounds[0] <= len(meters) // 16 + 10, rounds[0]
             await publisher.disconnect()
             nursery.cancel_scope.cancel()
     await box.aclose()
