@@ -80,8 +80,9 @@ TICK_S = 0.005
 #: running there is no limit: a slow sink holds the engine back, and nothing taken is lost).
 COMMIT_LIMIT_S = 10.0
 #: While polls are in flight, readings are handed to the sink at most this often (one hand-over
-#: per tick would cost a task switch, a commit and a wake-up of the reader per tick).
-HAND_OVER_S = 0.02
+#: per tick would cost a task switch, a commit and a wake-up of the reader per tick; at 20 ms the
+#: service still spent ~7% of the fleet's CPU on the hand-overs of 2,000 meters at 1 s).
+HAND_OVER_S = 0.05
 #: Readings taken but not yet handed to the sink, at most (then the engine waits for the sink:
 #: the same back-pressure a poller gets from awaiting its sink).
 MAX_PENDING_READINGS = 20_000

@@ -617,8 +617,9 @@ def _spill_size(payload: bytes) -> int:
 
 
 #: How long the outbox writer lets readings gather before it commits them (seconds): one fsync
-#: per 20 ms at most instead of one per reading when a fleet's polls are spread over time.
-WRITER_LINGER_S = 0.02
+#: per 50 ms at most instead of one per reading when a fleet's polls are spread over time (and,
+#: with worker processes, one thread hand-off and commit for the batches of both workers).
+WRITER_LINGER_S = 0.05
 
 
 class OutboxWriter:
