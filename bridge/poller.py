@@ -179,6 +179,8 @@ class PollerStats:
     last_success_ms: int | None = None
     #: Durations of the last successful reads (512), seconds.
     latencies: LatencyWindow = attrs.field(factory=LatencyWindow)
+    #: The link's counters as of the last read that changed them: replaced by a new dict, never
+    #: changed in place (the worker's reporter and the console's totals rely on that).
     link: dict[str, int] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import operator
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -182,9 +183,13 @@ class MeterReporter:
             if polled != sent.polled:
                 entry["c"] = polled
                 sent.polled = polled
-        if stats.link != sent.link:
-            entry["link"] = dict(stats.link)
-            sent.link = dict(stats.link)
+        link = stats.link
+        if link is not sent.link:
+            # The poller replaces its link counters with a new dict, never changes them in
+            # place: the one last sent is kept, not a copy of it (a dict per meter).
+            if link != sent.link:
+                entry["link"] = link
+            sent.link = link
         new = stats.successes - sent.successes
         if new > 0:
             newest = itertools.islice(reversed(stats.latencies), min(new, LATENCIES_PER_REPORT))
@@ -231,6 +236,12 @@ def chunks(
         yield dict(items[start : start + size])
 
 
+def _shared(value: Any) -> Any:
+    """A string from a worker's line as the one copy all meters share (a state, an error
+    text, a unit): the service keeps thousands of these, each decoded afresh."""
+    return sys.intern(value) if type(value) is str else value
+
+
 @attrs.define(eq=False)
 class RemoteMeter:
     """The service's side: a meter polled in a worker, as its last reports describe it.
@@ -261,12 +272,12 @@ class RemoteMeter:
             # A reading that came in since may have told a later success already.
             last = stats.last_success_ms
             for name, value in zip(STAT_FIELDS, fields, strict=True):
-                setattr(stats, name, value)
+                setattr(stats, name, _shared(value))
             if last is not None and (stats.last_success_ms or 0) < last:
                 stats.last_success_ms = last
         link = entry.get("link")
         if isinstance(link, dict):
-            stats.link = {str(k): int(v) for k, v in link.items()}
+            stats.link = {sys.intern(str(k)): int(v) for k, v in link.items()}
         polled = entry.get("c")
         if isinstance(polled, list) and len(polled) == len(POLL_FIELDS):
             last = stats.last_success_ms
@@ -278,7 +289,10 @@ class RemoteMeter:
             stats.latencies.extend(x / 1e6 for x in latencies)
         units = entry.get("units")
         if isinstance(units, dict):
-            self.units = {str(k): (None if v is None else str(v)) for k, v in units.items()}
+            self.units = {
+                sys.intern(str(k)): (None if v is None else sys.intern(str(v)))
+                for k, v in units.items()
+            }
         if "interval_s" in entry:
             self.interval_s = float(entry["interval_s"])
         if "crashes" in entry:
