@@ -354,24 +354,27 @@ def grid_stats(
     readings: dict[str, list[int]], t0: float, t1: float, interval: float
 ) -> dict[str, Any]:
     """Place every reading on its meter's grid: polls and missed slots in [t0, t1), start delay
-    (how long after its meter's grid slot a reading was taken)."""
+    (how long after its meter's grid slot a reading was taken). A slot's reading counts by its
+    slot: one taken a little after t1 for a slot before t1 is that slot's poll, not a miss."""
     step = interval * 1000
     lo, hi = t0 * 1000, t1 * 1000
     polls = missed = expected = 0
     delays: list[float] = []
     for ts_list in readings.values():
-        measured = [ts for ts in ts_list if lo <= ts < hi]
+        measured = [ts for ts in ts_list if lo <= ts < hi + step / 2]
         if not measured:
             continue
         # The grid: from the readings measured (not the warm-up's, which may be off-grid).
         origin = grid_phase(measured, step)
+        first = math.ceil((lo - origin) / step)
+        last = math.ceil((hi - origin) / step)
         slots = set()
         for ts in measured:
             delay = (ts - origin) % step
-            delays.append(delay)
-            slots.add(round((ts - delay - origin) / step))
-        first = math.ceil((lo - origin) / step)
-        last = math.ceil((hi - origin) / step)
+            slot = round((ts - delay - origin) / step)
+            if first <= slot < last:
+                delays.append(delay)
+                slots.add(slot)
         expected += last - first
         polls += len(slots)
         missed += max(0, (last - first) - len(slots))
