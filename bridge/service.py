@@ -73,10 +73,10 @@ from bridge.status_socket import serve_status, socket_path
 from bridge.supervision import (
     CrashTracker,
     SupervisionSettings,
+    clear_if_healthy,
     crashed_alarm,
-    crashed_message,
     faulted_alarm,
-    faulted_message,
+    poller_crashed,
 )
 from bridge.worker_link import RemoteMeter, WorkerRequestError
 from bridge.workers import WorkerPool, backfill_share, worker_count
@@ -567,12 +567,8 @@ class BridgeService:
                     try:
                         await poller.run(start_delay=self._start_delay(running))
                     except Exception as exc:
-                        if (
-                            trio.current_time() - running.started
-                            >= tracker.settings.healthy_after_s
-                        ):
-                            tracker.reset()
-                        delay = tracker.crashed(exc)
+                        ran_s = trio.current_time() - running.started
+                        delay = poller_crashed(name, tracker, exc, ran_s, self._set_alarm)
                         running.crashes = tracker.crashes
                         log.exception(
                             "meter=%s event=poller_crashed crashes=%d identical=%d",
@@ -580,13 +576,6 @@ class BridgeService:
                         )  # fmt: skip
                         if tracker.faulted:
                             poller.stats.state = "faulted"
-                            self._set_alarm(
-                                faulted_alarm(name), True, faulted_message(name, tracker)
-                            )
-                        else:
-                            self._set_alarm(
-                                crashed_alarm(name), True, crashed_message(name, running.crashes)
-                            )
                         await trio.sleep(delay)
         finally:
             running.done.set()
@@ -598,14 +587,9 @@ class BridgeService:
         faulted = 0
         for name, running in self.meters.items():
             tracker = running.tracker
-            if not tracker.faulted:
-                continue
-            if now - running.started >= tracker.settings.healthy_after_s:
-                tracker.reset()
-                message = f"the poller of meter {name} runs again without crashing"
-                self._set_alarm(faulted_alarm(name), False, message)
-                self._set_alarm(crashed_alarm(name), False, message)
-            else:
+            if tracker.faulted and not clear_if_healthy(
+                name, tracker, now - running.started, self._set_alarm
+            ):
                 faulted += 1
         # Meters polled in worker processes: their worker keeps the state (and its alarms).
         if self.pool is not None:

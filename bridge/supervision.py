@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import random
 import traceback
+from collections.abc import Callable
 
 import attrs
 
 __all__ = [
     "CrashTracker",
     "SupervisionSettings",
+    "clear_if_healthy",
     "crash_summary",
     "crashed_alarm",
     "crashed_message",
     "faulted_alarm",
     "faulted_message",
+    "poller_crashed",
 ]
+
+#: Raises or clears an alarm: ``(name, active, message)``.
+AlarmHook = Callable[[str, bool, str], None]
 
 
 @attrs.frozen(kw_only=True)
@@ -111,3 +117,32 @@ def faulted_message(meter: str, tracker: CrashTracker) -> str:
         f"meter {meter} is faulted: its poller crashed {tracker.identical} times in a row with "
         f"{tracker.last}; retried every {tracker.settings.faulted_retry_s:g} s"
     )
+
+
+def poller_crashed(
+    meter: str, tracker: CrashTracker, exc: BaseException, ran_s: float, set_alarm: AlarmHook
+) -> float:
+    """A meter's poller crashed after running ``ran_s`` seconds (in the service or in a worker
+    process alike): its history is forgotten first if it had run healthy long enough, the crash
+    recorded, and ``crashed`` or ``faulted`` raised. Returns how long to wait before the
+    restart."""
+    if ran_s >= tracker.settings.healthy_after_s:
+        tracker.reset()
+    delay = tracker.crashed(exc)
+    if tracker.faulted:
+        set_alarm(faulted_alarm(meter), True, faulted_message(meter, tracker))
+    else:
+        set_alarm(crashed_alarm(meter), True, crashed_message(meter, tracker.crashes))
+    return delay
+
+
+def clear_if_healthy(meter: str, tracker: CrashTracker, ran_s: float, set_alarm: AlarmHook) -> bool:
+    """A faulted meter whose poller has run ``healthy_after_s`` without crashing: its state
+    and both alarms are cleared. Returns True when it was cleared now."""
+    if not tracker.faulted or ran_s < tracker.settings.healthy_after_s:
+        return False
+    tracker.reset()
+    message = f"the poller of meter {meter} runs again without crashing"
+    set_alarm(faulted_alarm(meter), False, message)
+    set_alarm(crashed_alarm(meter), False, message)
+    return True

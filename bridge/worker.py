@@ -39,14 +39,7 @@ from bridge.readings import Reading, dumps_compact
 from bridge.rpc import IN_WORKER, METHODS, RpcError, RpcRequest, fit_answer, run_on_poller
 from bridge.service import STAGGER_FROM_METERS, STAGGER_MAX_S
 from bridge.session import MeterSession
-from bridge.supervision import (
-    CrashTracker,
-    SupervisionSettings,
-    crashed_alarm,
-    crashed_message,
-    faulted_alarm,
-    faulted_message,
-)
+from bridge.supervision import CrashTracker, SupervisionSettings, clear_if_healthy, poller_crashed
 from bridge.worker_link import OPS, MeterReporter, WorkerRequestError, chunks, encode_stats
 from bridge.workers import MAX_LINE
 from codec.obis import Obis
@@ -333,14 +326,11 @@ class _Worker:
         service does for its own, ``BridgeService._check_faulted``)."""
         now = trio.current_time()
         for name in list(self.faulted):
-            tracker = self.trackers[name]
             started = self.started.get(name)
-            if started is not None and now - started >= tracker.settings.healthy_after_s:
-                tracker.reset()
+            if started is not None and clear_if_healthy(
+                name, self.trackers[name], now - started, self.on_alarm
+            ):
                 self.faulted.discard(name)
-                message = f"the poller of meter {name} runs again without crashing"
-                self.on_alarm(faulted_alarm(name), False, message)
-                self.on_alarm(crashed_alarm(name), False, message)
 
     def _settled(self) -> bool:
         """Every meter this worker polls has tried its first cycle."""
@@ -414,14 +404,9 @@ class _Worker:
                             # Made at the first crash: most meters never need one.
                             tracker = CrashTracker(self.supervision, self._rng)
                             self.trackers[name] = tracker
-                        if trio.current_time() - self.started[name] >= (
-                            tracker.settings.healthy_after_s
-                        ):
-                            tracker.reset()
-                        delay = tracker.crashed(exc)
+                        ran_s = trio.current_time() - self.started[name]
+                        delay = poller_crashed(name, tracker, exc, ran_s, self.on_alarm)
                         self.crashes[name] = tracker.crashes
-                        if not tracker.faulted:
-                            self.faulted.discard(name)
                         log.exception(
                             "worker=%d meter=%s event=poller_crashed crashes=%d identical=%d",
                             self.index, name, tracker.crashes, tracker.identical,
@@ -429,11 +414,8 @@ class _Worker:
                         if tracker.faulted:
                             self.faulted.add(name)
                             poller.stats.state = "faulted"
-                            self.on_alarm(faulted_alarm(name), True, faulted_message(name, tracker))
                         else:
-                            self.on_alarm(
-                                crashed_alarm(name), True, crashed_message(name, tracker.crashes)
-                            )
+                            self.faulted.discard(name)
                         await trio.sleep(delay)
         finally:
             if self.scopes.get(name) is scope:
