@@ -8,11 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from trio.testing import MockClock
 from bridge.config import BridgeConfig, config_from_dict
 from bridge.poller import MeterPoller
 from bridge.profiles import HighWaterMarks
-from bridge.service import BACKFILL_SLOTS, BridgeService
+from bridge.service import BACKFILL_SLOTS
 from bridge.simulator.meter import MeterSettings
 from bridge.simulator.server import Simulator, SimulatorConfig
 from bridge.supervision import SupervisionSettings
@@ -32,6 +30,7 @@ from bridge.workers import WorkerPool, backfill_share
 from codec.obis import Obis
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.settable_clock import SettableClock
+from tests.bridge.test_profile_backfill import quarter_hours, running
 from tests.bridge.test_service import bridge_config, events
 from tests.bridge.test_service import running as service_running
 from tests.bridge.waiting import all_delivered, wait_until
@@ -42,11 +41,6 @@ ENERGY = "1-1:1.8.0"
 T0 = 1_764_504_450.0
 BACKFILL_HOURS = 6
 NAMES = ["m0", "m1"]
-
-
-def quarter_hours(after: float, upto: float) -> list[int]:
-    """Capture times (ms) of 15-minute entries in (after, upto]."""
-    return [k * 900_000 for k in range(math.floor(after / 900) + 1, math.floor(upto / 900) + 1)]
 
 
 def profile_ts(sub: Collector, meter: str) -> list[int]:
@@ -79,17 +73,6 @@ def config_for(data_dir: Path, broker: Mosquitto, ports: tuple[int, ...], worker
             ]
         },
     )
-
-
-@asynccontextmanager
-async def running(config: BridgeConfig, clock: SettableClock) -> AsyncIterator[BridgeService]:
-    async with trio.open_nursery() as nursery:
-        service = BridgeService(config, handle_signals=False, poller_options={"wall_clock": clock})
-        await nursery.start(service.run)
-        try:
-            yield service
-        finally:
-            service.stop()
 
 
 async def run_until_caught_up(
