@@ -195,13 +195,19 @@ def test_second_user_is_refused(tmp_path: Path) -> None:
             Outbox(tmp_path)
 
 
+def spoil_row(data_dir: Path, ts_ms: int) -> None:
+    """Overwrite the stored payload of the row taken at ``ts_ms`` with bytes that are no
+    reading (``{{``), behind the outbox's back."""
+    conn = sqlite3.connect(data_dir / FILENAME)
+    conn.execute("UPDATE outbox SET payload = x'7b7b' WHERE ts_ms = ?", (ts_ms,))
+    conn.commit()
+    conn.close()
+
+
 def test_unreadable_row_is_removed_and_counted(tmp_path: Path) -> None:
     with Outbox(tmp_path) as box:
         box.append([reading(1), reading(2)])
-    conn = sqlite3.connect(tmp_path / FILENAME)
-    conn.execute("UPDATE outbox SET payload = x'7b7b' WHERE ts_ms = ?", (reading(1).ts_ms,))
-    conn.commit()
-    conn.close()
+    spoil_row(tmp_path, reading(1).ts_ms)
     with Outbox(tmp_path) as box:
         assert [r.reading for r in box.peek(10)] == [reading(2)]
         assert box.corrupt_rows == 1
@@ -239,10 +245,7 @@ def test_a_corrupt_row_is_found_even_when_its_reading_was_recent(tmp_path: Path)
     with Outbox(tmp_path) as box:
         box.append([reading(1), reading(2)])
         assert [r.reading for r in box.peek(10)] == [reading(1), reading(2)]
-    conn = sqlite3.connect(tmp_path / FILENAME)
-    conn.execute("UPDATE outbox SET payload = x'7b7b' WHERE ts_ms = ?", (reading(2).ts_ms,))
-    conn.commit()
-    conn.close()
+    spoil_row(tmp_path, reading(2).ts_ms)
     with Outbox(tmp_path) as box:
         assert [r.reading for r in box.peek(10)] == [reading(1)]
         assert box.corrupt_rows == 1
