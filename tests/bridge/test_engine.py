@@ -14,7 +14,14 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from bridge.engine import COMMIT_LIMIT_S, HAND_OVER_S, TICK_S, PollEngine
+from bridge.engine import (
+    BUSY_POLLS_PER_S,
+    BUSY_TICK_S,
+    COMMIT_LIMIT_S,
+    HAND_OVER_S,
+    TICK_S,
+    PollEngine,
+)
 from bridge.poller import MeterPoller
 from bridge.readings import Reading
 from bridge.session import MeterSession
@@ -148,6 +155,43 @@ async def test_one_task_serves_many_meters_and_batches_their_readings(
             gaps = [b - a for a, b in itertools.pairwise(ts[1:])]
             assert all(abs(g - 500) <= TICK_MS + 1 for g in gaps), (i, gaps)
             assert (p.stats.missed, p.stats.failures) == (0, 0)
+
+
+@pytest.mark.parametrize(("meters", "busy"), [(6, False), (60, True)])
+async def test_a_busy_engine_ticks_less_often(
+    rig: Any, autojump_clock: MockClock, meters: int, busy: bool
+) -> None:
+    """At 0.1 s, 6 meters make 60 polls a second and 60 meters 600 (over
+    BUSY_POLLS_PER_S): with replies 30 ms late, the busy engine (always a poll in flight)
+    waits BUSY_TICK_S between its rounds, the quiet one TICK_S, and each poll starts within
+    its engine's tick of its grid."""
+    assert (meters * 10 >= BUSY_POLLS_PER_S) is busy
+    tick_ms = (BUSY_TICK_S if busy else TICK_S) * 1000
+    with trio.fail_after(120):
+        r = await rig(meters=meters)
+        r.net.sim.set_faults("all:delay=0.03")  # every poll in flight for 30 ms
+        pollers = [r.poller(i, interval_s=0.1, timeout_s=0.08) for i in range(meters)]
+        async with trio.open_nursery() as n:
+            for p in pollers:
+                n.start_soon(p.run)
+            for i in range(meters):
+                await wait_for(r.sink, f"m{i}", 3)
+            await trio.sleep(2.5)  # two whole seconds counted with every meter in the engine
+            assert r.engine.tick_s == (BUSY_TICK_S if busy else TICK_S)
+            ticks, start = r.engine.ticks, trio.current_time()
+            first = len(r.sink.readings)
+            await trio.sleep(2)
+            ticks_per_s = (r.engine.ticks - ticks) / (trio.current_time() - start)
+            n.cancel_scope.cancel()
+        # Every round of polls (all in phase) is in flight 30 ms: ~6 ticks of 5 ms, ~2 of 20.
+        assert 0 < ticks_per_s <= 1000 / tick_ms + 1
+        late = []
+        for i, p in enumerate(pollers):
+            ts = [x.ts_ms for x in of(r.sink, f"m{i}")[3:]]
+            late += [(b - a) - 100 for a, b in itertools.pairwise(ts)]
+            assert (p.stats.missed, p.stats.failures) == (0, 0)
+        assert all(abs(x) <= tick_ms + 1 for x in late), max(late, key=abs)
+        assert len(r.sink.readings) - first >= meters * 10 * 2 * 0.95
 
 
 async def test_a_faulty_meter_recovers_without_disturbing_its_neighbours(
