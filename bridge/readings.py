@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import json
+import json.scanner
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import attrs
 
@@ -270,6 +271,11 @@ def encode_reading(reading: Reading) -> bytes:
 
 _PLAIN_KEYS = frozenset(("meter", "ts", "values"))
 _PLAIN_TYPES = frozenset((int, str, bool, type(None)))
+#: The empty quality, errors and attributes of every plain reading decoded (read-only: one
+#: shared instead of three dicts and proxies per reading).
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: The JSON module's scanner (its C one where built): one value from a position of a text.
+_scan_once = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 
 
 def _plain_reading(obj: dict[str, Any]) -> Reading | None:
@@ -281,24 +287,48 @@ def _plain_reading(obj: dict[str, Any]) -> Reading | None:
     meter, ts_ms, values = obj["meter"], obj["ts"], obj["values"]
     if type(meter) is not str or not meter or type(ts_ms) is not int or ts_ms < 0:
         return None
-    if type(values) is not dict:
+    if type(values) is not dict or "" in values:
         return None
-    for key, value in values.items():
+    for value in values.values():
         # JSON object keys are strings; a float may be NaN or infinite (json takes those).
         kind = type(value)
-        if not key or (
-            kind not in _PLAIN_TYPES and (kind is not float or not math.isfinite(value))
-        ):
+        if kind not in _PLAIN_TYPES and (kind is not float or value - value != 0.0):
             return None
-    return Reading.taken(meter, ts_ms, values, quality={}, errors={}, attributes={})
+    self = object.__new__(Reading)
+    setattr_ = object.__setattr__
+    setattr_(self, "meter", meter)
+    setattr_(self, "ts_ms", ts_ms)
+    setattr_(self, "values", MappingProxyType(values))
+    setattr_(self, "quality", _EMPTY)
+    setattr_(self, "errors", _EMPTY)
+    setattr_(self, "attributes", _EMPTY)
+    setattr_(self, "_json", None)
+    return self
 
 
 def decode_reading(data: bytes | str) -> Reading:
     """Parse a reading serialised by `encode_reading`."""
+    if type(data) is bytes:
+        # The stored form (the outbox's rows, a worker's lines): UTF-8, one JSON object and
+        # nothing around it. Scanned at once; anything else (whitespace, another encoding, a
+        # form that is not plain, bad JSON) takes the full path below, which says what is wrong.
+        try:
+            text = data.decode("utf-8")
+            obj, end = _scan_once(text, 0)
+        except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+            pass
+        else:
+            if type(obj) is dict and end == len(text):
+                plain = _plain_reading(obj)
+                if plain is not None:
+                    object.__setattr__(plain, "_json", data)
+                    return plain
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"reading JSON is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError("reading JSON is nested too deeply") from None
     if type(obj) is dict:
         plain = _plain_reading(obj)
         if plain is not None:

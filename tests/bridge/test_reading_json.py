@@ -149,3 +149,69 @@ def test_decoding_a_plain_form_checks_as_the_constructor_does(
         assert encode_reading(got) == encode_reading(expected)
     else:
         assert got == "rejected"
+
+
+def _decoded_by_json_loads(data: bytes) -> Reading | str:
+    """The reference for any bytes: ``json.loads`` (which also takes whitespace around the
+    object, a BOM, UTF-16 and UTF-32), then the constructor."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "rejected"
+    got = _decoded_by_constructor(obj)
+    return got if isinstance(got, Reading) else "rejected"
+
+
+@given(
+    meter=st.sampled_from(["m1", "zähler-7", "m\u2028", 'm"\\', "", "m1"]),
+    values=st.dictionaries(st.text(max_size=3), _json_scalars, max_size=4),
+    framing=st.sampled_from(
+        [
+            "plain",
+            "plain",
+            "space-before",
+            "newline-after",
+            "bom",
+            "utf-16",
+            "utf-32",
+            "cut",
+            "extra-byte",
+            "two-objects",
+            "latin-1",
+            "nested",
+        ]
+    ),
+)
+@example(meter="zähler-7", values={"ä": 1.5}, framing="plain")
+@example(meter="m1", values={"a": 1}, framing="two-objects")
+@example(meter="m1", values={"a": 1}, framing="nested")
+@settings(max_examples=300)
+def test_decoding_stored_bytes_agrees_with_json_loads(
+    meter: str, values: dict[str, object], framing: str
+) -> None:
+    """The stored form is scanned at once when it is one UTF-8 object and nothing else; for
+    every other framing of the same bytes, decode_reading still agrees with json.loads and the
+    constructor (an equal reading, or a ValueError - never another exception)."""
+    obj = {"meter": meter, "ts": 5, "values": values}
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    data = {
+        "plain": lambda: text.encode(),
+        "space-before": lambda: b" " + text.encode(),
+        "newline-after": lambda: text.encode() + b"\n",
+        "bom": lambda: b"\xef\xbb\xbf" + text.encode(),
+        "utf-16": lambda: text.encode("utf-16"),
+        "utf-32": lambda: text.encode("utf-32"),
+        "cut": lambda: text.encode()[:-1],
+        "extra-byte": lambda: text.encode() + b"}",
+        "two-objects": lambda: text.encode() + text.encode(),
+        "latin-1": lambda: text.encode("latin-1", "replace"),
+        "nested": lambda: text[:-1].encode() + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    }[framing]()
+    expected = _decoded_by_json_loads(data)
+    try:
+        got: Reading | str = Reading.from_json(data)
+    except ValueError:
+        got = "rejected"
+    assert got == expected
+    if isinstance(got, Reading) and framing == "plain":
+        assert got.to_json() == encode_reading(got) == data
