@@ -553,15 +553,18 @@ class Publisher:
             lane.dirty_status.add(meter)
             lane.poke()
 
-    def send(self, meter: str | None, topic: str, payload: bytes) -> bool:
+    def send(
+        self, meter: str | None, topic: str, payload: bytes, *, qos: int | None = None
+    ) -> bool:
         """Publish a control message (an RPC response, attributes) on the connection that
         carries `meter` (None: the gateway/topic connection), ahead of telemetry; not stored,
-        so a message whose connection drops before it went out is lost. False if there is no
-        such connection."""
+        so a message whose connection drops before it went out is lost. ``qos=0`` for a
+        message sent again after every reconnection anyway (no PUBACK, no window slot); else
+        the connection's QoS. False if there is no such connection."""
         lane = self._lanes.get(None) if meter is None else self._lane_for(meter)
         if lane is None:
             return False
-        lane.control.append(Message(topic, payload))
+        lane.control.append(Message(topic, payload, qos=qos))
         lane.poke()
         return True
 

@@ -428,14 +428,15 @@ async def test_shared_attributes_changed_while_away_are_asked_for_at_connect(
     collector: Callable[[list[str]], Collector],
     simulator: Any,
 ) -> None:
-    """After connecting, the bridge asks for each meter's shared attributes; ThingsBoard's
-    answer (here the test's) applies like an update."""
+    """After connecting, the bridge asks for each meter's shared attributes (at QoS 0);
+    ThingsBoard's answer (here the test's) applies like an update."""
     _sim, ports = await simulator(meters=1)
     tb = collector(["v1/gateway/attributes/request"])
     cfg = bridge_config(tmp_path / "data", mosquitto, ports, defaults={"interval_s": 1.0})
     with trio.fail_after(30):
         async with running(cfg) as service:
             (request,) = await tb.wait_for(lambda ms: len(ms) >= 1)
+            assert request.qos == 0  # asked again after every reconnection: no PUBACK needed
             body = json.loads(request.payload)
             assert body == {
                 "id": body["id"], "device": "m0", "client": False,
