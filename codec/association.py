@@ -550,6 +550,15 @@ class ClientAssociation:
         """The next event, or ``NEED_DATA``."""
         while not self._events:
             try:
+                if self._steady is not None:
+                    # A steady poll's reply is most often one I-frame: its APDU straight
+                    # from the link, without the link event (the same handling as below).
+                    data = self.link.next_apdu()
+                    if data is not None:
+                        if isinstance(data, NeedData):
+                            return NEED_DATA
+                        self._handle_apdu(data)
+                        continue
                 event = self.link.next_event()
                 if isinstance(event, NeedData):
                     return NEED_DATA

@@ -3,7 +3,8 @@
 - :func:`fcs16` - the frame check sequence (CRC-16/X.25).
 - :class:`FrameScanner` - streaming scanner: ``receive_data(bytes)``, ``next_frame()`` returning a
   :class:`Frame` or ``NEED_DATA``; resynchronises after garbage and counts what it discards.
-- :func:`encode_frame` / :func:`decode_frame` - one frame to and from bytes.
+- :func:`encode_frame` / :func:`decode_frame` - one frame to and from bytes; :func:`encode_head`
+  the part before a frame's information field (a link keeps those it sends again and again).
 - :class:`HdlcAddress` - client and server addresses of 1, 2 or 4 bytes.
 
 The hot path comes from the Cython extension when it is built, else from the pure-Python twin;
@@ -53,6 +54,7 @@ __all__ = [
     "NeedData",
     "decode_frame",
     "encode_frame",
+    "encode_head",
     "fcs16",
     "frame_to_bytes",
     "frame_to_dict",
@@ -176,7 +178,7 @@ def _encode_body(
     key = (segmented, dst, src, control, len(info))
     head = _HEADS.get(key)
     if head is None:
-        head = _encode_head(segmented, dst, src, control, len(info))
+        head = encode_head(segmented, dst, src, control, len(info))
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
         _HEADS[key] = head
@@ -184,7 +186,7 @@ def _encode_body(
     return body + fcs16(body).to_bytes(2, "little")
 
 
-def _encode_head(
+def encode_head(
     segmented: bool, dst: HdlcAddress, src: HdlcAddress, control: int, info_size: int
 ) -> bytes:
     """Format field, addresses, control, and the HCS when an information field follows."""

@@ -29,6 +29,9 @@ from codec.hdlc import (
     HdlcAddress,
     NeedData,
     encode_frame,
+    encode_head,
+    fcs16,
+    stuff,
 )
 from codec.hdlc_params import LinkParameters
 from codec.wrapper import WrapperFrame, WrapperScanner
@@ -50,6 +53,8 @@ __all__ = [
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
+#: I-frame heads kept per link, at most (a steady poll uses 8 or so: N(S) = N(R) = 0..7).
+_I_HEADS_MAX = 64
 #: Largest APDU the links accept from the meter unless told otherwise: the largest a wrapper PDU
 #: can carry. The association passes the client's negotiated max receive PDU size instead.
 DEFAULT_MAX_APDU = 0xFFFF
@@ -115,6 +120,7 @@ class Link(Protocol):
     def send_apdu(self, apdu: bytes, now: float) -> None: ...
     def receive_data(self, data: bytes, now: float) -> None: ...
     def next_event(self) -> Event | NeedData: ...
+    def next_apdu(self) -> bytes | NeedData | None: ...
     def data_to_send(self) -> bytes: ...
     def next_deadline(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
@@ -188,6 +194,8 @@ class HdlcClientLink:
         self._segments_in_size = 0
         self._busy_until: float | None = None
         self._now = 0.0
+        # Encoded heads of this link's I-frames by (control, information size, segmented).
+        self._i_heads: dict[tuple[int, int, bool], bytes] = {}
         self.frames_sent = 0
         self.frames_ignored = 0
         self.retransmissions = 0
@@ -251,6 +259,43 @@ class HdlcClientLink:
                 return NEED_DATA
             self._handle_frame(frame)
         return self._events.pop(0)
+
+    def next_apdu(self) -> bytes | NeedData | None:
+        """A reply's shortcut: when the next frame is a whole reply on its own (an I-frame of
+        this link, in sequence, not segmented, within the size limit, with no other event
+        waiting and no segment open either way), its APDU, exactly as :meth:`next_event` would
+        deliver it in :class:`ApduReceived`, with the same bookkeeping. ``NEED_DATA`` when no
+        frame is complete. None otherwise: any frame taken was handled as :meth:`next_event`
+        handles it (events queued, counters, errors raised), and :meth:`next_event` goes on."""
+        if (
+            self._events
+            or self._segments_out
+            or self._segments_in
+            or self.state is not LinkState.CONNECTED
+        ):
+            return None
+        frame = self.scanner.next_frame()
+        if isinstance(frame, NeedData):
+            return NEED_DATA
+        control = frame.control
+        info = frame.info
+        if (
+            control & 0x01  # not an I-frame
+            or frame.segmented
+            or (control >> 1) & 0x07 != self._vr
+            or frame.dst != self.client.value
+            or frame.dst_size != self.client.size
+            or frame.src != self.server.value
+            or frame.src_size != self.server.size
+            or len(info) > self.max_apdu + len(LLC_RESPONSE)
+        ):
+            self._handle_frame(frame)
+            return None
+        self._vr = (self._vr + 1) % 8
+        pending = self._pending
+        self._answered_deadline = None if pending is None else pending.deadline
+        self._pending = None
+        return _strip_llc(info)
 
     def stats(self) -> dict[str, int]:
         """Scanner and link counters."""
@@ -347,9 +392,22 @@ class HdlcClientLink:
         self._busy_until = None
 
     def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
-        raw = self._frame(FrameKind.I, info=info, ns=self._vs, nr=self._vr, segmented=segmented)
+        # encode_frame's I-frame, byte for byte, with the head (format, addresses, control,
+        # HCS) kept per link: only the control byte's N(S)/N(R) and the size vary.
+        control = (self._vr << 5) | 0x10 | (self._vs << 1)
+        key = (control, len(info), segmented)
+        head = self._i_heads.get(key)
+        if head is None:
+            if len(self._i_heads) >= _I_HEADS_MAX:
+                self._i_heads.clear()
+            head = encode_head(segmented, self.server, self.client, control, len(info))
+            self._i_heads[key] = head
+        body = head + info
+        body += fcs16(body).to_bytes(2, "little")
+        if self.transparency:
+            body = stuff(body)
         self._vs = (self._vs + 1) % 8
-        self._send(raw, now, "reply")
+        self._send(b"\x7e" + body + b"\x7e", now, "reply")
 
     def _handle_frame(self, frame: Frame) -> None:
         if (frame.dst, frame.dst_size) != (self.client.value, self.client.size) or (
@@ -577,6 +635,10 @@ class WrapperClientLink:
             )
         self._answered_deadline, self._deadline = self._deadline, None
         return ApduReceived(frame.payload)
+
+    def next_apdu(self) -> bytes | NeedData | None:
+        """No shortcut here (a wrapper frame is one APDU already): take :meth:`next_event`."""
+        return None
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called, or ``None``."""
