@@ -271,7 +271,8 @@ class ServiceConfig:
     #: ``(K, N)``: this bridge polls only the meters that shard K of N owns (rendezvous hashing
     #: on the meter name); ``None``: every meter.
     shard: tuple[int, int] | None = None
-    #: Poller processes; 0 picks one per core, but no more than one per 1,000 meters.
+    #: Poller processes; 0 picks one per core, but no more than one per 2,500 polls a second
+    #: (:data:`bridge.workers.POLLS_PER_AUTO_WORKER`).
     workers: int = DEFAULT_WORKERS
 
 

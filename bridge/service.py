@@ -355,7 +355,7 @@ class BridgeService:
                 serve_status, socket_path(cfg.bridge.data_dir), self.status
             )
             own = self.own_meters(cfg)
-            count = worker_count(cfg.bridge.workers, len(own))
+            count = worker_count(cfg.bridge.workers, len(own), sum(1 / m.interval_s for m in own))
             if count > 1:
                 self.pool = WorkerPool(
                     count,

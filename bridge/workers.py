@@ -56,7 +56,7 @@ from bridge.supervision import SupervisionSettings
 from bridge.worker_link import RemoteMeter, WorkerRequestError
 
 __all__ = [
-    "METERS_PER_AUTO_WORKER",
+    "POLLS_PER_AUTO_WORKER",
     "WorkerPool",
     "WorkerRequestError",
     "WorkerTotals",
@@ -67,8 +67,12 @@ __all__ = [
 log = logging.getLogger("bridge.workers")
 
 #: ``workers = 0`` (automatic) starts one worker per core, but no more than one per this many
-#: meters: below it one event loop keeps up easily and a process costs ~30 MB.
-METERS_PER_AUTO_WORKER = 1000
+#: polls a second (the meters' 1 / interval_s summed): below it one event loop keeps up with
+#: room to spare, and workers cost more CPU per poll than one process (every reading crosses a
+#: pipe as JSON): 2,000 meters at 1 s took ~167 us of CPU per poll in one process against ~192
+#: in two workers; 2,500 in one process ~144 us with start delays p99 20 ms
+#: (benchmarks/README.md).
+POLLS_PER_AUTO_WORKER = 2500.0
 #: A worker that exited unexpectedly is restarted after this long (doubling up to the maximum).
 RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 60.0
@@ -86,12 +90,13 @@ MARKS_WRITE_S = 1.0
 ANSWER_GRACE_S = 5.0
 
 
-def worker_count(workers: int, meters: int, cores: int | None = None) -> int:
-    """How many worker processes to run; 1 means the pollers run in the service process."""
+def worker_count(workers: int, meters: int, polls_per_s: float, cores: int | None = None) -> int:
+    """How many worker processes to run for ``meters`` polled ``polls_per_s`` times a second
+    in all; 1 means the pollers run in the service process."""
     if workers > 0:
         return max(1, min(workers, meters))
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    return max(1, min(cores, math.ceil(meters / METERS_PER_AUTO_WORKER)))
+    return max(1, min(cores, meters, math.ceil(polls_per_s / POLLS_PER_AUTO_WORKER)))
 
 
 def backfill_share(slots: int, workers: int) -> int:

@@ -21,17 +21,22 @@ from bridge.readings import Reading, dumps_compact
 from bridge.service import BridgeService
 from bridge.sharding import WORKER_SALT, bucket_of
 from bridge.worker_link import MeterReporter, RemoteMeter, chunks, encode_stats
-from bridge.workers import WorkerPool, worker_count
+from bridge.workers import POLLS_PER_AUTO_WORKER, WorkerPool, worker_count
 from tests.bridge.mosquitto import Collector, Mosquitto
 from tests.bridge.test_service import bridge_config, telemetry
 
 
-def test_worker_count_is_explicit_or_one_per_core_for_large_fleets() -> None:
-    assert worker_count(3, 100) == 3
-    assert worker_count(8, 2) == 2  # never more workers than meters
-    assert worker_count(0, 10, cores=2) == 1  # small fleets stay in the service process
-    assert worker_count(0, 1500, cores=2) == 2
-    assert worker_count(0, 50_000, cores=4) == 4
+def test_worker_count_is_explicit_or_one_per_core_for_busy_fleets() -> None:
+    assert worker_count(3, 100, 100.0) == 3
+    assert worker_count(8, 2, 2.0) == 2  # never more workers than meters
+    assert worker_count(0, 10, 10.0, cores=2) == 1  # small fleets stay in the service process
+    # One process while the polls fit one event loop with room to spare; then one per core.
+    assert worker_count(0, 2000, 2000.0, cores=2) == 1
+    assert worker_count(0, POLLS_PER_AUTO_WORKER + 1, POLLS_PER_AUTO_WORKER + 1, cores=2) == 2
+    assert worker_count(0, 5000, 5000.0, cores=2) == 2
+    assert worker_count(0, 50_000, 50_000 / 15, cores=4) == 2  # 15 s: 3,333 polls a second
+    assert worker_count(0, 50_000, 50_000.0, cores=4) == 4
+    assert worker_count(0, 3, 30.0, cores=8) == 1
 
 
 async def test_two_workers_poll_every_meter_and_a_killed_one_is_restarted_alone(
