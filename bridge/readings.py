@@ -253,8 +253,59 @@ def dumps_compact(obj: object) -> str:
     )
 
 
+#: A plain reading's value keys in their order -> (the keys sorted, ``"<key>":`` for each).
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+#: Key sets kept at most (each a few dozen bytes); then started afresh.
+_LAYOUTS_MAX = 4096
+
+
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()
+    order = tuple(sorted(keys))
+    layout = _LAYOUTS[keys] = (order, tuple(f"{dumps_compact(k)}:" for k in order))
+    return layout
+
+
+def _encode_numbers(reading: Reading) -> bytes | None:
+    """`encode_reading` of a reading of numbers only (every value an ``int`` or a finite
+    ``float``; no quality, error or attribute): from parts made once per key set and meter
+    name, without building the JSON object; None for anything else."""
+    values = reading.values
+    keys = tuple(values)
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        layout = _layout(keys)
+    parts = []
+    for key, name in zip(*layout, strict=True):
+        value = values[key]
+        kind = type(value)
+        if kind is float:
+            number = cast(float, value)
+            if number - number != 0.0:  # NaN or infinite: refused by the general path
+                return None
+            parts.append(name + float.__repr__(number))
+        elif kind is int:
+            parts.append(name + int.__repr__(cast(int, value)))
+        else:
+            return None
+    return b'{"meter":%b,"ts":%d,"values":{%b}}' % (
+        json_string(reading.meter),
+        reading.ts_ms,
+        ",".join(parts).encode("utf-8"),
+    )
+
+
 def encode_reading(reading: Reading) -> bytes:
     """Serialise a reading to compact UTF-8 JSON with a stable key order."""
+    if not (reading.quality or reading.errors or reading.attributes):
+        encoded = _encode_numbers(reading)
+        if encoded is not None:
+            return encoded
+    return _encode_general(reading)
+
+
+def _encode_general(reading: Reading) -> bytes:
     obj: dict[str, object] = {
         "meter": reading.meter,
         "ts": reading.ts_ms,

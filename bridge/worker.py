@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -55,59 +55,10 @@ MAX_REQUESTS = 64
 MAX_ANSWER = MAX_LINE // 2
 
 
-class ReadingLines:
-    """The ``R`` lines of readings, byte for byte ``b"R" + reading.to_json() + b"\\n"``.
-
-    A plain reading of numbers (the steady state's: no quality flag, error or attribute, every
-    value an ``int`` or a finite ``float``) is written from parts made once per meter and per
-    key set, without building the JSON object again; anything else is serialised as the
-    outbox does (:meth:`~bridge.readings.Reading.to_json`).
-    """
-
-    #: Key sets and meter names kept at most (each a few dozen bytes); then started afresh.
-    MAX_KEPT = 4096
-
-    def __init__(self) -> None:
-        #: The values' keys in the order they come -> (in sorted order, ``"key":`` for each).
-        self._layouts: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        #: Meter name -> ``R{"meter":"<name>","ts":``.
-        self._heads: dict[str, str] = {}
-
-    def line(self, reading: Reading) -> bytes:
-        """The ``R`` line of ``reading``, newline included."""
-        if reading.quality or reading.errors or reading.attributes:
-            return b"R%s\n" % reading.to_json()
-        values = reading.values
-        keys = tuple(values)
-        layout = self._layouts.get(keys)
-        if layout is None:
-            layout = self._layout(keys)
-        parts = []
-        for key, name in zip(*layout, strict=True):
-            value = values[key]
-            kind = type(value)
-            if kind is float:
-                number = cast(float, value)
-                if number - number != 0.0:  # NaN or infinite: to_json refuses it, as it must
-                    return b"R%s\n" % reading.to_json()
-                parts.append(name + float.__repr__(number))
-            elif kind is int:
-                parts.append(name + int.__repr__(cast(int, value)))
-            else:
-                return b"R%s\n" % reading.to_json()
-        head = self._heads.get(reading.meter)
-        if head is None:
-            if len(self._heads) >= self.MAX_KEPT:
-                self._heads.clear()
-            head = self._heads[reading.meter] = f'R{{"meter":{dumps_compact(reading.meter)},"ts":'
-        return f'{head}{reading.ts_ms},"values":{{{",".join(parts)}}}}}\n'.encode()
-
-    def _layout(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if len(self._layouts) >= self.MAX_KEPT:
-            self._layouts.clear()
-        order = tuple(sorted(keys))
-        layout = self._layouts[keys] = (order, tuple(f"{dumps_compact(k)}:" for k in order))
-        return layout
+def reading_line(reading: Reading) -> bytes:
+    """The ``R`` line of ``reading`` (its stored form, :meth:`~bridge.readings.Reading.to_json`),
+    newline included."""
+    return b"R%b\n" % reading.to_json()
 
 
 class _PollerHost:
@@ -184,7 +135,6 @@ class _Worker:
         self.engine = PollEngine(self.sink_batch, sink_nowait=self.sink_nowait)
         #: The pipe to the service (stdout), once running; written at once when it can be.
         self._out_fd = -1
-        self._lines = ReadingLines()
         #: The flush task is writing (a write now would overtake its data).
         self._sending = False
         #: Connections being opened at once by this worker's pollers, at most.
@@ -243,14 +193,13 @@ class _Worker:
             self._room = trio.Event()
             await self._room.wait()
         # The outbox's own form: every field (values, quality, errors, attributes) crosses.
-        self._emit(self._lines.line(reading))
+        self._emit(reading_line(reading))
 
     async def sink_batch(self, readings: Sequence[Reading]) -> None:
         while len(self.pending) >= MAX_PENDING:
             self._room = trio.Event()
             await self._room.wait()
-        line = self._lines.line
-        self.pending.extend([line(reading) for reading in readings])
+        self.pending.extend([reading_line(reading) for reading in readings])
         self._wake.set()
 
     def sink_nowait(self, readings: Sequence[Reading]) -> bool:
@@ -258,8 +207,7 @@ class _Worker:
         the engine awaits :meth:`sink_batch`)."""
         if len(self.pending) >= MAX_PENDING:
             return False
-        line = self._lines.line
-        self.pending.extend([line(reading) for reading in readings])
+        self.pending.extend([reading_line(reading) for reading in readings])
         self._write_now()
         return True
 

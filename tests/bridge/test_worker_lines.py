@@ -1,5 +1,5 @@
-"""What a worker process writes to the service: reading lines made from cached parts must be the
-outbox's own serialisation byte for byte, and stats reports of polls in the steady state carry
+"""What a worker process writes to the service: readings serialised from cached parts must be the
+general serialisation byte for byte, and stats reports of polls in the steady state carry
 only the poll counters, yet leave the service with the worker's exact counters."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import readings as readings_module
 from bridge.readings import Reading, RegisterError, encode_reading
-from bridge.worker import ReadingLines
+from bridge.worker import reading_line
 from bridge.worker_link import STAT_FIELDS, MeterReporter, RemoteMeter, chunks, encode_stats
 from tests.bridge.test_workers import _pollers
 
@@ -47,34 +48,40 @@ def readings(draw: st.DrawFn) -> Reading:
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(readings(), min_size=1, max_size=6))
-def test_reading_lines_are_the_outbox_form_byte_for_byte(batch: list[Reading]) -> None:
-    lines = ReadingLines()
+def test_readings_are_serialised_byte_for_byte_as_the_general_path(batch: list[Reading]) -> None:
+    """A plain reading of numbers is serialised from parts kept per key set and meter name:
+    the same bytes as the general path (the JSON object, keys sorted), made and then from the
+    parts kept; a worker's line is that form."""
     for _ in range(2):  # made, then from the cached parts
         for reading in batch:
-            assert lines.line(reading) == b"R" + encode_reading(reading) + b"\n"
+            general = readings_module._encode_general(reading)
+            assert encode_reading(reading) == general
+            assert json.loads(general)["values"] == dict(reading.values)
+            fresh = Reading.taken(
+                reading.meter, reading.ts_ms, dict(reading.values), quality=dict(reading.quality),
+                errors=dict(reading.errors), attributes=dict(reading.attributes),
+            )  # fmt: skip
+            assert reading_line(fresh) == b"R" + general + b"\n"
 
 
-def test_reading_lines_refuse_what_json_cannot_carry_as_the_outbox_does() -> None:
-    """A non-finite float never becomes a line: the outbox's serialisation refuses it."""
-    lines = ReadingLines()
+def test_what_json_cannot_carry_is_refused_as_the_general_path_does() -> None:
+    """A non-finite float never becomes a stored form or a line."""
     ok = Reading.taken("m", 1, {"v": 1.0}, quality={}, errors={}, attributes={})
-    assert lines.line(ok) == b'R{"meter":"m","ts":1,"values":{"v":1.0}}\n'
+    assert reading_line(ok) == b'R{"meter":"m","ts":1,"values":{"v":1.0}}\n'
     for bad in (math.inf, -math.inf, math.nan):
         reading = Reading.taken("m", 1, {"v": bad}, quality={}, errors={}, attributes={})
         try:
-            lines.line(reading)
+            reading_line(reading)
         except ValueError:
             continue
         raise AssertionError(f"{bad} was written")
 
 
-def test_reading_lines_keep_a_bounded_cache() -> None:
-    lines = ReadingLines()
-    for i in range(ReadingLines.MAX_KEPT + 10):
+def test_the_parts_kept_are_bounded() -> None:
+    for i in range(readings_module._LAYOUTS_MAX + 10):
         reading = Reading.taken(f"m{i}", i, {f"k{i}": i}, quality={}, errors={}, attributes={})
-        assert lines.line(reading) == b"R" + encode_reading(reading) + b"\n"
-    assert len(lines._heads) <= ReadingLines.MAX_KEPT
-    assert len(lines._layouts) <= ReadingLines.MAX_KEPT
+        assert encode_reading(reading) == readings_module._encode_general(reading)
+        assert len(readings_module._LAYOUTS) <= readings_module._LAYOUTS_MAX
 
 
 def _deliver(
