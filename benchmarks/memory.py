@@ -329,9 +329,9 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="[bridge] workers (2: what the default gives this 2-core box from 1,001 meters on; "
-        "the same split at every size keeps the slope about meters only)",
+        default=1,
+        help="[bridge] workers (1: what the default gives up to 2,500 polls a second; the same "
+        "split at every size keeps the slope about meters only)",
     )
     parser.add_argument("--breakdown", action="store_true", help="tracemalloc in every process")
     parser.add_argument("--top", type=int, default=15, help="source lines and types shown (15)")
