@@ -503,7 +503,11 @@ class MeterPoller:
         (:class:`codec.steady.SteadyDecoder`: JSON-safe values, as the general path gives)."""
         values: dict[str, Value] = steady.values
         quality = steady.quality
-        errors = {k: RegisterError(code, message) for k, (code, message) in steady.errors.items()}
+        errors = (
+            {k: RegisterError(code, message) for k, (code, message) in steady.errors.items()}
+            if steady.errors
+            else {}
+        )
         if self.attribute_keys:
             values, quality = dict(values), dict(quality)  # the decoder's own dicts kept as is
         reading = self._new_reading(started_ms, values, quality, errors)

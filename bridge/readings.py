@@ -32,6 +32,9 @@ __all__ = ["Reading", "RegisterError", "Value", "check_value", "decode_reading",
 #: A telemetry value: the codec's JSON-safe value (lists for structures and arrays).
 Value: TypeAlias = JsonValue
 
+#: The empty quality, errors and attributes of readings (read-only: one shared instead of a
+#: dict and a proxy each, for nearly every reading).
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _SCALARS = (int, float, str, bool, type(None))
 #: Deepest nesting of lists in a value (the A-XDR decoder's own limit is 16).
 MAX_VALUE_DEPTH = 32
@@ -187,9 +190,9 @@ class Reading:
         setattr_(self, "meter", meter)
         setattr_(self, "ts_ms", ts_ms)
         setattr_(self, "values", MappingProxyType(values))
-        setattr_(self, "quality", MappingProxyType(quality))
-        setattr_(self, "errors", MappingProxyType(errors))
-        setattr_(self, "attributes", MappingProxyType(attributes))
+        setattr_(self, "quality", MappingProxyType(quality) if quality else _EMPTY)
+        setattr_(self, "errors", MappingProxyType(errors) if errors else _EMPTY)
+        setattr_(self, "attributes", MappingProxyType(attributes) if attributes else _EMPTY)
         setattr_(self, "_json", None)
         return self
 
@@ -253,47 +256,47 @@ def dumps_compact(obj: object) -> str:
     )
 
 
-#: A plain reading's value keys in their order -> (the keys sorted, ``"<key>":`` for each).
-_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+#: A plain reading's value keys in their order -> (the keys sorted, the format of the stored
+#: form: ``%s`` for the meter's JSON string, ``%d`` for its time, ``%r`` for each value).
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
 #: Key sets kept at most (each a few dozen bytes); then started afresh.
 _LAYOUTS_MAX = 4096
 
 
-def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
     if len(_LAYOUTS) >= _LAYOUTS_MAX:
         _LAYOUTS.clear()
     order = tuple(sorted(keys))
-    layout = _LAYOUTS[keys] = (order, tuple(f"{dumps_compact(k)}:" for k in order))
+    fields = ",".join(f"{dumps_compact(k).replace('%', '%%')}:%r" for k in order)
+    layout = _LAYOUTS[keys] = (order, f'{{"meter":%s,"ts":%d,"values":{{{fields}}}}}')
     return layout
+
+
+@functools.lru_cache(maxsize=65536)
+def _json_text(text: str) -> str:
+    """``text`` as a JSON string, as `dumps_compact` writes it (made once per meter name)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _encode_numbers(reading: Reading) -> bytes | None:
     """`encode_reading` of a reading of numbers only (every value an ``int`` or a finite
-    ``float``; no quality, error or attribute): from parts made once per key set and meter
-    name, without building the JSON object; None for anything else."""
+    ``float``; no quality, error or attribute): one format per key set (``%r`` of an int or a
+    float is its JSON), without building the JSON object; None for anything else."""
     values = reading.values
     keys = tuple(values)
     layout = _LAYOUTS.get(keys)
     if layout is None:
         layout = _layout(keys)
-    parts = []
-    for key, name in zip(*layout, strict=True):
-        value = values[key]
+    order, form = layout
+    numbers = [values[key] for key in order]
+    for value in numbers:
         kind = type(value)
         if kind is float:
-            number = cast(float, value)
-            if number - number != 0.0:  # NaN or infinite: refused by the general path
+            if value - value != 0.0:  # type: ignore[operator]  # NaN or infinite: refused
                 return None
-            parts.append(name + float.__repr__(number))
-        elif kind is int:
-            parts.append(name + int.__repr__(cast(int, value)))
-        else:
+        elif kind is not int:
             return None
-    return b'{"meter":%b,"ts":%d,"values":{%b}}' % (
-        json_string(reading.meter),
-        reading.ts_ms,
-        ",".join(parts).encode("utf-8"),
-    )
+    return (form % (_json_text(reading.meter), reading.ts_ms, *numbers)).encode("utf-8")
 
 
 def encode_reading(reading: Reading) -> bytes:
@@ -322,9 +325,6 @@ def _encode_general(reading: Reading) -> bytes:
 
 _PLAIN_KEYS = frozenset(("meter", "ts", "values"))
 _PLAIN_TYPES = frozenset((int, str, bool, type(None)))
-#: The empty quality, errors and attributes of every plain reading decoded (read-only: one
-#: shared instead of three dicts and proxies per reading).
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 #: The JSON module's scanner (its C one where built): one value from a position of a text.
 _scan_once = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 

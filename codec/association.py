@@ -152,6 +152,11 @@ TRANSITIONS: dict[tuple[AssociationState, _Ev], AssociationState] = {
     (S.RELEASING, _Ev.ABORT): S.UNLINKING,
     **{(s, _Ev.LINK_DOWN): S.CLOSED for s in AssociationState},
 }
+#: The table keyed by the members' values: a tuple of strings hashes in C, a tuple of enum
+#: members through Enum.__hash__ in Python (twice per transition, twice per request).
+_TRANSITIONS_BY_VALUE: dict[tuple[str, str], AssociationState] = {
+    (state.value, event.value): target for (state, event), target in TRANSITIONS.items()
+}
 
 
 @attrs.frozen(repr=False)
@@ -346,7 +351,7 @@ class ClientAssociation:
 
     def _go(self, event: _Ev) -> None:
         try:
-            self.state = TRANSITIONS[(self.state, event)]
+            self.state = _TRANSITIONS_BY_VALUE[(self.state._value_, event._value_)]
         except KeyError:
             raise LocalProtocolError(
                 f"{event.value} is not allowed while the association is {self.state.value}",

@@ -9,6 +9,7 @@ import math
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,6 +63,24 @@ def test_readings_are_serialised_byte_for_byte_as_the_general_path(batch: list[R
                 errors=dict(reading.errors), attributes=dict(reading.attributes),
             )  # fmt: skip
             assert reading_line(fresh) == b"R" + general + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("meter", "values"),
+    [
+        ("m%d", {"a%s": 1, "%r": 2.5, "%%": -0.0}),
+        ('zähler "7"', {"ä": 10**30, "b\\": 1e-300, "\u2028": 5e-324}),
+        ("m", {}),
+        ("m", {"v": True}),
+        ("m", {"v": 1, "w": "x"}),
+    ],
+)
+def test_the_shortcut_takes_any_key_and_leaves_anything_else_to_the_general_path(
+    meter: str, values: dict[str, Any]
+) -> None:
+    reading = Reading.taken(meter, 7, values, quality={}, errors={}, attributes={})
+    assert encode_reading(reading) == readings_module._encode_general(reading)
+    assert json.loads(encode_reading(reading)) == {"meter": meter, "ts": 7, "values": values}
 
 
 def test_what_json_cannot_carry_is_refused_as_the_general_path_does() -> None:
