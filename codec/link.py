@@ -53,8 +53,26 @@ __all__ = [
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
-#: I-frame heads kept per link, at most (a steady poll uses 8 or so: N(S) = N(R) = 0..7).
+#: I-frame heads kept per pair of addresses, at most (a steady poll uses 8 or so: N(S) = N(R)
+#: = 0..7), and pairs of addresses kept at most: then started afresh.
 _I_HEADS_MAX = 64
+_I_HEAD_PAIRS_MAX = 1024
+#: (server value, server size, client value, client size) -> the I-frame heads of those
+#: addresses by (control, information size, segmented): shared by the links to the same
+#: addresses (a fleet's meters mostly have the same), not kept per link.
+_I_HEADS: dict[tuple[int, int, int, int], dict[tuple[int, int, bool], bytes]] = {}
+
+
+def _i_heads_of(server: HdlcAddress, client: HdlcAddress) -> dict[tuple[int, int, bool], bytes]:
+    pair = (server.value, server.size, client.value, client.size)
+    heads = _I_HEADS.get(pair)
+    if heads is None:
+        if len(_I_HEADS) >= _I_HEAD_PAIRS_MAX:
+            _I_HEADS.clear()
+        heads = _I_HEADS[pair] = {}
+    return heads
+
+
 #: Largest APDU the links accept from the meter unless told otherwise: the largest a wrapper PDU
 #: can carry. The association passes the client's negotiated max receive PDU size instead.
 DEFAULT_MAX_APDU = 0xFFFF
@@ -194,8 +212,9 @@ class HdlcClientLink:
         self._segments_in_size = 0
         self._busy_until: float | None = None
         self._now = 0.0
-        # Encoded heads of this link's I-frames by (control, information size, segmented).
-        self._i_heads: dict[tuple[int, int, bool], bytes] = {}
+        # Encoded heads of I-frames to these addresses by (control, information size,
+        # segmented), shared with the other links to the same addresses.
+        self._i_heads = _i_heads_of(server, client)
         self.frames_sent = 0
         self.frames_ignored = 0
         self.retransmissions = 0
@@ -393,7 +412,7 @@ class HdlcClientLink:
 
     def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
         # encode_frame's I-frame, byte for byte, with the head (format, addresses, control,
-        # HCS) kept per link: only the control byte's N(S)/N(R) and the size vary.
+        # HCS) kept per pair of addresses: only the control byte's N(S)/N(R) and the size vary.
         control = (self._vr << 5) | 0x10 | (self._vs << 1)
         key = (control, len(info), segmented)
         head = self._i_heads.get(key)
