@@ -617,8 +617,9 @@ def _spill_size(payload: bytes) -> int:
 
 
 #: How long the outbox writer lets readings gather before it commits them (seconds): one fsync
-#: per 50 ms at most instead of one per reading when a fleet's polls are spread over time (and,
-#: with worker processes, one thread hand-off and commit for the batches of both workers).
+#: per 50 ms at most instead of one per reading when readings come one by one (pollers' own
+#: cycles). Batches gathered by their producer already (a polling engine's hand-overs, in this
+#: process or a worker's) are committed without it (`OutboxWriter.put_many`'s ``gathered``).
 WRITER_LINGER_S = 0.05
 
 
@@ -668,6 +669,8 @@ class OutboxWriter:
         self.stats = WriterStats()
         self._queue: list[_Put] = []
         self._wakeup = trio.Event()
+        # A batch gathered by its producer waits in the queue: commit without lingering.
+        self._gathered = False
         self._stopped = False
         # (sequence number, reading, payload size), oldest first.
         # (sequence number, the reading's JSON), oldest first: compact, unlike Reading objects.
@@ -725,10 +728,15 @@ class OutboxWriter:
             ) from item.error
         return item.row_id
 
-    async def put_many(self, readings: Sequence[Reading]) -> list[int | None]:
+    async def put_many(
+        self, readings: Sequence[Reading], *, gathered: bool = False
+    ) -> list[int | None]:
         """Commit several readings, in order, in as few transactions as possible; return their
         row ids (None for those kept in the in-memory spill because the outbox cannot write
-        now). If one fails, `OutboxError` is raised (the others may be committed)."""
+        now). If one fails, `OutboxError` is raised (the others may be committed).
+
+        ``gathered``: the producer let these readings gather already (a polling engine's
+        hand-over): they are committed at once, with whatever waits, not after `linger_s`."""
         items: list[_Put] = []
         payloads = [reading.to_json() for reading in readings]
         for reading, payload in zip(readings, payloads, strict=True):
@@ -748,6 +756,8 @@ class OutboxWriter:
             item = _Put(reading, ticket)
             self._queue.append(item)
             items.append(item)
+        if gathered and items:
+            self._gathered = True
         self._wakeup.set()
         if items:
             await ticket.done.wait()
@@ -772,14 +782,16 @@ class OutboxWriter:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     continue
-                if self.linger_s and len(self._queue) < self.max_batch:
+                if self.linger_s and len(self._queue) < self.max_batch and not self._gathered:
                     # Let the readings of the next few milliseconds join this transaction.
                     with trio.move_on_after(self.linger_s):
-                        while len(self._queue) < self.max_batch:
+                        while len(self._queue) < self.max_batch and not self._gathered:
                             self._wakeup = trio.Event()
                             await self._wakeup.wait()
                 batch = self._queue[: self.max_batch]
                 del self._queue[: len(batch)]
+                if not self._queue:
+                    self._gathered = False
                 await self._commit(batch)
         finally:
             self._stopped = True

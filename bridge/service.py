@@ -726,9 +726,10 @@ class BridgeService:
         await self._sink_from_workers(readings)
 
     async def _sink_from_workers(self, readings: Sequence[Reading]) -> None:
-        """Readings from the worker processes: committed in one go."""
+        """Readings from the worker processes: committed in one go (a polling engine, here or
+        in a worker, let them gather already: the writer does not linger on them)."""
         assert self.writer is not None and self.publisher is not None
-        await self.writer.put_many(readings)
+        await self.writer.put_many(readings, gathered=True)
         self._tell_listeners(readings)
         for reading in readings:
             if not self.online.get(reading.meter):

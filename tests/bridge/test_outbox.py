@@ -401,6 +401,39 @@ async def test_writer_lets_a_trickle_of_readings_share_a_transaction(
     await box.aclose()
 
 
+@pytest.mark.parametrize("gathered", [True, False])
+async def test_a_gathered_batch_is_committed_without_the_linger(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, gathered: bool
+) -> None:
+    """A polling engine's hand-over (gathered by the engine already) is committed at once, a
+    reading of a poller's own cycle waiting in the queue with it too; without ``gathered`` the
+    writer lets the batch wait its linger for more."""
+    box = await AsyncOutbox.open(tmp_path)
+    writer = OutboxWriter(box, linger_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        single: list[float] = []
+
+        async def one() -> None:
+            await writer.put(reading(100))
+            single.append(trio.current_time())
+
+        start = trio.current_time()
+        nursery.start_soon(one)
+        await trio.sleep(0.1)  # the single reading lingers meanwhile
+        ids = await writer.put_many([reading(i) for i in range(3)], gathered=gathered)
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert len(ids) == 3 and None not in ids
+    if gathered:
+        assert took < 0.2  # not the 0.5 s linger
+        assert single and single[0] - start < 0.2
+        assert writer.stats.batches == 1
+    else:
+        assert took >= 0.5
+    await box.aclose()
+
+
 def test_writer_linger_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="linger_s"):
         OutboxWriter(None, linger_s=5)  # type: ignore[arg-type]
