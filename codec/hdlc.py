@@ -3,8 +3,8 @@
 - :func:`fcs16` - the frame check sequence (CRC-16/X.25).
 - :class:`FrameScanner` - streaming scanner: ``receive_data(bytes)``, ``next_frame()`` returning a
   :class:`Frame` or ``NEED_DATA``; resynchronises after garbage and counts what it discards.
-- :func:`encode_frame` / :func:`decode_frame` - one frame to and from bytes; :func:`encode_head`
-  the part before a frame's information field (a link keeps those it sends again and again).
+- :func:`encode_frame` / :func:`decode_frame` - one frame to and from bytes;
+  :func:`encode_with_control` the same with a control byte made already (a link's hot path).
 - :class:`HdlcAddress` - client and server addresses of 1, 2 or 4 bytes.
 
 The hot path comes from the Cython extension when it is built, else from the pure-Python twin;
@@ -54,7 +54,7 @@ __all__ = [
     "NeedData",
     "decode_frame",
     "encode_frame",
-    "encode_head",
+    "encode_with_control",
     "fcs16",
     "frame_to_bytes",
     "frame_to_dict",
@@ -167,18 +167,20 @@ def make_control(kind: FrameKind, *, ns: int = 0, nr: int = 0, poll_final: bool 
 
 
 #: Encoded frame heads (format, addresses, control and, with an information field, the HCS)
-#: by what they depend on: a link sends the same few heads over and over.
-_HEADS: dict[tuple[bool, HdlcAddress, HdlcAddress, int, int], bytes] = {}
+#: by what they depend on: a link sends the same few heads over and over. Keyed by the
+#: addresses' numbers (a tuple of ints hashes in C; an address object's hash is Python code).
+_HEADS: dict[tuple[bool, int, int, int, int, int, int], bytes] = {}
 _HEADS_MAX = 4096
 
 
 def _encode_body(
     segmented: bool, dst: HdlcAddress, src: HdlcAddress, control: int, info: bytes
 ) -> bytes:
-    key = (segmented, dst, src, control, len(info))
+    size = len(info)
+    key = (segmented, dst.value, dst.size, src.value, src.size, control, size)
     head = _HEADS.get(key)
     if head is None:
-        head = encode_head(segmented, dst, src, control, len(info))
+        head = _encode_head(segmented, dst, src, control, size)
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
         _HEADS[key] = head
@@ -186,7 +188,24 @@ def _encode_body(
     return body + fcs16(body).to_bytes(2, "little")
 
 
-def encode_head(
+def encode_with_control(
+    dst: HdlcAddress,
+    src: HdlcAddress,
+    control: int,
+    info: bytes,
+    *,
+    segmented: bool = False,
+    transparency: bool = False,
+) -> bytes:
+    """One complete frame with a control byte made already (:func:`make_control`), flags
+    included: :func:`encode_frame` without its checks of the kind, for a link's hot path."""
+    body = _encode_body(segmented, dst, src, control, info)
+    if transparency:
+        body = stuff(body)
+    return b"\x7e" + body + b"\x7e"
+
+
+def _encode_head(
     segmented: bool, dst: HdlcAddress, src: HdlcAddress, control: int, info_size: int
 ) -> bytes:
     """Format field, addresses, control, and the HCS when an information field follows."""
@@ -222,10 +241,9 @@ def encode_frame(
     if info and kind not in _INFO_KINDS:
         raise EncodeError(f"a {kind.value} frame carries no information field")
     control = make_control(kind, ns=ns, nr=nr, poll_final=poll_final)
-    body = _encode_body(segmented, dst, src, control, bytes(info))
-    if transparency:
-        body = stuff(body)
-    return b"\x7e" + body + b"\x7e"
+    return encode_with_control(
+        dst, src, control, bytes(info), segmented=segmented, transparency=transparency
+    )
 
 
 def frame_to_bytes(frame: Frame, *, transparency: bool = False) -> bytes:

@@ -29,9 +29,7 @@ from codec.hdlc import (
     HdlcAddress,
     NeedData,
     encode_frame,
-    encode_head,
-    fcs16,
-    stuff,
+    encode_with_control,
 )
 from codec.hdlc_params import LinkParameters
 from codec.wrapper import WrapperFrame, WrapperScanner
@@ -53,26 +51,6 @@ __all__ = [
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
-#: I-frame heads kept per pair of addresses, at most (a steady poll uses 8 or so: N(S) = N(R)
-#: = 0..7), and pairs of addresses kept at most: then started afresh.
-_I_HEADS_MAX = 64
-_I_HEAD_PAIRS_MAX = 1024
-#: (server value, server size, client value, client size) -> the I-frame heads of those
-#: addresses by (control, information size, segmented): shared by the links to the same
-#: addresses (a fleet's meters mostly have the same), not kept per link.
-_I_HEADS: dict[tuple[int, int, int, int], dict[tuple[int, int, bool], bytes]] = {}
-
-
-def _i_heads_of(server: HdlcAddress, client: HdlcAddress) -> dict[tuple[int, int, bool], bytes]:
-    pair = (server.value, server.size, client.value, client.size)
-    heads = _I_HEADS.get(pair)
-    if heads is None:
-        if len(_I_HEADS) >= _I_HEAD_PAIRS_MAX:
-            _I_HEADS.clear()
-        heads = _I_HEADS[pair] = {}
-    return heads
-
-
 #: Largest APDU the links accept from the meter unless told otherwise: the largest a wrapper PDU
 #: can carry. The association passes the client's negotiated max receive PDU size instead.
 DEFAULT_MAX_APDU = 0xFFFF
@@ -212,9 +190,8 @@ class HdlcClientLink:
         self._segments_in_size = 0
         self._busy_until: float | None = None
         self._now = 0.0
-        # Encoded heads of I-frames to these addresses by (control, information size,
-        # segmented), shared with the other links to the same addresses.
-        self._i_heads = _i_heads_of(server, client)
+        # (dst, dst size, src, src size) of the frames from the server, as a frame has them.
+        self._from_server = (client.value, client.size, server.value, server.size)
         self.frames_sent = 0
         self.frames_ignored = 0
         self.retransmissions = 0
@@ -302,10 +279,7 @@ class HdlcClientLink:
             control & 0x01  # not an I-frame
             or frame.segmented
             or (control >> 1) & 0x07 != self._vr
-            or frame.dst != self.client.value
-            or frame.dst_size != self.client.size
-            or frame.src != self.server.value
-            or frame.src_size != self.server.size
+            or (frame.dst, frame.dst_size, frame.src, frame.src_size) != self._from_server
             or len(info) > self.max_apdu + len(LLC_RESPONSE)
         ):
             self._handle_frame(frame)
@@ -411,28 +385,17 @@ class HdlcClientLink:
         self._busy_until = None
 
     def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
-        # encode_frame's I-frame, byte for byte, with the head (format, addresses, control,
-        # HCS) kept per pair of addresses: only the control byte's N(S)/N(R) and the size vary.
+        # encode_frame's I-frame (P/F set), without its keyword call and checks of the kind.
         control = (self._vr << 5) | 0x10 | (self._vs << 1)
-        key = (control, len(info), segmented)
-        head = self._i_heads.get(key)
-        if head is None:
-            if len(self._i_heads) >= _I_HEADS_MAX:
-                self._i_heads.clear()
-            head = encode_head(segmented, self.server, self.client, control, len(info))
-            self._i_heads[key] = head
-        body = head + info
-        body += fcs16(body).to_bytes(2, "little")
-        if self.transparency:
-            body = stuff(body)
+        raw = encode_with_control(
+            self.server, self.client, control, info,
+            segmented=segmented, transparency=self.transparency,
+        )  # fmt: skip
         self._vs = (self._vs + 1) % 8
-        self._send(b"\x7e" + body + b"\x7e", now, "reply")
+        self._send(raw, now, "reply")
 
     def _handle_frame(self, frame: Frame) -> None:
-        if (frame.dst, frame.dst_size) != (self.client.value, self.client.size) or (
-            frame.src,
-            frame.src_size,
-        ) != (self.server.value, self.server.size):
+        if (frame.dst, frame.dst_size, frame.src, frame.src_size) != self._from_server:
             self.frames_ignored += 1
             return
         kind = frame.kind
