@@ -257,25 +257,20 @@ def dumps_compact(obj: object) -> str:
 
 
 #: A plain reading's value keys in their order -> (the keys sorted, the format of the stored
-#: form: ``%s`` for the meter's JSON string, ``%d`` for its time, ``%r`` for each value).
-_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
+#: form: ``%b`` for the meter's JSON string, ``%d`` for its time, ``%r`` for each value).
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, ...], bytes]] = {}
 #: Key sets kept at most (each a few dozen bytes); then started afresh.
 _LAYOUTS_MAX = 4096
 
 
-def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
     if len(_LAYOUTS) >= _LAYOUTS_MAX:
         _LAYOUTS.clear()
     order = tuple(sorted(keys))
     fields = ",".join(f"{dumps_compact(k).replace('%', '%%')}:%r" for k in order)
-    layout = _LAYOUTS[keys] = (order, f'{{"meter":%s,"ts":%d,"values":{{{fields}}}}}')
+    form = f'{{"meter":%b,"ts":%d,"values":{{{fields}}}}}'.encode()
+    layout = _LAYOUTS[keys] = (order, form)
     return layout
-
-
-@functools.lru_cache(maxsize=65536)
-def _json_text(text: str) -> str:
-    """``text`` as a JSON string, as `dumps_compact` writes it (made once per meter name)."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 def _encode_numbers(reading: Reading) -> bytes | None:
@@ -296,7 +291,7 @@ def _encode_numbers(reading: Reading) -> bytes | None:
                 return None
         elif kind is not int:
             return None
-    return (form % (_json_text(reading.meter), reading.ts_ms, *numbers)).encode("utf-8")
+    return form % (json_string(reading.meter), reading.ts_ms, *numbers)
 
 
 def encode_reading(reading: Reading) -> bytes:
@@ -345,16 +340,7 @@ def _plain_reading(obj: dict[str, Any]) -> Reading | None:
         kind = type(value)
         if kind not in _PLAIN_TYPES and (kind is not float or value - value != 0.0):
             return None
-    self = object.__new__(Reading)
-    setattr_ = object.__setattr__
-    setattr_(self, "meter", meter)
-    setattr_(self, "ts_ms", ts_ms)
-    setattr_(self, "values", MappingProxyType(values))
-    setattr_(self, "quality", _EMPTY)
-    setattr_(self, "errors", _EMPTY)
-    setattr_(self, "attributes", _EMPTY)
-    setattr_(self, "_json", None)
-    return self
+    return Reading.taken(meter, ts_ms, values, quality={}, errors={}, attributes={})
 
 
 def decode_reading(data: bytes | str) -> Reading:
