@@ -90,8 +90,8 @@ COMMIT_LIMIT_S = 10.0
 #: per tick would cost a task switch, a commit and a wake-up of the reader per tick). The outbox
 #: writer commits a hand-over without lingering on it, so a reading waits at most about this
 #: long in memory before its commit starts. 100 ms (with the writer's 50 ms linger dropped for
-#: these batches, the same wait as before) rather than 50 took 2,000 meters at 1 s in one
-#: process from ~163-175 to ~143-149 us of CPU per poll, half the commits and messages.
+#: these batches, about the same wait as before) rather than 50 took 2,000 meters at 1 s in one
+#: process from 164-178 to 148-157 us of CPU per poll, half the commits and messages.
 HAND_OVER_S = 0.1
 #: Readings taken but not yet handed to the sink, at most (then the engine waits for the sink:
 #: the same back-pressure a poller gets from awaiting its sink).
