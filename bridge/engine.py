@@ -582,6 +582,16 @@ class PollEngine:
                 # or (anything unexpected) the general way (see _general).
                 association = parked.association
                 association.drain()
+                raw = association.steady_request(request, now, decoder)
+                if raw is not None:
+                    # Sent in one frame with nothing else open: the association needs the
+                    # reply now (what _pump would find), so only the write and the timer.
+                    self._send(parked, raw)
+                    deadline = association.next_deadline()
+                    self._set_timer(
+                        parked, parked.budget if deadline is None else min(deadline, parked.budget)
+                    )
+                    return
                 association.request(request, now, steady=decoder)
             else:
                 proc = self._general(parked)
@@ -638,8 +648,29 @@ class PollEngine:
         session = parked.poller.session
         if session is not None:
             session.bytes_received += len(data)
-        parked.association.receive_data(data, now)
-        self._pump(parked, now)
+        association = parked.association
+        try:
+            # The reply of a steady poll comes straight as values; anything else (and any
+            # reply of a general poll) as the association's events, through _pump.
+            steady = association.receive_steady(data, now)
+        except ProtocolError as exc:
+            if self._throw(parked, exc, now):
+                self._pump(parked, now)
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to that meter's poller
+            self._fail(parked, exc)
+            return
+        if steady is None:
+            self._pump(parked, now)
+            return
+        out = association.data_to_send()
+        if out:
+            try:
+                self._send(parked, out)
+            except Exception as exc:  # noqa: BLE001 - handed to that meter's poller
+                self._fail(parked, exc)
+                return
+        self._complete_steady(parked, steady, now)
 
     def _throw(self, parked: _Parked, exc: ProtocolError, now: float) -> bool:
         """A request failed: as :meth:`MeterSession.run`, the procedure may carry on when the

@@ -290,6 +290,9 @@ class SteadyResponse:
 
 Event = Associated | Response | SteadyResponse | Notification | Released | Closed | Lenient
 
+#: A steady request's transitions (sent, answered), looked up once.
+_STEADY_SENT = TRANSITIONS[(S.READY, _Ev.REQUEST)]
+_STEADY_ANSWERED = TRANSITIONS[(S.WAITING, _Ev.RESPONSE)]
 #: The states in which a reply from the meter is awaited.
 _AWAITING = frozenset({S.ASSOCIATING, S.AUTHENTICATING, S.WAITING, S.RELEASING})
 #: The invoke-ids a request goes with (1..15, confirmed, high priority; 0 unused), and their bytes.
@@ -402,6 +405,40 @@ class ClientAssociation:
         self._send_xdlms(plain, now)
         return invoke
 
+    def steady_request(self, request: Request, now: float, steady: SteadyDecoder) -> bytes | None:
+        """A steady poll's :meth:`request` (with ``steady``) and :meth:`data_to_send` in one:
+        for the request sent last, on a plain (unciphered) association that is ready with no
+        event waiting, when the link sends it in one frame with nothing else open. Returns the
+        bytes to write, the state being exactly what :meth:`request` leaves; None, with
+        nothing done, otherwise (then call :meth:`request`)."""
+        encoded = self._encoded
+        if (
+            encoded is None
+            or encoded[0] is not request
+            or self.state is not S.READY
+            or self._events
+            or (self._sec is not None and self._sec.ciphered)
+        ):
+            return None
+        invoke_id = self._invoke_id % 15 + 1
+        body = encoded[1]
+        raw = self.link.send_single(body[:2] + _INVOKE_BYTES[invoke_id] + body[3:], now)
+        if raw is None:
+            return None
+        self.state = _STEADY_SENT
+        self._steady = steady
+        self._now = now
+        self._invoke_id = self._current_invoke = invoke_id
+        self._current = request
+        if self._blocks:
+            self._blocks = []
+        self._blocks_size = 0
+        timeout = self.settings.request_timeout
+        self._deadline = None if timeout is None else now + timeout
+        self.requests += 1
+        self._reply_dropped = False
+        return raw
+
     def release(self, now: float) -> None:
         """Release the association: RLRQ, then DISC once the meter answers RLRE.
 
@@ -480,6 +517,43 @@ class ClientAssociation:
         """Bytes from the meter, received at ``now``."""
         self._now = now
         self.link.receive_data(data, now)
+
+    def receive_steady(self, data: bytes, now: float) -> SteadyReading | None:
+        """:meth:`receive_data`, then, when the first event would be the
+        :class:`SteadyResponse` to a steady request on a plain association, its reading
+        (the state as :meth:`next_event` leaves it, no event queued). None otherwise: the
+        bytes are taken all the same, and :meth:`next_event` gives what follows (whatever the
+        bytes were, exactly as after :meth:`receive_data`). Raises what :meth:`next_event`
+        would raise."""
+        self._now = now
+        link = self.link
+        link.receive_data(data, now)
+        steady = self._steady
+        if (
+            steady is None
+            or self._events
+            or self.state is not S.WAITING
+            or self._current is None
+            or (self._sec is not None and self._sec.ciphered)
+        ):
+            return None
+        try:
+            apdu = link.next_apdu()
+            if apdu is None or isinstance(apdu, NeedData):
+                return None
+            reading = steady.decode(apdu, 0, self._current_invoke)
+            if reading is None:
+                # Not the steady reply: handled as next_event handles an APDU.
+                self._handle_apdu(apdu)
+                return None
+        except ProtocolError:
+            self._close_on_error()
+            raise
+        self._steady = None
+        self._current = None
+        self._deadline = None
+        self.state = _STEADY_ANSWERED
+        return reading
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the meter now."""
@@ -569,14 +643,17 @@ class ClientAssociation:
                     return NEED_DATA
                 self._handle_link_event(event)
             except ProtocolError:
-                # Whatever went wrong, this association cannot be trusted any more.
-                self.state = S.CLOSED
-                self._current = None
-                self._deadline = None
-                self._blocks = []
-                self._blocks_size = 0
+                self._close_on_error()
                 raise
         return self._events.pop(0)
+
+    def _close_on_error(self) -> None:
+        # Whatever went wrong, this association cannot be trusted any more.
+        self.state = S.CLOSED
+        self._current = None
+        self._deadline = None
+        self._blocks = []
+        self._blocks_size = 0
 
     def _handle_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, Connected):
@@ -1252,6 +1329,8 @@ class ClientAssociation:
         )
 
     def _tolerate_malformed(self, response: GetResponseWithList) -> None:
+        if not response.malformed:
+            return  # an empty list (with bytes after it): no result to report
         self.malformed_results += response.malformed
         first = next(r for r in response.results if isinstance(r, apdu.MalformedResult))
         self._events.append(

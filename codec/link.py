@@ -114,6 +114,7 @@ class Link(Protocol):
     def connect(self, now: float) -> None: ...
     def disconnect(self, now: float) -> None: ...
     def send_apdu(self, apdu: bytes, now: float) -> None: ...
+    def send_single(self, apdu: bytes, now: float) -> bytes | None: ...
     def receive_data(self, data: bytes, now: float) -> None: ...
     def next_event(self) -> Event | NeedData: ...
     def next_apdu(self) -> bytes | NeedData | None: ...
@@ -229,6 +230,37 @@ class HdlcClientLink:
         self._clear_segments_in()
         self._segments_out = chunks[1:]
         self._send_i(chunks[0], segmented=len(chunks) > 1, now=now)
+
+    def send_single(self, apdu: bytes, now: float) -> bytes | None:
+        """A steady poll's :meth:`send_apdu`: when the APDU goes in one I-frame and nothing is
+        open (no reply awaited, no segment either way, no byte waiting to be sent), it is sent
+        exactly as :meth:`send_apdu` sends it, and the frame is returned to be written at once
+        (what :meth:`data_to_send` would give). Nothing open includes no event waiting to be
+        taken: then the link needs data, as after :meth:`send_apdu`. None, with nothing done,
+        otherwise."""
+        if (
+            self.state is not LinkState.CONNECTED
+            or self._pending is not None
+            or self._out
+            or self._events
+            or self._segments_out
+            or self._segments_in
+        ):
+            return None
+        info = LLC_REQUEST + apdu
+        if len(info) > self.negotiated.max_info_tx:
+            return None
+        vs = self._vs
+        raw = encode_with_control(
+            self.server, self.client, (self._vr << 5) | 0x10 | (vs << 1), info,
+            transparency=self.transparency,
+        )  # fmt: skip
+        self._vs = (vs + 1) % 8
+        self.frames_sent += 1
+        self._pending = _Pending(raw, now + self.timeout, self.retries, "reply")
+        self._answered_deadline = None
+        self._busy_until = None
+        return raw
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (and forget)."""
@@ -585,6 +617,14 @@ class WrapperClientLink:
         self._answered_deadline = None
         self._stale_wait = False
         self._retries_left = self.retries
+
+    def send_single(self, apdu: bytes, now: float) -> bytes | None:
+        """:meth:`send_apdu` followed by :meth:`data_to_send`, when nothing else waits to be
+        sent (a wrapper frame is always one); None, with nothing done, otherwise."""
+        if self.state is not LinkState.CONNECTED or self._out:
+            return None
+        self.send_apdu(apdu, now)
+        return self.data_to_send()
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (and forget)."""

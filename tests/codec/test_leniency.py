@@ -124,3 +124,25 @@ def test_a_malformed_list_item_is_an_error_of_its_register_only(
     good = [r for r in readings if r.spec.name != "frequency"]
     assert all(r.ok for r in good), good
     assert wire.assoc.stats()["malformed_results"] >= 1
+
+
+@pytest.mark.parametrize("transport", ["hdlc", "wrapper"])
+def test_an_empty_list_reply_with_bytes_after_it_is_a_refused_list(
+    monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    """A GET-with-list reply of no results followed by bytes that are not padding: the bytes
+    are tolerated and counted, the list counts as refused (its registers are read one by one),
+    and nothing escapes the association (it once raised StopIteration)."""
+
+    def empty(reply: bytes) -> bytes:
+        if reply[:2] != b"\xc4\x03":
+            return reply
+        return reply[:3] + b"\x00\x01\x02"  # no results, then three stray bytes
+
+    patch_replies(monkeypatch, empty)
+    wire = Wire(transport=transport)
+    client = DlmsClient(wire.open())
+    check_field_meter_values(wire.run(client.read_registers(FIELD_METER)))
+    assert client.list_refused
+    assert any(e.what == "trailing_bytes" and e.data == b"\x01\x02" for e in wire.tolerated)
+    assert wire.assoc.stats()["malformed_results"] == 0
