@@ -127,17 +127,21 @@ class _Parked:
         "budget",
         "busy",
         "client",
+        "cycle_budget",
         "decoder",
         "done",
         "due",
         "fd",
+        "gone",
         "in_place",
         "interval",
+        "link",
         "poller",
         "proc",
         "release",
         "request",
         "result",
+        "scanner",
         "seq",
         "start",
         "started_ms",
@@ -153,13 +157,21 @@ class _Parked:
         assert session.client is not None
         self.poller = poller
         self.association: ClientAssociation = session.association
+        self.link = session.association.link
+        #: The link's frame scanner, for the in-place recovery marker (None: it has none).
+        self.scanner = getattr(self.link, "scanner", None)
         self.client = session.client
+        #: How long one cycle may take (the poller's, fixed while parked: a new interval or
+        #: timeout hands the meter back first).
+        self.cycle_budget = poller.cycle_budget
         self.fd = fd
         self.start = start
         self.tick = tick
         self.interval = interval
         self.due = start + tick * interval
         self.done = trio.Event()
+        #: Handed back or removed (``done`` is set, or about to be): the heaps skip it.
+        self.gone = False
         self.result: Handback | None = None
         #: A poll is in flight.
         self.busy = False
@@ -201,14 +213,13 @@ def log_stored(reading: Reading) -> None:
         )
 
 
-def _in_place_marker(association: ClientAssociation) -> int:
+def _in_place_marker(parked: _Parked) -> int:
     """A number that grows whenever the link recovered in place (retransmission, resync,
     stale reply)."""
-    link = association.link
-    scanner = getattr(link, "scanner", None)
+    scanner = parked.scanner
     resyncs: int = scanner.resyncs if scanner is not None else 0
-    retransmissions: int = getattr(link, "retransmissions", 0)
-    return retransmissions + resyncs + association.stale_responses
+    retransmissions: int = getattr(parked.link, "retransmissions", 0)
+    return retransmissions + resyncs + parked.association.stale_responses
 
 
 class PollEngine:
@@ -530,7 +541,7 @@ class PollEngine:
         heap = self._due
         while heap and heap[0][0] <= now:
             due, _n, parked = heapq.heappop(heap)
-            if parked.done.is_set() or parked.due != due or parked.busy:
+            if parked.gone or parked.due != due or parked.busy:
                 continue
             if parked.release or due >= parked.work_at:
                 self._hand_back(parked, Handback(parked.tick))
@@ -544,7 +555,7 @@ class PollEngine:
         heap = self._timers
         while heap:
             at, _n, seq, parked = heap[0]
-            if parked.done.is_set() or seq != parked.seq or not parked.busy:
+            if parked.gone or seq != parked.seq or not parked.busy:
                 # A timer of a poll that is over: dropped now, so that a heap that is not
                 # empty means a poll in flight (the loop ticks only then).
                 heapq.heappop(heap)
@@ -568,12 +579,11 @@ class PollEngine:
     # -- one poll ------------------------------------------------------------------------------
 
     def _start_poll(self, parked: _Parked, now: float) -> None:
-        poller = parked.poller
         parked.tick += 1
-        parked.budget = parked.due + poller.cycle_budget
+        parked.budget = parked.due + parked.cycle_budget
         parked.started_ms = int(self.wall_clock() * 1000)
         parked.t0 = now
-        parked.in_place = _in_place_marker(parked.association)
+        parked.in_place = _in_place_marker(parked)
         parked.busy = True
         try:
             decoder, request = parked.decoder, parked.request
@@ -771,7 +781,7 @@ class PollEngine:
         parked.decoder = (
             shared_decoder(poller.specs, readings) if parked.request is not None else None
         )
-        in_place = _in_place_marker(parked.association) != parked.in_place
+        in_place = _in_place_marker(parked) != parked.in_place
         reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)
         self._done(parked, reading)
 
@@ -780,7 +790,7 @@ class PollEngine:
         self.steady_polls += 1
         decoder = parked.decoder
         assert decoder is not None
-        in_place = _in_place_marker(parked.association) != parked.in_place
+        in_place = _in_place_marker(parked) != parked.in_place
         reading = parked.poller.took_steady(
             steady, decoder.units, parked.started_ms, now - parked.t0, in_place, now
         )
@@ -817,6 +827,7 @@ class PollEngine:
             )  # fmt: skip
 
     def _remove(self, parked: _Parked) -> None:
+        parked.gone = True
         if self._parked.get(parked.fd) is parked:
             del self._parked[parked.fd]
             if self._epoll is not None:

@@ -286,11 +286,6 @@ class Message:
         return sum(row.reading.datapoints() for row in self.rows)
 
 
-def _entry(reading: Reading) -> bytes:
-    # ThingsBoard's documented order: ts first, then values.
-    return b'{"ts":%d,"values":%b}' % (reading.ts_ms, reading.values_json_bytes())
-
-
 def gateway_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The gateway telemetry message for the longest prefix of `rows` within `max_bytes`
     (at least one row); returns the message and how many rows it took."""
@@ -298,7 +293,7 @@ def gateway_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Messag
     size = 2  # the braces
     taken = 0
     for row in rows:
-        entry = _entry(row.reading)
+        entry = row.reading.telemetry_entry()
         meter = row.reading.meter
         if meter in groups:
             extra = len(entry) + 1
@@ -318,7 +313,7 @@ def device_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message
     entries: list[bytes] = []
     size = 2
     for row in rows:
-        entry = _entry(row.reading)
+        entry = row.reading.telemetry_entry()
         extra = len(entry) + (1 if entries else 0)
         if entries and size + extra > max_bytes:
             break

@@ -181,10 +181,15 @@ class Reading:
         quality: dict[str, str],
         errors: dict[str, RegisterError],
         attributes: dict[str, Value],
+        values_json: bytes | None = None,
     ) -> Reading:
         """The reading a poller built from values it has checked already (:func:`check_value`
         on each, keys from the config): the mappings are frozen as the constructor does, the
-        validators are not run a second time. Anything else uses the constructor."""
+        validators are not run a second time. Anything else uses the constructor.
+
+        ``values_json``, given for a reading with no quality, error or attribute, is
+        ``values`` as the stored form writes them (compact, keys sorted: what
+        :class:`codec.steady.SteadyReading` gives): the stored form is made from it at once."""
         self = object.__new__(cls)
         setattr_ = object.__setattr__
         setattr_(self, "meter", meter)
@@ -193,7 +198,14 @@ class Reading:
         setattr_(self, "quality", MappingProxyType(quality) if quality else _EMPTY)
         setattr_(self, "errors", MappingProxyType(errors) if errors else _EMPTY)
         setattr_(self, "attributes", MappingProxyType(attributes) if attributes else _EMPTY)
-        setattr_(self, "_json", None)
+        if values_json is not None and not (quality or errors or attributes):
+            setattr_(
+                self,
+                "_json",
+                b'{"meter":%b,"ts":%d,"values":%b}' % (json_string(meter), ts_ms, values_json),
+            )
+        else:
+            setattr_(self, "_json", None)
         return self
 
     @classmethod
@@ -219,6 +231,23 @@ class Reading:
             if encoded.startswith(head) and encoded.endswith(b"}}"):
                 return encoded[len(head) : -1]
         return dumps_compact(self.telemetry()).encode("utf-8")
+
+    def telemetry_entry(self) -> bytes:
+        """``{"ts":..,"values":{..}}``: the reading in a ThingsBoard telemetry message (``ts``
+        first, as documented; ``values`` is `values_json_bytes`)."""
+        encoded = self._json
+        if (
+            encoded is not None
+            and not (self.quality or self.errors or self.attributes)
+            and None not in self.values.values()
+        ):
+            # A plain reading: its stored form without the meter, ``{"meter":..,`` cut off
+            # (the keys stand sorted there: meter, ts, values).
+            meter = json_string(self.meter)
+            cut = 10 + len(meter)
+            if encoded[9 : cut - 1] == meter and encoded[cut : cut + 5] == b'"ts":':
+                return b"{" + encoded[cut:]
+        return b'{"ts":%d,"values":%b}' % (self.ts_ms, self.values_json_bytes())
 
     def attributes_json(self) -> dict[str, Value]:
         """The attributes as ThingsBoard takes them (no null values)."""

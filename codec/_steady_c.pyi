@@ -13,6 +13,7 @@ class SteadyReading:
     quality: dict[str, str]
     errors: dict[str, tuple[str, str]]
     labels: dict[str, str]
+    values_json: bytes | None
     def __init__(
         self,
         invoke: int,
@@ -20,11 +21,17 @@ class SteadyReading:
         quality: dict[str, str],
         errors: dict[str, tuple[str, str]],
         labels: dict[str, str],
+        values_json: bytes | None = None,
     ) -> None: ...
     def as_tuple(
         self,
     ) -> tuple[
-        int, dict[str, JsonValue], dict[str, str], dict[str, tuple[str, str]], dict[str, str]
+        int,
+        dict[str, JsonValue],
+        dict[str, str],
+        dict[str, tuple[str, str]],
+        dict[str, str],
+        bytes | None,
     ]: ...
 
 class SteadyDecoder:

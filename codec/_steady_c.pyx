@@ -24,6 +24,7 @@ from libc.string cimport memcpy, strchr
 
 from codec._steady_shared import (
     CONVERT,
+    json_layout,
     LLC_HEADERS,
     SCALER_ERROR,
     build_plan,
@@ -37,6 +38,8 @@ __all__ = ["SteadyDecoder", "SteadyReading"]
 
 
 cdef extern from "Python.h":
+    int Py_DTSF_ADD_DOT_0
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
                                 int* ptype) except NULL
     double PyOS_string_to_double(const char* s, char** endptr,
@@ -99,17 +102,21 @@ cdef class SteadyReading:
     cdef readonly dict quality
     cdef readonly dict errors
     cdef readonly dict labels
+    cdef readonly object values_json
 
-    def __init__(self, int invoke, dict values, dict quality, dict errors, dict labels):
+    def __init__(self, int invoke, dict values, dict quality, dict errors, dict labels,
+                 values_json=None):
         self.invoke = invoke
         self.values = values
         self.quality = quality
         self.errors = errors
         self.labels = labels
+        self.values_json = values_json
 
     def as_tuple(self):
         """All fields, for comparisons across implementations."""
-        return (self.invoke, self.values, self.quality, self.errors, self.labels)
+        return (self.invoke, self.values, self.quality, self.errors, self.labels,
+                self.values_json)
 
     def __eq__(self, other):
         if not isinstance(other, SteadyReading):
@@ -184,6 +191,8 @@ cdef class SteadyDecoder:
     cdef tuple _scaler_errors
     cdef tuple _enum_names
     cdef tuple _factors
+    cdef tuple _json_order
+    cdef tuple _json_prefixes
     cdef Py_ssize_t _n
     cdef int* _modes
     cdef int* _scalers
@@ -202,6 +211,9 @@ cdef class SteadyDecoder:
         self._scaler_errors = tuple(("register.scaler_unit", p.message) for p in plans)
         self._enum_names = tuple(p.enum_names for p in plans)
         self._factors = tuple(10 ** abs(p.scaler or 0) for p in plans)
+        layout = json_layout(self.keys)
+        self._json_order = None if layout is None else layout[0]
+        self._json_prefixes = None if layout is None else layout[1]
         self._n = len(plans)
         PyMem_Free(self._modes)
         PyMem_Free(self._scalers)
@@ -442,4 +454,47 @@ cdef class SteadyDecoder:
         reading.quality = quality
         reading.errors = errors
         reading.labels = labels
+        if self._json_order is not None and not quality and not errors:
+            reading.values_json = self._values_json(values)
+        else:
+            reading.values_json = None
         return reading
+
+    cdef object _values_json(self, dict values):
+        """The values as compact JSON with sorted keys when each is an int or a finite float
+        (ints as %d, floats as their repr, as the twin writes them), else None."""
+        cdef Py_ssize_t k
+        cdef bytearray out = bytearray()
+        cdef char digits[32]
+        cdef char* text
+        cdef long long whole
+        cdef int overflow
+        cdef double number
+        cdef tuple order = self._json_order
+        cdef tuple prefixes = self._json_prefixes
+        for k in range(self._n):
+            value = values[self.keys[<Py_ssize_t>order[k]]]
+            out += <bytes>prefixes[k]
+            if type(value) is int:
+                overflow = 0
+                whole = PyLong_AsLongLongAndOverflow(value, &overflow)
+                if overflow:
+                    out += (<str>str(value)).encode("ascii")
+                else:
+                    snprintf(digits, sizeof(digits), "%lld", whole)
+                    out += <bytes>digits
+            elif type(value) is float:
+                number = value
+                if not isfinite(number):
+                    return None
+                text = PyOS_double_to_string(number, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+                try:
+                    out += <bytes>text
+                finally:
+                    PyMem_Free(text)
+            else:
+                return None  # a bool, a text, None, a list
+        if self._n == 0:
+            return b"{}"
+        out += b"}"
+        return bytes(out)

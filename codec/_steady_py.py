@@ -18,6 +18,7 @@ from codec._steady_shared import (
     RegisterPlan,
     build_plan,
     convert_general,
+    json_layout,
 )
 from codec.apdu import DataAccessResult
 from codec.axdr import Data, DataType
@@ -63,6 +64,24 @@ _ACCESS_LABELS: dict[int, str] = {int(r): r.label for r in DataAccessResult}
 _SCALER_ERROR_CODE = "register.scaler_unit"
 
 
+def _values_json(
+    values: dict[str, JsonValue],
+    keys: tuple[str, ...],
+    layout: tuple[tuple[int, ...], tuple[bytes, ...]],
+) -> bytes | None:
+    """The values as compact JSON with sorted keys, when each is an int or a finite float."""
+    parts = []
+    for i, prefix in zip(*layout, strict=True):
+        value = values[keys[i]]
+        if type(value) is int:
+            parts.append(prefix + b"%d" % value)
+        elif type(value) is float and math.isfinite(value):
+            parts.append(prefix + repr(value).encode())
+        else:
+            return None  # a bool, a text, None, a list, a NaN or an infinity
+    return b"".join(parts) + b"}" if parts else b"{}"
+
+
 class SteadyReading:
     """One steady reply as the poller records it (the contract is in :mod:`codec.steady`).
 
@@ -74,12 +93,16 @@ class SteadyReading:
       ``"+inf"``, ``"-inf"``, ``"invalid-bcd"``, ``"clock-invalid"``, ``"clock-doubtful"``);
     - ``labels``: an enum value's name, or a date-time's clock status;
     - ``errors``: ``(code, message)`` of each register without a value
-      (``("data-access.object-undefined", "object-undefined")``, ...).
+      (``("data-access.object-undefined", "object-undefined")``, ...);
+    - ``values_json``: when there is no quality flag and no error and every value is an
+      ``int`` or a finite ``float``, the values as the stored form of a reading writes them
+      (``json.dumps(values, separators=(",", ":"), sort_keys=True, ensure_ascii=False)`` in
+      UTF-8); None otherwise.
 
     ``invoke`` is the reply's Invoke-Id-And-Priority byte (the invoke-id is its low 4 bits).
     """
 
-    __slots__ = ("errors", "invoke", "labels", "quality", "values")
+    __slots__ = ("errors", "invoke", "labels", "quality", "values", "values_json")
 
     def __init__(
         self,
@@ -88,20 +111,29 @@ class SteadyReading:
         quality: dict[str, str],
         errors: dict[str, tuple[str, str]],
         labels: dict[str, str],
+        values_json: bytes | None = None,
     ) -> None:
         self.invoke = invoke
         self.values = values
         self.quality = quality
         self.errors = errors
         self.labels = labels
+        self.values_json = values_json
 
     def as_tuple(
         self,
     ) -> tuple[
-        int, dict[str, JsonValue], dict[str, str], dict[str, tuple[str, str]], dict[str, str]
+        int,
+        dict[str, JsonValue],
+        dict[str, str],
+        dict[str, tuple[str, str]],
+        dict[str, str],
+        bytes | None,
     ]:
         """All fields, for comparisons across implementations."""
-        return (self.invoke, self.values, self.quality, self.errors, self.labels)
+        return (
+            self.invoke, self.values, self.quality, self.errors, self.labels, self.values_json
+        )  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SteadyReading):
@@ -134,6 +166,7 @@ class SteadyDecoder:
         self.specs: tuple[RegisterSpec, ...] = tuple(specs)
         self.keys: tuple[str, ...] = tuple(p.key for p in self._plans)
         self.units: dict[str, str | None] = {p.key: p.unit for p in self._plans}
+        self._json = json_layout(self.keys)
 
     def decode_info(self, info: _BytesLike, invoke_id: int = -1) -> SteadyReading | None:
         """:meth:`decode` of an HDLC information field: the LLC header is skipped as the link
@@ -261,4 +294,7 @@ class SteadyDecoder:
                     labels[key] = label
         if pos != end:
             return None
-        return SteadyReading(invoke, values, quality, errors, labels)
+        values_json = None
+        if self._json is not None and not quality and not errors:
+            values_json = _values_json(values, self.keys, self._json)
+        return SteadyReading(invoke, values, quality, errors, labels, values_json)

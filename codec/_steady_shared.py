@@ -8,6 +8,7 @@ association; :func:`build_plan` recovers them from that read's :class:`RegisterR
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TypeAlias
 
@@ -27,6 +28,7 @@ __all__ = [
     "RegisterPlan",
     "build_plan",
     "convert_general",
+    "json_layout",
 ]
 
 #: The register's scaler (or its absence) is known: its value is converted.
@@ -103,3 +105,20 @@ def convert_general(data: Data, plan: RegisterPlan) -> Converted:
         return None, None, None, (converted.error_code or "register.error", converted.error or "")
     quality = converted.quality.value if converted.quality is not None else None
     return converted.value, quality, converted.label, None
+
+
+def json_layout(keys: Sequence[str]) -> tuple[tuple[int, ...], tuple[bytes, ...]] | None:
+    """How a reading's values are written as compact JSON with sorted keys (``json.dumps``
+    with ``separators=(",", ":")``, ``sort_keys=True``, ``ensure_ascii=False``, in UTF-8):
+    the registers' indexes in key order, and the bytes before each value (``{"key":`` for the
+    first, ``,"key":`` for the others). None when two registers share a key (their values
+    are one entry of the mapping, not two).
+    """
+    if len(set(keys)) != len(keys):
+        return None
+    order = tuple(sorted(range(len(keys)), key=lambda i: keys[i]))
+    prefixes = tuple(
+        (b"{" if n == 0 else b",") + json.dumps(keys[i], ensure_ascii=False).encode() + b":"
+        for n, i in enumerate(order)
+    )
+    return order, prefixes

@@ -73,6 +73,8 @@ def test_values_json_from_the_stored_form_equals_the_encoder(reading: Reading) -
     assert stored.values_json() == dumps_compact(reading.telemetry())
     assert json.loads(stored.values_json()) == reading.telemetry()
     assert stored.datapoints() == reading.datapoints() == len(reading.telemetry())
+    entry = b'{"ts":%d,"values":%b}' % (reading.ts_ms, dumps_compact(reading.telemetry()).encode())
+    assert stored.telemetry_entry() == reading.telemetry_entry() == entry
 
 
 _json_scalars = st.one_of(

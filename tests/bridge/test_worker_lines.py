@@ -63,6 +63,13 @@ def test_readings_are_serialised_byte_for_byte_as_the_general_path(batch: list[R
                 errors=dict(reading.errors), attributes=dict(reading.attributes),
             )  # fmt: skip
             assert reading_line(fresh) == b"R" + general + b"\n"
+            # A telemetry entry taken from the stored form is the one made afresh.
+            telemetry = json.dumps(
+                fresh.telemetry(), separators=(",", ":"), sort_keys=True, ensure_ascii=False
+            ).encode()
+            entry = b'{"ts":%d,"values":%b}' % (reading.ts_ms, telemetry)
+            assert fresh.telemetry_entry() == entry
+            assert Reading.from_json(general).telemetry_entry() == entry
 
 
 @pytest.mark.parametrize(
@@ -155,3 +162,59 @@ def test_steady_polls_report_only_their_counters_and_the_service_keeps_exact_sta
     sent = _deliver(reporter, pollers, remote)
     assert sent and all(set(e) == {"g", "c", "lat"} for e in sent.values()), sent
     assert all(list(r.stats.latencies)[-1] == 0.5 for r in remote.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(names, numbers, max_size=8), names, st.integers(0, 2**45))
+def test_the_stored_form_made_from_a_values_json_is_the_general_one(
+    values: dict[str, Any], meter: str, ts: int
+) -> None:
+    """A steady reading's values come serialised from the decoder: the stored form made from
+    them is the general serialisation; with a flag, an error or an attribute it is not used."""
+    values_json = json.dumps(
+        values, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+    ).encode()
+    reading = Reading.taken(
+        meter, ts, dict(values), quality={}, errors={}, attributes={}, values_json=values_json
+    )
+    assert reading._json is not None  # made at once
+    assert reading.to_json() == readings_module._encode_general(reading)
+    flagged = Reading.taken(
+        meter, ts, dict(values), quality={}, errors={}, attributes={"fw": "1"},
+        values_json=b"{}",
+    )  # fmt: skip
+    assert flagged._json is None
+    assert flagged.to_json() == readings_module._encode_general(flagged)
+
+
+@pytest.mark.parametrize("attributes", [False, True])
+def test_a_steady_poll_stores_the_decoders_json(attributes: bool) -> None:
+    """MeterPoller.took_steady: the reading's stored form is the general serialisation, made
+    from the decoder's values_json (none when configured attributes leave the values)."""
+    from bridge.config import PRESETS, MeterConfig, RegisterConfig
+    from bridge.poller import MeterPoller
+    from codec.apdu import InvokeId
+    from codec.client import RegisterReading
+    from codec.obis import Obis
+    from codec.steady import SteadyDecoder
+
+    extra = (RegisterConfig(key="serial", obis=Obis.parse("0-0:96.1.0"), class_id=1),)
+    meter = MeterConfig(
+        name='m "1"', host="127.0.0.1", port=1, registers=PRESETS["field-meter"],
+        attributes=extra if attributes else (), interval_s=1.0, timeout_s=0.9,
+    )  # fmt: skip
+    poller = MeterPoller(meter, lambda r: None)  # type: ignore[arg-type, return-value]
+    specs = poller.specs
+    first = [RegisterReading(spec, value=1) for spec in specs]
+    decoder = SteadyDecoder(specs, first)
+    results = b"".join(
+        b"\x00\x12" + (2300 + i).to_bytes(2, "big") if spec.class_id == 3 else b"\x00\x11\x07"
+        for i, spec in enumerate(specs)
+    )
+    apdu = bytes((0xC4, 3, InvokeId().to_byte(), len(specs))) + results
+    steady = decoder.decode(apdu)
+    assert steady is not None and steady.values_json is not None
+    reading = poller.took_steady(steady, decoder.units, 1_700_000_000_000, 0.01, False, 1.0)
+    assert (reading._json is None) == attributes  # made at once unless attributes moved
+    assert reading.to_json() == readings_module._encode_general(reading)
+    assert ("serial" in reading.attributes) == attributes

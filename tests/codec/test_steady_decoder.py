@@ -5,6 +5,8 @@ extension and the pure-Python twin give the same on every input."""
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -147,7 +149,24 @@ def check(
         expected = general(client, specs, apdu)
         assert expected is not None, apdu.hex()
         assert strict(steady.reading_of(expected, apdu[2])) == canon[0], apdu.hex()
+        check_values_json(got, len({s.name for s in specs}) == len(specs))
     return got[0]
+
+
+def check_values_json(got: list[Any], distinct_keys: bool) -> None:
+    """Each implementation's values_json is the values' compact JSON with sorted keys
+    exactly when there is nothing but finite numbers (and no flag, no error), else None."""
+    reading = got[0]
+    numbers = all(
+        type(v) is int or (type(v) is float and math.isfinite(v)) for v in reading.values.values()
+    )
+    if numbers and distinct_keys and not reading.quality and not reading.errors:
+        expected = json.dumps(
+            reading.values, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+        ).encode()
+    else:
+        expected = None
+    assert [g.values_json for g in got] == [expected] * len(got)
 
 
 # -- the reply, as bytes --------------------------------------------------------------------------
