@@ -75,5 +75,18 @@ class LatencyWindow:
         for i in range(len(data) - 1, cut - 1, -1):
             yield data[i] / 1e6
 
+    def newest(self, n: int) -> list[float]:
+        """The ``n`` newest values (all of them when fewer), newest first: what
+        ``islice(reversed(window), n)`` gives, taken by slices."""
+        data, cut = self._data, self._next
+        n = min(n, len(data))
+        if n <= 0:
+            return []
+        # Newest first: data[cut - 1] down to data[0], then data[-1] down to data[cut].
+        take = data[max(0, cut - n) : cut][::-1]
+        if len(take) < n:
+            take += data[len(data) - (n - len(take)) :][::-1]
+        return [us / 1e6 for us in take]
+
     def __repr__(self) -> str:
         return f"LatencyWindow({list(self)!r}, maxlen={self.maxlen})"

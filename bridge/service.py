@@ -17,7 +17,6 @@ Web and operations tasks (dashboard, admin API, metrics) join the same nursery t
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import os
@@ -1036,7 +1035,7 @@ class BridgeService:
                 successes += new
                 # The latencies of this interval's polls (the newest of the window).
                 if new > 0:
-                    latencies.extend(itertools.islice(reversed(stats.latencies), new))
+                    latencies += stats.latencies.newest(new)
             for totals in self.pool.totals if self.pool is not None else ():
                 key = f"worker.{totals.index}.{totals.pid}"
                 current[key] = (totals, totals.cycles, totals.successes, totals.missed)

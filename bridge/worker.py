@@ -16,7 +16,6 @@ release their associations, the last lines are flushed, the process exits 0.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 import os
@@ -251,7 +250,7 @@ class _Worker:
             if new > 0:
                 reported[name] = done
                 # The newest (at most 4), oldest first; the window itself is not copied.
-                newest = list(itertools.islice(reversed(s.latencies), min(new, 4)))
+                newest = s.latencies.newest(min(new, 4))
                 newest.reverse()
                 latencies += newest
             elif new < 0:

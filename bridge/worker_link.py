@@ -34,7 +34,6 @@ service with the attributes the console reads from a local poller (``stats``, ``
 
 from __future__ import annotations
 
-import itertools
 import json
 import operator
 import sys
@@ -192,7 +191,7 @@ class MeterReporter:
             sent.link = link
         new = stats.successes - sent.successes
         if new > 0:
-            newest = itertools.islice(reversed(stats.latencies), min(new, LATENCIES_PER_REPORT))
+            newest = stats.latencies.newest(min(new, LATENCIES_PER_REPORT))
             entry["lat"] = [int(x * 1e6) for x in newest][::-1]
         sent.successes = stats.successes
         if len(poller.units) != sent.units:

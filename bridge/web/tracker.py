@@ -9,7 +9,6 @@ window at each ``sync``; the console syncs every second, far more often than tha
 from __future__ import annotations
 
 import bisect
-import itertools
 from array import array
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -138,7 +137,7 @@ class MeterTotals:
             # Only the newest: no copy of the whole window per meter and second.
             total = 0
             taken = 0
-            for seconds in itertools.islice(reversed(stats.latencies), new_successes):
+            for seconds in stats.latencies.newest(new_successes):
                 data[_BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
                 total += round(seconds * 1e6)
                 taken += 1

@@ -84,3 +84,14 @@ def test_a_full_window_is_small() -> None:
 def test_maxlen_must_be_positive() -> None:
     with pytest.raises(ValueError, match="maxlen"):
         LatencyWindow(maxlen=0)
+
+
+@pytest.mark.parametrize("maxlen", [1, 3, 7])
+def test_newest_is_the_reversed_window_cut_short(maxlen: int) -> None:
+    """newest(n), taken by slices, is islice(reversed(window), n) at every fill level and
+    wrap position, for every n (more than the window holds included)."""
+    window = LatencyWindow(maxlen=maxlen)
+    for i in range(3 * maxlen + 2):
+        for n in range(-1, maxlen + 3):
+            assert window.newest(n) == list(itertools.islice(reversed(window), max(n, 0))), (i, n)
+        window.append(i / 1000)
