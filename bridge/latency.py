@@ -82,6 +82,8 @@ class LatencyWindow:
         n = min(n, len(data))
         if n <= 0:
             return []
+        if n == 1:  # the usual case: one poll since the last look
+            return [data[cut - 1] / 1e6]  # data[-1] when cut is 0
         # Newest first: data[cut - 1] down to data[0], then data[-1] down to data[cut].
         take = data[max(0, cut - n) : cut][::-1]
         if len(take) < n:

@@ -245,7 +245,7 @@ class Reading:
             # (the keys stand sorted there: meter, ts, values).
             meter = json_string(self.meter)
             cut = 10 + len(meter)
-            if encoded[9 : cut - 1] == meter and encoded[cut : cut + 5] == b'"ts":':
+            if encoded.startswith(meter, 9) and encoded.startswith(b',"ts":', cut - 1):
                 return b"{" + encoded[cut:]
         return b'{"ts":%d,"values":%b}' % (self.ts_ms, self.values_json_bytes())
 

@@ -223,7 +223,7 @@ class BridgeService:
         self.console_enabled = console
         self.console: Console | None = None
         #: Called with every reading once it is durable (the console's history and events).
-        self.reading_listeners: list[Callable[[Reading], None]] = []
+        self.reading_listeners: list[Callable[[Sequence[Reading]], None]] = []
         self.meters: dict[str, _Running] = {}
         self.alarms: dict[str, str] = {}
         self.online: dict[str, bool] = {}
@@ -736,13 +736,12 @@ class BridgeService:
                 self.publisher.set_meter_online(reading.meter, True)
 
     def _tell_listeners(self, readings: Sequence[Reading]) -> None:
-        """Hand durable readings to the listeners (the console)."""
+        """Hand durable readings to the listeners (the console), a batch at a time."""
         for listener in self.reading_listeners:
-            for reading in readings:
-                try:
-                    listener(reading)
-                except Exception:  # the console must never stop a poller
-                    log.exception("event=reading_listener_failed meter=%s", reading.meter)
+            try:
+                listener(readings)
+            except Exception:  # the console must never stop a poller
+                log.exception("event=reading_listener_failed readings=%d", len(readings))
 
     def _on_meter_alarm(self, name: str, active: bool, message: str) -> None:
         self._set_alarm(name, active, message)

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -134,7 +135,7 @@ class Console:
         self.auth = Auth(token, open_reads=is_loopback(host))
         for store in (self.history, self.alarms):
             await trio.to_thread.run_sync(_open_or_set_aside, store)
-        self.service.reading_listeners.append(self._on_reading)
+        self.service.reading_listeners.append(self._on_readings)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Follow the service and serve the web console until cancelled."""
@@ -153,8 +154,8 @@ class Console:
         finally:
             with trio.CancelScope(shield=True):
                 self.hub.close_all()
-                if self._on_reading in self.service.reading_listeners:
-                    self.service.reading_listeners.remove(self._on_reading)
+                if self._on_readings in self.service.reading_listeners:
+                    self.service.reading_listeners.remove(self._on_readings)
                 await trio.to_thread.run_sync(self.history.close)
                 self.alarms.close()
 
@@ -191,9 +192,19 @@ class Console:
 
     # -- following the service ---------------------------------------------------------------
 
-    def _on_reading(self, reading: Reading) -> None:
-        self.last[reading.meter] = LastReading(reading)
-        self.history.add(reading)
+    def _on_readings(self, readings: Sequence[Reading]) -> None:
+        last, add = self.last, self.history.add
+        watched = bool(self.hub.subscribers)
+        for reading in readings:
+            try:
+                last[reading.meter] = LastReading(reading)
+                add(reading)
+                if watched:
+                    self._tell_watchers(reading)
+            except Exception:  # one reading the console cannot take never costs the others
+                log.exception("event=reading_listener_failed meter=%s", reading.meter)
+
+    def _tell_watchers(self, reading: Reading) -> None:
         if self.hub.subscribers:
             poller = self.service.polled(reading.meter)
             self.hub.publish(
