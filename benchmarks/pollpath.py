@@ -93,22 +93,27 @@ def steady_poll(
     poller: MeterPoller, association: ClientAssociation, client: DlmsClient,
     server: HdlcServerLink, now: float, t: list[float], decoder: SteadyDecoder,
 ) -> None:  # fmt: skip
-    """The polling engine's steady path: the same request, the reply decoded to values."""
+    """The polling engine's steady path: the same request sent as one frame, the reply decoded
+    straight to values (ClientAssociation.steady_request and receive_steady)."""
     t0 = time.perf_counter()
     request = client._list_request  # what the engine keeps from client.steady_request()
     assert request is not None
     association.drain()
-    association.request(request, now, steady=decoder)
-    out = association.data_to_send()
+    out = association.steady_request(request, now, decoder)  # one frame, nothing else open
+    if out is None:  # the first time: the request's encoding is made
+        association.request(request, now, steady=decoder)
+        out = association.data_to_send()
     t1 = time.perf_counter()
     replies = server.receive_data(out, now)  # the meter: not timed
     t2 = time.perf_counter()
-    for reply in replies:
-        association.receive_data(reply, now)
-    event = association.next_event()
-    assert isinstance(event, SteadyResponse), event
+    assert len(replies) == 1
+    reading = association.receive_steady(replies[0], now)
+    if reading is None:
+        event = association.next_event()
+        assert isinstance(event, SteadyResponse), event
+        reading = event.reading
     t3 = time.perf_counter()
-    poller.took_steady(event.reading, decoder.units, 1_700_000_000_000, 0.001, False, now)
+    poller.took_steady(reading, decoder.units, 1_700_000_000_000, 0.001, False, now)
     t4 = time.perf_counter()
     t[0] += t1 - t0
     t[1] += t3 - t2
