@@ -181,6 +181,57 @@ cdef double _scale_float(double number, int scaler) except? -1.0:
     return PyOS_string_to_double(buf, NULL, NULL)
 
 
+cdef Py_ssize_t _exact_decimal(int64_t whole, int places, char* out) noexcept:
+    """``repr(whole / 10**places)`` written into ``out`` (32 bytes) without the float's
+    shortest-digits search, for 0 < places <= 22 and ``|whole| < 10**15``: such a quotient,
+    correctly rounded, is the nearest double to a decimal of at most 15 significant digits,
+    whose shortest repr is that decimal itself (trailing zeros dropped, ``.0`` kept). Returns
+    the length, or 0 when repr would not be that plain decimal (exponent notation below
+    1e-4, or the bounds not met): then the caller formats the float itself."""
+    cdef char digits[24]
+    cdef int nd, point, i, last, n = 0
+    cdef uint64_t magnitude
+    if places <= 0 or places > 22 or whole >= 1000000000000000 or whole <= -1000000000000000:
+        return 0
+    if whole == 0:
+        memcpy(out, b"0.0", 3)
+        return 3
+    magnitude = <uint64_t>(-whole) if whole < 0 else <uint64_t>whole
+    nd = snprintf(digits, sizeof(digits), "%llu", <unsigned long long>magnitude)
+    point = nd - places  # digits before the decimal point (0 or less: "0.000ddd")
+    if point <= -4:
+        return 0  # repr writes it with an exponent (1e-05)
+    last = nd - 1
+    while last >= 0 and last >= point and digits[last] == 48:  # trailing zeros of the fraction
+        last -= 1
+    if whole < 0:
+        out[n] = 45  # "-"
+        n += 1
+    if point <= 0:
+        out[n] = 48
+        out[n + 1] = 46
+        n += 2
+        for i in range(-point):
+            out[n] = 48
+            n += 1
+        for i in range(0, last + 1):
+            out[n] = digits[i]
+            n += 1
+        return n
+    for i in range(point):
+        out[n] = digits[i]
+        n += 1
+    out[n] = 46  # "."
+    n += 1
+    if last < point:
+        out[n] = 48  # a whole number: "x.0"
+        return n + 1
+    for i in range(point, last + 1):
+        out[n] = digits[i]
+        n += 1
+    return n
+
+
 cdef class SteadyDecoder:
     """Decode the steady reply to one register list: see :class:`codec.steady.SteadyDecoder`."""
 
@@ -196,10 +247,16 @@ cdef class SteadyDecoder:
     cdef Py_ssize_t _n
     cdef int* _modes
     cdef int* _scalers
+    # Scratch of one decode: each register's integer when its value is that integer over a
+    # power of ten computed exactly (-1 digits otherwise), for the values' JSON.
+    cdef int64_t* _whole
+    cdef int* _places
 
     def __cinit__(self):
         self._modes = NULL
         self._scalers = NULL
+        self._whole = NULL
+        self._places = NULL
 
     def __init__(self, specs, readings):
         cdef Py_ssize_t i
@@ -217,9 +274,14 @@ cdef class SteadyDecoder:
         self._n = len(plans)
         PyMem_Free(self._modes)
         PyMem_Free(self._scalers)
+        PyMem_Free(self._whole)
+        PyMem_Free(self._places)
         self._modes = <int*>PyMem_Malloc(self._n * sizeof(int))
         self._scalers = <int*>PyMem_Malloc(self._n * sizeof(int))
-        if self._modes == NULL or self._scalers == NULL:
+        self._whole = <int64_t*>PyMem_Malloc((self._n or 1) * sizeof(int64_t))
+        self._places = <int*>PyMem_Malloc((self._n or 1) * sizeof(int))
+        if (self._modes == NULL or self._scalers == NULL or self._whole == NULL
+                or self._places == NULL):
             raise MemoryError()
         for i in range(self._n):
             self._modes[i] = plans[i].mode
@@ -228,6 +290,8 @@ cdef class SteadyDecoder:
     def __dealloc__(self):
         PyMem_Free(self._modes)
         PyMem_Free(self._scalers)
+        PyMem_Free(self._whole)
+        PyMem_Free(self._places)
 
     def decode_info(self, info, int invoke_id=-1):
         """:meth:`decode` of an HDLC information field: the LLC header is skipped as the link
@@ -283,6 +347,7 @@ cdef class SteadyDecoder:
         cdef dict errors = {}
         cdef dict labels = {}
         for i in range(n):
+            self._places[i] = -1
             if pos + 2 > end:
                 return None
             key = self.keys[i]
@@ -347,6 +412,8 @@ cdef class SteadyDecoder:
                     # Both exact doubles: IEEE division is the correctly rounded quotient,
                     # which is what Python's int / int gives.
                     values[key] = <double>sv / _POW10[-scaler]
+                    self._whole[i] = sv
+                    self._places[i] = -scaler
                 elif scaler < 0:
                     values[key] = value / self._factors[i]
                 else:
@@ -472,9 +539,16 @@ cdef class SteadyDecoder:
         cdef double number
         cdef tuple order = self._json_order
         cdef tuple prefixes = self._json_prefixes
+        cdef Py_ssize_t i, size
         for k in range(self._n):
-            value = values[self.keys[<Py_ssize_t>order[k]]]
+            i = <Py_ssize_t>order[k]
+            value = values[self.keys[i]]
             out += <bytes>prefixes[k]
+            if self._places[i] > 0:
+                size = _exact_decimal(self._whole[i], self._places[i], digits)
+                if size > 0:
+                    out += digits[:size]
+                    continue
             if type(value) is int:
                 overflow = 0
                 whole = PyLong_AsLongLongAndOverflow(value, &overflow)

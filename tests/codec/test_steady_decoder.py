@@ -494,3 +494,33 @@ def test_the_implementation_follows_the_hdlc_hot_path() -> None:
         pytest.skip("the extension codec._steady_c is not built")
     # One switch (DLMS_BRIDGE_NO_EXTENSIONS) for every hot path.
     assert steady.IMPLEMENTATION == HDLC_IMPLEMENTATION
+
+
+@settings(max_examples=1000)
+@given(
+    st.integers(-(10**15) + 1, 10**15 - 1)
+    | st.sampled_from([0, 1, -1, 10, 100, 1230, 10**15 - 1, -(10**15) + 1, 10**14])
+    | st.integers(-(2**63), 2**63 - 1),
+    st.integers(1, 25),
+)
+def test_a_scaled_integer_is_written_as_its_repr(whole: int, places: int) -> None:
+    """The values' JSON writes an integer over a power of ten as repr() of the quotient
+    (the extension writes the decimal itself when it can, without the float's digit search):
+    trailing zeros, "x.0", "0.000d", exponents below 1e-4, 15 digits and more."""
+    kinds = [(20, whole)] if -(2**63) <= whole < 2**63 else []
+    if -(2**31) <= whole < 2**31:
+        kinds.append((5, whole))
+    for tag, value in kinds:
+        specs = [RegisterSpec("1-0:1.7.0"), RegisterSpec("1-0:2.7.0")]
+        sc = Data.structure([Data.integer(-places), Data.enum(27)])
+        first = [Data.long64(0), Data.long_unsigned(0)]
+        client, readings = first_read(specs, [sc, sc], first)
+        width = 8 if tag == 20 else 4
+        raw = bytes((0, tag)) + value.to_bytes(width, "big", signed=True)
+        got = check(client, specs, readings, reply(0xC1, [raw, b"\x00\x12\x00\x07"]))
+        assert got is not None
+        assert got.values_json is not None
+        assert json.loads(got.values_json) == got.values
+        text = got.values_json.decode()
+        first = got.values["1-0:1.7.0"]
+        assert text.startswith(f'{{"1-0:1.7.0":{first!r},'), text
