@@ -69,7 +69,8 @@ def test_readings_are_serialised_byte_for_byte_as_the_general_path(batch: list[R
             ).encode()
             entry = b'{"ts":%d,"values":%b}' % (reading.ts_ms, telemetry)
             assert fresh.telemetry_entry() == entry
-            assert Reading.from_json(general).telemetry_entry() == entry
+            if not set(fresh.errors) & set(fresh.values):  # else not a reading from_json takes
+                assert Reading.from_json(general).telemetry_entry() == entry
 
 
 @pytest.mark.parametrize(
