@@ -102,16 +102,18 @@ async def start_stoppable(nursery: trio.Nursery, engine: PollEngine) -> trio.Can
     return scope
 
 
+@pytest.mark.parametrize("transport", ["hdlc", "wrapper"])
 async def test_steady_polls_run_in_the_engine_on_a_drift_free_grid(
-    rig: Any, autojump_clock: MockClock
+    rig: Any, autojump_clock: MockClock, transport: str
 ) -> None:
     """Replies 50 ms late, 0.2 s interval: the polls after the first are the engine's, each
     cycle starts on the grid (within one engine tick), nothing is missed or failed, and the
-    association is released (RLRQ) when the poller stops."""
+    association is released (RLRQ) when the poller stops; over HDLC and over the TCP
+    wrapper (each link's one-frame send of the steady request)."""
     with trio.fail_after(30):
-        r = await rig()
+        r = await rig(transport=transport)
         r.net.sim.set_faults("0:delay=0.05")
-        poller = r.poller(0, interval_s=0.2, timeout_s=0.15)
+        poller = r.poller(0, interval_s=0.2, timeout_s=0.15, transport=transport)
         async with trio.open_nursery() as n:
             n.start_soon(poller.run)
             await wait_for(r.sink, "m0", 21)
