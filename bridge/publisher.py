@@ -1028,7 +1028,10 @@ class Publisher:
             return
         await lane.window.acquire()
         try:
-            await lane.pacer.acquire(len(message.payload), message.datapoints)
+            pacer = lane.pacer
+            # Counted only under a data-point limit (a sum over every reading of the message).
+            datapoints = message.datapoints if pacer.datapoints is not None else 0
+            await pacer.acquire(len(message.payload), datapoints)
             delivery = lane.client.start_publish(
                 message.topic, message.payload, self.settings.qos, retain=message.retain
             )
@@ -1106,8 +1109,7 @@ class Publisher:
         self.stats.published_bytes += nbytes
         self.stats.last_delivery_ts = now
         now_ms = now * 1000.0
-        for row in rows:
-            self._latencies.append(max(0.0, now_ms - row.reading.ts_ms))
+        self._latencies.extend([max(0.0, now_ms - row.reading.ts_ms) for row in rows])
         self._notify_delivered()
 
     def _notify_delivered(self) -> None:
