@@ -530,6 +530,14 @@ class PollEngine:
         heapq.heappush(self._due, (due, next(self._counter), parked))
         self._wake_loop(due)
 
+    def _arm(self, parked: _Parked) -> None:
+        """A poll waits for the meter: its timer at the association's next deadline, within
+        the cycle's budget."""
+        deadline = parked.association.next_deadline()
+        at = parked.budget if deadline is None else min(deadline, parked.budget)
+        if at != parked.timer:
+            self._set_timer(parked, at)
+
     def _set_timer(self, parked: _Parked, at: float) -> None:
         parked.seq += 1
         parked.timer = at
@@ -597,10 +605,7 @@ class PollEngine:
                     # Sent in one frame with nothing else open: the association needs the
                     # reply now (what _pump would find), so only the write and the timer.
                     self._send(parked, raw)
-                    deadline = association.next_deadline()
-                    self._set_timer(
-                        parked, parked.budget if deadline is None else min(deadline, parked.budget)
-                    )
+                    self._arm(parked)
                     return
                 association.request(request, now, steady=decoder)
             else:
@@ -725,10 +730,7 @@ class PollEngine:
                     self._send(parked, out)
                 if isinstance(event, NeedData):
                     if parked.busy:
-                        deadline = association.next_deadline()
-                        at = parked.budget if deadline is None else min(deadline, parked.budget)
-                        if at != parked.timer:
-                            self._set_timer(parked, at)
+                        self._arm(parked)
                     return
                 if isinstance(event, SteadyResponse):
                     self._complete_steady(parked, event.reading, now)

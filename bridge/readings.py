@@ -219,35 +219,45 @@ class Reading:
 
     def values_json_bytes(self) -> bytes:
         """`values_json` as UTF-8 bytes (what a message carries)."""
-        encoded = self._json
-        if (
-            encoded is not None
-            and not (self.quality or self.errors or self.attributes)
-            and None not in self.values.values()
-        ):
-            # A plain reading: its telemetry is its "values" object, the last key of the
-            # serialised form, taken as it stands there (no second encoding).
-            head = b'{"meter":%b,"ts":%d,"values":' % (json_string(self.meter), self.ts_ms)
-            if encoded.startswith(head) and encoded.endswith(b"}}"):
-                return encoded[len(head) : -1]
+        encoded, at = self._json, self._plain_ts_at()
+        if encoded is not None and at:
+            # Its telemetry is its "values" object, the last key of the stored form, taken as
+            # it stands there (no second encoding).
+            head = b'"ts":%d,"values":' % self.ts_ms
+            if encoded.startswith(head, at):
+                return encoded[at + len(head) : -1]
         return dumps_compact(self.telemetry()).encode("utf-8")
 
     def telemetry_entry(self) -> bytes:
         """``{"ts":..,"values":{..}}``: the reading in a ThingsBoard telemetry message (``ts``
         first, as documented; ``values`` is `values_json_bytes`)."""
+        encoded, at = self._json, self._plain_ts_at()
+        if encoded is not None and at:
+            return b"{" + encoded[at:]  # the stored form without ``{"meter":..,``
+        return b'{"ts":%d,"values":%b}' % (self.ts_ms, self.values_json_bytes())
+
+    def _plain_ts_at(self) -> int:
+        """Where ``"ts":`` starts in the stored form, made already, of a plain reading (no
+        quality, error, attribute or null value: the form holds meter, ts and values, in that
+        order, and its values are the telemetry); 0 for any other reading."""
         encoded = self._json
         if (
-            encoded is not None
-            and not (self.quality or self.errors or self.attributes)
-            and None not in self.values.values()
+            encoded is None
+            or self.quality
+            or self.errors
+            or self.attributes
+            or None in self.values.values()
         ):
-            # A plain reading: its stored form without the meter, ``{"meter":..,`` cut off
-            # (the keys stand sorted there: meter, ts, values).
-            meter = json_string(self.meter)
-            cut = 10 + len(meter)
-            if encoded.startswith(meter, 9) and encoded.startswith(b',"ts":', cut - 1):
-                return b"{" + encoded[cut:]
-        return b'{"ts":%d,"values":%b}' % (self.ts_ms, self.values_json_bytes())
+            return 0
+        meter = json_string(self.meter)
+        at = 10 + len(meter)  # after '{"meter":' and the name's JSON and ','
+        if (
+            encoded.startswith(meter, 9)
+            and encoded.startswith(b',"ts":', at - 1)
+            and encoded.endswith(b"}}")
+        ):
+            return at
+        return 0
 
     def attributes_json(self) -> dict[str, Value]:
         """The attributes as ThingsBoard takes them (no null values)."""

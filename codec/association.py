@@ -300,6 +300,12 @@ _INVOKES = tuple(InvokeId(n) for n in range(16))
 _INVOKE_BYTES = tuple(bytes([invoke.to_byte()]) for invoke in _INVOKES)
 
 
+def _with_invoke(encoded: bytes, invoke_id: int) -> bytes:
+    """A request encoded before, with another invoke-id: only the invoke-id-and-priority
+    byte differs, the third of every GET/SET/ACTION request."""
+    return encoded[:2] + _INVOKE_BYTES[invoke_id] + encoded[3:]
+
+
 class ClientAssociation:
     """Sans-IO DLMS client association. See the module docstring.
 
@@ -381,29 +387,31 @@ class ClientAssociation:
         reply comes as usual.
         """
         self._go(_Ev.REQUEST)
-        self._steady = steady
-        self._now = now
-        self._invoke_id = self._invoke_id % 15 + 1
-        invoke = _INVOKES[self._invoke_id]
+        invoke_id = self._invoke_id % 15 + 1
         encoded = self._encoded
         if encoded is not None and encoded[0] is request:
-            # The same request as the last one (a steady poll): its encoding differs only in
-            # the invoke-id-and-priority byte, the third of every GET/SET/ACTION request.
-            body = encoded[1]
-            plain = body[:2] + _INVOKE_BYTES[self._invoke_id] + body[3:]
+            plain = _with_invoke(encoded[1], invoke_id)
         else:
-            plain = apdu.encode_apdu(attrs.evolve(request, invoke=invoke))
+            plain = apdu.encode_apdu(attrs.evolve(request, invoke=_INVOKES[invoke_id]))
             self._encoded = (request, plain)
+        self._begin(request, invoke_id, now, steady)
+        self._send_xdlms(plain, now)
+        return _INVOKES[invoke_id]
+
+    def _begin(
+        self, request: Request, invoke_id: int, now: float, steady: SteadyDecoder | None
+    ) -> None:
+        """A request is on its way: what the reply is matched and decoded against."""
+        self._steady = steady
+        self._now = now
         # The request as given (its invoke field not replaced): the reply is matched against
         # the invoke-id kept beside it.
+        self._invoke_id = self._current_invoke = invoke_id
         self._current = request
-        self._current_invoke = self._invoke_id
         self._blocks = []
         self._blocks_size = 0
         self._start_deadline(now)
         self.requests += 1
-        self._send_xdlms(plain, now)
-        return invoke
 
     def steady_request(self, request: Request, now: float, steady: SteadyDecoder) -> bytes | None:
         """A steady poll's :meth:`request` (with ``steady``) and :meth:`data_to_send` in one:
@@ -421,22 +429,12 @@ class ClientAssociation:
         ):
             return None
         invoke_id = self._invoke_id % 15 + 1
-        body = encoded[1]
-        raw = self.link.send_single(body[:2] + _INVOKE_BYTES[invoke_id] + body[3:], now)
+        raw = self.link.send_single(_with_invoke(encoded[1], invoke_id), now)
         if raw is None:
             return None
         self.state = _STEADY_SENT
-        self._steady = steady
-        self._now = now
-        self._invoke_id = self._current_invoke = invoke_id
-        self._current = request
-        if self._blocks:
-            self._blocks = []
-        self._blocks_size = 0
-        timeout = self.settings.request_timeout
-        self._deadline = None if timeout is None else now + timeout
-        self.requests += 1
-        self._reply_dropped = False
+        self._begin(request, invoke_id, now, steady)
+        self._reply_dropped = False  # as _send_xdlms
         return raw
 
     def release(self, now: float) -> None:

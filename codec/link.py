@@ -250,16 +250,9 @@ class HdlcClientLink:
         info = LLC_REQUEST + apdu
         if len(info) > self.negotiated.max_info_tx:
             return None
-        vs = self._vs
-        raw = encode_with_control(
-            self.server, self.client, (self._vr << 5) | 0x10 | (vs << 1), info,
-            transparency=self.transparency,
-        )  # fmt: skip
-        self._vs = (vs + 1) % 8
+        raw = self._i_frame(info, segmented=False)
         self.frames_sent += 1
-        self._pending = _Pending(raw, now + self.timeout, self.retries, "reply")
-        self._answered_deadline = None
-        self._busy_until = None
+        self._await(raw, now, "reply")
         return raw
 
     def data_to_send(self) -> bytes:
@@ -412,19 +405,27 @@ class HdlcClientLink:
 
     def _send(self, raw: bytes, now: float, what: str) -> None:
         self._emit(raw)
+        self._await(raw, now, what)
+
+    def _await(self, raw: bytes, now: float, what: str) -> None:
+        """``raw`` has gone out: wait for ``what``, resending ``raw`` on a timeout."""
         self._pending = _Pending(raw, now + self.timeout, self.retries, what)
         self._answered_deadline = None
         self._busy_until = None
 
-    def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
-        # encode_frame's I-frame (P/F set), without its keyword call and checks of the kind.
-        control = (self._vr << 5) | 0x10 | (self._vs << 1)
+    def _i_frame(self, info: bytes, *, segmented: bool) -> bytes:
+        """The next I-frame (N(S) taken), P/F set: encode_frame's, without its keyword call
+        and checks of the kind."""
+        vs = self._vs
         raw = encode_with_control(
-            self.server, self.client, control, info,
+            self.server, self.client, (self._vr << 5) | 0x10 | (vs << 1), info,
             segmented=segmented, transparency=self.transparency,
         )  # fmt: skip
-        self._vs = (self._vs + 1) % 8
-        self._send(raw, now, "reply")
+        self._vs = (vs + 1) % 8
+        return raw
+
+    def _send_i(self, info: bytes, *, segmented: bool, now: float) -> None:
+        self._send(self._i_frame(info, segmented=segmented), now, "reply")
 
     def _handle_frame(self, frame: Frame) -> None:
         if (frame.dst, frame.dst_size, frame.src, frame.src_size) != self._from_server:

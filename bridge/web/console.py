@@ -205,17 +205,16 @@ class Console:
                 log.exception("event=reading_listener_failed meter=%s", reading.meter)
 
     def _tell_watchers(self, reading: Reading) -> None:
-        if self.hub.subscribers:
-            poller = self.service.polled(reading.meter)
-            self.hub.publish(
-                "reading",
-                {
-                    "meter": reading.meter,
-                    "ts": reading.ts_ms,
-                    "values": dict(reading.values),
-                    "units": dict(poller.units) if poller is not None else {},
-                },
-            )
+        poller = self.service.polled(reading.meter)
+        self.hub.publish(
+            "reading",
+            {
+                "meter": reading.meter,
+                "ts": reading.ts_ms,
+                "values": dict(reading.values),
+                "units": dict(poller.units) if poller is not None else {},
+            },
+        )
 
     def sync_totals(self) -> None:
         """Bring the monotonic per-meter totals up to date (meters polled in worker processes
