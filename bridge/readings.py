@@ -162,6 +162,9 @@ class Reading:
 
     #: The serialised form, made once (the outbox sizes it, then stores it).
     _json: bytes | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
+    #: Where ``"ts":`` starts in ``_json`` of a plain reading, 0 for any other, -1 not known
+    #: yet (see `_plain_ts_at`).
+    _plain_at: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
 
     def to_json(self) -> bytes:
         """The compact JSON form, ``{"meter":..,"ts":..,"values":{..}}`` with sorted keys."""
@@ -199,13 +202,15 @@ class Reading:
         setattr_(self, "errors", MappingProxyType(errors) if errors else _EMPTY)
         setattr_(self, "attributes", MappingProxyType(attributes) if attributes else _EMPTY)
         if values_json is not None and not (quality or errors or attributes):
+            name = json_string(meter)
             setattr_(
-                self,
-                "_json",
-                b'{"meter":%b,"ts":%d,"values":%b}' % (json_string(meter), ts_ms, values_json),
+                self, "_json", b'{"meter":%b,"ts":%d,"values":%b}' % (name, ts_ms, values_json)
             )
+            # Plain unless a value is null (the decoder's values_json has none).
+            setattr_(self, "_plain_at", 0 if None in values.values() else 10 + len(name))
         else:
             setattr_(self, "_json", None)
+            setattr_(self, "_plain_at", -1)
         return self
 
     @classmethod
@@ -240,14 +245,18 @@ class Reading:
         """Where ``"ts":`` starts in the stored form, made already, of a plain reading (no
         quality, error, attribute or null value: the form holds meter, ts and values, in that
         order, and its values are the telemetry); 0 for any other reading."""
+        known = self._plain_at
+        if known >= 0:
+            return known
         encoded = self._json
-        if (
-            encoded is None
-            or self.quality
-            or self.errors
-            or self.attributes
-            or None in self.values.values()
-        ):
+        if encoded is None:
+            return 0  # not made yet: not known either
+        at = self._find_plain_ts(encoded)
+        object.__setattr__(self, "_plain_at", at)
+        return at
+
+    def _find_plain_ts(self, encoded: bytes) -> int:
+        if self.quality or self.errors or self.attributes or None in self.values.values():
             return 0
         meter = json_string(self.meter)
         at = 10 + len(meter)  # after '{"meter":' and the name's JSON and ','

@@ -217,3 +217,27 @@ def test_decoding_stored_bytes_agrees_with_json_loads(
     assert got == expected
     if isinstance(got, Reading) and framing == "plain":
         assert got.to_json() == encode_reading(got) == data
+
+
+@pytest.mark.parametrize("meter", ["m1", 'm"1', "zähler 7", "a\\b"])
+@pytest.mark.parametrize(
+    "values", [{"v": 1.5, "w": -2}, {}, {"e": 10**20, "p": 0.001}, {"v": None, "w": 1}]
+)
+def test_a_reading_taken_with_its_values_json_gives_the_general_telemetry(
+    meter: str, values: dict[str, object]
+) -> None:
+    """The steady path's reading (stored form made from the decoder's values JSON, where its
+    telemetry starts known at once) gives the telemetry the general path makes, and so does
+    the same reading read back from its stored form."""
+    values_json = dumps_compact(values).encode()
+    fast = Reading.taken(meter, 7, dict(values), quality={}, errors={}, attributes={},
+                         values_json=values_json)  # fmt: skip
+    general = Reading(meter, 7, values)
+    assert fast.to_json() == encode_reading(general)
+    for reading in (fast, Reading.from_json(fast.to_json())):
+        assert reading.values_json_bytes() == dumps_compact(general.telemetry()).encode()
+        assert (
+            reading.telemetry_entry()
+            == general.telemetry_entry()
+            == b'{"ts":7,"values":%b}' % (dumps_compact(general.telemetry()).encode())
+        )
