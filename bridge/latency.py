@@ -79,16 +79,21 @@ class LatencyWindow:
         """The ``n`` newest values (all of them when fewer), newest first: what
         ``islice(reversed(window), n)`` gives, taken by slices."""
         data, cut = self._data, self._next
+        if n == 1 and data:  # the usual case: one poll since the last look
+            return [data[cut - 1] / 1e6]  # data[-1] when cut is 0
+        return [us / 1e6 for us in self.newest_us(n)]
+
+    def newest_us(self, n: int) -> array[int]:
+        """:meth:`newest` in whole microseconds, as kept (no conversion)."""
+        data, cut = self._data, self._next
         n = min(n, len(data))
         if n <= 0:
-            return []
-        if n == 1:  # the usual case: one poll since the last look
-            return [data[cut - 1] / 1e6]  # data[-1] when cut is 0
+            return array("I")
         # Newest first: data[cut - 1] down to data[0], then data[-1] down to data[cut].
         take = data[max(0, cut - n) : cut][::-1]
         if len(take) < n:
             take += data[len(data) - (n - len(take)) :][::-1]
-        return [us / 1e6 for us in take]
+        return take
 
     def __repr__(self) -> str:
         return f"LatencyWindow({list(self)!r}, maxlen={self.maxlen})"

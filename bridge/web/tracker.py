@@ -9,6 +9,7 @@ window at each ``sync``; the console syncs every second, far more often than tha
 from __future__ import annotations
 
 import bisect
+import operator
 from array import array
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +68,10 @@ class Counts(Mapping[str, int]):
         return len(COUNTERS)
 
 
+#: The bounds in whole microseconds, as latencies are kept (``us / 1e6 <= bound`` exactly
+#: when ``us <= round(bound * 1e6)``, for every whole ``us``).
+_LATENCY_BUCKETS_US = tuple(round(bound * 1e6) for bound in LATENCY_BUCKETS)
+_stat_values = operator.attrgetter(*STAT_COUNTERS)
 _SEEN = len(COUNTERS)
 _BUCKETS = 2 * len(COUNTERS)
 _SIZE = _BUCKETS + len(LATENCY_BUCKETS) + 1
@@ -117,8 +122,7 @@ class MeterTotals:
             for i in range(_SEEN, _BUCKETS):
                 data[i] = 0
         new_successes = stats.successes - data[_SEEN + _INDEX["successes"]]
-        for i, name in enumerate(STAT_COUNTERS):
-            value = getattr(stats, name)
+        for i, value in enumerate(_stat_values(stats)):
             before = data[_SEEN + i]
             if value != before:
                 data[i] += max(0, value - before)
@@ -134,15 +138,13 @@ class MeterTotals:
                 data[i] += value - before if value >= before else value
                 data[_SEEN + i] = value
         if new_successes > 0:
-            # Only the newest: no copy of the whole window per meter and second.
-            total = 0
-            taken = 0
-            for seconds in stats.latencies.newest(new_successes):
-                data[_BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-                total += round(seconds * 1e6)
-                taken += 1
-            self._latency_us += total
-            self.latency_count += taken
+            # Only the newest, in whole microseconds as kept: no copy of the whole window per
+            # meter and round, no conversion to seconds and back.
+            newest = stats.latencies.newest_us(new_successes)
+            for us in newest:
+                data[_BUCKETS + bisect.bisect_left(_LATENCY_BUCKETS_US, us)] += 1
+            self._latency_us += sum(newest)
+            self.latency_count += len(newest)
 
 
 class Tracker:

@@ -93,5 +93,7 @@ def test_newest_is_the_reversed_window_cut_short(maxlen: int) -> None:
     window = LatencyWindow(maxlen=maxlen)
     for i in range(3 * maxlen + 2):
         for n in range(-1, maxlen + 3):
-            assert window.newest(n) == list(itertools.islice(reversed(window), max(n, 0))), (i, n)
+            expected = list(itertools.islice(reversed(window), max(n, 0)))
+            assert window.newest(n) == expected, (i, n)
+            assert [us / 1e6 for us in window.newest_us(n)] == expected, (i, n)
         window.append(i / 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from types import SimpleNamespace
 from typing import Any
 
@@ -77,3 +78,24 @@ def test_the_latency_sum_is_exact_in_microseconds() -> None:
     # Summed as floats (newest first) this is 0.30421700000000007; the metrics show the sum.
     assert 0.1 + 0.2 + 0.004217 != 0.304217
     assert repr(totals.latency_sum) == "0.304217"
+
+
+def test_latencies_fall_in_the_buckets_their_seconds_fall_in() -> None:
+    """Latencies are bucketed by their whole microseconds, as kept: each lands where its
+    seconds would by the bounds in seconds, at and around every bound."""
+    durations_us = sorted(
+        {max(0, round(bound * 1e6) + d) for bound in LATENCY_BUCKETS for d in (-1, 0, 1)}
+        | {0, 31_000_000, 4_294_967_295}
+    )
+    tracker = Tracker()
+    stats = PollerStats()
+    for us in durations_us:
+        stats.latencies.append(us / 1e6)
+    stats.successes = len(durations_us)
+    totals = tracker.update("m", poller(stats))
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    for us in durations_us:
+        expected[bisect.bisect_left(LATENCY_BUCKETS, us / 1e6)] += 1
+    assert list(totals.buckets) == expected
+    assert totals.latency_count == len(durations_us)
+    assert totals.latency_sum == sum(durations_us) / 1e6
