@@ -517,9 +517,11 @@ class PollEngine:
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def _schedule(self, parked: _Parked) -> None:
-        """Queue ``parked``'s next cycle (skipping the ones that can no longer start in time)."""
-        now = trio.current_time()
+    def _schedule(self, parked: _Parked, now: float | None = None) -> None:
+        """Queue ``parked``'s next cycle (skipping the ones that can no longer start in time);
+        ``now``: the loop's time, when it calls."""
+        if now is None:
+            now = trio.current_time()
         due = parked.start + parked.tick * parked.interval
         if now - due > parked.interval / 2:
             late = math.floor((now - due) / parked.interval + 0.5)
@@ -555,7 +557,7 @@ class PollEngine:
                 self._hand_back(parked, Handback(parked.tick))
                 continue
             if now - due > parked.interval / 2:  # the engine itself ran late
-                self._schedule(parked)
+                self._schedule(parked, now)
                 continue
             self._start_poll(parked, now)
 
@@ -785,7 +787,7 @@ class PollEngine:
         )
         in_place = _in_place_marker(parked) != parked.in_place
         reading = poller.took(readings, parked.started_ms, now - parked.t0, in_place, now)
-        self._done(parked, reading)
+        self._done(parked, reading, now)
 
     def _complete_steady(self, parked: _Parked, steady: SteadyReading, now: float) -> None:
         """A steady poll ended with its values."""
@@ -796,17 +798,19 @@ class PollEngine:
         reading = parked.poller.took_steady(
             steady, decoder.units, parked.started_ms, now - parked.t0, in_place, now
         )
-        self._done(parked, reading)
+        self._done(parked, reading, now)
 
-    def _done(self, parked: _Parked, reading: Reading) -> None:
+    def _done(self, parked: _Parked, reading: Reading, now: float) -> None:
         parked.busy = False
-        self._set_timer(parked, math.inf)
+        # No timer (what _set_timer(parked, inf) does: its heap entry goes stale).
+        parked.seq += 1
+        parked.timer = math.inf
         self._pending.append(reading)
         self.polls += 1
         if parked.release:
             self._hand_back(parked, Handback(parked.tick))
         else:
-            self._schedule(parked)
+            self._schedule(parked, now)
 
     def _fail(self, parked: _Parked, exc: BaseException) -> None:
         self.errors += 1

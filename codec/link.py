@@ -257,6 +257,8 @@ class HdlcClientLink:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (and forget)."""
+        if not self._out:
+            return b""  # the usual answer: no copy, nothing to clear
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -629,6 +631,8 @@ class WrapperClientLink:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (and forget)."""
+        if not self._out:
+            return b""  # the usual answer: no copy, nothing to clear
         out = bytes(self._out)
         self._out.clear()
         return out
