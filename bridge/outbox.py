@@ -60,8 +60,21 @@ FILENAME = "outbox.sqlite"
 DEFAULT_MAX_ROWS = PublishConfig().outbox_max_rows
 DEFAULT_MAX_BYTES = PublishConfig().outbox_max_bytes
 _SCHEMA_VERSION = 1
-# SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
+# SQLite's default limit on host parameters is 32766 since 3.32 (999 before); stay below both.
 _IDS_PER_STATEMENT = 500
+#: Rows per INSERT: a batch goes in as a few multi-row statements of these sizes, largest
+#: first (a handful of statement texts, kept in the connection's statement cache). Measured
+#: ~2.7 us of CPU a row against ~4.7 for one statement a row (executemany), which also writes
+#: the AUTOINCREMENT counter and hands the GIL over once a row.
+_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+_INSERT_SQL = {
+    size: "INSERT INTO outbox (meter, ts_ms, payload) VALUES " + ",".join(["(?,?,?)"] * size)
+    for size in _INSERT_SIZES
+}
+#: Ids to delete that form at most this many runs of consecutive ids are deleted run by run
+#: (a count and a range delete each: ~1.6 us a row against ~3.0 for a list with RETURNING);
+#: scattered ones by lists.
+_MAX_DELETE_RUNS = 4
 # The overflow alarm clears once the outbox is back under this fraction of both bounds.
 _ALARM_CLEAR_FRACTION = 0.9
 _WAL_CHECKPOINT_PAGES = 256
@@ -89,6 +102,25 @@ class OutboxError(Exception):
     def __init__(self, message: str, *, disk: bool = False) -> None:
         super().__init__(message)
         self.disk = disk
+
+
+def _runs(ids: Sequence[int], limit: int) -> list[tuple[int, int]] | None:
+    """``ids`` as runs of consecutive ids, ``(first, last)`` in order; None when they make more
+    than ``limit`` runs."""
+    if not ids:
+        return []
+    ordered = sorted(set(ids))
+    runs: list[tuple[int, int]] = []
+    first = previous = ordered[0]
+    for row_id in ordered[1:]:
+        if row_id != previous + 1:
+            if len(runs) + 1 >= limit:
+                return None
+            runs.append((first, previous))
+            first = row_id
+        previous = row_id
+    runs.append((first, previous))
+    return runs
 
 
 def _disk_problem(exc: BaseException) -> str | None:
@@ -286,10 +318,14 @@ class Outbox:
 
     def _append(self, readings: Sequence[Reading], payloads: list[bytes]) -> list[int]:
         with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO outbox (meter, ts_ms, payload) VALUES (?, ?, ?)",
-                [(r.meter, r.ts_ms, p) for r, p in zip(readings, payloads, strict=True)],
-            )
+            params = [
+                v for r, p in zip(readings, payloads, strict=True) for v in (r.meter, r.ts_ms, p)
+            ]
+            done, count = 0, len(payloads)
+            for size in _INSERT_SIZES:
+                while count - done >= size:
+                    conn.execute(_INSERT_SQL[size], params[3 * done : 3 * (done + size)])
+                    done += size
             # AUTOINCREMENT under an exclusive lock hands out consecutive ids within one
             # transaction, so the batch's ids end at the last one inserted.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -408,8 +444,21 @@ class Outbox:
 
     def _remove(self, ids: list[int], counter: str | None = None) -> int:
         deleted = freed = 0
+        runs = _runs(ids, _MAX_DELETE_RUNS)
         with self._transaction() as conn:
-            for start in range(0, len(ids), _IDS_PER_STATEMENT):
+            if runs is not None:
+                # Every id from lo to hi was asked for: what the range holds is what goes.
+                for lo, hi in runs:
+                    count, size = conn.execute(
+                        "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+                        " WHERE id BETWEEN ? AND ?",
+                        (lo, hi),
+                    ).fetchone()
+                    if count:
+                        conn.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (lo, hi))
+                        deleted += int(count)
+                        freed += int(size)
+            for start in range(0, len(ids) if runs is None else 0, _IDS_PER_STATEMENT):
                 chunk = ids[start : start + _IDS_PER_STATEMENT]
                 marks = ",".join("?" * len(chunk))
                 for (size,) in conn.execute(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import outbox as outbox_module
@@ -127,6 +127,62 @@ def test_append_peek_delete_in_order(tmp_path: Path) -> None:
         assert [r.id for r in box.peek(100)] == ids[4:]
         assert box.depth()[0] == 6
         assert box.pending_meters() == ["a", "b"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(0, 600)),
+            st.tuples(st.just("delete"), st.lists(st.integers(0, 700), max_size=40)),
+            st.tuples(st.just("delete_range"), st.integers(0, 700), st.integers(0, 300)),
+            # A few ids one apart: few runs, with rows between them that must stay.
+            st.tuples(st.just("delete_stride"), st.integers(0, 700), st.integers(1, 6)),
+        ),
+        max_size=12,
+    )
+)
+def test_batches_of_any_size_and_deletes_of_any_shape_keep_the_counts_true(
+    tmp_path_factory: pytest.TempPathFactory,
+    ops: list[tuple[object, ...]],
+) -> None:
+    """Batches go in as multi-row statements of several sizes and deletes go by runs of
+    consecutive ids or by lists: whatever the shape (duplicates, ids gone or never made, out
+    of order), the rows left, their order and the counted rows and bytes are what a plain
+    model of the outbox says, and what the database itself counts."""
+    directory = tmp_path_factory.mktemp("outbox")
+    model: dict[int, bytes] = {}
+    made = 0
+    with Outbox(directory) as box:
+        for op in ops:
+            if op[0] == "append":
+                count = int(str(op[1]))
+                batch = [reading(made + i, meter=f"m{(made + i) % 7}") for i in range(count)]
+                made += count
+                ids = box.append(batch)
+                assert ids == list(range(ids[0], ids[0] + count)) if count else ids == []
+                model.update((i, r.to_json()) for i, r in zip(ids, batch, strict=True))
+                continue
+            if op[0] == "delete":
+                asked = [int(str(i)) for i in op[1]]  # type: ignore[attr-defined]
+            elif op[0] == "delete_range":
+                start, length = int(str(op[1])), int(str(op[2]))
+                asked = list(range(start, start + length))[::-1]
+            else:
+                start, length = int(str(op[1])), int(str(op[2]))
+                asked = list(range(start, start + 2 * length, 2))
+            gone = {i for i in asked if i in model}
+            assert box.delete(asked) == len(gone)
+            for i in gone:
+                del model[i]
+        assert [r.id for r in box.peek(10_000)] == sorted(model)
+        assert box.depth() == (len(model), sum(len(p) for p in model.values()))
+        assert (
+            box._db.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+            ).fetchone()
+            == box.depth()
+        )
 
 
 def test_survives_reopen_and_ids_never_repeat(tmp_path: Path) -> None:
