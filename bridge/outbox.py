@@ -36,6 +36,7 @@ import trio
 from bridge.config import PublishConfig
 from bridge.lock import private_file
 from bridge.readings import Reading
+from bridge.sqlite_rows import insert_rows
 
 __all__ = [
     "ALARM_WRITE_FAILED",
@@ -62,15 +63,6 @@ DEFAULT_MAX_BYTES = PublishConfig().outbox_max_bytes
 _SCHEMA_VERSION = 1
 # SQLite's default limit on host parameters is 32766 since 3.32 (999 before); stay below both.
 _IDS_PER_STATEMENT = 500
-#: Rows per INSERT: a batch goes in as a few multi-row statements of these sizes, largest
-#: first (a handful of statement texts, kept in the connection's statement cache). Measured
-#: ~2.7 us of CPU a row against ~4.7 for one statement a row (executemany), which also writes
-#: the AUTOINCREMENT counter and hands the GIL over once a row.
-_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
-_INSERT_SQL = {
-    size: "INSERT INTO outbox (meter, ts_ms, payload) VALUES " + ",".join(["(?,?,?)"] * size)
-    for size in _INSERT_SIZES
-}
 #: Ids to delete that form at most this many runs of consecutive ids are deleted run by run
 #: (a count and a range delete each: ~1.6 us a row against ~3.0 for a list with RETURNING);
 #: scattered ones by lists.
@@ -321,11 +313,8 @@ class Outbox:
             params = [
                 v for r, p in zip(readings, payloads, strict=True) for v in (r.meter, r.ts_ms, p)
             ]
-            done, count = 0, len(payloads)
-            for size in _INSERT_SIZES:
-                while count - done >= size:
-                    conn.execute(_INSERT_SQL[size], params[3 * done : 3 * (done + size)])
-                    done += size
+            # A few multi-row statements, not one a row (see bridge.sqlite_rows).
+            insert_rows(conn, "INSERT INTO outbox (meter, ts_ms, payload)", 3, params)
             # AUTOINCREMENT under an exclusive lock hands out consecutive ids within one
             # transaction, so the batch's ids end at the last one inserted.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])

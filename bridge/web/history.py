@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from bridge.readings import Reading
+from bridge.sqlite_rows import insert_rows
 
 __all__ = ["FILENAME", "HistoryStore"]
 
@@ -107,9 +108,11 @@ class HistoryStore:
     def _write(self, rows: list[tuple[str, str, int, float]]) -> None:
         if not rows or self._db is None:
             return
+        params = [v for row in rows for v in row]
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", rows)
+            # A few multi-row statements, not one a row (see bridge.sqlite_rows).
+            insert_rows(self._db, "INSERT INTO samples (meter, key, ts, value)", 4, params)
 
     async def flush(self) -> None:
         """Write what is pending."""
