@@ -67,6 +67,10 @@ class LastReading:
     __slots__ = ("_keys", "_values", "ts_ms")
 
     def __init__(self, reading: Reading) -> None:
+        self.take(reading)
+
+    def take(self, reading: Reading) -> None:
+        """Keep ``reading`` instead of what was kept (one object a meter, not one a reading)."""
         values = reading.values
         keys = tuple(values)
         shared = _KEYS.get(keys)
@@ -197,7 +201,11 @@ class Console:
         watched = bool(self.hub.subscribers)
         for reading in readings:
             try:
-                last[reading.meter] = LastReading(reading)
+                kept = last.get(reading.meter)
+                if kept is None:
+                    last[reading.meter] = LastReading(reading)
+                else:
+                    kept.take(reading)
                 add(reading)
                 if watched:
                     self._tell_watchers(reading)

@@ -144,6 +144,11 @@ def test_the_console_keeps_a_compact_last_reading() -> None:
     assert a._keys is b._keys  # one key tuple for the meters reporting the same keys
     other = LastReading(Reading.taken("m3", 1, {"current": 1.5}, **none))
     assert other.values == {"current": 1.5} and other._keys is not a._keys
+    # A meter's next reading is kept in the same object, keys shared as before.
+    a.take(two)
+    assert a.ts_ms == 1_700_000_001_000 and a.values == b.values and a._keys is b._keys
+    a.take(Reading.taken("m1", 5, {"current": 2.5}, **none))
+    assert (a.ts_ms, a.values) == (5, {"current": 2.5}) and a._keys is other._keys
 
 
 def test_pollers_with_the_same_units_share_the_table() -> None:
