@@ -60,7 +60,15 @@ from codec.errors import (
     ResponseTimeout,
 )
 from codec.hdlc import NEED_DATA, NeedData
-from codec.link import ApduReceived, Connected, Disconnected, Link, LinkState, UnsolicitedData
+from codec.link import (
+    ApduReceived,
+    Connected,
+    Disconnected,
+    Link,
+    LinkState,
+    UnsolicitedData,
+    strip_llc,
+)
 from codec.link import Event as LinkEvent
 
 if TYPE_CHECKING:
@@ -536,13 +544,13 @@ class ClientAssociation:
         ):
             return None
         try:
-            apdu = link.next_apdu()
-            if apdu is None or isinstance(apdu, NeedData):
+            info = link.next_info()  # the APDU with its LLC header, read in place
+            if info is None or isinstance(info, NeedData):
                 return None
-            reading = steady.decode(apdu, 0, self._current_invoke)
+            reading = steady.decode_info(info, self._current_invoke)
             if reading is None:
                 # Not the steady reply: handled as next_event handles an APDU.
-                self._handle_apdu(apdu)
+                self._handle_apdu(strip_llc(info))
                 return None
         except ProtocolError:
             self._close_on_error()

@@ -46,6 +46,7 @@ __all__ = [
     "LinkState",
     "UnsolicitedData",
     "WrapperClientLink",
+    "strip_llc",
 ]
 
 #: LLC header of a request (client to server) and of a response, IEC 62056-46 Annex.
@@ -118,6 +119,7 @@ class Link(Protocol):
     def receive_data(self, data: bytes, now: float) -> None: ...
     def next_event(self) -> Event | NeedData: ...
     def next_apdu(self) -> bytes | NeedData | None: ...
+    def next_info(self) -> bytes | NeedData | None: ...
     def data_to_send(self) -> bytes: ...
     def next_deadline(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
@@ -126,7 +128,8 @@ class Link(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-def _strip_llc(data: bytes) -> bytes:
+def strip_llc(data: bytes) -> bytes:
+    """The APDU of an information field: its LLC header cut off when it has one."""
     # Meters answer with E6 E7 00; some echo E6 E6 00. Anything else is taken as a bare APDU.
     if data[:2] in (b"\xe6\xe7", b"\xe6\xe6") and len(data) >= 3:
         return data[3:]
@@ -290,6 +293,15 @@ class HdlcClientLink:
         deliver it in :class:`ApduReceived`, with the same bookkeeping. ``NEED_DATA`` when no
         frame is complete. None otherwise: any frame taken was handled as :meth:`next_event`
         handles it (events queued, counters, errors raised), and :meth:`next_event` goes on."""
+        info = self.next_info()
+        if info is None or isinstance(info, NeedData):
+            return info
+        return strip_llc(info)
+
+    def next_info(self) -> bytes | NeedData | None:
+        """:meth:`next_apdu` with the reply's information field as received: its LLC header
+        not cut off (:func:`strip_llc` gives the APDU; a steady decoder reads the field as it
+        is, without the copy)."""
         if (
             self._events
             or self._segments_out
@@ -315,7 +327,7 @@ class HdlcClientLink:
         pending = self._pending
         self._answered_deadline = None if pending is None else pending.deadline
         self._pending = None
-        return _strip_llc(info)
+        return info
 
     def stats(self) -> dict[str, int]:
         """Scanner and link counters."""
@@ -436,7 +448,7 @@ class HdlcClientLink:
         kind = frame.kind
         state = self.state
         if kind is FrameKind.UI:
-            self._events.append(UnsolicitedData(_strip_llc(frame.info)))
+            self._events.append(UnsolicitedData(strip_llc(frame.info)))
         elif kind is FrameKind.UA:
             self._on_ua(frame)
         elif kind is FrameKind.DM:
@@ -534,7 +546,7 @@ class HdlcClientLink:
         self._pending = None
         data = b"".join(self._segments_in)
         self._clear_segments_in()
-        self._events.append(ApduReceived(_strip_llc(data)))
+        self._events.append(ApduReceived(strip_llc(data)))
 
     def _clear_segments_in(self) -> None:
         self._segments_in.clear()
@@ -665,6 +677,10 @@ class WrapperClientLink:
 
     def next_apdu(self) -> bytes | NeedData | None:
         """No shortcut here (a wrapper frame is one APDU already): take :meth:`next_event`."""
+        return None
+
+    def next_info(self) -> bytes | NeedData | None:
+        """No shortcut here either (see :meth:`next_apdu`)."""
         return None
 
     def next_deadline(self) -> float | None:
