@@ -25,9 +25,13 @@ from bridge.simulator.server import Simulator, SimulatorConfig
 from bridge.simulator.server_link import HdlcServerLink
 from codec.association import Associated, ClientAssociation, Response, SteadyResponse
 from codec.client import DlmsClient
+from codec.hdlc import IMPLEMENTATION as HDLC
 from codec.hdlc import NeedData
 from codec.steady import IMPLEMENTATION as STEADY_IMPLEMENTATION
-from codec.steady import SteadyDecoder
+from codec.steady import SteadyDecoder, steady_receive, steady_send
+
+#: The steady poll's calls timed (see steady_poll).
+SEND, RECEIVE = steady_send, steady_receive
 
 
 def setup() -> tuple[MeterPoller, ClientAssociation, DlmsClient, HdlcServerLink]:
@@ -94,12 +98,14 @@ def steady_poll(
     server: HdlcServerLink, now: float, t: list[float], decoder: SteadyDecoder,
 ) -> None:  # fmt: skip
     """The polling engine's steady path: the same request sent as one frame, the reply decoded
-    straight to values (ClientAssociation.steady_request and receive_steady)."""
+    straight to values (codec.steady's steady_send and steady_receive, as the engine calls
+    them: in C over HDLC when the extension is built; ``--methods``: the association's own
+    steady_request and receive_steady, their pure-Python reference)."""
     t0 = time.perf_counter()
     request = client._list_request  # what the engine keeps from client.steady_request()
     assert request is not None
     association.drain()
-    out = association.steady_request(request, now, decoder)  # one frame, nothing else open
+    out = SEND(association, request, now, decoder)  # one frame, nothing else open
     if out is None:  # the first time: the request's encoding is made
         association.request(request, now, steady=decoder)
         out = association.data_to_send()
@@ -107,7 +113,7 @@ def steady_poll(
     replies = server.receive_data(out, now)  # the meter: not timed
     t2 = time.perf_counter()
     assert len(replies) == 1
-    reading = association.receive_steady(replies[0], now)
+    reading = RECEIVE(association, replies[0], now)
     if reading is None:
         event = association.next_event()
         assert isinstance(event, SteadyResponse), event
@@ -154,7 +160,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polls", type=int, default=5000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--methods", action="store_true",
+        help="time the association's own methods (the pure-Python reference of the calls)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.methods:
+        global SEND, RECEIVE
+        SEND, RECEIVE = ClientAssociation.steady_request, ClientAssociation.receive_steady
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
@@ -164,7 +177,8 @@ def main() -> None:
         return
     n = args.polls
     rows = [("general", measure(args, steady=False)), ("steady", measure(args, steady=True))]
-    print(f"steady decoder: {STEADY_IMPLEMENTATION}")
+    calls = "the association's methods" if args.methods else f"codec.steady's ({HDLC})"
+    print(f"steady decoder: {STEADY_IMPLEMENTATION}; steady calls: {calls}")
     print(f"{'us per poll':<12} {'request':>8} {'reply':>8} {'reading':>8} {'total':>8}")
     for name, best in rows:
         parts = [x / n * 1e6 for x in best]

@@ -61,7 +61,13 @@ from codec.association import (
 from codec.client import RegisterReading
 from codec.errors import LinkError, ProtocolError
 from codec.hdlc import NeedData
-from codec.steady import SteadyDecoder, SteadyReading, shared_decoder
+from codec.steady import (
+    SteadyDecoder,
+    SteadyReading,
+    shared_decoder,
+    steady_receive,
+    steady_send,
+)
 
 if TYPE_CHECKING:
     from bridge.poller import MeterPoller
@@ -602,7 +608,7 @@ class PollEngine:
                 # or (anything unexpected) the general way (see _general).
                 association = parked.association
                 association.drain()
-                raw = association.steady_request(request, now, decoder)
+                raw = steady_send(association, request, now, decoder)
                 if raw is not None:
                     # Sent in one frame with nothing else open: the association needs the
                     # reply now (what _pump would find), so only the write and the timer.
@@ -669,7 +675,7 @@ class PollEngine:
         try:
             # The reply of a steady poll comes straight as values; anything else (and any
             # reply of a general poll) as the association's events, through _pump.
-            steady = association.receive_steady(data, now)
+            steady = steady_receive(association, data, now)
         except ProtocolError as exc:
             if self._throw(parked, exc, now):
                 self._pump(parked, now)

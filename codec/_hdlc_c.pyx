@@ -14,7 +14,9 @@ from libc.string cimport memchr
 from codec._hdlc_shared import DEFAULT_MAX_BUFFER, NEED_DATA, kind_of_control
 from codec.errors import FrameError, LocalProtocolError
 
-__all__ = ["NEED_DATA", "Frame", "FrameScanner", "fcs16", "stuff", "unstuff"]
+__all__ = [
+    "NEED_DATA", "Frame", "FrameScanner", "fcs16", "steady_receive", "steady_send", "stuff", "unstuff"
+]
 
 DEF FLAG = 0x7E
 DEF ESCAPE = 0x7D
@@ -529,3 +531,212 @@ cdef class FrameScanner:
             self.bytes_discarded += _count_discarded(buf, f, e)
             self._pos = e
             self._reject(outcome if outcome < 0 else BAD_HEADER)
+
+
+# -- the steady poll's exchange, one call each way ----------------------------------------------
+#
+# ClientAssociation.steady_request and receive_steady (codec/association.py, the reference) for
+# an association over an HDLC link, in C: the request frame built in one buffer, the reply
+# taken straight from the bytes read when they are exactly that one frame. Whatever else comes
+# (another link, a frame split across reads, anything the decoder does not take, ...) is
+# handed to the association's own method, before anything is changed: the result and the
+# state are the reference's in every case (tests/codec/test_steady_exchange.py drives both in
+# lockstep). The codec modules are looked up on the first call (they import this one).
+
+from cpython.bytes cimport PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy
+
+cdef bint _refs_loaded = False
+cdef object _HdlcClientLink, _CONNECTED, _Pending, _READY, _WAITING, _SENT, _ANSWERED
+cdef tuple _INVOKE_BYTES
+cdef bytes _LLC_REQUEST
+cdef Py_ssize_t _LLC_SIZE
+#: The address bytes of a link's frames, both ways, by ``link._from_server``.
+cdef dict _ADDRESSES = {}
+
+
+cdef int _load_refs() except -1:
+    global _refs_loaded, _HdlcClientLink, _CONNECTED, _Pending, _READY, _WAITING, _SENT
+    global _ANSWERED, _INVOKE_BYTES, _LLC_REQUEST, _LLC_SIZE
+    from codec import association, link
+    _HdlcClientLink = link.HdlcClientLink
+    _CONNECTED = link.LinkState.CONNECTED
+    _Pending = link._Pending
+    _LLC_REQUEST = link.LLC_REQUEST
+    _LLC_SIZE = len(link.LLC_RESPONSE)
+    _READY = association.AssociationState.READY
+    _WAITING = association.AssociationState.WAITING
+    _SENT = association._STEADY_SENT
+    _ANSWERED = association._STEADY_ANSWERED
+    _INVOKE_BYTES = association._INVOKE_BYTES
+    _refs_loaded = True
+    return 0
+
+
+cdef tuple _addresses(link):
+    """(server + client address bytes, as a request carries them; client + server, as a
+    reply does)."""
+    key = link._from_server
+    found = _ADDRESSES.get(key)
+    if found is None:
+        server, client = link.server.encode(), link.client.encode()
+        found = (server + client, client + server)
+        if len(_ADDRESSES) >= 1024:
+            _ADDRESSES.clear()
+        _ADDRESSES[key] = found
+    return <tuple>found
+
+
+def steady_send(association, request, double now, decoder):
+    """``association.steady_request(request, now, decoder)``: see the section's comment."""
+    if not _refs_loaded:
+        _load_refs()
+    link = association.link
+    if type(link) is not _HdlcClientLink or link.transparency:
+        return association.steady_request(request, now, decoder)
+    encoded = association._encoded
+    if (
+        encoded is None
+        or (<tuple>encoded)[0] is not request
+        or association.state is not _READY
+        or association._events
+        or link.state is not _CONNECTED
+        or link._pending is not None
+        or link._out
+        or link._events
+        or link._segments_out
+        or link._segments_in
+    ):
+        return association.steady_request(request, now, decoder)
+    sec = association._sec
+    if sec is not None and sec.ciphered:
+        return association.steady_request(request, now, decoder)
+    plain = (<tuple>encoded)[1]
+    if type(plain) is not bytes:
+        return association.steady_request(request, now, decoder)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(plain)
+    cdef Py_ssize_t info_size = _LLC_SIZE + size
+    if size < 3 or info_size > link.negotiated.max_info_tx:
+        return association.steady_request(request, now, decoder)
+    cdef bytes addresses = <bytes>_addresses(link)[0]
+    cdef Py_ssize_t a = PyBytes_GET_SIZE(addresses)
+    # Format (2), addresses, control, HCS (2), information, FCS (2); flags around.
+    cdef Py_ssize_t length = 2 + a + 1 + 2 + info_size + 2
+    if length > 0x7FF:
+        return association.steady_request(request, now, decoder)
+    cdef int invoke_id = association._invoke_id % 15 + 1
+    cdef int vs = link._vs
+    cdef int vr = link._vr
+    cdef bytes raw = PyBytes_FromStringAndSize(NULL, length + 2)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(raw)
+    cdef uint16_t check
+    p[0] = FLAG
+    p[1] = 0xA0 | (length >> 8)
+    p[2] = length & 0xFF
+    memcpy(p + 3, PyBytes_AS_STRING(addresses), a)
+    p[3 + a] = (vr << 5) | 0x10 | (vs << 1)
+    check = _fcs(p + 1, 2 + a + 1)
+    p[4 + a] = check & 0xFF
+    p[5 + a] = check >> 8
+    cdef uint8_t* info = p + 6 + a
+    memcpy(info, PyBytes_AS_STRING(_LLC_REQUEST), _LLC_SIZE)
+    memcpy(info + _LLC_SIZE, PyBytes_AS_STRING(plain), size)
+    info[_LLC_SIZE + 2] = (<const uint8_t*>PyBytes_AS_STRING(_INVOKE_BYTES[invoke_id]))[0]
+    check = _fcs(p + 1, length - 2)
+    p[length - 1] = check & 0xFF
+    p[length] = check >> 8
+    p[length + 1] = FLAG
+    # The link's send_single (_i_frame, frames_sent, _await) ...
+    link._vs = (vs + 1) % 8
+    link.frames_sent += 1
+    link._pending = _Pending(raw, now + link.timeout, link.retries, "reply")
+    link._answered_deadline = None
+    link._busy_until = None
+    # ... and the association's steady_request (the state, _begin, _reply_dropped).
+    association.state = _SENT
+    association._steady = decoder
+    association._now = now
+    association._invoke_id = invoke_id
+    association._current_invoke = invoke_id
+    association._current = request
+    association._blocks = []
+    association._blocks_size = 0
+    timeout = association.settings.request_timeout
+    association._deadline = None if timeout is None else now + timeout
+    association.requests += 1
+    association._reply_dropped = False
+    return raw
+
+
+def steady_receive(association, data, double now):
+    """``association.receive_steady(data, now)``: see the section's comment."""
+    if not _refs_loaded:
+        _load_refs()
+    link = association.link
+    if type(link) is not _HdlcClientLink or type(data) is not bytes:
+        return association.receive_steady(data, now)
+    decoder = association._steady
+    if (
+        decoder is None
+        or association._events
+        or association.state is not _WAITING
+        or association._current is None
+        or link._events
+        or link._segments_out
+        or link._segments_in
+        or link.state is not _CONNECTED
+        or type(link.scanner) is not FrameScanner
+    ):
+        return association.receive_steady(data, now)
+    sec = association._sec
+    if sec is not None and sec.ciphered:
+        return association.receive_steady(data, now)
+    cdef FrameScanner scanner = link.scanner
+    cdef Py_ssize_t held = PyByteArray_GET_SIZE(scanner._buf) - scanner._pos
+    if scanner._closed or scanner.transparency or held > 1 or (
+        held == 1 and (<uint8_t*>PyByteArray_AS_STRING(scanner._buf))[scanner._pos] != FLAG
+    ):
+        # What the scanner holds would change how these bytes are read: its own way.
+        return association.receive_steady(data, now)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n < 10 or p[0] != FLAG or p[1] & 0x08 or _check(p, 0, n) != n - 1:
+        return association.receive_steady(data, now)  # not one whole unsegmented frame
+    cdef bytes addresses = <bytes>_addresses(link)[1]
+    cdef Py_ssize_t a = PyBytes_GET_SIZE(addresses)
+    cdef int vr = link._vr
+    cdef uint8_t control = p[3 + a]
+    cdef Py_ssize_t start = 6 + a, size = n - 3 - (6 + a)
+    if (
+        memcmp(p + 3, PyBytes_AS_STRING(addresses), a) != 0
+        or control & 0x01
+        or ((control >> 1) & 0x07) != vr
+        or size <= 0
+        or size > link.max_apdu + _LLC_SIZE
+    ):
+        return association.receive_steady(data, now)
+    reading = decoder.decode_info(
+        PyBytes_FromStringAndSize(<const char*>(p + start), size), association._current_invoke
+    )
+    if reading is None:
+        return association.receive_steady(data, now)
+    # What receive_data, the scanner's next_frame and next_info leave: the frame counted, its
+    # closing flag held (it may open the next frame), N(R) on, the reply no longer awaited ...
+    association._now = now
+    link._now = now
+    scanner.bytes_received += n
+    scanner.frames += 1
+    del scanner._buf[:]
+    scanner._buf.append(FLAG)
+    scanner._pos = 0
+    scanner._ahead = 0
+    link._vr = (vr + 1) % 8
+    pending = link._pending
+    link._answered_deadline = None if pending is None else pending.deadline
+    link._pending = None
+    # ... and receive_steady: the request answered.
+    association._steady = None
+    association._current = None
+    association._deadline = None
+    association.state = _ANSWERED
+    return reading

@@ -10,7 +10,7 @@ Transparency (ISO/IEC 13239 byte stuffing) is an explicit option of the scanner,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codec._hdlc_shared import (
     DEFAULT_MAX_BUFFER,
@@ -27,7 +27,21 @@ from codec._hdlc_shared import (
 )
 from codec.errors import FrameError, LocalProtocolError
 
-__all__ = ["NEED_DATA", "Frame", "FrameScanner", "fcs16", "stuff", "unstuff"]
+if TYPE_CHECKING:
+    from codec._steady_py import SteadyDecoder, SteadyReading
+    from codec.apdu import Request
+    from codec.association import ClientAssociation
+
+__all__ = [
+    "NEED_DATA",
+    "Frame",
+    "FrameScanner",
+    "fcs16",
+    "steady_receive",
+    "steady_send",
+    "stuff",
+    "unstuff",
+]
 
 # Outcomes of checking one candidate frame start (values >= 0 are the closing flag's index).
 _INCOMPLETE = -1
@@ -460,3 +474,20 @@ class FrameScanner:
             self.bytes_discarded += _count_discarded(buf, f, e)
             self._pos = e
             self._reject(outcome if outcome < 0 else _BAD_HEADER)
+
+
+# -- the steady poll's exchange, one call each way ----------------------------------------------
+
+
+def steady_send(
+    association: ClientAssociation, request: Request, now: float, decoder: SteadyDecoder
+) -> bytes | None:
+    """``association.steady_request(request, now, decoder)``: the extension does it in C for
+    an association over an HDLC link (the same bytes, the same state); here it is the method."""
+    return association.steady_request(request, now, decoder)
+
+
+def steady_receive(association: ClientAssociation, data: bytes, now: float) -> SteadyReading | None:
+    """``association.receive_steady(data, now)``: the extension takes a reply that is one
+    whole frame in C (the same reading, the same state); here it is the method."""
+    return association.receive_steady(data, now)

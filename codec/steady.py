@@ -56,6 +56,15 @@ API (both implementations):
 The Cython extension (``codec._steady_c``) is used when built, else the pure-Python twin
 (``codec._steady_py``); both give identical results. ``DLMS_BRIDGE_NO_EXTENSIONS=1`` selects
 the twin, as for the HDLC hot path.
+
+A steady poll's exchange in one call each way, for a polling loop that does its own I/O:
+``steady_send(association, request, now, decoder)`` is
+:meth:`~codec.association.ClientAssociation.steady_request` and ``steady_receive(association,
+data, now)`` is :meth:`~codec.association.ClientAssociation.receive_steady`, with the same
+results and the same state. The HDLC hot path's extension (``codec._hdlc_c``) does both in C
+for an association over an HDLC link (the request frame built in one buffer; a reply that is
+exactly one frame taken from the bytes read, decoded by the decoder in place) and hands
+anything else to the method before changing anything; its twin calls the methods.
 """
 
 from __future__ import annotations
@@ -65,16 +74,20 @@ from typing import TYPE_CHECKING
 
 from codec import _steady_py
 from codec._speedups import available_of, select
+from codec._speedups import impl as _hdlc_impl
 from codec.client import RegisterReading, RegisterSpec
 from codec.values import JsonValue
 
 #: Which implementation is in use: ``"cython"`` or ``"python"``.
 _impl, IMPLEMENTATION = select(_steady_py, "_steady_c")
 if TYPE_CHECKING:
+    from codec._hdlc_py import steady_receive, steady_send
     from codec._steady_py import SteadyDecoder, SteadyReading
 else:
     SteadyDecoder = _impl.SteadyDecoder
     SteadyReading = _impl.SteadyReading
+    steady_send = _hdlc_impl.steady_send
+    steady_receive = _hdlc_impl.steady_receive
 
 __all__ = [
     "IMPLEMENTATION",
@@ -83,6 +96,8 @@ __all__ = [
     "implementations",
     "reading_of",
     "shared_decoder",
+    "steady_receive",
+    "steady_send",
 ]
 
 #: Decoders by what they are built from (bounded: emptied when full).

@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from codec import _hdlc_py
+from codec._speedups import IMPLEMENTATION as HDLC_IMPLEMENTATION
 from codec.association import Associated, ClientAssociation, Response, SteadyResponse
 from codec.client import DlmsClient, RegisterReading
 from codec.errors import ProtocolError
@@ -29,7 +31,7 @@ from codec.hdlc import (
     encode_frame,
     encode_with_control,
 )
-from codec.steady import SteadyDecoder
+from codec.steady import SteadyDecoder, steady_receive, steady_send
 from tests.codec.test_association import FIELD_METER as SPECS
 from tests.codec.test_association import Wire
 
@@ -77,10 +79,19 @@ def _events(association: ClientAssociation) -> list[Any]:
         return out
 
 
+#: How the fast association is driven: its own methods, or codec.steady's one-call functions
+#: (in C over HDLC when the extension is built).
+CALLS = {
+    "methods": (ClientAssociation.steady_request, ClientAssociation.receive_steady),
+    "calls": (steady_send, steady_receive),
+}
+
+
 class Pair:
     """A fast and a general association in lockstep against one meter."""
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, calls: str = "methods") -> None:
+        self.steady_request, self.receive_steady = CALLS[calls]
         # Two client sides as the association tests make them; the meter is the first's.
         fast, slow = Wire(transport=transport), Wire(transport=transport)
         self.server: Any = fast.server
@@ -137,7 +148,7 @@ class Pair:
         fast, slow = self.fast, self.slow
         self.now += 1.0
         before = snapshot(fast)
-        raw = fast.steady_request(self.request, self.now, self.decoder)
+        raw = self.steady_request(fast, self.request, self.now, self.decoder)
         if raw is None:
             assert snapshot(fast) == before  # refused: nothing done
             try:
@@ -163,7 +174,7 @@ class Pair:
             self.now += 0.001
             fast_events: list[Any] = []
             try:
-                reading = self.fast.receive_steady(piece, self.now)
+                reading = self.receive_steady(self.fast, piece, self.now)
             except ProtocolError as exc:
                 fast_events.append((type(exc).__name__, exc.code, str(exc)))
             else:
@@ -206,7 +217,7 @@ faults = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 200), st.integers(1, 255)),
     st.tuples(st.just("truncate"), st.integers(0, 60)),
     st.tuples(st.just("garbage"), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("append"), st.sampled_from(["rr", "ui", "garbage", "again"])),
+    st.tuples(st.just("append"), st.sampled_from(["rr", "ui", "garbage", "start", "again"])),
     st.tuples(st.just("stale")),
     st.tuples(
         st.just("other"),
@@ -222,6 +233,7 @@ faults = st.one_of(
         ),
     ),
     st.tuples(st.just("invoke"), st.integers(1, 15)),
+    st.tuples(st.just("sequence"), st.integers(1, 7)),
     st.tuples(st.just("lose")),
 )
 
@@ -244,6 +256,7 @@ def _mangle(pair: Pair, reply: bytes, fault: tuple[Any, ...]) -> list[bytes]:
             "rr": encode_frame(FrameKind.RR, CLIENT, SERVER, nr=1),
             "ui": encode_frame(FrameKind.UI, CLIENT, SERVER, info=b"\xe6\xe7\x00\x0f"),
             "garbage": b"\x7e\xa0\x07",
+            "start": b"\x7e\xa0",  # a frame's first bytes: two bytes left held
             "again": reply,
         }[fault[1]]
         return [reply + extra]
@@ -251,6 +264,18 @@ def _mangle(pair: Pair, reply: bytes, fault: tuple[Any, ...]) -> list[bytes]:
         return [pair.replies[-2] if len(pair.replies) > 1 else reply]
     if kind == "lose":
         return []
+    if kind == "sequence":
+        # The same reply with another N(S) (the control byte's bits 1-3), checksums right.
+        scanner = FrameScanner()
+        scanner.receive_data(reply)
+        frame = scanner.next_frame()
+        if not isinstance(frame, Frame):
+            return [reply]  # the wrapper has no sequence numbers
+        ns = ((frame.control >> 1) + fault[1]) & 0x07
+        control = (frame.control & 0xF1) | (ns << 1)
+        dst = HdlcAddress(frame.dst, frame.dst_size)
+        src = HdlcAddress(frame.src, frame.src_size)
+        return [encode_with_control(dst, src, control, frame.info, segmented=frame.segmented)]
     if kind in ("other", "invoke"):
         # A reply in sequence, of another APDU: another service, or the same reply with
         # another invoke-id (the invoke-id-and-priority byte, the third of the APDU).
@@ -284,6 +309,7 @@ def _payload(reply: bytes) -> tuple[bytes, Any]:
     return frame.info[3:], rewrap
 
 
+@pytest.mark.parametrize("calls", sorted(CALLS))
 @pytest.mark.parametrize("transport", ["hdlc", "wrapper"])
 @given(rounds=st.lists(faults, min_size=1, max_size=6))
 @example(rounds=[("none",)] * 3)
@@ -293,8 +319,10 @@ def _payload(reply: bytes) -> tuple[bytes, Any]:
 @example(rounds=[("invoke", 3), ("none",)])
 @example(rounds=[("other", b"\xd8\x01\x01"), ("none",)])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_steady_shortcuts_are_the_general_path(transport: str, rounds: list[Any]) -> None:
-    pair = Pair(transport)
+def test_steady_shortcuts_are_the_general_path(
+    transport: str, calls: str, rounds: list[Any]
+) -> None:
+    pair = Pair(transport, calls)
     clean = 0  # sends after nothing but clean rounds: the shortcut must take every one
     for n, fault in enumerate(rounds):
         if all(r == ("none",) for r in rounds[:n]):
@@ -317,17 +345,48 @@ def test_steady_shortcuts_are_the_general_path(transport: str, rounds: list[Any]
     assert pair.shortcuts >= clean
 
 
-def test_the_shortcuts_are_taken_on_a_clean_steady_poll() -> None:
+@pytest.mark.parametrize("calls", sorted(CALLS))
+def test_the_shortcuts_are_taken_on_a_clean_steady_poll(calls: str) -> None:
     """The right reply comes straight as the reading, the same the general path decodes."""
-    pair = Pair("hdlc")
+    pair = Pair("hdlc", calls)
     for _ in range(3):
         raw = pair.send()
         assert raw is not None
         reply = b"".join(pair.server.receive_data(raw, time.time()))
-        reading = pair.fast.receive_steady(reply, pair.now)
+        reading = pair.receive_steady(pair.fast, reply, pair.now)
         pair.slow.receive_data(reply, pair.now)
         event = pair.slow.next_event()
         assert isinstance(event, SteadyResponse)
         assert reading is not None and reading == event.reading
         assert snapshot(pair.fast) == snapshot(pair.slow)
     assert pair.shortcuts == 3
+
+
+@pytest.mark.skipif(HDLC_IMPLEMENTATION != "cython", reason="the HDLC extension is not in use")
+def test_the_extension_takes_clean_steady_polls_itself() -> None:
+    """Built, the one-call functions are the extension's, and they take a clean steady poll
+    (with the scanner drained, or holding the closing flag of the frame before) without
+    handing anything to the association's methods."""
+    assert steady_send is not _hdlc_py.steady_send
+    assert steady_receive is not _hdlc_py.steady_receive
+    pair = Pair("hdlc", "calls")
+    pair.send()  # the first steady request: its encoding is made by the general request
+    pair.receive([b"".join(pair.server.receive_data(pair.slow.link._pending.raw, time.time()))])
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("handed to the association's method")
+
+    fast = pair.fast
+    for drained in (True, False, True):
+        fast.steady_request = refuse  # type: ignore[method-assign]
+        fast.receive_steady = refuse  # type: ignore[method-assign]
+        if drained:
+            fast.drain()  # as the engine does before a poll: nothing held
+        else:
+            assert fast.link.scanner.pending == 1  # the last reply's closing flag, held
+        raw = steady_send(fast, pair.request, pair.now + 1, pair.decoder)
+        assert raw is not None
+        reply = b"".join(pair.server.receive_data(raw, time.time()))
+        assert steady_receive(fast, reply, pair.now + 1.001) is not None
+        del fast.steady_request, fast.receive_steady
+        assert fast.link.scanner.pending == 1  # the reply's closing flag, as the scanner keeps
