@@ -664,24 +664,36 @@ class WrapperClientLink:
         frame = self.scanner.next_frame()
         if isinstance(frame, NeedData):
             return NEED_DATA
-        if len(frame.payload) > self.max_apdu:
+        return ApduReceived(self._delivered(frame.payload))
+
+    def _delivered(self, payload: bytes) -> bytes:
+        """A reply's APDU taken: checked against the size limit, the reply timer stopped."""
+        if len(payload) > self.max_apdu:
             self._deadline = None
             self.state = LinkState.DISCONNECTED
             raise RemoteProtocolError(
                 f"the meter's reply exceeds the negotiated maximum PDU size: "
-                f"{len(frame.payload)} bytes, more than the {self.max_apdu} accepted",
+                f"{len(payload)} bytes, more than the {self.max_apdu} accepted",
                 code="link.reply_too_long",
             )
         self._answered_deadline, self._deadline = self._deadline, None
-        return ApduReceived(frame.payload)
+        return payload
 
     def next_apdu(self) -> bytes | NeedData | None:
-        """No shortcut here (a wrapper frame is one APDU already): take :meth:`next_event`."""
-        return None
+        """A reply's shortcut: the next frame's APDU (a wrapper frame is one whole APDU),
+        exactly as :meth:`next_event` would deliver it in :class:`ApduReceived`, with the same
+        bookkeeping and errors; ``NEED_DATA`` when no frame is complete. None when an event
+        waits (take :meth:`next_event`)."""
+        if self._events:
+            return None
+        frame = self.scanner.next_frame()
+        if isinstance(frame, NeedData):
+            return NEED_DATA
+        return self._delivered(frame.payload)
 
     def next_info(self) -> bytes | NeedData | None:
-        """No shortcut here either (see :meth:`next_apdu`)."""
-        return None
+        """:meth:`next_apdu` (the wrapper has no LLC header: the field is the APDU)."""
+        return self.next_apdu()
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called, or ``None``."""
