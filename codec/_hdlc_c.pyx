@@ -704,15 +704,17 @@ def steady_receive(association, data, double now):
         return association.receive_steady(data, now)  # not one whole unsegmented frame
     cdef bytes addresses = <bytes>_addresses(link)[1]
     cdef Py_ssize_t a = PyBytes_GET_SIZE(addresses)
+    # The information field, if the frame's addresses are ours: sized before any byte past
+    # the addresses is read (a frame with shorter addresses may end sooner).
+    cdef Py_ssize_t start = 6 + a, size = n - 3 - (6 + a)
+    if size <= 0 or size > link.max_apdu + _LLC_SIZE:
+        return association.receive_steady(data, now)
     cdef int vr = link._vr
     cdef uint8_t control = p[3 + a]
-    cdef Py_ssize_t start = 6 + a, size = n - 3 - (6 + a)
     if (
         memcmp(p + 3, PyBytes_AS_STRING(addresses), a) != 0
         or control & 0x01
         or ((control >> 1) & 0x07) != vr
-        or size <= 0
-        or size > link.max_apdu + _LLC_SIZE
     ):
         return association.receive_steady(data, now)
     reading = decoder.decode_info(

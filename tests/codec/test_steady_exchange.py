@@ -234,6 +234,8 @@ faults = st.one_of(
     ),
     st.tuples(st.just("invoke"), st.integers(1, 15)),
     st.tuples(st.just("sequence"), st.integers(1, 7)),
+    # The same reply from another server address (another value, or four bytes).
+    st.tuples(st.just("address"), st.sampled_from([(2, 1), (0x1001, 4), (1, 4)])),
     st.tuples(st.just("lose")),
 )
 
@@ -276,6 +278,15 @@ def _mangle(pair: Pair, reply: bytes, fault: tuple[Any, ...]) -> list[bytes]:
         dst = HdlcAddress(frame.dst, frame.dst_size)
         src = HdlcAddress(frame.src, frame.src_size)
         return [encode_with_control(dst, src, control, frame.info, segmented=frame.segmented)]
+    if kind == "address":
+        scanner = FrameScanner()
+        scanner.receive_data(reply)
+        frame = scanner.next_frame()
+        if not isinstance(frame, Frame):
+            return [reply]  # the wrapper's ports are not HDLC addresses
+        dst = HdlcAddress(frame.dst, frame.dst_size)
+        src = HdlcAddress(*fault[1])
+        return [encode_with_control(dst, src, frame.control, frame.info)]
     if kind in ("other", "invoke"):
         # A reply in sequence, of another APDU: another service, or the same reply with
         # another invoke-id (the invoke-id-and-priority byte, the third of the APDU).
