@@ -2,8 +2,11 @@
 (request, reply, values, the reading) against the simulator's sans-IO meter in the same
 process, timed on the client side only.
 
-``python benchmarks/pollpath.py [--polls N] [--profile]``: microseconds per poll for each step
-the polling engine takes (request out, reply in, reading built), best of three runs.
+``python benchmarks/pollpath.py [--polls N] [--profile] [--methods]``: microseconds per poll for
+each step the polling engine takes (request out, reply in, reading built), best of three runs.
+The steady path goes through ``codec.steady``'s ``steady_send`` / ``steady_receive``, as the
+engine does (in C over HDLC when the extension is built); ``--methods`` times the association's
+own ``steady_request`` / ``receive_steady`` instead, their pure-Python reference.
 """
 
 from __future__ import annotations
