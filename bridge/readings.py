@@ -19,7 +19,7 @@ import functools
 import json
 import json.scanner
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias, cast
 
@@ -194,23 +194,24 @@ class Reading:
         ``values`` as the stored form writes them (compact, keys sorted: what
         :class:`codec.steady.SteadyReading` gives): the stored form is made from it at once."""
         self = object.__new__(cls)
-        setattr_ = object.__setattr__
-        setattr_(self, "meter", meter)
-        setattr_(self, "ts_ms", ts_ms)
-        setattr_(self, "values", MappingProxyType(values))
-        setattr_(self, "quality", MappingProxyType(quality) if quality else _EMPTY)
-        setattr_(self, "errors", MappingProxyType(errors) if errors else _EMPTY)
-        setattr_(self, "attributes", MappingProxyType(attributes) if attributes else _EMPTY)
+        # Each slot set once, by its own descriptor (see _SLOT_SETTERS).
+        set_meter, set_ts, set_values, set_quality, set_errors, set_attributes, set_json, set_at = (
+            _SLOT_SETTERS
+        )
+        set_meter(self, meter)
+        set_ts(self, ts_ms)
+        set_values(self, MappingProxyType(values))
+        set_quality(self, MappingProxyType(quality) if quality else _EMPTY)
+        set_errors(self, MappingProxyType(errors) if errors else _EMPTY)
+        set_attributes(self, MappingProxyType(attributes) if attributes else _EMPTY)
         if values_json is not None and not (quality or errors or attributes):
             name = json_string(meter)
-            setattr_(
-                self, "_json", b'{"meter":%b,"ts":%d,"values":%b}' % (name, ts_ms, values_json)
-            )
+            set_json(self, b'{"meter":%b,"ts":%d,"values":%b}' % (name, ts_ms, values_json))
             # Plain unless a value is null (the decoder's values_json has none).
-            setattr_(self, "_plain_at", 0 if None in values.values() else 10 + len(name))
+            set_at(self, 0 if None in values.values() else 10 + len(name))
         else:
-            setattr_(self, "_json", None)
-            setattr_(self, "_plain_at", -1)
+            set_json(self, None)
+            set_at(self, -1)
         return self
 
     @classmethod
@@ -288,6 +289,24 @@ class Reading:
         for key, error in self.errors.items():
             out[f"{key}_error"] = f"{error.code}: {error.message}"
         return out
+
+
+#: The setters of Reading's slots, in the order Reading.taken sets them: the frozen class's
+#: ``__setattr__`` refuses, and ``object.__setattr__`` looks each descriptor up by name again
+#: (a steady reading is made in ~2.2 us this way against ~3.8).
+_SLOT_SETTERS: tuple[Callable[[Reading, Any], None], ...] = tuple(
+    Reading.__dict__[name].__set__
+    for name in (
+        "meter",
+        "ts_ms",
+        "values",
+        "quality",
+        "errors",
+        "attributes",
+        "_json",
+        "_plain_at",
+    )
+)
 
 
 @functools.lru_cache(maxsize=65536)
