@@ -154,15 +154,17 @@ def test_steady_polls_report_only_their_counters_and_the_service_keeps_exact_sta
             mine = {f: getattr(poller.stats, f) for f in STAT_FIELDS}
             theirs = {f: getattr(remote[name].stats, f) for f in STAT_FIELDS}
             assert mine == theirs, (step, name)
+            assert list(remote[name].stats.latencies)[-1:] == list(poller.stats.latencies)[-1:]
     # In the steady state proper (polls only), only the counters cross.
     for poller in pollers.values():
         poller.stats.cycles += 1
         poller.stats.successes += 1
         poller.stats.readings += 1
-        poller.stats.latencies.append(0.5)
+        poller.stats.latencies.append(0.000249)
     sent = _deliver(reporter, pollers, remote)
     assert sent and all(set(e) == {"g", "c", "lat"} for e in sent.values()), sent
-    assert all(list(r.stats.latencies)[-1] == 0.5 for r in remote.values())
+    # Exact to the microsecond (249 us, which a round trip through seconds made 248).
+    assert all(list(r.stats.latencies)[-1] == 0.000249 for r in remote.values())
 
 
 @settings(max_examples=300, deadline=None)
