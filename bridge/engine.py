@@ -808,9 +808,7 @@ class PollEngine:
 
     def _done(self, parked: _Parked, reading: Reading, now: float) -> None:
         parked.busy = False
-        # No timer (what _set_timer(parked, inf) does: its heap entry goes stale).
-        parked.seq += 1
-        parked.timer = math.inf
+        self._set_timer(parked, math.inf)
         self._pending.append(reading)
         self.polls += 1
         if parked.release:

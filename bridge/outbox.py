@@ -447,14 +447,16 @@ class Outbox:
                         conn.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (lo, hi))
                         deleted += int(count)
                         freed += int(size)
-            for start in range(0, len(ids) if runs is None else 0, _IDS_PER_STATEMENT):
-                chunk = ids[start : start + _IDS_PER_STATEMENT]
-                marks = ",".join("?" * len(chunk))
-                for (size,) in conn.execute(
-                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)", chunk
-                ).fetchall():
-                    deleted += 1
-                    freed += int(size)
+            else:
+                for start in range(0, len(ids), _IDS_PER_STATEMENT):
+                    chunk = ids[start : start + _IDS_PER_STATEMENT]
+                    marks = ",".join("?" * len(chunk))
+                    for (size,) in conn.execute(
+                        f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)",
+                        chunk,
+                    ).fetchall():
+                        deleted += 1
+                        freed += int(size)
             if counter is not None and deleted:
                 self._meta_add(counter, deleted)
         self.rows -= deleted

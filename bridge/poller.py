@@ -508,15 +508,11 @@ class MeterPoller:
             if steady.errors
             else {}
         )
+        values_json = steady.values_json
         if self.attribute_keys:
             values, quality = dict(values), dict(quality)  # the decoder's own dicts kept as is
-            # The attributes leave the values (and so the values' JSON is not theirs).
-            reading = self._new_reading(started_ms, values, quality, errors)
-        else:
-            reading = Reading.taken(
-                self.meter.name, started_ms, values, quality=quality, errors=errors,
-                attributes={}, values_json=steady.values_json,
-            )  # fmt: skip
+            values_json = None  # the attributes leave the values
+        reading = self._new_reading(started_ms, values, quality, errors, values_json)
         if len(self.units) < len(reading.values):
             self.units = _shared_units(self.units, ((k, units.get(k)) for k in reading.values))
         self._account(reading, duration, in_place, now)
@@ -574,9 +570,11 @@ class MeterPoller:
         values: dict[str, Value],
         quality: dict[str, str],
         errors: dict[str, RegisterError],
+        values_json: bytes | None = None,
     ) -> Reading:
         """A reading of checked values; the configured ``attributes`` moved out of ``values``
-        (and ``quality``), which are changed in place."""
+        (and ``quality``), which are changed in place. ``values_json``: see
+        :meth:`Reading.taken` (ignored when there are attributes)."""
         attributes: dict[str, Value] = {}
         if self.attribute_keys:
             attributes = {k: values.pop(k) for k in list(values) if k in self.attribute_keys}
@@ -589,6 +587,7 @@ class MeterPoller:
             quality=quality,
             errors=errors,
             attributes=attributes,
+            values_json=values_json,
         )
 
     async def _read_with_recovery(self) -> tuple[list[RegisterReading], int, float, bool]:

@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memchr
 
-from codec._hdlc_shared import DEFAULT_MAX_BUFFER, NEED_DATA, kind_of_control
+from codec._hdlc_shared import DEFAULT_MAX_BUFFER, MAX_FRAME_LENGTH, NEED_DATA, kind_of_control
 from codec.errors import FrameError, LocalProtocolError
 
 __all__ = [
@@ -550,20 +550,22 @@ cdef bint _refs_loaded = False
 cdef object _HdlcClientLink, _CONNECTED, _Pending, _READY, _WAITING, _SENT, _ANSWERED
 cdef tuple _INVOKE_BYTES
 cdef bytes _LLC_REQUEST
-cdef Py_ssize_t _LLC_SIZE
+#: The LLC headers' sizes: the request's (written) and the reply's (allowed beyond max_apdu).
+cdef Py_ssize_t _LLC_REQUEST_SIZE, _LLC_RESPONSE_SIZE
 #: The address bytes of a link's frames, both ways, by ``link._from_server``.
 cdef dict _ADDRESSES = {}
 
 
 cdef int _load_refs() except -1:
     global _refs_loaded, _HdlcClientLink, _CONNECTED, _Pending, _READY, _WAITING, _SENT
-    global _ANSWERED, _INVOKE_BYTES, _LLC_REQUEST, _LLC_SIZE
+    global _ANSWERED, _INVOKE_BYTES, _LLC_REQUEST, _LLC_REQUEST_SIZE, _LLC_RESPONSE_SIZE
     from codec import association, link
     _HdlcClientLink = link.HdlcClientLink
     _CONNECTED = link.LinkState.CONNECTED
     _Pending = link._Pending
     _LLC_REQUEST = link.LLC_REQUEST
-    _LLC_SIZE = len(link.LLC_RESPONSE)
+    _LLC_REQUEST_SIZE = len(link.LLC_REQUEST)
+    _LLC_RESPONSE_SIZE = len(link.LLC_RESPONSE)
     _READY = association.AssociationState.READY
     _WAITING = association.AssociationState.WAITING
     _SENT = association._STEADY_SENT
@@ -615,14 +617,14 @@ def steady_send(association, request, double now, decoder):
     if type(plain) is not bytes:
         return association.steady_request(request, now, decoder)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(plain)
-    cdef Py_ssize_t info_size = _LLC_SIZE + size
+    cdef Py_ssize_t info_size = _LLC_REQUEST_SIZE + size
     if size < 3 or info_size > link.negotiated.max_info_tx:
         return association.steady_request(request, now, decoder)
     cdef bytes addresses = <bytes>_addresses(link)[0]
     cdef Py_ssize_t a = PyBytes_GET_SIZE(addresses)
     # Format (2), addresses, control, HCS (2), information, FCS (2); flags around.
     cdef Py_ssize_t length = 2 + a + 1 + 2 + info_size + 2
-    if length > 0x7FF:
+    if length > MAX_FRAME_LENGTH:
         return association.steady_request(request, now, decoder)
     cdef int invoke_id = association._invoke_id % 15 + 1
     cdef int vs = link._vs
@@ -639,9 +641,9 @@ def steady_send(association, request, double now, decoder):
     p[4 + a] = check & 0xFF
     p[5 + a] = check >> 8
     cdef uint8_t* info = p + 6 + a
-    memcpy(info, PyBytes_AS_STRING(_LLC_REQUEST), _LLC_SIZE)
-    memcpy(info + _LLC_SIZE, PyBytes_AS_STRING(plain), size)
-    info[_LLC_SIZE + 2] = (<const uint8_t*>PyBytes_AS_STRING(_INVOKE_BYTES[invoke_id]))[0]
+    memcpy(info, PyBytes_AS_STRING(_LLC_REQUEST), _LLC_REQUEST_SIZE)
+    memcpy(info + _LLC_REQUEST_SIZE, PyBytes_AS_STRING(plain), size)
+    info[_LLC_REQUEST_SIZE + 2] = (<const uint8_t*>PyBytes_AS_STRING(_INVOKE_BYTES[invoke_id]))[0]
     check = _fcs(p + 1, length - 2)
     p[length - 1] = check & 0xFF
     p[length] = check >> 8
@@ -707,7 +709,7 @@ def steady_receive(association, data, double now):
     # The information field, if the frame's addresses are ours: sized before any byte past
     # the addresses is read (a frame with shorter addresses may end sooner).
     cdef Py_ssize_t start = 6 + a, size = n - 3 - (6 + a)
-    if size <= 0 or size > link.max_apdu + _LLC_SIZE:
+    if size <= 0 or size > link.max_apdu + _LLC_RESPONSE_SIZE:
         return association.receive_steady(data, now)
     cdef int vr = link._vr
     cdef uint8_t control = p[3 + a]

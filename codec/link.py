@@ -661,35 +661,30 @@ class WrapperClientLink:
         """The next event, or ``NEED_DATA``."""
         if self._events:
             return self._events.pop(0)
-        frame = self.scanner.next_frame()
-        if isinstance(frame, NeedData):
-            return NEED_DATA
-        return ApduReceived(self._delivered(frame.payload))
-
-    def _delivered(self, payload: bytes) -> bytes:
-        """A reply's APDU taken: checked against the size limit, the reply timer stopped."""
-        if len(payload) > self.max_apdu:
-            self._deadline = None
-            self.state = LinkState.DISCONNECTED
-            raise RemoteProtocolError(
-                f"the meter's reply exceeds the negotiated maximum PDU size: "
-                f"{len(payload)} bytes, more than the {self.max_apdu} accepted",
-                code="link.reply_too_long",
-            )
-        self._answered_deadline, self._deadline = self._deadline, None
-        return payload
+        apdu = self.next_apdu()
+        if apdu is None or isinstance(apdu, NeedData):
+            return NEED_DATA  # (None only while an event waits: not here)
+        return ApduReceived(apdu)
 
     def next_apdu(self) -> bytes | NeedData | None:
-        """A reply's shortcut: the next frame's APDU (a wrapper frame is one whole APDU),
-        exactly as :meth:`next_event` would deliver it in :class:`ApduReceived`, with the same
-        bookkeeping and errors; ``NEED_DATA`` when no frame is complete. None when an event
-        waits (take :meth:`next_event`)."""
+        """The next frame's APDU (a wrapper frame is one whole APDU): what :meth:`next_event`
+        delivers in :class:`ApduReceived`, which it takes from here; ``NEED_DATA`` when no frame
+        is complete. None when an event waits (take :meth:`next_event`)."""
         if self._events:
             return None
         frame = self.scanner.next_frame()
         if isinstance(frame, NeedData):
             return NEED_DATA
-        return self._delivered(frame.payload)
+        if len(frame.payload) > self.max_apdu:
+            self._deadline = None
+            self.state = LinkState.DISCONNECTED
+            raise RemoteProtocolError(
+                f"the meter's reply exceeds the negotiated maximum PDU size: "
+                f"{len(frame.payload)} bytes, more than the {self.max_apdu} accepted",
+                code="link.reply_too_long",
+            )
+        self._answered_deadline, self._deadline = self._deadline, None
+        return frame.payload
 
     def next_info(self) -> bytes | NeedData | None:
         """:meth:`next_apdu` (the wrapper has no LLC header: the field is the APDU)."""
