@@ -7,8 +7,11 @@ more in the scheduler (a sleep, a cancel scope and a deadline per request, two t
 reply) than the protocol work itself. So once a poller is in that steady state it *parks* in the
 engine (:meth:`PollEngine.serve`) and the engine runs its polls:
 
-- one task serves every parked meter: a heap of due times, one ``epoll`` set of the meters'
-  sockets (itself waited on through Trio), non-blocking ``os.write``/``os.read`` on the sockets;
+- one task serves every parked meter: the due polls in time slots (:mod:`bridge.due_slots`),
+  one ``epoll`` set of the meters' sockets (itself waited on through Trio), non-blocking
+  ``os.write``/``os.read`` on the sockets; a poll's timer is kept aside for one round of the
+  loop and goes into the timers' heap only if the poll is still in flight then (most replies
+  come within the round: their timers never touch the heap);
 - the protocol work is the codec's, unchanged: the same :class:`~codec.association.
   ClientAssociation` and :class:`~codec.client.DlmsClient` procedure the poller would use, so
   retransmissions, resynchronisation, stale replies and ciphering behave exactly as in the
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from bridge.due_slots import DueSlots
 from bridge.logs import log_event
 from bridge.readings import Reading
 from bridge.session import MeterIOError
@@ -249,8 +253,10 @@ class PollEngine:
         self.wall_clock = wall_clock
         self._epoll: select.epoll | None = None
         self._parked: dict[int, _Parked] = {}
-        self._due: list[tuple[float, int, _Parked]] = []
+        self._due: DueSlots[_Parked] = DueSlots(TICK_S)
         self._timers: list[tuple[float, int, int, _Parked]] = []
+        #: Timers set since the loop's last round (time, seq, meter): see :meth:`_expire`.
+        self._young: list[tuple[float, int, _Parked]] = []
         self._counter = itertools.count()
         self._pending: list[Reading] = []
         self._flush_wake = trio.Event()
@@ -388,6 +394,9 @@ class PollEngine:
             if timer is not None and timer.clear():
                 self.timer_wakes += 1
             now = trio.current_time()
+            # The timers set before this round: the polls they belong to had a round to
+            # answer; what is still in flight goes to the heap (see _expire).
+            aged, self._young = self._young, []
             if now - counted_at >= 1.0:
                 tick = self._next_tick(tick, (self.polls - counted) / (now - counted_at))
                 self.tick_s = tick
@@ -398,9 +407,9 @@ class PollEngine:
                 if parked is not None:
                     self._readable(parked, now)
             self._start_due(now)
-            self._expire(now)
-            next_due = self._due[0][0] if self._due else math.inf
-            busy = bool(self._timers) or next_due < now + tick
+            self._expire(now, aged)
+            next_due = self._due.first_at()
+            busy = bool(self._timers) or bool(self._young) or next_due < now + tick
             pending = self._pending
             if pending and (
                 not busy
@@ -535,7 +544,7 @@ class PollEngine:
             parked.tick += late
             due = parked.start + parked.tick * parked.interval
         parked.due = due
-        heapq.heappush(self._due, (due, next(self._counter), parked))
+        self._due.add(due, parked)
         self._wake_loop(due)
 
     def _arm(self, parked: _Parked) -> None:
@@ -550,25 +559,32 @@ class PollEngine:
         parked.seq += 1
         parked.timer = at
         if at < math.inf:
-            heapq.heappush(self._timers, (at, next(self._counter), parked.seq, parked))
+            self._young.append((at, parked.seq, parked))
             self._wake_loop(at)
 
     def _start_due(self, now: float) -> None:
-        heap = self._due
-        while heap and heap[0][0] <= now:
-            due, _n, parked = heapq.heappop(heap)
-            if parked.gone or parked.due != due or parked.busy:
-                continue
-            if parked.release or due >= parked.work_at:
-                self._hand_back(parked, Handback(parked.tick))
-                continue
-            if now - due > parked.interval / 2:  # the engine itself ran late
-                self._schedule(parked, now)
-                continue
-            self._start_poll(parked, now)
+        take = self._due.take
+        while batch := take(now):  # again: a late cycle rescheduled may be due at once
+            for due, parked in batch:
+                if parked.gone or parked.due != due or parked.busy:
+                    continue
+                if parked.release or due >= parked.work_at:
+                    self._hand_back(parked, Handback(parked.tick))
+                    continue
+                if now - due > parked.interval / 2:  # the engine itself ran late
+                    self._schedule(parked, now)
+                    continue
+                self._start_poll(parked, now)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, aged: list[tuple[float, int, _Parked]]) -> None:
+        """Fire the timers due: ``aged``, the timers set before this round, join the heap
+        first, those of polls still in flight only (a poll answered within its first round,
+        most of them, leaves a stale entry that is dropped here, not pushed and popped)."""
         heap = self._timers
+        counter = self._counter
+        for at, seq, parked in aged:
+            if not (parked.gone or seq != parked.seq or not parked.busy):
+                heapq.heappush(heap, (at, next(counter), seq, parked))
         while heap:
             at, _n, seq, parked = heap[0]
             if parked.gone or seq != parked.seq or not parked.busy:
