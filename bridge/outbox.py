@@ -170,7 +170,11 @@ class Outbox:
         #: Insertion-ordered with O(1) removal of the oldest: a plain dict's first key is found
         #: by a scan past every entry deleted before it (a row's insert and trim measured 4.4 us
         #: while a backlog keeps the map full, 0.5 with this).
+        #: Every entry is a row stored (a row deleted or dropped leaves it): when it holds as
+        #: many as are stored, it holds them all, and `peek` answers from it (`_peek_recent`).
         self._recent: OrderedDict[int, Reading] = OrderedDict()
+        #: The last row id dropped for room (`_drop_oldest`).
+        self._dropped_to = 0
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = self._open()
@@ -346,6 +350,9 @@ class Outbox:
             recent[row_id] = reading
         for _ in range(len(recent) - RECENT_READINGS):
             recent.popitem(last=False)
+        # Rows dropped for room (the oldest, some maybe of this batch) leave the memory too.
+        while dropped and recent and next(iter(recent)) <= self._dropped_to:
+            recent.popitem(last=False)
         return ids
 
     def _drop_oldest(self, conn: sqlite3.Connection, rows: int, nbytes: int) -> tuple[int, int]:
@@ -362,6 +369,7 @@ class Outbox:
         if last_id is None:
             return 0, 0
         conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+        self._dropped_to = last_id
         self._meta_add("dropped_rows", freed_rows)
         return freed_rows, freed_bytes
 
@@ -380,7 +388,30 @@ class Outbox:
         """
         if limit_rows < 1:
             raise ValueError(f"peek limit_rows must be >= 1, got {limit_rows}")
+        if len(self._recent) == self.rows and self._conn is not None:
+            return self._peek_recent(limit_rows, limit_bytes, meter, after_id)
         return self._guard(lambda: self._peek(limit_rows, limit_bytes, meter, after_id))
+
+    def _peek_recent(
+        self, limit_rows: int, limit_bytes: int | None, meter: str | None, after_id: int
+    ) -> list[OutboxRow]:
+        """`peek` from the readings kept in memory, while they are every row stored: the
+        same rows, in the same order, with the sizes stored (the payload is the reading's
+        `to_json`), without a query or a row copied out of the database (a steady fleet's
+        outbox holds only what is in flight: ~1.7-4 us a row measured through SQLite)."""
+        out: list[OutboxRow] = []
+        total = 0
+        for row_id, reading in self._recent.items():
+            if row_id <= after_id or (meter is not None and reading.meter != meter):
+                continue
+            size = len(reading.to_json())
+            if out and limit_bytes is not None and total + size > limit_bytes:
+                break
+            out.append(OutboxRow(id=row_id, reading=reading, size=size))
+            total += size
+            if len(out) >= limit_rows:
+                break
+        return out
 
     def _peek(
         self, limit_rows: int, limit_bytes: int | None, meter: str | None, after_id: int

@@ -296,6 +296,92 @@ def test_recent_readings_are_peeked_without_parsing_and_stay_bounded(
         assert len(parsed) == 20
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(0, 30)),
+            st.tuples(st.just("delete"), st.lists(st.integers(0, 200), max_size=20)),
+            st.tuples(st.just("delete_peeked"), st.integers(1, 30)),
+        ),
+        max_size=15,
+    ),
+    st.integers(1, 40),
+    st.sampled_from([None, 1, 150, 600]),
+)
+def test_peek_from_memory_is_the_databases_answer(
+    tmp_path_factory: pytest.TempPathFactory,
+    ops: list[tuple[object, ...]],
+    max_rows: int,
+    limit_bytes: int | None,
+) -> None:
+    """`peek` answers from the readings kept in memory while they are every row stored, else
+    from the database: either way, for any limits, meter and cursor, the rows (ids, readings,
+    sizes) the database gives, through appends, deletes, the oldest rows dropped by the bound
+    and the memory's own trim."""
+    directory = tmp_path_factory.mktemp("outbox")
+    made = 0
+    with pytest.MonkeyPatch.context() as mp, Outbox(directory, max_rows=max_rows) as box:
+        mp.setattr(outbox_module, "RECENT_READINGS", 25)
+        for op in ops:
+            if op[0] == "append":
+                count = int(str(op[1]))
+                box.append([reading(made + i, meter=f"m{(made + i) % 3}") for i in range(count)])
+                made += count
+            elif op[0] == "delete":
+                box.delete([int(str(i)) for i in op[1]])  # type: ignore[attr-defined]
+            else:
+                box.delete([r.id for r in box.peek(int(str(op[1])))])
+            ids = [r.id for r in box._peek(10_000, None, None, 0)]
+            for meter in (None, "m1"):
+                for after in {0, *ids[:3], *ids[-2:]}:
+                    for limit in (1, 4, 10_000):
+                        stored = box._peek(limit, limit_bytes, meter, after)
+                        assert box.peek(limit, limit_bytes, meter=meter, after_id=after) == stored
+
+
+def test_a_steady_outbox_is_peeked_without_a_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows appended and delivered in turn, as a steady fleet's are: no peek asks SQLite;
+    once the memory no longer holds every row (after a reopen, or a backlog past its bound)
+    the database answers."""
+    monkeypatch.setattr(outbox_module, "RECENT_READINGS", 10)
+    queried: list[int] = []
+    real = Outbox._peek
+    monkeypatch.setattr(Outbox, "_peek", lambda self, *a: queried.append(1) or real(self, *a))
+    with Outbox(tmp_path) as box:
+        for n in range(5):
+            box.append([reading(10 * n + i) for i in range(4)])
+            rows = box.peek(100)
+            assert [r.reading for r in rows] == [reading(10 * n + i) for i in range(4)]
+            box.delete([r.id for r in rows])
+        assert queried == []
+        box.append([reading(100 + i) for i in range(12)])  # more than the memory keeps
+        assert len(box.peek(100)) == 12
+        assert queried == [1]
+        box.append([reading(200)])
+    with Outbox(tmp_path) as box:
+        assert len(box.peek(100)) == 13
+        assert len(queried) == 2
+
+
+def test_rows_dropped_for_room_leave_the_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows dropped by the bound (some of them of the very batch appended) are no longer
+    held, so the memory still holds exactly the rows stored and answers alone."""
+    queried: list[int] = []
+    real = Outbox._peek
+    monkeypatch.setattr(Outbox, "_peek", lambda self, *a: queried.append(1) or real(self, *a))
+    with Outbox(tmp_path, max_rows=5) as box:
+        box.append([reading(i) for i in range(3)])
+        box.append([reading(i) for i in range(3, 11)])  # 6 dropped: 3 old, 3 of this batch
+        assert [r.reading for r in box.peek(100)] == [reading(i) for i in range(6, 11)]
+        assert list(box._recent) == [r.id for r in box.peek(100)]
+        assert queried == []
+
+
 def test_a_corrupt_row_is_found_even_when_its_reading_was_recent(tmp_path: Path) -> None:
     """A row spoiled on disk after a reopen is still detected (the memory starts empty)."""
     with Outbox(tmp_path) as box:
