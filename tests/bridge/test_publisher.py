@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.mqtt import MqttSettings
 from bridge.outbox import AsyncOutbox, OutboxRow, OutboxWriter
@@ -158,6 +160,50 @@ def test_payload_budget_is_respected() -> None:
     # A single reading over budget still forms a message of one (the publisher drops it).
     big = [row(1, Reading("m", T0, {"v": "x" * 2000}))]
     assert gateway_telemetry(big, 1024)[1] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m1", "m2", 'm"3', "mètre 4"]),
+            st.dictionaries(
+                st.sampled_from(["v", "w", "énergie"]),
+                st.one_of(st.integers(-(10**6), 10**6), st.text(max_size=30)),
+                min_size=1,
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.data(),
+)
+def test_gateway_message_takes_the_longest_prefix_that_fits(
+    drawn: list[tuple[str, dict[str, Any]]], data: st.DataObject
+) -> None:
+    """The message holds the longest prefix of the rows within the budget (at least one
+    row), each meter's readings under its name in the order taken, meters in the order
+    they first come. Budgets at, just under and just over a prefix's exact size."""
+    rows = [row(i, Reading(meter, T0 + i, values)) for i, (meter, values) in enumerate(drawn)]
+    k = data.draw(st.integers(1, len(rows)), label="prefix")
+    exact = len(gateway_telemetry(rows[:k], 1 << 30)[0].payload)
+    budget = exact + data.draw(st.sampled_from([-1, 0, 1]), label="budget - size")
+    message, taken = gateway_telemetry(rows, budget)
+    assert 1 <= taken <= len(rows)
+    assert len(message.payload) <= budget or taken == 1
+    if budget >= exact:
+        assert taken >= k
+    if taken < len(rows):  # one more would not have fitted
+        assert len(gateway_telemetry(rows[: taken + 1], 1 << 30)[0].payload) > budget
+    expected: dict[str, list[dict[str, Any]]] = {}
+    for r in rows[:taken]:
+        expected.setdefault(r.reading.meter, []).append(
+            {"ts": r.reading.ts_ms, "values": dict(r.reading.values)}
+        )
+    decoded = json.loads(message.payload)
+    assert decoded == expected
+    assert list(decoded) == list(expected)
+    assert message.rows == tuple(rows[:taken])
 
 
 def test_topic_batches_group_each_meters_readings_in_order() -> None:
