@@ -102,6 +102,8 @@ def _runs(ids: Sequence[int], limit: int) -> list[tuple[int, int]] | None:
     if not ids:
         return []
     ordered = sorted(set(ids))
+    if ordered[-1] - ordered[0] == len(ordered) - 1:
+        return [(ordered[0], ordered[-1])]  # distinct and spanning no more: one run
     runs: list[tuple[int, int]] = []
     first = previous = ordered[0]
     for row_id in ordered[1:]:
@@ -113,6 +115,18 @@ def _runs(ids: Sequence[int], limit: int) -> list[tuple[int, int]] | None:
         previous = row_id
     runs.append((first, previous))
     return runs
+
+
+def _refuse_oversize(readings: Sequence[Reading], payloads: list[bytes], max_bytes: int) -> None:
+    """`ValueError` naming the first reading whose stored form alone exceeds ``max_bytes``."""
+    if not payloads or max(map(len, payloads)) <= max_bytes:
+        return
+    for reading, payload in zip(readings, payloads, strict=True):
+        if len(payload) > max_bytes:
+            raise ValueError(
+                f"reading of meter {reading.meter!r} is {len(payload)} bytes, larger than "
+                f"the whole outbox (max_bytes={max_bytes})"
+            )
 
 
 def _disk_problem(exc: BaseException) -> str | None:
@@ -304,12 +318,7 @@ class Outbox:
         if not readings:
             return []
         payloads = [r.to_json() for r in readings]
-        for reading, payload in zip(readings, payloads, strict=True):
-            if len(payload) > self.max_bytes:
-                raise ValueError(
-                    f"reading of meter {reading.meter!r} is {len(payload)} bytes, larger than "
-                    f"the whole outbox (max_bytes={self.max_bytes})"
-                )
+        _refuse_oversize(readings, payloads, self.max_bytes)
         return self._guard(lambda: self._append(readings, payloads))
 
     def _append(self, readings: Sequence[Reading], payloads: list[bytes]) -> list[int]:
@@ -322,7 +331,7 @@ class Outbox:
             # AUTOINCREMENT under an exclusive lock hands out consecutive ids within one
             # transaction, so the batch's ids end at the last one inserted.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-            rows, nbytes = len(payloads), sum(len(p) for p in payloads)
+            rows, nbytes = len(payloads), sum(map(len, payloads))
             dropped = 0
             if self.rows + rows > self.max_rows or self.bytes + nbytes > self.max_bytes:
                 dropped, dropped_bytes = self._drop_oldest(conn, rows, nbytes)
@@ -344,10 +353,7 @@ class Outbox:
             self.overflow = True
         ids = list(range(last - len(payloads) + 1, last + 1))
         recent = self._recent
-        for row_id, reading in zip(
-            ids[-RECENT_READINGS:], readings[-RECENT_READINGS:], strict=True
-        ):
-            recent[row_id] = reading
+        recent.update(zip(ids[-RECENT_READINGS:], readings[-RECENT_READINGS:], strict=True))
         for _ in range(len(recent) - RECENT_READINGS):
             recent.popitem(last=False)
         # Rows dropped for room (the oldest, some maybe of this batch) leave the memory too.
@@ -492,9 +498,9 @@ class Outbox:
                 self._meta_add(counter, deleted)
         self.rows -= deleted
         self.bytes -= freed
-        recent = self._recent
+        forget = self._recent.pop
         for row_id in ids:
-            recent.pop(row_id, None)
+            forget(row_id, None)
         if (
             self.overflow
             and self.rows < self.max_rows * _ALARM_CLEAR_FRACTION
@@ -813,12 +819,7 @@ class OutboxWriter:
         hand-over): they are committed at once, with whatever waits, not after `linger_s`."""
         items: list[_Put] = []
         payloads = [reading.to_json() for reading in readings]
-        for reading, payload in zip(readings, payloads, strict=True):
-            if len(payload) > self.outbox.core.max_bytes:
-                raise ValueError(
-                    f"reading of meter {reading.meter!r} is {len(payload)} bytes, larger than "
-                    f"the whole outbox (max_bytes={self.outbox.core.max_bytes})"
-                )
+        _refuse_oversize(readings, payloads, self.outbox.core.max_bytes)
         if self._stopped:
             raise OutboxError(f"outbox writer for {self.outbox.core.path} is stopped")
         if self._spilling is not None:

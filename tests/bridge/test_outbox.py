@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -183,6 +184,22 @@ def test_batches_of_any_size_and_deletes_of_any_shape_keep_the_counts_true(
             ).fetchone()
             == box.depth()
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=25), st.integers(1, 6))
+def test_ids_split_into_runs_of_consecutive_ids(ids: list[int], limit: int) -> None:
+    """The runs cover exactly the ids asked for (a gap of one id is a gap), in order; more
+    runs than the limit allows give None."""
+    runs = outbox_module._runs(ids, limit)
+    wanted = sorted(set(ids))
+    gaps = sum(1 for a, b in itertools.pairwise(wanted) if b != a + 1)
+    if gaps + 1 > limit:
+        assert runs is None
+        return
+    assert runs is not None
+    assert [i for lo, hi in runs for i in range(lo, hi + 1)] == wanted
+    assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(runs))
 
 
 def test_survives_reopen_and_ids_never_repeat(tmp_path: Path) -> None:
