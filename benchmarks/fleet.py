@@ -361,10 +361,14 @@ def grid_stats(
     polls = missed = expected = 0
     delays: list[float] = []
     for ts_list in readings.values():
-        measured = [ts for ts in ts_list if lo <= ts < hi + step / 2]
+        # The grid from the readings of the window and half a step either side (not the
+        # warm-up's, which may be off-grid), each of them placed on it: the phase is where
+        # they start, so none is taken before its slot. (From the window's alone, a slot
+        # starting at its very edge whose reading came a millisecond earlier than the ones
+        # measured, just before the window, looked empty: a "missed" poll that was not.)
+        measured = [ts for ts in ts_list if lo - step / 2 <= ts < hi + step / 2]
         if not measured:
             continue
-        # The grid: from the readings measured (not the warm-up's, which may be off-grid).
         origin = grid_phase(measured, step)
         first = math.ceil((lo - origin) / step)
         last = math.ceil((hi - origin) / step)

@@ -61,3 +61,16 @@ def test_delays_are_lateness_against_the_grid(
     expected = sorted([late[k] for k in late_at] + [0] * (20 - len(late_at)))
     assert grid["start_delay_p99_ms"] == fleet.quantile(expected, 0.99)
     assert grid["start_delay_p50_ms"] == 0
+
+
+def test_a_slot_at_the_windows_edge_whose_reading_came_just_before_it_is_not_missed() -> None:
+    """As in a judged run: the polls of a meter start 0-19 ms after their due times; the one of
+    the slot at the window's very start was on time, 1.4 ms before the window, while every
+    reading inside the window was 2 ms or more late. Its slot is not empty."""
+    lateness = [0, 12, 6, 2, 14, 7, 11, 3, 9, 15, 4, 10, 8, 5, 13, 16, 2, 6, 9, 11]
+    ts = [BASE + 761 + 1000 * k + late for k, late in enumerate(lateness)]
+    start = (BASE + 762.4) / 1000  # the first reading (k = 0) is 1.4 ms before the window
+    grid = fleet.grid_stats({"m": ts[:-1]}, start, (BASE + 18_762.4) / 1000, 1.0)
+    assert grid["missed"] == 0
+    assert grid["polls"] == grid["expected"] == 18
+    assert grid["start_delay_p99_ms"] <= 16
