@@ -180,7 +180,8 @@ class _Parked:
         self.interval = interval
         self.due = start + tick * interval
         self.done = trio.Event()
-        #: Handed back or removed (``done`` is set, or about to be): the heaps skip it.
+        #: Handed back or removed (``done`` is set, or about to be): its due and timer entries
+        #: are skipped.
         self.gone = False
         self.result: Handback | None = None
         #: A poll is in flight.
@@ -192,7 +193,7 @@ class _Parked:
         #: The request of the steady poll (the client's own, made once per association).
         self.request: Request | None = None
         self.release = False
-        self.seq = 0  # bumped on every timer change: stale heap entries are skipped
+        self.seq = 0  # bumped on every timer change: stale timer entries are skipped
         self.timer = math.inf
         self.budget = math.inf
         self.started_ms = 0
