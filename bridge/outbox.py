@@ -102,8 +102,6 @@ def _runs(ids: Sequence[int], limit: int) -> list[tuple[int, int]] | None:
     if not ids:
         return []
     ordered = sorted(set(ids))
-    if ordered[-1] - ordered[0] == len(ordered) - 1:
-        return [(ordered[0], ordered[-1])]  # distinct and spanning no more: one run
     runs: list[tuple[int, int]] = []
     first = previous = ordered[0]
     for row_id in ordered[1:]:
@@ -187,8 +185,6 @@ class Outbox:
         #: Every entry is a row stored (a row deleted or dropped leaves it): when it holds as
         #: many as are stored, it holds them all, and `peek` answers from it (`_peek_recent`).
         self._recent: OrderedDict[int, Reading] = OrderedDict()
-        #: The last row id dropped for room (`_drop_oldest`).
-        self._dropped_to = 0
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = self._open()
@@ -332,9 +328,9 @@ class Outbox:
             # transaction, so the batch's ids end at the last one inserted.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
             rows, nbytes = len(payloads), sum(map(len, payloads))
-            dropped = 0
+            dropped = dropped_to = 0
             if self.rows + rows > self.max_rows or self.bytes + nbytes > self.max_bytes:
-                dropped, dropped_bytes = self._drop_oldest(conn, rows, nbytes)
+                dropped, dropped_bytes, dropped_to = self._drop_oldest(conn, rows, nbytes)
         self.rows += rows
         self.bytes += nbytes
         if dropped:
@@ -357,11 +353,15 @@ class Outbox:
         for _ in range(len(recent) - RECENT_READINGS):
             recent.popitem(last=False)
         # Rows dropped for room (the oldest, some maybe of this batch) leave the memory too.
-        while dropped and recent and next(iter(recent)) <= self._dropped_to:
+        while dropped and recent and next(iter(recent)) <= dropped_to:
             recent.popitem(last=False)
         return ids
 
-    def _drop_oldest(self, conn: sqlite3.Connection, rows: int, nbytes: int) -> tuple[int, int]:
+    def _drop_oldest(
+        self, conn: sqlite3.Connection, rows: int, nbytes: int
+    ) -> tuple[int, int, int]:
+        """Delete the oldest rows that make room for ``rows`` more of ``nbytes``: returns how
+        many rows and bytes went, and the last id deleted."""
         excess_rows = self.rows + rows - self.max_rows
         excess_bytes = self.bytes + nbytes - self.max_bytes
         freed_rows = freed_bytes = 0
@@ -373,11 +373,10 @@ class Outbox:
             freed_bytes += int(size)
             last_id = row_id
         if last_id is None:
-            return 0, 0
+            return 0, 0, 0
         conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
-        self._dropped_to = last_id
         self._meta_add("dropped_rows", freed_rows)
-        return freed_rows, freed_bytes
+        return freed_rows, freed_bytes, int(last_id)
 
     def peek(
         self,
@@ -404,7 +403,7 @@ class Outbox:
         """`peek` from the readings kept in memory, while they are every row stored: the
         same rows, in the same order, with the sizes stored (the payload is the reading's
         `to_json`), without a query or a row copied out of the database (a steady fleet's
-        outbox holds only what is in flight: ~1.7-4 us a row measured through SQLite)."""
+        outbox holds only what is in flight; measured 1.0-1.5 us a row, 1.9-3.1 by SQLite)."""
         out: list[OutboxRow] = []
         total = 0
         for row_id, reading in self._recent.items():
@@ -498,9 +497,9 @@ class Outbox:
                 self._meta_add(counter, deleted)
         self.rows -= deleted
         self.bytes -= freed
-        forget = self._recent.pop
+        recent = self._recent
         for row_id in ids:
-            forget(row_id, None)
+            recent.pop(row_id, None)
         if (
             self.overflow
             and self.rows < self.max_rows * _ALARM_CLEAR_FRACTION

@@ -289,31 +289,22 @@ class Message:
 def gateway_telemetry(rows: Sequence[OutboxRow], max_bytes: int) -> tuple[Message, int]:
     """The gateway telemetry message for the longest prefix of `rows` within `max_bytes`
     (at least one row); returns the message and how many rows it took."""
-    # Each meter's JSON name, then its entries, in the order the meters first come.
     groups: dict[str, list[bytes]] = {}
-    size = 1  # the braces, less the comma that the first meter does not take
+    size = 2  # the braces
     taken = 0
     for row in rows:
-        reading = row.reading
-        entry = reading.telemetry_entry()
-        group = groups.get(reading.meter)
-        if group is None:
-            name = json_string(reading.meter)
-            extra = len(name) + len(entry) + 4  # "name":[entry], and a comma before it
-            if taken and size + extra > max_bytes:
-                break
-            groups[reading.meter] = [name, entry]
-        else:
+        entry = row.reading.telemetry_entry()
+        meter = row.reading.meter
+        if meter in groups:
             extra = len(entry) + 1
-            if size + extra > max_bytes:
-                break
-            group.append(entry)
+        else:
+            extra = len(json_string(meter)) + 3 + len(entry) + (1 if groups else 0)
+        if taken and size + extra > max_bytes:
+            break
+        groups.setdefault(meter, []).append(entry)
         size += extra
         taken += 1
-    body = b",".join(
-        b"%b:[%b]" % (group[0], group[1] if len(group) == 2 else b",".join(group[1:]))
-        for group in groups.values()
-    )
+    body = b",".join(b"%b:[%b]" % (json_string(m), b",".join(e)) for m, e in groups.items())
     return Message(GATEWAY_TELEMETRY, b"{%b}" % body, tuple(rows[:taken])), taken
 
 
